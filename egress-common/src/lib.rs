@@ -1,0 +1,206 @@
+//! Types and constants shared by the egress TC classifier (kernel side) and the
+//! `egress` binary (user side).
+//!
+//! Every map key and value is `#[repr(C)]`, has no implicit padding (explicit `_pad`
+//! fields, always zero) and a size assertion beside it: padding bytes inside a
+//! hash or LPM key make lookups miss at random. Addresses and ports are in
+//! network byte order, exactly as they sit in the packet.
+#![no_std]
+
+use core::mem::size_of;
+
+// ---------------------------------------------------------------------------
+// Verdicts
+// ---------------------------------------------------------------------------
+
+/// Hand the packet on. Under tcx this is TCX_NEXT (-1): later programs in the chain
+/// and the stack still see it; under a netlink clsact filter it is TC_ACT_UNSPEC.
+pub const TC_ACT_UNSPEC: i32 = -1;
+/// Drop the packet.
+pub const TC_ACT_SHOT: i32 = 2;
+
+/// Rule action "allow" as stored in [`Verdict::action`] and the `DEFAULT_ACTION` global.
+pub const ACTION_ALLOW: u32 = 0;
+/// Rule action "deny".
+pub const ACTION_DENY: u32 = 1;
+
+// ---------------------------------------------------------------------------
+// Protocol classes: the protocol dimension of the last lookup stage
+// ---------------------------------------------------------------------------
+
+/// Any protocol that is not one of the classes below (GRE, ESP, SCTP, ...), and ICMP
+/// carried in the other address family. Only `protocol = "all"` rules match it.
+pub const PCLASS_OTHER: u8 = 0;
+pub const PCLASS_TCP: u8 = 1;
+pub const PCLASS_UDP: u8 = 2;
+/// ICMP over IPv4 (protocol 1).
+pub const PCLASS_ICMP: u8 = 3;
+/// ICMPv6 over IPv6 (next header 58).
+pub const PCLASS_ICMPV6: u8 = 4;
+/// Or-ed into the class of a packet that carries no L4 header of its own (a non-first
+/// fragment): such a packet only matches rules that constrain neither ports nor ICMP
+/// type/code. The compiler writes one entry per (candidate list, class | this flag).
+pub const PCLASS_NO_L4: u8 = 0x80;
+
+// ---------------------------------------------------------------------------
+// Map names and capacities
+// ---------------------------------------------------------------------------
+
+/// The classifier program's name in the ELF (the `#[classifier]` function).
+pub const PROGRAM_NAME: &str = "egress_classify";
+
+pub const MAP_DST_V4: &str = "DST_V4";
+pub const MAP_DST_V6: &str = "DST_V6";
+pub const MAP_PAIR_V4: &str = "PAIR_V4";
+pub const MAP_PAIR_V6: &str = "PAIR_V6";
+pub const MAP_PORTS: &str = "PORTS";
+pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_STATS: &str = "STATS";
+/// Every map the program defines, for the ELF check in the tests.
+pub const ALL_MAPS: [&str; 7] = [
+    MAP_DST_V4,
+    MAP_DST_V6,
+    MAP_PAIR_V4,
+    MAP_PAIR_V6,
+    MAP_PORTS,
+    MAP_COUNTERS,
+    MAP_STATS,
+];
+
+/// Load-time global: the default policy, [`ACTION_ALLOW`] or [`ACTION_DENY`].
+pub const GLOBAL_DEFAULT_ACTION: &str = "DEFAULT_ACTION";
+/// Load-time global: 1 when frames start with an Ethernet header, 0 for raw-IP
+/// devices (tun, WireGuard) whose frames start at the IP header.
+pub const GLOBAL_HAS_ETH: &str = "HAS_ETH";
+
+/// Most rules a rule file may hold (counter slots are 1..=MAX_RULES; slot 0 is the
+/// default policy).
+pub const MAX_RULES: u32 = 262_144;
+/// Capacity of DST_V4 and DST_V6 (distinct destination prefixes per family). The
+/// LPM tries are not preallocated, so a capacity costs nothing until used.
+pub const MAX_DST_ENTRIES: u32 = 1 << 20;
+/// Capacity of PAIR_V4 and PAIR_V6 ((destination class, source prefix) pairs).
+pub const MAX_PAIR_ENTRIES: u32 = 1 << 21;
+/// Capacity of PORTS ((candidate list, protocol class, port prefix) entries).
+pub const MAX_PORT_ENTRIES: u32 = 1 << 22;
+/// Counter slot of the default policy in COUNTERS; rule i (1-based, file order) uses slot i.
+pub const DEFAULT_COUNTER_SLOT: u32 = 0;
+
+/// Most IPv6 extension headers walked before the packet counts as malformed.
+pub const MAX_IPV6_EXT_HDRS: u32 = 8;
+/// Most 802.1Q/802.1ad tags walked before the packet counts as malformed.
+pub const MAX_VLAN_TAGS: u32 = 2;
+
+// ---------------------------------------------------------------------------
+// Map keys and values
+// ---------------------------------------------------------------------------
+
+/// DST_V4 / DST_V6 value: what the destination prefix lookup yields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DstValue {
+    /// With [`DST_SRC_ANY`]: a candidate-list id for PORTS. Otherwise: the
+    /// destination class, the first half of the PAIR_V4/PAIR_V6 key.
+    pub id: u32,
+    /// [`DST_SRC_ANY`] or 0.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<DstValue>() == 8);
+
+/// Every rule that can match this destination class matches any source: skip the
+/// PAIR lookup, `id` is already the candidate list.
+pub const DST_SRC_ANY: u32 = 1;
+
+/// PAIR_V4 key data: destination class, then the source address. The class is
+/// always matched in full (prefix length = 32 + source prefix length).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PairKeyV4 {
+    /// Destination class, big-endian so that the LPM bit order is well defined.
+    pub dst_class: [u8; 4],
+    /// Source address, network byte order.
+    pub src: [u8; 4],
+}
+const _: () = assert!(size_of::<PairKeyV4>() == 8);
+
+/// PAIR_V6 key data; see [`PairKeyV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PairKeyV6 {
+    pub dst_class: [u8; 4],
+    /// Source address, network byte order.
+    pub src: [u8; 16],
+}
+const _: () = assert!(size_of::<PairKeyV6>() == 20);
+
+/// Bits of a PORTS key that are always matched in full: list id (32) + class (8).
+pub const PORT_KEY_FIXED_BITS: u32 = 40;
+
+/// PORTS key data: candidate list, protocol class, then the 16-bit "port" (the
+/// destination port for TCP/UDP, `type << 8 | code` for ICMP/ICMPv6, 0 otherwise).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortKey {
+    /// Candidate-list id, big-endian.
+    pub list: [u8; 4],
+    /// One of the `PCLASS_*` values, possibly or-ed with [`PCLASS_NO_L4`].
+    pub pclass: u8,
+    /// Destination port (network byte order) or ICMP `[type, code]`.
+    pub port: [u8; 2],
+    /// Never part of the matched prefix; always zero.
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<PortKey>() == 8);
+
+/// PORTS value: the first rule that matches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Counter slot of the rule (its 1-based position in the file).
+    pub rule: u32,
+    /// [`ACTION_ALLOW`] or [`ACTION_DENY`].
+    pub action: u32,
+}
+const _: () = assert!(size_of::<Verdict>() == 8);
+
+/// COUNTERS value (per CPU; user space sums the CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// Packets, counting each GSO segment of a GSO packet.
+    pub packets: u64,
+    /// Bytes of the frames as seen at the hook (`skb->len`, L2 header included).
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<Counter>() == 16);
+
+// ---------------------------------------------------------------------------
+// STATS slots: packets the rules never saw (per CPU, u64 each)
+// ---------------------------------------------------------------------------
+
+/// Non-IP frames (ARP, LLDP, ...): passed, never counted against a rule.
+pub const STAT_NON_IP: u32 = 0;
+/// IP packets cut short inside a header we must read: dropped.
+pub const STAT_TRUNCATED: u32 = 1;
+/// IP headers that cannot be right (IPv4 IHL < 5, version mismatch): dropped.
+pub const STAT_BAD_HEADER: u32 = 2;
+/// IPv6 packets with more than [`MAX_IPV6_EXT_HDRS`] extension headers, or frames
+/// with more than [`MAX_VLAN_TAGS`] VLAN tags: dropped.
+pub const STAT_TOO_MANY_HDRS: u32 = 3;
+/// Non-first fragments (classified without L4 fields; informational).
+pub const STAT_FRAGMENTS: u32 = 4;
+pub const STATS_LEN: u32 = 5;
+/// Names of the STATS slots, index = slot.
+pub const STAT_NAMES: [&str; STATS_LEN as usize] =
+    ["non_ip_passed", "truncated_dropped", "bad_header_dropped", "too_many_headers_dropped", "non_first_fragments"];
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for DstValue {}
+    unsafe impl aya::Pod for PairKeyV4 {}
+    unsafe impl aya::Pod for PairKeyV6 {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for Verdict {}
+    unsafe impl aya::Pod for Counter {}
+}

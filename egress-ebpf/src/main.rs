@@ -1,0 +1,99 @@
+//! egress: TC-egress classifier. Parses the packet, runs the three-stage lookup
+//! (classify.rs), counts the decision and returns it.
+//!
+//! Fail mode: non-IP frames pass uncounted by rules (STATS non_ip_passed); IP
+//! packets that cannot be parsed (truncated headers, impossible fields, too many
+//! VLAN tags or IPv6 extension headers) are dropped and counted in STATS: a policy
+//! that cannot read a packet must not let it through.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod classify;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod parse;
+#[cfg(target_arch = "bpf")]
+mod stats;
+
+#[cfg(target_arch = "bpf")]
+mod program {
+    use aya_ebpf::{macros::classifier, programs::TcContext};
+    use egress_common::{
+        ACTION_DENY, DEFAULT_COUNTER_SLOT, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP,
+        STAT_TOO_MANY_HDRS, STAT_TRUNCATED, TC_ACT_SHOT, TC_ACT_UNSPEC, PCLASS_NO_L4,
+    };
+
+    use crate::{
+        classify,
+        parse::{self, ParseError},
+        stats,
+    };
+
+    /// Load-time global (set by user space): the default policy.
+    #[unsafe(no_mangle)]
+    static DEFAULT_ACTION: u32 = 0;
+    /// Load-time global (set by user space): 1 if frames start with an Ethernet header.
+    #[unsafe(no_mangle)]
+    static HAS_ETH: u32 = 1;
+
+    #[classifier]
+    pub fn egress_classify(ctx: TcContext) -> i32 {
+        match try_classify(&ctx) {
+            Ok(verdict) => verdict,
+            Err(e) => on_error(e),
+        }
+    }
+
+    #[inline(always)]
+    fn try_classify(ctx: &TcContext) -> Result<i32, ParseError> {
+        // read_volatile: keep the loader-patched value instead of the compiled-in one.
+        let has_eth = unsafe { core::ptr::read_volatile(&HAS_ETH) } != 0;
+        let pkt = parse::parse(ctx, has_eth)?;
+        if pkt.pclass & PCLASS_NO_L4 != 0 {
+            stats::bump(STAT_FRAGMENTS);
+        }
+        let (slot, action) = match classify::lookup(&pkt) {
+            Some(v) => (v.rule, v.action),
+            None => (DEFAULT_COUNTER_SLOT, unsafe { core::ptr::read_volatile(&DEFAULT_ACTION) }),
+        };
+        stats::count_rule(ctx, slot);
+        Ok(if action == ACTION_DENY { TC_ACT_SHOT } else { TC_ACT_UNSPEC })
+    }
+
+    #[inline(always)]
+    fn on_error(e: ParseError) -> i32 {
+        match e {
+            ParseError::NonIp => {
+                stats::bump(STAT_NON_IP);
+                TC_ACT_UNSPEC
+            }
+            ParseError::Truncated => {
+                stats::bump(STAT_TRUNCATED);
+                TC_ACT_SHOT
+            }
+            ParseError::BadHeader => {
+                stats::bump(STAT_BAD_HEADER);
+                TC_ACT_SHOT
+            }
+            ParseError::TooManyHeaders => {
+                stats::bump(STAT_TOO_MANY_HDRS);
+                TC_ACT_SHOT
+            }
+        }
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        // The verifier rejects any path that could reach here; there is no unwinding in BPF.
+        loop {}
+    }
+
+    #[unsafe(link_section = "license")]
+    #[unsafe(no_mangle)]
+    static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,0 +1,55 @@
+//! The maps of the classifier. Names are the kernel's map names (<= 15 bytes) and
+//! must equal the `MAP_*` consts in egress-common; capacities come from there too.
+//! The compiler in egress-userspace (`compile.rs`) writes every lookup map before
+//! the program is attached; the program only reads them and writes counters.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{LpmTrie, PerCpuArray},
+};
+use egress_common::{
+    Counter, DstValue, MAX_DST_ENTRIES, MAX_PAIR_ENTRIES, MAX_PORT_ENTRIES, MAX_RULES,
+    PairKeyV4, PairKeyV6, PortKey, STATS_LEN, Verdict,
+};
+
+/// Stage 1, IPv4. Key: destination prefix (network order). Value: the destination
+/// class of the longest matching rule prefix, or directly a candidate list when no
+/// rule reaching that class constrains the source. Written by user space at apply.
+#[map]
+pub static DST_V4: LpmTrie<[u8; 4], DstValue> = LpmTrie::with_max_entries(MAX_DST_ENTRIES, 0);
+
+/// Stage 1, IPv6; as [`DST_V4`].
+#[map]
+pub static DST_V6: LpmTrie<[u8; 16], DstValue> = LpmTrie::with_max_entries(MAX_DST_ENTRIES, 0);
+
+/// Stage 2, IPv4. Key: (destination class, source prefix). Value: the candidate
+/// list (u32) for that pair: the rules, in file order, whose destination and source
+/// both contain the packet's. Only the source prefixes of rules that can reach the
+/// class are present. Written by user space at apply.
+#[map]
+pub static PAIR_V4: LpmTrie<PairKeyV4, u32> = LpmTrie::with_max_entries(MAX_PAIR_ENTRIES, 0);
+
+/// Stage 2, IPv6; as [`PAIR_V4`].
+#[map]
+pub static PAIR_V6: LpmTrie<PairKeyV6, u32> = LpmTrie::with_max_entries(MAX_PAIR_ENTRIES, 0);
+
+/// Stage 3. Key: (candidate list, protocol class, port prefix). Value: the first rule
+/// of the list that matches that protocol and port (or ICMP type/code). The compiler
+/// resolves first-match into disjoint port intervals, so at most one entry matches.
+/// Written by user space at apply.
+#[map]
+pub static PORTS: LpmTrie<PortKey, Verdict> = LpmTrie::with_max_entries(MAX_PORT_ENTRIES, 0);
+
+/// Per-rule counters, per CPU. Index: 0 = default policy, i = rule i (file order).
+/// Written by the program; read (and summed over CPUs) by `egress counters`. User
+/// space sizes it to the rule count + 1 at load.
+#[map]
+pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_RULES + 1, 0);
+
+/// Packets the rules never saw, per CPU, indexed by the `STAT_*` consts. Written by
+/// the program; read by `egress counters`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+
+// Keep the key types referenced so a rename in egress-common breaks the build here.
+const _: Option<(PairKeyV4, PairKeyV6, PortKey)> = None;

@@ -1,0 +1,197 @@
+//! Header parsing. Every read goes through `bpf_skb_load_bytes` (`ctx.load`), which
+//! checks bounds against the whole skb, including paged (non-linear) data, so there
+//! are no data/data_end pointer games and a short packet is simply an `Err`.
+
+use aya_ebpf::programs::TcContext;
+use egress_common::{
+    MAX_IPV6_EXT_HDRS, MAX_VLAN_TAGS, PCLASS_ICMP, PCLASS_ICMPV6, PCLASS_NO_L4, PCLASS_OTHER,
+    PCLASS_TCP, PCLASS_UDP,
+};
+
+const ETH_HLEN: usize = 14;
+/// Offset of the EtherType inside the Ethernet header.
+const ETH_TYPE_OFF: usize = 12;
+const VLAN_HLEN: usize = 4;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+const IPV4_MIN_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const IPV4_OFFSET_MASK: u16 = 0x1fff;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_DSTOPTS: u8 = 60;
+/// Fragment header length (fixed).
+const IPV6_FRAG_HLEN: usize = 8;
+
+pub enum ParseError {
+    /// Not IPv4 or IPv6: the rules do not apply.
+    NonIp,
+    /// A header we need ends past the end of the packet.
+    Truncated,
+    /// A header field that cannot be right.
+    BadHeader,
+    /// More VLAN tags or IPv6 extension headers than we walk.
+    TooManyHeaders,
+}
+
+/// What the classifier needs from a packet. IPv4 addresses sit in the first four
+/// bytes of `src`/`dst`.
+pub struct Packet {
+    pub v6: bool,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// `PCLASS_*`, with `PCLASS_NO_L4` for a non-first fragment.
+    pub pclass: u8,
+    /// TCP/UDP destination port (network order) or ICMP `[type, code]`; zero otherwise.
+    pub port: [u8; 2],
+}
+
+#[inline(always)]
+fn load<T>(ctx: &TcContext, off: usize) -> Result<T, ParseError> {
+    ctx.load::<T>(off).map_err(|_| ParseError::Truncated)
+}
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext, has_eth: bool) -> Result<Packet, ParseError> {
+    if !has_eth {
+        // Raw-IP device (tun, WireGuard): the frame starts at the IP header.
+        let first: u8 = load(ctx, 0)?;
+        return match first >> 4 {
+            4 => parse_ipv4(ctx, 0),
+            6 => parse_ipv6(ctx, 0),
+            _ => Err(ParseError::NonIp),
+        };
+    }
+    let mut off = ETH_TYPE_OFF;
+    let mut proto = u16::from_be_bytes(load::<[u8; 2]>(ctx, off)?);
+    // In-band VLAN tags (offloaded tags live in skb metadata and never show up here).
+    for _ in 0..MAX_VLAN_TAGS {
+        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+            break;
+        }
+        off += VLAN_HLEN;
+        proto = u16::from_be_bytes(load::<[u8; 2]>(ctx, off)?);
+    }
+    let l3 = off + 2;
+    match proto {
+        ETH_P_IP => parse_ipv4(ctx, l3),
+        ETH_P_IPV6 => parse_ipv6(ctx, l3),
+        ETH_P_8021Q | ETH_P_8021AD => Err(ParseError::TooManyHeaders),
+        _ => Err(ParseError::NonIp),
+    }
+}
+
+// ETH_HLEN documents the untagged layout: EtherType at 12, L3 at 14.
+const _: () = assert!(ETH_TYPE_OFF + 2 == ETH_HLEN);
+
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext, l3: usize) -> Result<Packet, ParseError> {
+    let h: [u8; IPV4_MIN_HLEN] = load(ctx, l3)?;
+    if h[0] >> 4 != 4 {
+        return Err(ParseError::BadHeader);
+    }
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    if ihl < IPV4_MIN_HLEN {
+        return Err(ParseError::BadHeader);
+    }
+    let mut pkt = Packet { v6: false, src: [0; 16], dst: [0; 16], pclass: 0, port: [0; 2] };
+    pkt.src[..4].copy_from_slice(&h[12..16]);
+    pkt.dst[..4].copy_from_slice(&h[16..20]);
+    let proto = h[9];
+    let pclass = match proto {
+        IPPROTO_TCP => PCLASS_TCP,
+        IPPROTO_UDP => PCLASS_UDP,
+        IPPROTO_ICMP => PCLASS_ICMP,
+        _ => PCLASS_OTHER,
+    };
+    // Options (IHL > 5) are skipped, never interpreted.
+    let frag_off = u16::from_be_bytes([h[6], h[7]]) & IPV4_OFFSET_MASK;
+    if frag_off != 0 {
+        pkt.pclass = pclass | PCLASS_NO_L4;
+        return Ok(pkt);
+    }
+    pkt.pclass = pclass;
+    pkt.port = load_l4(ctx, l3 + ihl, pclass)?;
+    Ok(pkt)
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &TcContext, l3: usize) -> Result<Packet, ParseError> {
+    let h: [u8; IPV6_HLEN] = load(ctx, l3)?;
+    if h[0] >> 4 != 6 {
+        return Err(ParseError::BadHeader);
+    }
+    let mut pkt = Packet { v6: true, src: [0; 16], dst: [0; 16], pclass: 0, port: [0; 2] };
+    pkt.src.copy_from_slice(&h[8..24]);
+    pkt.dst.copy_from_slice(&h[24..40]);
+    let mut nh = h[6];
+    let mut off = l3 + IPV6_HLEN;
+    let mut fragment = false;
+    let mut done = false;
+    for _ in 0..MAX_IPV6_EXT_HDRS {
+        match nh {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let e: [u8; 2] = load(ctx, off)?;
+                nh = e[0];
+                off += (e[1] as usize + 1) * 8;
+            }
+            IPPROTO_AH => {
+                let e: [u8; 2] = load(ctx, off)?;
+                nh = e[0];
+                off += (e[1] as usize + 2) * 4;
+            }
+            IPPROTO_FRAGMENT => {
+                let e: [u8; 4] = load(ctx, off)?;
+                nh = e[0];
+                if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
+                    fragment = true;
+                }
+                off += IPV6_FRAG_HLEN;
+            }
+            _ => {
+                done = true;
+                break;
+            }
+        }
+    }
+    if !done {
+        return Err(ParseError::TooManyHeaders);
+    }
+    let pclass = match nh {
+        IPPROTO_TCP => PCLASS_TCP,
+        IPPROTO_UDP => PCLASS_UDP,
+        IPPROTO_ICMPV6 => PCLASS_ICMPV6,
+        _ => PCLASS_OTHER,
+    };
+    if fragment {
+        pkt.pclass = pclass | PCLASS_NO_L4;
+        return Ok(pkt);
+    }
+    pkt.pclass = pclass;
+    pkt.port = load_l4(ctx, off, pclass)?;
+    Ok(pkt)
+}
+
+/// The 16-bit "port" of the last lookup stage for a first (or only) fragment.
+#[inline(always)]
+fn load_l4(ctx: &TcContext, l4: usize, pclass: u8) -> Result<[u8; 2], ParseError> {
+    match pclass {
+        PCLASS_TCP | PCLASS_UDP => {
+            // Source port, then destination port.
+            let p: [u8; 4] = load(ctx, l4)?;
+            Ok([p[2], p[3]])
+        }
+        PCLASS_ICMP | PCLASS_ICMPV6 => load(ctx, l4),
+        _ => Ok([0; 2]),
+    }
+}

@@ -1,0 +1,425 @@
+//! The rule compiler: a validated [`RuleSet`] -> the entries of the lookup maps.
+//! Pure: no syscalls. See ARCHITECTURE.md for the design; in short, per family:
+//!
+//! 1. Destination classes. Every distinct destination prefix `d` of the rule set
+//!    is a class; a packet falls into the class of its longest matching prefix.
+//!    The rules that can match it are exactly those with a destination prefix
+//!    containing `d` (all matching prefixes are nested, so they are `d`'s
+//!    ancestors): `R(d)`, in file order.
+//! 2. Source pairs. Within `R(d)`, the same argument on the source prefixes
+//!    `S(d)` of those rules: for each `s` in `S(d)`, the candidates are the rules
+//!    of `R(d)` with a source containing `s`. When every rule of `R(d)` matches
+//!    any source, the PAIR stage is skipped (DST_SRC_ANY).
+//! 3. Ports. For each distinct candidate list and protocol class, first match is
+//!    resolved into disjoint intervals of the 16-bit port (or ICMP type/code)
+//!    space, each written as a few LPM prefixes.
+//!
+//! Identical rule lists are interned, so destinations that share their rules
+//! share one PAIR class and one set of PORTS entries.
+
+use std::collections::HashMap;
+
+use egress_common::{
+    DST_SRC_ANY, DstValue, MAX_DST_ENTRIES, MAX_PAIR_ENTRIES, MAX_PORT_ENTRIES, PCLASS_ICMP,
+    PCLASS_ICMPV6, PCLASS_NO_L4, PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP, Verdict,
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::rules::{Protocol, Rule, RuleSet};
+
+/// A prefix as (address bytes, length): 4 bytes for IPv4, 16 for IPv6.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Prefix {
+    pub addr: Vec<u8>,
+    pub len: u8,
+}
+
+impl Prefix {
+    fn of(net: &IpNet) -> Prefix {
+        match net {
+            IpNet::V4(n) => Prefix { addr: n.network().octets().to_vec(), len: n.prefix_len() },
+            IpNet::V6(n) => Prefix { addr: n.network().octets().to_vec(), len: n.prefix_len() },
+        }
+    }
+    fn any(v6: bool) -> Prefix {
+        Prefix { addr: vec![0; if v6 { 16 } else { 4 }], len: 0 }
+    }
+    /// This prefix cut to `len` bits.
+    fn truncate(&self, len: u8) -> Prefix {
+        let mut addr = self.addr.clone();
+        for (i, b) in addr.iter_mut().enumerate() {
+            let bit = i * 8;
+            if bit >= len as usize {
+                *b = 0;
+            } else if bit + 8 > len as usize {
+                *b &= 0xffu8 << (8 - (len as usize - bit));
+            }
+        }
+        Prefix { addr, len }
+    }
+    /// `self` contains `other`.
+    fn contains(&self, other: &Prefix) -> bool {
+        self.len <= other.len && other.truncate(self.len) == *self
+    }
+    pub fn to_net(&self) -> IpNet {
+        if self.addr.len() == 4 {
+            let a: [u8; 4] = self.addr[..4].try_into().unwrap_or_default();
+            IpNet::V4(Ipv4Net::new(a.into(), self.len).unwrap_or_default())
+        } else {
+            let a: [u8; 16] = self.addr[..16].try_into().unwrap_or_default();
+            IpNet::V6(Ipv6Net::new(a.into(), self.len).unwrap_or_default())
+        }
+    }
+}
+
+/// A PORTS entry: (list, class, port prefix) -> verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortEntry {
+    pub list: u32,
+    pub pclass: u8,
+    /// First port of the prefix.
+    pub port: u16,
+    /// Prefix length over the 16 port bits (0..=16).
+    pub port_len: u8,
+    pub verdict: Verdict,
+}
+
+/// Everything the dataplane writes into the maps for one rule set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    pub dst_v4: Vec<(Prefix, DstValue)>,
+    pub dst_v6: Vec<(Prefix, DstValue)>,
+    /// (destination class, source prefix, candidate list)
+    pub pair_v4: Vec<(u32, Prefix, u32)>,
+    pub pair_v6: Vec<(u32, Prefix, u32)>,
+    pub ports: Vec<PortEntry>,
+    /// Size of the COUNTERS map: rules + 1 (slot 0 = default policy).
+    pub counter_slots: u32,
+    pub default_action: u32,
+}
+
+impl Compiled {
+    pub fn entry_counts(&self) -> [(&'static str, usize); 5] {
+        [
+            (egress_common::MAP_DST_V4, self.dst_v4.len()),
+            (egress_common::MAP_DST_V6, self.dst_v6.len()),
+            (egress_common::MAP_PAIR_V4, self.pair_v4.len()),
+            (egress_common::MAP_PAIR_V6, self.pair_v6.len()),
+            (egress_common::MAP_PORTS, self.ports.len()),
+        ]
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error(
+        "the rule set compiles to {count} {map} entries, more than its capacity of {cap}; \
+         the usual cause is many rules with a specific source combined with many rules with a \
+         specific destination (their cross product is precomputed, see ARCHITECTURE.md)"
+    )]
+    TooLarge { map: &'static str, count: usize, cap: u32 },
+}
+
+/// The protocol classes a packet of a family can have.
+const PCLASSES_V4: [u8; 4] = [PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP, PCLASS_ICMP];
+const PCLASSES_V6: [u8; 4] = [PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP, PCLASS_ICMPV6];
+
+fn applies_to_class(r: &Rule, pclass: u8) -> bool {
+    match r.protocol {
+        Protocol::All => true,
+        Protocol::Tcp => pclass == PCLASS_TCP,
+        Protocol::Udp => pclass == PCLASS_UDP,
+        Protocol::Icmp => pclass == PCLASS_ICMP,
+        Protocol::Icmpv6 => pclass == PCLASS_ICMPV6,
+    }
+}
+
+struct Interner {
+    ids: HashMap<Vec<u32>, u32>,
+    lists: Vec<(Vec<u32>, [bool; 2])>,
+}
+
+impl Interner {
+    fn id(&mut self, list: Vec<u32>, v6: bool) -> u32 {
+        let n = self.lists.len() as u32;
+        let id = *self.ids.entry(list.clone()).or_insert(n);
+        if id == n {
+            self.lists.push((list, [false; 2]));
+        }
+        self.lists[id as usize].1[v6 as usize] = true;
+        id
+    }
+}
+
+/// Compiles a rule set into map entries.
+pub fn compile(rs: &RuleSet) -> Result<Compiled, CompileError> {
+    let mut out = Compiled {
+        counter_slots: rs.rules.len() as u32 + 1,
+        default_action: rs.default_policy.code(),
+        ..Default::default()
+    };
+    let mut lists = Interner { ids: HashMap::new(), lists: Vec::new() };
+    // Destination classes are interned by R(d) too: same rules, same PAIR table.
+    let mut classes: HashMap<Vec<u32>, u32> = HashMap::new();
+    for v6 in [false, true] {
+        let (dsts, pairs) = compile_family(rs, v6, &mut lists, &mut classes);
+        if v6 {
+            out.dst_v6 = dsts;
+            out.pair_v6 = pairs;
+        } else {
+            out.dst_v4 = dsts;
+            out.pair_v4 = pairs;
+        }
+    }
+    for (id, (list, fams)) in lists.lists.iter().enumerate() {
+        let rules: Vec<&Rule> = list.iter().map(|&i| &rs.rules[i as usize - 1]).collect();
+        let mut classes: Vec<u8> = Vec::new();
+        if fams[0] {
+            classes.extend(PCLASSES_V4);
+        }
+        if fams[1] {
+            classes.extend(PCLASSES_V6.iter().filter(|c| !classes.contains(c)).collect::<Vec<_>>());
+        }
+        for c in classes {
+            port_entries(id as u32, c, &rules, &mut out.ports);
+        }
+    }
+    for (map, count, cap) in [
+        (egress_common::MAP_DST_V4, out.dst_v4.len(), MAX_DST_ENTRIES),
+        (egress_common::MAP_DST_V6, out.dst_v6.len(), MAX_DST_ENTRIES),
+        (egress_common::MAP_PAIR_V4, out.pair_v4.len(), MAX_PAIR_ENTRIES),
+        (egress_common::MAP_PAIR_V6, out.pair_v6.len(), MAX_PAIR_ENTRIES),
+        (egress_common::MAP_PORTS, out.ports.len(), MAX_PORT_ENTRIES),
+    ] {
+        if count > cap as usize {
+            return Err(CompileError::TooLarge { map, count, cap });
+        }
+    }
+    Ok(out)
+}
+
+/// The prefixes of one address field of a rule, in one family (`None` = any).
+fn prefixes(nets: &Option<Vec<IpNet>>, v6: bool) -> Vec<Prefix> {
+    match nets {
+        None => vec![Prefix::any(v6)],
+        Some(v) => v.iter().filter(|n| matches!(n, IpNet::V6(_)) == v6).map(Prefix::of).collect(),
+    }
+}
+
+type Family = (Vec<(Prefix, DstValue)>, Vec<(u32, Prefix, u32)>);
+
+fn compile_family(
+    rs: &RuleSet,
+    v6: bool,
+    lists: &mut Interner,
+    classes: &mut HashMap<Vec<u32>, u32>,
+) -> Family {
+    let rules: Vec<&Rule> =
+        rs.rules.iter().filter(|r| if v6 { r.families.v6 } else { r.families.v4 }).collect();
+    // Destination prefix -> rules listing it (file order), and the lengths in use.
+    let mut by_dst: HashMap<Prefix, Vec<u32>> = HashMap::new();
+    let mut src_of: HashMap<u32, Vec<Prefix>> = HashMap::new();
+    for r in &rules {
+        for p in prefixes(&r.dst, v6) {
+            by_dst.entry(p).or_default().push(r.index);
+        }
+        src_of.insert(r.index, prefixes(&r.src, v6));
+    }
+    let mut lens: Vec<u8> = by_dst.keys().map(|p| p.len).collect();
+    lens.sort_unstable();
+    lens.dedup();
+
+    let mut dst_keys: Vec<&Prefix> = by_dst.keys().collect();
+    dst_keys.sort();
+    let mut dsts = Vec::with_capacity(dst_keys.len());
+    let mut pairs = Vec::new();
+    let mut emitted: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    for d in dst_keys {
+        // R(d): rules with a destination prefix containing d (d's ancestors).
+        let mut rd: Vec<u32> = Vec::new();
+        for &l in lens.iter().take_while(|&&l| l <= d.len) {
+            if let Some(v) = by_dst.get(&d.truncate(l)) {
+                rd.extend(v);
+            }
+        }
+        rd.sort_unstable();
+        rd.dedup();
+        let any = Prefix::any(v6);
+        if rd.iter().all(|i| src_of[i].iter().any(|s| *s == any)) {
+            dsts.push((d.clone(), DstValue { id: lists.id(rd, v6), flags: DST_SRC_ANY }));
+            continue;
+        }
+        let n = classes.len() as u32;
+        let class = *classes.entry(rd.clone()).or_insert(n);
+        dsts.push((d.clone(), DstValue { id: class, flags: 0 }));
+        // Same R(d) as an earlier class of this family: its PAIR entries serve this one too.
+        if !emitted.insert(class) {
+            continue;
+        }
+        // S(d) and, per s, the rules of R(d) whose source contains s.
+        let mut sd: Vec<Prefix> = rd.iter().flat_map(|i| src_of[i].iter().cloned()).collect();
+        sd.sort();
+        sd.dedup();
+        for s in sd {
+            let cands: Vec<u32> =
+                rd.iter().copied().filter(|i| src_of[i].iter().any(|p| p.contains(&s))).collect();
+            pairs.push((class, s, lists.id(cands, v6)));
+        }
+    }
+    (dsts, pairs)
+}
+
+/// PORTS entries of one candidate list and protocol class (plus its no-L4 twin).
+fn port_entries(list: u32, pclass: u8, rules: &[&Rule], out: &mut Vec<PortEntry>) {
+    let applicable: Vec<&&Rule> = rules.iter().filter(|r| applies_to_class(r, pclass)).collect();
+    if let Some(r) = applicable.iter().find(|r| r.l4_any()) {
+        out.push(PortEntry {
+            list,
+            pclass: pclass | PCLASS_NO_L4,
+            port: 0,
+            port_len: 0,
+            verdict: Verdict { rule: r.index, action: r.action.code() },
+        });
+    }
+    let intervals: Vec<(u32, u32)> =
+        applicable.iter().map(|r| { let (a, b) = r.l4_range(); (a as u32, b as u32) }).collect();
+    for (lo, hi, k) in first_match_intervals(&intervals) {
+        let r = applicable[k];
+        for (port, port_len) in range_to_prefixes(lo, hi) {
+            out.push(PortEntry {
+                list,
+                pclass,
+                port,
+                port_len,
+                verdict: Verdict { rule: r.index, action: r.action.code() },
+            });
+        }
+    }
+}
+
+/// Resolves first match over inclusive intervals of [0, 65535]: returns disjoint,
+/// sorted (lo, hi, winner) where winner is the index of the first interval that
+/// covers that stretch; adjacent stretches with the same winner are merged.
+/// O(n log n): each elementary segment is painted once (union-find skips painted ones).
+pub fn first_match_intervals(intervals: &[(u32, u32)]) -> Vec<(u16, u16, usize)> {
+    let mut cuts: Vec<u32> = intervals.iter().flat_map(|&(a, b)| [a, b + 1]).collect();
+    cuts.push(0);
+    cuts.push(1 << 16);
+    cuts.sort_unstable();
+    cuts.dedup();
+    let segs = cuts.len() - 1;
+    let mut winner: Vec<Option<usize>> = vec![None; segs];
+    // next[j]: the first segment >= j that is not painted yet (segs = none).
+    let mut next: Vec<usize> = (0..=segs).collect();
+    fn find(next: &mut [usize], mut j: usize) -> usize {
+        let mut root = j;
+        while next[root] != root {
+            root = next[root];
+        }
+        while next[j] != root {
+            let up = next[j];
+            next[j] = root;
+            j = up;
+        }
+        root
+    }
+    for (k, &(a, b)) in intervals.iter().enumerate() {
+        let first = cuts.partition_point(|&c| c < a);
+        let end = cuts.partition_point(|&c| c < b + 1);
+        let mut j = find(&mut next, first);
+        while j < end {
+            winner[j] = Some(k);
+            next[j] = j + 1;
+            j = find(&mut next, j + 1);
+        }
+    }
+    let mut out: Vec<(u16, u16, usize)> = Vec::new();
+    for j in 0..segs {
+        let Some(k) = winner[j] else { continue };
+        let (lo, hi) = (cuts[j] as u16, (cuts[j + 1] - 1) as u16);
+        match out.last_mut() {
+            Some(last) if last.2 == k && last.1 as u32 + 1 == lo as u32 => last.1 = hi,
+            _ => out.push((lo, hi, k)),
+        }
+    }
+    out
+}
+
+/// The fewest prefixes (first value, prefix length over 16 bits) covering [lo, hi].
+pub fn range_to_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
+    let (mut lo, hi) = (lo as u32, hi as u32);
+    let mut out = Vec::new();
+    while lo <= hi {
+        let mut size: u32 = if lo == 0 { 1 << 16 } else { 1 << lo.trailing_zeros() };
+        while lo + size - 1 > hi {
+            size >>= 1;
+        }
+        out.push((lo as u16, 16 - size.trailing_zeros() as u8));
+        lo += size;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_become_minimal_prefixes() {
+        assert_eq!(range_to_prefixes(0, 65535), vec![(0, 0)]);
+        assert_eq!(range_to_prefixes(25, 25), vec![(25, 16)]);
+        assert_eq!(range_to_prefixes(1024, 2047), vec![(1024, 6)]);
+        assert_eq!(range_to_prefixes(1, 6), vec![(1, 16), (2, 15), (4, 15), (6, 16)]);
+        assert_eq!(range_to_prefixes(65535, 65535), vec![(65535, 16)]);
+        // Every range is covered exactly, whatever its ends.
+        for (lo, hi) in [(0u16, 0u16), (3, 60000), (1, 65534), (32768, 65535)] {
+            let mut covered = 0u32;
+            for (p, l) in range_to_prefixes(lo, hi) {
+                let size = 1u32 << (16 - l);
+                assert_eq!(p as u32 % size, 0);
+                assert!(p as u32 >= lo as u32 && p as u32 + size - 1 <= hi as u32);
+                covered += size;
+            }
+            assert_eq!(covered, hi as u32 - lo as u32 + 1);
+        }
+    }
+
+    #[test]
+    fn first_match_paints_earliest() {
+        let iv = [(25, 25), (0, 65535), (20, 30)];
+        assert_eq!(first_match_intervals(&iv), vec![(0, 24, 1), (25, 25, 0), (26, 65535, 1)]);
+        let iv = [(100, 200), (150, 300)];
+        assert_eq!(first_match_intervals(&iv), vec![(100, 200, 0), (201, 300, 1)]);
+        assert_eq!(first_match_intervals(&[]), vec![]);
+    }
+
+    #[test]
+    fn shared_rule_lists_are_interned() {
+        let rs = crate::rules::parse(
+            "r.toml",
+            "default_policy = \"allow\"\n[[rule]]\ndst = [\"192.0.2.0/24\", \"198.51.100.0/24\"]\nprotocol = \"udp\"\nports = \"53\"\n",
+        )
+        .unwrap();
+        let c = compile(&rs).unwrap();
+        assert_eq!(c.dst_v4.len(), 2);
+        assert_eq!(c.dst_v4[0].1, c.dst_v4[1].1);
+        assert!(c.dst_v6.is_empty() && c.pair_v4.is_empty());
+        // One list, UDP: port 53 entry plus its no-L4 twin is absent (ports constrain).
+        assert_eq!(c.ports.len(), 1);
+        assert_eq!((c.ports[0].pclass, c.ports[0].port, c.ports[0].port_len), (PCLASS_UDP, 53, 16));
+    }
+
+    #[test]
+    fn source_specific_rules_get_pair_entries() {
+        let rs = crate::rules::parse(
+            "r.toml",
+            "default_policy = \"deny\"\n[[rule]]\nsrc = \"192.0.2.0/25\"\ndst = \"198.51.100.0/24\"\n[[rule]]\ndst = \"198.51.100.0/24\"\nprotocol = \"tcp\"\n",
+        )
+        .unwrap();
+        let c = compile(&rs).unwrap();
+        assert_eq!(c.dst_v4.len(), 1);
+        assert_eq!(c.dst_v4[0].1.flags, 0);
+        // S(d) = {192.0.2.0/25, 0.0.0.0/0}.
+        assert_eq!(c.pair_v4.len(), 2);
+    }
+}

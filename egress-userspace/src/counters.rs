@@ -1,0 +1,151 @@
+//! Rendering of `egress counters` and `egress status`: tables for people, JSON for
+//! programs. Pure: takes what `dataplane` read.
+
+use egress_common::{STAT_NAMES, DEFAULT_COUNTER_SLOT};
+use serde_json::{Value, json};
+
+use crate::dataplane::{Readout, State};
+
+fn counter(r: &Readout, slot: usize) -> (u64, u64) {
+    r.counters.get(slot).map(|c| (c.packets, c.bytes)).unwrap_or((0, 0))
+}
+
+pub fn counters_json(r: &Readout) -> Value {
+    let rules: Vec<Value> = r
+        .state
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, ri)| {
+            let (packets, bytes) = counter(r, i + 1);
+            json!({"name": ri.name, "action": ri.action, "packets": packets, "bytes": bytes, "match": ri.summary})
+        })
+        .collect();
+    let (packets, bytes) = counter(r, DEFAULT_COUNTER_SLOT as usize);
+    let stats: serde_json::Map<String, Value> =
+        STAT_NAMES.iter().zip(r.stats.iter().chain(std::iter::repeat(&0))).map(|(n, v)| (n.to_string(), json!(v))).collect();
+    json!({
+        "iface": r.state.iface,
+        "rules": rules,
+        "default": {"action": r.state.default_action, "packets": packets, "bytes": bytes},
+        "unclassified": stats,
+        "generation": r.state.generation,
+        "digest": r.state.digest,
+    })
+}
+
+/// Human-readable byte count like iptables -v (K/M/G, powers of 1000... no: 1024).
+fn human(n: u64) -> String {
+    const U: [&str; 5] = ["", "K", "M", "G", "T"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 10_000.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { n.to_string() } else { format!("{:.0}{}", v, U[i]) }
+}
+
+pub fn counters_table(r: &Readout) -> String {
+    let mut rows: Vec<[String; 6]> = vec![[
+        "#".into(), "NAME".into(), "ACTION".into(), "PKTS".into(), "BYTES".into(), "MATCH".into(),
+    ]];
+    for (i, ri) in r.state.rules.iter().enumerate() {
+        let (p, b) = counter(r, i + 1);
+        rows.push([(i + 1).to_string(), ri.name.clone(), ri.action.clone(), p.to_string(), human(b), ri.summary.clone()]);
+    }
+    let (p, b) = counter(r, DEFAULT_COUNTER_SLOT as usize);
+    rows.push(["-".into(), "(default)".into(), r.state.default_action.clone(), p.to_string(), human(b), "no rule matched".into()]);
+    let mut out = format!(
+        "egress on {} ({} hook, generation {}, {} rules from {})\n",
+        r.state.iface, r.state.hook, r.state.generation, r.state.rules.len(), r.state.rules_file
+    );
+    out.push_str(&table(&rows));
+    let extra: Vec<String> = STAT_NAMES
+        .iter()
+        .zip(r.stats.iter())
+        .filter(|(_, v)| **v > 0)
+        .map(|(n, v)| format!("{n} {v}"))
+        .collect();
+    if !extra.is_empty() {
+        out.push_str(&format!("not matched against rules: {}\n", extra.join(", ")));
+    }
+    out
+}
+
+pub fn status_json(states: &[(State, bool)]) -> Value {
+    let ifs: Vec<Value> = states
+        .iter()
+        .map(|(s, attached)| {
+            json!({
+                "iface": s.iface, "hook": s.hook, "attached": attached, "rules": s.rules.len(),
+                "default": s.default_action, "rules_file": s.rules_file, "digest": s.digest,
+                "loaded_at": s.loaded_at, "generation": s.generation, "netns": s.netns,
+            })
+        })
+        .collect();
+    json!({ "interfaces": ifs })
+}
+
+pub fn status_table(states: &[(State, bool)]) -> String {
+    if states.is_empty() {
+        return "no interface has egress rules loaded\n".into();
+    }
+    let mut rows: Vec<[String; 6]> =
+        vec![["IFACE".into(), "HOOK".into(), "RULES".into(), "LOADED (UTC)".into(), "DIGEST".into(), "RULE FILE".into()]];
+    for (s, attached) in states {
+        let hook = if *attached { s.hook.clone() } else { format!("{} (link gone)", s.hook) };
+        let digest: String = s.digest.chars().take(19).collect();
+        rows.push([s.iface.clone(), hook, s.rules.len().to_string(), utc(s.loaded_at), digest, s.rules_file.clone()]);
+    }
+    table(&rows)
+}
+
+/// Unix seconds as "YYYY-MM-DD HH:MM:SS" (UTC), without a date crate.
+pub fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut w = [0usize; N];
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(c);
+            } else {
+                line.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formats() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(1_795_000_000), "2026-11-18 11:06:40");
+    }
+}
