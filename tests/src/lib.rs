@@ -1,1 +1,261 @@
+//! Test harness: network namespaces joined by a veth pair, sockets opened inside a
+//! namespace, and the real `egress` binary. Every namespace is deleted on drop,
+//! also when a test fails (panics unwind through the guard).
 
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    mem::MaybeUninit,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd as _,
+    path::PathBuf,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use socket2::{Domain, Protocol, Socket, Type};
+
+pub const A4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const B4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub const A6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+pub const B6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn sh(args: &[&str]) -> Result<()> {
+    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("run {args:?}"))?;
+    if !out.status.success() {
+        bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Two namespaces, `a` (the client, where egress filters) and `b` (the server),
+/// joined by veth `a_if` <-> `b_if`, with 192.0.2.1/24 + 2001:db8:1::1/64 on a and
+/// .2/::2 on b. Names are unique per process and call.
+pub struct Pair {
+    pub a: String,
+    pub b: String,
+    pub a_if: String,
+    pub b_if: String,
+}
+
+impl Pair {
+    pub fn new(tag: &str) -> Result<Pair> {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{:x}{n}", std::process::id());
+        let p = Pair {
+            a: format!("egt-{tag}-{id}-a"),
+            b: format!("egt-{tag}-{id}-b"),
+            // <= 15 bytes, unique across parallel tests: pins are keyed by interface name.
+            a_if: format!("eg{id}a"),
+            b_if: format!("eg{id}b"),
+        };
+        sh(&["ip", "netns", "add", &p.a])?;
+        sh(&["ip", "netns", "add", &p.b])?;
+        sh(&["ip", "link", "add", &p.a_if, "netns", &p.a, "type", "veth", "peer", "name", &p.b_if, "netns", &p.b])?;
+        for (ns, dev, v4, v6) in [(&p.a, &p.a_if, "192.0.2.1/24", "2001:db8:1::1/64"), (&p.b, &p.b_if, "192.0.2.2/24", "2001:db8:1::2/64")] {
+            sh(&["ip", "-n", ns, "addr", "add", v4, "dev", dev])?;
+            sh(&["ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad"])?;
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(p)
+    }
+
+    /// Runs `egress ARGS` inside namespace a (as `ip netns exec` would).
+    pub fn egress(&self, args: &[&str]) -> Output {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.a]).arg(egress_bin()).args(args);
+        c.output().unwrap_or_else(|e| panic!("run egress {args:?}: {e}"))
+    }
+
+    /// `egress ARGS` in namespace a; panics with its output unless it exits 0.
+    pub fn egress_ok(&self, args: &[&str]) -> String {
+        let o = self.egress(args);
+        assert!(o.status.success(), "egress {args:?} failed ({}):\n{}{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Applies a rule file given as text.
+    pub fn apply(&self, rules: &str) -> Output {
+        let f = temp_file("rules.toml", rules);
+        let f = f.to_string_lossy().into_owned();
+        self.egress(&["apply", "--iface", &self.a_if, "--rules", &f])
+    }
+
+    /// `egress counters --json` parsed: (per-rule packets in file order, default packets).
+    pub fn counters(&self) -> (Vec<u64>, u64, serde_json::Value) {
+        let out = self.egress_ok(&["counters", "--iface", &self.a_if, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON {e}: {out}"));
+        let rules = v["rules"].as_array().map(|a| a.iter().map(|r| r["packets"].as_u64().unwrap_or(u64::MAX)).collect()).unwrap_or_default();
+        let def = v["default"]["packets"].as_u64().unwrap_or(u64::MAX);
+        (rules, def, v)
+    }
+
+    /// Sends `n` UDP datagrams from a to b:`port` and returns how many arrived.
+    pub fn udp(&self, v6: bool, port: u16, n: u32) -> u32 {
+        let dst: IpAddr = if v6 { B6.into() } else { B4.into() };
+        let bind: SocketAddr = if v6 { (Ipv6Addr::UNSPECIFIED, port).into() } else { (Ipv4Addr::UNSPECIFIED, port).into() };
+        let server = in_ns_io(&self.b, move || UdpSocket::bind(bind)).expect("bind udp in b");
+        server.set_read_timeout(Some(Duration::from_millis(300))).ok();
+        in_ns_io(&self.a, move || -> std::io::Result<()> {
+            let c = UdpSocket::bind(if v6 { SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)) } else { SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)) })?;
+            for i in 0..n {
+                // A dropped datagram makes send fail with ENOBUFS: that is the drop.
+                let _ = c.send_to(&i.to_be_bytes(), (dst, port));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(())
+        })
+        .expect("send udp in a");
+        let mut got = 0;
+        let mut buf = [0u8; 64];
+        while server.recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+        got
+    }
+
+    /// TCP connect from a to b:`port`; true if the handshake completed and a byte echoed.
+    pub fn tcp(&self, v6: bool, port: u16) -> bool {
+        let bind: SocketAddr = if v6 { (Ipv6Addr::UNSPECIFIED, port).into() } else { (Ipv4Addr::UNSPECIFIED, port).into() };
+        let l = in_ns_io(&self.b, move || TcpListener::bind(bind)).expect("listen in b");
+        let server = std::thread::spawn(move || {
+            l.set_nonblocking(false).ok();
+            if let Ok((mut s, _)) = l.accept() {
+                let mut b = [0u8; 1];
+                if s.read_exact(&mut b).is_ok() {
+                    let _ = s.write_all(&b);
+                }
+            }
+        });
+        let dst: SocketAddr = if v6 { (B6, port).into() } else { (B4, port).into() };
+        let ok = in_ns_io(&self.a, move || -> std::io::Result<bool> {
+            let mut s = match TcpStream::connect_timeout(&dst, Duration::from_millis(1500)) {
+                Ok(s) => s,
+                Err(_) => return Ok(false),
+            };
+            s.set_read_timeout(Some(Duration::from_millis(1500)))?;
+            s.write_all(b"x")?;
+            let mut b = [0u8; 1];
+            Ok(s.read_exact(&mut b).is_ok() && b == *b"x")
+        })
+        .unwrap_or(false);
+        if !ok {
+            // Unblock the accept() so the thread ends: connect to ourselves inside b.
+            let _ = in_ns(&self.b, move || TcpStream::connect_timeout(&SocketAddr::from(if v6 { SocketAddr::from((Ipv6Addr::LOCALHOST, port)) } else { SocketAddr::from((Ipv4Addr::LOCALHOST, port)) }), Duration::from_millis(500)));
+        }
+        let _ = server.join();
+        ok
+    }
+
+    /// Sends `n` ICMP (or ICMPv6) echo requests from a to b; returns the replies seen.
+    pub fn ping(&self, v6: bool, n: u32) -> u32 {
+        in_ns(&self.a, move || ping(v6, n)).unwrap_or(0)
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        // Detach first so no pins or state outlive the test.
+        let _ = Command::new("ip").args(["netns", "exec", &self.a]).arg(egress_bin()).args(["detach", "--iface", &self.a_if]).output();
+        let _ = Command::new("ip").args(["netns", "del", &self.a]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.b]).status();
+    }
+}
+
+/// Path of the egress binary under test: $EGRESS_BIN, else target/release/egress.
+pub fn egress_bin() -> PathBuf {
+    std::env::var_os("EGRESS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/egress"))
+}
+
+/// Writes `text` into a fresh temporary file and returns its path.
+pub fn temp_file(name: &str, text: &str) -> PathBuf {
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("egress-test-{}-{n}", std::process::id()));
+    let _ = fs::create_dir_all(&dir);
+    let p = dir.join(name);
+    fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+    p
+}
+
+/// Runs `f` on a thread that has joined network namespace `ns`. Sockets made
+/// there stay in that namespace wherever they are used later.
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let path = format!("/run/netns/{ns}");
+    let h = std::thread::spawn(move || -> Result<T> {
+        let fd = fs::File::open(&path).with_context(|| format!("open {path}"))?;
+        // SAFETY: setns on a valid namespace fd; affects only this thread.
+        if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        Ok(f())
+    });
+    h.join().map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for c in data.chunks(2) {
+        sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// [`in_ns`] for closures that return an `io::Result`.
+pub fn in_ns_io<T: Send + 'static>(ns: &str, f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> Result<T> {
+    Ok(in_ns(ns, f)??)
+}
+
+/// Echo requests over a raw socket (in the calling thread's namespace).
+fn ping(v6: bool, n: u32) -> u32 {
+    let (domain, proto, dst): (Domain, Protocol, SocketAddr) = if v6 {
+        (Domain::IPV6, Protocol::ICMPV6, (B6, 0).into())
+    } else {
+        (Domain::IPV4, Protocol::ICMPV4, (B4, 0).into())
+    };
+    let Ok(s) = Socket::new(domain, Type::RAW, Some(proto)) else { return 0 };
+    s.set_read_timeout(Some(Duration::from_millis(100))).ok();
+    let id: u16 = (std::process::id() as u16) ^ 0x5a5a;
+    let mut replies = 0;
+    for seq in 0..n as u16 {
+        let mut pkt = vec![if v6 { 128 } else { 8 }, 0, 0, 0];
+        pkt.extend_from_slice(&id.to_be_bytes());
+        pkt.extend_from_slice(&seq.to_be_bytes());
+        pkt.extend_from_slice(b"egress-test-ping");
+        if !v6 {
+            // The kernel fills in the ICMPv6 checksum itself; ICMPv4's is ours.
+            let c = checksum(&pkt);
+            pkt[2..4].copy_from_slice(&c.to_be_bytes());
+        }
+        let _ = s.send_to(&pkt, &dst.into());
+        let deadline = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < deadline {
+            let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
+            let Ok(len) = s.recv(&mut buf) else { continue };
+            // SAFETY: recv initialised `len` bytes.
+            let b: Vec<u8> = buf[..len].iter().map(|x| unsafe { x.assume_init() }).collect();
+            // IPv4 raw sockets deliver the IP header; IPv6 ones do not.
+            let icmp = if v6 { &b[..] } else { &b[((b[0] & 0x0f) as usize * 4).min(b.len())..] };
+            if icmp.len() >= 8 && icmp[0] == if v6 { 129 } else { 0 } && icmp[4..6] == id.to_be_bytes() && icmp[6..8] == seq.to_be_bytes() {
+                replies += 1;
+                break;
+            }
+        }
+    }
+    replies
+}
+
+/// True when running as root (the namespace tests need it).
+pub fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

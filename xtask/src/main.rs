@@ -1,1 +1,164 @@
-fn main() {}
+//! Project tasks cargo cannot do alone. Run as `cargo xtask <task>`.
+//!
+//! - `setup`: install what a fresh machine lacks (nightly rust-src, bpf-linker built
+//!   against the nightly's own LLVM, Debian packages); idempotent and quick when warm.
+//! - `build`: setup, then build the `egress` binary (release).
+//! - `demo`:  build, then run the embedded demo in a pair of network namespaces.
+//! - `test`:  build, then run every test (unit, BPF_PROG_TEST_RUN, netns integration).
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "egress project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install missing build and test dependencies (needs network access to the registries).
+    Setup,
+    /// Setup, then build the egress binary in release mode.
+    Build,
+    /// Build, then apply examples/demo.toml in a sandboxed namespace pair, send traffic,
+    /// print the counters and clean up. Needs root.
+    Demo,
+    /// Build, then run all tests (root-only tests need root; CI runs as root).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup(),
+        Task::Build => build(),
+        Task::Demo => {
+            build()?;
+            run(Command::new(cargo()).args(["run", "--release", "--quiet", "-p", "egress-tests", "--bin", "egress-demo"]).env("EGRESS_BIN", egress_bin()))
+        }
+        Task::Test { args } => {
+            build()?;
+            let mut c = Command::new(cargo());
+            c.args(["test", "--release", "--workspace", "--exclude", "egress-ebpf"]);
+            c.env("EGRESS_BIN", egress_bin());
+            if !args.is_empty() {
+                c.arg("--").args(args);
+            }
+            run(&mut c)
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn egress_bin() -> PathBuf {
+    root().join("target/release/egress")
+}
+
+fn cargo() -> String {
+    env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn run(c: &mut Command) -> Result<()> {
+    let shown = format!("{c:?}");
+    let st = c.current_dir(root()).status().with_context(|| format!("run {shown}"))?;
+    if !st.success() {
+        bail!("{shown} failed: {st}");
+    }
+    Ok(())
+}
+
+fn quiet_ok(c: &mut Command) -> bool {
+    c.stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+}
+
+fn build() -> Result<()> {
+    setup()?;
+    run(Command::new(cargo()).args(["build", "--release", "-p", "egress-userspace"]))
+}
+
+fn setup() -> Result<()> {
+    // 1. Nightly toolchain with rust-src (aya-build compiles the eBPF crate with
+    //    `-Z build-std=core`).
+    let sysroot = Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output();
+    let sysroot = match sysroot {
+        Ok(o) if o.status.success() => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
+        _ => {
+            eprintln!("xtask setup: installing the nightly toolchain");
+            run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+            let o = Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output()?;
+            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+        }
+    };
+    if !sysroot.join("lib/rustlib/src/rust/library/core").exists() {
+        eprintln!("xtask setup: adding rust-src to the nightly toolchain");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+
+    // 2. bpf-linker, linked against the nightly's own libLLVM (Debian's LLVM is too old).
+    // Run it the way rustc does (rustup puts the nightly's lib dir on the loader path).
+    if !quiet_ok(Command::new("rustup").args(["run", "nightly", "bpf-linker", "--version"])) {
+        let lib = fs::read_dir(sysroot.join("lib"))
+            .context("list the nightly sysroot's lib directory")?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.")))
+            .context("no libLLVM.so.* in the nightly sysroot")?;
+        let major = lib
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("libLLVM.so."))
+            .and_then(|v| v.split('.').next())
+            .context("cannot read the LLVM version from the libLLVM file name")?
+            .to_string();
+        let cargo_home = env::var("CARGO_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo"));
+        // Lasting place: bpf-linker keeps an rpath to it.
+        let prefix = cargo_home.join(format!("egress-llvm-{major}"));
+        fs::create_dir_all(prefix.join("lib"))?;
+        let link = prefix.join("lib/libLLVM.so");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&lib, &link).context("symlink libLLVM.so")?;
+        // Also under its SONAME, so the installed binary loads outside rustup too.
+        if let Some(name) = lib.file_name() {
+            let soname = prefix.join("lib").join(name);
+            let _ = fs::remove_file(&soname);
+            std::os::unix::fs::symlink(&lib, &soname).context("symlink libLLVM SONAME")?;
+        }
+        eprintln!("xtask setup: installing bpf-linker against LLVM {major} ({})", lib.display());
+        run(Command::new(cargo())
+            .args(["install", "bpf-linker", "--locked", "--no-default-features", "--features"])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix))?;
+    }
+
+    // 3. Debian packages the tests and demo use (only when missing).
+    let missing: Vec<&str> = [("ip", "iproute2")]
+        .iter()
+        .filter(|(cmd, _)| !quiet_ok(Command::new("sh").args(["-c", &format!("command -v {cmd}")])))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("xtask setup: installing {}", missing.join(" "));
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    Ok(())
+}
