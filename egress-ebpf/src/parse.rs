@@ -164,7 +164,8 @@ fn parse_ipv6(ctx: &TcContext, l3: usize) -> Result<Packet, ParseError> {
             }
         }
     }
-    if !done {
+    // Exactly MAX_IPV6_EXT_HDRS headers end the loop without reaching the L4 arm.
+    if !done && matches!(nh, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT) {
         return Err(ParseError::TooManyHeaders);
     }
     let pclass = match nh {
