@@ -219,14 +219,15 @@ pub const MAX_NAME_LEN: usize = 64;
 
 struct Ctx<'a> {
     file: &'a str,
-    text: &'a str,
+    /// Byte offset of the start of each line, for span -> line in O(log n).
+    line_starts: Vec<usize>,
     problems: Vec<Problem>,
 }
 
 impl Ctx<'_> {
     fn line_of(&self, span: Option<Range<usize>>) -> usize {
-        let at = span.map(|r| r.start).unwrap_or(0).min(self.text.len());
-        self.text[..at].bytes().filter(|b| *b == b'\n').count() + 1
+        let at = span.map(|r| r.start).unwrap_or(0);
+        self.line_starts.partition_point(|&s| s <= at).max(1)
     }
     fn push(&mut self, span: Option<Range<usize>>, rule: Option<&str>, field: Option<&str>, msg: String) {
         let line = self.line_of(span);
@@ -279,7 +280,10 @@ fn strsim_distance(a: &str, b: &str) -> usize {
 
 /// Parses and validates a rule file. `file` is only used in messages.
 pub fn parse(file: &str, text: &str) -> Result<RuleSet, RuleFileError> {
-    let mut cx = Ctx { file, text, problems: Vec::new() };
+    let line_starts = std::iter::once(0)
+        .chain(text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i + 1))
+        .collect();
+    let mut cx = Ctx { file, line_starts, problems: Vec::new() };
     let doc = match ImDocument::parse(text) {
         Ok(d) => d,
         Err(e) => {

@@ -331,3 +331,74 @@ fn kernel_agrees_with_reference_on_random_rule_sets() {
     }
     eprintln!("differential: {sets} rule sets, {packets} packets, all agree");
 }
+
+#[test]
+fn every_map_named_in_common_exists_in_the_object() {
+    need_root!();
+    let rs = rules::parse("r.toml", "default_policy = \"allow\"\n").unwrap();
+    let prog = Prog::new(&rs);
+    let names: Vec<&str> = prog.loaded.ebpf.maps().map(|(n, _)| n).collect();
+    for m in egress_common::ALL_MAPS {
+        assert!(names.contains(&m), "map {m} missing from the object: {names:?}");
+        assert!(m.len() <= 15, "map name {m} longer than the kernel's 15 bytes");
+    }
+}
+
+/// 100,000 rules: compiles, loads, and still agrees with the reference. Timings are
+/// printed for information only (benchmarks live in `cargo xtask bench`).
+#[test]
+fn hundred_thousand_rules() {
+    need_root!();
+    let mut text = String::from("default_policy = \"allow\"\n");
+    let mut rng = StdRng::seed_from_u64(100_000);
+    for i in 0..100_000u32 {
+        // Mostly distinct destination prefixes of mixed lengths, ports and ranges,
+        // a few source-specific rules and some ICMP.
+        let (a, b) = ((i >> 8) & 0xff, i & 0xff);
+        let dst = match i % 4 {
+            0 => format!("10.{a}.{b}.0/24"),
+            1 => format!("10.{a}.{b}.128/25"),
+            2 => format!("2001:db8:{a:x}:{b:x}::/64"),
+            _ => format!("10.{a}.{b}.7/32"),
+        };
+        text.push_str(&format!("[[rule]]\nname = \"r{i}\"\naction = \"{}\"\ndst = \"{dst}\"\n", if i % 3 == 0 { "allow" } else { "deny" }));
+        if i % 50 == 0 {
+            text.push_str(if dst.contains(':') { "src = \"2001:db8:ffff::/48\"\n" } else { "src = \"192.0.2.0/24\"\n" });
+        }
+        match i % 10 {
+            0..=5 => {
+                let p = rng.gen_range(1..60000u16);
+                text.push_str(&format!("protocol = \"tcp\"\nports = \"{p}-{}\"\n", p + rng.gen_range(0..100)));
+            }
+            6 | 7 => text.push_str(&format!("protocol = \"udp\"\nports = \"{}\"\n", rng.gen_range(1..65535u16))),
+            8 if !dst.contains(':') => text.push_str("protocol = \"icmp\"\nicmp_type = 8\n"),
+            _ => {}
+        }
+    }
+    let t = std::time::Instant::now();
+    let rs = rules::parse("big.toml", &text).unwrap();
+    let parse = t.elapsed();
+    let t = std::time::Instant::now();
+    let c = compile::compile(&rs).unwrap();
+    let comp = t.elapsed();
+    let t = std::time::Instant::now();
+    let mut prog = Prog { loaded: Loaded::new(&c, true).unwrap() };
+    let load = t.elapsed();
+    eprintln!("100k rules: parse {parse:?}, compile {comp:?}, load {load:?}; entries {:?}", c.entry_counts());
+    for i in 0..3000 {
+        let r = &rs.rules[rng.gen_range(0..rs.rules.len())];
+        let net = r.dst.as_ref().unwrap()[0];
+        let v6 = net.addr().is_ipv6();
+        let dst = net.network();
+        let src = if rng.gen_bool(0.5) { if v6 { ip("2001:db8:ffff::1") } else { ip("192.0.2.9") } } else if v6 { ip("2001:db8:1::1") } else { ip("198.51.100.1") };
+        let (proto, l4) = match r.ports {
+            Some((a, b)) => (if r.protocol == rules::Protocol::Tcp { 6 } else { 17 }, L4::Ports { dport: if rng.gen_bool(0.5) { a } else { b.wrapping_add(1) } }),
+            None => (if v6 { 58 } else { 1 }, L4::Icmp { ty: 8, code: 0 }),
+        };
+        let m = PacketMeta { src, dst, proto, l4 };
+        let (slot, action) = reference::classify(&rs, &m);
+        let got = prog.run(&packet::build(&m, &Shape::default()));
+        let want = if action == Action::Deny { TC_ACT_SHOT } else { TC_ACT_UNSPEC };
+        assert_eq!(got, want, "packet {i} {m:?}: reference slot {slot}");
+    }
+}
