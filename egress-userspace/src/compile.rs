@@ -245,7 +245,7 @@ fn compile_family(
         rd.sort_unstable();
         rd.dedup();
         let any = Prefix::any(v6);
-        if rd.iter().all(|i| src_of[i].iter().any(|s| *s == any)) {
+        if rd.iter().all(|i| src_of[i].contains(&any)) {
             dsts.push((d.clone(), DstValue { id: lists.id(rd, v6), flags: DST_SRC_ANY }));
             continue;
         }

@@ -46,7 +46,7 @@ pub enum DataplaneError {
     #[error("{op}: {source}")]
     Io { op: String, source: io::Error },
     #[error("{op}: {source}")]
-    Ebpf { op: String, source: aya::EbpfError },
+    Ebpf { op: String, source: Box<aya::EbpfError> },
     #[error("{op}: {source}")]
     Map { op: String, source: aya::maps::MapError },
     #[error("{op}: {source}")]
@@ -221,7 +221,7 @@ impl Loaded {
             .override_global(GLOBAL_HAS_ETH, &has_eth, true)
             .map_max_entries(MAP_COUNTERS, c.counter_slots)
             .load(EBPF_OBJECT)
-            .map_err(|source| DataplaneError::Ebpf { op: "load the eBPF object (create maps)".into(), source })?;
+            .map_err(|source| DataplaneError::Ebpf { op: "load the eBPF object (create maps)".into(), source: Box::new(source) })?;
         fill(&mut ebpf, c)?;
         let prog = classifier(&mut ebpf)?;
         if let Err(e) = prog.load() {
@@ -312,7 +312,7 @@ fn fill(ebpf: &mut Ebpf, c: &Compiled) -> Result<()> {
         let mut m: LpmTrie<_, PortKey, Verdict> = lpm(ebpf, MAP_PORTS)?;
         for e in &c.ports {
             let k = PortKey { list: e.list.to_be_bytes(), pclass: e.pclass, port: e.port.to_be_bytes(), _pad: 0 };
-            m.insert(&Key::new(PORT_KEY_FIXED_BITS + e.port_len as u32, k), &e.verdict, 0)
+            m.insert(&Key::new(PORT_KEY_FIXED_BITS + e.port_len as u32, k), e.verdict, 0)
                 .map_err(map_err(op(MAP_PORTS)))?;
         }
     }

@@ -146,7 +146,7 @@ impl Pair {
         .unwrap_or(false);
         if !ok {
             // Unblock the accept() so the thread ends: connect to ourselves inside b.
-            let _ = in_ns(&self.b, move || TcpStream::connect_timeout(&SocketAddr::from(if v6 { SocketAddr::from((Ipv6Addr::LOCALHOST, port)) } else { SocketAddr::from((Ipv4Addr::LOCALHOST, port)) }), Duration::from_millis(500)));
+            let _ = in_ns(&self.b, move || TcpStream::connect_timeout(&(if v6 { SocketAddr::from((Ipv6Addr::LOCALHOST, port)) } else { SocketAddr::from((Ipv4Addr::LOCALHOST, port)) }), Duration::from_millis(500)));
         }
         let _ = server.join();
         ok

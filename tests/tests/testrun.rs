@@ -38,8 +38,7 @@ impl Prog {
     }
     fn run(&mut self, frame: &[u8]) -> i32 {
         let prog = self.loaded.program().expect("program");
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(frame);
+        let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
         match prog.test_run(opts) {
             Ok(r) => r.return_value as i32,
             Err(e) => panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e:?}", frame.len()),
@@ -85,8 +84,10 @@ action = "deny"
 dst = "2001:db8:3::/48"
 "#;
 
-/// (frame, expected return, expected counter slot or None, expected STATS slot bumped or None)
-fn fixtures() -> Vec<(&'static str, Vec<u8>, i32, Option<u32>, Option<u32>)> {
+/// (name, frame, expected return, expected counter slot or None, expected STATS slot bumped or None)
+type Fixture = (&'static str, Vec<u8>, i32, Option<u32>, Option<u32>);
+
+fn fixtures() -> Vec<Fixture> {
     let udp53 = meta("192.0.2.1", "198.51.100.7", 17, L4::Ports { dport: 53 });
     let udp54 = meta("192.0.2.1", "198.51.100.7", 17, L4::Ports { dport: 54 });
     let tcp203 = meta("192.0.2.1", "203.0.113.5", 6, L4::Ports { dport: 443 });
