@@ -81,8 +81,12 @@ impl Pair {
 
     /// Applies a rule file given as text.
     pub fn apply(&self, rules: &str) -> Output {
-        let f = temp_file("rules.toml", rules);
-        let f = f.to_string_lossy().into_owned();
+        self.apply_file(&temp_file("rules.toml", rules))
+    }
+
+    /// Applies a rule file.
+    pub fn apply_file(&self, path: &std::path::Path) -> Output {
+        let f = path.to_string_lossy().into_owned();
         self.egress(&["apply", "--iface", &self.a_if, "--rules", &f])
     }
 

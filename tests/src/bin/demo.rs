@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use egress_tests::{Pair, is_root};
 
-const RULES: &str = include_str!("../../../examples/demo.toml");
+/// The embedded default: the example rule file shipped in the repository.
+const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/demo.toml");
 
 fn main() -> ExitCode {
     if !is_root() {
@@ -21,7 +22,8 @@ fn main() -> ExitCode {
     };
     println!("namespaces {} (client, 192.0.2.1 / 2001:db8:1::1) and {} (server, .2 / ::2), veth {}", pair.a, pair.b, pair.a_if);
     println!("$ egress apply --iface {} --rules examples/demo.toml", pair.a_if);
-    let o = pair.apply(RULES);
+    let rules = std::fs::canonicalize(RULES).unwrap_or_else(|_| RULES.into());
+    let o = pair.apply_file(&rules);
     print!("{}", String::from_utf8_lossy(&o.stdout));
     if !o.status.success() {
         eprint!("{}", String::from_utf8_lossy(&o.stderr));
