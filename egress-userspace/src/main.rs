@@ -75,6 +75,15 @@ fn need_root(what: &str) -> anyhow::Result<()> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check { rules, json } => {
+            if json {
+                // Problems as JSON too, for CI pipelines; still exit 2.
+                if let Ok(text) = fs::read_to_string(&rules)
+                    && let Err(e) = egress::rules::parse(&rules.display().to_string(), &text)
+                {
+                    println!("{}", json!({"file": rules.display().to_string(), "valid": false, "problems": e.problems}));
+                    return Err(anyhow::Error::new(InputError(e.into())));
+                }
+            }
             let (rs, compiled, digest) = load_rules(&rules)?;
             if json {
                 let counts: serde_json::Map<String, serde_json::Value> =

@@ -170,7 +170,7 @@ pub struct RuleSet {
 }
 
 /// One problem in a rule file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Problem {
     pub file: String,
     pub line: usize,
@@ -349,6 +349,8 @@ pub fn parse(file: &str, text: &str) -> Result<RuleSet, RuleFileError> {
         }
     }
     if !cx.problems.is_empty() {
+        // In file order (stable: problems of one line keep the order they were found in).
+        cx.problems.sort_by_key(|p| p.line);
         return Err(RuleFileError { problems: cx.problems });
     }
     // Only reachable with a policy: a missing one is a problem above.
