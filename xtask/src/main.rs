@@ -55,7 +55,7 @@ fn main() -> Result<()> {
             if !args.is_empty() {
                 c.arg("--").args(args);
             }
-            run(&mut c)
+            run_tests(&mut c)
         }
     }
 }
@@ -75,6 +75,42 @@ fn cargo() -> String {
 fn run(c: &mut Command) -> Result<()> {
     let shown = format!("{c:?}");
     let st = c.current_dir(root()).status().with_context(|| format!("run {shown}"))?;
+    if !st.success() {
+        bail!("{shown} failed: {st}");
+    }
+    Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and closes with one summary line over all
+/// test binaries ("summary: N passed, N failed, N skipped").
+fn run_tests(c: &mut Command) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let shown = format!("{c:?}");
+    let mut child = c.current_dir(root()).stdout(Stdio::piped()).spawn().with_context(|| format!("run {shown}"))?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            // "test result: ok. 6 passed; 0 failed; 0 ignored; ..."
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                for part in rest.split(';') {
+                    let words: Vec<&str> = part.split_whitespace().collect();
+                    if let [.., n, what] = words.as_slice() {
+                        let n: u64 = n.parse().unwrap_or(0);
+                        match *what {
+                            "passed" => passed += n,
+                            "failed" => failed += n,
+                            "ignored" => ignored += n,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let st = child.wait()?;
+    println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
     if !st.success() {
         bail!("{shown} failed: {st}");
     }
