@@ -258,6 +258,17 @@ fn ping(v6: bool, n: u32) -> u32 {
     replies
 }
 
+/// Returns from the calling test, saying why, unless running as root.
+#[macro_export]
+macro_rules! need_root {
+    ($why:literal) => {
+        if !$crate::is_root() {
+            eprintln!(concat!("skipped: needs root (", $why, ")"));
+            return;
+        }
+    };
+}
+
 /// True when running as root (the namespace tests need it).
 pub fn is_root() -> bool {
     // SAFETY: no preconditions.

@@ -1,16 +1,8 @@
 //! Real traffic between network namespaces through the real `egress` binary.
 //! Needs root; each test owns its namespace pair and deletes it on exit.
 
-use egress_tests::{Pair, is_root, temp_file};
+use egress_tests::{Pair, temp_file};
 
-macro_rules! need_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (network namespaces, eBPF)");
-            return;
-        }
-    };
-}
 
 const RULES: &str = r#"
 default_policy = "allow"
@@ -69,7 +61,7 @@ fn settle(p: &Pair) {
 
 #[test]
 fn enforces_tcp_udp_icmp_over_ipv4_and_ipv6_with_exact_counters() {
-    need_root!();
+    egress_tests::need_root!("network namespaces, eBPF");
     let p = Pair::new("enf").expect("namespaces");
     settle(&p);
     let o = p.apply(RULES);
@@ -120,7 +112,7 @@ fn enforces_tcp_udp_icmp_over_ipv4_and_ipv6_with_exact_counters() {
 
 #[test]
 fn default_deny_with_allow_rules() {
-    need_root!();
+    egress_tests::need_root!("network namespaces, eBPF");
     let p = Pair::new("deny").expect("namespaces");
     settle(&p);
     let o = p.apply(
@@ -156,7 +148,7 @@ protocol = "icmpv6"
 
 #[test]
 fn detach_restores_traffic_and_removes_pins() {
-    need_root!();
+    egress_tests::need_root!("network namespaces, eBPF");
     let p = Pair::new("det").expect("namespaces");
     settle(&p);
     assert!(p.apply(RULES).status.success());
@@ -180,7 +172,7 @@ fn detach_restores_traffic_and_removes_pins() {
 
 #[test]
 fn bad_rule_file_exits_2_and_keeps_the_old_rules() {
-    need_root!();
+    egress_tests::need_root!("network namespaces, eBPF");
     let p = Pair::new("bad").expect("namespaces");
     settle(&p);
     assert!(p.apply(RULES).status.success());
@@ -212,7 +204,7 @@ fn bad_rule_file_exits_2_and_keeps_the_old_rules() {
 
 #[test]
 fn apply_again_replaces_the_rule_set_in_place() {
-    need_root!();
+    egress_tests::need_root!("network namespaces, eBPF");
     let p = Pair::new("rep").expect("namespaces");
     settle(&p);
     assert!(p.apply(RULES).status.success());
@@ -235,7 +227,7 @@ fn apply_again_replaces_the_rule_set_in_place() {
 
 #[test]
 fn replacement_under_traffic_never_lets_a_packet_through() {
-    need_root!();
+    egress_tests::need_root!("network namespaces, eBPF");
     let p = Pair::new("swap").expect("namespaces");
     settle(&p);
     // Two rule sets that both deny udp/5555, compiled differently.

@@ -18,14 +18,6 @@ use egress_common::{
 };
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 
-macro_rules! need_root {
-    () => {
-        if !egress_tests::is_root() {
-            eprintln!("skipped: needs root (BPF_PROG_TEST_RUN)");
-            return;
-        }
-    };
-}
 
 struct Prog {
     loaded: Loaded,
@@ -129,7 +121,7 @@ fn fixtures() -> Vec<Fixture> {
 
 #[test]
 fn parsing_fixtures() {
-    need_root!();
+    egress_tests::need_root!("BPF_PROG_TEST_RUN");
     let rs = rules::parse("fixtures.toml", FIXTURE_RULES).unwrap();
     let mut prog = Prog::new(&rs);
     for (name, frame, ret, slot, stat) in fixtures() {
@@ -155,7 +147,7 @@ fn parsing_fixtures() {
 
 #[test]
 fn truncation_at_every_header_boundary() {
-    need_root!();
+    egress_tests::need_root!("BPF_PROG_TEST_RUN");
     let rs = rules::parse("fixtures.toml", FIXTURE_RULES).unwrap();
     let mut prog = Prog::new(&rs);
     let cases = [
@@ -301,7 +293,7 @@ fn random_packet(rng: &mut StdRng) -> (PacketMeta, Shape) {
 
 #[test]
 fn kernel_agrees_with_reference_on_random_rule_sets() {
-    need_root!();
+    egress_tests::need_root!("BPF_PROG_TEST_RUN");
     let sets: u64 = std::env::var("EGRESS_DIFF_SETS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
     let seed0: u64 = std::env::var("EGRESS_DIFF_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed);
     let mut packets = 0;
@@ -335,7 +327,7 @@ fn kernel_agrees_with_reference_on_random_rule_sets() {
 
 #[test]
 fn every_map_named_in_common_exists_in_the_object() {
-    need_root!();
+    egress_tests::need_root!("BPF_PROG_TEST_RUN");
     let rs = rules::parse("r.toml", "default_policy = \"allow\"\n").unwrap();
     let prog = Prog::new(&rs);
     let names: Vec<&str> = prog.loaded.ebpf.maps().map(|(n, _)| n).collect();
@@ -349,7 +341,7 @@ fn every_map_named_in_common_exists_in_the_object() {
 /// printed for information only (benchmarks live in `cargo xtask bench`).
 #[test]
 fn hundred_thousand_rules() {
-    need_root!();
+    egress_tests::need_root!("BPF_PROG_TEST_RUN");
     let mut text = String::from("default_policy = \"allow\"\n");
     let mut rng = StdRng::seed_from_u64(100_000);
     for i in 0..100_000u32 {
