@@ -3,6 +3,7 @@
 pub mod compile;
 pub mod counters;
 pub mod dataplane;
+pub mod ruleset_gen;
 pub mod packet;
 pub mod reference;
 pub mod rules;

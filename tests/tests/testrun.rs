@@ -342,32 +342,8 @@ fn every_map_named_in_common_exists_in_the_object() {
 #[test]
 fn hundred_thousand_rules() {
     egress_tests::need_root!("BPF_PROG_TEST_RUN");
-    let mut text = String::from("default_policy = \"allow\"\n");
+    let text = egress::ruleset_gen::realistic(100_000, 4096, 100_000);
     let mut rng = StdRng::seed_from_u64(100_000);
-    for i in 0..100_000u32 {
-        // Mostly distinct destination prefixes of mixed lengths, ports and ranges,
-        // a few source-specific rules and some ICMP.
-        let (a, b) = ((i >> 8) & 0xff, i & 0xff);
-        let dst = match i % 4 {
-            0 => format!("10.{a}.{b}.0/24"),
-            1 => format!("10.{a}.{b}.128/25"),
-            2 => format!("2001:db8:{a:x}:{b:x}::/64"),
-            _ => format!("10.{a}.{b}.7/32"),
-        };
-        text.push_str(&format!("[[rule]]\nname = \"r{i}\"\naction = \"{}\"\ndst = \"{dst}\"\n", if i % 3 == 0 { "allow" } else { "deny" }));
-        if i % 50 == 0 {
-            text.push_str(if dst.contains(':') { "src = \"2001:db8:ffff::/48\"\n" } else { "src = \"192.0.2.0/24\"\n" });
-        }
-        match i % 10 {
-            0..=5 => {
-                let p = rng.gen_range(1..60000u16);
-                text.push_str(&format!("protocol = \"tcp\"\nports = \"{p}-{}\"\n", p + rng.gen_range(0..100)));
-            }
-            6 | 7 => text.push_str(&format!("protocol = \"udp\"\nports = \"{}\"\n", rng.gen_range(1..65535u16))),
-            8 if !dst.contains(':') => text.push_str("protocol = \"icmp\"\nicmp_type = 8\n"),
-            _ => {}
-        }
-    }
     let t = std::time::Instant::now();
     let rs = rules::parse("big.toml", &text).unwrap();
     let parse = t.elapsed();
