@@ -48,6 +48,10 @@ pub const PCLASS_NO_L4: u8 = 0x80;
 
 /// The classifier program's name in the ELF (the `#[classifier]` function).
 pub const PROGRAM_NAME: &str = "egress_classify";
+/// An empty classifier in the same object (returns TC_ACT_UNSPEC): the benchmark baseline.
+pub const PASS_PROGRAM_NAME: &str = "egress_pass";
+/// A classifier that drops everything: the benchmark's receive-side sink.
+pub const SINK_PROGRAM_NAME: &str = "egress_sink";
 
 pub const MAP_DST_V4: &str = "DST_V4";
 pub const MAP_DST_V6: &str = "DST_V6";

@@ -46,6 +46,20 @@ mod program {
         }
     }
 
+    /// Does nothing and hands every packet on: the baseline `cargo xtask bench`
+    /// measures the classifier against (never attached by `egress`).
+    #[classifier]
+    pub fn egress_pass(_ctx: TcContext) -> i32 {
+        TC_ACT_UNSPEC
+    }
+
+    /// Drops every packet: the benchmark's sink on the receiving side, so that the
+    /// receiver's cost is small and the same for every variant (never used by `egress`).
+    #[classifier]
+    pub fn egress_sink(_ctx: TcContext) -> i32 {
+        TC_ACT_SHOT
+    }
+
     #[inline(always)]
     fn try_classify(ctx: &TcContext) -> Result<i32, ParseError> {
         // read_volatile: keep the loader-patched value instead of the compiled-in one.

@@ -65,6 +65,22 @@ impl Pair {
         Ok(p)
     }
 
+    /// Permanent neighbour entries for b on a (IPv4 and IPv6): no ARP or neighbour
+    /// discovery needed, e.g. when b's ingress drops everything.
+    pub fn static_neighbours(&self) -> Result<()> {
+        let out = Command::new("ip").args(["-n", &self.b, "-br", "link", "show", &self.b_if]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mac = text
+            .split_whitespace()
+            .find(|w| w.len() == 17 && w.matches(':').count() == 5)
+            .with_context(|| format!("no MAC address in `{}`", text.trim()))?
+            .to_string();
+        for addr in ["192.0.2.2", "2001:db8:1::2"] {
+            sh(&["ip", "-n", &self.a, "neigh", "replace", addr, "lladdr", &mac, "dev", &self.a_if, "nud", "permanent"])?;
+        }
+        Ok(())
+    }
+
     /// Runs `egress ARGS` inside namespace a (as `ip netns exec` would).
     pub fn egress(&self, args: &[&str]) -> Output {
         let mut c = Command::new("ip");

@@ -31,6 +31,13 @@ enum Task {
     /// Build, then apply examples/demo.toml in a sandboxed namespace pair, send traffic,
     /// print the counters and clean up. Needs root.
     Demo,
+    /// Build, then measure the classifier against baselines in the same run
+    /// (BPF_PROG_TEST_RUN and real traffic in namespaces); writes BENCHMARKS.md. Root.
+    Bench {
+        /// Fewer rule counts and packets (a few minutes instead of a quarter hour).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Build, then run all tests (root-only tests need root; CI runs as root).
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
@@ -46,6 +53,16 @@ fn main() -> Result<()> {
         Task::Demo => {
             build()?;
             run(Command::new(cargo()).args(["run", "--release", "--quiet", "-p", "egress-tests", "--bin", "egress-demo"]).env("EGRESS_BIN", egress_bin()))
+        }
+        Task::Bench { quick } => {
+            build()?;
+            let mut c = Command::new(cargo());
+            c.args(["run", "--release", "--quiet", "-p", "egress-tests", "--bin", "egress-bench", "--"]);
+            if quick {
+                c.arg("--quick");
+            }
+            c.arg("--out").arg(root().join("BENCHMARKS.md")).env("EGRESS_BIN", egress_bin());
+            run(&mut c)
         }
         Task::Test { args } => {
             build()?;
