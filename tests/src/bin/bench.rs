@@ -269,6 +269,21 @@ fn send(pair: &Pair, v6: bool, flows: usize, packets: usize) -> anyhow::Result<f
     Ok(ns)
 }
 
+/// Loads one of the object's auxiliary programs (pass, sink) and attaches it to
+/// `iface` inside namespace `ns`; detached when the returned value is dropped.
+fn attach_aux(ns: &str, iface: &str, program: &'static str, at: TcAttachType) -> anyhow::Result<Loaded> {
+    let iface = iface.to_string();
+    in_ns(ns, move || -> anyhow::Result<Loaded> {
+        let c = compile::compile(&rules::parse("empty.toml", "default_policy = \"allow\"\n")?)?;
+        let mut l = Loaded::new(&c, true)?;
+        let p: &mut SchedClassifier =
+            l.ebpf.program_mut(program).ok_or_else(|| anyhow::anyhow!("no {program} in the object"))?.try_into()?;
+        p.load()?;
+        p.attach(&iface, at)?;
+        Ok(l)
+    })?
+}
+
 fn traffic_part(o: &Opts, sizes: &[usize], rounds: usize, md: &mut String) -> anyhow::Result<()> {
     eprintln!("part 2: real traffic through veth");
     let packets = if o.quick { 50_000 } else { 200_000 };
@@ -298,29 +313,11 @@ fn traffic_part(o: &Opts, sizes: &[usize], rounds: usize, md: &mut String) -> an
             // A fresh namespace pair per measurement.
             let pair = Pair::new("bench")?;
             pair.static_neighbours()?;
-            let b_if = pair.b_if.clone();
-            let sink = in_ns(&pair.b, move || -> anyhow::Result<Loaded> {
-                let c = compile::compile(&rules::parse("empty.toml", "default_policy = \"allow\"\n")?)?;
-                let mut l = Loaded::new(&c, true)?;
-                let p: &mut SchedClassifier = l.ebpf.program_mut(SINK_PROGRAM_NAME).ok_or_else(|| anyhow::anyhow!("no sink program"))?.try_into()?;
-                p.load()?;
-                p.attach(&b_if, TcAttachType::Ingress)?;
-                Ok(l)
-            })??;
+            let sink = attach_aux(&pair.b, &pair.b_if, SINK_PROGRAM_NAME, TcAttachType::Ingress)?;
             let mut keep = None;
             match f {
                 Filter::None => {}
-                Filter::EmptyTcx => {
-                    let iface = pair.a_if.clone();
-                    keep = Some(in_ns(&pair.a, move || -> anyhow::Result<Loaded> {
-                        let c = compile::compile(&rules::parse("empty.toml", "default_policy = \"allow\"\n")?)?;
-                        let mut l = Loaded::new(&c, true)?;
-                        let p: &mut SchedClassifier = l.ebpf.program_mut(PASS_PROGRAM_NAME).ok_or_else(|| anyhow::anyhow!("no pass program"))?.try_into()?;
-                        p.load()?;
-                        p.attach(&iface, TcAttachType::Egress)?;
-                        Ok(l)
-                    })??);
-                }
+                Filter::EmptyTcx => keep = Some(attach_aux(&pair.a, &pair.a_if, PASS_PROGRAM_NAME, TcAttachType::Egress)?),
                 Filter::Egress(n) => {
                     let out = pair.apply_file(&files[&n]);
                     if !out.status.success() {
