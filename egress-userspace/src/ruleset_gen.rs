@@ -30,9 +30,10 @@ impl Rng {
 /// First destination port of the flow rules: flow `i` goes to udp/`FLOW_PORT_BASE + i`.
 pub const FLOW_PORT_BASE: u16 = 10_000;
 
-/// A realistic rule set of `n` rules: the first `flows` (at most `n`) allow udp to
+/// A realistic rule set of `n` rules: the last `flows` (at most `n`) allow udp to
 /// 192.0.2.2 and 2001:db8:1::2 on one port each (so that benchmark flows each hit a
-/// different rule); the rest are mostly distinct destination prefixes of mixed
+/// different rule, behind every other rule, as a linear filter's worst case); the
+/// others are mostly distinct destination prefixes of mixed
 /// lengths (/16../32 IPv4, /48../128 IPv6) with tcp/udp ports and port ranges, 2%
 /// source-specific, 5% ICMP, nested and shadowing overlaps (every 97th rule covers
 /// an IPv4 /16 or an IPv6 /40), mixed actions. Default policy allow.
@@ -42,11 +43,12 @@ pub fn realistic(n: usize, flows: usize, seed: u64) -> String {
     s.push_str("default_policy = \"allow\"\n");
     for i in 0..n {
         let _ = write!(s, "[[rule]]\nname = \"r{i}\"\n");
-        if i < flows {
+        let flows = flows.min(n);
+        if i >= n - flows {
             let _ = write!(
                 s,
                 "action = \"allow\"\ndst = [\"192.0.2.2/32\", \"2001:db8:1::2/128\"]\nprotocol = \"udp\"\nports = \"{}\"\n",
-                FLOW_PORT_BASE as usize + i
+                FLOW_PORT_BASE as usize + i - (n - flows)
             );
             continue;
         }

@@ -56,6 +56,8 @@ fn main() -> Result<()> {
         }
         Task::Bench { quick } => {
             build()?;
+            // The comparison needs iptables-legacy and nftables (Debian packages).
+            apt_install(&[("iptables-legacy-restore", "iptables"), ("nft", "nftables")])?;
             let mut c = Command::new(cargo());
             c.args(["run", "--release", "--quiet", "-p", "egress-tests", "--bin", "egress-bench", "--"]);
             if quick {
@@ -200,7 +202,12 @@ fn setup() -> Result<()> {
     }
 
     // 3. Debian packages the tests and demo use (only when missing).
-    let missing: Vec<&str> = [("ip", "iproute2")]
+    apt_install(&[("ip", "iproute2")])
+}
+
+/// Installs the Debian packages whose command is missing: (command, package).
+fn apt_install(wanted: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = wanted
         .iter()
         .filter(|(cmd, _)| !quiet_ok(Command::new("sh").args(["-c", &format!("command -v {cmd}")])))
         .map(|(_, pkg)| *pkg)
