@@ -119,7 +119,20 @@ impl Pair {
     pub fn udp(&self, v6: bool, port: u16, n: u32) -> u32 {
         let dst: IpAddr = if v6 { B6.into() } else { B4.into() };
         let bind: SocketAddr = if v6 { (Ipv6Addr::UNSPECIFIED, port).into() } else { (Ipv4Addr::UNSPECIFIED, port).into() };
-        let server = in_ns_io(&self.b, move || UdpSocket::bind(bind)).expect("bind udp in b");
+        // Retry briefly: a port just released by the previous call was once seen
+        // still in use under parallel load (EADDRINUSE).
+        let server = in_ns_io(&self.b, move || {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                match UdpSocket::bind(bind) {
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    other => return other,
+                }
+            }
+        })
+        .unwrap_or_else(|e| panic!("bind udp {bind} in {}: {e:#}", self.b));
         server.set_read_timeout(Some(Duration::from_millis(300))).ok();
         in_ns_io(&self.a, move || -> std::io::Result<()> {
             let c = UdpSocket::bind(if v6 { SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)) } else { SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)) })?;
