@@ -60,8 +60,10 @@ pub const MAP_PAIR_V6: &str = "PAIR_V6";
 pub const MAP_PORTS: &str = "PORTS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_STATS: &str = "STATS";
+pub const MAP_FLOW_V4: &str = "FLOW_V4";
+pub const MAP_FLOW_V6: &str = "FLOW_V6";
 /// Every map the program defines, for the ELF check in the tests.
-pub const ALL_MAPS: [&str; 7] = [
+pub const ALL_MAPS: [&str; 9] = [
     MAP_DST_V4,
     MAP_DST_V6,
     MAP_PAIR_V4,
@@ -69,6 +71,8 @@ pub const ALL_MAPS: [&str; 7] = [
     MAP_PORTS,
     MAP_COUNTERS,
     MAP_STATS,
+    MAP_FLOW_V4,
+    MAP_FLOW_V6,
 ];
 
 /// Load-time global: the default policy, [`ACTION_ALLOW`] or [`ACTION_DENY`].
@@ -76,6 +80,12 @@ pub const GLOBAL_DEFAULT_ACTION: &str = "DEFAULT_ACTION";
 /// Load-time global: 1 when frames start with an Ethernet header, 0 for raw-IP
 /// devices (tun, WireGuard) whose frames start at the IP header.
 pub const GLOBAL_HAS_ETH: &str = "HAS_ETH";
+/// Load-time global: the rule-set generation (never 0) stamped into flow-cache
+/// entries; an entry with another generation is a miss.
+pub const GLOBAL_GENERATION: &str = "GENERATION";
+/// Load-time global: 1 to use the flow verdict cache, 0 to classify every packet
+/// in full (`egress apply --flow-cache 0`, and the benchmark's miss path).
+pub const GLOBAL_FLOW_CACHE: &str = "FLOW_CACHE";
 
 /// Most rules a rule file may hold (counter slots are 1..=MAX_RULES; slot 0 is the
 /// default policy).
@@ -87,6 +97,9 @@ pub const MAX_DST_ENTRIES: u32 = 1 << 20;
 pub const MAX_PAIR_ENTRIES: u32 = 1 << 21;
 /// Capacity of PORTS ((candidate list, protocol class, port prefix) entries).
 pub const MAX_PORT_ENTRIES: u32 = 1 << 22;
+/// Default capacity of FLOW_V4 and FLOW_V6 (entries per family; LRU, preallocated:
+/// about 100 bytes an entry for IPv4, 130 for IPv6).
+pub const FLOW_CACHE_ENTRIES: u32 = 65_536;
 /// Counter slot of the default policy in COUNTERS; rule i (1-based, file order) uses slot i.
 pub const DEFAULT_COUNTER_SLOT: u32 = 0;
 
@@ -167,6 +180,83 @@ pub struct Verdict {
 }
 const _: () = assert!(size_of::<Verdict>() == 8);
 
+/// FLOW_V4 key: everything the verdict depends on, nothing more (the source port
+/// never decides, so all connections of a client to one service share an entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowKeyV4 {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// As [`PortKey::pclass`].
+    pub pclass: u8,
+    pub _pad: u8,
+    /// As [`PortKey::port`].
+    pub port: [u8; 2],
+}
+const _: () = assert!(size_of::<FlowKeyV4>() == 12);
+
+/// FLOW_V6 key; see [`FlowKeyV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowKeyV6 {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub pclass: u8,
+    pub _pad: u8,
+    pub port: [u8; 2],
+}
+const _: () = assert!(size_of::<FlowKeyV6>() == 36);
+
+/// FLOW_V4 / FLOW_V6 value: a cached verdict.
+///
+/// LRU hash elements are preallocated and recycled without an RCU grace period, so
+/// a lookup can race with the eviction of its element and read another flow's value
+/// (the kernel's documented caveat). `seal` is [`flow_seal`] over the key and the
+/// other fields: a value read torn or recycled fails the check and counts as a miss.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// Counter slot: 0 = default policy, i = rule i.
+    pub rule: u32,
+    /// [`ACTION_ALLOW`] or [`ACTION_DENY`].
+    pub action: u32,
+    /// The rule-set generation the verdict was computed under.
+    pub generation: u32,
+    pub seal: u32,
+}
+const _: () = assert!(size_of::<FlowValue>() == 16);
+
+/// murmur3's 32-bit finaliser: every input bit affects every output bit.
+#[inline(always)]
+const fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+/// The check word of a flow-cache entry: a hash of the key's addresses, class and
+/// port and of the verdict fields. Both sides compute it the same way; the program
+/// accepts a cached verdict only when it matches.
+#[inline(always)]
+pub fn flow_seal<const N: usize>(src: &[u8; N], dst: &[u8; N], pclass: u8, port: [u8; 2], rule: u32, action: u32, generation: u32) -> u32 {
+    let mut h: u32 = 0x9e37_79b9;
+    let mut word = |w: u32| h = fmix32(h ^ w).wrapping_add(0x7f4a_7c15);
+    let mut i = 0;
+    while i + 4 <= N {
+        word(u32::from_ne_bytes([src[i], src[i + 1], src[i + 2], src[i + 3]]));
+        word(u32::from_ne_bytes([dst[i], dst[i + 1], dst[i + 2], dst[i + 3]]));
+        i += 4;
+    }
+    word(u32::from(pclass) | u32::from(port[0]) << 8 | u32::from(port[1]) << 16);
+    word(rule);
+    word(action);
+    word(generation);
+    fmix32(h)
+}
+
 /// COUNTERS value (per CPU; user space sums the CPUs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -207,4 +297,7 @@ mod pod {
     unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for Verdict {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for FlowKeyV4 {}
+    unsafe impl aya::Pod for FlowKeyV6 {}
+    unsafe impl aya::Pod for FlowValue {}
 }

@@ -1,5 +1,6 @@
-//! egress: TC-egress classifier. Parses the packet, runs the three-stage lookup
-//! (classify.rs), counts the decision and returns it.
+//! egress: TC-egress classifier. Parses the packet, asks the flow verdict cache
+//! (cache.rs), on a miss runs the three-stage lookup (classify.rs) and caches its
+//! result, counts the decision against its rule and returns it.
 //!
 //! Fail mode: non-IP frames pass uncounted by rules (STATS non_ip_passed); IP
 //! packets that cannot be parsed (truncated headers, impossible fields, too many
@@ -8,6 +9,8 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod cache;
 #[cfg(target_arch = "bpf")]
 mod classify;
 #[cfg(target_arch = "bpf")]
@@ -26,7 +29,7 @@ mod program {
     };
 
     use crate::{
-        classify,
+        cache, classify,
         parse::{self, ParseError},
         stats,
     };
@@ -37,6 +40,12 @@ mod program {
     /// Load-time global (set by user space): 1 if frames start with an Ethernet header.
     #[unsafe(no_mangle)]
     static HAS_ETH: u32 = 1;
+    /// Load-time global (set by user space): the rule-set generation, never 0.
+    #[unsafe(no_mangle)]
+    static GENERATION: u32 = 1;
+    /// Load-time global (set by user space): 1 to use the flow verdict cache.
+    #[unsafe(no_mangle)]
+    static FLOW_CACHE: u32 = 1;
 
     #[classifier]
     pub fn egress_classify(ctx: TcContext) -> i32 {
@@ -68,9 +77,21 @@ mod program {
         if pkt.pclass & PCLASS_NO_L4 != 0 {
             stats::bump(STAT_FRAGMENTS);
         }
-        let (slot, action) = match classify::lookup(&pkt) {
-            Some(v) => (v.rule, v.action),
-            None => (DEFAULT_COUNTER_SLOT, unsafe { core::ptr::read_volatile(&DEFAULT_ACTION) }),
+        let use_cache = unsafe { core::ptr::read_volatile(&FLOW_CACHE) } != 0;
+        let generation = unsafe { core::ptr::read_volatile(&GENERATION) };
+        let cached = if use_cache { cache::get(&pkt, generation) } else { None };
+        let (slot, action) = match cached {
+            Some(d) => d,
+            None => {
+                let d = match classify::lookup(&pkt) {
+                    Some(v) => (v.rule, v.action),
+                    None => (DEFAULT_COUNTER_SLOT, unsafe { core::ptr::read_volatile(&DEFAULT_ACTION) }),
+                };
+                if use_cache {
+                    cache::put(&pkt, generation, d);
+                }
+                d
+            }
         };
         stats::count_rule(ctx, slot);
         Ok(if action == ACTION_DENY { TC_ACT_SHOT } else { TC_ACT_UNSPEC })

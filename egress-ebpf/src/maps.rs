@@ -5,10 +5,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LpmTrie, PerCpuArray},
+    maps::{LpmTrie, LruHashMap, PerCpuArray},
 };
 use egress_common::{
-    Counter, DstValue, MAX_DST_ENTRIES, MAX_PAIR_ENTRIES, MAX_PORT_ENTRIES, MAX_RULES,
+    Counter, DstValue, FLOW_CACHE_ENTRIES, FlowKeyV4, FlowKeyV6, FlowValue, MAX_DST_ENTRIES, MAX_PAIR_ENTRIES, MAX_PORT_ENTRIES, MAX_RULES,
     PairKeyV4, PairKeyV6, PortKey, STATS_LEN, Verdict,
 };
 
@@ -50,6 +50,15 @@ pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_RU
 /// the program; read by `egress counters`.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+
+/// The flow verdict cache, IPv4 (cache.rs). LRU hash, common LRU list; user space
+/// sets the capacity at load (`egress apply --flow-cache N`). Written by the program.
+#[map]
+pub static FLOW_V4: LruHashMap<FlowKeyV4, FlowValue> = LruHashMap::with_max_entries(FLOW_CACHE_ENTRIES, 0);
+
+/// The flow verdict cache, IPv6; as [`FLOW_V4`].
+#[map]
+pub static FLOW_V6: LruHashMap<FlowKeyV6, FlowValue> = LruHashMap::with_max_entries(FLOW_CACHE_ENTRIES, 0);
 
 // Keep the key types referenced so a rename in egress-common breaks the build here.
 const _: Option<(PairKeyV4, PairKeyV6, PortKey)> = None;

@@ -17,7 +17,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Map, MapData, PerCpuArray},
     programs::{
         ProgramError, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -25,7 +25,7 @@ use aya::{
     },
 };
 use egress_common::{
-    ALL_MAPS, Counter, DstValue, GLOBAL_DEFAULT_ACTION, GLOBAL_HAS_ETH, MAP_COUNTERS, MAP_DST_V4,
+    ALL_MAPS, Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_DEFAULT_ACTION, GLOBAL_FLOW_CACHE, GLOBAL_GENERATION, GLOBAL_HAS_ETH, MAP_FLOW_V4, MAP_FLOW_V6, MAP_COUNTERS, MAP_DST_V4,
     MAP_DST_V6, MAP_PAIR_V4, MAP_PAIR_V6, MAP_PORTS, MAP_STATS, PORT_KEY_FIXED_BITS, PROGRAM_NAME,
     PairKeyV4, PairKeyV6, PortKey, STATS_LEN, Verdict,
 };
@@ -211,15 +211,45 @@ pub struct Loaded {
     pub ebpf: Ebpf,
 }
 
+/// How to load a rule set besides the rules themselves.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Frames start with an Ethernet header (false for tun/WireGuard).
+    pub has_eth: bool,
+    /// Rule-set generation stamped into flow-cache entries (never 0).
+    pub generation: u32,
+    /// Flow verdict cache entries per address family; 0 turns the cache off.
+    pub flow_cache: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { has_eth: true, generation: 1, flow_cache: FLOW_CACHE_ENTRIES }
+    }
+}
+
 impl Loaded {
     /// Creates the maps, writes the rule set into them and loads the program
     /// through the verifier. Nothing is attached.
     pub fn new(c: &Compiled, has_eth: bool) -> Result<Loaded> {
-        let has_eth: u32 = has_eth as u32;
+        Self::with_options(c, &LoadOptions { has_eth, ..LoadOptions::default() })
+    }
+
+    /// As [`Loaded::new`], with every load option.
+    pub fn with_options(c: &Compiled, o: &LoadOptions) -> Result<Loaded> {
+        let has_eth: u32 = o.has_eth as u32;
+        let generation = o.generation.max(1);
+        let cache_on: u32 = (o.flow_cache > 0) as u32;
+        // An LRU map needs at least one entry even when unused.
+        let cache_entries = o.flow_cache.max(1);
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_DEFAULT_ACTION, &c.default_action, true)
             .override_global(GLOBAL_HAS_ETH, &has_eth, true)
+            .override_global(GLOBAL_GENERATION, &generation, true)
+            .override_global(GLOBAL_FLOW_CACHE, &cache_on, true)
             .map_max_entries(MAP_COUNTERS, c.counter_slots)
+            .map_max_entries(MAP_FLOW_V4, cache_entries)
+            .map_max_entries(MAP_FLOW_V6, cache_entries)
             .load(EBPF_OBJECT)
             .map_err(|source| DataplaneError::Ebpf { op: "load the eBPF object (create maps)".into(), source: Box::new(source) })?;
         fill(&mut ebpf, c)?;
@@ -263,11 +293,6 @@ fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
     prog.try_into().map_err(prog_err("program is not a TC classifier"))
 }
 
-fn lpm<'a, K: aya::Pod, V: aya::Pod>(ebpf: &'a mut Ebpf, name: &str) -> Result<LpmTrie<&'a mut MapData, K, V>> {
-    let map = ebpf.map_mut(name).ok_or_else(|| DataplaneError::Other(format!("map {name} missing from the eBPF object")))?;
-    LpmTrie::try_from(map).map_err(map_err(format!("open map {name}")))
-}
-
 fn v4(p: &Prefix) -> [u8; 4] {
     let mut a = [0u8; 4];
     a.copy_from_slice(&p.addr[..4]);
@@ -279,44 +304,154 @@ fn v6(p: &Prefix) -> [u8; 16] {
     a
 }
 
-/// Writes a compiled rule set into freshly created (empty) maps.
-fn fill(ebpf: &mut Ebpf, c: &Compiled) -> Result<()> {
-    let op = |m: &str| format!("write map {m}");
-    {
-        let mut m: LpmTrie<_, [u8; 4], DstValue> = lpm(ebpf, MAP_DST_V4)?;
-        for (p, v) in &c.dst_v4 {
-            m.insert(&Key::new(p.len as u32, v4(p)), v, 0).map_err(map_err(op(MAP_DST_V4)))?;
+/// The bytes of a plain-old-data map key or value.
+fn pod_bytes<T: aya::Pod>(v: &T) -> &[u8] {
+    // SAFETY: `Pod` types are `Copy`, `#[repr(C)]` and have no padding (egress-common
+    // asserts their sizes), so every byte is initialised.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+/// LPM-trie entries laid out as the kernel reads them in a batch: each key is
+/// `u32 prefix length (host order) ‖ data`, each value follows in its own array.
+struct Batch {
+    keys: Vec<u8>,
+    values: Vec<u8>,
+    count: usize,
+}
+
+impl Batch {
+    fn with_capacity<K, V>(n: usize) -> Batch {
+        Batch {
+            keys: Vec::with_capacity(n * (4 + std::mem::size_of::<K>())),
+            values: Vec::with_capacity(n * std::mem::size_of::<V>()),
+            count: 0,
         }
     }
-    {
-        let mut m: LpmTrie<_, [u8; 16], DstValue> = lpm(ebpf, MAP_DST_V6)?;
-        for (p, v) in &c.dst_v6 {
-            m.insert(&Key::new(p.len as u32, v6(p)), v, 0).map_err(map_err(op(MAP_DST_V6)))?;
-        }
+    fn push<K: aya::Pod, V: aya::Pod>(&mut self, prefix_len: u32, key: &K, value: &V) {
+        self.keys.extend_from_slice(&prefix_len.to_ne_bytes());
+        self.keys.extend_from_slice(pod_bytes(key));
+        self.values.extend_from_slice(pod_bytes(value));
+        self.count += 1;
     }
-    {
-        let mut m: LpmTrie<_, PairKeyV4, u32> = lpm(ebpf, MAP_PAIR_V4)?;
-        for (class, s, list) in &c.pair_v4 {
-            let k = PairKeyV4 { dst_class: class.to_be_bytes(), src: v4(s) };
-            m.insert(&Key::new(32 + s.len as u32, k), list, 0).map_err(map_err(op(MAP_PAIR_V4)))?;
-        }
+}
+
+/// `union bpf_attr` as BPF_MAP_UPDATE_BATCH reads it.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+/// Entries per batch syscall: big enough that the syscall cost vanishes, small
+/// enough that a failing entry is found quickly.
+const BATCH_CHUNK: usize = 65_536;
+
+/// Writes a batch into a map with BPF_MAP_UPDATE_BATCH, one syscall per
+/// [`BATCH_CHUNK`] entries. Kernels without batch support for the map type
+/// (EINVAL/ENOTSUPP before any entry is written) get one update per entry.
+fn write_batch(ebpf: &mut Ebpf, name: &str, b: &Batch) -> Result<()> {
+    if b.count == 0 {
+        return Ok(());
     }
-    {
-        let mut m: LpmTrie<_, PairKeyV6, u32> = lpm(ebpf, MAP_PAIR_V6)?;
-        for (class, s, list) in &c.pair_v6 {
-            let k = PairKeyV6 { dst_class: class.to_be_bytes(), src: v6(s) };
-            m.insert(&Key::new(32 + s.len as u32, k), list, 0).map_err(map_err(op(MAP_PAIR_V6)))?;
+    let (ks, vs) = (b.keys.len() / b.count, b.values.len() / b.count);
+    let map = ebpf.map_mut(name).ok_or_else(|| DataplaneError::Other(format!("map {name} missing from the eBPF object")))?;
+    let data: &MapData = match map {
+        Map::LpmTrie(m) => m,
+        _ => return Err(DataplaneError::Other(format!("map {name} is not an LPM trie"))),
+    };
+    let fd = { use std::os::fd::{AsFd as _, AsRawFd as _}; data.fd().as_fd().as_raw_fd() as u32 };
+    let mut done = 0;
+    while done < b.count {
+        let n = (b.count - done).min(BATCH_CHUNK);
+        let mut attr = BatchAttr {
+            keys: b.keys[done * ks..].as_ptr() as u64,
+            values: b.values[done * vs..].as_ptr() as u64,
+            count: n as u32,
+            map_fd: fd,
+            ..BatchAttr::default()
+        };
+        // SAFETY: attr points at live buffers holding `n` keys and values of the
+        // map's sizes; the kernel only reads them (and writes attr.count).
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>()) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            let unsupported = matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(524 /* ENOTSUPP */));
+            if done == 0 && attr.count == 0 && unsupported {
+                return write_one_by_one(fd, name, b, ks, vs);
+            }
+            let at = done + attr.count as usize;
+            return Err(DataplaneError::Other(format!("write map {name}: entry {at} of {}: {e}", b.count)));
         }
+        done += n;
     }
-    {
-        let mut m: LpmTrie<_, PortKey, Verdict> = lpm(ebpf, MAP_PORTS)?;
-        for e in &c.ports {
-            let k = PortKey { list: e.list.to_be_bytes(), pclass: e.pclass, port: e.port.to_be_bytes(), _pad: 0 };
-            m.insert(&Key::new(PORT_KEY_FIXED_BITS + e.port_len as u32, k), e.verdict, 0)
-                .map_err(map_err(op(MAP_PORTS)))?;
+    Ok(())
+}
+
+/// `union bpf_attr` as BPF_MAP_UPDATE_ELEM reads it.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+
+fn write_one_by_one(fd: u32, name: &str, b: &Batch, ks: usize, vs: usize) -> Result<()> {
+    for i in 0..b.count {
+        let mut attr = ElemAttr {
+            map_fd: fd,
+            key: b.keys[i * ks..].as_ptr() as u64,
+            value: b.values[i * vs..].as_ptr() as u64,
+            ..ElemAttr::default()
+        };
+        // SAFETY: as in write_batch, for one entry.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_ELEM, &mut attr as *mut ElemAttr, std::mem::size_of::<ElemAttr>()) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return Err(DataplaneError::Other(format!("write map {name}: entry {i} of {}: {e}", b.count)));
         }
     }
     Ok(())
+}
+
+/// Writes a compiled rule set into freshly created (empty) maps.
+fn fill(ebpf: &mut Ebpf, c: &Compiled) -> Result<()> {
+    let mut b = Batch::with_capacity::<[u8; 4], DstValue>(c.dst_v4.len());
+    for (p, v) in &c.dst_v4 {
+        b.push(p.len as u32, &v4(p), v);
+    }
+    write_batch(ebpf, MAP_DST_V4, &b)?;
+    let mut b = Batch::with_capacity::<[u8; 16], DstValue>(c.dst_v6.len());
+    for (p, v) in &c.dst_v6 {
+        b.push(p.len as u32, &v6(p), v);
+    }
+    write_batch(ebpf, MAP_DST_V6, &b)?;
+    let mut b = Batch::with_capacity::<PairKeyV4, u32>(c.pair_v4.len());
+    for (class, s, list) in &c.pair_v4 {
+        b.push(32 + s.len as u32, &PairKeyV4 { dst_class: class.to_be_bytes(), src: v4(s) }, list);
+    }
+    write_batch(ebpf, MAP_PAIR_V4, &b)?;
+    let mut b = Batch::with_capacity::<PairKeyV6, u32>(c.pair_v6.len());
+    for (class, s, list) in &c.pair_v6 {
+        b.push(32 + s.len as u32, &PairKeyV6 { dst_class: class.to_be_bytes(), src: v6(s) }, list);
+    }
+    write_batch(ebpf, MAP_PAIR_V6, &b)?;
+    let mut b = Batch::with_capacity::<PortKey, Verdict>(c.ports.len());
+    for e in &c.ports {
+        let k = PortKey { list: e.list.to_be_bytes(), pclass: e.pclass, port: e.port.to_be_bytes(), _pad: 0 };
+        b.push(PORT_KEY_FIXED_BITS + e.port_len as u32, &k, &e.verdict);
+    }
+    write_batch(ebpf, MAP_PORTS, &b)
 }
 
 fn sum_counters<T: std::borrow::Borrow<MapData>>(arr: &PerCpuArray<T, Counter>) -> Result<Vec<Counter>> {
@@ -369,6 +504,9 @@ pub struct State {
     pub generation: u64,
     pub default_action: String,
     pub rules: Vec<RuleInfo>,
+    /// Flow verdict cache entries per family (0: off).
+    #[serde(default)]
+    pub flow_cache: u32,
     /// clsact only: the filter's priority and handle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nl_priority: Option<u16>,
@@ -428,6 +566,8 @@ pub fn now_unix() -> u64 {
 pub struct ApplyRequest<'a> {
     pub iface: &'a str,
     pub compiled: &'a Compiled,
+    /// Flow verdict cache entries per family (0: off).
+    pub flow_cache: u32,
     pub rules_file: String,
     pub digest: String,
     pub default_action: String,
@@ -462,8 +602,14 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         )));
     }
 
-    let mut loaded = Loaded::new(req.compiled, has_ethernet(iface)?)?;
     let generation = prev.as_ref().map(|p| p.generation + 1).unwrap_or(1);
+    let opts = LoadOptions {
+        has_eth: has_ethernet(iface)?,
+        // Wraps after 4 billion applies; 0 is skipped because the program reserves it.
+        generation: (generation % u64::from(u32::MAX)) as u32 + 1,
+        flow_cache: req.flow_cache,
+    };
+    let mut loaded = Loaded::with_options(req.compiled, &opts)?;
     let gdir = gen_dir(iface, generation);
     fs::create_dir_all(&gdir).map_err(io_err(format!("create {}", gdir.display())))?;
     // Pin the new maps before the switch so that `counters` can follow at once.
@@ -562,6 +708,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         generation,
         default_action: req.default_action,
         rules: req.rules,
+        flow_cache: req.flow_cache,
         nl_priority,
         nl_handle,
     };

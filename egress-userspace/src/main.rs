@@ -104,7 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Apply { iface, rules, json } => {
+        Command::Apply { iface, rules, flow_cache, json } => {
             let (rs, compiled, digest) = load_rules(&rules)?;
             need_root("apply")?;
             let rules_file = fs::canonicalize(&rules).unwrap_or(rules.clone()).display().to_string();
@@ -121,6 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let applied = dataplane::apply(dataplane::ApplyRequest {
                 iface: &iface,
                 compiled: &compiled,
+                flow_cache,
                 rules_file,
                 digest,
                 default_action: rs.default_policy.as_str().to_string(),
@@ -131,7 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(
                     "{}",
                     json!({"iface": st.iface, "hook": st.hook, "replaced": applied.replaced, "generation": st.generation,
-                           "rules": st.rules.len(), "default": st.default_action, "digest": st.digest,
+                           "rules": st.rules.len(), "default": st.default_action, "digest": st.digest, "flow_cache": st.flow_cache,
                            "rules_file": st.rules_file, "pinned": dataplane::pin_dir(&iface).display().to_string()})
                 );
             } else {

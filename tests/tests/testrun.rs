@@ -7,13 +7,13 @@ use std::net::IpAddr;
 use aya::programs::{TestRun as _, TestRunOptions};
 use egress::{
     compile,
-    dataplane::Loaded,
+    dataplane::{LoadOptions, Loaded},
     packet::{self, Shape},
     reference::{self, L4, PacketMeta},
     rules::{self, Action, RuleSet},
 };
 use egress_common::{
-    STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP, STAT_TOO_MANY_HDRS, STAT_TRUNCATED, TC_ACT_SHOT,
+    ACTION_ALLOW, ACTION_DENY, FlowKeyV4, FlowValue, PCLASS_UDP, flow_seal, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP, STAT_TOO_MANY_HDRS, STAT_TRUNCATED, TC_ACT_SHOT,
     TC_ACT_UNSPEC,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
@@ -310,19 +310,81 @@ fn kernel_agrees_with_reference_on_random_rule_sets() {
             let frame = packet::build(&m, &shape);
             let (slot, action) = reference::classify(&rs, &m);
             let expect = if action == Action::Deny { TC_ACT_SHOT } else { TC_ACT_UNSPEC };
-            let got = prog.run(&frame);
-            assert_eq!(
-                got, expect,
-                "seed {seed} packet {i}: kernel and reference disagree on {m:?} {shape:?} (reference: rule slot {slot})\nrules:\n{text}"
-            );
-            want[slot as usize].0 += 1;
-            want[slot as usize].1 += frame.len() as u64;
-            packets += 1;
+            // Twice: the first run misses the flow cache (full lookup), the second hits it.
+            for pass in ["full lookup", "flow cache hit"] {
+                let got = prog.run(&frame);
+                assert_eq!(
+                    got, expect,
+                    "seed {seed} packet {i} ({pass}): kernel and reference disagree on {m:?} {shape:?} (reference: rule slot {slot})\nrules:\n{text}"
+                );
+                want[slot as usize].0 += 1;
+                want[slot as usize].1 += frame.len() as u64;
+                packets += 1;
+            }
         }
         let got: Vec<(u64, u64)> = prog.loaded.counters().unwrap().iter().map(|c| (c.packets, c.bytes)).collect();
         assert_eq!(got, want, "seed {seed}: per-rule counters differ from the reference\nrules:\n{text}");
     }
     eprintln!("differential: {sets} rule sets, {packets} packets, all agree");
+}
+
+fn flow_v4(prog: &mut Prog) -> aya::maps::HashMap<&mut aya::maps::MapData, FlowKeyV4, FlowValue> {
+    let m = prog.loaded.ebpf.map_mut(egress_common::MAP_FLOW_V4).expect("FLOW_V4");
+    aya::maps::HashMap::try_from(m).expect("FLOW_V4 is a hash map")
+}
+
+/// The flow verdict cache is consulted, its hits count for the cached rule, and an
+/// entry whose seal or generation does not match is ignored (and rewritten).
+#[test]
+fn flow_cache_hits_count_and_bad_entries_are_ignored() {
+    egress_tests::need_root!("BPF_PROG_TEST_RUN");
+    let rs = rules::parse("fixtures.toml", FIXTURE_RULES).unwrap();
+    let c = compile::compile(&rs).unwrap();
+    let m = meta("192.0.2.1", "198.51.100.7", 17, L4::Ports { dport: 53 });
+    let frame = packet::build(&m, &Shape::default());
+    let key = FlowKeyV4 { src: [192, 0, 2, 1], dst: [198, 51, 100, 7], pclass: PCLASS_UDP, _pad: 0, port: 53u16.to_be_bytes() };
+    let sealed = |rule: u32, action: u32, generation: u32| FlowValue {
+        rule,
+        action,
+        generation,
+        seal: flow_seal(&key.src, &key.dst, key.pclass, key.port, rule, action, generation),
+    };
+
+    let mut prog = Prog::new(&rs);
+    assert_eq!(prog.run(&frame), TC_ACT_SHOT, "deny-dns");
+    {
+        let map = flow_v4(&mut prog);
+        let entries: Vec<_> = map.iter().map(|r| r.expect("read FLOW_V4")).collect();
+        assert_eq!(entries, vec![(key, sealed(1, ACTION_DENY, 1))], "one entry, sealed as user space computes it");
+    }
+    let slot = |prog: &Prog, i: usize| prog.loaded.counters().unwrap()[i].packets;
+
+    // A well-sealed entry is believed: the packet gets the cached verdict and counts
+    // for the cached rule (proof that hits come from the cache, not the tries).
+    flow_v4(&mut prog).insert(key, sealed(2, ACTION_ALLOW, 1), 0).unwrap();
+    let (s1, s2) = (slot(&prog, 1), slot(&prog, 2));
+    assert_eq!(prog.run(&frame), TC_ACT_UNSPEC, "cached allow");
+    assert_eq!((slot(&prog, 1) - s1, slot(&prog, 2) - s2), (0, 1), "the hit counts for the cached rule");
+
+    // A bad seal, or another generation: ignored, full lookup, entry rewritten.
+    let mut bad_seal = sealed(2, ACTION_ALLOW, 1);
+    bad_seal.seal ^= 1;
+    for (what, v) in [("bad seal", bad_seal), ("other generation", sealed(2, ACTION_ALLOW, 7))] {
+        flow_v4(&mut prog).insert(key, v, 0).unwrap();
+        let s1 = slot(&prog, 1);
+        assert_eq!(prog.run(&frame), TC_ACT_SHOT, "{what}: full lookup");
+        assert_eq!(slot(&prog, 1) - s1, 1, "{what}: counted for deny-dns");
+        assert_eq!(flow_v4(&mut prog).get(&key, 0).unwrap(), sealed(1, ACTION_DENY, 1), "{what}: rewritten");
+    }
+
+    // --flow-cache 0: same verdicts, nothing cached.
+    let opts = LoadOptions { flow_cache: 0, ..LoadOptions::default() };
+    let mut off = Prog { loaded: Loaded::with_options(&c, &opts).unwrap() };
+    for _ in 0..2 {
+        assert_eq!(off.run(&frame), TC_ACT_SHOT);
+    }
+    assert_eq!(flow_v4(&mut off).keys().count(), 0, "cache off: no entries");
+    assert_eq!(slot(&off, 1), 2);
 }
 
 #[test]
