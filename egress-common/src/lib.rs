@@ -112,20 +112,42 @@ pub const MAX_VLAN_TAGS: u32 = 2;
 // Map keys and values
 // ---------------------------------------------------------------------------
 
+/// Two candidate lists for PORTS whose answers combine by first match: the rules
+/// that name the destination prefix itself (`own`) and those inherited from
+/// shorter, enclosing prefixes (`inherited`). Splitting them keeps a broad rule's
+/// port intervals in one shared list instead of copying them into the list of
+/// every specific destination beneath it (ARCHITECTURE.md, "Two probes").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Lists {
+    /// List id, or [`NO_LIST`].
+    pub own: u32,
+    /// List id, or [`NO_LIST`].
+    pub inherited: u32,
+    /// Lowest rule slot in `inherited` (u32::MAX when none): when `own` already
+    /// yields an earlier rule, the second probe is skipped.
+    pub inherited_first: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Lists>() == 16);
+
+/// An empty candidate list: nothing to look up.
+pub const NO_LIST: u32 = u32::MAX;
+
 /// DST_V4 / DST_V6 value: what the destination prefix lookup yields.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DstValue {
-    /// With [`DST_SRC_ANY`]: a candidate-list id for PORTS. Otherwise: the
-    /// destination class, the first half of the PAIR_V4/PAIR_V6 key.
-    pub id: u32,
+    /// With [`DST_SRC_ANY`]: the candidate lists for PORTS. Otherwise `lists.own`
+    /// is the destination class, the first half of the PAIR_V4/PAIR_V6 key.
+    pub lists: Lists,
     /// [`DST_SRC_ANY`] or 0.
     pub flags: u32,
 }
-const _: () = assert!(size_of::<DstValue>() == 8);
+const _: () = assert!(size_of::<DstValue>() == 20);
 
 /// Every rule that can match this destination class matches any source: skip the
-/// PAIR lookup, `id` is already the candidate list.
+/// PAIR lookup, `lists` are already the candidate lists.
 pub const DST_SRC_ANY: u32 = 1;
 
 /// PAIR_V4 key data: destination class, then the source address. The class is
@@ -292,6 +314,7 @@ pub const STAT_NAMES: [&str; STATS_LEN as usize] =
 mod pod {
     use super::*;
     unsafe impl aya::Pod for DstValue {}
+    unsafe impl aya::Pod for Lists {}
     unsafe impl aya::Pod for PairKeyV4 {}
     unsafe impl aya::Pod for PairKeyV6 {}
     unsafe impl aya::Pod for PortKey {}

@@ -8,7 +8,7 @@ use aya_ebpf::{
     maps::{LpmTrie, LruHashMap, PerCpuArray},
 };
 use egress_common::{
-    Counter, DstValue, FLOW_CACHE_ENTRIES, FlowKeyV4, FlowKeyV6, FlowValue, MAX_DST_ENTRIES, MAX_PAIR_ENTRIES, MAX_PORT_ENTRIES, MAX_RULES,
+    Counter, DstValue, FLOW_CACHE_ENTRIES, Lists, FlowKeyV4, FlowKeyV6, FlowValue, MAX_DST_ENTRIES, MAX_PAIR_ENTRIES, MAX_PORT_ENTRIES, MAX_RULES,
     PairKeyV4, PairKeyV6, PortKey, STATS_LEN, Verdict,
 };
 
@@ -23,15 +23,15 @@ pub static DST_V4: LpmTrie<[u8; 4], DstValue> = LpmTrie::with_max_entries(MAX_DS
 pub static DST_V6: LpmTrie<[u8; 16], DstValue> = LpmTrie::with_max_entries(MAX_DST_ENTRIES, 0);
 
 /// Stage 2, IPv4. Key: (destination class, source prefix). Value: the candidate
-/// list (u32) for that pair: the rules, in file order, whose destination and source
-/// both contain the packet's. Only the source prefixes of rules that can reach the
+/// lists for that pair: the rules, in file order, whose destination and source
+/// both contain the packet's, split into the destination's own and inherited ones. Only the source prefixes of rules that can reach the
 /// class are present. Written by user space at apply.
 #[map]
-pub static PAIR_V4: LpmTrie<PairKeyV4, u32> = LpmTrie::with_max_entries(MAX_PAIR_ENTRIES, 0);
+pub static PAIR_V4: LpmTrie<PairKeyV4, Lists> = LpmTrie::with_max_entries(MAX_PAIR_ENTRIES, 0);
 
 /// Stage 2, IPv6; as [`PAIR_V4`].
 #[map]
-pub static PAIR_V6: LpmTrie<PairKeyV6, u32> = LpmTrie::with_max_entries(MAX_PAIR_ENTRIES, 0);
+pub static PAIR_V6: LpmTrie<PairKeyV6, Lists> = LpmTrie::with_max_entries(MAX_PAIR_ENTRIES, 0);
 
 /// Stage 3. Key: (candidate list, protocol class, port prefix). Value: the first rule
 /// of the list that matches that protocol and port (or ICMP type/code). The compiler

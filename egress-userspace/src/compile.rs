@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 
 use egress_common::{
-    DST_SRC_ANY, DstValue, MAX_DST_ENTRIES, MAX_PAIR_ENTRIES, MAX_PORT_ENTRIES, PCLASS_ICMP,
+    DST_SRC_ANY, DstValue, Lists, MAX_DST_ENTRIES, NO_LIST, MAX_PAIR_ENTRIES, MAX_PORT_ENTRIES, PCLASS_ICMP,
     PCLASS_ICMPV6, PCLASS_NO_L4, PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP, Verdict,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -89,9 +89,9 @@ pub struct PortEntry {
 pub struct Compiled {
     pub dst_v4: Vec<(Prefix, DstValue)>,
     pub dst_v6: Vec<(Prefix, DstValue)>,
-    /// (destination class, source prefix, candidate list)
-    pub pair_v4: Vec<(u32, Prefix, u32)>,
-    pub pair_v6: Vec<(u32, Prefix, u32)>,
+    /// (destination class, source prefix, candidate lists)
+    pub pair_v4: Vec<(u32, Prefix, Lists)>,
+    pub pair_v6: Vec<(u32, Prefix, Lists)>,
     pub ports: Vec<PortEntry>,
     /// Size of the COUNTERS map: rules + 1 (slot 0 = default policy).
     pub counter_slots: u32,
@@ -140,6 +140,20 @@ struct Interner {
 }
 
 impl Interner {
+    /// Splits a candidate list (sorted rule slots) into the destination's own rules
+    /// (`own`, sorted) and the inherited rest, and interns both halves.
+    fn split(&mut self, cands: &[u32], own: &[u32], v6: bool) -> Lists {
+        let (mine, inherited): (Vec<u32>, Vec<u32>) = cands.iter().partition(|i| own.binary_search(i).is_ok());
+        Lists {
+            own: self.id_or_none(mine, v6),
+            inherited_first: inherited.first().copied().unwrap_or(u32::MAX),
+            inherited: self.id_or_none(inherited, v6),
+            _pad: 0,
+        }
+    }
+    fn id_or_none(&mut self, list: Vec<u32>, v6: bool) -> u32 {
+        if list.is_empty() { NO_LIST } else { self.id(list, v6) }
+    }
     fn id(&mut self, list: Vec<u32>, v6: bool) -> u32 {
         let n = self.lists.len() as u32;
         let id = *self.ids.entry(list.clone()).or_insert(n);
@@ -159,8 +173,8 @@ pub fn compile(rs: &RuleSet) -> Result<Compiled, CompileError> {
         ..Default::default()
     };
     let mut lists = Interner { ids: HashMap::new(), lists: Vec::new() };
-    // Destination classes are interned by R(d) too: same rules, same PAIR table.
-    let mut classes: HashMap<Vec<u32>, u32> = HashMap::new();
+    // Destination classes are interned by (R(d), own rules) too: same rules, same PAIR table.
+    let mut classes: HashMap<(Vec<u32>, Vec<u32>), u32> = HashMap::new();
     for v6 in [false, true] {
         let (dsts, pairs) = compile_family(rs, v6, &mut lists, &mut classes);
         if v6 {
@@ -206,13 +220,13 @@ fn prefixes(nets: &Option<Vec<IpNet>>, v6: bool) -> Vec<Prefix> {
     }
 }
 
-type Family = (Vec<(Prefix, DstValue)>, Vec<(u32, Prefix, u32)>);
+type Family = (Vec<(Prefix, DstValue)>, Vec<(u32, Prefix, Lists)>);
 
 fn compile_family(
     rs: &RuleSet,
     v6: bool,
     lists: &mut Interner,
-    classes: &mut HashMap<Vec<u32>, u32>,
+    classes: &mut HashMap<(Vec<u32>, Vec<u32>), u32>,
 ) -> Family {
     let rules: Vec<&Rule> =
         rs.rules.iter().filter(|r| if v6 { r.families.v6 } else { r.families.v4 }).collect();
@@ -244,14 +258,17 @@ fn compile_family(
         }
         rd.sort_unstable();
         rd.dedup();
+        let mut own: Vec<u32> = by_dst[d].clone();
+        own.dedup();
         let any = Prefix::any(v6);
         if rd.iter().all(|i| src_of[i].contains(&any)) {
-            dsts.push((d.clone(), DstValue { id: lists.id(rd, v6), flags: DST_SRC_ANY }));
+            dsts.push((d.clone(), DstValue { lists: lists.split(&rd, &own, v6), flags: DST_SRC_ANY }));
             continue;
         }
         let n = classes.len() as u32;
-        let class = *classes.entry(rd.clone()).or_insert(n);
-        dsts.push((d.clone(), DstValue { id: class, flags: 0 }));
+        let class = *classes.entry((rd.clone(), own.clone())).or_insert(n);
+        let class_value = Lists { own: class, inherited: NO_LIST, inherited_first: u32::MAX, _pad: 0 };
+        dsts.push((d.clone(), DstValue { lists: class_value, flags: 0 }));
         // Same R(d) as an earlier class of this family: its PAIR entries serve this one too.
         if !emitted.insert(class) {
             continue;
@@ -263,7 +280,7 @@ fn compile_family(
         for s in sd {
             let cands: Vec<u32> =
                 rd.iter().copied().filter(|i| src_of[i].iter().any(|p| p.contains(&s))).collect();
-            pairs.push((class, s, lists.id(cands, v6)));
+            pairs.push((class, s, lists.split(&cands, &own, v6)));
         }
     }
     (dsts, pairs)
@@ -419,6 +436,8 @@ mod tests {
         let c = compile(&rs).unwrap();
         assert_eq!(c.dst_v4.len(), 1);
         assert_eq!(c.dst_v4[0].1.flags, 0);
+        // Both rules name the destination: all candidates are its own.
+        assert!(c.pair_v4.iter().all(|(_, _, l)| l.inherited == NO_LIST));
         // S(d) = {192.0.2.0/25, 0.0.0.0/0}.
         assert_eq!(c.pair_v4.len(), 2);
     }

@@ -25,7 +25,7 @@ use aya::{
     },
 };
 use egress_common::{
-    ALL_MAPS, Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_DEFAULT_ACTION, GLOBAL_FLOW_CACHE, GLOBAL_GENERATION, GLOBAL_HAS_ETH, MAP_FLOW_V4, MAP_FLOW_V6, MAP_COUNTERS, MAP_DST_V4,
+    ALL_MAPS, Counter, DstValue, Lists, FLOW_CACHE_ENTRIES, GLOBAL_DEFAULT_ACTION, GLOBAL_FLOW_CACHE, GLOBAL_GENERATION, GLOBAL_HAS_ETH, MAP_FLOW_V4, MAP_FLOW_V6, MAP_COUNTERS, MAP_DST_V4,
     MAP_DST_V6, MAP_PAIR_V4, MAP_PAIR_V6, MAP_PORTS, MAP_STATS, PORT_KEY_FIXED_BITS, PROGRAM_NAME,
     PairKeyV4, PairKeyV6, PortKey, STATS_LEN, Verdict,
 };
@@ -436,12 +436,12 @@ fn fill(ebpf: &mut Ebpf, c: &Compiled) -> Result<()> {
         b.push(p.len as u32, &v6(p), v);
     }
     write_batch(ebpf, MAP_DST_V6, &b)?;
-    let mut b = Batch::with_capacity::<PairKeyV4, u32>(c.pair_v4.len());
+    let mut b = Batch::with_capacity::<PairKeyV4, Lists>(c.pair_v4.len());
     for (class, s, list) in &c.pair_v4 {
         b.push(32 + s.len as u32, &PairKeyV4 { dst_class: class.to_be_bytes(), src: v4(s) }, list);
     }
     write_batch(ebpf, MAP_PAIR_V4, &b)?;
-    let mut b = Batch::with_capacity::<PairKeyV6, u32>(c.pair_v6.len());
+    let mut b = Batch::with_capacity::<PairKeyV6, Lists>(c.pair_v6.len());
     for (class, s, list) in &c.pair_v6 {
         b.push(32 + s.len as u32, &PairKeyV6 { dst_class: class.to_be_bytes(), src: v6(s) }, list);
     }
