@@ -57,23 +57,15 @@ pub const MAP_DST_V4: &str = "DST_V4";
 pub const MAP_DST_V6: &str = "DST_V6";
 pub const MAP_PAIR_V4: &str = "PAIR_V4";
 pub const MAP_PAIR_V6: &str = "PAIR_V6";
-pub const MAP_PORTS: &str = "PORTS";
+pub const MAP_LISTS: &str = "LISTS";
+pub const MAP_RANGES: &str = "RANGES";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_STATS: &str = "STATS";
 pub const MAP_FLOW_V4: &str = "FLOW_V4";
 pub const MAP_FLOW_V6: &str = "FLOW_V6";
 /// Every map the program defines, for the ELF check in the tests.
-pub const ALL_MAPS: [&str; 9] = [
-    MAP_DST_V4,
-    MAP_DST_V6,
-    MAP_PAIR_V4,
-    MAP_PAIR_V6,
-    MAP_PORTS,
-    MAP_COUNTERS,
-    MAP_STATS,
-    MAP_FLOW_V4,
-    MAP_FLOW_V6,
-];
+pub const ALL_MAPS: [&str; 10] =
+    [MAP_DST_V4, MAP_DST_V6, MAP_PAIR_V4, MAP_PAIR_V6, MAP_LISTS, MAP_RANGES, MAP_COUNTERS, MAP_STATS, MAP_FLOW_V4, MAP_FLOW_V6];
 
 /// Load-time global: the default policy, [`ACTION_ALLOW`] or [`ACTION_DENY`].
 pub const GLOBAL_DEFAULT_ACTION: &str = "DEFAULT_ACTION";
@@ -95,8 +87,11 @@ pub const MAX_RULES: u32 = 262_144;
 pub const MAX_DST_ENTRIES: u32 = 1 << 20;
 /// Capacity of PAIR_V4 and PAIR_V6 ((destination class, source prefix) pairs).
 pub const MAX_PAIR_ENTRIES: u32 = 1 << 21;
-/// Capacity of PORTS ((candidate list, protocol class, port prefix) entries).
-pub const MAX_PORT_ENTRIES: u32 = 1 << 22;
+/// Most entries of RANGES (disjoint port intervals over all candidate lists and
+/// protocol classes). LISTS and RANGES are arrays sized to the rule set at load.
+pub const MAX_RANGES: u32 = 1 << 24;
+/// Most entries of LISTS (candidate lists x [`PCLASS_COUNT`]).
+pub const MAX_LIST_SLOTS: u32 = 1 << 24;
 /// Default capacity of FLOW_V4 and FLOW_V6 (entries per family; LRU, preallocated:
 /// about 100 bytes an entry for IPv4, 130 for IPv6).
 pub const FLOW_CACHE_ENTRIES: u32 = 65_536;
@@ -112,7 +107,7 @@ pub const MAX_VLAN_TAGS: u32 = 2;
 // Map keys and values
 // ---------------------------------------------------------------------------
 
-/// Two candidate lists for PORTS whose answers combine by first match: the rules
+/// Two candidate lists (LISTS/RANGES) whose answers combine by first match: the rules
 /// that name the destination prefix itself (`own`) and those inherited from
 /// shorter, enclosing prefixes (`inherited`). Splitting them keeps a broad rule's
 /// port intervals in one shared list instead of copying them into the list of
@@ -120,31 +115,55 @@ pub const MAX_VLAN_TAGS: u32 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Lists {
-    /// List id, or [`NO_LIST`].
+    /// List id, [`NO_LIST`], or [`INLINE_LIST`] (the one own rule is `inline`).
     pub own: u32,
     /// List id, or [`NO_LIST`].
     pub inherited: u32,
     /// Lowest rule slot in `inherited` (u32::MAX when none): when `own` already
     /// yields an earlier rule, the second probe is skipped.
     pub inherited_first: u32,
-    pub _pad: u32,
+    /// The own rule when `own` is [`INLINE_LIST`]; zero otherwise.
+    pub inline: InlineRule,
 }
-const _: () = assert!(size_of::<Lists>() == 16);
+const _: () = assert!(size_of::<Lists>() == 24);
+
+/// A candidate list of exactly one rule, checked in the program instead of
+/// through LISTS/RANGES (most destinations of a large rule set have one own rule,
+/// saving a LISTS and a RANGES lookup on a cache miss).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InlineRule {
+    /// Counter slot of the rule.
+    pub rule: u32,
+    /// [`ACTION_ALLOW`] or [`ACTION_DENY`] (fits a byte).
+    pub action: u8,
+    /// Bit `1 << c` set for every protocol class `c` (`PCLASS_*`) the rule matches.
+    pub classes: u8,
+    /// 1 when the rule constrains no L4 field (so it matches non-first fragments).
+    pub l4_any: u8,
+    pub _pad: u8,
+    /// Inclusive range of the 16-bit "port" (as in [`PortRange`]).
+    pub lo: u16,
+    pub hi: u16,
+}
+const _: () = assert!(size_of::<InlineRule>() == 12);
 
 /// An empty candidate list: nothing to look up.
 pub const NO_LIST: u32 = u32::MAX;
+/// [`Lists::own`]: the own list is the single rule in [`Lists::inline`].
+pub const INLINE_LIST: u32 = u32::MAX - 1;
 
 /// DST_V4 / DST_V6 value: what the destination prefix lookup yields.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DstValue {
-    /// With [`DST_SRC_ANY`]: the candidate lists for PORTS. Otherwise `lists.own`
+    /// With [`DST_SRC_ANY`]: the candidate lists. Otherwise `lists.own`
     /// is the destination class, the first half of the PAIR_V4/PAIR_V6 key.
     pub lists: Lists,
     /// [`DST_SRC_ANY`] or 0.
     pub flags: u32,
 }
-const _: () = assert!(size_of::<DstValue>() == 20);
+const _: () = assert!(size_of::<DstValue>() == 28);
 
 /// Every rule that can match this destination class matches any source: skip the
 /// PAIR lookup, `lists` are already the candidate lists.
@@ -172,26 +191,43 @@ pub struct PairKeyV6 {
 }
 const _: () = assert!(size_of::<PairKeyV6>() == 20);
 
-/// Bits of a PORTS key that are always matched in full: list id (32) + class (8).
-pub const PORT_KEY_FIXED_BITS: u32 = 40;
+/// Protocol classes (`PCLASS_*` without flags): LISTS has this many slots per list.
+pub const PCLASS_COUNT: u32 = 5;
 
-/// PORTS key data: candidate list, protocol class, then the 16-bit "port" (the
-/// destination port for TCP/UDP, `type << 8 | code` for ICMP/ICMPv6, 0 otherwise).
+/// LISTS value, at index `list * PCLASS_COUNT + class`: where the list's port
+/// intervals for that protocol class sit in RANGES, and the rule a packet without
+/// an L4 header (a non-first fragment) matches.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PortKey {
-    /// Candidate-list id, big-endian.
-    pub list: [u8; 4],
-    /// One of the `PCLASS_*` values, possibly or-ed with [`PCLASS_NO_L4`].
-    pub pclass: u8,
-    /// Destination port (network byte order) or ICMP `[type, code]`.
-    pub port: [u8; 2],
-    /// Never part of the matched prefix; always zero.
-    pub _pad: u8,
+pub struct ListSlot {
+    /// First RANGES index of the intervals (sorted, disjoint).
+    pub start: u32,
+    /// Number of intervals; 0: no rule of the list matches this class.
+    pub count: u32,
+    /// First rule of the list that matches this class without L4 fields; 0: none.
+    pub no_l4_rule: u32,
+    pub no_l4_action: u32,
 }
-const _: () = assert!(size_of::<PortKey>() == 8);
+const _: () = assert!(size_of::<ListSlot>() == 16);
 
-/// PORTS value: the first rule that matches.
+/// RANGES value: an inclusive interval of the 16-bit "port" (TCP/UDP destination
+/// port, or ICMP `type << 8 | code`; host order) and the first rule of the list
+/// that matches there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+    pub rule: u32,
+    pub action: u32,
+}
+const _: () = assert!(size_of::<PortRange>() == 12);
+
+/// Longest binary search over one list's intervals: a class holds at most 65,536
+/// disjoint intervals, found in at most 17 halvings.
+pub const RANGE_SEARCH_STEPS: u32 = 17;
+
+/// A decision of the full lookup: the first rule that matches.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Verdict {
@@ -209,10 +245,10 @@ const _: () = assert!(size_of::<Verdict>() == 8);
 pub struct FlowKeyV4 {
     pub src: [u8; 4],
     pub dst: [u8; 4],
-    /// As [`PortKey::pclass`].
+    /// `PCLASS_*`, possibly or-ed with [`PCLASS_NO_L4`].
     pub pclass: u8,
     pub _pad: u8,
-    /// As [`PortKey::port`].
+    /// TCP/UDP destination port (network byte order) or ICMP `[type, code]`.
     pub port: [u8; 2],
 }
 const _: () = assert!(size_of::<FlowKeyV4>() == 12);
@@ -315,9 +351,11 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for DstValue {}
     unsafe impl aya::Pod for Lists {}
+    unsafe impl aya::Pod for InlineRule {}
     unsafe impl aya::Pod for PairKeyV4 {}
     unsafe impl aya::Pod for PairKeyV6 {}
-    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for ListSlot {}
+    unsafe impl aya::Pod for PortRange {}
     unsafe impl aya::Pod for Verdict {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for FlowKeyV4 {}

@@ -5,22 +5,23 @@
 //!  2. PAIR_V4/PAIR_V6 (skipped when the class says DST_SRC_ANY): (class, longest
 //!     source prefix among the rules that reach the class) -> candidate lists.
 //!     No entry -> default policy.
-//!  3. PORTS, up to twice: (candidate list, protocol class, port or ICMP type/code)
-//!     -> the first rule of the list that matches, as precomputed disjoint
-//!     intervals. The destination's own rules and the rules inherited from
-//!     enclosing prefixes are separate lists; the earlier of the two answers wins.
+//!  3. LISTS + RANGES, up to twice: (candidate list, protocol class) -> a sorted
+//!     run of disjoint port (or ICMP type/code) intervals, each holding the first
+//!     rule of the list that matches there; a binary search finds the packet's.
+//!     The destination's own rules and the rules inherited from enclosing prefixes
+//!     are separate lists; the earlier of the two answers wins. An own list of one
+//!     rule is checked in place.
 //!     No answer -> default policy.
 
 use aya_ebpf::maps::lpm_trie::Key;
-use egress_common::{DST_SRC_ANY, Lists, NO_LIST, PORT_KEY_FIXED_BITS, PairKeyV4, PairKeyV6, PortKey, Verdict};
-
-use crate::{
-    maps::{DST_V4, DST_V6, PAIR_V4, PAIR_V6, PORTS},
-    parse::Packet,
+use egress_common::{
+    DST_SRC_ANY, INLINE_LIST, InlineRule, Lists, NO_LIST, PCLASS_COUNT, PCLASS_NO_L4, PairKeyV4, PairKeyV6, RANGE_SEARCH_STEPS, Verdict,
 };
 
-/// Bits of a full port: the last stage's key is always looked up with all of them.
-const PORT_BITS: u32 = 16;
+use crate::{
+    maps::{DST_V4, DST_V6, LISTS, PAIR_V4, PAIR_V6, RANGES},
+    parse::Packet,
+};
 
 #[inline(always)]
 fn lists(pkt: &Packet) -> Option<Lists> {
@@ -43,26 +44,80 @@ fn lists(pkt: &Packet) -> Option<Lists> {
     }
 }
 
+/// "No rule of this list matches": sorts after every rule slot, so the earlier of
+/// two answers is simply the smaller. Plain values rather than `Option`: LLVM may
+/// leave an `Option`'s unused payload in a register the verifier sees as unread.
+const NONE: Verdict = Verdict { rule: u32::MAX, action: 0 };
+
+/// The first rule of candidate list `list` that matches the packet's protocol
+/// class and port: a binary search over the list's disjoint intervals.
 #[inline(always)]
-fn first_in(list: u32, pkt: &Packet) -> Option<Verdict> {
+fn first_in(list: u32, pkt: &Packet) -> Verdict {
     if list == NO_LIST {
-        return None;
+        return NONE;
     }
-    let k = PortKey { list: list.to_be_bytes(), pclass: pkt.pclass, port: pkt.port, _pad: 0 };
-    PORTS.get(Key::new(PORT_KEY_FIXED_BITS + PORT_BITS, k)).copied()
+    let class = (pkt.pclass & !PCLASS_NO_L4) as u32;
+    if class >= PCLASS_COUNT {
+        return NONE;
+    }
+    let Some(slot) = LISTS.get(list.wrapping_mul(PCLASS_COUNT).wrapping_add(class)) else {
+        return NONE;
+    };
+    if pkt.pclass & PCLASS_NO_L4 != 0 {
+        if slot.no_l4_rule == 0 {
+            return NONE;
+        }
+        return Verdict { rule: slot.no_l4_rule, action: slot.no_l4_action };
+    }
+    let port = u16::from_be_bytes(pkt.port) as u32;
+    // Search [lo, hi) of RANGES.
+    let (mut lo, mut hi) = (slot.start, slot.start.wrapping_add(slot.count));
+    for _ in 0..RANGE_SEARCH_STEPS {
+        if lo >= hi {
+            break;
+        }
+        let mid = lo + (hi - lo) / 2;
+        let Some(r) = RANGES.get(mid) else {
+            return NONE;
+        };
+        if port < r.lo as u32 {
+            hi = mid;
+        } else if port > r.hi as u32 {
+            lo = mid + 1;
+        } else {
+            return Verdict { rule: r.rule, action: r.action };
+        }
+    }
+    NONE
+}
+
+/// The single own rule, checked in place.
+#[inline(always)]
+fn inline_match(r: &InlineRule, pkt: &Packet) -> Verdict {
+    let base = pkt.pclass & !PCLASS_NO_L4;
+    // Classes are 0..=4; anything else matches no rule (and the shift stays small).
+    if base > 7 || r.classes & (1 << base) == 0 {
+        return NONE;
+    }
+    let fits = if pkt.pclass & PCLASS_NO_L4 != 0 {
+        r.l4_any != 0
+    } else {
+        let port = u16::from_be_bytes(pkt.port);
+        r.lo <= port && port <= r.hi
+    };
+    if fits { Verdict { rule: r.rule, action: r.action as u32 } } else { NONE }
 }
 
 #[inline(always)]
 pub fn lookup(pkt: &Packet) -> Option<Verdict> {
     let l = lists(pkt)?;
-    let own = first_in(l.own, pkt);
-    if let Some(v) = own
-        && v.rule < l.inherited_first
-    {
-        return own;
-    }
-    match (own, first_in(l.inherited, pkt)) {
-        (Some(a), Some(b)) => Some(if a.rule < b.rule { a } else { b }),
-        (a, b) => a.or(b),
-    }
+    let own = if l.own == INLINE_LIST { inline_match(&l.inline, pkt) } else { first_in(l.own, pkt) };
+    // The own answer precedes every inherited rule: no second search.
+    let best = if own.rule < l.inherited_first {
+        own
+    } else {
+        let inherited = first_in(l.inherited, pkt);
+        if inherited.rule < own.rule { inherited } else { own }
+    };
+    if best.rule == NONE.rule { None } else { Some(best) }
 }

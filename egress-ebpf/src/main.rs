@@ -24,8 +24,8 @@ mod stats;
 mod program {
     use aya_ebpf::{macros::classifier, programs::TcContext};
     use egress_common::{
-        ACTION_DENY, DEFAULT_COUNTER_SLOT, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP,
-        STAT_TOO_MANY_HDRS, STAT_TRUNCATED, TC_ACT_SHOT, TC_ACT_UNSPEC, PCLASS_NO_L4,
+        ACTION_DENY, DEFAULT_COUNTER_SLOT, PCLASS_NO_L4, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP, STAT_TOO_MANY_HDRS, STAT_TRUNCATED,
+        TC_ACT_SHOT, TC_ACT_UNSPEC,
     };
 
     use crate::{

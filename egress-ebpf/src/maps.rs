@@ -5,11 +5,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
 };
 use egress_common::{
-    Counter, DstValue, FLOW_CACHE_ENTRIES, Lists, FlowKeyV4, FlowKeyV6, FlowValue, MAX_DST_ENTRIES, MAX_PAIR_ENTRIES, MAX_PORT_ENTRIES, MAX_RULES,
-    PairKeyV4, PairKeyV6, PortKey, STATS_LEN, Verdict,
+    Counter, DstValue, FLOW_CACHE_ENTRIES, FlowKeyV4, FlowKeyV6, FlowValue, ListSlot, Lists, MAX_DST_ENTRIES, MAX_LIST_SLOTS,
+    MAX_PAIR_ENTRIES, MAX_RANGES, MAX_RULES, PairKeyV4, PairKeyV6, PortRange, STATS_LEN,
 };
 
 /// Stage 1, IPv4. Key: destination prefix (network order). Value: the destination
@@ -33,12 +33,17 @@ pub static PAIR_V4: LpmTrie<PairKeyV4, Lists> = LpmTrie::with_max_entries(MAX_PA
 #[map]
 pub static PAIR_V6: LpmTrie<PairKeyV6, Lists> = LpmTrie::with_max_entries(MAX_PAIR_ENTRIES, 0);
 
-/// Stage 3. Key: (candidate list, protocol class, port prefix). Value: the first rule
-/// of the list that matches that protocol and port (or ICMP type/code). The compiler
-/// resolves first-match into disjoint port intervals, so at most one entry matches.
-/// Written by user space at apply.
+/// Stage 3, index. At `list * PCLASS_COUNT + class`: the slice of RANGES holding
+/// that candidate list's port intervals for that protocol class, and the rule a
+/// non-first fragment matches. Sized to the rule set at load; written by user space.
 #[map]
-pub static PORTS: LpmTrie<PortKey, Verdict> = LpmTrie::with_max_entries(MAX_PORT_ENTRIES, 0);
+pub static LISTS: Array<ListSlot> = Array::with_max_entries(MAX_LIST_SLOTS, 0);
+
+/// Stage 3, intervals: per (list, class) a sorted run of disjoint port intervals,
+/// each with the first rule of the list that matches there (first match resolved
+/// by the compiler). Binary-searched. Sized at load; written by user space.
+#[map]
+pub static RANGES: Array<PortRange> = Array::with_max_entries(MAX_RANGES, 0);
 
 /// Per-rule counters, per CPU. Index: 0 = default policy, i = rule i (file order).
 /// Written by the program; read (and summed over CPUs) by `egress counters`. User
@@ -61,4 +66,4 @@ pub static FLOW_V4: LruHashMap<FlowKeyV4, FlowValue> = LruHashMap::with_max_entr
 pub static FLOW_V6: LruHashMap<FlowKeyV6, FlowValue> = LruHashMap::with_max_entries(FLOW_CACHE_ENTRIES, 0);
 
 // Keep the key types referenced so a rename in egress-common breaks the build here.
-const _: Option<(PairKeyV4, PairKeyV6, PortKey)> = None;
+const _: Option<(PairKeyV4, PairKeyV6)> = None;

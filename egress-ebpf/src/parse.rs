@@ -3,10 +3,7 @@
 //! are no data/data_end pointer games and a short packet is simply an `Err`.
 
 use aya_ebpf::programs::TcContext;
-use egress_common::{
-    MAX_IPV6_EXT_HDRS, MAX_VLAN_TAGS, PCLASS_ICMP, PCLASS_ICMPV6, PCLASS_NO_L4, PCLASS_OTHER,
-    PCLASS_TCP, PCLASS_UDP,
-};
+use egress_common::{MAX_IPV6_EXT_HDRS, MAX_VLAN_TAGS, PCLASS_ICMP, PCLASS_ICMPV6, PCLASS_NO_L4, PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP};
 
 const ETH_HLEN: usize = 14;
 /// Offset of the EtherType inside the Ethernet header.

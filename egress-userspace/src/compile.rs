@@ -20,8 +20,8 @@
 use std::collections::HashMap;
 
 use egress_common::{
-    DST_SRC_ANY, DstValue, Lists, MAX_DST_ENTRIES, NO_LIST, MAX_PAIR_ENTRIES, MAX_PORT_ENTRIES, PCLASS_ICMP,
-    PCLASS_ICMPV6, PCLASS_NO_L4, PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP, Verdict,
+    DST_SRC_ANY, DstValue, INLINE_LIST, InlineRule, ListSlot, Lists, MAX_DST_ENTRIES, MAX_LIST_SLOTS, MAX_PAIR_ENTRIES, MAX_RANGES,
+    NO_LIST, PCLASS_COUNT, PCLASS_ICMP, PCLASS_ICMPV6, PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP, PortRange,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -72,18 +72,6 @@ impl Prefix {
     }
 }
 
-/// A PORTS entry: (list, class, port prefix) -> verdict.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PortEntry {
-    pub list: u32,
-    pub pclass: u8,
-    /// First port of the prefix.
-    pub port: u16,
-    /// Prefix length over the 16 port bits (0..=16).
-    pub port_len: u8,
-    pub verdict: Verdict,
-}
-
 /// Everything the dataplane writes into the maps for one rule set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
@@ -92,20 +80,24 @@ pub struct Compiled {
     /// (destination class, source prefix, candidate lists)
     pub pair_v4: Vec<(u32, Prefix, Lists)>,
     pub pair_v6: Vec<(u32, Prefix, Lists)>,
-    pub ports: Vec<PortEntry>,
+    /// LISTS, dense: index `list * PCLASS_COUNT + class`.
+    pub list_slots: Vec<ListSlot>,
+    /// RANGES: each list slot's sorted, disjoint intervals, one run after another.
+    pub ranges: Vec<PortRange>,
     /// Size of the COUNTERS map: rules + 1 (slot 0 = default policy).
     pub counter_slots: u32,
     pub default_action: u32,
 }
 
 impl Compiled {
-    pub fn entry_counts(&self) -> [(&'static str, usize); 5] {
+    pub fn entry_counts(&self) -> [(&'static str, usize); 6] {
         [
             (egress_common::MAP_DST_V4, self.dst_v4.len()),
             (egress_common::MAP_DST_V6, self.dst_v6.len()),
             (egress_common::MAP_PAIR_V4, self.pair_v4.len()),
             (egress_common::MAP_PAIR_V6, self.pair_v6.len()),
-            (egress_common::MAP_PORTS, self.ports.len()),
+            (egress_common::MAP_LISTS, self.list_slots.len()),
+            (egress_common::MAP_RANGES, self.ranges.len()),
         ]
     }
 }
@@ -134,22 +126,29 @@ fn applies_to_class(r: &Rule, pclass: u8) -> bool {
     }
 }
 
-struct Interner {
+/// A rule in the form the program checks in place.
+fn inline_rule(r: &Rule) -> InlineRule {
+    let classes = (0..=PCLASS_ICMPV6).filter(|&c| applies_to_class(r, c)).fold(0u8, |m, c| m | 1 << c);
+    let (lo, hi) = r.l4_range();
+    InlineRule { rule: r.index, action: r.action.code() as u8, classes, l4_any: r.l4_any() as u8, _pad: 0, lo, hi }
+}
+
+struct Interner<'a> {
+    rules: &'a [Rule],
     ids: HashMap<Vec<u32>, u32>,
     lists: Vec<(Vec<u32>, [bool; 2])>,
 }
 
-impl Interner {
+impl Interner<'_> {
     /// Splits a candidate list (sorted rule slots) into the destination's own rules
     /// (`own`, sorted) and the inherited rest, and interns both halves.
     fn split(&mut self, cands: &[u32], own: &[u32], v6: bool) -> Lists {
         let (mine, inherited): (Vec<u32>, Vec<u32>) = cands.iter().partition(|i| own.binary_search(i).is_ok());
-        Lists {
-            own: self.id_or_none(mine, v6),
-            inherited_first: inherited.first().copied().unwrap_or(u32::MAX),
-            inherited: self.id_or_none(inherited, v6),
-            _pad: 0,
-        }
+        let (own, inline) = match mine.as_slice() {
+            [one] => (INLINE_LIST, inline_rule(&self.rules[*one as usize - 1])),
+            _ => (self.id_or_none(mine, v6), InlineRule::default()),
+        };
+        Lists { own, inherited_first: inherited.first().copied().unwrap_or(u32::MAX), inherited: self.id_or_none(inherited, v6), inline }
     }
     fn id_or_none(&mut self, list: Vec<u32>, v6: bool) -> u32 {
         if list.is_empty() { NO_LIST } else { self.id(list, v6) }
@@ -167,12 +166,8 @@ impl Interner {
 
 /// Compiles a rule set into map entries.
 pub fn compile(rs: &RuleSet) -> Result<Compiled, CompileError> {
-    let mut out = Compiled {
-        counter_slots: rs.rules.len() as u32 + 1,
-        default_action: rs.default_policy.code(),
-        ..Default::default()
-    };
-    let mut lists = Interner { ids: HashMap::new(), lists: Vec::new() };
+    let mut out = Compiled { counter_slots: rs.rules.len() as u32 + 1, default_action: rs.default_policy.code(), ..Default::default() };
+    let mut lists = Interner { rules: &rs.rules, ids: HashMap::new(), lists: Vec::new() };
     // Destination classes are interned by (R(d), own rules) too: same rules, same PAIR table.
     let mut classes: HashMap<(Vec<u32>, Vec<u32>), u32> = HashMap::new();
     for v6 in [false, true] {
@@ -185,6 +180,7 @@ pub fn compile(rs: &RuleSet) -> Result<Compiled, CompileError> {
             out.pair_v4 = pairs;
         }
     }
+    out.list_slots = vec![ListSlot::default(); lists.lists.len() * PCLASS_COUNT as usize];
     for (id, (list, fams)) in lists.lists.iter().enumerate() {
         let rules: Vec<&Rule> = list.iter().map(|&i| &rs.rules[i as usize - 1]).collect();
         let mut classes: Vec<u8> = Vec::new();
@@ -195,7 +191,7 @@ pub fn compile(rs: &RuleSet) -> Result<Compiled, CompileError> {
             classes.extend(PCLASSES_V6.iter().filter(|c| !classes.contains(c)).collect::<Vec<_>>());
         }
         for c in classes {
-            port_entries(id as u32, c, &rules, &mut out.ports);
+            out.list_slots[id * PCLASS_COUNT as usize + c as usize] = list_slot(c, &rules, &mut out.ranges);
         }
     }
     for (map, count, cap) in [
@@ -203,7 +199,8 @@ pub fn compile(rs: &RuleSet) -> Result<Compiled, CompileError> {
         (egress_common::MAP_DST_V6, out.dst_v6.len(), MAX_DST_ENTRIES),
         (egress_common::MAP_PAIR_V4, out.pair_v4.len(), MAX_PAIR_ENTRIES),
         (egress_common::MAP_PAIR_V6, out.pair_v6.len(), MAX_PAIR_ENTRIES),
-        (egress_common::MAP_PORTS, out.ports.len(), MAX_PORT_ENTRIES),
+        (egress_common::MAP_LISTS, out.list_slots.len(), MAX_LIST_SLOTS),
+        (egress_common::MAP_RANGES, out.ranges.len(), MAX_RANGES),
     ] {
         if count > cap as usize {
             return Err(CompileError::TooLarge { map, count, cap });
@@ -222,14 +219,8 @@ fn prefixes(nets: &Option<Vec<IpNet>>, v6: bool) -> Vec<Prefix> {
 
 type Family = (Vec<(Prefix, DstValue)>, Vec<(u32, Prefix, Lists)>);
 
-fn compile_family(
-    rs: &RuleSet,
-    v6: bool,
-    lists: &mut Interner,
-    classes: &mut HashMap<(Vec<u32>, Vec<u32>), u32>,
-) -> Family {
-    let rules: Vec<&Rule> =
-        rs.rules.iter().filter(|r| if v6 { r.families.v6 } else { r.families.v4 }).collect();
+fn compile_family(rs: &RuleSet, v6: bool, lists: &mut Interner<'_>, classes: &mut HashMap<(Vec<u32>, Vec<u32>), u32>) -> Family {
+    let rules: Vec<&Rule> = rs.rules.iter().filter(|r| if v6 { r.families.v6 } else { r.families.v4 }).collect();
     // Destination prefix -> rules listing it (file order), and the lengths in use.
     let mut by_dst: HashMap<Prefix, Vec<u32>> = HashMap::new();
     let mut src_of: HashMap<u32, Vec<Prefix>> = HashMap::new();
@@ -267,7 +258,7 @@ fn compile_family(
         }
         let n = classes.len() as u32;
         let class = *classes.entry((rd.clone(), own.clone())).or_insert(n);
-        let class_value = Lists { own: class, inherited: NO_LIST, inherited_first: u32::MAX, _pad: 0 };
+        let class_value = Lists { own: class, inherited: NO_LIST, inherited_first: u32::MAX, inline: InlineRule::default() };
         dsts.push((d.clone(), DstValue { lists: class_value, flags: 0 }));
         // Same R(d) as an earlier class of this family: its PAIR entries serve this one too.
         if !emitted.insert(class) {
@@ -278,40 +269,38 @@ fn compile_family(
         sd.sort();
         sd.dedup();
         for s in sd {
-            let cands: Vec<u32> =
-                rd.iter().copied().filter(|i| src_of[i].iter().any(|p| p.contains(&s))).collect();
+            let cands: Vec<u32> = rd.iter().copied().filter(|i| src_of[i].iter().any(|p| p.contains(&s))).collect();
             pairs.push((class, s, lists.split(&cands, &own, v6)));
         }
     }
     (dsts, pairs)
 }
 
-/// PORTS entries of one candidate list and protocol class (plus its no-L4 twin).
-fn port_entries(list: u32, pclass: u8, rules: &[&Rule], out: &mut Vec<PortEntry>) {
+/// One candidate list's LISTS slot for one protocol class; its intervals are
+/// appended to `ranges`.
+fn list_slot(pclass: u8, rules: &[&Rule], ranges: &mut Vec<PortRange>) -> ListSlot {
     let applicable: Vec<&&Rule> = rules.iter().filter(|r| applies_to_class(r, pclass)).collect();
+    let mut slot = ListSlot { start: ranges.len() as u32, ..ListSlot::default() };
     if let Some(r) = applicable.iter().find(|r| r.l4_any()) {
-        out.push(PortEntry {
-            list,
-            pclass: pclass | PCLASS_NO_L4,
-            port: 0,
-            port_len: 0,
-            verdict: Verdict { rule: r.index, action: r.action.code() },
-        });
+        slot.no_l4_rule = r.index;
+        slot.no_l4_action = r.action.code();
     }
-    let intervals: Vec<(u32, u32)> =
-        applicable.iter().map(|r| { let (a, b) = r.l4_range(); (a as u32, b as u32) }).collect();
+    let intervals: Vec<(u32, u32)> = applicable
+        .iter()
+        .map(|r| {
+            let (a, b) = r.l4_range();
+            (a as u32, b as u32)
+        })
+        .collect();
     for (lo, hi, k) in first_match_intervals(&intervals) {
         let r = applicable[k];
-        for (port, port_len) in range_to_prefixes(lo, hi) {
-            out.push(PortEntry {
-                list,
-                pclass,
-                port,
-                port_len,
-                verdict: Verdict { rule: r.index, action: r.action.code() },
-            });
-        }
+        ranges.push(PortRange { lo, hi, rule: r.index, action: r.action.code() });
     }
+    slot.count = ranges.len() as u32 - slot.start;
+    if slot.count == 0 {
+        slot.start = 0;
+    }
+    slot
 }
 
 /// Resolves first match over inclusive intervals of [0, 65535]: returns disjoint,
@@ -362,44 +351,9 @@ pub fn first_match_intervals(intervals: &[(u32, u32)]) -> Vec<(u16, u16, usize)>
     out
 }
 
-/// The fewest prefixes (first value, prefix length over 16 bits) covering [lo, hi].
-pub fn range_to_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
-    let (mut lo, hi) = (lo as u32, hi as u32);
-    let mut out = Vec::new();
-    while lo <= hi {
-        let mut size: u32 = if lo == 0 { 1 << 16 } else { 1 << lo.trailing_zeros() };
-        while lo + size - 1 > hi {
-            size >>= 1;
-        }
-        out.push((lo as u16, 16 - size.trailing_zeros() as u8));
-        lo += size;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges_become_minimal_prefixes() {
-        assert_eq!(range_to_prefixes(0, 65535), vec![(0, 0)]);
-        assert_eq!(range_to_prefixes(25, 25), vec![(25, 16)]);
-        assert_eq!(range_to_prefixes(1024, 2047), vec![(1024, 6)]);
-        assert_eq!(range_to_prefixes(1, 6), vec![(1, 16), (2, 15), (4, 15), (6, 16)]);
-        assert_eq!(range_to_prefixes(65535, 65535), vec![(65535, 16)]);
-        // Every range is covered exactly, whatever its ends.
-        for (lo, hi) in [(0u16, 0u16), (3, 60000), (1, 65534), (32768, 65535)] {
-            let mut covered = 0u32;
-            for (p, l) in range_to_prefixes(lo, hi) {
-                let size = 1u32 << (16 - l);
-                assert_eq!(p as u32 % size, 0);
-                assert!(p as u32 >= lo as u32 && p as u32 + size - 1 <= hi as u32);
-                covered += size;
-            }
-            assert_eq!(covered, hi as u32 - lo as u32 + 1);
-        }
-    }
 
     #[test]
     fn first_match_paints_earliest() {
@@ -421,9 +375,11 @@ mod tests {
         assert_eq!(c.dst_v4.len(), 2);
         assert_eq!(c.dst_v4[0].1, c.dst_v4[1].1);
         assert!(c.dst_v6.is_empty() && c.pair_v4.is_empty());
-        // One list, UDP: port 53 entry plus its no-L4 twin is absent (ports constrain).
-        assert_eq!(c.ports.len(), 1);
-        assert_eq!((c.ports[0].pclass, c.ports[0].port, c.ports[0].port_len), (PCLASS_UDP, 53, 16));
+        // One own rule: checked in place, no list at all.
+        assert_eq!(c.dst_v4[0].1.lists.own, INLINE_LIST);
+        let inline = c.dst_v4[0].1.lists.inline;
+        assert_eq!((inline.rule, inline.classes, inline.lo, inline.hi, inline.l4_any), (1, 1 << PCLASS_UDP, 53, 53, 0));
+        assert!(c.list_slots.is_empty() && c.ranges.is_empty());
     }
 
     #[test]

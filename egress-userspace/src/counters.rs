@@ -1,7 +1,7 @@
 //! Rendering of `egress counters` and `egress status`: tables for people, JSON for
 //! programs. Pure: takes what `dataplane` read.
 
-use egress_common::{STAT_NAMES, DEFAULT_COUNTER_SLOT};
+use egress_common::{DEFAULT_COUNTER_SLOT, STAT_NAMES};
 use serde_json::{Value, json};
 
 use crate::dataplane::{Readout, State};
@@ -47,9 +47,7 @@ fn human(n: u64) -> String {
 }
 
 pub fn counters_table(r: &Readout) -> String {
-    let mut rows: Vec<[String; 6]> = vec![[
-        "#".into(), "NAME".into(), "ACTION".into(), "PKTS".into(), "BYTES".into(), "MATCH".into(),
-    ]];
+    let mut rows: Vec<[String; 6]> = vec![["#".into(), "NAME".into(), "ACTION".into(), "PKTS".into(), "BYTES".into(), "MATCH".into()]];
     for (i, ri) in r.state.rules.iter().enumerate() {
         let (p, b) = counter(r, i + 1);
         rows.push([(i + 1).to_string(), ri.name.clone(), ri.action.clone(), p.to_string(), human(b), ri.summary.clone()]);
@@ -58,15 +56,14 @@ pub fn counters_table(r: &Readout) -> String {
     rows.push(["-".into(), "(default)".into(), r.state.default_action.clone(), p.to_string(), human(b), "no rule matched".into()]);
     let mut out = format!(
         "egress on {} ({} hook, generation {}, {} rules from {})\n",
-        r.state.iface, r.state.hook, r.state.generation, r.state.rules.len(), r.state.rules_file
+        r.state.iface,
+        r.state.hook,
+        r.state.generation,
+        r.state.rules.len(),
+        r.state.rules_file
     );
     out.push_str(&table(&rows));
-    let extra: Vec<String> = STAT_NAMES
-        .iter()
-        .zip(r.stats.iter())
-        .filter(|(_, v)| **v > 0)
-        .map(|(n, v)| format!("{n} {v}"))
-        .collect();
+    let extra: Vec<String> = STAT_NAMES.iter().zip(r.stats.iter()).filter(|(_, v)| **v > 0).map(|(n, v)| format!("{n} {v}")).collect();
     if !extra.is_empty() {
         out.push_str(&format!("not matched against rules: {}\n", extra.join(", ")));
     }

@@ -25,9 +25,9 @@ use aya::{
     },
 };
 use egress_common::{
-    ALL_MAPS, Counter, DstValue, Lists, FLOW_CACHE_ENTRIES, GLOBAL_DEFAULT_ACTION, GLOBAL_FLOW_CACHE, GLOBAL_GENERATION, GLOBAL_HAS_ETH, MAP_FLOW_V4, MAP_FLOW_V6, MAP_COUNTERS, MAP_DST_V4,
-    MAP_DST_V6, MAP_PAIR_V4, MAP_PAIR_V6, MAP_PORTS, MAP_STATS, PORT_KEY_FIXED_BITS, PROGRAM_NAME,
-    PairKeyV4, PairKeyV6, PortKey, STATS_LEN, Verdict,
+    ALL_MAPS, Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_DEFAULT_ACTION, GLOBAL_FLOW_CACHE, GLOBAL_GENERATION, GLOBAL_HAS_ETH, ListSlot,
+    Lists, MAP_COUNTERS, MAP_DST_V4, MAP_DST_V6, MAP_FLOW_V4, MAP_FLOW_V6, MAP_LISTS, MAP_PAIR_V4, MAP_PAIR_V6, MAP_RANGES, MAP_STATS,
+    PROGRAM_NAME, PairKeyV4, PairKeyV6, PortRange, STATS_LEN,
 };
 use serde::{Deserialize, Serialize};
 
@@ -98,7 +98,9 @@ pub fn enter_host_mount_ns() -> Result<()> {
     let ours = fs::read_link("/proc/self/ns/mnt").map_err(io_err("read /proc/self/ns/mnt"))?;
     let mut pid = std::process::id();
     for _ in 0..64 {
-        let Some(ppid) = parent_pid(pid) else { return Ok(()) };
+        let Some(ppid) = parent_pid(pid) else {
+            return Ok(());
+        };
         if ppid == 0 {
             return Ok(());
         }
@@ -109,9 +111,7 @@ pub fn enter_host_mount_ns() -> Result<()> {
                 // SAFETY: plain syscall on a valid fd.
                 let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNS) };
                 if rc != 0 {
-                    return Err(io_err(format!("join the mount namespace of process {ppid} ({ns})"))(
-                        io::Error::last_os_error(),
-                    ));
+                    return Err(io_err(format!("join the mount namespace of process {ppid} ({ns})"))(io::Error::last_os_error()));
                 }
                 tracing::debug!(ppid, "joined the parent's mount namespace for bpffs pins");
                 return Ok(());
@@ -129,7 +129,9 @@ fn parent_pid(pid: u32) -> Option<u32> {
 }
 
 fn is_bpffs(path: &str) -> bool {
-    let Ok(c) = CString::new(path) else { return false };
+    let Ok(c) = CString::new(path) else {
+        return false;
+    };
     // SAFETY: statfs fills the struct we own.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
@@ -177,9 +179,7 @@ pub fn ifindex(iface: &str) -> Result<u32> {
     // SAFETY: valid C string.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if idx == 0 {
-        return Err(DataplaneError::Other(format!(
-            "no interface '{iface}' in this network namespace (see `ip link`)"
-        )));
+        return Err(DataplaneError::Other(format!("no interface '{iface}' in this network namespace (see `ip link`)")));
     }
     Ok(idx)
 }
@@ -248,6 +248,9 @@ impl Loaded {
             .override_global(GLOBAL_GENERATION, &generation, true)
             .override_global(GLOBAL_FLOW_CACHE, &cache_on, true)
             .map_max_entries(MAP_COUNTERS, c.counter_slots)
+            // Arrays are preallocated: exactly the rule set's size (at least 1).
+            .map_max_entries(MAP_LISTS, (c.list_slots.len() as u32).max(1))
+            .map_max_entries(MAP_RANGES, (c.ranges.len() as u32).max(1))
             .map_max_entries(MAP_FLOW_V4, cache_entries)
             .map_max_entries(MAP_FLOW_V6, cache_entries)
             .load(EBPF_OBJECT)
@@ -311,8 +314,9 @@ fn pod_bytes<T: aya::Pod>(v: &T) -> &[u8] {
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
 }
 
-/// LPM-trie entries laid out as the kernel reads them in a batch: each key is
-/// `u32 prefix length (host order) ‖ data`, each value follows in its own array.
+/// Map entries laid out as the kernel reads them in a batch: keys in one buffer
+/// (for an LPM trie `u32 prefix length (host order) ‖ data`, for an array the u32
+/// index), values in another.
 struct Batch {
     keys: Vec<u8>,
     values: Vec<u8>,
@@ -330,6 +334,12 @@ impl Batch {
     fn push<K: aya::Pod, V: aya::Pod>(&mut self, prefix_len: u32, key: &K, value: &V) {
         self.keys.extend_from_slice(&prefix_len.to_ne_bytes());
         self.keys.extend_from_slice(pod_bytes(key));
+        self.values.extend_from_slice(pod_bytes(value));
+        self.count += 1;
+    }
+    /// An array entry: the key is the index.
+    fn push_index<V: aya::Pod>(&mut self, index: u32, value: &V) {
+        self.keys.extend_from_slice(&index.to_ne_bytes());
         self.values.extend_from_slice(pod_bytes(value));
         self.count += 1;
     }
@@ -363,10 +373,15 @@ fn write_batch(ebpf: &mut Ebpf, name: &str, b: &Batch) -> Result<()> {
     let (ks, vs) = (b.keys.len() / b.count, b.values.len() / b.count);
     let map = ebpf.map_mut(name).ok_or_else(|| DataplaneError::Other(format!("map {name} missing from the eBPF object")))?;
     let data: &MapData = match map {
-        Map::LpmTrie(m) => m,
-        _ => return Err(DataplaneError::Other(format!("map {name} is not an LPM trie"))),
+        Map::LpmTrie(m) | Map::Array(m) => m,
+        _ => {
+            return Err(DataplaneError::Other(format!("map {name} is neither an LPM trie nor an array")));
+        }
     };
-    let fd = { use std::os::fd::{AsFd as _, AsRawFd as _}; data.fd().as_fd().as_raw_fd() as u32 };
+    let fd = {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        data.fd().as_fd().as_raw_fd() as u32
+    };
     let mut done = 0;
     while done < b.count {
         let n = (b.count - done).min(BATCH_CHUNK);
@@ -379,7 +394,8 @@ fn write_batch(ebpf: &mut Ebpf, name: &str, b: &Batch) -> Result<()> {
         };
         // SAFETY: attr points at live buffers holding `n` keys and values of the
         // map's sizes; the kernel only reads them (and writes attr.count).
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>()) };
+        let rc =
+            unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>()) };
         if rc < 0 {
             let e = io::Error::last_os_error();
             let unsupported = matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(524 /* ENOTSUPP */));
@@ -446,12 +462,16 @@ fn fill(ebpf: &mut Ebpf, c: &Compiled) -> Result<()> {
         b.push(32 + s.len as u32, &PairKeyV6 { dst_class: class.to_be_bytes(), src: v6(s) }, list);
     }
     write_batch(ebpf, MAP_PAIR_V6, &b)?;
-    let mut b = Batch::with_capacity::<PortKey, Verdict>(c.ports.len());
-    for e in &c.ports {
-        let k = PortKey { list: e.list.to_be_bytes(), pclass: e.pclass, port: e.port.to_be_bytes(), _pad: 0 };
-        b.push(PORT_KEY_FIXED_BITS + e.port_len as u32, &k, &e.verdict);
+    let mut b = Batch::with_capacity::<u32, ListSlot>(c.list_slots.len());
+    for (i, v) in c.list_slots.iter().enumerate() {
+        b.push_index(i as u32, v);
     }
-    write_batch(ebpf, MAP_PORTS, &b)
+    write_batch(ebpf, MAP_LISTS, &b)?;
+    let mut b = Batch::with_capacity::<u32, PortRange>(c.ranges.len());
+    for (i, v) in c.ranges.iter().enumerate() {
+        b.push_index(i as u32, v);
+    }
+    write_batch(ebpf, MAP_RANGES, &b)
 }
 
 fn sum_counters<T: std::borrow::Borrow<MapData>>(arr: &PerCpuArray<T, Counter>) -> Result<Vec<Counter>> {
@@ -517,9 +537,7 @@ pub struct State {
 pub fn read_state(iface: &str) -> Result<Option<State>> {
     let p = state_path(iface);
     match fs::read_to_string(&p) {
-        Ok(s) => serde_json::from_str(&s)
-            .map(Some)
-            .map_err(|e| DataplaneError::Other(format!("{}: corrupt state file: {e}", p.display()))),
+        Ok(s) => serde_json::from_str(&s).map(Some).map_err(|e| DataplaneError::Other(format!("{}: corrupt state file: {e}", p.display()))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(format!("read {}", p.display()))(e)),
     }
@@ -787,8 +805,7 @@ pub fn read_counters(iface: &str) -> Result<Readout> {
         sum_counters(&arr)?
     };
     let stats = {
-        let arr: PerCpuArray<MapData, u64> =
-            PerCpuArray::try_from(Map::PerCpuArray(open(MAP_STATS)?)).map_err(map_err("open STATS"))?;
+        let arr: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(open(MAP_STATS)?)).map_err(map_err("open STATS"))?;
         sum_stats(&arr)?
     };
     Ok(Readout { state, counters, stats })

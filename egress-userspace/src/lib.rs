@@ -3,10 +3,10 @@
 pub mod compile;
 pub mod counters;
 pub mod dataplane;
-pub mod ruleset_gen;
 pub mod packet;
 pub mod reference;
 pub mod rules;
+pub mod ruleset_gen;
 
 /// SHA-256 of a rule file's bytes, as "sha256:HEX".
 pub fn digest(bytes: &[u8]) -> String {

@@ -30,8 +30,7 @@ impl std::error::Error for InputError {}
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EGRESS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("EGRESS_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -53,14 +52,10 @@ fn main() -> ExitCode {
 /// Reads, validates and compiles a rule file; every failure is an [`InputError`].
 fn load_rules(path: &Path) -> anyhow::Result<(RuleSet, Compiled, String)> {
     let shown = path.display().to_string();
-    let bytes = fs::read(path)
-        .with_context(|| format!("read rule file {shown}"))
-        .map_err(|e| anyhow::Error::new(InputError(e)))?;
-    let text = String::from_utf8(bytes.clone())
-        .map_err(|_| anyhow::Error::new(InputError(anyhow::anyhow!("{shown}: not UTF-8 text"))))?;
+    let bytes = fs::read(path).with_context(|| format!("read rule file {shown}")).map_err(|e| anyhow::Error::new(InputError(e)))?;
+    let text = String::from_utf8(bytes.clone()).map_err(|_| anyhow::Error::new(InputError(anyhow::anyhow!("{shown}: not UTF-8 text"))))?;
     let rs = rules::parse(&shown, &text).map_err(|e| anyhow::Error::new(InputError(e.into())))?;
-    let compiled = compile::compile(&rs)
-        .map_err(|e| anyhow::Error::new(InputError(anyhow::anyhow!("{shown}: {e}"))))?;
+    let compiled = compile::compile(&rs).map_err(|e| anyhow::Error::new(InputError(anyhow::anyhow!("{shown}: {e}"))))?;
     Ok((rs, compiled, egress::digest(&bytes)))
 }
 
@@ -112,11 +107,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let infos = rs
                 .rules
                 .iter()
-                .map(|r| dataplane::RuleInfo {
-                    name: r.name.clone(),
-                    action: r.action.as_str().to_string(),
-                    summary: r.summary(),
-                })
+                .map(|r| dataplane::RuleInfo { name: r.name.clone(), action: r.action.as_str().to_string(), summary: r.summary() })
                 .collect();
             let applied = dataplane::apply(dataplane::ApplyRequest {
                 iface: &iface,

@@ -28,11 +28,7 @@ pub enum L4 {
 
 /// First matching rule's (counter slot, action); the default policy (slot 0) if none.
 pub fn classify(rs: &RuleSet, p: &PacketMeta) -> (u32, Action) {
-    rs.rules
-        .iter()
-        .find(|r| matches(r, p))
-        .map(|r| (r.index, r.action))
-        .unwrap_or((egress_common::DEFAULT_COUNTER_SLOT, rs.default_policy))
+    rs.rules.iter().find(|r| matches(r, p)).map(|r| (r.index, r.action)).unwrap_or((egress_common::DEFAULT_COUNTER_SLOT, rs.default_policy))
 }
 
 pub fn matches(r: &Rule, p: &PacketMeta) -> bool {

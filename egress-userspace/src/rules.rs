@@ -69,10 +69,7 @@ pub struct Families {
 impl Families {
     pub const BOTH: Families = Families { v4: true, v6: true };
     fn of_nets(nets: &[IpNet]) -> Families {
-        Families {
-            v4: nets.iter().any(|n| matches!(n, IpNet::V4(_))),
-            v6: nets.iter().any(|n| matches!(n, IpNet::V6(_))),
-        }
+        Families { v4: nets.iter().any(|n| matches!(n, IpNet::V4(_))), v6: nets.iter().any(|n| matches!(n, IpNet::V6(_))) }
     }
     fn and(self, o: Families) -> Families {
         Families { v4: self.v4 && o.v4, v6: self.v6 && o.v6 }
@@ -212,8 +209,7 @@ impl fmt::Display for RuleFileError {
 }
 
 const TOP_KEYS: [&str; 2] = ["default_policy", "rule"];
-const RULE_KEYS: [&str; 8] =
-    ["name", "action", "src", "dst", "protocol", "ports", "icmp_type", "icmp_code"];
+const RULE_KEYS: [&str; 8] = ["name", "action", "src", "dst", "protocol", "ports", "icmp_type", "icmp_code"];
 /// Longest rule name accepted (names are shown in tables and JSON).
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -252,11 +248,7 @@ fn item_span(item: &Item) -> Option<Range<usize>> {
 
 /// Did-you-mean for an unknown key.
 fn suggest(key: &str, known: &[&str]) -> String {
-    let best = known
-        .iter()
-        .map(|k| (strsim_distance(key, k), *k))
-        .min()
-        .filter(|(d, _)| *d <= 2);
+    let best = known.iter().map(|k| (strsim_distance(key, k), *k)).min().filter(|(d, _)| *d <= 2);
     match best {
         Some((_, k)) => format!("unknown key '{key}' (did you mean '{k}'?)"),
         None => format!("unknown key '{key}' (known keys: {})", known.join(", ")),
@@ -280,9 +272,7 @@ fn strsim_distance(a: &str, b: &str) -> usize {
 
 /// Parses and validates a rule file. `file` is only used in messages.
 pub fn parse(file: &str, text: &str) -> Result<RuleSet, RuleFileError> {
-    let line_starts = std::iter::once(0)
-        .chain(text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i + 1))
-        .collect();
+    let line_starts = std::iter::once(0).chain(text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i + 1)).collect();
     let mut cx = Ctx { file, line_starts, problems: Vec::new() };
     let doc = match ImDocument::parse(text) {
         Ok(d) => d,
@@ -302,7 +292,12 @@ pub fn parse(file: &str, text: &str) -> Result<RuleSet, RuleFileError> {
 
     let default_policy = match root.get("default_policy") {
         None => {
-            cx.push(None, None, Some("default_policy"), "missing; say default_policy = \"allow\" or \"deny\" (the verdict when no rule matches)".into());
+            cx.push(
+                None,
+                None,
+                Some("default_policy"),
+                "missing; say default_policy = \"allow\" or \"deny\" (the verdict when no rule matches)".into(),
+            );
             None
         }
         Some(item) => match item.as_str() {
@@ -337,7 +332,12 @@ pub fn parse(file: &str, text: &str) -> Result<RuleSet, RuleFileError> {
         }
     }
     if tables.len() > egress_common::MAX_RULES as usize {
-        cx.push(None, None, Some("rule"), format!("{} rules, more than the {} a rule file may hold", tables.len(), egress_common::MAX_RULES));
+        cx.push(
+            None,
+            None,
+            Some("rule"),
+            format!("{} rules, more than the {} a rule file may hold", tables.len(), egress_common::MAX_RULES),
+        );
     }
 
     let mut rules = Vec::new();
@@ -429,7 +429,12 @@ fn parse_rule(
             Some("icmp") => Some(Protocol::Icmp),
             Some("icmpv6") => Some(Protocol::Icmpv6),
             _ => {
-                cx.push(kspan("protocol"), rn, Some("protocol"), format!("must be one of \"tcp\", \"udp\", \"icmp\", \"icmpv6\", \"all\", not {}", show(item)));
+                cx.push(
+                    kspan("protocol"),
+                    rn,
+                    Some("protocol"),
+                    format!("must be one of \"tcp\", \"udp\", \"icmp\", \"icmpv6\", \"all\", not {}", show(item)),
+                );
                 None
             }
         },
@@ -460,7 +465,12 @@ fn parse_rule(
     let icmp_code = byte(cx, "icmp_code");
     if t.get("icmp_type").is_some() && !matches!(protocol, Some(Protocol::Icmp | Protocol::Icmpv6)) {
         let p = protocol.map(Protocol::as_str).unwrap_or("?");
-        cx.push(kspan("icmp_type"), rn, Some("icmp_type"), format!("icmp_type needs protocol \"icmp\" or \"icmpv6\" (this rule's protocol is \"{p}\")"));
+        cx.push(
+            kspan("icmp_type"),
+            rn,
+            Some("icmp_type"),
+            format!("icmp_type needs protocol \"icmp\" or \"icmpv6\" (this rule's protocol is \"{p}\")"),
+        );
     }
     if t.get("icmp_code").is_some() && t.get("icmp_type").is_none() {
         cx.push(kspan("icmp_code"), rn, Some("icmp_code"), "icmp_code needs icmp_type".into());
@@ -481,7 +491,10 @@ fn parse_rule(
             let (field, why) = if !fam_src.and(fam_dst).v4 && !fam_src.and(fam_dst).v6 {
                 ("dst", format!("src is {} but dst is {}", fam_src.describe(), fam_dst.describe()))
             } else {
-                ("protocol", format!("protocol \"{}\" never matches the rule's addresses ({})", protocol.as_str(), fam_src.and(fam_dst).describe()))
+                (
+                    "protocol",
+                    format!("protocol \"{}\" never matches the rule's addresses ({})", protocol.as_str(), fam_src.and(fam_dst).describe()),
+                )
             };
             cx.push(kspan(field), rn, Some(field), format!("the rule can never match: {why}"));
         } else {
@@ -489,7 +502,12 @@ fn parse_rule(
             for (field, nets) in [("src", src), ("dst", dst)] {
                 for n in nets.iter().flatten() {
                     if !families.has(n) {
-                        cx.push(kspan(field), rn, Some(field), format!("{n} can never match: the rest of the rule matches {}", families.describe()));
+                        cx.push(
+                            kspan(field),
+                            rn,
+                            Some(field),
+                            format!("{n} can never match: the rest of the rule matches {}", families.describe()),
+                        );
                     }
                 }
             }
@@ -499,19 +517,7 @@ fn parse_rule(
     if cx.problems.len() != before {
         return None;
     }
-    Some(Rule {
-        index,
-        name,
-        line,
-        action: action?,
-        src: src?,
-        dst: dst?,
-        protocol: protocol?,
-        ports,
-        icmp_type,
-        icmp_code,
-        families,
-    })
+    Some(Rule { index, name, line, action: action?, src: src?, dst: dst?, protocol: protocol?, ports, icmp_type, icmp_code, families })
 }
 
 /// `src`/`dst`: a CIDR or a list of CIDRs. Outer `None`: invalid (reported);
@@ -539,7 +545,12 @@ fn parse_nets(
                 }
             },
             None => {
-                cx.push(v.span().or(span.clone()), rule, Some(field), format!("each entry must be a CIDR string such as \"192.0.2.0/24\", not {}", v.type_name()));
+                cx.push(
+                    v.span().or(span.clone()),
+                    rule,
+                    Some(field),
+                    format!("each entry must be a CIDR string such as \"192.0.2.0/24\", not {}", v.type_name()),
+                );
                 false
             }
         }
@@ -702,7 +713,12 @@ ports = "1000-2000"
         let e = err("default_policy = \"allow\"\n[[rule]]\nsrc = \"192.0.2.0/24\"\ndst = \"2001:db8::/32\"\n");
         assert_eq!(e, vec!["r.toml:4: rule 'rule-1', field 'dst': the rule can never match: src is IPv4 only but dst is IPv6 only"]);
         let e = err("default_policy = \"allow\"\n[[rule]]\nprotocol = \"icmpv6\"\ndst = \"192.0.2.0/24\"\n");
-        assert_eq!(e, vec!["r.toml:3: rule 'rule-1', field 'protocol': the rule can never match: protocol \"icmpv6\" never matches the rule's addresses (IPv4 only)"]);
+        assert_eq!(
+            e,
+            vec![
+                "r.toml:3: rule 'rule-1', field 'protocol': the rule can never match: protocol \"icmpv6\" never matches the rule's addresses (IPv4 only)"
+            ]
+        );
         let e = err("default_policy = \"allow\"\n[[rule]]\nsrc = [\"192.0.2.0/24\", \"2001:db8::/32\"]\ndst = \"198.51.100.0/24\"\n");
         assert_eq!(e, vec!["r.toml:3: rule 'rule-1', field 'src': 2001:db8::/32 can never match: the rest of the rule matches IPv4 only"]);
     }
@@ -722,7 +738,11 @@ ports = "1000-2000"
 
     #[test]
     fn ports_accept_integer_and_range() {
-        let rs = parse("r.toml", "default_policy = \"deny\"\n[[rule]]\nprotocol = \"udp\"\nports = 53\n[[rule]]\nprotocol = \"tcp\"\nports = \"0-65535\"\n").unwrap();
+        let rs = parse(
+            "r.toml",
+            "default_policy = \"deny\"\n[[rule]]\nprotocol = \"udp\"\nports = 53\n[[rule]]\nprotocol = \"tcp\"\nports = \"0-65535\"\n",
+        )
+        .unwrap();
         assert_eq!(rs.rules[0].ports, Some((53, 53)));
         assert_eq!(rs.rules[1].ports, Some((0, 65535)));
     }

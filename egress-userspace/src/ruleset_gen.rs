@@ -136,11 +136,9 @@ pub fn nested(n: usize) -> String {
 mod tests {
     #[test]
     fn generated_sets_are_valid_and_compile() {
-        for (name, text) in [
-            ("realistic", super::realistic(3000, 100, 1)),
-            ("pairs", super::src_dst_pairs(2000)),
-            ("nested", super::nested(500)),
-        ] {
+        for (name, text) in
+            [("realistic", super::realistic(3000, 100, 1)), ("pairs", super::src_dst_pairs(2000)), ("nested", super::nested(500))]
+        {
             let rs = crate::rules::parse(name, &text).unwrap_or_else(|e| panic!("{name}: {e}"));
             crate::compile::compile(&rs).unwrap_or_else(|e| panic!("{name}: {e}"));
         }

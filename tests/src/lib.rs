@@ -56,7 +56,8 @@ impl Pair {
         sh(&["ip", "netns", "add", &p.a])?;
         sh(&["ip", "netns", "add", &p.b])?;
         sh(&["ip", "link", "add", &p.a_if, "netns", &p.a, "type", "veth", "peer", "name", &p.b_if, "netns", &p.b])?;
-        for (ns, dev, v4, v6) in [(&p.a, &p.a_if, "192.0.2.1/24", "2001:db8:1::1/64"), (&p.b, &p.b_if, "192.0.2.2/24", "2001:db8:1::2/64")] {
+        for (ns, dev, v4, v6) in [(&p.a, &p.a_if, "192.0.2.1/24", "2001:db8:1::1/64"), (&p.b, &p.b_if, "192.0.2.2/24", "2001:db8:1::2/64")]
+        {
             sh(&["ip", "-n", ns, "addr", "add", v4, "dev", dev])?;
             sh(&["ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad"])?;
             sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
@@ -91,7 +92,13 @@ impl Pair {
     /// `egress ARGS` in namespace a; panics with its output unless it exits 0.
     pub fn egress_ok(&self, args: &[&str]) -> String {
         let o = self.egress(args);
-        assert!(o.status.success(), "egress {args:?} failed ({}):\n{}{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "egress {args:?} failed ({}):\n{}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
@@ -110,7 +117,8 @@ impl Pair {
     pub fn counters(&self) -> (Vec<u64>, u64, serde_json::Value) {
         let out = self.egress_ok(&["counters", "--iface", &self.a_if, "--json"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON {e}: {out}"));
-        let rules = v["rules"].as_array().map(|a| a.iter().map(|r| r["packets"].as_u64().unwrap_or(u64::MAX)).collect()).unwrap_or_default();
+        let rules =
+            v["rules"].as_array().map(|a| a.iter().map(|r| r["packets"].as_u64().unwrap_or(u64::MAX)).collect()).unwrap_or_default();
         let def = v["default"]["packets"].as_u64().unwrap_or(u64::MAX);
         (rules, def, v)
     }
@@ -135,7 +143,11 @@ impl Pair {
         .unwrap_or_else(|e| panic!("bind udp {bind} in {}: {e:#}", self.b));
         server.set_read_timeout(Some(Duration::from_millis(300))).ok();
         in_ns_io(&self.a, move || -> std::io::Result<()> {
-            let c = UdpSocket::bind(if v6 { SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)) } else { SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)) })?;
+            let c = UdpSocket::bind(if v6 {
+                SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+            } else {
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+            })?;
             for i in 0..n {
                 // A dropped datagram makes send fail with ENOBUFS: that is the drop.
                 let _ = c.send_to(&i.to_be_bytes(), (dst, port));
@@ -179,7 +191,12 @@ impl Pair {
         .unwrap_or(false);
         if !ok {
             // Unblock the accept() so the thread ends: connect to ourselves inside b.
-            let _ = in_ns(&self.b, move || TcpStream::connect_timeout(&(if v6 { SocketAddr::from((Ipv6Addr::LOCALHOST, port)) } else { SocketAddr::from((Ipv4Addr::LOCALHOST, port)) }), Duration::from_millis(500)));
+            let _ = in_ns(&self.b, move || {
+                TcpStream::connect_timeout(
+                    &(if v6 { SocketAddr::from((Ipv6Addr::LOCALHOST, port)) } else { SocketAddr::from((Ipv4Addr::LOCALHOST, port)) }),
+                    Duration::from_millis(500),
+                )
+            });
         }
         let _ = server.join();
         ok
@@ -250,12 +267,11 @@ pub fn in_ns_io<T: Send + 'static>(ns: &str, f: impl FnOnce() -> std::io::Result
 
 /// Echo requests over a raw socket (in the calling thread's namespace).
 fn ping(v6: bool, n: u32) -> u32 {
-    let (domain, proto, dst): (Domain, Protocol, SocketAddr) = if v6 {
-        (Domain::IPV6, Protocol::ICMPV6, (B6, 0).into())
-    } else {
-        (Domain::IPV4, Protocol::ICMPV4, (B4, 0).into())
+    let (domain, proto, dst): (Domain, Protocol, SocketAddr) =
+        if v6 { (Domain::IPV6, Protocol::ICMPV6, (B6, 0).into()) } else { (Domain::IPV4, Protocol::ICMPV4, (B4, 0).into()) };
+    let Ok(s) = Socket::new(domain, Type::RAW, Some(proto)) else {
+        return 0;
     };
-    let Ok(s) = Socket::new(domain, Type::RAW, Some(proto)) else { return 0 };
     s.set_read_timeout(Some(Duration::from_millis(100))).ok();
     let id: u16 = (std::process::id() as u16) ^ 0x5a5a;
     let mut replies = 0;

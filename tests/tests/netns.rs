@@ -3,7 +3,6 @@
 
 use egress_tests::{Pair, temp_file};
 
-
 const RULES: &str = r#"
 default_policy = "allow"
 
@@ -45,7 +44,13 @@ icmp_type = 128
 fn own_status(p: &Pair) -> serde_json::Value {
     let out = p.egress_ok(&["status", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["interfaces"].as_array().unwrap().iter().find(|i| i["iface"] == p.a_if.as_str()).cloned().unwrap_or_else(|| panic!("{} not in status: {out}", p.a_if))
+    v["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["iface"] == p.a_if.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{} not in status: {out}", p.a_if))
 }
 
 fn settle(p: &Pair) {
@@ -210,9 +215,8 @@ fn apply_again_replaces_the_rule_set_in_place() {
     assert!(p.apply(RULES).status.success());
     assert_eq!(p.udp(false, 5001, 2), 0);
     assert_eq!(p.udp(false, 7001, 2), 2);
-    let o = p.apply(
-        "default_policy = \"allow\"\n[[rule]]\nname = \"only-7k\"\naction = \"deny\"\nprotocol = \"udp\"\nports = \"7000-7999\"\n",
-    );
+    let o =
+        p.apply("default_policy = \"allow\"\n[[rule]]\nname = \"only-7k\"\naction = \"deny\"\nprotocol = \"udp\"\nports = \"7000-7999\"\n");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("replaced"));
     assert_eq!(p.udp(false, 5001, 2), 2);
@@ -221,7 +225,8 @@ fn apply_again_replaces_the_rule_set_in_place() {
     assert_eq!(rules, vec![4], "{json}");
     assert_eq!(json["generation"], 2);
     // Only one generation of pins remains.
-    let dirs: Vec<_> = std::fs::read_dir(std::path::Path::new("/sys/fs/bpf/egress").join(&p.a_if)).unwrap().flatten().map(|e| e.file_name()).collect();
+    let dirs: Vec<_> =
+        std::fs::read_dir(std::path::Path::new("/sys/fs/bpf/egress").join(&p.a_if)).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(dirs.len(), 2, "link + one generation: {dirs:?}");
 }
 

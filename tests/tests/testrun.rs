@@ -13,11 +13,10 @@ use egress::{
     rules::{self, Action, RuleSet},
 };
 use egress_common::{
-    ACTION_ALLOW, ACTION_DENY, FlowKeyV4, FlowValue, PCLASS_UDP, flow_seal, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP, STAT_TOO_MANY_HDRS, STAT_TRUNCATED, TC_ACT_SHOT,
-    TC_ACT_UNSPEC,
+    ACTION_ALLOW, ACTION_DENY, FlowKeyV4, FlowValue, PCLASS_UDP, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP, STAT_TOO_MANY_HDRS,
+    STAT_TRUNCATED, TC_ACT_SHOT, TC_ACT_UNSPEC, flow_seal,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
-
 
 struct Prog {
     loaded: Loaded,
@@ -26,7 +25,10 @@ struct Prog {
 impl Prog {
     fn new(rs: &RuleSet) -> Prog {
         let c = compile::compile(rs).expect("compile");
-        Prog { loaded: Loaded::new(&c, true).expect("load") }
+        // A small flow cache: these tests load hundreds of rule sets, and the LRU
+        // maps are preallocated.
+        let opts = LoadOptions { flow_cache: 1024, ..LoadOptions::default() };
+        Prog { loaded: Loaded::with_options(&c, &opts).expect("load") }
     }
     fn run(&mut self, frame: &[u8]) -> i32 {
         let prog = self.loaded.program().expect("program");
@@ -92,18 +94,48 @@ fn fixtures() -> Vec<Fixture> {
         ("udp/54 default", packet::build(&udp54, &d()), TC_ACT_UNSPEC, Some(0), None),
         ("ipv4 options skipped", packet::build(&udp53, &Shape { ipv4_option_words: 10, ..d() }), TC_ACT_SHOT, Some(1), None),
         ("first fragment has ports", packet::build(&udp53, &Shape { more_fragments: true, ..d() }), TC_ACT_SHOT, Some(1), None),
-        ("non-first fragment: no ports, no match", packet::build(&udp53, &Shape { frag_offset: 100, ..d() }), TC_ACT_UNSPEC, Some(0), Some(STAT_FRAGMENTS)),
-        ("non-first fragment matches port-less tcp rule", packet::build(&tcp203, &Shape { frag_offset: 7, ..d() }), TC_ACT_SHOT, Some(2), Some(STAT_FRAGMENTS)),
+        (
+            "non-first fragment: no ports, no match",
+            packet::build(&udp53, &Shape { frag_offset: 100, ..d() }),
+            TC_ACT_UNSPEC,
+            Some(0),
+            Some(STAT_FRAGMENTS),
+        ),
+        (
+            "non-first fragment matches port-less tcp rule",
+            packet::build(&tcp203, &Shape { frag_offset: 7, ..d() }),
+            TC_ACT_SHOT,
+            Some(2),
+            Some(STAT_FRAGMENTS),
+        ),
         ("one vlan tag", packet::build(&udp53, &Shape { vlan_tags: 1, ..d() }), TC_ACT_SHOT, Some(1), None),
         ("two vlan tags", packet::build(&udp53, &Shape { vlan_tags: 2, ..d() }), TC_ACT_SHOT, Some(1), None),
         ("three vlan tags", packet::build(&udp53, &Shape { vlan_tags: 3, ..d() }), TC_ACT_SHOT, None, Some(STAT_TOO_MANY_HDRS)),
         ("icmp echo", packet::build(&meta("192.0.2.1", "192.0.2.2", 1, L4::Icmp { ty: 8, code: 0 }), &d()), TC_ACT_SHOT, Some(3), None),
-        ("icmp echo reply", packet::build(&meta("192.0.2.1", "192.0.2.2", 1, L4::Icmp { ty: 0, code: 0 }), &d()), TC_ACT_UNSPEC, Some(0), None),
+        (
+            "icmp echo reply",
+            packet::build(&meta("192.0.2.1", "192.0.2.2", 1, L4::Icmp { ty: 0, code: 0 }), &d()),
+            TC_ACT_UNSPEC,
+            Some(0),
+            None,
+        ),
         ("ipv6 udp", packet::build(&v6udp, &d()), TC_ACT_SHOT, Some(4), None),
         ("ipv6 ext headers", packet::build(&v6udp, &Shape { ipv6_ext: vec![0, 60, 43, 60], ..d() }), TC_ACT_SHOT, Some(4), None),
         ("ipv6 first fragment", packet::build(&v6udp, &Shape { more_fragments: true, ..d() }), TC_ACT_SHOT, Some(4), None),
-        ("ipv6 non-first fragment: no ports", packet::build(&v6udp, &Shape { frag_offset: 3, ..d() }), TC_ACT_UNSPEC, Some(0), Some(STAT_FRAGMENTS)),
-        ("ipv6 non-first fragment, protocol all", packet::build(&v6all, &Shape { frag_offset: 3, ..d() }), TC_ACT_SHOT, Some(5), Some(STAT_FRAGMENTS)),
+        (
+            "ipv6 non-first fragment: no ports",
+            packet::build(&v6udp, &Shape { frag_offset: 3, ..d() }),
+            TC_ACT_UNSPEC,
+            Some(0),
+            Some(STAT_FRAGMENTS),
+        ),
+        (
+            "ipv6 non-first fragment, protocol all",
+            packet::build(&v6all, &Shape { frag_offset: 3, ..d() }),
+            TC_ACT_SHOT,
+            Some(5),
+            Some(STAT_FRAGMENTS),
+        ),
         ("ipv6 8 ext headers", packet::build(&v6udp, &Shape { ipv6_ext: vec![60; 8], ..d() }), TC_ACT_SHOT, Some(4), None),
         ("ipv6 9 ext headers", packet::build(&v6udp, &Shape { ipv6_ext: vec![60; 9], ..d() }), TC_ACT_SHOT, None, Some(STAT_TOO_MANY_HDRS)),
     ];
@@ -156,8 +188,16 @@ fn truncation_at_every_header_boundary() {
         (meta("192.0.2.1", "198.51.100.7", 17, L4::Ports { dport: 53 }), Shape { ipv4_option_words: 3, ..Shape::default() }, 14 + 32 + 4),
         (meta("192.0.2.1", "192.0.2.2", 1, L4::Icmp { ty: 8, code: 0 }), Shape::default(), 14 + 20 + 2),
         (meta("2001:db8:1::1", "2001:db8:2::1", 17, L4::Ports { dport: 1500 }), Shape::default(), 14 + 40 + 4),
-        (meta("2001:db8:1::1", "2001:db8:2::1", 17, L4::Ports { dport: 1500 }), Shape { ipv6_ext: vec![0, 44], ..Shape::default() }, 14 + 40 + 16 + 8 + 4),
-        (meta("2001:db8:1::1", "2001:db8:2::1", 58, L4::Icmp { ty: 128, code: 0 }), Shape { ipv6_ext: vec![60], ..Shape::default() }, 14 + 40 + 16 + 2),
+        (
+            meta("2001:db8:1::1", "2001:db8:2::1", 17, L4::Ports { dport: 1500 }),
+            Shape { ipv6_ext: vec![0, 44], ..Shape::default() },
+            14 + 40 + 16 + 8 + 4,
+        ),
+        (
+            meta("2001:db8:1::1", "2001:db8:2::1", 58, L4::Icmp { ty: 128, code: 0 }),
+            Shape { ipv6_ext: vec![60], ..Shape::default() },
+            14 + 40 + 16 + 2,
+        ),
     ];
     for (m, shape, need) in cases {
         let full = packet::build(&m, &shape);
@@ -186,22 +226,56 @@ fn truncation_at_every_header_boundary() {
 // ---------------------------------------------------------------------------
 
 const V4_NETS: &[&str] = &[
-    "0.0.0.0/0", "192.0.2.0/24", "192.0.2.0/25", "192.0.2.128/25", "192.0.2.64/26", "192.0.2.7/32",
-    "192.0.2.8/29", "198.51.100.0/23", "198.51.100.0/24", "198.51.101.0/24", "203.0.113.0/24",
-    "203.0.113.128/28", "128.0.0.0/1",
+    "0.0.0.0/0",
+    "192.0.2.0/24",
+    "192.0.2.0/25",
+    "192.0.2.128/25",
+    "192.0.2.64/26",
+    "192.0.2.7/32",
+    "192.0.2.8/29",
+    "198.51.100.0/23",
+    "198.51.100.0/24",
+    "198.51.101.0/24",
+    "203.0.113.0/24",
+    "203.0.113.128/28",
+    "128.0.0.0/1",
 ];
 const V6_NETS: &[&str] = &[
-    "::/0", "2001:db8::/32", "2001:db8:1::/48", "2001:db8:1::/64", "2001:db8:1::7/128",
-    "2001:db8:2::/48", "2001:db8:1:0:8000::/65", "2001:db8:1:0:8000::/66",
+    "::/0",
+    "2001:db8::/32",
+    "2001:db8:1::/48",
+    "2001:db8:1::/64",
+    "2001:db8:1::7/128",
+    "2001:db8:2::/48",
+    "2001:db8:1:0:8000::/65",
+    "2001:db8:1:0:8000::/66",
 ];
 const V4_HOSTS: &[&str] = &[
-    "192.0.2.0", "192.0.2.7", "192.0.2.8", "192.0.2.15", "192.0.2.63", "192.0.2.64", "192.0.2.127",
-    "192.0.2.128", "192.0.2.255", "198.51.100.1", "198.51.101.200", "203.0.113.129", "203.0.113.144",
-    "233.252.0.1", "10.1.2.3",
+    "192.0.2.0",
+    "192.0.2.7",
+    "192.0.2.8",
+    "192.0.2.15",
+    "192.0.2.63",
+    "192.0.2.64",
+    "192.0.2.127",
+    "192.0.2.128",
+    "192.0.2.255",
+    "198.51.100.1",
+    "198.51.101.200",
+    "203.0.113.129",
+    "203.0.113.144",
+    "233.252.0.1",
+    "10.1.2.3",
 ];
 const V6_HOSTS: &[&str] = &[
-    "2001:db8:1::7", "2001:db8:1::8", "2001:db8:1::8000:0:0:1", "2001:db8:1:0:c000::1",
-    "2001:db8:1:1::1", "2001:db8:2::1", "2001:db8:ffff::1", "fd00::1",
+    "2001:db8:1::7",
+    "2001:db8:1::8",
+    "2001:db8:1::8000:0:0:1",
+    "2001:db8:1:0:c000::1",
+    "2001:db8:1:1::1",
+    "2001:db8:2::1",
+    "2001:db8:ffff::1",
+    "fd00::1",
 ];
 const PORT_EDGES: &[u16] = &[0, 1, 52, 53, 54, 79, 80, 443, 1023, 1024, 8080, 65534, 65535];
 
@@ -421,9 +495,18 @@ fn hundred_thousand_rules() {
         let net = r.dst.as_ref().unwrap()[0];
         let v6 = net.addr().is_ipv6();
         let dst = net.network();
-        let src = if rng.gen_bool(0.5) { if v6 { ip("2001:db8:ffff::1") } else { ip("192.0.2.9") } } else if v6 { ip("2001:db8:1::1") } else { ip("198.51.100.1") };
+        let src = if rng.gen_bool(0.5) {
+            if v6 { ip("2001:db8:ffff::1") } else { ip("192.0.2.9") }
+        } else if v6 {
+            ip("2001:db8:1::1")
+        } else {
+            ip("198.51.100.1")
+        };
         let (proto, l4) = match r.ports {
-            Some((a, b)) => (if r.protocol == rules::Protocol::Tcp { 6 } else { 17 }, L4::Ports { dport: if rng.gen_bool(0.5) { a } else { b.wrapping_add(1) } }),
+            Some((a, b)) => (
+                if r.protocol == rules::Protocol::Tcp { 6 } else { 17 },
+                L4::Ports { dport: if rng.gen_bool(0.5) { a } else { b.wrapping_add(1) } },
+            ),
             None => (if v6 { 58 } else { 1 }, L4::Icmp { ty: 8, code: 0 }),
         };
         let m = PacketMeta { src, dst, proto, l4 };

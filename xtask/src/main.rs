@@ -52,7 +52,9 @@ fn main() -> Result<()> {
         Task::Build => build(),
         Task::Demo => {
             build()?;
-            run(Command::new(cargo()).args(["run", "--release", "--quiet", "-p", "egress-tests", "--bin", "egress-demo"]).env("EGRESS_BIN", egress_bin()))
+            run(Command::new(cargo())
+                .args(["run", "--release", "--quiet", "-p", "egress-tests", "--bin", "egress-demo"])
+                .env("EGRESS_BIN", egress_bin()))
         }
         Task::Bench { quick } => {
             build()?;
@@ -215,10 +217,7 @@ fn apt_install(wanted: &[(&str, &str)]) -> Result<()> {
     if !missing.is_empty() {
         eprintln!("xtask setup: installing {}", missing.join(" "));
         run(Command::new("apt-get").args(["update", "-q"]))?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-q"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get").args(["install", "-y", "-q"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     Ok(())
 }

@@ -22,8 +22,8 @@ use egress::{
     dataplane::Loaded,
     packet::{self, Shape},
     reference::{L4, PacketMeta},
-    ruleset_gen::{self, FLOW_PORT_BASE, Rng},
     rules,
+    ruleset_gen::{self, FLOW_PORT_BASE, Rng},
 };
 use egress_common::{PASS_PROGRAM_NAME, SINK_PROGRAM_NAME};
 use egress_tests::{A4, A6, B4, B6, Pair, in_ns, in_ns_io, is_root, temp_file};
@@ -104,18 +104,19 @@ fn env_line() -> String {
         .unwrap_or_else(|| "unknown".into());
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let date = egress::counters::utc(egress::dataplane::now_unix());
-    format!(
-        "kernel {kernel}; CPU {cpu} x{cpus}; egress {}; aya 0.14, aya-ebpf 0.2.1; {date} UTC",
-        env!("CARGO_PKG_VERSION")
-    )
+    format!("kernel {kernel}; CPU {cpu} x{cpus}; egress {}; aya 0.14, aya-ebpf 0.2.1; {date} UTC", env!("CARGO_PKG_VERSION"))
 }
 
 fn run(o: &Opts) -> anyhow::Result<()> {
     let sizes: &[usize] = if o.quick { &[1, 1_000, 10_000] } else { &[1, 1_000, 10_000, 100_000] };
     let rounds = 5;
     let mut md = String::new();
-    let _ = writeln!(md, "# egress benchmarks\n\nProduced by `cargo xtask bench{}`. {}\n", if o.quick { " --quick" } else { "" }, env_line());
-    let _ = writeln!(md, "Rule sets: `ruleset_gen::realistic(n, min(ceil(n/2), {FLOWS}), seed)` (mostly distinct destination prefixes of mixed lengths with ports and ranges, 2% source-specific, some ICMP, broad overlapping rules; the last min(ceil(n/2), {FLOWS}) rules each allow one UDP port to the benchmark server). Medians of {rounds} rounds, variants interleaved in shuffled order; spread = min-max over rounds.\n");
+    let _ =
+        writeln!(md, "# egress benchmarks\n\nProduced by `cargo xtask bench{}`. {}\n", if o.quick { " --quick" } else { "" }, env_line());
+    let _ = writeln!(
+        md,
+        "Rule sets: `ruleset_gen::realistic(n, min(ceil(n/2), {FLOWS}), seed)` (mostly distinct destination prefixes of mixed lengths with ports and ranges, 2% source-specific, some ICMP, broad overlapping rules; the last min(ceil(n/2), {FLOWS}) rules each allow one UDP port to the benchmark server). Medians of {rounds} rounds, variants interleaved in shuffled order; spread = min-max over rounds.\n"
+    );
 
     testrun_part(sizes, rounds, &mut md)?;
     traffic_part(o, sizes, rounds, &mut md)?;
@@ -157,7 +158,10 @@ fn measure(prog: &mut SchedClassifier, v6: bool, flows: usize, hot: bool) -> any
 fn testrun_part(sizes: &[usize], rounds: usize, md: &mut String) -> anyhow::Result<()> {
     eprintln!("part 1: BPF_PROG_TEST_RUN");
     let _ = writeln!(md, "## 1. BPF_PROG_TEST_RUN (program cost only)\n");
-    let _ = writeln!(md, "| rules | parse + compile + load (s) | PORTS entries | family | packets | empty program ns | egress ns | added ns |");
+    let _ = writeln!(
+        md,
+        "| rules | parse + compile + load (s) | RANGES entries | family | packets | empty program ns | egress ns | added ns |"
+    );
     let _ = writeln!(md, "| ---: | ---: | ---: | --- | --- | ---: | ---: | ---: |");
     let mut loaded: Vec<(usize, Loaded, f64, usize)> = Vec::new();
     for &n in sizes {
@@ -167,14 +171,11 @@ fn testrun_part(sizes: &[usize], rounds: usize, md: &mut String) -> anyhow::Resu
         let c = compile::compile(&rs)?;
         let mut l = Loaded::new(&c, true)?;
         let secs = t.elapsed().as_secs_f64();
-        let pass: &mut SchedClassifier = l
-            .ebpf
-            .program_mut(PASS_PROGRAM_NAME)
-            .ok_or_else(|| anyhow::anyhow!("no {PASS_PROGRAM_NAME} in the object"))?
-            .try_into()?;
+        let pass: &mut SchedClassifier =
+            l.ebpf.program_mut(PASS_PROGRAM_NAME).ok_or_else(|| anyhow::anyhow!("no {PASS_PROGRAM_NAME} in the object"))?.try_into()?;
         pass.load()?;
         eprintln!("  {n} rules: ready in {secs:.2} s");
-        loaded.push((n, l, secs, c.ports.len()));
+        loaded.push((n, l, secs, c.ranges.len()));
     }
     let mut rng = Rng::new(42);
     // (size index, v6, hot, is_egress) -> samples
@@ -208,7 +209,9 @@ fn testrun_part(sizes: &[usize], rounds: usize, md: &mut String) -> anyhow::Resu
     for (i, (n, _, secs, ports)) in loaded.iter().enumerate() {
         for v6 in [false, true] {
             for hot in [true, false] {
-                let (Some(e), Some(g)) = (samples.get(&(i, v6, hot, false)), samples.get(&(i, v6, hot, true))) else { continue };
+                let (Some(e), Some(g)) = (samples.get(&(i, v6, hot, false)), samples.get(&(i, v6, hot, true))) else {
+                    continue;
+                };
                 let (mut e, mut g) = (e.clone(), g.clone());
                 let (me, mg) = (median(&mut e), median(&mut g));
                 let what = if hot { "1 hot flow".to_string() } else { format!("{} flows, 1 rule each", flows_for(*n)) };
@@ -223,7 +226,10 @@ fn testrun_part(sizes: &[usize], rounds: usize, md: &mut String) -> anyhow::Resu
             }
         }
     }
-    let _ = writeln!(md, "\nEach spread-flow run is a separate BPF_PROG_TEST_RUN of one packet, so it includes the per-run timer overhead that the empty program shows too; the difference is the classifier's cost.\n");
+    let _ = writeln!(
+        md,
+        "\nEach spread-flow run is a separate BPF_PROG_TEST_RUN of one packet, so it includes the per-run timer overhead that the empty program shows too; the difference is the classifier's cost.\n"
+    );
     Ok(())
 }
 
@@ -268,7 +274,8 @@ fn send(pair: &Pair, v6: bool, flows: usize, packets: usize) -> anyhow::Result<f
     // queueing on the receiving side blur the comparison.
     let dst: std::net::IpAddr = if v6 { B6.into() } else { B4.into() };
     let ns = in_ns_io(&pair.a, move || -> std::io::Result<f64> {
-        let sock = UdpSocket::bind(if v6 { SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)) } else { SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)) })?;
+        let sock =
+            UdpSocket::bind(if v6 { SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)) } else { SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)) })?;
         // Never block: a full send buffer must not stall the benchmark.
         sock.set_nonblocking(true)?;
         let payload = [0u8; 18];
@@ -504,9 +511,15 @@ fn traffic_part(o: &Opts, sizes: &[usize], rounds: usize, md: &mut String) -> an
         let base = median(&mut samples.get(&(Filter::None, v6, flows)).cloned().unwrap_or_default());
         let empty = median(&mut samples.get(&(Filter::EmptyTcx, v6, flows)).cloned().unwrap_or_default());
         for &f in &filters {
-            let Some(s) = samples.get(&(f, v6, flows)) else { continue };
+            let Some(s) = samples.get(&(f, v6, flows)) else {
+                continue;
+            };
             let m = median(&mut s.clone());
-            let what = format!("{} {}", if v6 { "IPv6" } else { "IPv4" }, if flows == 1 { "1 flow".to_string() } else { format!("{flows} flows, 1 rule each") });
+            let what = format!(
+                "{} {}",
+                if v6 { "IPv6" } else { "IPv4" },
+                if flows == 1 { "1 flow".to_string() } else { format!("{flows} flows, 1 rule each") }
+            );
             let _ = writeln!(md, "| {} | {what} | {m:.0} ({}) | {:.0} | {:.0} |", f.label(), spread(s), m - base, m - empty);
         }
     }

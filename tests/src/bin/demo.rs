@@ -31,10 +31,17 @@ fn main() -> ExitCode {
     }
     println!("\ntraffic from client to server:");
     let n = 5;
-    for (what, v6, port) in [("udp/53   (dns-to-resolver: allow)", false, 53), ("udp/5001 (no-high-udp: deny)", false, 5001), ("udp/9999 (default: allow)", false, 9999), ("udp6/5001 (no-high-udp: deny)", true, 5001)] {
+    for (what, v6, port) in [
+        ("udp/53   (dns-to-resolver: allow)", false, 53),
+        ("udp/5001 (no-high-udp: deny)", false, 5001),
+        ("udp/9999 (default: allow)", false, 9999),
+        ("udp6/5001 (no-high-udp: deny)", true, 5001),
+    ] {
         println!("  {what:<34} {}/{n} datagrams arrived", pair.udp(v6, port, n));
     }
-    for (what, v6, port) in [("tcp/25   (no-smtp: deny)", false, 25), ("tcp6/25  (no-smtp: deny)", true, 25), ("tcp/80   (default: allow)", false, 80)] {
+    for (what, v6, port) in
+        [("tcp/25   (no-smtp: deny)", false, 25), ("tcp6/25  (no-smtp: deny)", true, 25), ("tcp/80   (default: allow)", false, 80)]
+    {
         println!("  {what:<34} {}", if pair.tcp(v6, port) { "connected" } else { "blocked" });
     }
     println!("  {:<34} {}/{n} replies", "ping     (no-ping: deny)", pair.ping(false, n));
