@@ -17,7 +17,9 @@
 //! Identical rule lists are interned, so destinations that share their rules
 //! share one PAIR class and one set of PORTS entries.
 
-use std::collections::HashMap;
+// foldhash: the compiler hashes millions of small keys; SipHash's DoS resistance
+// buys nothing for a file the operator wrote.
+use foldhash::{HashMap, HashSet};
 
 use egress_common::{
     DST_SRC_ANY, DstValue, INLINE_LIST, InlineRule, ListSlot, Lists, MAX_DST_ENTRIES, MAX_LIST_SLOTS, MAX_PAIR_ENTRIES, MAX_RANGES,
@@ -27,26 +29,32 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::rules::{Protocol, Rule, RuleSet};
 
-/// A prefix as (address bytes, length): 4 bytes for IPv4, 16 for IPv6.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A prefix as (address bytes, length): IPv4 in the first 4 bytes, the rest zero.
+/// Fixed-size so that the compiler's many truncations allocate nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Prefix {
-    pub addr: Vec<u8>,
+    pub addr: [u8; 16],
     pub len: u8,
+    pub v6: bool,
 }
 
 impl Prefix {
     fn of(net: &IpNet) -> Prefix {
+        let mut addr = [0u8; 16];
         match net {
-            IpNet::V4(n) => Prefix { addr: n.network().octets().to_vec(), len: n.prefix_len() },
-            IpNet::V6(n) => Prefix { addr: n.network().octets().to_vec(), len: n.prefix_len() },
+            IpNet::V4(n) => {
+                addr[..4].copy_from_slice(&n.network().octets());
+                Prefix { addr, len: n.prefix_len(), v6: false }
+            }
+            IpNet::V6(n) => Prefix { addr: n.network().octets(), len: n.prefix_len(), v6: true },
         }
     }
     fn any(v6: bool) -> Prefix {
-        Prefix { addr: vec![0; if v6 { 16 } else { 4 }], len: 0 }
+        Prefix { addr: [0; 16], len: 0, v6 }
     }
     /// This prefix cut to `len` bits.
     fn truncate(&self, len: u8) -> Prefix {
-        let mut addr = self.addr.clone();
+        let mut addr = self.addr;
         for (i, b) in addr.iter_mut().enumerate() {
             let bit = i * 8;
             if bit >= len as usize {
@@ -55,19 +63,18 @@ impl Prefix {
                 *b &= 0xffu8 << (8 - (len as usize - bit));
             }
         }
-        Prefix { addr, len }
+        Prefix { addr, len, v6: self.v6 }
     }
     /// `self` contains `other`.
     fn contains(&self, other: &Prefix) -> bool {
         self.len <= other.len && other.truncate(self.len) == *self
     }
     pub fn to_net(&self) -> IpNet {
-        if self.addr.len() == 4 {
+        if !self.v6 {
             let a: [u8; 4] = self.addr[..4].try_into().unwrap_or_default();
             IpNet::V4(Ipv4Net::new(a.into(), self.len).unwrap_or_default())
         } else {
-            let a: [u8; 16] = self.addr[..16].try_into().unwrap_or_default();
-            IpNet::V6(Ipv6Net::new(a.into(), self.len).unwrap_or_default())
+            IpNet::V6(Ipv6Net::new(self.addr.into(), self.len).unwrap_or_default())
         }
     }
 }
@@ -167,9 +174,9 @@ impl Interner<'_> {
 /// Compiles a rule set into map entries.
 pub fn compile(rs: &RuleSet) -> Result<Compiled, CompileError> {
     let mut out = Compiled { counter_slots: rs.rules.len() as u32 + 1, default_action: rs.default_policy.code(), ..Default::default() };
-    let mut lists = Interner { rules: &rs.rules, ids: HashMap::new(), lists: Vec::new() };
+    let mut lists = Interner { rules: &rs.rules, ids: HashMap::default(), lists: Vec::new() };
     // Destination classes are interned by (R(d), own rules) too: same rules, same PAIR table.
-    let mut classes: HashMap<(Vec<u32>, Vec<u32>), u32> = HashMap::new();
+    let mut classes: HashMap<(Vec<u32>, Vec<u32>), u32> = HashMap::default();
     for v6 in [false, true] {
         let (dsts, pairs) = compile_family(rs, v6, &mut lists, &mut classes);
         if v6 {
@@ -222,8 +229,8 @@ type Family = (Vec<(Prefix, DstValue)>, Vec<(u32, Prefix, Lists)>);
 fn compile_family(rs: &RuleSet, v6: bool, lists: &mut Interner<'_>, classes: &mut HashMap<(Vec<u32>, Vec<u32>), u32>) -> Family {
     let rules: Vec<&Rule> = rs.rules.iter().filter(|r| if v6 { r.families.v6 } else { r.families.v4 }).collect();
     // Destination prefix -> rules listing it (file order), and the lengths in use.
-    let mut by_dst: HashMap<Prefix, Vec<u32>> = HashMap::new();
-    let mut src_of: HashMap<u32, Vec<Prefix>> = HashMap::new();
+    let mut by_dst: HashMap<Prefix, Vec<u32>> = HashMap::default();
+    let mut src_of: HashMap<u32, Vec<Prefix>> = HashMap::default();
     for r in &rules {
         for p in prefixes(&r.dst, v6) {
             by_dst.entry(p).or_default().push(r.index);
@@ -238,7 +245,7 @@ fn compile_family(rs: &RuleSet, v6: bool, lists: &mut Interner<'_>, classes: &mu
     dst_keys.sort();
     let mut dsts = Vec::with_capacity(dst_keys.len());
     let mut pairs = Vec::new();
-    let mut emitted: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    let mut emitted: HashSet<u32> = HashSet::default();
     for d in dst_keys {
         // R(d): rules with a destination prefix containing d (d's ancestors).
         let mut rd: Vec<u32> = Vec::new();

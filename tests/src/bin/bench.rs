@@ -48,8 +48,14 @@ fn main() -> ExitCode {
         match a.as_str() {
             "--quick" => opts.quick = true,
             "--out" => opts.out = args.next(),
+            "--generate" => {
+                // The benchmark's rule set of N rules on stdout, to time `egress apply` by hand.
+                let n: usize = args.next().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+                print!("{}", ruleset_gen::realistic(n, flows_for(n), 7));
+                return ExitCode::SUCCESS;
+            }
             "-h" | "--help" => {
-                println!("egress-bench [--quick] [--out FILE]: see `cargo xtask bench --help`");
+                println!("egress-bench [--quick] [--out FILE] | --generate N: see `cargo xtask bench --help`");
                 return ExitCode::SUCCESS;
             }
             other => {
