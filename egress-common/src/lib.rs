@@ -296,23 +296,23 @@ const fn fmix32(mut h: u32) -> u32 {
 }
 
 /// The check word of a flow-cache entry: a hash of the key's addresses, class and
-/// port and of the verdict fields. Both sides compute it the same way; the program
-/// accepts a cached verdict only when it matches.
+/// port and of the verdict fields (a weighted sum with distinct odd multipliers,
+/// so swapped or shifted words do not cancel, then murmur3's finaliser). Both
+/// sides compute it the same way; the program accepts a cached verdict only when
+/// it matches.
 #[inline(always)]
 pub fn flow_seal<const N: usize>(src: &[u8; N], dst: &[u8; N], pclass: u8, port: [u8; 2], rule: u32, action: u32, generation: u32) -> u32 {
-    let mut h: u32 = 0x9e37_79b9;
-    let mut word = |w: u32| h = fmix32(h ^ w).wrapping_add(0x7f4a_7c15);
+    const M: [u32; 8] = [0x9e37_79b1, 0x85eb_ca77, 0xc2b2_ae3d, 0x27d4_eb2f, 0x1656_67b1, 0xd3a2_646d, 0xfd70_46c5, 0xb55a_4f09];
+    let mut h: u32 = 0;
     let mut i = 0;
     while i + 4 <= N {
-        word(u32::from_ne_bytes([src[i], src[i + 1], src[i + 2], src[i + 3]]));
-        word(u32::from_ne_bytes([dst[i], dst[i + 1], dst[i + 2], dst[i + 3]]));
+        h = h.wrapping_add(u32::from_ne_bytes([src[i], src[i + 1], src[i + 2], src[i + 3]]).wrapping_mul(M[(i / 4) % 8]));
+        h = h.wrapping_add(u32::from_ne_bytes([dst[i], dst[i + 1], dst[i + 2], dst[i + 3]]).wrapping_mul(M[(i / 4 + 4) % 8] ^ 0x5555_5556));
         i += 4;
     }
-    word(u32::from(pclass) | u32::from(port[0]) << 8 | u32::from(port[1]) << 16);
-    word(rule);
-    word(action);
-    word(generation);
-    fmix32(h)
+    h = h.wrapping_add((u32::from(pclass) | u32::from(port[0]) << 8 | u32::from(port[1]) << 16).wrapping_mul(0x2545_f491));
+    h = h.wrapping_add(rule.wrapping_mul(0x9e37_79b9)).wrapping_add(action.wrapping_mul(0x7f4a_7c15));
+    fmix32(h ^ generation.wrapping_mul(0x6c8e_9cf5))
 }
 
 /// COUNTERS value (per CPU; user space sums the CPUs).

@@ -1,6 +1,11 @@
-//! Header parsing. Every read goes through `bpf_skb_load_bytes` (`ctx.load`), which
-//! checks bounds against the whole skb, including paged (non-linear) data, so there
-//! are no data/data_end pointer games and a short packet is simply an `Err`.
+//! Header parsing, in two paths that must agree:
+//! - `fast`: the common shape (Ethernet without VLAN tags or raw IP; IPv4 without
+//!   options and not a fragment, or IPv6 whose next header is TCP/UDP/ICMPv6;
+//!   every needed byte in the linear data) read with direct packet access: a few
+//!   bounds-checked loads instead of helper calls.
+//! - the general path: every read goes through `bpf_skb_load_bytes` (`ctx.load`),
+//!   which checks bounds against the whole skb, including paged data, so a short
+//!   packet is simply an `Err`. Anything the fast path does not take ends up here.
 
 use aya_ebpf::programs::TcContext;
 use egress_common::{MAX_IPV6_EXT_HDRS, MAX_VLAN_TAGS, PCLASS_ICMP, PCLASS_ICMPV6, PCLASS_NO_L4, PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP};
@@ -58,8 +63,90 @@ fn load<T>(ctx: &TcContext, off: usize) -> Result<T, ParseError> {
     ctx.load::<T>(off).map_err(|_| ParseError::Truncated)
 }
 
+/// The fast path (see the module comment); `None` hands the packet to the general path.
+#[inline(always)]
+fn fast(ctx: &TcContext, has_eth: bool) -> Option<Packet> {
+    let data = ctx.data();
+    let end = ctx.data_end();
+    let l3 = if has_eth {
+        // EtherType at 12 (no VLAN tag), then IPv4's fixed header (the longer
+        // IPv6 one is checked below).
+        if data + ETH_HLEN + IPV4_MIN_HLEN > end {
+            return None;
+        }
+        let et = unsafe { *((data + ETH_TYPE_OFF) as *const [u8; 2]) };
+        match u16::from_be_bytes(et) {
+            ETH_P_IP | ETH_P_IPV6 => {}
+            _ => return None,
+        }
+        data + ETH_HLEN
+    } else {
+        if data + IPV4_MIN_HLEN > end {
+            return None;
+        }
+        data
+    };
+    let first = unsafe { *(l3 as *const u8) };
+    let mut pkt = Packet { v6: false, src: [0; 16], dst: [0; 16], pclass: 0, port: [0; 2] };
+    let (l4, proto) = match first {
+        // Version 4, IHL 5 (no options).
+        0x45 => {
+            let h = unsafe { *(l3 as *const [u8; IPV4_MIN_HLEN]) };
+            if has_eth && unsafe { *((data + ETH_TYPE_OFF) as *const [u8; 2]) } != ETH_P_IP.to_be_bytes() {
+                return None;
+            }
+            // Fragments (offset or more-fragments) take the general path.
+            if u16::from_be_bytes([h[6], h[7]]) & (IPV4_OFFSET_MASK | 0x2000) != 0 {
+                return None;
+            }
+            pkt.src[..4].copy_from_slice(&h[12..16]);
+            pkt.dst[..4].copy_from_slice(&h[16..20]);
+            (l3 + IPV4_MIN_HLEN, h[9])
+        }
+        f if f >> 4 == 6 => {
+            if l3 + IPV6_HLEN > end {
+                return None;
+            }
+            if has_eth && unsafe { *((data + ETH_TYPE_OFF) as *const [u8; 2]) } != ETH_P_IPV6.to_be_bytes() {
+                return None;
+            }
+            let h = unsafe { *(l3 as *const [u8; IPV6_HLEN]) };
+            pkt.v6 = true;
+            pkt.src.copy_from_slice(&h[8..24]);
+            pkt.dst.copy_from_slice(&h[24..40]);
+            (l3 + IPV6_HLEN, h[6])
+        }
+        _ => return None,
+    };
+    match (proto, pkt.v6) {
+        (IPPROTO_TCP | IPPROTO_UDP, _) => {
+            if l4 + 4 > end {
+                return None;
+            }
+            // Source port, then destination port.
+            let p = unsafe { *(l4 as *const [u8; 4]) };
+            pkt.pclass = if proto == IPPROTO_TCP { PCLASS_TCP } else { PCLASS_UDP };
+            pkt.port = [p[2], p[3]];
+        }
+        (IPPROTO_ICMP, false) | (IPPROTO_ICMPV6, true) => {
+            if l4 + 2 > end {
+                return None;
+            }
+            // Type, code.
+            pkt.port = unsafe { *(l4 as *const [u8; 2]) };
+            pkt.pclass = if pkt.v6 { PCLASS_ICMPV6 } else { PCLASS_ICMP };
+        }
+        // Extension headers, other protocols: the general path.
+        _ => return None,
+    }
+    Some(pkt)
+}
+
 #[inline(always)]
 pub fn parse(ctx: &TcContext, has_eth: bool) -> Result<Packet, ParseError> {
+    if let Some(p) = fast(ctx, has_eth) {
+        return Ok(p);
+    }
     if !has_eth {
         // Raw-IP device (tun, WireGuard): the frame starts at the IP header.
         let first: u8 = load(ctx, 0)?;
