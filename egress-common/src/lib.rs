@@ -75,9 +75,9 @@ pub const GLOBAL_HAS_ETH: &str = "HAS_ETH";
 /// Load-time global: the rule-set generation (never 0) stamped into flow-cache
 /// entries; an entry with another generation is a miss.
 pub const GLOBAL_GENERATION: &str = "GENERATION";
-/// Load-time global: 1 to use the flow verdict cache, 0 to classify every packet
-/// in full (`egress apply --flow-cache 0`, and the benchmark's miss path).
-pub const GLOBAL_FLOW_CACHE: &str = "FLOW_CACHE";
+/// Load-time global: the flow cache's slot mask (slots - 1, slots a power of two),
+/// or u32::MAX to classify every packet in full (`egress apply --flow-cache 0`).
+pub const GLOBAL_FLOW_MASK: &str = "FLOW_MASK";
 
 /// Most rules a rule file may hold (counter slots are 1..=MAX_RULES; slot 0 is the
 /// default policy).
@@ -92,9 +92,11 @@ pub const MAX_PAIR_ENTRIES: u32 = 1 << 21;
 pub const MAX_RANGES: u32 = 1 << 24;
 /// Most entries of LISTS (candidate lists x [`PCLASS_COUNT`]).
 pub const MAX_LIST_SLOTS: u32 = 1 << 24;
-/// Default capacity of FLOW_V4 and FLOW_V6 (entries per family; LRU, preallocated:
-/// about 100 bytes an entry for IPv4, 130 for IPv6).
+/// Default slots of FLOW_V4 and FLOW_V6 (per family, a power of two; 32 bytes a
+/// slot for IPv4, 64 for IPv6, preallocated and shared by all CPUs).
 pub const FLOW_CACHE_ENTRIES: u32 = 65_536;
+/// Most slots per family (`--flow-cache` is capped here).
+pub const MAX_FLOW_CACHE_ENTRIES: u32 = 1 << 24;
 /// Counter slot of the default policy in COUNTERS; rule i (1-based, file order) uses slot i.
 pub const DEFAULT_COUNTER_SLOT: u32 = 0;
 
@@ -265,12 +267,12 @@ pub struct FlowKeyV6 {
 }
 const _: () = assert!(size_of::<FlowKeyV6>() == 36);
 
-/// FLOW_V4 / FLOW_V6 value: a cached verdict.
+/// FLOW_V4 / FLOW_V6 value part: a cached verdict.
 ///
-/// LRU hash elements are preallocated and recycled without an RCU grace period, so
-/// a lookup can race with the eviction of its element and read another flow's value
-/// (the kernel's documented caveat). `seal` is [`flow_seal`] over the key and the
-/// other fields: a value read torn or recycled fails the check and counts as a miss.
+/// The cache is a direct-mapped array shared by all CPUs, written without locks:
+/// a lookup can race with another CPU overwriting the same slot and read a mix of
+/// two entries. `seal` is [`flow_seal`] over the key and the other fields: a slot
+/// read torn fails the check and counts as a miss.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
@@ -278,11 +280,47 @@ pub struct FlowValue {
     pub rule: u32,
     /// [`ACTION_ALLOW`] or [`ACTION_DENY`].
     pub action: u32,
-    /// The rule-set generation the verdict was computed under.
+    /// The rule-set generation the verdict was computed under (never 0, so an
+    /// all-zero slot is empty).
     pub generation: u32,
     pub seal: u32,
 }
 const _: () = assert!(size_of::<FlowValue>() == 16);
+
+/// FLOW_V4 slot: key and cached verdict, 32 bytes (two to a cache line).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntryV4 {
+    pub key: FlowKeyV4,
+    pub value: FlowValue,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<FlowEntryV4>() == 32);
+
+/// FLOW_V6 slot: key and cached verdict, one 64-byte cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntryV6 {
+    pub key: FlowKeyV6,
+    pub value: FlowValue,
+    pub _pad: [u32; 3],
+}
+const _: () = assert!(size_of::<FlowEntryV6>() == 64);
+
+/// The slot of a flow in FLOW_V4/FLOW_V6 before masking: a multiplicative hash of
+/// the key's words. Both sides compute it the same way (the tests look entries up).
+#[inline(always)]
+pub fn flow_slot<const N: usize>(src: &[u8; N], dst: &[u8; N], pclass: u8, port: [u8; 2]) -> u32 {
+    let mut h: u32 = 0x2545_f491;
+    let mut i = 0;
+    while i + 4 <= N {
+        h = (h ^ u32::from_ne_bytes([src[i], src[i + 1], src[i + 2], src[i + 3]])).wrapping_mul(0x9e37_79b1);
+        h = (h ^ u32::from_ne_bytes([dst[i], dst[i + 1], dst[i + 2], dst[i + 3]])).wrapping_mul(0x85eb_ca77);
+        i += 4;
+    }
+    h = (h ^ (u32::from(pclass) | u32::from(port[0]) << 8 | u32::from(port[1]) << 16)).wrapping_mul(0xc2b2_ae3d);
+    h ^ (h >> 15)
+}
 
 /// murmur3's 32-bit finaliser: every input bit affects every output bit.
 #[inline(always)]
@@ -361,4 +399,6 @@ mod pod {
     unsafe impl aya::Pod for FlowKeyV4 {}
     unsafe impl aya::Pod for FlowKeyV6 {}
     unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for FlowEntryV4 {}
+    unsafe impl aya::Pod for FlowEntryV6 {}
 }

@@ -1,14 +1,18 @@
-//! The flow verdict cache: one LRU hash lookup instead of the three LPM lookups
-//! for every packet after a flow's first. Keyed by exactly the fields the verdict
-//! depends on (addresses, protocol class, destination port or ICMP type/code), so a
-//! hit returns what the full lookup would. A hit still counts for its rule: the
-//! caller counts whatever slot the cache or the full lookup yields.
+//! The flow verdict cache: after a flow's first packet, one array read instead of
+//! the full lookup. Keyed by exactly the fields the verdict depends on (addresses,
+//! protocol class, destination port or ICMP type/code), so a hit returns what the
+//! full lookup would. A hit still counts for its rule: the caller counts whatever
+//! slot the cache or the full lookup yields.
 //!
+//! Direct-mapped: a flow has one slot (a hash of its key); a newer flow with the
+//! same slot replaces it. No locks, no LRU lists: a hit reads one cache line and
+//! writes nothing. Slots are shared by all CPUs and written with plain stores, so
+//! a read can be torn by a concurrent write; the key is compared in full and the
+//! seal (a hash over key and verdict) rejects a torn slot (see `FlowValue`).
 //! Each apply loads fresh maps, so the cache starts empty with every rule set; the
-//! generation stamped into each entry additionally guards against entries written
-//! under another rule set should the cache map ever be shared across generations.
+//! generation stamped into each slot also guards a shared cache.
 
-use egress_common::{FlowKeyV4, FlowKeyV6, FlowValue, flow_seal};
+use egress_common::{FlowKeyV4, FlowKeyV6, FlowValue, flow_seal, flow_slot};
 
 use crate::{
     maps::{FLOW_V4, FLOW_V6},
@@ -24,40 +28,56 @@ fn v4(a: &[u8; 16]) -> [u8; 4] {
 }
 
 #[inline(always)]
-fn check<const N: usize>(src: &[u8; N], dst: &[u8; N], pkt: &Packet, p: *const FlowValue, generation: u32) -> Option<Decision> {
-    // Copy the value out once; the seal then decides whether the copy is whole and ours.
-    let v = unsafe { core::ptr::read_volatile(p) };
+fn valid<const N: usize>(src: &[u8; N], dst: &[u8; N], pkt: &Packet, v: &FlowValue, generation: u32) -> Option<Decision> {
     if v.generation != generation || v.seal != flow_seal(src, dst, pkt.pclass, pkt.port, v.rule, v.action, v.generation) {
         return None;
     }
     Some((v.rule, v.action))
 }
 
-/// The cached verdict for the packet's flow, if any and still valid.
+/// The cached verdict for the packet's flow, if its slot holds it.
 #[inline(always)]
-pub fn get(pkt: &Packet, generation: u32) -> Option<Decision> {
+pub fn get(pkt: &Packet, mask: u32, generation: u32) -> Option<Decision> {
     if pkt.v6 {
         let k = FlowKeyV6 { src: pkt.src, dst: pkt.dst, pclass: pkt.pclass, _pad: 0, port: pkt.port };
-        let p = FLOW_V6.get_ptr(&k)?;
-        check(&k.src, &k.dst, pkt, p, generation)
+        let p = FLOW_V6.get_ptr(flow_slot(&k.src, &k.dst, k.pclass, k.port) & mask)?;
+        // The key in place, then one copy of the value; the seal judges the pair.
+        if unsafe { (*p).key } != k {
+            return None;
+        }
+        let v = unsafe { core::ptr::read_volatile(&(*p).value) };
+        valid(&k.src, &k.dst, pkt, &v, generation)
     } else {
         let k = FlowKeyV4 { src: v4(&pkt.src), dst: v4(&pkt.dst), pclass: pkt.pclass, _pad: 0, port: pkt.port };
-        let p = FLOW_V4.get_ptr(&k)?;
-        check(&k.src, &k.dst, pkt, p, generation)
+        let p = FLOW_V4.get_ptr(flow_slot(&k.src, &k.dst, k.pclass, k.port) & mask)?;
+        if unsafe { (*p).key } != k {
+            return None;
+        }
+        let v = unsafe { core::ptr::read_volatile(&(*p).value) };
+        valid(&k.src, &k.dst, pkt, &v, generation)
     }
 }
 
-/// Remembers the verdict of the packet's flow. A failed insert (the map is full
-/// of entries being updated) only costs the next packet a full lookup.
+/// Remembers the verdict of the packet's flow in its slot.
 #[inline(always)]
-pub fn put(pkt: &Packet, generation: u32, (rule, action): Decision) {
+pub fn put(pkt: &Packet, mask: u32, generation: u32, (rule, action): Decision) {
     if pkt.v6 {
-        let k = FlowKeyV6 { src: pkt.src, dst: pkt.dst, pclass: pkt.pclass, _pad: 0, port: pkt.port };
-        let seal = flow_seal(&k.src, &k.dst, k.pclass, k.port, rule, action, generation);
-        let _ = FLOW_V6.insert(&k, &FlowValue { rule, action, generation, seal }, 0);
+        let key = FlowKeyV6 { src: pkt.src, dst: pkt.dst, pclass: pkt.pclass, _pad: 0, port: pkt.port };
+        let seal = flow_seal(&key.src, &key.dst, key.pclass, key.port, rule, action, generation);
+        if let Some(p) = FLOW_V6.get_ptr_mut(flow_slot(&key.src, &key.dst, key.pclass, key.port) & mask) {
+            unsafe {
+                (*p).key = key;
+                core::ptr::write_volatile(&mut (*p).value, FlowValue { rule, action, generation, seal });
+            }
+        }
     } else {
-        let k = FlowKeyV4 { src: v4(&pkt.src), dst: v4(&pkt.dst), pclass: pkt.pclass, _pad: 0, port: pkt.port };
-        let seal = flow_seal(&k.src, &k.dst, k.pclass, k.port, rule, action, generation);
-        let _ = FLOW_V4.insert(&k, &FlowValue { rule, action, generation, seal }, 0);
+        let key = FlowKeyV4 { src: v4(&pkt.src), dst: v4(&pkt.dst), pclass: pkt.pclass, _pad: 0, port: pkt.port };
+        let seal = flow_seal(&key.src, &key.dst, key.pclass, key.port, rule, action, generation);
+        if let Some(p) = FLOW_V4.get_ptr_mut(flow_slot(&key.src, &key.dst, key.pclass, key.port) & mask) {
+            unsafe {
+                (*p).key = key;
+                core::ptr::write_volatile(&mut (*p).value, FlowValue { rule, action, generation, seal });
+            }
+        }
     }
 }

@@ -43,9 +43,9 @@ mod program {
     /// Load-time global (set by user space): the rule-set generation, never 0.
     #[unsafe(no_mangle)]
     static GENERATION: u32 = 1;
-    /// Load-time global (set by user space): 1 to use the flow verdict cache.
+    /// Load-time global (set by user space): flow-cache slot mask, u32::MAX = off.
     #[unsafe(no_mangle)]
-    static FLOW_CACHE: u32 = 1;
+    static FLOW_MASK: u32 = u32::MAX;
 
     #[classifier]
     pub fn egress_classify(ctx: TcContext) -> i32 {
@@ -77,9 +77,10 @@ mod program {
         if pkt.pclass & PCLASS_NO_L4 != 0 {
             stats::bump(STAT_FRAGMENTS);
         }
-        let use_cache = unsafe { core::ptr::read_volatile(&FLOW_CACHE) } != 0;
+        let mask = unsafe { core::ptr::read_volatile(&FLOW_MASK) };
+        let use_cache = mask != u32::MAX;
         let generation = unsafe { core::ptr::read_volatile(&GENERATION) };
-        let cached = if use_cache { cache::get(&pkt, generation) } else { None };
+        let cached = if use_cache { cache::get(&pkt, mask, generation) } else { None };
         let (slot, action) = match cached {
             Some(d) => d,
             None => {
@@ -88,7 +89,7 @@ mod program {
                     None => (DEFAULT_COUNTER_SLOT, unsafe { core::ptr::read_volatile(&DEFAULT_ACTION) }),
                 };
                 if use_cache {
-                    cache::put(&pkt, generation, d);
+                    cache::put(&pkt, mask, generation, d);
                 }
                 d
             }

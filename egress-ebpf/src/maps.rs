@@ -5,10 +5,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, LpmTrie, PerCpuArray},
 };
 use egress_common::{
-    Counter, DstValue, FLOW_CACHE_ENTRIES, FlowKeyV4, FlowKeyV6, FlowValue, ListSlot, Lists, MAX_DST_ENTRIES, MAX_LIST_SLOTS,
+    Counter, DstValue, FLOW_CACHE_ENTRIES, FlowEntryV4, FlowEntryV6, ListSlot, Lists, MAX_DST_ENTRIES, MAX_LIST_SLOTS,
     MAX_PAIR_ENTRIES, MAX_RANGES, MAX_RULES, PairKeyV4, PairKeyV6, PortRange, STATS_LEN,
 };
 
@@ -56,14 +56,15 @@ pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_RU
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
 
-/// The flow verdict cache, IPv4 (cache.rs). LRU hash, common LRU list; user space
-/// sets the capacity at load (`egress apply --flow-cache N`). Written by the program.
+/// The flow verdict cache, IPv4 (cache.rs): a direct-mapped array of slots,
+/// shared by all CPUs. User space sets the slot count at load (`--flow-cache`).
+/// Written by the program.
 #[map]
-pub static FLOW_V4: LruHashMap<FlowKeyV4, FlowValue> = LruHashMap::with_max_entries(FLOW_CACHE_ENTRIES, 0);
+pub static FLOW_V4: Array<FlowEntryV4> = Array::with_max_entries(FLOW_CACHE_ENTRIES, 0);
 
 /// The flow verdict cache, IPv6; as [`FLOW_V4`].
 #[map]
-pub static FLOW_V6: LruHashMap<FlowKeyV6, FlowValue> = LruHashMap::with_max_entries(FLOW_CACHE_ENTRIES, 0);
+pub static FLOW_V6: Array<FlowEntryV6> = Array::with_max_entries(FLOW_CACHE_ENTRIES, 0);
 
 // Keep the key types referenced so a rename in egress-common breaks the build here.
 const _: Option<(PairKeyV4, PairKeyV6)> = None;

@@ -39,12 +39,13 @@ pub enum Command {
         /// Rule file (TOML).
         #[arg(long, short = 'r', value_name = "FILE")]
         rules: PathBuf,
-        /// Flow verdict cache size, entries per address family (0 turns it off).
+        /// Flow verdict cache size, slots per address family (0 turns it off).
         ///
         /// The first packet of a flow (source, destination, protocol, destination port
         /// or ICMP type/code) runs the full lookup; later ones hit the cache and still
-        /// count for their rule. Each entry takes about 100 (IPv4) / 130 (IPv6) bytes,
-        /// preallocated; least recently used entries make room for new flows.
+        /// count for their rule. Rounded up to a power of two; a slot takes 32 (IPv4)
+        /// / 64 (IPv6) bytes, preallocated and shared by all CPUs. Direct-mapped: a
+        /// new flow replaces the flow that had its slot.
         #[arg(long, value_name = "N", default_value_t = egress_common::FLOW_CACHE_ENTRIES)]
         flow_cache: u32,
         /// Print the summary as JSON.

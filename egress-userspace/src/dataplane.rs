@@ -25,7 +25,7 @@ use aya::{
     },
 };
 use egress_common::{
-    ALL_MAPS, Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_DEFAULT_ACTION, GLOBAL_FLOW_CACHE, GLOBAL_GENERATION, GLOBAL_HAS_ETH, ListSlot,
+    ALL_MAPS, Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_DEFAULT_ACTION, GLOBAL_FLOW_MASK, MAX_FLOW_CACHE_ENTRIES, GLOBAL_GENERATION, GLOBAL_HAS_ETH, ListSlot,
     Lists, MAP_COUNTERS, MAP_DST_V4, MAP_DST_V6, MAP_FLOW_V4, MAP_FLOW_V6, MAP_LISTS, MAP_PAIR_V4, MAP_PAIR_V6, MAP_RANGES, MAP_STATS,
     PROGRAM_NAME, PairKeyV4, PairKeyV6, PortRange, STATS_LEN,
 };
@@ -239,14 +239,15 @@ impl Loaded {
     pub fn with_options(c: &Compiled, o: &LoadOptions) -> Result<Loaded> {
         let has_eth: u32 = o.has_eth as u32;
         let generation = o.generation.max(1);
-        let cache_on: u32 = (o.flow_cache > 0) as u32;
-        // An LRU map needs at least one entry even when unused.
-        let cache_entries = o.flow_cache.max(1);
+        // Slots: a power of two (the program masks the hash); an array needs at
+        // least one slot even when the cache is off.
+        let cache_entries = o.flow_cache.clamp(1, MAX_FLOW_CACHE_ENTRIES).next_power_of_two();
+        let mask: u32 = if o.flow_cache == 0 { u32::MAX } else { cache_entries - 1 };
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_DEFAULT_ACTION, &c.default_action, true)
             .override_global(GLOBAL_HAS_ETH, &has_eth, true)
             .override_global(GLOBAL_GENERATION, &generation, true)
-            .override_global(GLOBAL_FLOW_CACHE, &cache_on, true)
+            .override_global(GLOBAL_FLOW_MASK, &mask, true)
             .map_max_entries(MAP_COUNTERS, c.counter_slots)
             // Arrays are preallocated: exactly the rule set's size (at least 1).
             .map_max_entries(MAP_LISTS, (c.list_slots.len() as u32).max(1))

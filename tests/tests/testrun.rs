@@ -13,8 +13,8 @@ use egress::{
     rules::{self, Action, RuleSet},
 };
 use egress_common::{
-    ACTION_ALLOW, ACTION_DENY, FlowKeyV4, FlowValue, PCLASS_UDP, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP, STAT_TOO_MANY_HDRS,
-    STAT_TRUNCATED, TC_ACT_SHOT, TC_ACT_UNSPEC, flow_seal,
+    ACTION_ALLOW, ACTION_DENY, FlowEntryV4, FlowKeyV4, FlowValue, PCLASS_UDP, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP, STAT_TOO_MANY_HDRS,
+    STAT_TRUNCATED, TC_ACT_SHOT, TC_ACT_UNSPEC, flow_seal, flow_slot,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 
@@ -27,7 +27,7 @@ impl Prog {
         let c = compile::compile(rs).expect("compile");
         // A small flow cache: these tests load hundreds of rule sets, and the LRU
         // maps are preallocated.
-        let opts = LoadOptions { flow_cache: 1024, ..LoadOptions::default() };
+        let opts = LoadOptions { flow_cache: TEST_SLOTS, ..LoadOptions::default() };
         Prog { loaded: Loaded::with_options(&c, &opts).expect("load") }
     }
     fn run(&mut self, frame: &[u8]) -> i32 {
@@ -402,53 +402,78 @@ fn kernel_agrees_with_reference_on_random_rule_sets() {
     eprintln!("differential: {sets} rule sets, {packets} packets, all agree");
 }
 
-fn flow_v4(prog: &mut Prog) -> aya::maps::HashMap<&mut aya::maps::MapData, FlowKeyV4, FlowValue> {
+/// The flow-cache slots the test programs have (`Prog::new` loads 1024 a family).
+const TEST_SLOTS: u32 = 1024;
+
+fn flow_v4(prog: &mut Prog) -> aya::maps::Array<&mut aya::maps::MapData, FlowEntryV4> {
     let m = prog.loaded.ebpf.map_mut(egress_common::MAP_FLOW_V4).expect("FLOW_V4");
-    aya::maps::HashMap::try_from(m).expect("FLOW_V4 is a hash map")
+    aya::maps::Array::try_from(m).expect("FLOW_V4 is an array")
 }
 
-/// The flow verdict cache is consulted, its hits count for the cached rule, and an
-/// entry whose seal or generation does not match is ignored (and rewritten).
+fn slot_of(k: &FlowKeyV4) -> u32 {
+    flow_slot(&k.src, &k.dst, k.pclass, k.port) & (TEST_SLOTS - 1)
+}
+
+fn udp_key(dst: [u8; 4], port: u16) -> FlowKeyV4 {
+    FlowKeyV4 { src: [192, 0, 2, 1], dst, pclass: PCLASS_UDP, _pad: 0, port: port.to_be_bytes() }
+}
+
+fn sealed(key: &FlowKeyV4, rule: u32, action: u32, generation: u32) -> FlowEntryV4 {
+    let seal = flow_seal(&key.src, &key.dst, key.pclass, key.port, rule, action, generation);
+    FlowEntryV4 { key: *key, value: FlowValue { rule, action, generation, seal }, _pad: 0 }
+}
+
+/// The flow verdict cache is consulted, its hits count for the cached rule, and a
+/// slot whose seal or generation does not match is ignored (and rewritten).
 #[test]
 fn flow_cache_hits_count_and_bad_entries_are_ignored() {
     egress_tests::need_root!("BPF_PROG_TEST_RUN");
     let rs = rules::parse("fixtures.toml", FIXTURE_RULES).unwrap();
     let c = compile::compile(&rs).unwrap();
-    let m = meta("192.0.2.1", "198.51.100.7", 17, L4::Ports { dport: 53 });
-    let frame = packet::build(&m, &Shape::default());
-    let key = FlowKeyV4 { src: [192, 0, 2, 1], dst: [198, 51, 100, 7], pclass: PCLASS_UDP, _pad: 0, port: 53u16.to_be_bytes() };
-    let sealed = |rule: u32, action: u32, generation: u32| FlowValue {
-        rule,
-        action,
-        generation,
-        seal: flow_seal(&key.src, &key.dst, key.pclass, key.port, rule, action, generation),
-    };
+    let frame = packet::build(&meta("192.0.2.1", "198.51.100.7", 17, L4::Ports { dport: 53 }), &Shape::default());
+    let key = udp_key([198, 51, 100, 7], 53);
+    let at = slot_of(&key);
 
     let mut prog = Prog::new(&rs);
     assert_eq!(prog.run(&frame), TC_ACT_SHOT, "deny-dns");
     {
         let map = flow_v4(&mut prog);
-        let entries: Vec<_> = map.iter().map(|r| r.expect("read FLOW_V4")).collect();
-        assert_eq!(entries, vec![(key, sealed(1, ACTION_DENY, 1))], "one entry, sealed as user space computes it");
+        let used: Vec<(u32, FlowEntryV4)> =
+            (0..TEST_SLOTS).map(|i| (i, map.get(&i, 0).expect("read FLOW_V4"))).filter(|(_, e)| *e != FlowEntryV4::default()).collect();
+        assert_eq!(used, vec![(at, sealed(&key, 1, ACTION_DENY, 1))], "one slot, at the shared hash, sealed as user space computes it");
     }
     let slot = |prog: &Prog, i: usize| prog.loaded.counters().unwrap()[i].packets;
 
     // A well-sealed entry is believed: the packet gets the cached verdict and counts
     // for the cached rule (proof that hits come from the cache, not the tries).
-    flow_v4(&mut prog).insert(key, sealed(2, ACTION_ALLOW, 1), 0).unwrap();
+    flow_v4(&mut prog).set(at, sealed(&key, 2, ACTION_ALLOW, 1), 0).unwrap();
     let (s1, s2) = (slot(&prog, 1), slot(&prog, 2));
     assert_eq!(prog.run(&frame), TC_ACT_UNSPEC, "cached allow");
     assert_eq!((slot(&prog, 1) - s1, slot(&prog, 2) - s2), (0, 1), "the hit counts for the cached rule");
 
-    // A bad seal, or another generation: ignored, full lookup, entry rewritten.
-    let mut bad_seal = sealed(2, ACTION_ALLOW, 1);
-    bad_seal.seal ^= 1;
-    for (what, v) in [("bad seal", bad_seal), ("other generation", sealed(2, ACTION_ALLOW, 7))] {
-        flow_v4(&mut prog).insert(key, v, 0).unwrap();
+    // A bad seal, another generation or another key in the slot: ignored, full
+    // lookup, slot rewritten.
+    let mut bad_seal = sealed(&key, 2, ACTION_ALLOW, 1);
+    bad_seal.value.seal ^= 1;
+    let mut other_key = sealed(&key, 2, ACTION_ALLOW, 1);
+    other_key.key.dst[3] ^= 1;
+    for (what, v) in [("bad seal", bad_seal), ("other generation", sealed(&key, 2, ACTION_ALLOW, 7)), ("other key", other_key)] {
+        flow_v4(&mut prog).set(at, v, 0).unwrap();
         let s1 = slot(&prog, 1);
         assert_eq!(prog.run(&frame), TC_ACT_SHOT, "{what}: full lookup");
         assert_eq!(slot(&prog, 1) - s1, 1, "{what}: counted for deny-dns");
-        assert_eq!(flow_v4(&mut prog).get(&key, 0).unwrap(), sealed(1, ACTION_DENY, 1), "{what}: rewritten");
+        assert_eq!(flow_v4(&mut prog).get(&at, 0).unwrap(), sealed(&key, 1, ACTION_DENY, 1), "{what}: rewritten");
+    }
+
+    // Two flows sharing a slot take turns in it, each keeping its own verdict.
+    let (dst, port) = (1u8..=254)
+        .flat_map(|d| (1u16..2000).map(move |p| (d, p)))
+        .find(|&(d, p)| p != 53 && slot_of(&udp_key([198, 51, 100, d], p)) == at)
+        .expect("a colliding flow");
+    let other = packet::build(&meta("192.0.2.1", &format!("198.51.100.{dst}"), 17, L4::Ports { dport: port }), &Shape::default());
+    for round in 0..3 {
+        assert_eq!(prog.run(&other), TC_ACT_UNSPEC, "round {round}: colliding flow, default allow");
+        assert_eq!(prog.run(&frame), TC_ACT_SHOT, "round {round}: deny-dns after its slot was taken");
     }
 
     // --flow-cache 0: same verdicts, nothing cached.
@@ -457,7 +482,8 @@ fn flow_cache_hits_count_and_bad_entries_are_ignored() {
     for _ in 0..2 {
         assert_eq!(off.run(&frame), TC_ACT_SHOT);
     }
-    assert_eq!(flow_v4(&mut off).keys().count(), 0, "cache off: no entries");
+    let map = flow_v4(&mut off);
+    assert!(map.iter().all(|e| e.expect("read") == FlowEntryV4::default()), "cache off: nothing written");
     assert_eq!(slot(&off, 1), 2);
 }
 

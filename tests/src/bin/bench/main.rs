@@ -26,14 +26,14 @@ use std::{
 use aya::programs::{SchedClassifier, TcAttachType, TestRun as _, TestRunOptions};
 use egress::{
     compile,
-    dataplane::Loaded,
+    dataplane::{LoadOptions, Loaded},
     packet::{self, Shape},
     reference::{L4, PacketMeta},
     rules,
     ruleset_gen::{self, FLOW_PORT_BASE, Rng},
 };
-use egress_common::{PASS_PROGRAM_NAME, SINK_PROGRAM_NAME};
-use egress_tests::{A4, A6, B4, B6, Pair, in_ns, in_ns_io, is_root, temp_file};
+use egress_common::{FLOW_CACHE_ENTRIES, PASS_PROGRAM_NAME, SINK_PROGRAM_NAME};
+use egress_tests::{A4, A6, B4, B6, Pair, in_ns, is_root, temp_file};
 
 mod plots;
 
@@ -48,14 +48,20 @@ fn flows_for(n: usize) -> usize {
 struct Opts {
     quick: bool,
     out: Option<String>,
+    /// Rule counts to measure instead of the default ones.
+    sizes: Option<Vec<usize>>,
+    /// Skip BPF_PROG_TEST_RUN (part 1).
+    traffic_only: bool,
 }
 
 fn main() -> ExitCode {
-    let mut opts = Opts { quick: false, out: None };
+    let mut opts = Opts { quick: false, out: None, sizes: None, traffic_only: false };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => opts.quick = true,
+            "--traffic-only" => opts.traffic_only = true,
+            "--sizes" => opts.sizes = args.next().map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect()),
             "--out" => opts.out = args.next(),
             "--generate" => {
                 // The benchmark's rule set of N rules on stdout, to time `egress apply` by hand.
@@ -64,7 +70,10 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             "-h" | "--help" => {
-                println!("egress-bench [--quick] [--out FILE] | --generate N: see `cargo xtask bench --help`");
+                println!(
+                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only] [--out FILE] | --generate N\n\
+                     see `cargo xtask bench --help`; --sizes and --traffic-only are for exploring, not for BENCHMARKS.md"
+                );
                 return ExitCode::SUCCESS;
             }
             other => {
@@ -123,12 +132,13 @@ fn env_line() -> String {
 }
 
 fn run(o: &Opts) -> anyhow::Result<()> {
-    let sizes: &[usize] = if o.quick { &[1, 1_000, 10_000] } else { &[1, 1_000, 10_000, 100_000] };
+    let default: &[usize] = if o.quick { &[1, 1_000, 10_000] } else { &[1, 1_000, 10_000, 100_000] };
+    let sizes: &[usize] = o.sizes.as_deref().unwrap_or(default);
     let (tr_rounds, traffic_rounds) = if o.quick { (3, 3) } else { (5, 3) };
     let mut body = String::new();
     let mut tr_plot = Vec::new();
     let mut sys_plot = Vec::new();
-    let tr = testrun_part(sizes, tr_rounds, &mut body, &mut tr_plot)?;
+    let tr = if o.traffic_only { TestRunAdded::default() } else { testrun_part(sizes, tr_rounds, &mut body, &mut tr_plot)? };
     let tf = traffic_part(o, sizes, traffic_rounds, &mut body, &mut sys_plot)?;
 
     let mut md = String::new();
@@ -455,18 +465,90 @@ impl Filter {
     }
 }
 
+/// CPU time of the calling thread (CLOCK_THREAD_CPUTIME_ID), ns. Unlike wall time it
+/// leaves out time the thread spends preempted or, on a VM with paravirtual steal
+/// accounting, while the vCPU is not running: the largest sources of noise here.
+/// It keeps the softirq work done in the thread's context (the receive side).
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid clock id and a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Pins the calling thread to one CPU so that its packets, their softirq work and
+/// the per-CPU maps stay on one CPU for the whole measurement.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// Datagrams per sendmmsg call.
 const BATCH: usize = 32;
 
-/// Sends up to `packets` UDP datagrams from a to b over `flows` destination ports
-/// with sendmmsg and returns wall-clock ns per datagram sent (the full send path:
-/// socket, IP output, netfilter OUTPUT, tc egress, veth, the receiver's sink on
-/// the same CPU).
-fn send(pair: &Pair, v6: bool, flows: usize, packets: usize) -> anyhow::Result<f64> {
+/// How a measurement switches its filter on and off inside namespace a.
+enum Toggle {
+    /// No filter: both halves unfiltered (shows the noise floor).
+    Nothing,
+    /// A loaded classifier, attached to a's tcx egress hook while on.
+    Tc { loaded: Loaded, program: &'static str, iface: String },
+    /// Commands that add (on) and remove (off) the jump to already loaded rules.
+    Cmds { on: Vec<String>, off: Vec<String> },
+}
+
+fn run_cmd(args: &[String]) -> std::io::Result<()> {
+    let o = std::process::Command::new(&args[0]).args(&args[1..]).output()?;
+    if !o.status.success() {
+        return Err(std::io::Error::other(format!("{args:?}: {}", String::from_utf8_lossy(&o.stderr).trim())));
+    }
+    Ok(())
+}
+
+/// Segments per measurement, alternating unfiltered/filtered (ABBA order).
+const SEGMENTS: usize = 8;
+
+/// One measurement in a fresh pair: UDP datagrams from a to b over `flows`
+/// destination ports with sendmmsg, in SEGMENTS segments of `seg` each that
+/// alternate between the filter off and on (A B B A A B B A: drift cancels).
+/// Returns (mean CPU ns/packet unfiltered, mean filtered). The toggles run in the
+/// sending thread, which is in namespace a; commands it starts inherit that.
+fn measure_traffic(pair: &Pair, v6: bool, flows: usize, toggle: Toggle, seg: Duration) -> anyhow::Result<(f64, f64)> {
     // b's ingress drops everything (the sink), so no socket lookups, ICMP errors or
     // queueing on the receiving side blur the comparison.
     let dst: std::net::IpAddr = if v6 { B6.into() } else { B4.into() };
-    let ns = in_ns_io(&pair.a, move || -> std::io::Result<f64> {
+    in_ns(&pair.a, move || -> anyhow::Result<(f64, f64)> {
+        let mut toggle = toggle;
+        let mut link = None;
+        let mut state = false;
+        let mut set = |on: bool, toggle: &mut Toggle| -> anyhow::Result<()> {
+            if on == state {
+                return Ok(());
+            }
+            state = on;
+            match toggle {
+                Toggle::Nothing => {}
+                Toggle::Tc { loaded, program, iface } => {
+                    let p: &mut SchedClassifier = loaded.ebpf.program_mut(program).ok_or_else(|| anyhow::anyhow!("no {program}"))?.try_into()?;
+                    match (on, link.take()) {
+                        (true, None) => link = Some(p.attach(iface, TcAttachType::Egress)?),
+                        (false, Some(id)) => p.detach(id)?,
+                        (_, l) => link = l,
+                    }
+                }
+                Toggle::Cmds { on: a, off: b } => {
+                    let cmds: &Vec<String> = if on { a } else { b };
+                    for c in cmds {
+                        run_cmd(&c.split(' ').map(String::from).collect::<Vec<_>>())?;
+                    }
+                }
+            }
+            Ok(())
+        };
+        pin_to_cpu(1);
         let sock = UdpSocket::bind(if v6 { SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)) } else { SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)) })?;
         // Never block: a full send buffer must not stall the benchmark.
         sock.set_nonblocking(true)?;
@@ -490,22 +572,31 @@ fn send(pair: &Pair, v6: bool, flows: usize, packets: usize) -> anyhow::Result<f
             let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), BATCH as libc::c_uint, 0) };
             if n < 0 { 0 } else { n as usize }
         };
-        // Warm-up: neighbour entry, flow cache, CPU caches.
-        for _ in 0..(2 * flows / BATCH).max(64) {
-            batch(&mut hdrs, &mut next);
+        let mut segment = |hdrs: &mut Vec<libc::mmsghdr>, next: &mut usize| -> f64 {
+            // Warm-up after a switch: the flow cache, the CPU caches.
+            for _ in 0..(2 * flows / BATCH).max(32) {
+                batch(hdrs, next);
+            }
+            let t = Instant::now();
+            let c0 = thread_cpu_ns();
+            let mut sent = 0;
+            while t.elapsed() < seg {
+                sent += batch(hdrs, next);
+            }
+            (thread_cpu_ns() - c0) as f64 / sent.max(1) as f64
+        };
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        for i in 0..SEGMENTS {
+            // A B B A A B B A
+            let filtered = matches!(i % 4, 1 | 2);
+            set(filtered, &mut toggle)?;
+            let ns = segment(&mut hdrs, &mut next);
+            if filtered { on.push(ns) } else { off.push(ns) }
         }
-        std::thread::sleep(Duration::from_millis(20));
-        // At most `packets`, and at most ~1 s (a linear filter at 100k rules needs
-        // hundreds of microseconds a packet).
-        let t = Instant::now();
-        let budget = Duration::from_secs(1);
-        let mut sent = 0;
-        while sent < packets && t.elapsed() < budget {
-            sent += batch(&mut hdrs, &mut next);
-        }
-        Ok(t.elapsed().as_nanos() as f64 / sent.max(1) as f64)
-    })?;
-    Ok(ns)
+        set(false, &mut toggle)?;
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        Ok((mean(&off), mean(&on)))
+    })?
 }
 
 fn which(cmd: &str) -> bool {
@@ -533,7 +624,9 @@ fn fam_nets(nets: &Option<Vec<ipnet::IpNet>>, v6: bool) -> Vec<Option<String>> {
 fn iptables_restore(rs: &rules::RuleSet, v6: bool) -> String {
     use rules::{Action, Protocol};
     let verdict = |a: Action| if a == Action::Allow { "ACCEPT" } else { "DROP" };
-    let mut s = format!("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT {} [0:0]\n", verdict(rs.default_policy));
+    // The rules live in chain EGB; the benchmark switches them on and off with a
+    // jump from OUTPUT. The default policy is EGB's last rule.
+    let mut s = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:EGB - [0:0]\n");
     for r in &rs.rules {
         if !(if v6 { r.families.v6 } else { r.families.v4 }) {
             continue;
@@ -561,7 +654,7 @@ fn iptables_restore(rs: &rules::RuleSet, v6: bool) -> String {
         }
         for src in fam_nets(&r.src, v6) {
             for dst in fam_nets(&r.dst, v6) {
-                s.push_str("-A OUTPUT");
+                s.push_str("-A EGB");
                 if let Some(x) = &src {
                     s.push_str(&format!(" -s {x}"));
                 }
@@ -572,7 +665,7 @@ fn iptables_restore(rs: &rules::RuleSet, v6: bool) -> String {
             }
         }
     }
-    s.push_str("COMMIT\n");
+    s.push_str(&format!("-A EGB -j {}\nCOMMIT\n", verdict(rs.default_policy)));
     s
 }
 
@@ -580,10 +673,9 @@ fn iptables_restore(rs: &rules::RuleSet, v6: bool) -> String {
 fn nft_linear(rs: &rules::RuleSet) -> String {
     use rules::{Action, Protocol};
     let verdict = |a: Action| if a == Action::Allow { "accept" } else { "drop" };
-    let mut s = format!(
-        "table inet egressbench {{\n  chain out {{\n    type filter hook output priority 0; policy {};\n",
-        verdict(rs.default_policy)
-    );
+    // The rules live in chain `rules`; the benchmark switches them on and off with
+    // a jump from the base chain `out`. The default policy is the last rule.
+    let mut s = String::from("table inet egressbench {\n  chain out {\n    type filter hook output priority 0; policy accept;\n  }\n  chain rules {\n");
     for r in &rs.rules {
         for v6 in [false, true] {
             if !(if v6 { r.families.v6 } else { r.families.v4 }) {
@@ -627,7 +719,7 @@ fn nft_linear(rs: &rules::RuleSet) -> String {
             s.push_str(&format!("{line} {}\n", verdict(r.action)));
         }
     }
-    s.push_str("  }\n}\n");
+    s.push_str(&format!("    {}\n  }}\n}}\n", verdict(rs.default_policy)));
     s
 }
 
@@ -654,7 +746,7 @@ fn nft_set(rs: &rules::RuleSet) -> String {
     };
     let policy = if rs.default_policy == rules::Action::Allow { "accept" } else { "drop" };
     format!(
-        "table inet egressbench {{\n{}{}  chain out {{\n    type filter hook output priority 0; policy {policy};\n    ip daddr @d4 accept\n    ip6 daddr @d6 accept\n  }}\n}}\n",
+        "table inet egressbench {{\n{}{}  chain out {{\n    type filter hook output priority 0; policy accept;\n  }}\n  chain rules {{\n    ip daddr @d4 accept\n    ip6 daddr @d6 accept\n    {policy}\n  }}\n}}\n",
         set("d4", "ipv4_addr", &v4),
         set("d6", "ipv6_addr", &v6)
     )
@@ -675,6 +767,15 @@ fn attach_aux(ns: &str, iface: &str, program: &'static str, at: TcAttachType) ->
     })?
 }
 
+/// Loads one of the object's auxiliary programs (not attached).
+fn load_aux(program: &'static str) -> anyhow::Result<Loaded> {
+    let c = compile::compile(&rules::parse("empty.toml", "default_policy = \"allow\"\n")?)?;
+    let mut l = Loaded::new(&c, true)?;
+    let p: &mut SchedClassifier = l.ebpf.program_mut(program).ok_or_else(|| anyhow::anyhow!("no {program} in the object"))?.try_into()?;
+    p.load()?;
+    Ok(l)
+}
+
 /// Median seconds of `egress apply` of each size: (first load, replace).
 type ApplyTimes = std::collections::HashMap<usize, (Vec<f64>, Vec<f64>)>;
 
@@ -693,14 +794,17 @@ fn timed_apply(pair: &Pair, file: &std::path::Path, extra: &[&str]) -> anyhow::R
 
 fn traffic_part(o: &Opts, sizes: &[usize], rounds: usize, md: &mut String, plot: &mut Vec<plots::Series>) -> anyhow::Result<TrafficResult> {
     eprintln!("part 2: real traffic through veth");
-    let packets = if o.quick { 50_000 } else { 200_000 };
+    let seg = Duration::from_millis(if o.quick { 60 } else { 150 });
     let largest = *sizes.last().unwrap_or(&1);
     let mut files = std::collections::HashMap::new();
     let mut rulesets = std::collections::HashMap::new();
+    let mut compiled = std::collections::HashMap::new();
     for &n in sizes {
         let text = ruleset_gen::realistic(n, flows_for(n), 7);
         files.insert(n, temp_file(&format!("bench-{n}.toml"), &text));
-        rulesets.insert(n, rules::parse("bench.toml", &text)?);
+        let rs = rules::parse("bench.toml", &text)?;
+        compiled.insert(n, compile::compile(&rs)?);
+        rulesets.insert(n, rs);
     }
     let mut filters = vec![Filter::None, Filter::EmptyTcx];
     filters.extend(sizes.iter().map(|&n| Filter::Egress(n)));
@@ -725,6 +829,8 @@ fn traffic_part(o: &Opts, sizes: &[usize], rounds: usize, md: &mut String, plot:
     }
     let mut rng = Rng::new(4242);
     let mut samples: std::collections::HashMap<(Filter, bool, usize), Vec<f64>> = Default::default();
+    // Per measurement: filtered minus the same pair's unfiltered run.
+    let mut paired: std::collections::HashMap<(Filter, bool, usize), Vec<f64>> = Default::default();
     let mut apply_times: ApplyTimes = Default::default();
     let total = keys.len() * rounds;
     let started = Instant::now();
@@ -735,40 +841,47 @@ fn traffic_part(o: &Opts, sizes: &[usize], rounds: usize, md: &mut String, plot:
             let pair = Pair::new("bench")?;
             pair.static_neighbours()?;
             let sink = attach_aux(&pair.b, &pair.b_if, SINK_PROGRAM_NAME, TcAttachType::Ingress)?;
-            let mut keep = None;
-            match f {
-                Filter::None => {}
-                Filter::EmptyTcx => keep = Some(attach_aux(&pair.a, &pair.a_if, PASS_PROGRAM_NAME, TcAttachType::Egress)?),
-                Filter::Egress(n) => {
-                    // Timed: the first load, then a replace of the same set.
-                    let first = timed_apply(&pair, &files[&n], &[])?;
-                    let replace = timed_apply(&pair, &files[&n], &[])?;
-                    let e = apply_times.entry(n).or_default();
-                    e.0.push(first);
-                    e.1.push(replace);
-                }
-                Filter::EgressNoCache(n) => {
-                    timed_apply(&pair, &files[&n], &["--flow-cache", "0"])?;
+            let family = |v4: &str, v6t: &str| if v6 { v6t.to_string() } else { v4.to_string() };
+            let toggle = match f {
+                Filter::None => Toggle::Nothing,
+                Filter::EmptyTcx => Toggle::Tc { loaded: load_aux(PASS_PROGRAM_NAME)?, program: PASS_PROGRAM_NAME, iface: pair.a_if.clone() },
+                Filter::Egress(n) | Filter::EgressNoCache(n) => {
+                    if let Filter::Egress(_) = f {
+                        // Time the real command: the first load, then a replace of the
+                        // same set; then hand the interface back for the toggling.
+                        let first = timed_apply(&pair, &files[&n], &[])?;
+                        let replace = timed_apply(&pair, &files[&n], &[])?;
+                        let e = apply_times.entry(n).or_default();
+                        e.0.push(first);
+                        e.1.push(replace);
+                        pair.egress_ok(&["detach", "--iface", &pair.a_if]);
+                    }
+                    let opts = LoadOptions { flow_cache: if let Filter::Egress(_) = f { FLOW_CACHE_ENTRIES } else { 0 }, ..LoadOptions::default() };
+                    let loaded = Loaded::with_options(&compiled[&n], &opts)?;
+                    Toggle::Tc { loaded, program: egress_common::PROGRAM_NAME, iface: pair.a_if.clone() }
                 }
                 Filter::Iptables(n) => {
-                    for (v6, tool) in [(false, "iptables-legacy-restore"), (true, "ip6tables-legacy-restore")] {
-                        let f = temp_file("ipt.rules", &iptables_restore(&rulesets[&n], v6));
-                        netns_cmd(&pair.a, &[tool, f.to_str().unwrap_or_default()])?;
+                    for (fv6, tool) in [(false, "iptables-legacy-restore"), (true, "ip6tables-legacy-restore")] {
+                        let file = temp_file("ipt.rules", &iptables_restore(&rulesets[&n], fv6));
+                        netns_cmd(&pair.a, &[tool, file.to_str().unwrap_or_default()])?;
+                    }
+                    let tool = family("iptables-legacy", "ip6tables-legacy");
+                    Toggle::Cmds { on: vec![format!("{tool} -A OUTPUT -j EGB")], off: vec![format!("{tool} -D OUTPUT -j EGB")] }
+                }
+                Filter::NftLinear(n) | Filter::NftSet(n) => {
+                    let text = if let Filter::NftLinear(_) = f { nft_linear(&rulesets[&n]) } else { nft_set(&rulesets[&n]) };
+                    let file = temp_file("nft.rules", &text);
+                    netns_cmd(&pair.a, &["nft", "-f", file.to_str().unwrap_or_default()])?;
+                    Toggle::Cmds {
+                        on: vec!["nft add rule inet egressbench out jump rules".into()],
+                        off: vec!["nft flush chain inet egressbench out".into()],
                     }
                 }
-                Filter::NftLinear(n) => {
-                    let f = temp_file("nft.rules", &nft_linear(&rulesets[&n]));
-                    netns_cmd(&pair.a, &["nft", "-f", f.to_str().unwrap_or_default()])?;
-                }
-                Filter::NftSet(n) => {
-                    let f = temp_file("nftset.rules", &nft_set(&rulesets[&n]));
-                    netns_cmd(&pair.a, &["nft", "-f", f.to_str().unwrap_or_default()])?;
-                }
-            }
-            let ns = send(&pair, v6, flows, packets)?;
-            drop(keep);
+            };
+            let (off, on) = measure_traffic(&pair, v6, flows, toggle, seg)?;
             drop(sink);
-            samples.entry((f, v6, flows)).or_default().push(ns);
+            samples.entry((f, v6, flows)).or_default().push(on);
+            paired.entry((f, v6, flows)).or_default().push(on - off);
             let done = round * keys.len() + k + 1;
             if done % 10 == 0 {
                 let left = started.elapsed().as_secs_f64() / done as f64 * (total - done) as f64;
@@ -777,30 +890,31 @@ fn traffic_part(o: &Opts, sizes: &[usize], rounds: usize, md: &mut String, plot:
         }
         eprintln!("  round {}/{rounds} done", round + 1);
     }
-    let _ = writeln!(md, "## 2. Real traffic: UDP through a veth pair (sendmmsg, up to {packets} datagrams or 1 s per measurement, full send path)\n");
-    let _ = writeln!(md, "| filter | traffic | ns/packet (spread) | added over no filter | added over empty tcx |");
+    let _ = writeln!(md, "## 2. Real traffic: UDP through a veth pair (sendmmsg, CPU time of the sending thread per datagram, full send path)\n");
+    let _ = writeln!(md, "| filter | traffic | ns/packet (spread) | added over no filter (spread) | added over empty tcx |");
     let _ = writeln!(md, "| --- | --- | ---: | ---: | ---: |");
     let mut added: std::collections::HashMap<(Filter, bool, usize), f64> = Default::default();
     let mut over_empty: std::collections::HashMap<(Filter, bool, usize), f64> = Default::default();
     for &(v6, flows) in &cases {
-        let base = median(&mut samples.get(&(Filter::None, v6, flows)).cloned().unwrap_or_default());
-        let empty = median(&mut samples.get(&(Filter::EmptyTcx, v6, flows)).cloned().unwrap_or_default());
+        let empty = median(&mut paired.get(&(Filter::EmptyTcx, v6, flows)).cloned().unwrap_or_default());
         for &f in &filters {
-            let Some(s) = samples.get(&(f, v6, flows)) else { continue };
+            let (Some(s), Some(d)) = (samples.get(&(f, v6, flows)), paired.get(&(f, v6, flows))) else { continue };
             let m = median(&mut s.clone());
-            added.insert((f, v6, flows), m - base);
-            over_empty.insert((f, v6, flows), m - empty);
+            let add = median(&mut d.clone());
+            added.insert((f, v6, flows), add);
+            over_empty.insert((f, v6, flows), add - empty);
             let what = format!(
                 "{} {}",
                 if v6 { "IPv6" } else { "IPv4" },
                 if flows == 1 { "1 flow".to_string() } else { format!("{flows} flows, 1 rule each") }
             );
-            let _ = writeln!(md, "| {} | {what} | {m:.0} ({}) | {:.0} | {:.0} |", f.label(), spread(s), m - base, m - empty);
+            let _ = writeln!(md, "| {} | {what} | {m:.0} ({}) | {add:.0} ({}) | {:.0} |", f.label(), spread(s), spread(d), add - empty);
         }
     }
     let _ = writeln!(
         md,
-        "\nThe flow rules are at the end of each set, so linear filters walk every other rule first. iptables and nftables (rule per line) get the same rules translated one rule per line (first match = first line). The nftables interval set holds only the rules' destinations and is matched with one lookup: it does not classify ports or protocols, so it is a lower bound for any nftables set form (nftables rejects overlapping elements in a concatenated interval map, \"File exists\", so a first-match rule set cannot be written as one without resolving the overlaps first).{}\n",
+        "\nEach measurement creates a namespace pair, loads the filter and sends in {SEGMENTS} segments of {} ms that alternate between the filter switched off and on (A B B A A B B A; egress and the empty program by attaching and detaching the tcx link, iptables and nftables by adding and removing the jump to their rule chain). \"added over no filter\" is the median over rounds of (filtered - unfiltered) within each pair; \"added over empty tcx\" subtracts the empty program's. ns/packet is the sending thread's CPU time (CLOCK_THREAD_CPUTIME_ID, pinned to one CPU; it includes the receive side's softirq work on that CPU and excludes preemption and hypervisor steal time) per datagram while filtered. egress is loaded through the same library code `egress apply` uses; the `egress apply` command itself is timed in part 3. The flow rules are at the end of each set, so linear filters walk every other rule first. iptables and nftables (rule per line) get the same rules translated one rule per line (first match = first line). The nftables interval set holds only the rules' destinations and is matched with one lookup: it does not classify ports or protocols, so it is a lower bound for any nftables set form (nftables rejects overlapping elements in a concatenated interval map, \"File exists\", so a first-match rule set cannot be written as one without resolving the overlaps first).{}\n",
+        seg.as_millis(),
         if netfilter { "" } else { " iptables-legacy-restore or nft was missing: netfilter rows are absent." }
     );
 
