@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, PerCpuArray},
 };
 use egress_common::{
-    Counter, DstValue, FLOW_CACHE_ENTRIES, FlowEntryV4, FlowEntryV6, ListSlot, Lists, MAX_DST_ENTRIES, MAX_LIST_SLOTS,
-    MAX_PAIR_ENTRIES, MAX_RANGES, MAX_RULES, PairKeyV4, PairKeyV6, PortRange, STATS_LEN,
+    Counter, DstValue, FLOW_CACHE_ENTRIES, FlowEntryV4, FlowEntryV6, ListSlot, Lists, MAX_DST_ENTRIES, MAX_LIST_SLOTS, MAX_PAIR_ENTRIES,
+    MAX_RANGES, MAX_RULES, PairKeyV4, PairKeyV6, PortRange, STATS_LEN,
 };
 
 /// Stage 1, IPv4. Key: destination prefix (network order). Value: the destination

@@ -260,13 +260,13 @@ fn compile_family(rs: &RuleSet, v6: bool, lists: &mut Interner<'_>, classes: &mu
         own.dedup();
         let any = Prefix::any(v6);
         if rd.iter().all(|i| src_of[i].contains(&any)) {
-            dsts.push((d.clone(), DstValue { lists: lists.split(&rd, &own, v6), flags: DST_SRC_ANY }));
+            dsts.push((*d, DstValue { lists: lists.split(&rd, &own, v6), flags: DST_SRC_ANY }));
             continue;
         }
         let n = classes.len() as u32;
         let class = *classes.entry((rd.clone(), own.clone())).or_insert(n);
         let class_value = Lists { own: class, inherited: NO_LIST, inherited_first: u32::MAX, inline: InlineRule::default() };
-        dsts.push((d.clone(), DstValue { lists: class_value, flags: 0 }));
+        dsts.push((*d, DstValue { lists: class_value, flags: 0 }));
         // Same R(d) as an earlier class of this family: its PAIR entries serve this one too.
         if !emitted.insert(class) {
             continue;

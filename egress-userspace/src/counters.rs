@@ -78,6 +78,7 @@ pub fn status_json(states: &[(State, bool)]) -> Value {
                 "iface": s.iface, "hook": s.hook, "attached": attached, "rules": s.rules.len(),
                 "default": s.default_action, "rules_file": s.rules_file, "digest": s.digest,
                 "loaded_at": s.loaded_at, "loaded_at_utc": utc(s.loaded_at), "generation": s.generation, "netns": s.netns,
+                "flow_cache": s.flow_cache,
             })
         })
         .collect();

@@ -25,9 +25,9 @@ use aya::{
     },
 };
 use egress_common::{
-    ALL_MAPS, Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_DEFAULT_ACTION, GLOBAL_FLOW_MASK, MAX_FLOW_CACHE_ENTRIES, GLOBAL_GENERATION, GLOBAL_HAS_ETH, ListSlot,
+    ALL_MAPS, Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_DEFAULT_ACTION, GLOBAL_FLOW_MASK, GLOBAL_GENERATION, GLOBAL_HAS_ETH, ListSlot,
     Lists, MAP_COUNTERS, MAP_DST_V4, MAP_DST_V6, MAP_FLOW_V4, MAP_FLOW_V6, MAP_LISTS, MAP_PAIR_V4, MAP_PAIR_V6, MAP_RANGES, MAP_STATS,
-    PROGRAM_NAME, PairKeyV4, PairKeyV6, PortRange, STATS_LEN,
+    MAX_FLOW_CACHE_ENTRIES, PROGRAM_NAME, PairKeyV4, PairKeyV6, PortRange, STATS_LEN,
 };
 use serde::{Deserialize, Serialize};
 
@@ -228,6 +228,12 @@ impl Default for LoadOptions {
     }
 }
 
+/// The flow-cache slots per family a request gets: 0 (off), or a power of two (the
+/// program masks the hash) up to `MAX_FLOW_CACHE_ENTRIES`.
+pub fn flow_cache_slots(requested: u32) -> u32 {
+    if requested == 0 { 0 } else { requested.min(MAX_FLOW_CACHE_ENTRIES).next_power_of_two() }
+}
+
 impl Loaded {
     /// Creates the maps, writes the rule set into them and loads the program
     /// through the verifier. Nothing is attached.
@@ -239,10 +245,10 @@ impl Loaded {
     pub fn with_options(c: &Compiled, o: &LoadOptions) -> Result<Loaded> {
         let has_eth: u32 = o.has_eth as u32;
         let generation = o.generation.max(1);
-        // Slots: a power of two (the program masks the hash); an array needs at
-        // least one slot even when the cache is off.
-        let cache_entries = o.flow_cache.clamp(1, MAX_FLOW_CACHE_ENTRIES).next_power_of_two();
-        let mask: u32 = if o.flow_cache == 0 { u32::MAX } else { cache_entries - 1 };
+        let slots = flow_cache_slots(o.flow_cache);
+        // An array needs at least one slot even when the cache is off.
+        let cache_entries = slots.max(1);
+        let mask: u32 = if slots == 0 { u32::MAX } else { slots - 1 };
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_DEFAULT_ACTION, &c.default_action, true)
             .override_global(GLOBAL_HAS_ETH, &has_eth, true)
@@ -525,7 +531,7 @@ pub struct State {
     pub generation: u64,
     pub default_action: String,
     pub rules: Vec<RuleInfo>,
-    /// Flow verdict cache entries per family (0: off).
+    /// Flow verdict cache slots per family as loaded (0: off).
     #[serde(default)]
     pub flow_cache: u32,
     /// clsact only: the filter's priority and handle.
@@ -727,7 +733,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         generation,
         default_action: req.default_action,
         rules: req.rules,
-        flow_cache: req.flow_cache,
+        flow_cache: flow_cache_slots(req.flow_cache),
         nl_priority,
         nl_handle,
     };

@@ -215,14 +215,17 @@ pub const MAX_NAME_LEN: usize = 64;
 
 struct Ctx<'a> {
     file: &'a str,
-    /// Byte offset of the start of each line, for span -> line in O(log n).
-    line_starts: Vec<usize>,
+    /// Byte offset of the start of each line of the whole file, for span -> line
+    /// in O(log n).
+    line_starts: &'a [usize],
+    /// Where the parsed text starts in the file (a chunk of a large file).
+    offset: usize,
     problems: Vec<Problem>,
 }
 
 impl Ctx<'_> {
     fn line_of(&self, span: Option<Range<usize>>) -> usize {
-        let at = span.map(|r| r.start).unwrap_or(0);
+        let at = span.map(|r| r.start + self.offset).unwrap_or(self.offset);
         self.line_starts.partition_point(|&s| s <= at).max(1)
     }
     fn push(&mut self, span: Option<Range<usize>>, rule: Option<&str>, field: Option<&str>, msg: String) {
@@ -270,10 +273,106 @@ fn strsim_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0).chain(text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i + 1)).collect()
+}
+
+/// Rules per chunk when a large file is parsed in pieces.
+const CHUNK_RULES: usize = 4096;
+
 /// Parses and validates a rule file. `file` is only used in messages.
+///
+/// A large file is parsed in chunks of [`CHUNK_RULES`] rules on all CPUs (a TOML
+/// document tree costs about 3 KB a rule; chunks keep that small and parallel).
+/// Whenever anything about the chunks is not plainly right, the whole file is
+/// parsed in one piece instead, so results and messages are always those of the
+/// one-piece parse.
 pub fn parse(file: &str, text: &str) -> Result<RuleSet, RuleFileError> {
-    let line_starts = std::iter::once(0).chain(text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i + 1)).collect();
-    let mut cx = Ctx { file, line_starts, problems: Vec::new() };
+    let starts = line_starts(text);
+    if let Some(rs) = parse_chunked(file, text, &starts) {
+        return Ok(rs);
+    }
+    parse_whole(file, text, &starts)
+}
+
+/// A parsed chunk: its first rule's position, its rules, the names they use.
+type Chunk = (usize, Vec<Rule>, HashSet<String>);
+
+/// The chunked parse of a valid large file; `None`: use the one-piece parse.
+fn parse_chunked(file: &str, text: &str, starts: &[usize]) -> Option<RuleSet> {
+    // Multi-line strings could hide a header line; such files take the safe path.
+    if text.contains("\"\"\"") || text.contains("'''") {
+        return None;
+    }
+    let headers: Vec<usize> =
+        starts.iter().copied().filter(|&s| text[s..].split('\n').next().map(str::trim_end) == Some("[[rule]]")).collect();
+    if headers.len() < 2 * CHUNK_RULES {
+        return None;
+    }
+    // The preamble: default_policy, nothing else.
+    let pre = ImDocument::parse(&text[..headers[0]]).ok()?;
+    if pre.as_table().iter().any(|(k, _)| k != "default_policy") {
+        return None;
+    }
+    let default_policy = match pre.get("default_policy")?.as_str()? {
+        "allow" => Action::Allow,
+        "deny" => Action::Deny,
+        _ => return None,
+    };
+    // (first rule index, byte range) of each chunk.
+    let mut chunks: Vec<(usize, Range<usize>)> = Vec::new();
+    for (k, group) in headers.chunks(CHUNK_RULES).enumerate() {
+        let end = headers.get((k + 1) * CHUNK_RULES).copied().unwrap_or(text.len());
+        chunks.push((k * CHUNK_RULES, group[0]..end));
+    }
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(chunks.len());
+    let per_worker: Vec<Option<Vec<Chunk>>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let mine: Vec<(usize, Range<usize>)> = chunks.iter().skip(w).step_by(workers).cloned().collect();
+                sc.spawn(move || -> Option<Vec<Chunk>> {
+                    mine.into_iter().map(|(first, range)| parse_chunk(file, text, starts, first, range, default_policy)).collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().ok().flatten()).collect()
+    });
+    let mut parts: Vec<Chunk> = per_worker.into_iter().collect::<Option<Vec<_>>>()?.into_iter().flatten().collect();
+    parts.sort_by_key(|p| p.0);
+    let mut names: HashSet<String> = HashSet::new();
+    let mut rules = Vec::with_capacity(headers.len());
+    for (_, part, part_names) in parts {
+        for n in part_names {
+            // A name used in two chunks: the one-piece parse reports it properly.
+            if !names.insert(n) {
+                return None;
+            }
+        }
+        rules.extend(part);
+    }
+    (rules.len() == headers.len()).then_some(RuleSet { default_policy, rules })
+}
+
+/// One chunk: exactly its `[[rule]]` tables, every one valid.
+fn parse_chunk(file: &str, text: &str, starts: &[usize], first: usize, range: Range<usize>, default_policy: Action) -> Option<Chunk> {
+    let doc = ImDocument::parse(&text[range.clone()]).ok()?;
+    let root = doc.as_table();
+    if root.len() != 1 {
+        return None;
+    }
+    let Some(Item::ArrayOfTables(a)) = root.get("rule") else { return None };
+    let mut cx = Ctx { file, line_starts: starts, offset: range.start, problems: Vec::new() };
+    let mut names = HashSet::new();
+    let mut rules = Vec::with_capacity(a.len());
+    for (i, t) in a.iter().enumerate() {
+        let index = (first + i) as u32 + 1;
+        rules.push(parse_rule(&mut cx, t, t.span(), index, Some(default_policy), &mut names)?);
+    }
+    cx.problems.is_empty().then_some((first, rules, names))
+}
+
+fn parse_whole(file: &str, text: &str, starts: &[usize]) -> Result<RuleSet, RuleFileError> {
+    let mut cx = Ctx { file, line_starts: starts, offset: 0, problems: Vec::new() };
     let doc = match ImDocument::parse(text) {
         Ok(d) => d,
         Err(e) => {
@@ -745,5 +844,24 @@ ports = "1000-2000"
         .unwrap();
         assert_eq!(rs.rules[0].ports, Some((53, 53)));
         assert_eq!(rs.rules[1].ports, Some((0, 65535)));
+    }
+
+    #[test]
+    fn chunked_parse_equals_the_one_piece_parse() {
+        let text = crate::ruleset_gen::realistic(3 * CHUNK_RULES + 17, 100, 3);
+        let starts = line_starts(&text);
+        let chunked = parse_chunked("big.toml", &text, &starts).expect("a plain generated file takes the chunked path");
+        assert_eq!(chunked, parse_whole("big.toml", &text, &starts).unwrap());
+        // A problem in a late chunk: the one-piece parse reports it, with its line.
+        let bad = text.replacen("protocol = \"udp\"\nports = \"10099\"", "protocol = \"udp\"\nports = \"99999\"", 1);
+        assert_ne!(bad, text);
+        let Err(e) = parse("big.toml", &bad) else { panic!("port 99999 must be refused") };
+        let line = bad[..bad.find("\"99999\"").unwrap()].lines().count();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert_eq!(e.problems[0].line, line);
+        // A name used in two chunks.
+        let dup = text.replacen("name = \"r5\"\n", "name = \"r12000\"\n", 1);
+        let Err(e) = parse("big.toml", &dup) else { panic!("a name used twice, in chunks 0 and 2, must be refused") };
+        assert!(e.problems[0].message.contains("used by an earlier rule"), "{e}");
     }
 }

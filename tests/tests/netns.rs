@@ -207,6 +207,33 @@ fn bad_rule_file_exits_2_and_keeps_the_old_rules() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("nosuchif0"));
 }
 
+/// `--flow-cache`: the slot count is reported as loaded, and with the cache off
+/// (every packet classified in full) or tiny (flows evicting each other) the
+/// verdicts and counters are exactly those of the default.
+#[test]
+fn flow_cache_size_from_the_cli() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let p = Pair::new("fc").expect("namespaces");
+    settle(&p);
+    let file = temp_file("fc.toml", RULES);
+    let f = file.to_string_lossy().into_owned();
+    for (arg, slots) in [("0", 0), ("3", 4), ("1000", 1024)] {
+        let out = p.egress_ok(&["apply", "--iface", &p.a_if, "--rules", &f, "--flow-cache", arg, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["flow_cache"], slots, "--flow-cache {arg}: {out}");
+        assert_eq!(own_status(&p)["flow_cache"], slots);
+        // Interleaved flows, so that a small cache keeps replacing slots.
+        for _ in 0..3 {
+            assert_eq!(p.udp(false, 5001, 2), 0, "--flow-cache {arg}");
+            assert_eq!(p.udp(false, 53, 2), 2, "--flow-cache {arg}");
+            assert_eq!(p.udp(true, 5002, 1), 0, "--flow-cache {arg}");
+            assert_eq!(p.udp(false, 7003, 1), 1, "--flow-cache {arg}");
+        }
+        let (rules, _, json) = p.counters();
+        assert_eq!((rules[1], rules[2]), (6, 9), "--flow-cache {arg}: dns, no-high-udp; {json}");
+    }
+}
+
 #[test]
 fn apply_again_replaces_the_rule_set_in_place() {
     egress_tests::need_root!("network namespaces, eBPF");

@@ -13,8 +13,8 @@ use egress::{
     rules::{self, Action, RuleSet},
 };
 use egress_common::{
-    ACTION_ALLOW, ACTION_DENY, FlowEntryV4, FlowKeyV4, FlowValue, PCLASS_UDP, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP, STAT_TOO_MANY_HDRS,
-    STAT_TRUNCATED, TC_ACT_SHOT, TC_ACT_UNSPEC, flow_seal, flow_slot,
+    ACTION_ALLOW, ACTION_DENY, FlowEntryV4, FlowKeyV4, FlowValue, PCLASS_UDP, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP,
+    STAT_TOO_MANY_HDRS, STAT_TRUNCATED, TC_ACT_SHOT, TC_ACT_UNSPEC, flow_seal, flow_slot,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 

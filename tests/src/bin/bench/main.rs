@@ -139,6 +139,9 @@ fn run(o: &Opts) -> anyhow::Result<()> {
     let mut tr_plot = Vec::new();
     let mut sys_plot = Vec::new();
     let tr = if o.traffic_only { TestRunAdded::default() } else { testrun_part(sizes, tr_rounds, &mut body, &mut tr_plot)? };
+    if !o.traffic_only {
+        adversarial_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
+    }
     let tf = traffic_part(o, sizes, traffic_rounds, &mut body, &mut sys_plot)?;
 
     let mut md = String::new();
@@ -151,16 +154,23 @@ fn run(o: &Opts) -> anyhow::Result<()> {
     targets(&mut md, sizes, &tr, &tf);
     md.push_str(&body);
 
-    let dir = o.out.as_ref().map(|p| std::path::Path::new(p).parent().unwrap_or(std::path::Path::new(".")).join("docs")).unwrap_or_else(std::env::temp_dir);
+    let dir = o
+        .out
+        .as_ref()
+        .map(|p| std::path::Path::new(p).parent().unwrap_or(std::path::Path::new(".")).join("docs"))
+        .unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&dir)?;
     let mut figs = String::from("## Plots\n\n");
     let f = dir.join("bench-testrun.svg");
     plots::log_log(&f, "BPF_PROG_TEST_RUN: egress ns/packet by packet class", "ns/packet", &tr_plot)?;
     let _ = writeln!(figs, "![test_run ns/packet vs rules](docs/bench-testrun.svg)\n");
     let c = |v6, flows| Case { v6, flows, distinct: false }.label();
-    for (traffic, file) in
-        [(c(false, 1), "bench-ipv4-1flow.svg"), (c(true, 1), "bench-ipv6-1flow.svg"), (c(false, FLOWS), "bench-ipv4-flows.svg"), (c(true, FLOWS), "bench-ipv6-flows.svg")]
-    {
+    for (traffic, file) in [
+        (c(false, 1), "bench-ipv4-1flow.svg"),
+        (c(true, 1), "bench-ipv6-1flow.svg"),
+        (c(false, FLOWS), "bench-ipv4-flows.svg"),
+        (c(true, FLOWS), "bench-ipv6-flows.svg"),
+    ] {
         let series: Vec<plots::Series> = sys_plot
             .iter()
             .filter_map(|s| {
@@ -213,13 +223,25 @@ fn targets(md: &mut String, sizes: &[usize], tr: &TestRunAdded, tf: &TrafficResu
             let _ = writeln!(md, "| 1. one flow, added over empty tcx <= 150 ns ({fam}) | {x:.0} ns | {} |", verdict(x <= 150.0));
         }
         if let Some(x) = get(&tf.over_none, Filter::Egress(big), v6, FLOWS) {
-            let _ = writeln!(md, "| 2. {FLOWS} flows (one destination, 1 rule each), added over no filter <= 600 ns ({fam}) | {x:.0} ns | {} |", verdict(x <= 600.0));
+            let _ = writeln!(
+                md,
+                "| 2. {FLOWS} flows (one destination, 1 rule each), added over no filter <= 600 ns ({fam}) | {x:.0} ns | {} |",
+                verdict(x <= 600.0)
+            );
         }
         if let Some(x) = tf.over_none.get(&(Filter::Egress(big), Case { v6, flows: FLOWS, distinct: true })) {
-            let _ = writeln!(md, "| 2. {FLOWS} flows to {FLOWS} rule destinations, added over no filter <= 600 ns ({fam}) | {x:.0} ns | {} |", verdict(*x <= 600.0));
+            let _ = writeln!(
+                md,
+                "| 2. {FLOWS} flows to {FLOWS} rule destinations, added over no filter <= 600 ns ({fam}) | {x:.0} ns | {} |",
+                verdict(*x <= 600.0)
+            );
         }
         for flows in [1, FLOWS] {
-            let (Some(e), Some(n)) = (get(&tf.over_none, Filter::Egress(big), v6, flows), get(&tf.over_none, Filter::NftSet(big), v6, flows)) else { continue };
+            let (Some(e), Some(n)) =
+                (get(&tf.over_none, Filter::Egress(big), v6, flows), get(&tf.over_none, Filter::NftSet(big), v6, flows))
+            else {
+                continue;
+            };
             let _ = writeln!(
                 md,
                 "| 3. >= 3x less added cost than the nftables interval set, {flows} flow(s) ({fam}) | egress {e:.0} ns, nft set {n:.0} ns: {} | {} |",
@@ -228,14 +250,27 @@ fn targets(md: &mut String, sizes: &[usize], tr: &TestRunAdded, tf: &TrafficResu
             );
         }
         if let (Some(e), Some(i)) = (get(&tf.over_none, Filter::Egress(big), v6, 1), get(&tf.over_none, Filter::Iptables(big), v6, 1)) {
-            let _ = writeln!(md, "| 3. >= 1000x less than iptables-legacy, one flow ({fam}) | egress {e:.0} ns, iptables {i:.0} ns: {} | {} |", ratio(i, e), verdict(i >= 1000.0 * e.max(1.0)));
+            let _ = writeln!(
+                md,
+                "| 3. >= 1000x less than iptables-legacy, one flow ({fam}) | egress {e:.0} ns, iptables {i:.0} ns: {} | {} |",
+                ratio(i, e),
+                verdict(i >= 1000.0 * e.max(1.0))
+            );
         }
         if let (Some(e), Some(i)) = (get(&tf.over_none, Filter::Egress(1), v6, 1), get(&tf.over_none, Filter::Iptables(1), v6, 1)) {
-            let _ = writeln!(md, "| 3. no worse than iptables at 1 rule ({fam}) | egress {e:.0} ns, iptables {i:.0} ns | {} |", verdict(e <= i.max(0.0) + 50.0));
+            let _ = writeln!(
+                md,
+                "| 3. no worse than iptables at 1 rule ({fam}) | egress {e:.0} ns, iptables {i:.0} ns | {} |",
+                verdict(e <= i.max(0.0) + 50.0)
+            );
         }
         for mode in [Mode::Hot, Mode::Spread250] {
             // 1k rules have 500 flow rules: their 250-flow case is the plain spread.
-            let small = if mode == Mode::Spread250 { tr.get(&(1_000, v6, Mode::Spread250)).or(tr.get(&(1_000, v6, Mode::Spread))) } else { tr.get(&(1_000, v6, mode)) };
+            let small = if mode == Mode::Spread250 {
+                tr.get(&(1_000, v6, Mode::Spread250)).or(tr.get(&(1_000, v6, Mode::Spread)))
+            } else {
+                tr.get(&(1_000, v6, mode))
+            };
             let (Some(a), Some(b)) = (small, tr.get(&(big, v6, mode))) else { continue };
             let _ = writeln!(
                 md,
@@ -251,7 +286,10 @@ fn targets(md: &mut String, sizes: &[usize], tr: &TestRunAdded, tf: &TrafficResu
         let _ = writeln!(md, "| 5. replace {big} rules <= 2 s | {replace:.2} s | {} |", verdict(*replace <= 2.0));
     }
     let _ = writeln!(md, "| 5. single-rule change <= 1 ms | not supported: every apply builds and swaps a whole rule set | n/a |");
-    let _ = writeln!(md, "\nTarget 2 at 1 rule per flow is measured as many flows hitting the flow cache; the cost of a flow's *first* packet (cache miss, full lookup) is in the BPF_PROG_TEST_RUN \"new flow every packet\" rows and the \"flow cache off\" traffic rows. Target 3 compares with a lower bound of nftables' set forms (see part 2).\n");
+    let _ = writeln!(
+        md,
+        "\nTarget 2 at 1 rule per flow is measured as many flows hitting the flow cache; the cost of a flow's *first* packet (cache miss, full lookup) is in the BPF_PROG_TEST_RUN \"new flow every packet\" rows and the \"flow cache off\" traffic rows. Target 3 compares with a lower bound of nftables' set forms (see part 2).\n"
+    );
 }
 
 fn ratio(a: f64, b: f64) -> String {
@@ -328,7 +366,12 @@ fn measure(prog: &mut SchedClassifier, v6: bool, flows: usize, mode: Mode, fresh
                 let src: std::net::IpAddr = if v6 { A6.into() } else { A4.into() };
                 distinct_targets(rs, v6, FLOWS)
                     .into_iter()
-                    .map(|(dst, dport)| packet::build(&PacketMeta { src, dst, proto: 17, l4: L4::Ports { dport } }, &Shape { payload: 18, ..Shape::default() }))
+                    .map(|(dst, dport)| {
+                        packet::build(
+                            &PacketMeta { src, dst, proto: 17, l4: L4::Ports { dport } },
+                            &Shape { payload: 18, ..Shape::default() },
+                        )
+                    })
                     .collect()
             };
             // A first pass fills the flow cache; the measured passes hit it.
@@ -348,13 +391,96 @@ fn measure(prog: &mut SchedClassifier, v6: bool, flows: usize, mode: Mode, fresh
             let mut total = 0.0;
             for k in 0..n {
                 *fresh += 1;
-                let (dst, src) = if v6 { (std::net::IpAddr::from(B6), new_flow_src(true, *fresh)) } else { (B4.into(), new_flow_src(false, *fresh)) };
+                let (dst, src) =
+                    if v6 { (std::net::IpAddr::from(B6), new_flow_src(true, *fresh)) } else { (B4.into(), new_flow_src(false, *fresh)) };
                 let m = PacketMeta { src, dst, proto: 17, l4: L4::Ports { dport: FLOW_PORT_BASE + (k % flows) as u16 } };
                 total += run_ns(prog, &packet::build(&m, &Shape { payload: 18, ..Shape::default() }), 1)?;
             }
             Ok(total / n as f64)
         }
     }
+}
+
+/// The adversarial shapes of `ruleset_gen` at `n` rules: build time, map entries,
+/// and what a packet costs when it hits the cache and when it misses.
+fn adversarial_part(n: usize, rounds: usize, md: &mut String) -> anyhow::Result<()> {
+    eprintln!("part 1b: adversarial rule sets");
+    let _ = writeln!(md, "## 1b. Adversarial rule sets (BPF_PROG_TEST_RUN, {n} rules, IPv4)\n");
+    let _ = writeln!(
+        md,
+        "| shape | parse + compile + load s | DST / PAIR / LISTS / RANGES entries | empty program ns | cache hit, added ns | new flow every packet, added ns |"
+    );
+    let _ = writeln!(md, "| --- | ---: | --- | ---: | ---: | ---: |");
+    type Shape3 = (&'static str, String, fn(u64) -> PacketMeta);
+    let shapes: [Shape3; 2] = [
+        ("every rule a distinct /32 source x /32 destination", ruleset_gen::src_dst_pairs(n), |i| {
+            let k = (i % 60_000) as usize;
+            PacketMeta {
+                src: Ipv4Addr::new(10, 1, (k >> 8) as u8, k as u8).into(),
+                dst: Ipv4Addr::new(10, 2, (k >> 8) as u8, k as u8).into(),
+                proto: 17,
+                l4: L4::Ports { dport: 1 },
+            }
+        }),
+        ("deep nesting (/0 ... /32 chains, port ranges at every level)", ruleset_gen::nested(n), |i| PacketMeta {
+            src: new_flow_src(false, i),
+            dst: Ipv4Addr::from(0x0a00_0000u32 | ((i % 3000) as u32).wrapping_mul(2_654_435_761) & 0x00ff_ffff).into(),
+            proto: 6,
+            l4: L4::Ports { dport: 1500 },
+        }),
+    ];
+    for (name, text, packet_of) in shapes {
+        let t = Instant::now();
+        let rs = rules::parse("adversarial.toml", &text)?;
+        let c = compile::compile(&rs)?;
+        let mut l = Loaded::new(&c, true)?;
+        let secs = t.elapsed().as_secs_f64();
+        {
+            let pass: &mut SchedClassifier = l.ebpf.program_mut(PASS_PROGRAM_NAME).ok_or_else(|| anyhow::anyhow!("no pass"))?.try_into()?;
+            pass.load()?;
+        }
+        let frame = |i: u64| packet::build(&packet_of(i), &Shape { payload: 18, ..Shape::default() });
+        let (mut empty, mut hit, mut miss) = (Vec::new(), Vec::new(), Vec::new());
+        let mut fresh = 1_000_000u64;
+        for _ in 0..rounds {
+            for eg in [false, true] {
+                let name = if eg { egress_common::PROGRAM_NAME } else { PASS_PROGRAM_NAME };
+                let prog: &mut SchedClassifier = l.ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("no {name}"))?.try_into()?;
+                let h = run_ns(prog, &frame(7), 100_000)?;
+                let mut m = 0.0;
+                for _ in 0..2000 {
+                    fresh += 1;
+                    m += run_ns(prog, &frame(fresh), 1)?;
+                }
+                if eg {
+                    hit.push(h);
+                    miss.push(m / 2000.0);
+                } else {
+                    empty.push((h, m / 2000.0));
+                }
+            }
+        }
+        let mut eh: Vec<f64> = empty.iter().map(|e| e.0).collect();
+        let mut em: Vec<f64> = empty.iter().map(|e| e.1).collect();
+        let (eh, em) = (median(&mut eh), median(&mut em));
+        let counts = c.entry_counts();
+        let get = |m: &str| counts.iter().filter(|(k, _)| k.starts_with(m)).map(|(_, v)| v).sum::<usize>();
+        let _ = writeln!(
+            md,
+            "| {name} | {secs:.2} | {} / {} / {} / {} | {eh:.0} | {:.0} | {:.0} |",
+            get("DST"),
+            get("PAIR"),
+            get("LISTS"),
+            get("RANGES"),
+            median(&mut hit) - eh,
+            median(&mut miss) - em
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nThe program's cost does not depend on the shape: one DST lookup, at most one PAIR lookup and two interval searches on a miss. What the shapes cost is compile time and memory (ARCHITECTURE.md, \"Sizes and the cost the design accepts\"). New-flow packets vary the source address, so in the pairs shape most of them match no rule.\n"
+    );
+    Ok(())
 }
 
 fn testrun_part(sizes: &[usize], rounds: usize, md: &mut String, plot: &mut Vec<plots::Series>) -> anyhow::Result<TestRunAdded> {
@@ -554,7 +680,9 @@ fn distinct_targets(rs: &rules::RuleSet, v6: bool, n: usize) -> Vec<(std::net::I
         .iter()
         // Allow rules only: a denied packet skips the rest of the send path and
         // would make the filter look cheaper than no filter.
-        .filter(|r| matches!(r.protocol, rules::Protocol::Udp | rules::Protocol::All) && r.src.is_none() && r.action == rules::Action::Allow)
+        .filter(|r| {
+            matches!(r.protocol, rules::Protocol::Udp | rules::Protocol::All) && r.src.is_none() && r.action == rules::Action::Allow
+        })
         .filter_map(|r| {
             let d = *r.dst.as_ref()?.first()?;
             (d.addr().is_ipv6() == v6 && !flow_dst.contains(&d.addr())).then(|| (d.network(), r.ports.map(|p| p.0).unwrap_or(1)))
@@ -607,7 +735,8 @@ fn measure_traffic(pair: &Pair, targets: Vec<(std::net::IpAddr, u16)>, toggle: T
             match toggle {
                 Toggle::Nothing => {}
                 Toggle::Tc { loaded, program, iface } => {
-                    let p: &mut SchedClassifier = loaded.ebpf.program_mut(program).ok_or_else(|| anyhow::anyhow!("no {program}"))?.try_into()?;
+                    let p: &mut SchedClassifier =
+                        loaded.ebpf.program_mut(program).ok_or_else(|| anyhow::anyhow!("no {program}"))?.try_into()?;
                     match (on, link.take()) {
                         (true, None) => link = Some(p.attach(iface, TcAttachType::Egress)?),
                         (false, Some(id)) => p.detach(id)?,
@@ -624,7 +753,8 @@ fn measure_traffic(pair: &Pair, targets: Vec<(std::net::IpAddr, u16)>, toggle: T
             Ok(())
         };
         pin_to_cpu(1);
-        let sock = UdpSocket::bind(if v6 { SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)) } else { SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)) })?;
+        let sock =
+            UdpSocket::bind(if v6 { SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)) } else { SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)) })?;
         // Never block: a full send buffer must not stall the benchmark.
         sock.set_nonblocking(true)?;
         let fd = sock.as_raw_fd();
@@ -750,7 +880,9 @@ fn nft_linear(rs: &rules::RuleSet) -> String {
     let verdict = |a: Action| if a == Action::Allow { "accept" } else { "drop" };
     // The rules live in chain `rules`; the benchmark switches them on and off with
     // a jump from the base chain `out`. The default policy is the last rule.
-    let mut s = String::from("table inet egressbench {\n  chain out {\n    type filter hook output priority 0; policy accept;\n  }\n  chain rules {\n");
+    let mut s = String::from(
+        "table inet egressbench {\n  chain out {\n    type filter hook output priority 0; policy accept;\n  }\n  chain rules {\n",
+    );
     for r in &rs.rules {
         for v6 in [false, true] {
             if !(if v6 { r.families.v6 } else { r.families.v4 }) {
@@ -893,8 +1025,7 @@ fn traffic_part(o: &Opts, sizes: &[usize], rounds: usize, md: &mut String, plot:
         eprintln!("  iptables-legacy-restore or nft missing: netfilter variants skipped");
     }
     let c = |v6, flows, distinct| Case { v6, flows, distinct };
-    let cases: Vec<Case> =
-        vec![c(false, 1, false), c(true, 1, false), c(false, FLOWS, false), c(true, FLOWS, false), c(true, FLOWS, true)];
+    let cases: Vec<Case> = vec![c(false, 1, false), c(true, 1, false), c(false, FLOWS, false), c(true, FLOWS, false), c(true, FLOWS, true)];
     let targets_of = |case: Case| -> Vec<(std::net::IpAddr, u16)> {
         if case.distinct {
             return distinct_targets(&rulesets[&largest], true, case.flows);
@@ -933,7 +1064,9 @@ fn traffic_part(o: &Opts, sizes: &[usize], rounds: usize, md: &mut String, plot:
             let family = |v4: &str, v6t: &str| if v6 { v6t.to_string() } else { v4.to_string() };
             let toggle = match f {
                 Filter::None => Toggle::Nothing,
-                Filter::EmptyTcx => Toggle::Tc { loaded: load_aux(PASS_PROGRAM_NAME)?, program: PASS_PROGRAM_NAME, iface: pair.a_if.clone() },
+                Filter::EmptyTcx => {
+                    Toggle::Tc { loaded: load_aux(PASS_PROGRAM_NAME)?, program: PASS_PROGRAM_NAME, iface: pair.a_if.clone() }
+                }
                 Filter::Egress(n) | Filter::EgressNoCache(n) => {
                     if let Filter::Egress(_) = f {
                         // Time the real command: the first load, then a replace of the
@@ -945,7 +1078,10 @@ fn traffic_part(o: &Opts, sizes: &[usize], rounds: usize, md: &mut String, plot:
                         e.1.push(replace);
                         pair.egress_ok(&["detach", "--iface", &pair.a_if]);
                     }
-                    let opts = LoadOptions { flow_cache: if let Filter::Egress(_) = f { FLOW_CACHE_ENTRIES } else { 0 }, ..LoadOptions::default() };
+                    let opts = LoadOptions {
+                        flow_cache: if let Filter::Egress(_) = f { FLOW_CACHE_ENTRIES } else { 0 },
+                        ..LoadOptions::default()
+                    };
                     let loaded = Loaded::with_options(&compiled[&n], &opts)?;
                     Toggle::Tc { loaded, program: egress_common::PROGRAM_NAME, iface: pair.a_if.clone() }
                 }
@@ -983,7 +1119,10 @@ fn traffic_part(o: &Opts, sizes: &[usize], rounds: usize, md: &mut String, plot:
         }
         eprintln!("  round {}/{rounds} done", round + 1);
     }
-    let _ = writeln!(md, "## 2. Real traffic: UDP through a veth pair (sendmmsg, CPU time of the sending thread per datagram, full send path)\n");
+    let _ = writeln!(
+        md,
+        "## 2. Real traffic: UDP through a veth pair (sendmmsg, CPU time of the sending thread per datagram, full send path)\n"
+    );
     let _ = writeln!(md, "| filter | traffic | ns/packet (spread) | added over no filter (spread) | added over empty tcx |");
     let _ = writeln!(md, "| --- | --- | ---: | ---: | ---: |");
     let mut added: std::collections::HashMap<(Filter, Case), f64> = Default::default();
@@ -1019,7 +1158,10 @@ fn traffic_part(o: &Opts, sizes: &[usize], rounds: usize, md: &mut String, plot:
         apply.insert(n, (ma, mb));
         let _ = writeln!(md, "| {n} | {ma:.2} ({}) | {mb:.2} ({}) |", spread_f(first), spread_f(replace));
     }
-    let _ = writeln!(md, "\nA replace builds the new rule set completely beside the old one and switches with one bpf_link_update; there is no incremental single-rule update.\n");
+    let _ = writeln!(
+        md,
+        "\nA replace builds the new rule set completely beside the old one and switches with one bpf_link_update; there is no incremental single-rule update.\n"
+    );
 
     // Plot: added ns over no filter vs rules, per system.
     for &case in &cases {
