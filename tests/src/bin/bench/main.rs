@@ -1112,7 +1112,7 @@ fn traffic_part(o: &Opts, sizes: &[usize], rounds: usize, md: &mut String, plot:
             samples.entry((f, case)).or_default().push(on);
             paired.entry((f, case)).or_default().push(on - off);
             let done = round * keys.len() + k + 1;
-            if done % 10 == 0 {
+            if done.is_multiple_of(10) {
                 let left = started.elapsed().as_secs_f64() / done as f64 * (total - done) as f64;
                 eprintln!("  {done}/{total} measurements, about {:.0} min left", left / 60.0);
             }
