@@ -39,7 +39,7 @@ pub const PCLASS_ICMP: u8 = 3;
 pub const PCLASS_ICMPV6: u8 = 4;
 /// Or-ed into the class of a packet that carries no L4 header of its own (a non-first
 /// fragment): such a packet only matches rules that constrain neither ports nor ICMP
-/// type/code. The compiler writes one entry per (candidate list, class | this flag).
+/// type/code. LISTS holds, per (candidate list, class), the rule such a packet matches.
 pub const PCLASS_NO_L4: u8 = 0x80;
 
 // ---------------------------------------------------------------------------

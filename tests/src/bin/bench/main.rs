@@ -100,10 +100,16 @@ fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
 }
 
+/// "min-max" of the samples, whole numbers.
 fn spread(v: &[f64]) -> String {
+    spread_p(v, 0)
+}
+
+/// "min-max" of the samples with `decimals` digits after the point.
+fn spread_p(v: &[f64], decimals: usize) -> String {
     let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{lo:.0}-{hi:.0}")
+    format!("{lo:.decimals$}-{hi:.decimals$}")
 }
 
 fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
@@ -295,14 +301,35 @@ fn targets(md: &mut String, sizes: &[usize], tr: &TestRunAdded, tf: &TrafficResu
     }
     let _ = writeln!(md, "| 5. single-rule change <= 1 ms | not supported: every apply builds and swaps a whole rule set | n/a |");
     let why: [(&str, &str); 8] = [
-        ("1", "one flow: egress's hot path is a header parse, one flow-cache slot and one counter (15-30 ns in BPF_PROG_TEST_RUN); a real-traffic figure above 150 ns comes from cold CPU caches between packets on this VM or from noise (compare the spread of the no-filter A/A rows)."),
-        ("2", "4096 flows to one destination: each flow hits a different rule, so every packet touches a cold flow-cache slot and a cold per-CPU counter; nothing else grows with the rule count."),
-        ("2d", "4096 flows to 4096 destinations: as above, plus the first packet of each flow runs the full lookup (DST trie nodes out of the CPU caches)."),
-        ("3n", "against the nftables interval set with 4096 flows: the nftables row is a destination-only set lookup of ONE destination, which stays in the CPU caches however many flows there are, and it counts nothing. egress classifies the whole rule and keeps a per-rule counter and a per-flow cache slot, so 4096 flows, each to a different rule, touch two or three cold cache lines a packet (BPF_PROG_TEST_RUN: 15-30 ns with one flow, 160-210 ns with 4096). The comparison is against a lower bound that does less work; per-rule counters are part of the job. The next step would be a flat counter array (one cache line instead of a pointer and a per-CPU line)."),
+        (
+            "1",
+            "one flow: egress's hot path is a header parse, one flow-cache slot and one counter (15-30 ns in BPF_PROG_TEST_RUN); a real-traffic figure above 150 ns comes from cold CPU caches between packets on this VM or from noise (compare the spread of the no-filter A/A rows).",
+        ),
+        (
+            "2",
+            "4096 flows to one destination: each flow hits a different rule, so every packet touches a cold flow-cache slot and a cold per-CPU counter; nothing else grows with the rule count.",
+        ),
+        (
+            "2d",
+            "4096 flows to 4096 destinations: as above, plus the first packet of each flow runs the full lookup (DST trie nodes out of the CPU caches).",
+        ),
+        (
+            "3n",
+            "against the nftables interval set with 4096 flows: the nftables row is a destination-only set lookup of ONE destination, which stays in the CPU caches however many flows there are, and it counts nothing. egress classifies the whole rule and keeps a per-rule counter and a per-flow cache slot, so 4096 flows, each to a different rule, touch two or three cold cache lines a packet (BPF_PROG_TEST_RUN: 15-30 ns with one flow, 160-210 ns with 4096). The comparison is against a lower bound that does less work; per-rule counters are part of the job. The next step would be a flat counter array (one cache line instead of a pointer and a per-CPU line).",
+        ),
         ("3n1", "against the nftables interval set with one flow: see target 1; both costs are small and the ratio is sensitive to noise."),
-        ("3i", "1000x less than iptables-legacy: the ratio divides by egress's added cost, which is within the noise of the measurement (tens of ns); a run where it comes out near zero or tiny gives a huge ratio, a run where noise adds 100 ns a smaller one."),
-        ("4", "100k vs 1k rules: the program does the same work at every size; a ratio above 2 comes from cache misses in a larger working set (more distinct counters and slots) or from noise when both costs are tens of ns."),
-        ("5", "load: a cold first apply pays for zeroing fresh memory (about 130 MB at 100k rules) and reading the binary and the file; the replace row shows the warm cost."),
+        (
+            "3i",
+            "1000x less than iptables-legacy: the ratio divides by egress's added cost, which is within the noise of the measurement (tens of ns); a run where it comes out near zero or tiny gives a huge ratio, a run where noise adds 100 ns a smaller one.",
+        ),
+        (
+            "4",
+            "100k vs 1k rules: the program does the same work at every size; a ratio above 2 comes from cache misses in a larger working set (more distinct counters and slots) or from noise when both costs are tens of ns.",
+        ),
+        (
+            "5",
+            "load: a cold first apply pays for zeroing fresh memory (about 130 MB at 100k rules) and reading the binary and the file; the replace row shows the warm cost.",
+        ),
     ];
     if !missed.is_empty() {
         let _ = writeln!(md, "\nWhy the missed targets are missed:\n");
@@ -320,12 +347,6 @@ fn targets(md: &mut String, sizes: &[usize], tr: &TestRunAdded, tf: &TrafficResu
 
 fn ratio(a: f64, b: f64) -> String {
     if b <= 0.0 { "egress cost below the noise".into() } else { format!("{:.1}x", a / b) }
-}
-
-fn spread_f(v: &[f64]) -> String {
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{lo:.2}-{hi:.2}")
 }
 
 // ---------------------------------------------------------------------------
@@ -724,16 +745,23 @@ enum Toggle {
     Nothing,
     /// A loaded classifier, attached to a's tcx egress hook while on.
     Tc { loaded: Loaded, program: &'static str, iface: String },
-    /// Commands that add (on) and remove (off) the jump to already loaded rules.
+    /// Commands (argv) that add (on) and remove (off) the jump to already loaded rules.
     Cmds { on: Vec<String>, off: Vec<String> },
 }
 
-fn run_cmd(args: &[String]) -> std::io::Result<()> {
-    let o = std::process::Command::new(&args[0]).args(&args[1..]).output()?;
+/// Runs a command (argv) in the caller's namespaces; its stderr in the error.
+fn run_cmd<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> anyhow::Result<()> {
+    let (cmd, rest) = args.split_first().ok_or_else(|| anyhow::anyhow!("empty command"))?;
+    let o = std::process::Command::new(cmd).args(rest).output()?;
     if !o.status.success() {
-        return Err(std::io::Error::other(format!("{args:?}: {}", String::from_utf8_lossy(&o.stderr).trim())));
+        anyhow::bail!("{args:?}: {}", String::from_utf8_lossy(&o.stderr).trim());
     }
     Ok(())
+}
+
+/// argv from a command line without quoting.
+fn argv(line: &str) -> Vec<String> {
+    line.split_whitespace().map(String::from).collect()
 }
 
 /// Segments per measurement, alternating unfiltered/filtered (ABBA order).
@@ -769,12 +797,7 @@ fn measure_traffic(pair: &Pair, targets: Vec<(std::net::IpAddr, u16)>, toggle: T
                         (_, l) => link = l,
                     }
                 }
-                Toggle::Cmds { on: a, off: b } => {
-                    let cmds: &Vec<String> = if on { a } else { b };
-                    for c in cmds {
-                        run_cmd(&c.split(' ').map(String::from).collect::<Vec<_>>())?;
-                    }
-                }
+                Toggle::Cmds { on: a, off: b } => run_cmd(if on { a } else { b })?,
             }
             Ok(())
         };
@@ -835,11 +858,7 @@ fn which(cmd: &str) -> bool {
 }
 
 fn netns_cmd(ns: &str, args: &[&str]) -> anyhow::Result<()> {
-    let o = std::process::Command::new("ip").args(["netns", "exec", ns]).args(args).output()?;
-    if !o.status.success() {
-        anyhow::bail!("{args:?} in {ns}: {}", String::from_utf8_lossy(&o.stderr).trim());
-    }
-    Ok(())
+    run_cmd(&[&["ip", "netns", "exec", ns], args].concat())
 }
 
 /// The rule's address entries of one family (`None`: any), for netfilter.
@@ -990,11 +1009,9 @@ fn nft_set(rs: &rules::RuleSet) -> String {
 fn attach_aux(ns: &str, iface: &str, program: &'static str, at: TcAttachType) -> anyhow::Result<Loaded> {
     let iface = iface.to_string();
     in_ns(ns, move || -> anyhow::Result<Loaded> {
-        let c = compile::compile(&rules::parse("empty.toml", "default_policy = \"allow\"\n")?)?;
-        let mut l = Loaded::new(&c, true)?;
+        let mut l = load_aux(program)?;
         let p: &mut SchedClassifier =
             l.ebpf.program_mut(program).ok_or_else(|| anyhow::anyhow!("no {program} in the object"))?.try_into()?;
-        p.load()?;
         p.attach(&iface, at)?;
         Ok(l)
     })?
@@ -1117,15 +1134,15 @@ fn traffic_part(o: &Opts, sizes: &[usize], rounds: usize, md: &mut String, plot:
                         netns_cmd(&pair.a, &[tool, file.to_str().unwrap_or_default()])?;
                     }
                     let tool = family("iptables-legacy", "ip6tables-legacy");
-                    Toggle::Cmds { on: vec![format!("{tool} -A OUTPUT -j EGB")], off: vec![format!("{tool} -D OUTPUT -j EGB")] }
+                    Toggle::Cmds { on: argv(&format!("{tool} -A OUTPUT -j EGB")), off: argv(&format!("{tool} -D OUTPUT -j EGB")) }
                 }
                 Filter::NftLinear(n) | Filter::NftSet(n) => {
                     let text = if let Filter::NftLinear(_) = f { nft_linear(&rulesets[&n]) } else { nft_set(&rulesets[&n]) };
                     let file = temp_file("nft.rules", &text);
                     netns_cmd(&pair.a, &["nft", "-f", file.to_str().unwrap_or_default()])?;
                     Toggle::Cmds {
-                        on: vec!["nft add rule inet egressbench out jump rules".into()],
-                        off: vec!["nft flush chain inet egressbench out".into()],
+                        on: argv("nft add rule inet egressbench out jump rules"),
+                        off: argv("nft flush chain inet egressbench out"),
                     }
                 }
             };
@@ -1182,7 +1199,7 @@ fn traffic_part(o: &Opts, sizes: &[usize], rounds: usize, md: &mut String, plot:
         let (mut a, mut b) = (first.clone(), replace.clone());
         let (ma, mb) = (median(&mut a), median(&mut b));
         apply.insert(n, (ma, mb));
-        let _ = writeln!(md, "| {n} | {ma:.2} ({}) | {mb:.2} ({}) |", spread_f(first), spread_f(replace));
+        let _ = writeln!(md, "| {n} | {ma:.2} ({}) | {mb:.2} ({}) |", spread_p(first, 2), spread_p(replace, 2));
     }
     let _ = writeln!(
         md,
