@@ -13,15 +13,30 @@ use clap::{Parser, Subcommand};
 Rules (source/destination CIDRs, protocol, destination ports, ICMP type/code; first match\n\
 wins, else the default policy) are written in a TOML file, compiled into LPM-trie maps and\n\
 enforced on an interface's egress hook, with per-rule packet and byte counters.\n\n\
-Typical use:\n  egress check --rules rules.toml\n  egress apply --iface eth0 --rules rules.toml\n  egress counters --iface eth0\n  egress detach --iface eth0\n\n\
+Typical use:\n  egress check --rules rules.toml\n  egress apply --iface eth0 --rules rules.toml\n  egress counters --iface eth0\n  egress detach --iface eth0\n  egress run --config /etc/egress/egress.toml    (a service that follows rule files)\n\n\
+Interfaces are those of the network namespace egress runs in (`ip netns exec NS egress ...`,\n\
+or `--netns NS` from the host); any number of namespaces may use the same interface name.\n\n\
 Exit status: 0 success; 2 invalid rule file or usage; 1 anything else (missing interface,\n\
 not root, kernel refusal).\n\
 Logging: set EGRESS_LOG=debug (tracing env-filter syntax) for details on stderr.",
     after_help = "Rule file format: see README.md (section \"The rule file\") or examples/."
 )]
 pub struct Cli {
+    /// Address the interfaces of another network namespace: a name from `ip netns list`,
+    /// a path (/proc/PID/ns/net, a bind mount) or a process id.
+    #[arg(long, global = true, value_name = "NAME|PATH|PID")]
+    pub netns: Option<String>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Log line format of `egress run`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One line of text per event.
+    Human,
+    /// One JSON object per line (for journald/Loki/...).
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -60,10 +75,50 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List every interface with rules loaded: hook, rule count, rule file, digest, load time.
+    /// List every attachment: namespace, interface, hook, link health, rule count, rule file.
+    ///
+    /// An attachment whose interface (or whole namespace) was deleted shows as
+    /// "severed": nothing is filtered there any more. `--prune` removes what such
+    /// attachments left behind (pins, state); `egress apply` also attaches afresh
+    /// over a severed link.
     Status {
         #[arg(long)]
         json: bool,
+        /// Remove severed attachments (interface or namespace gone) and say which.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Run as a service: apply the rule files named in a config file, follow them.
+    ///
+    /// Every [[interface]] of the config gets its rule file applied at start; each
+    /// rule file and the config itself are watched (editors that write a new file
+    /// and rename it over the old one included), and SIGHUP reloads everything. A
+    /// change is validated completely before anything is touched: an invalid file
+    /// is logged with exactly the messages of `egress check` and the running rules
+    /// stay enforced. Counters of unchanged rules continue across reloads. An
+    /// interface that does not exist yet is applied when it appears; one that is
+    /// deleted and re-created gets its rules again. SIGTERM/SIGINT end the service
+    /// and leave enforcement in place (unless --detach-on-exit). Needs root.
+    ///
+    /// Config file (TOML, unknown keys are errors):
+    ///
+    ///   [[interface]]
+    ///   name = "eth1"                     # required
+    ///   rules = "/etc/egress/eth1.toml"   # required: a rule file
+    ///   flow_cache = 65536                # optional, as `apply --flow-cache`
+    Run {
+        /// The config file (TOML).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        /// Remove the rules from every interface when the service stops.
+        #[arg(long)]
+        detach_on_exit: bool,
+        /// Log format on stderr.
+        #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+        log_format: LogFormat,
+        /// Seconds between checks for interfaces that are missing or were re-created.
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+        recheck: f64,
     },
     /// Remove the classifier and its pins from an interface; traffic flows unfiltered.
     Detach {

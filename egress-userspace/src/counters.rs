@@ -4,7 +4,7 @@
 use egress_common::{DEFAULT_COUNTER_SLOT, STAT_NAMES};
 use serde_json::{Value, json};
 
-use crate::dataplane::{Readout, State};
+use crate::dataplane::{LinkHealth, Readout, State, pin_dir};
 
 fn counter(r: &Readout, slot: usize) -> (u64, u64) {
     r.counters.get(slot).map(|c| (c.packets, c.bytes)).unwrap_or((0, 0))
@@ -18,7 +18,8 @@ pub fn counters_json(r: &Readout) -> Value {
         .enumerate()
         .map(|(i, ri)| {
             let (packets, bytes) = counter(r, i + 1);
-            json!({"name": ri.name, "action": ri.action, "packets": packets, "bytes": bytes, "match": ri.summary})
+            json!({"name": ri.name, "action": ri.action, "packets": packets, "bytes": bytes, "match": ri.summary,
+                   "since": rfc3339(ri.since)})
         })
         .collect();
     let (packets, bytes) = counter(r, DEFAULT_COUNTER_SLOT as usize);
@@ -26,8 +27,10 @@ pub fn counters_json(r: &Readout) -> Value {
         STAT_NAMES.iter().zip(r.stats.iter().chain(std::iter::repeat(&0))).map(|(n, v)| (n.to_string(), json!(v))).collect();
     json!({
         "iface": r.state.iface,
+        "netns": r.state.netns,
+        "link": r.health.as_str(),
         "rules": rules,
-        "default": {"action": r.state.default_action, "packets": packets, "bytes": bytes},
+        "default": {"action": r.state.default_action, "packets": packets, "bytes": bytes, "since": rfc3339(r.state.default_since)},
         "unclassified": stats,
         "generation": r.state.generation,
         "digest": r.state.digest,
@@ -47,21 +50,38 @@ fn human(n: u64) -> String {
 }
 
 pub fn counters_table(r: &Readout) -> String {
-    let mut rows: Vec<[String; 6]> = vec![["#".into(), "NAME".into(), "ACTION".into(), "PKTS".into(), "BYTES".into(), "MATCH".into()]];
+    let mut rows: Vec<[String; 7]> =
+        vec![["#".into(), "NAME".into(), "ACTION".into(), "PKTS".into(), "BYTES".into(), "COUNTING SINCE (UTC)".into(), "MATCH".into()]];
     for (i, ri) in r.state.rules.iter().enumerate() {
         let (p, b) = counter(r, i + 1);
-        rows.push([(i + 1).to_string(), ri.name.clone(), ri.action.clone(), p.to_string(), human(b), ri.summary.clone()]);
+        rows.push([(i + 1).to_string(), ri.name.clone(), ri.action.clone(), p.to_string(), human(b), utc(ri.since), ri.summary.clone()]);
     }
     let (p, b) = counter(r, DEFAULT_COUNTER_SLOT as usize);
-    rows.push(["-".into(), "(default)".into(), r.state.default_action.clone(), p.to_string(), human(b), "no rule matched".into()]);
+    rows.push([
+        "-".into(),
+        "(default)".into(),
+        r.state.default_action.clone(),
+        p.to_string(),
+        human(b),
+        utc(r.state.default_since),
+        "no rule matched".into(),
+    ]);
+    let ns = if r.state.netns == "host" { String::new() } else { format!(" in netns {}", r.state.netns) };
     let mut out = format!(
-        "egress on {} ({} hook, generation {}, {} rules from {})\n",
+        "egress on {}{} ({} hook, generation {}, {} rules from {})\n",
         r.state.iface,
+        ns,
         r.state.hook,
         r.state.generation,
         r.state.rules.len(),
         r.state.rules_file
     );
+    if r.health != LinkHealth::Attached {
+        out.push_str(&format!(
+            "warning: the link is {}: the interface or its namespace is gone and nothing is filtered (`egress status --prune` cleans up)\n",
+            r.health.as_str()
+        ));
+    }
     out.push_str(&table(&rows));
     let extra: Vec<String> = STAT_NAMES.iter().zip(r.stats.iter()).filter(|(_, v)| **v > 0).map(|(n, v)| format!("{n} {v}")).collect();
     if !extra.is_empty() {
@@ -70,33 +90,59 @@ pub fn counters_table(r: &Readout) -> String {
     out
 }
 
-pub fn status_json(states: &[(State, bool)]) -> Value {
+pub fn status_json(states: &[(State, LinkHealth)]) -> Value {
     let ifs: Vec<Value> = states
         .iter()
-        .map(|(s, attached)| {
+        .map(|(s, h)| {
             json!({
-                "iface": s.iface, "hook": s.hook, "attached": attached, "rules": s.rules.len(),
+                "iface": s.iface, "netns": s.netns, "netns_cookie": s.netns_cookie, "ifindex": s.ifindex,
+                "hook": s.hook, "attached": *h == LinkHealth::Attached, "link": h.as_str(), "rules": s.rules.len(),
                 "default": s.default_action, "rules_file": s.rules_file, "digest": s.digest,
-                "loaded_at": s.loaded_at, "loaded_at_utc": utc(s.loaded_at), "generation": s.generation, "netns": s.netns,
-                "flow_cache": s.flow_cache,
+                "loaded_at": s.loaded_at, "loaded_at_utc": utc(s.loaded_at), "generation": s.generation,
+                "flow_cache": s.flow_cache, "pinned": pin_dir(&s.key).display().to_string(),
             })
         })
         .collect();
     json!({ "interfaces": ifs })
 }
 
-pub fn status_table(states: &[(State, bool)]) -> String {
+pub fn status_table(states: &[(State, LinkHealth)]) -> String {
     if states.is_empty() {
         return "no interface has egress rules loaded\n".into();
     }
-    let mut rows: Vec<[String; 6]> =
-        vec![["IFACE".into(), "HOOK".into(), "RULES".into(), "LOADED (UTC)".into(), "DIGEST".into(), "RULE FILE".into()]];
-    for (s, attached) in states {
-        let hook = if *attached { s.hook.clone() } else { format!("{} (link gone)", s.hook) };
+    let mut rows: Vec<[String; 8]> = vec![[
+        "NETNS".into(),
+        "IFACE".into(),
+        "HOOK".into(),
+        "LINK".into(),
+        "RULES".into(),
+        "LOADED (UTC)".into(),
+        "DIGEST".into(),
+        "RULE FILE".into(),
+    ]];
+    for (s, h) in states {
         let digest: String = s.digest.chars().take(19).collect();
-        rows.push([s.iface.clone(), hook, s.rules.len().to_string(), utc(s.loaded_at), digest, s.rules_file.clone()]);
+        rows.push([
+            s.netns.clone(),
+            s.iface.clone(),
+            s.hook.clone(),
+            h.as_str().into(),
+            s.rules.len().to_string(),
+            utc(s.loaded_at),
+            digest,
+            s.rules_file.clone(),
+        ]);
     }
-    table(&rows)
+    let mut out = table(&rows);
+    if states.iter().any(|(_, h)| *h != LinkHealth::Attached) {
+        out.push_str("severed: the interface or its namespace is gone; `egress status --prune` removes what is left\n");
+    }
+    out
+}
+
+/// Unix seconds as RFC 3339 UTC ("2026-11-25T04:22:00Z").
+pub fn rfc3339(secs: u64) -> String {
+    utc(secs).replacen(' ', "T", 1) + "Z"
 }
 
 /// Unix seconds as "YYYY-MM-DD HH:MM:SS" (UTC), without a date crate.
@@ -145,5 +191,6 @@ mod tests {
     fn utc_formats() {
         assert_eq!(super::utc(0), "1970-01-01 00:00:00");
         assert_eq!(super::utc(1_795_000_000), "2026-11-18 11:06:40");
+        assert_eq!(super::rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
     }
 }

@@ -5,8 +5,10 @@ pub mod counters;
 pub mod dataplane;
 pub mod packet;
 pub mod reference;
+pub mod reload;
 pub mod rules;
 pub mod ruleset_gen;
+pub mod service;
 
 /// SHA-256 of a rule file's bytes, as "sha256:HEX".
 pub fn digest(bytes: &[u8]) -> String {

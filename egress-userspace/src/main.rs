@@ -1,20 +1,19 @@
 //! The `egress` binary: parse arguments, run, map errors to exit codes.
-//! 0 = success, 2 = invalid rule file or usage, 1 = anything else.
+//! 0 = success, 2 = invalid rule file, config or usage, 1 = anything else.
 
 mod cli;
 
-use std::{fs, path::Path, process::ExitCode};
+use std::{fs, process::ExitCode};
 
-use anyhow::Context as _;
 use clap::Parser as _;
 use egress::{
-    compile::{self, Compiled},
     counters, dataplane,
-    rules::{self, RuleSet},
+    reload::{self, ReloadError},
+    service,
 };
 use serde_json::json;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, LogFormat};
 
 /// mimalloc: parsing and compiling a large rule file makes millions of small
 /// allocations; glibc's malloc spent a fifth of `apply` on them.
@@ -23,25 +22,38 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// An error for which exit status 2 applies (bad input, not a system failure).
 #[derive(Debug)]
-struct InputError(anyhow::Error);
+struct InputError(String);
 
 impl std::fmt::Display for InputError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.0)
+        f.write_str(&self.0)
     }
 }
 impl std::error::Error for InputError {}
 
+fn input(e: ReloadError) -> anyhow::Error {
+    match e {
+        ReloadError::Input(m) => anyhow::Error::new(InputError(m)),
+        ReloadError::Dataplane(d) => anyhow::Error::new(d),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EGRESS_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let (default_level, json_logs) = match &cli.command {
+        Command::Run { log_format, .. } => ("info", *log_format == LogFormat::Json),
+        _ => ("warn", false),
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("EGRESS_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json_logs {
+        fmt.json().flatten_event(true).init();
+    } else {
+        fmt.init();
+    }
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             if let Some(input) = e.downcast_ref::<InputError>() {
                 eprintln!("error: {input}");
@@ -54,16 +66,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Reads, validates and compiles a rule file; every failure is an [`InputError`].
-fn load_rules(path: &Path) -> anyhow::Result<(RuleSet, Compiled, String)> {
-    let shown = path.display().to_string();
-    let bytes = fs::read(path).with_context(|| format!("read rule file {shown}")).map_err(|e| anyhow::Error::new(InputError(e)))?;
-    let text = String::from_utf8(bytes.clone()).map_err(|_| anyhow::Error::new(InputError(anyhow::anyhow!("{shown}: not UTF-8 text"))))?;
-    let rs = rules::parse(&shown, &text).map_err(|e| anyhow::Error::new(InputError(e.into())))?;
-    let compiled = compile::compile(&rs).map_err(|e| anyhow::Error::new(InputError(anyhow::anyhow!("{shown}: {e}"))))?;
-    Ok((rs, compiled, egress::digest(&bytes)))
-}
-
 fn need_root(what: &str) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -72,7 +74,18 @@ fn need_root(what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// Root, the namespace asked for with --netns, and the host's bpffs; all before
+/// any thread starts (setns refuses multi-threaded callers for mount namespaces).
+fn enter(what: &str, netns: &Option<String>) -> anyhow::Result<()> {
+    need_root(what)?;
+    if let Some(ns) = netns {
+        dataplane::enter_netns(ns)?;
+    }
+    dataplane::enter_host_mount_ns()?;
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { rules, json } => {
             if json {
@@ -81,116 +94,82 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     && let Err(e) = egress::rules::parse(&rules.display().to_string(), &text)
                 {
                     println!("{}", json!({"file": rules.display().to_string(), "valid": false, "problems": e.problems}));
-                    return Err(anyhow::Error::new(InputError(e.into())));
+                    return Err(anyhow::Error::new(InputError(e.to_string())));
                 }
             }
-            let (rs, compiled, digest) = load_rules(&rules)?;
+            let p = reload::prepare(&rules).map_err(input)?;
             if json {
                 let counts: serde_json::Map<String, serde_json::Value> =
-                    compiled.entry_counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+                    p.compiled.entry_counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
                 println!(
                     "{}",
-                    json!({"file": rules.display().to_string(), "valid": true, "rules": rs.rules.len(),
-                           "default": rs.default_policy.as_str(), "digest": digest, "map_entries": counts})
+                    json!({"file": p.file, "valid": true, "rules": p.rules.rules.len(),
+                           "default": p.rules.default_policy.as_str(), "digest": p.digest, "map_entries": counts})
                 );
             } else {
                 println!(
                     "{}: ok, {} rules, default {}, {}",
-                    rules.display(),
-                    rs.rules.len(),
-                    rs.default_policy.as_str(),
-                    entries(&compiled)
+                    p.file,
+                    p.rules.rules.len(),
+                    p.rules.default_policy.as_str(),
+                    reload::entries(&p.compiled)
                 );
             }
-            Ok(())
         }
         Command::Apply { iface, rules, flow_cache, json } => {
-            let (rs, compiled, digest) = load_rules(&rules)?;
-            need_root("apply")?;
-            let rules_file = fs::canonicalize(&rules).unwrap_or(rules.clone()).display().to_string();
-            dataplane::enter_host_mount_ns()?;
-            let infos = rs
-                .rules
-                .iter()
-                .map(|r| dataplane::RuleInfo { name: r.name.clone(), action: r.action.as_str().to_string(), summary: r.summary() })
-                .collect();
-            let applied = dataplane::apply(dataplane::ApplyRequest {
-                iface: &iface,
-                compiled: &compiled,
-                flow_cache,
-                rules_file,
-                digest,
-                default_action: rs.default_policy.as_str().to_string(),
-                rules: infos,
-            })?;
-            let st = &applied.state;
+            let p = reload::prepare(&rules).map_err(input)?;
+            enter("apply", &cli.netns)?;
+            let target = dataplane::resolve(&iface)?;
+            let applied = reload::apply(&target, &p, flow_cache).map_err(input)?;
             if json {
-                println!(
-                    "{}",
-                    json!({"iface": st.iface, "hook": st.hook, "replaced": applied.replaced, "generation": st.generation,
-                           "rules": st.rules.len(), "default": st.default_action, "digest": st.digest, "flow_cache": st.flow_cache,
-                           "rules_file": st.rules_file, "pinned": dataplane::pin_dir(&iface).display().to_string()})
-                );
+                println!("{}", reload::applied_json(&applied));
             } else {
-                let deny = rs.rules.iter().filter(|r| r.action == rules::Action::Deny).count();
-                println!(
-                    "{} {} on {} ({} egress hook, generation {})",
-                    if applied.replaced { "replaced rules" } else { "applied" },
-                    rules.display(),
-                    iface,
-                    st.hook,
-                    st.generation
-                );
-                println!("  default policy  {}", st.default_action);
-                println!("  rules           {} ({} deny, {} allow)", rs.rules.len(), deny, rs.rules.len() - deny);
-                println!("  map entries     {}", entries(&compiled));
-                println!("  digest          {}", st.digest);
-                println!("  pinned at       {}", dataplane::pin_dir(&iface).display());
-                println!("  counters        egress counters --iface {iface}");
+                print!("{}", reload::applied_text(&applied, &p));
             }
-            Ok(())
         }
         Command::Counters { iface, json } => {
-            need_root("counters")?;
-            dataplane::enter_host_mount_ns()?;
-            let r = dataplane::read_counters(&iface)?;
+            enter("counters", &cli.netns)?;
+            let r = dataplane::read_counters(&dataplane::resolve_or_state(&iface)?)?;
             if json {
                 println!("{}", counters::counters_json(&r));
             } else {
                 print!("{}", counters::counters_table(&r));
             }
-            Ok(())
         }
-        Command::Status { json } => {
-            need_root("status")?;
-            dataplane::enter_host_mount_ns()?;
-            let states: Vec<_> = dataplane::all_states()?
-                .into_iter()
-                .map(|s| {
-                    let attached = dataplane::link_present(&s.iface) || s.nl_priority.is_some();
-                    (s, attached)
-                })
-                .collect();
+        Command::Status { json, prune } => {
+            enter("status", &cli.netns)?;
+            let pruned = if prune { dataplane::prune()? } else { Vec::new() };
+            let states = dataplane::statuses()?;
             if json {
-                println!("{}", counters::status_json(&states));
+                let mut v = counters::status_json(&states);
+                if prune {
+                    v["pruned"] = pruned.iter().map(|s| json!({"iface": s.iface, "netns": s.netns, "ifindex": s.ifindex})).collect();
+                }
+                println!("{v}");
             } else {
+                for s in &pruned {
+                    println!("pruned {} (netns {}, ifindex {}): its interface is gone", s.iface, s.netns, s.ifindex);
+                }
                 print!("{}", counters::status_table(&states));
             }
-            Ok(())
         }
         Command::Detach { iface } => {
-            need_root("detach")?;
-            dataplane::enter_host_mount_ns()?;
-            if dataplane::detach(&iface)? {
+            enter("detach", &cli.netns)?;
+            let target = dataplane::resolve_or_state(&iface)?;
+            if dataplane::detach(&target)? {
                 println!("detached egress from {iface}; its traffic is no longer filtered");
-                Ok(())
             } else {
-                anyhow::bail!("no rules loaded on {iface} (nothing pinned under {})", dataplane::pin_dir(&iface).display())
+                anyhow::bail!("no rules loaded on {iface} in network namespace {}", target.netns)
             }
         }
+        Command::Run { config, detach_on_exit, log_format: _, recheck } => {
+            // The config is checked before anything else, so a bad one exits 2.
+            let cfg = service::Config::load(&config).map_err(|e| anyhow::Error::new(InputError(e)))?;
+            enter("run", &cli.netns)?;
+            let opts =
+                service::Options { config_path: config, detach_on_exit, recheck: std::time::Duration::from_secs_f64(recheck.max(0.05)) };
+            return Ok(ExitCode::from(service::run(cfg, opts)?));
+        }
     }
-}
-
-fn entries(c: &Compiled) -> String {
-    c.entry_counts().iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+    Ok(ExitCode::SUCCESS)
 }

@@ -250,7 +250,7 @@ fn item_span(item: &Item) -> Option<Range<usize>> {
 }
 
 /// Did-you-mean for an unknown key.
-fn suggest(key: &str, known: &[&str]) -> String {
+pub(crate) fn suggest(key: &str, known: &[&str]) -> String {
     let best = known.iter().map(|k| (strsim_distance(key, k), *k)).min().filter(|(d, _)| *d <= 2);
     match best {
         Some((_, k)) => format!("unknown key '{key}' (did you mean '{k}'?)"),
@@ -273,7 +273,7 @@ fn strsim_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-fn line_starts(text: &str) -> Vec<usize> {
+pub(crate) fn line_starts(text: &str) -> Vec<usize> {
     std::iter::once(0).chain(text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i + 1)).collect()
 }
 

@@ -46,13 +46,24 @@ impl Pair {
     pub fn new(tag: &str) -> Result<Pair> {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let id = format!("{:x}{n}", std::process::id());
-        let p = Pair {
-            a: format!("egt-{tag}-{id}-a"),
-            b: format!("egt-{tag}-{id}-b"),
-            // <= 15 bytes, unique across parallel tests: pins are keyed by interface name.
-            a_if: format!("eg{id}a"),
-            b_if: format!("eg{id}b"),
-        };
+        // <= 15 bytes; unique names make failures easy to trace (egress itself tells
+        // namespaces apart, see `Pair::named`).
+        Pair::named(tag, &format!("eg{id}a"), &format!("eg{id}b"))
+    }
+
+    /// A pair whose veth ends have the given names (any number of pairs may use the
+    /// same names: each lives in namespaces of its own).
+    pub fn named(tag: &str, a_if: &str, b_if: &str) -> Result<Pair> {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{:x}{n}", std::process::id());
+        let p = Pair { a: format!("egt-{tag}-{id}-a"), b: format!("egt-{tag}-{id}-b"), a_if: a_if.to_string(), b_if: b_if.to_string() };
+        p.create()?;
+        Ok(p)
+    }
+
+    /// (Re)creates the namespaces and the veth between them.
+    pub fn create(&self) -> Result<()> {
+        let p = self;
         sh(&["ip", "netns", "add", &p.a])?;
         sh(&["ip", "netns", "add", &p.b])?;
         sh(&["ip", "link", "add", &p.a_if, "netns", &p.a, "type", "veth", "peer", "name", &p.b_if, "netns", &p.b])?;
@@ -63,7 +74,14 @@ impl Pair {
             sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
         }
-        Ok(p)
+        Ok(())
+    }
+
+    /// Deletes both namespaces without detaching anything first (what a CI job
+    /// that forgets `egress detach` does).
+    pub fn delete_namespaces(&self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.a]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.b]).status();
     }
 
     /// Permanent neighbour entries for b on a (IPv4 and IPv6): no ARP or neighbour

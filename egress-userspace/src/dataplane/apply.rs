@@ -1,0 +1,359 @@
+//! One atomic replacement of an attachment's rule set, with counters that
+//! survive it, and what reads and removes attachments.
+//!
+//! Counters across a replacement: each generation has its own maps, so the new
+//! program starts with zeroed counters while packets already inside the old
+//! program (on other CPUs) still count into the old maps. The new state file
+//! records, for every row carried over (same name, match and action; the default
+//! row when the default policy is unchanged), its base (everything earlier
+//! generations counted) and which old slot still has to be added (`pending`).
+//! Readers add the old maps' live values while `pending` is set. After the swap
+//! we wait for an RCU grace period (no CPU can still run the old program), read
+//! the old counters, now final, fold them into the bases, clear `pending` and
+//! remove the old pins. Every packet is counted exactly once at every moment, and
+//! a replacement interrupted at any point leaves state a reader still sums right.
+
+use std::{collections::HashMap, fs};
+
+use aya::Ebpf;
+use egress_common::{ALL_MAPS, Counter};
+
+use super::{
+    DataplaneError, Result,
+    env::{Target, ensure_bpffs, has_ethernet},
+    io_err,
+    link::{self, LinkHealth},
+    load::{LoadOptions, Loaded, flow_cache_slots, read_pinned},
+    pin_err,
+    state::{self, Count, Pending, RuleInfo, State, gen_dir, link_pin, now_unix, pin_dir},
+};
+use crate::compile::Compiled;
+
+/// What a replacement needs besides the compiled maps.
+pub struct ApplyRequest<'a> {
+    pub target: &'a Target,
+    pub compiled: &'a Compiled,
+    /// Flow verdict cache entries per family (0: off).
+    pub flow_cache: u32,
+    pub rules_file: String,
+    pub digest: String,
+    pub default_action: String,
+    /// The rules in file order (their `base` and `since` are filled in here).
+    pub rules: Vec<RuleInfo>,
+}
+
+/// A rule that the replacement removed (or changed under its name), with its final counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removed {
+    pub name: String,
+    pub action: String,
+    pub summary: String,
+    pub count: Count,
+    pub since: u64,
+}
+
+/// Outcome of an apply.
+pub struct Applied {
+    pub state: State,
+    /// A rule set was there before and has been replaced.
+    pub replaced: bool,
+    /// Rules (not counting the default row) that kept their counters.
+    pub kept: usize,
+    pub removed: Vec<Removed>,
+}
+
+fn no_state(t: &Target) -> DataplaneError {
+    DataplaneError::Other(format!(
+        "no rules loaded on {} in network namespace {} (nothing pinned under {}); run `egress apply --iface {} --rules FILE`",
+        t.iface,
+        t.netns,
+        pin_dir(&t.key()).display(),
+        t.iface
+    ))
+}
+
+/// Loads the rule set and attaches it to the interface's egress hook, or replaces
+/// the rule set already there in one atomic step. Any failure before that step
+/// leaves the old rule set enforced and its state untouched.
+pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
+    ensure_bpffs()?;
+    let t = req.target;
+    let key = t.key();
+    let _lock = state::attachment_lock(&key)?;
+    let mut prev = state::read_state(&key)?;
+    if let Some(p) = prev.as_mut() {
+        // An earlier replacement stopped before folding its counts: finish it.
+        fold_pending(p)?;
+    }
+    let lpath = link_pin(&key);
+    if let Some(p) = &prev
+        && p.nl_priority.is_none()
+        && link::health(&lpath, p.ifindex, false) != LinkHealth::Attached
+    {
+        tracing::info!(iface = t.iface, key, "the previous link is severed or gone; attaching afresh");
+        let _ = link::unlink(&t.iface, &lpath, None);
+        let _ = fs::remove_dir_all(pin_dir(&key));
+        prev = None;
+    }
+
+    let now = now_unix();
+    let generation = prev.as_ref().map(|p| p.generation + 1).unwrap_or(1);
+    let mut rules = req.rules;
+    let mut slots: Vec<(u32, u32)> = Vec::new();
+    let mut carried: Vec<bool> = prev.as_ref().map(|p| vec![false; p.rules.len()]).unwrap_or_default();
+    let (mut default_base, mut default_since) = (Count::default(), now);
+    if let Some(p) = &prev {
+        let by_name: HashMap<&str, usize> = p.rules.iter().enumerate().map(|(j, r)| (r.name.as_str(), j)).collect();
+        for (i, r) in rules.iter_mut().enumerate() {
+            match by_name.get(r.name.as_str()) {
+                Some(&j) if p.rules[j].same_rule(r) => {
+                    r.base = p.rules[j].base;
+                    r.since = p.rules[j].since;
+                    slots.push((i as u32 + 1, j as u32 + 1));
+                    carried[j] = true;
+                }
+                _ => {
+                    r.base = Count::default();
+                    r.since = now;
+                }
+            }
+        }
+        if p.default_action == req.default_action {
+            (default_base, default_since) = (p.default_base, p.default_since);
+            slots.push((0, 0));
+        }
+    } else {
+        for r in &mut rules {
+            r.base = Count::default();
+            r.since = now;
+        }
+    }
+
+    let opts = LoadOptions {
+        has_eth: has_ethernet(&t.iface)?,
+        // Wraps after 4 billion applies; 0 is skipped because the program reserves it.
+        generation: (generation % u64::from(u32::MAX)) as u32 + 1,
+        flow_cache: req.flow_cache,
+    };
+    let mut loaded = Loaded::with_options(req.compiled, &opts)?;
+    let gdir = gen_dir(&key, generation);
+    // Pin the new maps before the switch so that readers can follow at once.
+    let pin_maps = |ebpf: &Ebpf| -> Result<()> {
+        fs::create_dir_all(&gdir).map_err(io_err(format!("create {}", gdir.display())))?;
+        for name in ALL_MAPS {
+            let m = ebpf.map(name).ok_or_else(|| DataplaneError::Other(format!("map {name} missing")))?;
+            let path = gdir.join(name);
+            let _ = fs::remove_file(&path);
+            m.pin(&path).map_err(pin_err(format!("pin map {name} at {}", path.display())))?;
+        }
+        Ok(())
+    };
+    if let Err(e) = pin_maps(&loaded.ebpf) {
+        let _ = fs::remove_dir_all(&gdir);
+        return Err(e);
+    }
+    let replaced = lpath.exists() || prev.as_ref().is_some_and(|p| p.nl_priority.is_some());
+    let prev_nl = prev.as_ref().and_then(|p| Some((p.nl_priority?, p.nl_handle?)));
+    let hook = match loaded.program().and_then(|prog| link::switch(prog, &t.iface, &lpath, prev_nl)) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&gdir);
+            return Err(e);
+        }
+    };
+    drop(loaded);
+
+    let mut st = State {
+        key: key.clone(),
+        iface: t.iface.clone(),
+        ifindex: t.ifindex,
+        netns_cookie: t.netns_cookie,
+        netns: t.netns.clone(),
+        hook: hook.kind,
+        rules_file: req.rules_file,
+        digest: req.digest,
+        loaded_at: now,
+        generation,
+        default_action: req.default_action,
+        rules,
+        default_base,
+        default_since,
+        stats_base: prev.as_ref().map(|p| p.stats_base.clone()).unwrap_or_default(),
+        flow_cache: flow_cache_slots(req.flow_cache),
+        pending: prev.as_ref().map(|p| Pending { generation: p.generation, slots }),
+        nl_priority: hook.nl_priority,
+        nl_handle: hook.nl_handle,
+    };
+    state::write_state(&st)?;
+    let old_final = fold_pending(&mut st)?;
+    let mut removed = Vec::new();
+    if let Some(p) = &prev {
+        for (j, r) in p.rules.iter().enumerate() {
+            if carried[j] {
+                continue;
+            }
+            let last = old_final.as_ref().and_then(|(c, _)| c.get(j + 1)).map(count).unwrap_or_default();
+            removed.push(Removed {
+                name: r.name.clone(),
+                action: r.action.clone(),
+                summary: r.summary.clone(),
+                count: r.base + last,
+                since: r.since,
+            });
+        }
+    }
+    let kept = carried.iter().filter(|c| **c).count();
+    Ok(Applied { state: st, replaced, kept, removed })
+}
+
+fn count(c: &Counter) -> Count {
+    Count { packets: c.packets, bytes: c.bytes }
+}
+
+/// Finishes a replacement: waits until no CPU runs the previous program, adds its
+/// final counts to the bases, clears `pending`, removes its pins. Returns the
+/// previous generation's final counters and STATS (None when nothing was pending).
+fn fold_pending(st: &mut State) -> Result<Option<(Vec<Counter>, Vec<u64>)>> {
+    let Some(p) = st.pending.clone() else {
+        return Ok(None);
+    };
+    link::wait_for_running_programs()?;
+    let gdir = gen_dir(&st.key, p.generation);
+    let old = match read_pinned(&gdir) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(key = st.key, generation = p.generation, "counts of the previous generation could not be read: {e}");
+            None
+        }
+    };
+    if let Some((c, s)) = &old {
+        for &(new, old_slot) in &p.slots {
+            let add = c.get(old_slot as usize).map(count).unwrap_or_default();
+            if new == 0 {
+                st.default_base = st.default_base + add;
+            } else if let Some(r) = st.rules.get_mut(new as usize - 1) {
+                r.base = r.base + add;
+            }
+        }
+        if st.stats_base.len() < s.len() {
+            st.stats_base.resize(s.len(), 0);
+        }
+        for (b, v) in st.stats_base.iter_mut().zip(s) {
+            *b += v;
+        }
+    }
+    st.pending = None;
+    state::write_state(st)?;
+    let _ = fs::remove_dir_all(&gdir);
+    Ok(old)
+}
+
+/// Counters of an attachment, as they stand: bases plus live counts.
+pub struct Readout {
+    pub state: State,
+    /// Index 0 = default policy, i = rule i (file order).
+    pub counters: Vec<Count>,
+    pub stats: Vec<u64>,
+    pub health: LinkHealth,
+}
+
+pub fn read_counters(t: &Target) -> Result<Readout> {
+    ensure_bpffs()?;
+    let key = t.key();
+    // A replacement may fold and remove the previous generation between our reads
+    // of the state and of its maps; the state written before the removal is then
+    // complete, so read again.
+    let mut last_err = None;
+    for _ in 0..5 {
+        let st = state::read_state(&key)?.ok_or_else(|| no_state(t))?;
+        match readout(st) {
+            Ok(r) => return Ok(r),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| no_state(t)))
+}
+
+fn readout(st: State) -> Result<Readout> {
+    let (live, stats) = read_pinned(&gen_dir(&st.key, st.generation))?;
+    let mut counters: Vec<Count> = Vec::with_capacity(st.rules.len() + 1);
+    counters.push(st.default_base + live.first().map(count).unwrap_or_default());
+    for (i, r) in st.rules.iter().enumerate() {
+        counters.push(r.base + live.get(i + 1).map(count).unwrap_or_default());
+    }
+    let mut stats: Vec<u64> = stats.iter().enumerate().map(|(i, v)| v + st.stats_base.get(i).copied().unwrap_or(0)).collect();
+    if let Some(p) = &st.pending {
+        let (old, old_stats) = read_pinned(&gen_dir(&st.key, p.generation))?;
+        for &(new, old_slot) in &p.slots {
+            if let (Some(c), Some(o)) = (counters.get_mut(new as usize), old.get(old_slot as usize)) {
+                *c = *c + count(o);
+            }
+        }
+        for (s, o) in stats.iter_mut().zip(old_stats) {
+            *s += o;
+        }
+    }
+    let health = link::health(&link_pin(&st.key), st.ifindex, st.nl_priority.is_some());
+    Ok(Readout { state: st, counters, stats, health })
+}
+
+/// Removes the program from the interface and deletes its pins and state.
+/// Returns false when nothing was loaded there.
+pub fn detach(t: &Target) -> Result<bool> {
+    ensure_bpffs()?;
+    remove_attachment(&t.key(), &t.iface)
+}
+
+fn remove_attachment(key: &str, iface: &str) -> Result<bool> {
+    let _lock = state::attachment_lock(key)?;
+    let st = state::read_state(key)?;
+    let nl = st.as_ref().and_then(|s| Some((s.nl_priority?, s.nl_handle?)));
+    let mut found = link::unlink(iface, &link_pin(key), nl)?;
+    let dir = pin_dir(key);
+    if dir.exists() {
+        found = true;
+        fs::remove_dir_all(&dir).map_err(io_err(format!("remove {}", dir.display())))?;
+    }
+    found |= state::remove_state(key)?;
+    Ok(found)
+}
+
+/// Every attachment with its link's health.
+pub fn statuses() -> Result<Vec<(State, LinkHealth)>> {
+    ensure_bpffs()?;
+    Ok(state::all_states()?
+        .into_iter()
+        .map(|s| {
+            let h = link::health(&link_pin(&s.key), s.ifindex, s.nl_priority.is_some());
+            (s, h)
+        })
+        .collect())
+}
+
+/// Removes every attachment whose link no longer reaches its interface (the
+/// interface or its whole namespace was deleted): pins and state. Returns them.
+pub fn prune() -> Result<Vec<State>> {
+    let mut out = Vec::new();
+    for (s, h) in statuses()? {
+        if h == LinkHealth::Attached {
+            continue;
+        }
+        // Look again under the lock: an apply may be attaching afresh right now.
+        let _lock = state::attachment_lock(&s.key)?;
+        let h = link::health(&link_pin(&s.key), s.ifindex, s.nl_priority.is_some());
+        drop(_lock);
+        if h != LinkHealth::Attached && remove_attachment(&s.key, &s.iface)? {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+/// The state and link health of one attachment, if it has rules loaded.
+pub fn status_of(t: &Target) -> Result<Option<(State, LinkHealth)>> {
+    let Some(s) = state::read_state(&t.key())? else {
+        return Ok(None);
+    };
+    let h = link::health(&link_pin(&s.key), s.ifindex, s.nl_priority.is_some());
+    Ok(Some((s, h)))
+}

@@ -1,0 +1,335 @@
+//! Loading: create the maps of one rule-set generation, write the compiled rule
+//! set into them in batches, load the program through the verifier. Also reads
+//! the per-CPU counters of a generation (live or pinned).
+
+use std::{io, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Map, MapData, PerCpuArray},
+    programs::{ProgramError, SchedClassifier},
+};
+use egress_common::{
+    Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_DEFAULT_ACTION, GLOBAL_FLOW_MASK, GLOBAL_GENERATION, GLOBAL_HAS_ETH, ListSlot, Lists,
+    MAP_COUNTERS, MAP_DST_V4, MAP_DST_V6, MAP_FLOW_V4, MAP_FLOW_V6, MAP_LISTS, MAP_PAIR_V4, MAP_PAIR_V6, MAP_RANGES, MAP_STATS,
+    MAX_FLOW_CACHE_ENTRIES, PROGRAM_NAME, PairKeyV4, PairKeyV6, PortRange, STATS_LEN,
+};
+
+use super::{DataplaneError, EBPF_OBJECT, Result, map_err, prog_err};
+use crate::compile::{Compiled, Prefix};
+
+/// A loaded (not attached) classifier holding one compiled rule set.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+}
+
+/// How to load a rule set besides the rules themselves.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Frames start with an Ethernet header (false for tun/WireGuard).
+    pub has_eth: bool,
+    /// Rule-set generation stamped into flow-cache entries (never 0).
+    pub generation: u32,
+    /// Flow verdict cache entries per address family; 0 turns the cache off.
+    pub flow_cache: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { has_eth: true, generation: 1, flow_cache: FLOW_CACHE_ENTRIES }
+    }
+}
+
+/// The flow-cache slots per family a request gets: 0 (off), or a power of two (the
+/// program masks the hash) up to `MAX_FLOW_CACHE_ENTRIES`.
+pub fn flow_cache_slots(requested: u32) -> u32 {
+    if requested == 0 { 0 } else { requested.min(MAX_FLOW_CACHE_ENTRIES).next_power_of_two() }
+}
+
+impl Loaded {
+    /// Creates the maps, writes the rule set into them and loads the program
+    /// through the verifier. Nothing is attached.
+    pub fn new(c: &Compiled, has_eth: bool) -> Result<Loaded> {
+        Self::with_options(c, &LoadOptions { has_eth, ..LoadOptions::default() })
+    }
+
+    /// As [`Loaded::new`], with every load option.
+    pub fn with_options(c: &Compiled, o: &LoadOptions) -> Result<Loaded> {
+        let has_eth: u32 = o.has_eth as u32;
+        let generation = o.generation.max(1);
+        let slots = flow_cache_slots(o.flow_cache);
+        // An array needs at least one slot even when the cache is off.
+        let cache_entries = slots.max(1);
+        let mask: u32 = if slots == 0 { u32::MAX } else { slots - 1 };
+        let mut ebpf = EbpfLoader::new()
+            .override_global(GLOBAL_DEFAULT_ACTION, &c.default_action, true)
+            .override_global(GLOBAL_HAS_ETH, &has_eth, true)
+            .override_global(GLOBAL_GENERATION, &generation, true)
+            .override_global(GLOBAL_FLOW_MASK, &mask, true)
+            .map_max_entries(MAP_COUNTERS, c.counter_slots)
+            // Arrays are preallocated: exactly the rule set's size (at least 1).
+            .map_max_entries(MAP_LISTS, (c.list_slots.len() as u32).max(1))
+            .map_max_entries(MAP_RANGES, (c.ranges.len() as u32).max(1))
+            .map_max_entries(MAP_FLOW_V4, cache_entries)
+            .map_max_entries(MAP_FLOW_V6, cache_entries)
+            .load(EBPF_OBJECT)
+            .map_err(|source| DataplaneError::Ebpf { op: "load the eBPF object (create maps)".into(), source: Box::new(source) })?;
+        fill(&mut ebpf, c)?;
+        let prog = classifier(&mut ebpf)?;
+        if let Err(e) = prog.load() {
+            return Err(match e {
+                ProgramError::LoadError { io_error, verifier_log } => {
+                    let log = verifier_log.to_string();
+                    let lines: Vec<&str> = log.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+                    DataplaneError::Verifier { source: io_error, log: tail }
+                }
+                other => DataplaneError::Program { op: "load the classifier".into(), source: other },
+            });
+        }
+        Ok(Loaded { ebpf })
+    }
+
+    pub fn program(&mut self) -> Result<&mut SchedClassifier> {
+        classifier(&mut self.ebpf)
+    }
+
+    /// Summed counters (index 0 = default policy).
+    pub fn counters(&self) -> Result<Vec<Counter>> {
+        let map = self.ebpf.map(MAP_COUNTERS).ok_or_else(|| DataplaneError::Other("no COUNTERS map".into()))?;
+        let arr: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(map).map_err(map_err("open COUNTERS"))?;
+        sum_counters(&arr)
+    }
+
+    pub fn stats(&self) -> Result<Vec<u64>> {
+        let map = self.ebpf.map(MAP_STATS).ok_or_else(|| DataplaneError::Other("no STATS map".into()))?;
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(map_err("open STATS"))?;
+        sum_stats(&arr)
+    }
+}
+
+pub(super) fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    let prog = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or_else(|| DataplaneError::Other(format!("program {PROGRAM_NAME} missing from the eBPF object")))?;
+    prog.try_into().map_err(prog_err("program is not a TC classifier"))
+}
+
+fn v4(p: &Prefix) -> [u8; 4] {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&p.addr[..4]);
+    a
+}
+fn v6(p: &Prefix) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&p.addr[..16]);
+    a
+}
+
+/// The bytes of a plain-old-data map key or value.
+fn pod_bytes<T: aya::Pod>(v: &T) -> &[u8] {
+    // SAFETY: `Pod` types are `Copy`, `#[repr(C)]` and have no padding (egress-common
+    // asserts their sizes), so every byte is initialised.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+/// Map entries laid out as the kernel reads them in a batch: keys in one buffer
+/// (for an LPM trie `u32 prefix length (host order) ‖ data`, for an array the u32
+/// index), values in another.
+struct Batch {
+    keys: Vec<u8>,
+    values: Vec<u8>,
+    count: usize,
+}
+
+impl Batch {
+    fn with_capacity<K, V>(n: usize) -> Batch {
+        Batch {
+            keys: Vec::with_capacity(n * (4 + std::mem::size_of::<K>())),
+            values: Vec::with_capacity(n * std::mem::size_of::<V>()),
+            count: 0,
+        }
+    }
+    fn push<K: aya::Pod, V: aya::Pod>(&mut self, prefix_len: u32, key: &K, value: &V) {
+        self.keys.extend_from_slice(&prefix_len.to_ne_bytes());
+        self.keys.extend_from_slice(pod_bytes(key));
+        self.values.extend_from_slice(pod_bytes(value));
+        self.count += 1;
+    }
+    /// An array entry: the key is the index.
+    fn push_index<V: aya::Pod>(&mut self, index: u32, value: &V) {
+        self.keys.extend_from_slice(&index.to_ne_bytes());
+        self.values.extend_from_slice(pod_bytes(value));
+        self.count += 1;
+    }
+}
+
+/// `union bpf_attr` as BPF_MAP_UPDATE_BATCH reads it.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+/// Entries per batch syscall: big enough that the syscall cost vanishes, small
+/// enough that a failing entry is found quickly.
+const BATCH_CHUNK: usize = 65_536;
+
+/// Writes a batch into a map with BPF_MAP_UPDATE_BATCH, one syscall per
+/// [`BATCH_CHUNK`] entries. Kernels without batch support for the map type
+/// (EINVAL/ENOTSUPP before any entry is written) get one update per entry.
+fn write_batch(ebpf: &mut Ebpf, name: &str, b: &Batch) -> Result<()> {
+    if b.count == 0 {
+        return Ok(());
+    }
+    let (ks, vs) = (b.keys.len() / b.count, b.values.len() / b.count);
+    let map = ebpf.map_mut(name).ok_or_else(|| DataplaneError::Other(format!("map {name} missing from the eBPF object")))?;
+    let data: &MapData = match map {
+        Map::LpmTrie(m) | Map::Array(m) => m,
+        _ => {
+            return Err(DataplaneError::Other(format!("map {name} is neither an LPM trie nor an array")));
+        }
+    };
+    let fd = {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        data.fd().as_fd().as_raw_fd() as u32
+    };
+    let mut done = 0;
+    while done < b.count {
+        let n = (b.count - done).min(BATCH_CHUNK);
+        let mut attr = BatchAttr {
+            keys: b.keys[done * ks..].as_ptr() as u64,
+            values: b.values[done * vs..].as_ptr() as u64,
+            count: n as u32,
+            map_fd: fd,
+            ..BatchAttr::default()
+        };
+        // SAFETY: attr points at live buffers holding `n` keys and values of the
+        // map's sizes; the kernel only reads them (and writes attr.count).
+        let rc =
+            unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>()) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            let unsupported = matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(524 /* ENOTSUPP */));
+            if done == 0 && attr.count == 0 && unsupported {
+                return write_one_by_one(fd, name, b, ks, vs);
+            }
+            let at = done + attr.count as usize;
+            return Err(DataplaneError::Other(format!("write map {name}: entry {at} of {}: {e}", b.count)));
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// `union bpf_attr` as BPF_MAP_UPDATE_ELEM reads it.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+
+fn write_one_by_one(fd: u32, name: &str, b: &Batch, ks: usize, vs: usize) -> Result<()> {
+    for i in 0..b.count {
+        let mut attr = ElemAttr {
+            map_fd: fd,
+            key: b.keys[i * ks..].as_ptr() as u64,
+            value: b.values[i * vs..].as_ptr() as u64,
+            ..ElemAttr::default()
+        };
+        // SAFETY: as in write_batch, for one entry.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_ELEM, &mut attr as *mut ElemAttr, std::mem::size_of::<ElemAttr>()) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return Err(DataplaneError::Other(format!("write map {name}: entry {i} of {}: {e}", b.count)));
+        }
+    }
+    Ok(())
+}
+
+/// Writes a compiled rule set into freshly created (empty) maps.
+fn fill(ebpf: &mut Ebpf, c: &Compiled) -> Result<()> {
+    let mut b = Batch::with_capacity::<[u8; 4], DstValue>(c.dst_v4.len());
+    for (p, v) in &c.dst_v4 {
+        b.push(p.len as u32, &v4(p), v);
+    }
+    write_batch(ebpf, MAP_DST_V4, &b)?;
+    let mut b = Batch::with_capacity::<[u8; 16], DstValue>(c.dst_v6.len());
+    for (p, v) in &c.dst_v6 {
+        b.push(p.len as u32, &v6(p), v);
+    }
+    write_batch(ebpf, MAP_DST_V6, &b)?;
+    let mut b = Batch::with_capacity::<PairKeyV4, Lists>(c.pair_v4.len());
+    for (class, s, list) in &c.pair_v4 {
+        b.push(32 + s.len as u32, &PairKeyV4 { dst_class: class.to_be_bytes(), src: v4(s) }, list);
+    }
+    write_batch(ebpf, MAP_PAIR_V4, &b)?;
+    let mut b = Batch::with_capacity::<PairKeyV6, Lists>(c.pair_v6.len());
+    for (class, s, list) in &c.pair_v6 {
+        b.push(32 + s.len as u32, &PairKeyV6 { dst_class: class.to_be_bytes(), src: v6(s) }, list);
+    }
+    write_batch(ebpf, MAP_PAIR_V6, &b)?;
+    let mut b = Batch::with_capacity::<u32, ListSlot>(c.list_slots.len());
+    for (i, v) in c.list_slots.iter().enumerate() {
+        b.push_index(i as u32, v);
+    }
+    write_batch(ebpf, MAP_LISTS, &b)?;
+    let mut b = Batch::with_capacity::<u32, PortRange>(c.ranges.len());
+    for (i, v) in c.ranges.iter().enumerate() {
+        b.push_index(i as u32, v);
+    }
+    write_batch(ebpf, MAP_RANGES, &b)
+}
+
+pub(super) fn sum_counters<T: std::borrow::Borrow<MapData>>(arr: &PerCpuArray<T, Counter>) -> Result<Vec<Counter>> {
+    let mut out = Vec::with_capacity(arr.len() as usize);
+    for i in 0..arr.len() {
+        let per_cpu = arr.get(&i, 0).map_err(map_err("read COUNTERS"))?;
+        let mut c = Counter::default();
+        for v in per_cpu.iter() {
+            c.packets += v.packets;
+            c.bytes += v.bytes;
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+pub(super) fn sum_stats<T: std::borrow::Borrow<MapData>>(arr: &PerCpuArray<T, u64>) -> Result<Vec<u64>> {
+    let mut out = Vec::with_capacity(STATS_LEN as usize);
+    for i in 0..arr.len() {
+        let per_cpu = arr.get(&i, 0).map_err(map_err("read STATS"))?;
+        out.push(per_cpu.iter().sum());
+    }
+    Ok(out)
+}
+
+/// Counters (summed over CPUs) and STATS of a generation whose maps are pinned in `gdir`.
+pub(super) fn read_pinned(gdir: &Path) -> Result<(Vec<Counter>, Vec<u64>)> {
+    let open = |name: &str| -> Result<MapData> {
+        let p = gdir.join(name);
+        MapData::from_pin(&p).map_err(map_err(format!("open pinned map {}", p.display())))
+    };
+    let counters = {
+        let arr: PerCpuArray<MapData, Counter> =
+            PerCpuArray::try_from(Map::PerCpuArray(open(MAP_COUNTERS)?)).map_err(map_err("open COUNTERS"))?;
+        sum_counters(&arr)?
+    };
+    let stats = {
+        let arr: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(open(MAP_STATS)?)).map_err(map_err("open STATS"))?;
+        sum_stats(&arr)?
+    };
+    Ok((counters, stats))
+}

@@ -1,0 +1,85 @@
+//! All kernel I/O. Nothing else in the crate makes BPF syscalls, joins namespaces
+//! or touches bpffs.
+//!
+//! - `env`: mount and network namespaces, bpffs, interface facts, netns cookies.
+//! - `load`: create maps, write a compiled rule set into them, load the program.
+//! - `link`: attach, replace (bpf_link_update) and detach; link health; the
+//!   RCU barrier that tells when no CPU still runs a replaced program.
+//! - `state`: the state files and pins of each attachment, locks.
+//! - `apply`: one atomic replacement with counters carried over by rule identity,
+//!   counter readout, detach, prune. `egress apply` and `egress run` both use it.
+//!
+//! An attachment is identified by the network namespace's cookie (never reused
+//! while the machine runs) and the interface index, so any number of namespaces
+//! can use the same interface name. Layout, per attachment KEY = "COOKIE-IFINDEX":
+//!   /sys/fs/bpf/egress/KEY/link        the tcx link (keeps the program attached)
+//!   /sys/fs/bpf/egress/KEY/gN/MAP      the maps of rule-set generation N
+//!   /run/egress/KEY.json               rule names, file, digest, counter bases
+
+mod apply;
+mod env;
+mod link;
+mod load;
+mod state;
+
+use std::io;
+
+use aya::programs::ProgramError;
+
+pub use apply::{Applied, ApplyRequest, Readout, Removed, apply, detach, prune, read_counters, status_of, statuses};
+pub use env::{Target, ensure_bpffs, enter_host_mount_ns, enter_netns, netns_cookie, resolve, resolve_or_state};
+pub use link::{LinkHealth, wait_for_running_programs};
+pub use load::{LoadOptions, Loaded, flow_cache_slots};
+pub use state::{Count, Pending, RuleInfo, RunLock, STATE_DIR, State, all_states, now_unix, pin_dir, read_state};
+
+/// The eBPF object, built by build.rs.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("{op}: {source}")]
+    Io { op: String, source: io::Error },
+    #[error("{op}: {source}")]
+    Ebpf { op: String, source: Box<aya::EbpfError> },
+    #[error("{op}: {source}")]
+    Map { op: String, source: aya::maps::MapError },
+    #[error("{op}: {source}")]
+    Program { op: String, source: ProgramError },
+    #[error("{op}: {source}")]
+    Pin { op: String, source: aya::pin::PinError },
+    #[error("{op}: {source}")]
+    Link { op: String, source: aya::programs::links::LinkError },
+    #[error("the kernel verifier rejected the classifier: {source}\nverifier log (tail):\n{log}")]
+    Verifier { source: io::Error, log: String },
+    /// Another process holds the lock of an interface.
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T> = std::result::Result<T, DataplaneError>;
+
+fn io_err(op: impl Into<String>) -> impl FnOnce(io::Error) -> DataplaneError {
+    let op = op.into();
+    move |source| DataplaneError::Io { op, source }
+}
+fn map_err(op: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    let op = op.into();
+    move |source| DataplaneError::Map { op, source }
+}
+fn prog_err(op: impl Into<String>) -> impl FnOnce(ProgramError) -> DataplaneError {
+    let op = op.into();
+    move |source| DataplaneError::Program { op, source }
+}
+fn pin_err(op: impl Into<String>) -> impl FnOnce(aya::pin::PinError) -> DataplaneError {
+    let op = op.into();
+    move |source| DataplaneError::Pin { op, source }
+}
+
+/// `bpf(2)` with an attribute struct; returns the raw result (fd or 0) or the error.
+fn bpf_sys<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
+    // SAFETY: `attr` is a live, correctly sized `union bpf_attr` prefix for `cmd`.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+}

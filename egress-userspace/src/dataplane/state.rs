@@ -1,0 +1,250 @@
+//! What an attachment leaves behind for later commands: the state file (rule
+//! names, file, digest, counter bases, the generation whose counts are still being
+//! carried over) and the paths of its pins. Also the locks that keep two
+//! replacements of one attachment, or two `egress run` on one interface, apart.
+
+use std::{
+    fs, io,
+    io::Write as _,
+    os::{fd::AsRawFd as _, unix::fs::DirBuilderExt as _},
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{DataplaneError, Result, io_err};
+
+pub const PIN_ROOT: &str = "/sys/fs/bpf/egress";
+pub const STATE_DIR: &str = "/run/egress";
+
+/// Pins of one attachment: `link` and one `gN` folder of maps per live generation.
+pub fn pin_dir(key: &str) -> PathBuf {
+    Path::new(PIN_ROOT).join(key)
+}
+pub(super) fn link_pin(key: &str) -> PathBuf {
+    pin_dir(key).join("link")
+}
+pub(super) fn gen_dir(key: &str, generation: u64) -> PathBuf {
+    pin_dir(key).join(format!("g{generation}"))
+}
+fn state_path(key: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{key}.json"))
+}
+
+/// Packets and bytes.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Count {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl std::ops::Add for Count {
+    type Output = Count;
+    fn add(self, o: Count) -> Count {
+        Count { packets: self.packets + o.packets, bytes: self.bytes + o.bytes }
+    }
+}
+
+/// One rule as loaded, and the counts it carries from earlier generations.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RuleInfo {
+    pub name: String,
+    pub action: String,
+    #[serde(rename = "match")]
+    pub summary: String,
+    /// Counted by earlier generations of this same rule (folded in after each
+    /// replacement); the live map adds what this generation counted.
+    #[serde(default)]
+    pub base: Count,
+    /// Unix seconds since which this rule (same name, match and action) counts.
+    #[serde(default)]
+    pub since: u64,
+}
+
+impl RuleInfo {
+    /// The same rule for counting purposes: same name, same match, same action.
+    pub fn same_rule(&self, o: &RuleInfo) -> bool {
+        self.name == o.name && self.action == o.action && self.summary == o.summary
+    }
+}
+
+/// Counts of the previous generation that are not folded into the bases yet: its
+/// maps stay pinned and readers add their live values, until no CPU can still run
+/// the previous program (an RCU grace period after the swap).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pending {
+    pub generation: u64,
+    /// (new counter slot, old counter slot) for every row carried over, the default
+    /// row (0, 0) included when the default policy did not change.
+    pub slots: Vec<(u32, u32)>,
+}
+
+/// One attachment's state, in /run/egress/KEY.json.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct State {
+    pub key: String,
+    pub iface: String,
+    pub ifindex: u32,
+    pub netns_cookie: u64,
+    /// Human name of the namespace when the rules were applied.
+    pub netns: String,
+    /// "tcx" or "clsact".
+    pub hook: String,
+    pub rules_file: String,
+    pub digest: String,
+    /// Unix seconds.
+    pub loaded_at: u64,
+    pub generation: u64,
+    pub default_action: String,
+    pub rules: Vec<RuleInfo>,
+    /// The default-policy row's counts from earlier generations and its start.
+    #[serde(default)]
+    pub default_base: Count,
+    #[serde(default)]
+    pub default_since: u64,
+    /// STATS (packets not matched against rules) from earlier generations.
+    #[serde(default)]
+    pub stats_base: Vec<u64>,
+    /// Flow verdict cache slots per family as loaded (0: off).
+    #[serde(default)]
+    pub flow_cache: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+    /// clsact only: the filter's priority and handle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nl_priority: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nl_handle: Option<u32>,
+}
+
+pub fn read_state(key: &str) -> Result<Option<State>> {
+    let p = state_path(key);
+    match fs::read_to_string(&p) {
+        Ok(s) => serde_json::from_str(&s).map(Some).map_err(|e| DataplaneError::Other(format!("{}: corrupt state file: {e}", p.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(format!("read {}", p.display()))(e)),
+    }
+}
+
+fn ensure_state_dir() -> Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(STATE_DIR).map_err(io_err(format!("create {STATE_DIR}")))
+}
+
+/// Writes the state file atomically (a new file renamed over the old one).
+pub(super) fn write_state(st: &State) -> Result<()> {
+    ensure_state_dir()?;
+    let p = state_path(&st.key);
+    let tmp = p.with_extension("json.tmp");
+    let body = serde_json::to_string(st).map_err(|e| DataplaneError::Other(e.to_string()))?;
+    fs::write(&tmp, body).map_err(io_err(format!("write {}", tmp.display())))?;
+    fs::rename(&tmp, &p).map_err(io_err(format!("rename {} to {}", tmp.display(), p.display())))
+}
+
+/// Removes the state file, and the attachment's lock file (call with the lock held).
+pub(super) fn remove_state(key: &str) -> Result<bool> {
+    let _ = fs::remove_file(Path::new(STATE_DIR).join(format!("{key}.lock")));
+    let p = state_path(key);
+    match fs::remove_file(&p) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(format!("remove {}", p.display()))(e)),
+    }
+}
+
+/// Every state file (attachments with rules loaded), sorted by namespace and interface.
+pub fn all_states() -> Result<Vec<State>> {
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(STATE_DIR) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io_err(format!("read {STATE_DIR}"))(e)),
+    };
+    for ent in rd.flatten() {
+        let name = ent.file_name().to_string_lossy().to_string();
+        if let Some(key) = name.strip_suffix(".json")
+            && let Some(st) = read_state(key)?
+        {
+            out.push(st);
+        }
+    }
+    out.sort_by(|a, b| (&a.netns, &a.iface, a.netns_cookie).cmp(&(&b.netns, &b.iface, b.netns_cookie)));
+    Ok(out)
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// An flock(2) held for as long as the value lives.
+pub struct FileLock {
+    _file: fs::File,
+}
+
+/// Locks `path` (created if needed). A holder may unlink its lock file; a waiter
+/// that then gets the lock on the unlinked inode notices (the path names another
+/// inode or none) and tries again, so two holders never coexist.
+fn flock(path: &Path, blocking: bool) -> Result<std::result::Result<FileLock, fs::File>> {
+    use std::os::unix::fs::MetadataExt as _;
+    ensure_state_dir()?;
+    loop {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err(format!("open lock {}", path.display())))?;
+        let op = if blocking { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                return Ok(Err(f));
+            }
+            return Err(io_err(format!("lock {}", path.display()))(e));
+        }
+        let held = f.metadata().map(|m| m.ino()).ok();
+        if held.is_some() && fs::metadata(path).map(|m| m.ino()).ok() == held {
+            return Ok(Ok(FileLock { _file: f }));
+        }
+    }
+}
+
+/// Serialises replacements, detach and prune of one attachment.
+pub(super) fn attachment_lock(key: &str) -> Result<FileLock> {
+    match flock(&Path::new(STATE_DIR).join(format!("{key}.lock")), true)? {
+        Ok(l) => Ok(l),
+        Err(_) => Err(DataplaneError::Other(format!("lock of {key} not granted"))),
+    }
+}
+
+/// Held by `egress run` for each interface it manages, keyed by namespace cookie
+/// and interface name (the interface may not exist yet), so a second `egress run`
+/// for the same interface refuses to start.
+pub struct RunLock {
+    _lock: FileLock,
+}
+
+impl RunLock {
+    pub fn acquire(netns_cookie: u64, iface: &str) -> Result<RunLock> {
+        let path = Path::new(STATE_DIR).join(format!("run-{netns_cookie}-{iface}.lock"));
+        match flock(&path, false)? {
+            Ok(mut lock) => {
+                // Say who holds it, for the message the next one prints.
+                let f = &mut lock._file;
+                let _ = f.set_len(0);
+                let _ = writeln!(f, "{}", std::process::id());
+                Ok(RunLock { _lock: lock })
+            }
+            Err(_) => {
+                let pid = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
+                Err(DataplaneError::Busy(format!(
+                    "another `egress run` (pid {}) already manages interface {iface} in this network namespace (lock {})",
+                    if pid.is_empty() { "unknown".to_string() } else { pid },
+                    path.display()
+                )))
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The one replacement path shared by `egress apply` and `egress run`: read the
+//! rule file, validate and compile it completely (no syscalls), and only then
+//! hand it to the dataplane for one atomic replacement. A file that does not
+//! validate is an [`ReloadError::Input`] carrying exactly the messages
+//! `egress check` prints, and nothing in the kernel is touched.
+
+use std::{fs, path::Path};
+
+use serde_json::{Value, json};
+
+use crate::{
+    compile::{self, Compiled},
+    counters::rfc3339,
+    dataplane::{self, Applied, DataplaneError, RuleInfo, Target},
+    rules::{self, RuleSet},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The rule file cannot be read or does not validate or compile (exit 2).
+    #[error("{0}")]
+    Input(String),
+    /// The kernel or the system refused (exit 1).
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+}
+
+/// A validated, compiled rule file, ready to apply.
+pub struct Prepared {
+    /// The file as given.
+    pub file: String,
+    /// The file's absolute path when it can be resolved (recorded in the state).
+    pub canonical: String,
+    pub rules: RuleSet,
+    pub compiled: Compiled,
+    pub digest: String,
+}
+
+/// Reads, validates and compiles a rule file.
+pub fn prepare(path: &Path) -> Result<Prepared, ReloadError> {
+    let shown = path.display().to_string();
+    let bytes = fs::read(path).map_err(|e| ReloadError::Input(format!("read rule file {shown}: {e}")))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| ReloadError::Input(format!("{shown}: not UTF-8 text")))?;
+    let rs = rules::parse(&shown, text).map_err(|e| ReloadError::Input(e.to_string()))?;
+    let compiled = compile::compile(&rs).map_err(|e| ReloadError::Input(format!("{shown}: {e}")))?;
+    let canonical = fs::canonicalize(path).map(|p| p.display().to_string()).unwrap_or_else(|_| shown.clone());
+    Ok(Prepared { file: shown, canonical, rules: rs, compiled, digest: crate::digest(&bytes) })
+}
+
+/// Applies a prepared rule set to an interface (attach, or replace atomically).
+pub fn apply(target: &Target, p: &Prepared, flow_cache: u32) -> Result<Applied, ReloadError> {
+    let infos = p
+        .rules
+        .rules
+        .iter()
+        .map(|r| RuleInfo {
+            name: r.name.clone(),
+            action: r.action.as_str().to_string(),
+            summary: r.summary(),
+            base: Default::default(),
+            since: 0,
+        })
+        .collect();
+    Ok(dataplane::apply(dataplane::ApplyRequest {
+        target,
+        compiled: &p.compiled,
+        flow_cache,
+        rules_file: p.canonical.clone(),
+        digest: p.digest.clone(),
+        default_action: p.rules.default_policy.as_str().to_string(),
+        rules: infos,
+    })?)
+}
+
+/// `egress apply --json`.
+pub fn applied_json(a: &Applied) -> Value {
+    let st = &a.state;
+    let removed: Vec<Value> = a
+        .removed
+        .iter()
+        .map(|r| {
+            json!({"name": r.name, "action": r.action, "match": r.summary, "packets": r.count.packets, "bytes": r.count.bytes,
+                   "since": rfc3339(r.since)})
+        })
+        .collect();
+    json!({"iface": st.iface, "netns": st.netns, "ifindex": st.ifindex, "hook": st.hook, "replaced": a.replaced,
+           "generation": st.generation, "rules": st.rules.len(), "kept": a.kept, "removed": removed,
+           "default": st.default_action, "digest": st.digest, "flow_cache": st.flow_cache, "rules_file": st.rules_file,
+           "pinned": dataplane::pin_dir(&st.key).display().to_string()})
+}
+
+/// The human summary of `egress apply`.
+pub fn applied_text(a: &Applied, p: &Prepared) -> String {
+    let st = &a.state;
+    let deny = p.rules.rules.iter().filter(|r| r.action == rules::Action::Deny).count();
+    let mut out = format!(
+        "{} {} on {} ({} egress hook, generation {})\n",
+        if a.replaced { "replaced rules" } else { "applied" },
+        p.file,
+        st.iface,
+        st.hook,
+        st.generation
+    );
+    out.push_str(&format!("  default policy  {}\n", st.default_action));
+    out.push_str(&format!("  rules           {} ({} deny, {} allow)\n", p.rules.rules.len(), deny, p.rules.rules.len() - deny));
+    if a.replaced {
+        out.push_str(&format!("  counters kept   {} rules (same name, match and action)\n", a.kept));
+        for r in &a.removed {
+            out.push_str(&format!(
+                "  removed         {} ({} {}): {} packets, {} bytes since {}\n",
+                r.name,
+                r.action,
+                r.summary,
+                r.count.packets,
+                r.count.bytes,
+                rfc3339(r.since)
+            ));
+        }
+    }
+    out.push_str(&format!("  map entries     {}\n", entries(&p.compiled)));
+    out.push_str(&format!("  digest          {}\n", st.digest));
+    if st.netns != "host" {
+        out.push_str(&format!("  netns           {}\n", st.netns));
+    }
+    out.push_str(&format!("  pinned at       {}\n", dataplane::pin_dir(&st.key).display()));
+    out.push_str(&format!("  counters        egress counters --iface {}\n", st.iface));
+    out
+}
+
+/// "DST_V4 3, DST_V6 2, ..." for summaries.
+pub fn entries(c: &Compiled) -> String {
+    c.entry_counts().iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The digest of a file's bytes as they are now (None when it cannot be read):
+/// lets a watcher skip files whose content did not change without compiling them.
+pub fn file_digest(path: &Path) -> Option<String> {
+    fs::read(path).ok().map(|b| crate::digest(&b))
+}

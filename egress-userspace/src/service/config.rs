@@ -1,0 +1,203 @@
+//! The `egress run` config file (TOML, a contract; unknown keys are errors):
+//!
+//! ```toml
+//! [[interface]]
+//! name = "eth1"                      # required
+//! rules = "/etc/egress/eth1.toml"    # required: a rule file
+//! flow_cache = 65536                 # optional, as `apply --flow-cache`
+//! ```
+//!
+//! Pure: text in, validated config or every problem (file:line, interface, field) out.
+
+use std::{
+    collections::HashSet,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use toml_edit::{ImDocument, Item, Table};
+
+use crate::rules::{line_starts, suggest};
+
+const TOP_KEYS: [&str; 1] = ["interface"];
+const IFACE_KEYS: [&str; 3] = ["name", "rules", "flow_cache"];
+
+/// One `[[interface]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IfaceConfig {
+    pub name: String,
+    /// The rule file; relative paths are taken from the config file's folder.
+    pub rules: PathBuf,
+    pub flow_cache: u32,
+    /// Line of the `[[interface]]` header.
+    pub line: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub interfaces: Vec<IfaceConfig>,
+}
+
+impl Config {
+    /// Reads and validates a config file; the error lists every problem, one a line.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let shown = path.display().to_string();
+        let text = fs::read_to_string(path).map_err(|e| format!("read config file {shown}: {e}"))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::parse(&shown, &text, &base)
+    }
+
+    /// Parses config text; `file` names it in messages, `base` resolves relative rule paths.
+    pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, String> {
+        let starts = line_starts(text);
+        let line_of = |span: Option<std::ops::Range<usize>>| span.map(|r| starts.partition_point(|&s| s <= r.start).max(1)).unwrap_or(1);
+        let mut problems: Vec<String> = Vec::new();
+        // ImDocument keeps the spans that give line numbers.
+        let parsed = match ImDocument::parse(text) {
+            Ok(d) => d,
+            Err(e) => {
+                let line = line_of(e.span());
+                return Err(format!("{file}: 1 problem found\n  {file}:{line}: {}", e.message().trim()));
+            }
+        };
+        let root: &Table = parsed.as_table();
+        for (k, item) in root.iter() {
+            if !TOP_KEYS.contains(&k) {
+                let span = root.key(k).and_then(|k| k.span()).or_else(|| item_span(item));
+                problems.push(format!("{file}:{}: {}", line_of(span), suggest(k, &TOP_KEYS)));
+            }
+        }
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        match root.get("interface") {
+            None => problems.push(format!("{file}:1: no [[interface]] entries: nothing to run")),
+            Some(Item::ArrayOfTables(arr)) => {
+                for (i, t) in arr.iter().enumerate() {
+                    let line = line_of(t.span());
+                    let label = t.get("name").and_then(|v| v.as_str()).map(str::to_string).unwrap_or_else(|| format!("#{}", i + 1));
+                    let mut bad = |span: Option<std::ops::Range<usize>>, field: &str, msg: String| {
+                        problems.push(format!(
+                            "{file}:{}: interface '{label}', field '{field}': {msg}",
+                            span.map(|s| line_of(Some(s))).unwrap_or(line)
+                        ));
+                    };
+                    for (k, item) in t.iter() {
+                        if !IFACE_KEYS.contains(&k) {
+                            bad(t.key(k).and_then(|k| k.span()).or_else(|| item_span(item)), k, suggest(k, &IFACE_KEYS));
+                        }
+                    }
+                    let name = match t.get("name") {
+                        Some(Item::Value(v)) => match v.as_str() {
+                            Some(s) if !s.is_empty() && s.len() < 16 && !s.contains(['/', ' ', '\0']) => Some(s.to_string()),
+                            Some(s) => {
+                                bad(v.span(), "name", format!("'{s}' is not an interface name (1-15 bytes, no '/' or spaces)"));
+                                None
+                            }
+                            None => {
+                                bad(v.span(), "name", "must be a string".into());
+                                None
+                            }
+                        },
+                        _ => {
+                            bad(None, "name", "missing: the interface to filter, e.g. name = \"eth1\"".into());
+                            None
+                        }
+                    };
+                    let rules = match t.get("rules") {
+                        Some(Item::Value(v)) => match v.as_str() {
+                            Some(s) if !s.is_empty() => Some(base.join(s)),
+                            _ => {
+                                bad(v.span(), "rules", "must be the path of a rule file (a string)".into());
+                                None
+                            }
+                        },
+                        _ => {
+                            bad(None, "rules", "missing: the rule file for this interface, e.g. rules = \"/etc/egress/eth1.toml\"".into());
+                            None
+                        }
+                    };
+                    let flow_cache = match t.get("flow_cache") {
+                        None => Some(egress_common::FLOW_CACHE_ENTRIES),
+                        Some(Item::Value(v)) => match v.as_integer() {
+                            Some(n) if (0..=i64::from(egress_common::MAX_FLOW_CACHE_ENTRIES)).contains(&n) => Some(n as u32),
+                            _ => {
+                                bad(
+                                    v.span(),
+                                    "flow_cache",
+                                    format!("must be an integer from 0 (off) to {}", egress_common::MAX_FLOW_CACHE_ENTRIES),
+                                );
+                                None
+                            }
+                        },
+                        Some(other) => {
+                            bad(item_span(other), "flow_cache", "must be an integer".into());
+                            None
+                        }
+                    };
+                    if let Some(n) = &name
+                        && !seen.insert(n.clone())
+                    {
+                        bad(t.get("name").and_then(item_span), "name", format!("interface '{n}' is listed twice"));
+                    }
+                    if let (Some(name), Some(rules), Some(flow_cache)) = (name, rules, flow_cache) {
+                        out.push(IfaceConfig { name, rules, flow_cache, line });
+                    }
+                }
+            }
+            Some(other) => problems.push(format!("{file}:{}: 'interface' must be [[interface]] tables", line_of(item_span(other)))),
+        }
+        if problems.is_empty() {
+            Ok(Config { interfaces: out })
+        } else {
+            let n = problems.len();
+            Err(format!("{file}: {n} problem{} found\n  {}", if n == 1 { "" } else { "s" }, problems.join("\n  ")))
+        }
+    }
+}
+
+fn item_span(item: &Item) -> Option<std::ops::Range<usize>> {
+    match item {
+        Item::Value(v) => v.span(),
+        Item::Table(t) => t.span(),
+        Item::ArrayOfTables(a) => a.span(),
+        Item::None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_interfaces_and_resolves_relative_paths() {
+        let c = Config::parse(
+            "c.toml",
+            "[[interface]]\nname = \"eth1\"\nrules = \"eth1.toml\"\n\n[[interface]]\nname = \"eth2\"\nrules = \"/abs/r.toml\"\nflow_cache = 0\n",
+            Path::new("/etc/egress"),
+        )
+        .unwrap();
+        assert_eq!(c.interfaces.len(), 2);
+        assert_eq!(c.interfaces[0].rules, Path::new("/etc/egress/eth1.toml"));
+        assert_eq!(c.interfaces[0].flow_cache, egress_common::FLOW_CACHE_ENTRIES);
+        assert_eq!(c.interfaces[1].rules, Path::new("/abs/r.toml"));
+        assert_eq!((c.interfaces[1].flow_cache, c.interfaces[1].line), (0, 5));
+    }
+
+    #[test]
+    fn reports_every_problem_with_line_and_field() {
+        let e = Config::parse(
+            "c.toml",
+            "verbose = true\n[[interface]]\nname = \"eth1\"\nrule = \"x\"\n[[interface]]\nname = \"eth1\"\nrules = \"y\"\nflow_cache = -1\n",
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert!(e.starts_with("c.toml: 5 problems found"), "{e}");
+        assert!(e.contains("c.toml:1: unknown key 'verbose'"), "{e}");
+        assert!(e.contains("c.toml:4: interface 'eth1', field 'rule': unknown key 'rule' (did you mean 'rules'?)"), "{e}");
+        assert!(e.contains("c.toml:2: interface 'eth1', field 'rules': missing"), "{e}");
+        assert!(e.contains("c.toml:8: interface 'eth1', field 'flow_cache': must be an integer"), "{e}");
+        assert!(e.contains("c.toml:6: interface 'eth1', field 'name': interface 'eth1' is listed twice"), "{e}");
+        assert!(Config::parse("c.toml", "", Path::new("/")).unwrap_err().contains("no [[interface]]"));
+        assert!(Config::parse("c.toml", "[[interface]\n", Path::new("/")).unwrap_err().contains("c.toml:1:"));
+    }
+}

@@ -1,0 +1,167 @@
+//! One interface managed by `egress run`: make what is enforced match its rule
+//! file, through the same replacement path as `egress apply`.
+
+use std::path::Path;
+
+use crate::{
+    counters::rfc3339,
+    dataplane::{self, LinkHealth, RunLock, Target},
+    reload::{self, ReloadError},
+};
+
+use super::config::IfaceConfig;
+
+/// What one reconciliation did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The rule set was attached or replaced.
+    Applied,
+    /// Enforced already (same file content, flow cache, healthy link): nothing to do.
+    Unchanged,
+    /// The interface does not exist (yet).
+    Missing,
+    /// The rule file cannot be read or does not validate; the running rules stay.
+    Invalid,
+    /// The kernel refused; the running rules stay.
+    Failed,
+}
+
+pub struct Managed {
+    pub cfg: IfaceConfig,
+    _lock: RunLock,
+    /// Where the rules were last enforced by us (to notice a re-created interface).
+    pub target: Option<Target>,
+    /// Last outcome that was logged, so a persisting condition is logged once.
+    last: Option<Outcome>,
+}
+
+impl Managed {
+    pub fn new(cfg: IfaceConfig, lock: RunLock) -> Managed {
+        Managed { cfg, _lock: lock, target: None, last: None }
+    }
+
+    /// Whether the periodic check should reconcile: the interface appeared, was
+    /// re-created (another index), or its link is no longer attached.
+    pub fn needs_check(&self) -> bool {
+        let Ok(t) = dataplane::resolve(&self.cfg.name) else {
+            return false;
+        };
+        match &self.target {
+            // Appeared since the last attempt (invalid files wait for a change or SIGHUP).
+            None => self.last == Some(Outcome::Missing),
+            Some(old) if old.key() != t.key() => true,
+            Some(_) => !matches!(dataplane::status_of(&t), Ok(Some((_, LinkHealth::Attached)))),
+        }
+    }
+
+    /// Makes the enforced rules match the rule file. `why` says what triggered it.
+    pub fn reconcile(&mut self, why: &str) -> Outcome {
+        let iface = self.cfg.name.clone();
+        let file = self.cfg.rules.display().to_string();
+        let t = match dataplane::resolve(&iface) {
+            Ok(t) => t,
+            Err(e) => {
+                if self.last != Some(Outcome::Missing) {
+                    tracing::warn!(iface, "{e}; its rules are applied when it appears");
+                }
+                return self.done(Outcome::Missing);
+            }
+        };
+        if let Some(old) = &self.target
+            && old.key() != t.key()
+        {
+            tracing::info!(
+                iface,
+                old_ifindex = old.ifindex,
+                ifindex = t.ifindex,
+                "interface re-created; applying its rules to the new one"
+            );
+            // The old link is severed: remove what it left behind.
+            if let Err(e) = dataplane::detach(old) {
+                tracing::debug!(iface, "clean up the old attachment: {e}");
+            }
+            self.target = None;
+        }
+        // Nothing to do when the enforced set is this file's content already (this
+        // also adopts what an earlier `egress run` left pinned, counters and all).
+        if let (Some(d), Ok(Some((st, LinkHealth::Attached)))) = (reload::file_digest(&self.cfg.rules), dataplane::status_of(&t))
+            && st.digest == d
+            && st.flow_cache == dataplane::flow_cache_slots(self.cfg.flow_cache)
+        {
+            if self.target.is_none() {
+                tracing::info!(iface, file, generation = st.generation, rules = st.rules.len(), "rules already enforced; adopted");
+            }
+            self.target = Some(t);
+            return self.done(Outcome::Unchanged);
+        }
+        let prepared = match reload::prepare(&self.cfg.rules) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(iface, file, "{e}\nthe running rules stay enforced");
+                return self.done(Outcome::Invalid);
+            }
+        };
+        let started = std::time::Instant::now();
+        match reload::apply(&t, &prepared, self.cfg.flow_cache) {
+            Ok(a) => {
+                let st = &a.state;
+                tracing::info!(
+                    iface,
+                    file,
+                    why,
+                    generation = st.generation,
+                    rules = st.rules.len(),
+                    kept = a.kept,
+                    removed = a.removed.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "{}",
+                    if a.replaced { "rules replaced" } else { "rules applied" }
+                );
+                for r in &a.removed {
+                    tracing::info!(
+                        iface,
+                        rule = r.name,
+                        action = r.action,
+                        packets = r.count.packets,
+                        bytes = r.count.bytes,
+                        since = rfc3339(r.since),
+                        "rule removed; final counts"
+                    );
+                }
+                self.target = Some(t);
+                self.done(Outcome::Applied)
+            }
+            Err(ReloadError::Input(m)) => {
+                tracing::error!(iface, file, "{m}\nthe running rules stay enforced");
+                self.done(Outcome::Invalid)
+            }
+            Err(ReloadError::Dataplane(e)) => {
+                tracing::error!(iface, file, "apply failed: {e}; the running rules stay enforced");
+                self.done(Outcome::Failed)
+            }
+        }
+    }
+
+    fn done(&mut self, o: Outcome) -> Outcome {
+        self.last = Some(o);
+        o
+    }
+
+    /// Whether `dir` holds this interface's rule file.
+    pub fn watches(&self, dir: &Path) -> bool {
+        self.cfg.rules.parent() == Some(dir)
+    }
+
+    /// `--detach-on-exit`, or the interface left the config.
+    pub fn detach(&mut self, why: &str) {
+        let iface = self.cfg.name.clone();
+        let target = self.target.take().or_else(|| dataplane::resolve(&iface).ok());
+        if let Some(t) = target {
+            match dataplane::detach(&t) {
+                Ok(true) => tracing::info!(iface, why, "rules detached"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(iface, "detach failed: {e}"),
+            }
+        }
+    }
+}

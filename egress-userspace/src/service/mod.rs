@@ -1,0 +1,205 @@
+//! `egress run`: a foreground service that enforces the rule files named in its
+//! config on their interfaces and follows them.
+//!
+//! - `config`: the config file (pure parser).
+//! - `iface`: one managed interface; reconciles it through `reload`, the same
+//!   replacement path as `egress apply`.
+//! - `watch`: inotify on the folders of the config and rule files.
+//! - `sd`: systemd's readiness notifications.
+//!
+//! Events: a change in a watched folder (debounced) reloads the config if its
+//! content changed and reconciles the interfaces whose rule file lives there
+//! (a file whose digest equals the enforced one costs a read, never a compile);
+//! SIGHUP reloads the config and reconciles every interface; a periodic check
+//! (`--recheck`) applies rules to interfaces that appeared or were re-created and
+//! re-attaches severed links; SIGTERM/SIGINT stop the service, leaving
+//! enforcement in place unless `--detach-on-exit`.
+
+pub mod config;
+mod iface;
+mod sd;
+mod watch;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+pub use config::{Config, IfaceConfig};
+use iface::{Managed, Outcome};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::dataplane::{self, RunLock};
+
+pub struct Options {
+    pub config_path: PathBuf,
+    pub detach_on_exit: bool,
+    /// Period of the check for missing, re-created or severed interfaces.
+    pub recheck: Duration,
+}
+
+/// Runs the service until SIGTERM/SIGINT. Returns the exit status: 0 after a
+/// signal; 2 when at start no interface could be applied because of invalid rule
+/// files, 1 for any other failure to start.
+pub fn run(cfg: Config, opts: Options) -> anyhow::Result<u8> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(service(cfg, opts))
+}
+
+struct Service {
+    opts: Options,
+    cookie: u64,
+    ifaces: BTreeMap<String, Managed>,
+    config_digest: Option<String>,
+}
+
+impl Service {
+    fn files(&self) -> Vec<&Path> {
+        std::iter::once(self.opts.config_path.as_path()).chain(self.ifaces.values().map(|m| m.cfg.rules.as_path())).collect()
+    }
+
+    /// Brings the managed set in line with a (new) config: new interfaces are
+    /// locked and applied, removed ones detached, changed ones reconciled.
+    fn adopt_config(&mut self, cfg: Config, why: &str) {
+        let names: Vec<String> = cfg.interfaces.iter().map(|c| c.name.clone()).collect();
+        let gone: Vec<String> = self.ifaces.keys().filter(|n| !names.contains(n)).cloned().collect();
+        for n in gone {
+            if let Some(mut m) = self.ifaces.remove(&n) {
+                m.detach("removed from the config");
+            }
+        }
+        for c in cfg.interfaces {
+            match self.ifaces.get_mut(&c.name) {
+                Some(m) => {
+                    let changed = m.cfg != c;
+                    m.cfg = c;
+                    if changed {
+                        m.reconcile(why);
+                    }
+                }
+                None => match RunLock::acquire(self.cookie, &c.name) {
+                    Ok(lock) => {
+                        let name = c.name.clone();
+                        let mut m = Managed::new(c, lock);
+                        m.reconcile(why);
+                        self.ifaces.insert(name, m);
+                    }
+                    Err(e) => tracing::error!(iface = c.name, "{e}"),
+                },
+            }
+        }
+    }
+
+    fn reload_config(&mut self, why: &str, force: bool) {
+        let digest = crate::reload::file_digest(&self.opts.config_path);
+        if !force && digest == self.config_digest {
+            return;
+        }
+        match Config::load(&self.opts.config_path) {
+            Ok(cfg) => {
+                tracing::info!(config = %self.opts.config_path.display(), why, interfaces = cfg.interfaces.len(), "config loaded");
+                self.config_digest = digest;
+                self.adopt_config(cfg, why);
+            }
+            Err(e) => {
+                self.config_digest = digest;
+                tracing::error!(config = %self.opts.config_path.display(), "{e}\nthe running config stays in force");
+            }
+        }
+    }
+}
+
+async fn service(cfg: Config, opts: Options) -> anyhow::Result<u8> {
+    let cookie = dataplane::netns_cookie()?;
+    // Refuse before touching anything when another service manages one of these interfaces.
+    let mut locks = Vec::new();
+    for c in &cfg.interfaces {
+        locks.push(RunLock::acquire(cookie, &c.name)?);
+    }
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let (mut watch, mut events) = watch::Watch::new();
+
+    let config_digest = crate::reload::file_digest(&opts.config_path);
+    let mut svc = Service { opts, cookie, ifaces: BTreeMap::new(), config_digest };
+    tracing::info!(config = %svc.opts.config_path.display(), interfaces = cfg.interfaces.len(), pid = std::process::id(), "egress run starting");
+    let mut outcomes = Vec::new();
+    for (c, lock) in cfg.interfaces.into_iter().zip(locks) {
+        let name = c.name.clone();
+        let mut m = Managed::new(c, lock);
+        outcomes.push(m.reconcile("start"));
+        svc.ifaces.insert(name, m);
+    }
+    let ok = |o: &Outcome| matches!(o, Outcome::Applied | Outcome::Unchanged | Outcome::Missing);
+    if !outcomes.iter().any(ok) {
+        let code = if outcomes.iter().all(|o| *o == Outcome::Invalid) { 2 } else { 1 };
+        tracing::error!("no interface could be applied; stopping");
+        return Ok(code);
+    }
+    watch.set(&svc.files());
+    sd::notify("READY=1");
+    tracing::info!(
+        "running; SIGHUP reloads, SIGTERM stops (enforcement stays{})",
+        if svc.opts.detach_on_exit { " unless --detach-on-exit" } else { "" }
+    );
+
+    let mut tick = tokio::time::interval(svc.opts.recheck);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            _ = sighup.recv() => {
+                sd::notify("RELOADING=1");
+                tracing::info!("SIGHUP: reloading the config and every rule file");
+                svc.reload_config("SIGHUP", true);
+                for m in svc.ifaces.values_mut() {
+                    m.reconcile("SIGHUP");
+                }
+                watch.set(&svc.files());
+                sd::notify("READY=1");
+            }
+            Some(dir) = events.recv() => {
+                // Let a burst of events (write, rename, chmod) settle, then handle each folder once.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let mut dirs = vec![dir];
+                while let Ok(d) = events.try_recv() {
+                    if !dirs.contains(&d) {
+                        dirs.push(d);
+                    }
+                }
+                for d in &dirs {
+                    if svc.opts.config_path.parent() == Some(d.as_path()) {
+                        svc.reload_config("config changed", false);
+                    }
+                    for m in svc.ifaces.values_mut() {
+                        if m.watches(d) {
+                            m.reconcile("rule file changed");
+                        }
+                    }
+                }
+                watch.set(&svc.files());
+            }
+            _ = tick.tick() => {
+                for m in svc.ifaces.values_mut() {
+                    if m.needs_check() {
+                        m.reconcile("interface check");
+                    }
+                }
+                watch.set(&svc.files());
+            }
+        }
+    };
+    sd::notify("STOPPING=1");
+    if svc.opts.detach_on_exit {
+        for m in svc.ifaces.values_mut() {
+            m.detach("--detach-on-exit");
+        }
+        tracing::info!(signal = stop, "stopped; rules detached");
+    } else {
+        tracing::info!(signal = stop, "stopped; enforcement stays in place (`egress detach` removes it)");
+    }
+    Ok(0)
+}

@@ -1,0 +1,70 @@
+//! Watches the folders of the config and rule files (inotify through `notify`).
+//! Folders, not files: editors and config managers write a new file and rename it
+//! over the old one, and a watch on the old file would follow the old inode.
+//! Any event in a watched folder is reported as that folder; the service then
+//! compares file digests, so unrelated files cost a read, never a reload.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
+
+use notify::{RecursiveMode, Watcher as _};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+pub struct Watch {
+    watcher: Option<notify::RecommendedWatcher>,
+    tx: UnboundedSender<PathBuf>,
+    watched: BTreeSet<PathBuf>,
+}
+
+impl Watch {
+    pub fn new() -> (Watch, UnboundedReceiver<PathBuf>) {
+        let (tx, rx) = unbounded_channel();
+        let cb_tx = tx.clone();
+        let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| match ev {
+            Ok(ev) => {
+                for p in ev.paths {
+                    if let Some(dir) = p.parent() {
+                        let _ = cb_tx.send(dir.to_path_buf());
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("file watch: {e}"),
+        });
+        let watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!("cannot watch files ({e}); reload with SIGHUP");
+                None
+            }
+        };
+        (Watch { watcher, tx, watched: BTreeSet::new() }, rx)
+    }
+
+    /// Watches exactly the folders of `files` (adding new ones, dropping others).
+    /// A folder that cannot be watched yet (missing) is tried again on the next call.
+    pub fn set(&mut self, files: &[&Path]) {
+        let Some(w) = self.watcher.as_mut() else {
+            return;
+        };
+        let want: BTreeSet<PathBuf> = files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
+        for d in self.watched.difference(&want).cloned().collect::<Vec<_>>() {
+            let _ = w.unwatch(&d);
+            self.watched.remove(&d);
+        }
+        for d in want {
+            if self.watched.contains(&d) {
+                continue;
+            }
+            match w.watch(&d, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    // Files may have changed while the folder was not watched.
+                    let _ = self.tx.send(d.clone());
+                    self.watched.insert(d);
+                }
+                Err(e) => tracing::debug!(dir = %d.display(), "not watched yet: {e}"),
+            }
+        }
+    }
+}
