@@ -1,0 +1,214 @@
+//! `egress run` as a real process in a namespace: applies at start, follows rule
+//! files (editor-style renames, bad writes, deletion), reloads on SIGHUP, keeps
+//! counters, refuses a second instance, survives SIGKILL by adoption, applies
+//! rules to interfaces that appear or are re-created, and stops on SIGTERM
+//! leaving enforcement in place (or not, with --detach-on-exit). Needs root.
+
+use std::{process::Command, time::Duration};
+
+use egress_tests::{Daemon, Pair, egress_bin, replace_file, temp_file};
+use serde_json::Value;
+
+fn settle(p: &Pair) {
+    for _ in 0..20 {
+        if p.udp(false, 7000, 1) == 1 {
+            break;
+        }
+    }
+}
+
+fn deny(ports: &[u16]) -> String {
+    let mut s = String::from("default_policy = \"allow\"\n");
+    for p in ports {
+        s.push_str(&format!("[[rule]]\nname = \"no-{p}\"\naction = \"deny\"\nprotocol = \"udp\"\nports = \"{p}\"\n"));
+    }
+    s
+}
+
+fn config(ifaces: &[(&str, &std::path::Path)]) -> std::path::PathBuf {
+    let mut s = String::new();
+    for (name, rules) in ifaces {
+        s.push_str(&format!("[[interface]]\nname = \"{name}\"\nrules = \"{}\"\n\n", rules.display()));
+    }
+    temp_file("egress.toml", &s)
+}
+
+fn is(v: &Value, msg: &str, iface: &str) -> bool {
+    v["message"].as_str().is_some_and(|m| m.contains(msg)) && v["iface"] == iface
+}
+
+#[test]
+fn follows_the_rule_file_and_keeps_old_rules_on_bad_input() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let p = Pair::new("run").expect("namespaces");
+    settle(&p);
+    let rules = temp_file("rules.toml", &deny(&[5001]));
+    let cfg = config(&[(&p.a_if, &rules)]);
+    let mut d = Daemon::start(&p.a, &cfg, &[]);
+    d.wait_for("applied", 1, |v| is(v, "rules applied", &p.a_if));
+    assert_eq!(p.udp(false, 5001, 3), 0);
+
+    // An editor writes a new file and renames it over the old one.
+    replace_file(&rules, &deny(&[5001, 5002]));
+    let v = d.wait_for("replaced", 1, |v| is(v, "rules replaced", &p.a_if));
+    assert_eq!((v["kept"].as_u64(), v["generation"].as_u64()), (Some(1), Some(2)), "{v}");
+    assert_eq!(p.udp(false, 5002, 2), 0);
+    assert_eq!(p.udp(false, 5001, 2), 0);
+    let (c, _, json) = p.counters();
+    assert_eq!(c, vec![5, 2], "no-5001 kept its 3 and added 2: {json}");
+
+    // Truncated mid-write: logged with exactly `egress check`'s messages; old rules stay.
+    let good = std::fs::read_to_string(&rules).unwrap();
+    let cut = &good[..good.len() - 12];
+    std::fs::write(&rules, cut).unwrap();
+    let err = d.wait_for("invalid", 1, |v| v["level"] == "ERROR" && v["iface"] == p.a_if.as_str());
+    let check = Command::new(egress_bin()).args(["check", "--rules"]).arg(&rules).output().unwrap();
+    assert_eq!(check.status.code(), Some(2));
+    let check_msg = String::from_utf8_lossy(&check.stderr).trim().trim_start_matches("error: ").to_string();
+    let logged = err["message"].as_str().unwrap();
+    assert!(logged.starts_with(&check_msg), "logged:\n{logged}\n`egress check`:\n{check_msg}");
+    assert!(logged.contains("the running rules stay enforced"), "{logged}");
+    assert_eq!(p.udp(false, 5002, 2), 0, "still enforced");
+
+    // Deleted, then a directory in its place (unreadable as a file): logged, old rules stay.
+    std::fs::remove_file(&rules).unwrap();
+    d.wait_for("deleted", 1, |v| v["level"] == "ERROR" && v["message"].as_str().is_some_and(|m| m.contains("read rule file")));
+    std::fs::create_dir(&rules).unwrap();
+    d.wait_for("a directory", 2, |v| v["level"] == "ERROR" && v["message"].as_str().is_some_and(|m| m.contains("read rule file")));
+    assert_eq!(p.udp(false, 5001, 2), 0, "still enforced");
+    std::fs::remove_dir(&rules).unwrap();
+
+    // Back to a good file: applied; counters of unchanged rules continue.
+    replace_file(&rules, &deny(&[5002]));
+    let v = d.wait_for("replaced", 2, |v| is(v, "rules replaced", &p.a_if));
+    assert_eq!(v["kept"], 1, "{v}");
+    let removed = d.wait_for("removed", 1, |v| is(v, "rule removed", &p.a_if));
+    assert_eq!((removed["rule"].as_str(), removed["packets"].as_u64()), (Some("no-5001"), Some(7)), "{removed}");
+    assert_eq!(p.udp(false, 5001, 2), 2);
+    let (c, _, json) = p.counters();
+    assert_eq!(c, vec![4], "no-5002: 2 + 2, kept across both replacements: {json}");
+
+    // SIGHUP reloads (nothing changed: nothing replaced); SIGTERM stops and leaves enforcement.
+    d.signal(libc::SIGHUP);
+    d.wait_msg("SIGHUP", 1);
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(), Some(0), "{}", d.dump());
+    assert_eq!(d.log().iter().filter(|v| is(v, "rules replaced", &p.a_if)).count(), 2, "SIGHUP on unchanged files replaces nothing");
+    assert_eq!(p.udp(false, 5002, 2), 0, "enforcement stays after SIGTERM");
+}
+
+#[test]
+fn one_service_per_interface_and_adoption_after_sigkill() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let p = Pair::new("adopt").expect("namespaces");
+    settle(&p);
+    let rules = temp_file("rules.toml", &deny(&[5001]));
+    let cfg = config(&[(&p.a_if, &rules)]);
+    let d = Daemon::start(&p.a, &cfg, &[]);
+    d.wait_for("applied", 1, |v| is(v, "rules applied", &p.a_if));
+
+    let second = Command::new("ip").args(["netns", "exec", &p.a]).arg(egress_bin()).args(["run", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another `egress run`") && err.contains(&p.a_if), "{err}");
+
+    assert_eq!(p.udp(false, 5001, 4), 0);
+    d.signal(libc::SIGKILL);
+    drop(d);
+    assert_eq!(p.udp(false, 5001, 3), 0, "enforcement stays after SIGKILL");
+    let d = Daemon::start(&p.a, &cfg, &[]);
+    let v = d.wait_for("adopted", 1, |v| is(v, "adopted", &p.a_if));
+    assert_eq!(v["generation"], 1, "adopted, not re-applied: {v}");
+    assert_eq!(p.udp(false, 5001, 2), 0);
+    let (c, _, json) = p.counters();
+    assert_eq!(c, vec![9], "counters kept across the kill: {json}");
+    // A change after adoption keeps them too.
+    replace_file(&rules, &deny(&[5001, 5003]));
+    d.wait_for("replaced", 1, |v| is(v, "rules replaced", &p.a_if));
+    let (c, _, json) = p.counters();
+    assert_eq!(c, vec![9, 0], "{json}");
+}
+
+#[test]
+fn interfaces_that_appear_later_or_are_recreated_get_their_rules() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let p = Pair::new("late").expect("namespaces");
+    let rules = temp_file("rules.toml", &deny(&[5001]));
+    let cfg = config(&[("late0", &rules)]);
+    let d = Daemon::start(&p.a, &cfg, &["--detach-on-exit"]);
+    d.wait_for("missing", 1, |v| v["level"] == "WARN" && v["iface"] == "late0");
+
+    let make = || {
+        let ok = |args: &[&str]| assert!(Command::new("ip").args(args).status().unwrap().success(), "{args:?}");
+        ok(&["link", "add", "late0", "netns", &p.a, "type", "veth", "peer", "name", "late1", "netns", &p.b]);
+        ok(&["-n", &p.a, "addr", "add", "198.51.100.1/24", "dev", "late0"]);
+        ok(&["-n", &p.b, "addr", "add", "198.51.100.2/24", "dev", "late1"]);
+        ok(&["-n", &p.a, "link", "set", "late0", "up"]);
+        ok(&["-n", &p.b, "link", "set", "late1", "up"]);
+    };
+    let udp_late = |port: u16, n: u32| -> u32 {
+        let srv = egress_tests::in_ns_io(&p.b, move || std::net::UdpSocket::bind(("0.0.0.0", port))).unwrap();
+        srv.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        egress_tests::in_ns(&p.a, move || {
+            let c = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for _ in 0..n {
+                let _ = c.send_to(b"x", ("198.51.100.2", port));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+        .unwrap();
+        let mut got = 0;
+        let mut buf = [0u8; 8];
+        while srv.recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+        got
+    };
+    make();
+    d.wait_for("applied", 1, |v| is(v, "rules applied", "late0"));
+    for _ in 0..20 {
+        if udp_late(7000, 1) == 1 {
+            break;
+        }
+    }
+    assert_eq!(udp_late(5001, 3), 0);
+    assert_eq!(udp_late(5002, 2), 2);
+
+    // Deleted and re-created: the new interface gets the rules.
+    assert!(Command::new("ip").args(["-n", &p.a, "link", "del", "late0"]).status().unwrap().success());
+    make();
+    d.wait_for("re-created", 1, |v| is(v, "re-created", "late0"));
+    d.wait_for("applied again", 2, |v| is(v, "rules applied", "late0"));
+    for _ in 0..20 {
+        if udp_late(7000, 1) == 1 {
+            break;
+        }
+    }
+    assert_eq!(udp_late(5001, 3), 0);
+
+    // --detach-on-exit: SIGTERM removes the rules.
+    let mut d = d;
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(), Some(0), "{}", d.dump());
+    assert_eq!(udp_late(5001, 2), 2, "detached on exit");
+    let st = Command::new("ip").args(["netns", "exec", &p.a]).arg(egress_bin()).args(["status", "--json"]).output().unwrap();
+    let v: Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert!(v["interfaces"].as_array().unwrap().iter().all(|i| i["netns"] != p.a.as_str()), "nothing left in this namespace: {v}");
+}
+
+#[test]
+fn bad_config_or_no_valid_rule_file_at_start_exits_2() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let p = Pair::new("badcfg").expect("namespaces");
+    let cfg = temp_file("egress.toml", "[[interface]]\nname = \"eth9\"\nrule = \"x.toml\"\n");
+    let o = Command::new("ip").args(["netns", "exec", &p.a]).arg(egress_bin()).args(["run", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("egress.toml:3: interface 'eth9', field 'rule': unknown key 'rule' (did you mean 'rules'?)"), "{err}");
+
+    let bad = temp_file("bad.toml", "default_policy = \"allow\"\n[[rule]]\nports = \"9-1\"\nprotocol = \"udp\"\n");
+    let cfg = config(&[(&p.a_if, &bad)]);
+    let mut d = Daemon::start(&p.a, &cfg, &[]);
+    assert_eq!(d.wait_exit(), Some(2), "{}", d.dump());
+    assert!(d.dump().contains("bad.toml:3: rule 'rule-1', field 'ports'"), "{}", d.dump());
+}
