@@ -357,6 +357,8 @@ impl Daemon {
             .arg(config)
             .args(["--log-format", "json", "--recheck", "0.2"])
             .args(extra)
+            // Debug lines of egress itself: tests count reconciliations.
+            .env("EGRESS_LOG", "egress=debug")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());

@@ -33,6 +33,15 @@ fn config(ifaces: &[(&str, &std::path::Path)]) -> std::path::PathBuf {
     temp_file("egress.toml", &s)
 }
 
+/// User + system CPU time of a process, in clock ticks (usually 10 ms).
+fn cpu_ticks(pid: i32) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5), counted after the command name.
+    f[11].parse::<i64>().unwrap() + f[12].parse::<i64>().unwrap()
+}
+
 fn is(v: &Value, msg: &str, iface: &str) -> bool {
     v["message"].as_str().is_some_and(|m| m.contains(msg)) && v["iface"] == iface
 }
@@ -69,6 +78,14 @@ fn follows_the_rule_file_and_keeps_old_rules_on_bad_input() {
     assert!(logged.starts_with(&check_msg), "logged:\n{logged}\n`egress check`:\n{check_msg}");
     assert!(logged.contains("the running rules stay enforced"), "{logged}");
     assert_eq!(p.udp(false, 5002, 2), 0, "still enforced");
+    // Logged once: reading the file must not set off the watch again (a loop).
+    std::thread::sleep(Duration::from_millis(400));
+    let errors = d.log().iter().filter(|v| v["level"] == "ERROR").count();
+    assert_eq!(errors, 1, "{}", d.dump());
+    let r = d.log().iter().filter(|v| v["message"] == "reconciling").count();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.log().iter().filter(|v| v["message"] == "reconciling").count(), r, "reconciling in a loop: {}", d.dump());
+    assert!(cpu_ticks(d.pid()) < 100, "an idle service burns CPU");
 
     // Deleted, then a directory in its place (unreadable as a file): logged, old rules stay.
     std::fs::remove_file(&rules).unwrap();
@@ -87,6 +104,15 @@ fn follows_the_rule_file_and_keeps_old_rules_on_bad_input() {
     assert_eq!(p.udp(false, 5001, 2), 2);
     let (c, _, json) = p.counters();
     assert_eq!(c, vec![4], "no-5002: 2 + 2, kept across both replacements: {json}");
+
+    // Idle: no work at all (the watch must not react to the service's own reads
+    // of the rule file, which would make every reconciliation set off the next).
+    std::thread::sleep(Duration::from_millis(300));
+    let reconciling = |d: &Daemon| d.log().iter().filter(|v| v["message"] == "reconciling").count();
+    let (before, ticks) = (reconciling(&d), cpu_ticks(d.pid()));
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(reconciling(&d), before, "reconciliations while idle: {}", d.dump());
+    assert!(cpu_ticks(d.pid()) - ticks <= 5, "idle for 1 s but used CPU: {}", d.dump());
 
     // SIGHUP reloads (nothing changed: nothing replaced); SIGTERM stops and leaves enforcement.
     d.signal(libc::SIGHUP);
@@ -211,4 +237,21 @@ fn bad_config_or_no_valid_rule_file_at_start_exits_2() {
     let mut d = Daemon::start(&p.a, &cfg, &[]);
     assert_eq!(d.wait_exit(), Some(2), "{}", d.dump());
     assert!(d.dump().contains("bad.toml:3: rule 'rule-1', field 'ports'"), "{}", d.dump());
+}
+
+/// dist/egress.service is a unit systemd accepts (ExecStart pointed at the built binary).
+#[test]
+fn systemd_unit_verifies() {
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        eprintln!("skipped: systemd-analyze not installed");
+        return;
+    }
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/egress.service")).unwrap();
+    let bin = std::fs::canonicalize(egress_bin()).unwrap();
+    let unit = unit.replace("/usr/local/bin/egress", bin.to_str().unwrap());
+    assert!(unit.contains("Type=notify") && unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    let f = temp_file("egress.service", &unit);
+    let o = Command::new("systemd-analyze").arg("verify").arg(&f).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && !err.contains("egress.service"), "systemd-analyze verify:\n{err}");
 }

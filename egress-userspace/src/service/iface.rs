@@ -33,11 +33,14 @@ pub struct Managed {
     pub target: Option<Target>,
     /// Last outcome that was logged, so a persisting condition is logged once.
     last: Option<Outcome>,
+    /// Digest of the rule file content last found invalid: the same content is
+    /// not parsed (nor logged) again until it changes or SIGHUP.
+    bad_digest: Option<String>,
 }
 
 impl Managed {
     pub fn new(cfg: IfaceConfig, lock: RunLock) -> Managed {
-        Managed { cfg, _lock: lock, target: None, last: None }
+        Managed { cfg, _lock: lock, target: None, last: None, bad_digest: None }
     }
 
     /// Whether the periodic check should reconcile: the interface appeared, was
@@ -54,10 +57,12 @@ impl Managed {
         }
     }
 
-    /// Makes the enforced rules match the rule file. `why` says what triggered it.
-    pub fn reconcile(&mut self, why: &str) -> Outcome {
+    /// Makes the enforced rules match the rule file. `why` says what triggered it;
+    /// `force` (SIGHUP) also retries a file found invalid before.
+    pub fn reconcile(&mut self, why: &str, force: bool) -> Outcome {
         let iface = self.cfg.name.clone();
         let file = self.cfg.rules.display().to_string();
+        tracing::debug!(iface, why, "reconciling");
         let t = match dataplane::resolve(&iface) {
             Ok(t) => t,
             Err(e) => {
@@ -84,7 +89,11 @@ impl Managed {
         }
         // Nothing to do when the enforced set is this file's content already (this
         // also adopts what an earlier `egress run` left pinned, counters and all).
-        if let (Some(d), Ok(Some((st, LinkHealth::Attached)))) = (reload::file_digest(&self.cfg.rules), dataplane::status_of(&t))
+        let digest = reload::file_digest(&self.cfg.rules);
+        if !force && digest.is_some() && digest == self.bad_digest {
+            return self.done(Outcome::Invalid);
+        }
+        if let (Some(d), Ok(Some((st, LinkHealth::Attached)))) = (digest.clone(), dataplane::status_of(&t))
             && st.digest == d
             && st.flow_cache == dataplane::flow_cache_slots(self.cfg.flow_cache)
         {
@@ -98,9 +107,11 @@ impl Managed {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(iface, file, "{e}\nthe running rules stay enforced");
+                self.bad_digest = digest;
                 return self.done(Outcome::Invalid);
             }
         };
+        self.bad_digest = None;
         let started = std::time::Instant::now();
         match reload::apply(&t, &prepared, self.cfg.flow_cache) {
             Ok(a) => {

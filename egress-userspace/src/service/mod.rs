@@ -75,14 +75,14 @@ impl Service {
                     let changed = m.cfg != c;
                     m.cfg = c;
                     if changed {
-                        m.reconcile(why);
+                        m.reconcile(why, true);
                     }
                 }
                 None => match RunLock::acquire(self.cookie, &c.name) {
                     Ok(lock) => {
                         let name = c.name.clone();
                         let mut m = Managed::new(c, lock);
-                        m.reconcile(why);
+                        m.reconcile(why, true);
                         self.ifaces.insert(name, m);
                     }
                     Err(e) => tracing::error!(iface = c.name, "{e}"),
@@ -129,7 +129,7 @@ async fn service(cfg: Config, opts: Options) -> anyhow::Result<u8> {
     for (c, lock) in cfg.interfaces.into_iter().zip(locks) {
         let name = c.name.clone();
         let mut m = Managed::new(c, lock);
-        outcomes.push(m.reconcile("start"));
+        outcomes.push(m.reconcile("start", true));
         svc.ifaces.insert(name, m);
     }
     let ok = |o: &Outcome| matches!(o, Outcome::Applied | Outcome::Unchanged | Outcome::Missing);
@@ -156,7 +156,7 @@ async fn service(cfg: Config, opts: Options) -> anyhow::Result<u8> {
                 tracing::info!("SIGHUP: reloading the config and every rule file");
                 svc.reload_config("SIGHUP", true);
                 for m in svc.ifaces.values_mut() {
-                    m.reconcile("SIGHUP");
+                    m.reconcile("SIGHUP", true);
                 }
                 watch.set(&svc.files());
                 sd::notify("READY=1");
@@ -176,7 +176,7 @@ async fn service(cfg: Config, opts: Options) -> anyhow::Result<u8> {
                     }
                     for m in svc.ifaces.values_mut() {
                         if m.watches(d) {
-                            m.reconcile("rule file changed");
+                            m.reconcile("rule file changed", false);
                         }
                     }
                 }
@@ -185,7 +185,7 @@ async fn service(cfg: Config, opts: Options) -> anyhow::Result<u8> {
             _ = tick.tick() => {
                 for m in svc.ifaces.values_mut() {
                     if m.needs_check() {
-                        m.reconcile("interface check");
+                        m.reconcile("interface check", false);
                     }
                 }
                 watch.set(&svc.files());

@@ -23,6 +23,9 @@ impl Watch {
         let (tx, rx) = unbounded_channel();
         let cb_tx = tx.clone();
         let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| match ev {
+            // Reading a file (ours included: every reconcile reads the rule file) is
+            // an access event; reacting to those would loop.
+            Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => {}
             Ok(ev) => {
                 for p in ev.paths {
                     if let Some(dir) = p.parent() {
