@@ -36,6 +36,7 @@ use egress_common::{FLOW_CACHE_ENTRIES, PASS_PROGRAM_NAME, SINK_PROGRAM_NAME};
 use egress_tests::{A4, A6, B4, B6, Pair, in_ns, is_root, temp_file};
 
 mod plots;
+mod reload;
 
 const FLOWS: usize = 4096;
 
@@ -52,15 +53,18 @@ struct Opts {
     sizes: Option<Vec<usize>>,
     /// Skip BPF_PROG_TEST_RUN (part 1).
     traffic_only: bool,
+    /// Only part 4 (`egress run` reload times).
+    reload_only: bool,
 }
 
 fn main() -> ExitCode {
-    let mut opts = Opts { quick: false, out: None, sizes: None, traffic_only: false };
+    let mut opts = Opts { quick: false, out: None, sizes: None, traffic_only: false, reload_only: false };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => opts.quick = true,
             "--traffic-only" => opts.traffic_only = true,
+            "--reload-only" => opts.reload_only = true,
             "--sizes" => opts.sizes = args.next().map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect()),
             "--out" => opts.out = args.next(),
             "--generate" => {
@@ -71,8 +75,8 @@ fn main() -> ExitCode {
             }
             "-h" | "--help" => {
                 println!(
-                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only] [--out FILE] | --generate N\n\
-                     see `cargo xtask bench --help`; --sizes and --traffic-only are for exploring, not for BENCHMARKS.md"
+                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only] [--out FILE] | --generate N\n\
+                     see `cargo xtask bench --help`; --sizes, --traffic-only and --reload-only are for exploring, not for BENCHMARKS.md"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -142,6 +146,13 @@ fn run(o: &Opts) -> anyhow::Result<()> {
     let sizes: &[usize] = o.sizes.as_deref().unwrap_or(default);
     let (tr_rounds, traffic_rounds) = if o.quick { (3, 3) } else { (5, 3) };
     let mut body = String::new();
+    let reload_sizes: Vec<usize> =
+        [1_000, *sizes.last().unwrap_or(&1_000)].into_iter().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    if o.reload_only {
+        reload::reload_part(&reload_sizes, tr_rounds, &mut body)?;
+        println!("\n{body}");
+        return Ok(());
+    }
     let mut tr_plot = Vec::new();
     let mut sys_plot = Vec::new();
     let tr = if o.traffic_only { TestRunAdded::default() } else { testrun_part(sizes, tr_rounds, &mut body, &mut tr_plot)? };
@@ -149,6 +160,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         adversarial_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
     }
     let tf = traffic_part(o, sizes, traffic_rounds, &mut body, &mut sys_plot)?;
+    reload::reload_part(&reload_sizes, tr_rounds, &mut body)?;
 
     let mut md = String::new();
     let _ =
