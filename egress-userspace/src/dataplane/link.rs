@@ -11,7 +11,7 @@ use aya::programs::{
     tc::{self, SchedClassifierLink, TcHandle},
 };
 
-use super::{DataplaneError, Result, bpf_sys, io_err, pin_err, prog_err};
+use super::{BPF_MAP_UPDATE_ELEM, DataplaneError, ElemAttr, Result, bpf_sys, io_err, pin_err, prog_err};
 
 /// How an attachment was made: "tcx" (a pinned link) or "clsact" (a netlink
 /// filter, identified by priority and handle).
@@ -147,7 +147,6 @@ struct InfoAttr {
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 
 /// An fd that closes itself.
 struct Fd(i32);
@@ -200,15 +199,6 @@ pub fn wait_for_running_programs() -> Result<()> {
         max_entries: u32,
         map_flags: u32,
         inner_map_fd: u32,
-    }
-    #[repr(C)]
-    #[derive(Default)]
-    struct ElemAttr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
     }
     const BPF_MAP_TYPE_ARRAY: u32 = 2;
     const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;

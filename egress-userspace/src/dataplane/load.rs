@@ -15,7 +15,7 @@ use egress_common::{
     MAX_FLOW_CACHE_ENTRIES, PROGRAM_NAME, PairKeyV4, PairKeyV6, PortRange, STATS_LEN,
 };
 
-use super::{DataplaneError, EBPF_OBJECT, Result, map_err, prog_err};
+use super::{BPF_MAP_UPDATE_ELEM, DataplaneError, EBPF_OBJECT, ElemAttr, Result, map_err, prog_err};
 use crate::compile::{Compiled, Prefix};
 
 /// A loaded (not attached) classifier holding one compiled rule set.
@@ -228,18 +228,6 @@ fn write_batch(ebpf: &mut Ebpf, name: &str, b: &Batch) -> Result<()> {
     }
     Ok(())
 }
-
-/// `union bpf_attr` as BPF_MAP_UPDATE_ELEM reads it.
-#[repr(C)]
-#[derive(Default)]
-struct ElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 
 fn write_one_by_one(fd: u32, name: &str, b: &Batch, ks: usize, vs: usize) -> Result<()> {
     for i in 0..b.count {

@@ -77,6 +77,18 @@ fn pin_err(op: impl Into<String>) -> impl FnOnce(aya::pin::PinError) -> Dataplan
     move |source| DataplaneError::Pin { op, source }
 }
 
+/// `union bpf_attr` as BPF_MAP_UPDATE_ELEM reads it.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+
 /// `bpf(2)` with an attribute struct; returns the raw result (fd or 0) or the error.
 fn bpf_sys<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
     // SAFETY: `attr` is a live, correctly sized `union bpf_attr` prefix for `cmd`.
