@@ -255,3 +255,81 @@ fn systemd_unit_verifies() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && !err.contains("egress.service"), "systemd-analyze verify:\n{err}");
 }
+
+/// The config file is followed too: another rule file for an interface is
+/// applied, an invalid config is logged and changes nothing, an interface
+/// removed from the config has its rules detached.
+#[test]
+fn follows_the_config_file() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let p = Pair::new("cfg").expect("namespaces");
+    settle(&p);
+    let one = temp_file("one.toml", &deny(&[5001]));
+    let two = temp_file("two.toml", &deny(&[5002]));
+    let cfg = config(&[(&p.a_if, &one)]);
+    let d = Daemon::start(&p.a, &cfg, &[]);
+    d.wait_for("applied", 1, |v| is(v, "rules applied", &p.a_if));
+    assert_eq!(p.udp(false, 5001, 2), 0);
+
+    replace_file(&cfg, &format!("[[interface]]\nname = \"{}\"\nrules = \"{}\"\n", p.a_if, two.display()));
+    d.wait_for("replaced", 1, |v| is(v, "rules replaced", &p.a_if));
+    assert_eq!(p.udp(false, 5001, 2), 2);
+    assert_eq!(p.udp(false, 5002, 2), 0);
+
+    replace_file(&cfg, &format!("[[interface]]\nname = \"{}\"\nrulez = \"{}\"\n", p.a_if, one.display()));
+    let e =
+        d.wait_for("bad config", 1, |v| v["level"] == "ERROR" && v["message"].as_str().is_some_and(|m| m.contains("did you mean 'rules'")));
+    assert!(e["message"].as_str().unwrap().contains("the running config stays in force"), "{e}");
+    assert_eq!(p.udp(false, 5002, 2), 0, "still enforced");
+
+    replace_file(&cfg, "[[interface]]\nname = \"some-other0\"\nrules = \"/nonexistent.toml\"\n");
+    d.wait_for("detached", 1, |v| is(v, "rules detached", &p.a_if));
+    assert_eq!(p.udp(false, 5002, 2), 2, "removed from the config: no longer filtered");
+}
+
+/// An `unshare -n` shell is a namespace without a name: egress addresses its
+/// interfaces from inside, names it "net:[INODE]", and sees its link severed
+/// once the shell (the namespace's last user) is gone.
+#[test]
+fn unnamed_namespace_from_an_unshare_shell() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let rules = temp_file("r.toml", &deny(&[5001]));
+    let bin = egress_bin();
+    let script = format!(
+        "set -e; ip link add un0 type veth peer name un1; ip link set un0 up; ip link set un1 up; \
+         {b} apply --iface un0 --rules {r} --json; {b} status --json",
+        b = bin.display(),
+        r = rules.display()
+    );
+    let o = Command::new("unshare").args(["-n", "sh", "-c", &script]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let mut lines = out.lines();
+    let applied: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let netns = applied["netns"].as_str().unwrap().to_string();
+    assert!(netns.starts_with("net:["), "{applied}");
+    let pinned = applied["pinned"].as_str().unwrap().to_string();
+    let status: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let mine = status["interfaces"].as_array().unwrap().iter().find(|i| i["pinned"] == pinned.as_str()).cloned().unwrap();
+    assert_eq!((mine["iface"].as_str(), mine["link"].as_str()), (Some("un0"), Some("attached")), "{status}");
+    // The shell has exited: its namespace and interfaces go away.
+    let mut link = String::new();
+    for _ in 0..100 {
+        let st: Value = serde_json::from_slice(&Command::new(&bin).args(["status", "--json"]).output().unwrap().stdout).unwrap();
+        link = st["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["pinned"] == pinned.as_str())
+            .map(|i| i["link"].as_str().unwrap().to_string())
+            .unwrap_or_default();
+        if link == "severed" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(link, "severed");
+    let o = Command::new(&bin).args(["status", "--prune", "--json"]).output().unwrap();
+    assert!(o.status.success());
+    assert!(!std::path::Path::new(&pinned).exists());
+}
