@@ -164,6 +164,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Run { config, detach_on_exit, log_format: _, recheck } => {
+            // Absolute, so that its folder (and relative rule paths) can be watched.
+            let config = std::path::absolute(&config).unwrap_or(config);
             // The config is checked before anything else, so a bad one exits 2.
             let cfg = service::Config::load(&config).map_err(|e| anyhow::Error::new(InputError(e)))?;
             enter("run", &cli.netns)?;
