@@ -339,7 +339,7 @@ pub fn is_root() -> bool {
 }
 
 /// `egress run` as a real process inside a namespace, with JSON logs collected
-/// from its stderr. Killed (SIGKILL) on drop if still running.
+/// from its stderr. Stopped on drop if still running.
 pub struct Daemon {
     child: std::process::Child,
     log: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
@@ -435,8 +435,14 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// SIGTERM (the service cleans up its locks), SIGKILL if it is still there after 2 s.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

@@ -224,6 +224,15 @@ pub(super) fn attachment_lock(key: &str) -> Result<FileLock> {
 /// for the same interface refuses to start.
 pub struct RunLock {
     _lock: FileLock,
+    path: PathBuf,
+}
+
+impl Drop for RunLock {
+    /// Unlinks the lock file while still holding it: a process waiting on the old
+    /// inode sees that the path no longer names it and starts over (see [`flock`]).
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
 }
 
 impl RunLock {
@@ -235,7 +244,7 @@ impl RunLock {
                 let f = &mut lock._file;
                 let _ = f.set_len(0);
                 let _ = writeln!(f, "{}", std::process::id());
-                Ok(RunLock { _lock: lock })
+                Ok(RunLock { _lock: lock, path })
             }
             Err(_) => {
                 let pid = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
