@@ -17,7 +17,7 @@ use std::{
 
 use toml_edit::{ImDocument, Item, Table};
 
-use crate::rules::{line_starts, suggest};
+use crate::rules::toml_diag::{item_span, line_starts, suggest};
 
 const TOP_KEYS: [&str; 1] = ["interface"];
 const IFACE_KEYS: [&str; 3] = ["name", "rules", "flow_cache"];
@@ -152,15 +152,6 @@ impl Config {
             let n = problems.len();
             Err(format!("{file}: {n} problem{} found\n  {}", if n == 1 { "" } else { "s" }, problems.join("\n  ")))
         }
-    }
-}
-
-fn item_span(item: &Item) -> Option<std::ops::Range<usize>> {
-    match item {
-        Item::Value(v) => v.span(),
-        Item::Table(t) => t.span(),
-        Item::ArrayOfTables(a) => a.span(),
-        Item::None => None,
     }
 }
 

@@ -1,0 +1,90 @@
+//! Large rule files parsed in chunks on all CPUs; any doubt falls back to the
+//! one-piece parse (`parse::parse_whole`), so messages are always its messages.
+
+use std::{collections::HashSet, ops::Range};
+
+use toml_edit::{ImDocument, Item};
+
+use super::{
+    Action, Rule, RuleSet,
+    parse::{Ctx, parse_rule},
+};
+
+/// Rules per chunk when a large file is parsed in pieces.
+pub(super) const CHUNK_RULES: usize = 4096;
+
+/// A parsed chunk: its first rule's position, its rules, the names they use.
+type Chunk = (usize, Vec<Rule>, HashSet<String>);
+
+/// The chunked parse of a valid large file; `None`: use the one-piece parse.
+pub(super) fn parse_chunked(file: &str, text: &str, starts: &[usize]) -> Option<RuleSet> {
+    // Multi-line strings could hide a header line; such files take the safe path.
+    if text.contains("\"\"\"") || text.contains("'''") {
+        return None;
+    }
+    let headers: Vec<usize> =
+        starts.iter().copied().filter(|&s| text[s..].split('\n').next().map(str::trim_end) == Some("[[rule]]")).collect();
+    if headers.len() < 2 * CHUNK_RULES {
+        return None;
+    }
+    // The preamble: default_policy, nothing else.
+    let pre = ImDocument::parse(&text[..headers[0]]).ok()?;
+    if pre.as_table().iter().any(|(k, _)| k != "default_policy") {
+        return None;
+    }
+    let default_policy = match pre.get("default_policy")?.as_str()? {
+        "allow" => Action::Allow,
+        "deny" => Action::Deny,
+        _ => return None,
+    };
+    // (first rule index, byte range) of each chunk.
+    let mut chunks: Vec<(usize, Range<usize>)> = Vec::new();
+    for (k, group) in headers.chunks(CHUNK_RULES).enumerate() {
+        let end = headers.get((k + 1) * CHUNK_RULES).copied().unwrap_or(text.len());
+        chunks.push((k * CHUNK_RULES, group[0]..end));
+    }
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(chunks.len());
+    let per_worker: Vec<Option<Vec<Chunk>>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let mine: Vec<(usize, Range<usize>)> = chunks.iter().skip(w).step_by(workers).cloned().collect();
+                sc.spawn(move || -> Option<Vec<Chunk>> {
+                    mine.into_iter().map(|(first, range)| parse_chunk(file, text, starts, first, range, default_policy)).collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().ok().flatten()).collect()
+    });
+    let mut parts: Vec<Chunk> = per_worker.into_iter().collect::<Option<Vec<_>>>()?.into_iter().flatten().collect();
+    parts.sort_by_key(|p| p.0);
+    let mut names: HashSet<String> = HashSet::new();
+    let mut rules = Vec::with_capacity(headers.len());
+    for (_, part, part_names) in parts {
+        for n in part_names {
+            // A name used in two chunks: the one-piece parse reports it properly.
+            if !names.insert(n) {
+                return None;
+            }
+        }
+        rules.extend(part);
+    }
+    (rules.len() == headers.len()).then_some(RuleSet { default_policy, rules })
+}
+
+/// One chunk: exactly its `[[rule]]` tables, every one valid.
+fn parse_chunk(file: &str, text: &str, starts: &[usize], first: usize, range: Range<usize>, default_policy: Action) -> Option<Chunk> {
+    let doc = ImDocument::parse(&text[range.clone()]).ok()?;
+    let root = doc.as_table();
+    if root.len() != 1 {
+        return None;
+    }
+    let Some(Item::ArrayOfTables(a)) = root.get("rule") else { return None };
+    let mut cx = Ctx { file, line_starts: starts, offset: range.start, problems: Vec::new() };
+    let mut names = HashSet::new();
+    let mut rules = Vec::with_capacity(a.len());
+    for (i, t) in a.iter().enumerate() {
+        let index = (first + i) as u32 + 1;
+        rules.push(parse_rule(&mut cx, t, t.span(), index, Some(default_policy), &mut names)?);
+    }
+    cx.problems.is_empty().then_some((first, rules, names))
+}

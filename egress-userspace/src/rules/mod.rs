@@ -1,0 +1,377 @@
+//! The rule file: TOML text -> validated [`RuleSet`]. Pure: no syscalls, no I/O
+//! besides what the caller hands in. Every problem is reported with the file, the
+//! line, the rule and the field, and all problems are reported at once.
+//!
+//! - this file: the validated rule model and the problem type;
+//! - `parse`: the one-piece parser and per-rule validation;
+//! - `chunked`: large files cut at rule headers and parsed on all CPUs;
+//! - `toml_diag`: line numbers, did-you-mean (shared with the `egress run` config).
+
+mod chunked;
+mod parse;
+pub(crate) mod toml_diag;
+
+use std::fmt;
+
+use ipnet::IpNet;
+
+pub use parse::{MAX_NAME_LEN, parse, parse_cidr, parse_ports};
+
+/// What a rule does with a packet it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        }
+    }
+    pub fn opposite(self) -> Action {
+        match self {
+            Action::Allow => Action::Deny,
+            Action::Deny => Action::Allow,
+        }
+    }
+    pub fn code(self) -> u32 {
+        match self {
+            Action::Allow => egress_common::ACTION_ALLOW,
+            Action::Deny => egress_common::ACTION_DENY,
+        }
+    }
+}
+
+/// The `protocol` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    All,
+    Tcp,
+    Udp,
+    /// ICMP over IPv4 only.
+    Icmp,
+    /// ICMPv6 over IPv6 only.
+    Icmpv6,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::All => "all",
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+            Protocol::Icmpv6 => "icmpv6",
+        }
+    }
+}
+
+/// The address families a rule can match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Families {
+    pub v4: bool,
+    pub v6: bool,
+}
+
+impl Families {
+    pub const BOTH: Families = Families { v4: true, v6: true };
+    fn of_nets(nets: &[IpNet]) -> Families {
+        Families { v4: nets.iter().any(|n| matches!(n, IpNet::V4(_))), v6: nets.iter().any(|n| matches!(n, IpNet::V6(_))) }
+    }
+    fn and(self, o: Families) -> Families {
+        Families { v4: self.v4 && o.v4, v6: self.v6 && o.v6 }
+    }
+    pub fn has(self, net: &IpNet) -> bool {
+        match net {
+            IpNet::V4(_) => self.v4,
+            IpNet::V6(_) => self.v6,
+        }
+    }
+    fn describe(self) -> &'static str {
+        match (self.v4, self.v6) {
+            (true, true) => "IPv4 and IPv6",
+            (true, false) => "IPv4 only",
+            (false, true) => "IPv6 only",
+            (false, false) => "no address family",
+        }
+    }
+}
+
+/// One validated rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// 1-based position in the file; also the rule's counter slot.
+    pub index: u32,
+    pub name: String,
+    /// Line of the rule's `[[rule]]` header.
+    pub line: usize,
+    pub action: Action,
+    /// `None`: any source address.
+    pub src: Option<Vec<IpNet>>,
+    /// `None`: any destination address.
+    pub dst: Option<Vec<IpNet>>,
+    pub protocol: Protocol,
+    /// Inclusive destination port range (tcp/udp only).
+    pub ports: Option<(u16, u16)>,
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+    /// The families this rule can match (never empty after validation).
+    pub families: Families,
+}
+
+impl Rule {
+    /// The 16-bit interval of the last lookup stage this rule covers: destination
+    /// ports for tcp/udp, `type << 8 | code` for ICMP, everything otherwise.
+    pub fn l4_range(&self) -> (u16, u16) {
+        if let Some(p) = self.ports {
+            return p;
+        }
+        match (self.icmp_type, self.icmp_code) {
+            (Some(t), Some(c)) => {
+                let v = (t as u16) << 8 | c as u16;
+                (v, v)
+            }
+            (Some(t), None) => ((t as u16) << 8, (t as u16) << 8 | 0xff),
+            _ => (0, u16::MAX),
+        }
+    }
+
+    /// True when the rule constrains no L4 field, so it can match a packet whose
+    /// L4 header is absent (non-first fragment).
+    pub fn l4_any(&self) -> bool {
+        self.ports.is_none() && self.icmp_type.is_none()
+    }
+
+    /// A one-line match summary, like the middle columns of `iptables -L`.
+    pub fn summary(&self) -> String {
+        let nets = |n: &Option<Vec<IpNet>>| match n {
+            None => "any".to_string(),
+            Some(v) => v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
+        };
+        let mut s = format!("{} {} -> {}", self.protocol.as_str(), nets(&self.src), nets(&self.dst));
+        if let Some((a, b)) = self.ports {
+            if a == b {
+                s.push_str(&format!(" dport {a}"));
+            } else {
+                s.push_str(&format!(" dport {a}-{b}"));
+            }
+        }
+        if let Some(t) = self.icmp_type {
+            s.push_str(&format!(" type {t}"));
+            if let Some(c) = self.icmp_code {
+                s.push_str(&format!(" code {c}"));
+            }
+        }
+        s
+    }
+}
+
+/// A whole validated rule file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleSet {
+    pub default_policy: Action,
+    pub rules: Vec<Rule>,
+}
+
+/// One problem in a rule file.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    pub file: String,
+    pub line: usize,
+    /// Name of the rule (or `rule-N` when it has none yet), if the problem is inside one.
+    pub rule: Option<String>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: ", self.file, self.line)?;
+        match (&self.rule, &self.field) {
+            (Some(r), Some(fl)) => write!(f, "rule '{r}', field '{fl}': ")?,
+            (Some(r), None) => write!(f, "rule '{r}': ")?,
+            (None, Some(fl)) => write!(f, "field '{fl}': ")?,
+            (None, None) => {}
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// All problems found in a rule file (never empty).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct RuleFileError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for RuleFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        let file = self.problems.first().map(|p| p.file.as_str()).unwrap_or("rule file");
+        write!(f, "{file}: {n} problem{} found, nothing was changed", if n == 1 { "" } else { "s" })?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        chunked::{CHUNK_RULES, parse_chunked},
+        parse::parse_whole,
+        toml_diag::line_starts,
+        *,
+    };
+
+    fn err(text: &str) -> Vec<String> {
+        match parse("r.toml", text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn full_rule_parses() {
+        let rs = parse(
+            "r.toml",
+            r#"default_policy = "allow"
+[[rule]]
+name = "no-smtp"
+action = "deny"
+src = "10.1.1.0/24"
+dst = ["0.0.0.0/0", "192.0.2.0/24"]
+protocol = "tcp"
+ports = "25"
+[[rule]]
+protocol = "icmp"
+icmp_type = 8
+icmp_code = 0
+[[rule]]
+dst = "2001:db8::/32"
+protocol = "udp"
+ports = "1000-2000"
+"#,
+        )
+        .unwrap();
+        assert_eq!(rs.default_policy, Action::Allow);
+        assert_eq!(rs.rules.len(), 3);
+        let r = &rs.rules[0];
+        assert_eq!((r.name.as_str(), r.action, r.ports, r.line), ("no-smtp", Action::Deny, Some((25, 25)), 2));
+        assert_eq!(r.families, Families { v4: true, v6: false });
+        let r = &rs.rules[1];
+        assert_eq!((r.name.as_str(), r.action, r.icmp_type, r.icmp_code), ("rule-2", Action::Deny, Some(8), Some(0)));
+        assert_eq!(r.families, Families { v4: true, v6: false });
+        assert_eq!(r.l4_range(), (0x0800, 0x0800));
+        let r = &rs.rules[2];
+        assert_eq!(r.families, Families { v4: false, v6: true });
+        assert_eq!(r.ports, Some((1000, 2000)));
+    }
+
+    #[test]
+    fn omitted_action_is_opposite_of_default() {
+        let rs = parse("r.toml", "default_policy = \"deny\"\n[[rule]]\ndst = \"192.0.2.1\"\n").unwrap();
+        assert_eq!(rs.rules[0].action, Action::Allow);
+        assert_eq!(rs.rules[0].dst, Some(vec!["192.0.2.1/32".parse().unwrap()]));
+    }
+
+    #[test]
+    fn empty_rule_list_is_fine() {
+        let rs = parse("r.toml", "default_policy = \"deny\"\n").unwrap();
+        assert!(rs.rules.is_empty());
+    }
+
+    #[test]
+    fn messages_name_file_line_rule_field() {
+        let e = err("default_policy = \"allow\"\n[[rule]]\nname = \"web\"\nprotocol = \"tcp\"\nports = \"80-20\"\n");
+        assert_eq!(e, vec!["r.toml:5: rule 'web', field 'ports': range '80-20' is empty: the first port is greater than the last"]);
+    }
+
+    #[test]
+    fn host_bits_are_an_error_with_suggestion() {
+        let e = err("default_policy = \"allow\"\n[[rule]]\ndst = \"192.0.2.7/24\"\n");
+        assert_eq!(e, vec!["r.toml:3: rule 'rule-1', field 'dst': '192.0.2.7/24' has host bits set; did you mean 192.0.2.0/24?"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_suggestion() {
+        let e = err("default_policy = \"allow\"\nverbose = true\n[[rule]]\nprotcol = \"tcp\"\n");
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0], "r.toml:2: field 'verbose': unknown key 'verbose' (known keys: default_policy, rule)");
+        assert_eq!(e[1], "r.toml:4: rule 'rule-1', field 'protcol': unknown key 'protcol' (did you mean 'protocol'?)");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let e = err(
+            "default_policy = \"maybe\"\n[[rule]]\nname = \"a\"\nprotocol = \"sctp\"\n[[rule]]\nname = \"a\"\nsrc = \"300.1.1.1/8\"\n[[rule]]\nprotocol = \"udp\"\nicmp_type = 3\n",
+        );
+        assert_eq!(e.len(), 5, "{e:#?}");
+        assert!(e[0].starts_with("r.toml:1: field 'default_policy': must be \"allow\" or \"deny\""));
+        assert!(e[1].starts_with("r.toml:4: rule 'a', field 'protocol': must be one of"));
+        assert!(e[2].starts_with("r.toml:6: rule 'a', field 'name': the name 'a' is used by an earlier rule"));
+        assert!(e[3].starts_with("r.toml:7: rule 'a', field 'src': '300.1.1.1/8' is not a valid CIDR"));
+        assert!(e[4].starts_with("r.toml:10: rule 'rule-3', field 'icmp_type': icmp_type needs protocol"));
+    }
+
+    #[test]
+    fn family_mismatch_is_an_error() {
+        let e = err("default_policy = \"allow\"\n[[rule]]\nsrc = \"192.0.2.0/24\"\ndst = \"2001:db8::/32\"\n");
+        assert_eq!(e, vec!["r.toml:4: rule 'rule-1', field 'dst': the rule can never match: src is IPv4 only but dst is IPv6 only"]);
+        let e = err("default_policy = \"allow\"\n[[rule]]\nprotocol = \"icmpv6\"\ndst = \"192.0.2.0/24\"\n");
+        assert_eq!(
+            e,
+            vec![
+                "r.toml:3: rule 'rule-1', field 'protocol': the rule can never match: protocol \"icmpv6\" never matches the rule's addresses (IPv4 only)"
+            ]
+        );
+        let e = err("default_policy = \"allow\"\n[[rule]]\nsrc = [\"192.0.2.0/24\", \"2001:db8::/32\"]\ndst = \"198.51.100.0/24\"\n");
+        assert_eq!(e, vec!["r.toml:3: rule 'rule-1', field 'src': 2001:db8::/32 can never match: the rest of the rule matches IPv4 only"]);
+    }
+
+    #[test]
+    fn misc_errors() {
+        assert!(err("[[rule]]\n")[0].contains("field 'default_policy': missing"));
+        assert!(err("default_policy = \"allow\"\n[[rule]]\ndst = []\n")[0].contains("empty list matches nothing"));
+        assert!(err("default_policy = \"allow\"\n[[rule]]\nprotocol = \"tcp\"\nports = \"70000\"\n")[0].contains("not a port number"));
+        assert!(err("default_policy = \"allow\"\n[[rule]]\nprotocol = \"icmp\"\nicmp_code = 1\n")[0].contains("icmp_code needs icmp_type"));
+        assert!(err("default_policy = \"allow\"\n[[rule]]\nprotocol = \"icmp\"\nicmp_type = 256\n")[0].contains("0 to 255"));
+        assert!(err("default_policy = \"allow\"\n[[rule]]\nname = \"\"\n")[0].contains("must not be empty"));
+        assert!(err("default_policy = \"allow\"\nrule = 3\n")[0].contains("[[rule]]"));
+        let e = err("default_policy = \"allow\"\n[[rule]\n");
+        assert!(e[0].starts_with("r.toml:2: not valid TOML"), "{e:?}");
+    }
+
+    #[test]
+    fn ports_accept_integer_and_range() {
+        let rs = parse(
+            "r.toml",
+            "default_policy = \"deny\"\n[[rule]]\nprotocol = \"udp\"\nports = 53\n[[rule]]\nprotocol = \"tcp\"\nports = \"0-65535\"\n",
+        )
+        .unwrap();
+        assert_eq!(rs.rules[0].ports, Some((53, 53)));
+        assert_eq!(rs.rules[1].ports, Some((0, 65535)));
+    }
+
+    #[test]
+    fn chunked_parse_equals_the_one_piece_parse() {
+        let text = crate::ruleset_gen::realistic(3 * CHUNK_RULES + 17, 100, 3);
+        let starts = line_starts(&text);
+        let chunked = parse_chunked("big.toml", &text, &starts).expect("a plain generated file takes the chunked path");
+        assert_eq!(chunked, parse_whole("big.toml", &text, &starts).unwrap());
+        // A problem in a late chunk: the one-piece parse reports it, with its line.
+        let bad = text.replacen("protocol = \"udp\"\nports = \"10099\"", "protocol = \"udp\"\nports = \"99999\"", 1);
+        assert_ne!(bad, text);
+        let Err(e) = parse("big.toml", &bad) else { panic!("port 99999 must be refused") };
+        let line = bad[..bad.find("\"99999\"").unwrap()].lines().count();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert_eq!(e.problems[0].line, line);
+        // A name used in two chunks.
+        let dup = text.replacen("name = \"r5\"\n", "name = \"r12000\"\n", 1);
+        let Err(e) = parse("big.toml", &dup) else { panic!("a name used twice, in chunks 0 and 2, must be refused") };
+        assert!(e.problems[0].message.contains("used by an earlier rule"), "{e}");
+    }
+}

@@ -1,0 +1,402 @@
+//! The one-piece parser: TOML document -> validated rules, every problem with
+//! file, line, rule and field.
+
+use std::{collections::HashSet, net::IpAddr, ops::Range};
+
+use ipnet::IpNet;
+use toml_edit::{ImDocument, Item, Key, TableLike, Value};
+
+use super::{
+    Action, Families, Problem, Protocol, Rule, RuleFileError, RuleSet,
+    chunked::parse_chunked,
+    toml_diag::{item_span, line_starts, suggest},
+};
+
+const TOP_KEYS: [&str; 2] = ["default_policy", "rule"];
+const RULE_KEYS: [&str; 8] = ["name", "action", "src", "dst", "protocol", "ports", "icmp_type", "icmp_code"];
+/// Longest rule name accepted (names are shown in tables and JSON).
+pub const MAX_NAME_LEN: usize = 64;
+
+pub(super) struct Ctx<'a> {
+    pub(super) file: &'a str,
+    /// Byte offset of the start of each line of the whole file, for span -> line
+    /// in O(log n).
+    pub(super) line_starts: &'a [usize],
+    /// Where the parsed text starts in the file (a chunk of a large file).
+    pub(super) offset: usize,
+    pub(super) problems: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    pub(super) fn line_of(&self, span: Option<Range<usize>>) -> usize {
+        let at = span.map(|r| r.start + self.offset).unwrap_or(self.offset);
+        self.line_starts.partition_point(|&s| s <= at).max(1)
+    }
+    pub(super) fn push(&mut self, span: Option<Range<usize>>, rule: Option<&str>, field: Option<&str>, msg: String) {
+        let line = self.line_of(span);
+        self.problems.push(Problem {
+            file: self.file.to_string(),
+            line,
+            rule: rule.map(str::to_string),
+            field: field.map(str::to_string),
+            message: msg,
+        });
+    }
+}
+
+/// Parses and validates a rule file. `file` is only used in messages.
+///
+/// A large file is parsed in chunks of 4096 rules (`chunked.rs`) on all CPUs (a TOML
+/// document tree costs about 3 KB a rule; chunks keep that small and parallel).
+/// Whenever anything about the chunks is not plainly right, the whole file is
+/// parsed in one piece instead, so results and messages are always those of the
+/// one-piece parse.
+pub fn parse(file: &str, text: &str) -> Result<RuleSet, RuleFileError> {
+    let starts = line_starts(text);
+    if let Some(rs) = parse_chunked(file, text, &starts) {
+        return Ok(rs);
+    }
+    parse_whole(file, text, &starts)
+}
+
+pub(super) fn parse_whole(file: &str, text: &str, starts: &[usize]) -> Result<RuleSet, RuleFileError> {
+    let mut cx = Ctx { file, line_starts: starts, offset: 0, problems: Vec::new() };
+    let doc = match ImDocument::parse(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let msg = e.message().trim().to_string();
+            cx.push(e.span(), None, None, format!("not valid TOML: {msg}"));
+            return Err(RuleFileError { problems: cx.problems });
+        }
+    };
+    let root = doc.as_table();
+    for (k, item) in root.iter() {
+        if !TOP_KEYS.contains(&k) {
+            let span = root.key(k).and_then(Key::span).or_else(|| item_span(item));
+            cx.push(span, None, Some(k), suggest(k, &TOP_KEYS));
+        }
+    }
+
+    let default_policy = match root.get("default_policy") {
+        None => {
+            cx.push(
+                None,
+                None,
+                Some("default_policy"),
+                "missing; say default_policy = \"allow\" or \"deny\" (the verdict when no rule matches)".into(),
+            );
+            None
+        }
+        Some(item) => match item.as_str() {
+            Some("allow") => Some(Action::Allow),
+            Some("deny") => Some(Action::Deny),
+            _ => {
+                cx.push(item_span(item), None, Some("default_policy"), format!("must be \"allow\" or \"deny\", not {}", show(item)));
+                None
+            }
+        },
+    };
+
+    // The rule tables, with the span of each.
+    let mut tables: Vec<(&dyn TableLike, Option<Range<usize>>)> = Vec::new();
+    match root.get("rule") {
+        None => {}
+        Some(Item::ArrayOfTables(a)) => {
+            for t in a.iter() {
+                tables.push((t as &dyn TableLike, t.span()));
+            }
+        }
+        Some(Item::Value(Value::Array(a))) => {
+            for v in a.iter() {
+                match v.as_inline_table() {
+                    Some(t) => tables.push((t as &dyn TableLike, v.span())),
+                    None => cx.push(v.span(), None, Some("rule"), format!("each rule must be a table, not {}", v.type_name())),
+                }
+            }
+        }
+        Some(other) => {
+            cx.push(item_span(other), None, Some("rule"), "rules are written as [[rule]] tables".into());
+        }
+    }
+    if tables.len() > egress_common::MAX_RULES as usize {
+        cx.push(
+            None,
+            None,
+            Some("rule"),
+            format!("{} rules, more than the {} a rule file may hold", tables.len(), egress_common::MAX_RULES),
+        );
+    }
+
+    let mut rules = Vec::new();
+    let mut names: HashSet<String> = HashSet::new();
+    for (i, (t, span)) in tables.iter().enumerate() {
+        let index = i as u32 + 1;
+        if let Some(r) = parse_rule(&mut cx, *t, span.clone(), index, default_policy, &mut names) {
+            rules.push(r);
+        }
+    }
+    if !cx.problems.is_empty() {
+        // In file order (stable: problems of one line keep the order they were found in).
+        cx.problems.sort_by_key(|p| p.line);
+        return Err(RuleFileError { problems: cx.problems });
+    }
+    // Only reachable with a policy: a missing one is a problem above.
+    let default_policy = default_policy.unwrap_or(Action::Allow);
+    Ok(RuleSet { default_policy, rules })
+}
+
+fn show(item: &Item) -> String {
+    match item.as_value() {
+        Some(v) => format!("{} `{}`", v.type_name(), v.to_string().trim()),
+        None => item.type_name().to_string(),
+    }
+}
+
+pub(super) fn parse_rule(
+    cx: &mut Ctx<'_>,
+    t: &dyn TableLike,
+    span: Option<Range<usize>>,
+    index: u32,
+    default_policy: Option<Action>,
+    names: &mut HashSet<String>,
+) -> Option<Rule> {
+    let before = cx.problems.len();
+    let line = cx.line_of(span.clone());
+    let kspan = |k: &str| -> Option<Range<usize>> {
+        t.get_key_value(k).and_then(|(key, item)| key.span().or_else(|| item_span(item))).or(span.clone())
+    };
+
+    // The name first, so that every other message can carry it.
+    let mut name = format!("rule-{index}");
+    if let Some(item) = t.get("name") {
+        match item.as_str() {
+            Some(n) if n.trim().is_empty() => cx.push(kspan("name"), Some(&name), Some("name"), "must not be empty".into()),
+            Some(n) if n.len() > MAX_NAME_LEN => {
+                cx.push(kspan("name"), Some(&name), Some("name"), format!("longer than {MAX_NAME_LEN} bytes"))
+            }
+            Some(n) if n.chars().any(|c| c.is_control()) => {
+                cx.push(kspan("name"), Some(&name), Some("name"), "must not contain control characters".into())
+            }
+            Some(n) => name = n.to_string(),
+            None => cx.push(kspan("name"), Some(&name), Some("name"), format!("must be a string, not {}", show(item))),
+        }
+    }
+    let rn = Some(name.as_str());
+    if !names.insert(name.clone()) {
+        cx.push(kspan("name"), rn, Some("name"), format!("the name '{name}' is used by an earlier rule; names must be unique"));
+    }
+
+    for (k, _) in t.iter() {
+        if !RULE_KEYS.contains(&k) {
+            cx.push(kspan(k), rn, Some(k), suggest(k, &RULE_KEYS));
+        }
+    }
+
+    let action = match t.get("action") {
+        None => default_policy.map(Action::opposite),
+        Some(item) => match item.as_str() {
+            Some("allow") => Some(Action::Allow),
+            Some("deny") => Some(Action::Deny),
+            _ => {
+                cx.push(kspan("action"), rn, Some("action"), format!("must be \"allow\" or \"deny\", not {}", show(item)));
+                None
+            }
+        },
+    };
+
+    let src = parse_nets(cx, t.get("src"), kspan("src"), rn, "src");
+    let dst = parse_nets(cx, t.get("dst"), kspan("dst"), rn, "dst");
+
+    let protocol = match t.get("protocol") {
+        None => Some(Protocol::All),
+        Some(item) => match item.as_str() {
+            Some("all") => Some(Protocol::All),
+            Some("tcp") => Some(Protocol::Tcp),
+            Some("udp") => Some(Protocol::Udp),
+            Some("icmp") => Some(Protocol::Icmp),
+            Some("icmpv6") => Some(Protocol::Icmpv6),
+            _ => {
+                cx.push(
+                    kspan("protocol"),
+                    rn,
+                    Some("protocol"),
+                    format!("must be one of \"tcp\", \"udp\", \"icmp\", \"icmpv6\", \"all\", not {}", show(item)),
+                );
+                None
+            }
+        },
+    };
+
+    let ports = t.get("ports").and_then(|item| {
+        let r = parse_ports(item);
+        if let Err(m) = &r {
+            cx.push(kspan("ports"), rn, Some("ports"), m.clone());
+        }
+        r.ok()
+    });
+    if ports.is_some() && !matches!(protocol, Some(Protocol::Tcp | Protocol::Udp)) {
+        let p = protocol.map(Protocol::as_str).unwrap_or("?");
+        cx.push(kspan("ports"), rn, Some("ports"), format!("ports need protocol \"tcp\" or \"udp\" (this rule's protocol is \"{p}\")"));
+    }
+    let byte = |cx: &mut Ctx<'_>, k: &str| -> Option<u8> {
+        let item = t.get(k)?;
+        match item.as_integer() {
+            Some(v) if (0..=255).contains(&v) => Some(v as u8),
+            _ => {
+                cx.push(kspan(k), rn, Some(k), format!("must be an integer from 0 to 255, not {}", show(item)));
+                None
+            }
+        }
+    };
+    let icmp_type = byte(cx, "icmp_type");
+    let icmp_code = byte(cx, "icmp_code");
+    if t.get("icmp_type").is_some() && !matches!(protocol, Some(Protocol::Icmp | Protocol::Icmpv6)) {
+        let p = protocol.map(Protocol::as_str).unwrap_or("?");
+        cx.push(
+            kspan("icmp_type"),
+            rn,
+            Some("icmp_type"),
+            format!("icmp_type needs protocol \"icmp\" or \"icmpv6\" (this rule's protocol is \"{p}\")"),
+        );
+    }
+    if t.get("icmp_code").is_some() && t.get("icmp_type").is_none() {
+        cx.push(kspan("icmp_code"), rn, Some("icmp_code"), "icmp_code needs icmp_type".into());
+    }
+
+    // Address families: what src, dst and protocol allow together.
+    let mut families = Families::BOTH;
+    if let (Some(src), Some(dst), Some(protocol)) = (&src, &dst, protocol) {
+        let fam_src = src.as_deref().map(Families::of_nets).unwrap_or(Families::BOTH);
+        let fam_dst = dst.as_deref().map(Families::of_nets).unwrap_or(Families::BOTH);
+        let fam_proto = match protocol {
+            Protocol::Icmp => Families { v4: true, v6: false },
+            Protocol::Icmpv6 => Families { v4: false, v6: true },
+            _ => Families::BOTH,
+        };
+        families = fam_src.and(fam_dst).and(fam_proto);
+        if !families.v4 && !families.v6 {
+            let (field, why) = if !fam_src.and(fam_dst).v4 && !fam_src.and(fam_dst).v6 {
+                ("dst", format!("src is {} but dst is {}", fam_src.describe(), fam_dst.describe()))
+            } else {
+                (
+                    "protocol",
+                    format!("protocol \"{}\" never matches the rule's addresses ({})", protocol.as_str(), fam_src.and(fam_dst).describe()),
+                )
+            };
+            cx.push(kspan(field), rn, Some(field), format!("the rule can never match: {why}"));
+        } else {
+            // A listed prefix of a family the rest of the rule excludes can never match.
+            for (field, nets) in [("src", src), ("dst", dst)] {
+                for n in nets.iter().flatten() {
+                    if !families.has(n) {
+                        cx.push(
+                            kspan(field),
+                            rn,
+                            Some(field),
+                            format!("{n} can never match: the rest of the rule matches {}", families.describe()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    if cx.problems.len() != before {
+        return None;
+    }
+    Some(Rule { index, name, line, action: action?, src: src?, dst: dst?, protocol: protocol?, ports, icmp_type, icmp_code, families })
+}
+
+/// `src`/`dst`: a CIDR or a list of CIDRs. Outer `None`: invalid (reported);
+/// inner `None`: key absent (any address).
+fn parse_nets(
+    cx: &mut Ctx<'_>,
+    item: Option<&Item>,
+    span: Option<Range<usize>>,
+    rule: Option<&str>,
+    field: &str,
+) -> Option<Option<Vec<IpNet>>> {
+    let Some(item) = item else { return Some(None) };
+    let mut out = Vec::new();
+    let mut ok = true;
+    let mut one = |cx: &mut Ctx<'_>, v: &Value| -> bool {
+        match v.as_str() {
+            Some(s) => match parse_cidr(s) {
+                Ok(n) => {
+                    out.push(n);
+                    true
+                }
+                Err(m) => {
+                    cx.push(v.span().or(span.clone()), rule, Some(field), m);
+                    false
+                }
+            },
+            None => {
+                cx.push(
+                    v.span().or(span.clone()),
+                    rule,
+                    Some(field),
+                    format!("each entry must be a CIDR string such as \"192.0.2.0/24\", not {}", v.type_name()),
+                );
+                false
+            }
+        }
+    };
+    match item.as_value() {
+        Some(Value::Array(a)) => {
+            if a.is_empty() {
+                cx.push(span.clone(), rule, Some(field), format!("an empty list matches nothing; omit '{field}' to match any address"));
+                ok = false;
+            }
+            for v in a.iter() {
+                ok &= one(cx, v);
+            }
+        }
+        Some(v) => ok &= one(cx, v),
+        None => {
+            cx.push(span.clone(), rule, Some(field), "must be a CIDR string or a list of them".into());
+            ok = false;
+        }
+    }
+    if ok { Some(Some(out)) } else { None }
+}
+
+/// A CIDR, or a bare address meaning a host prefix. Host bits set is an error.
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    if !s.contains('/') {
+        return match s.parse::<IpAddr>() {
+            Ok(a) => Ok(IpNet::from(a)),
+            Err(_) => Err(format!("'{s}' is not an IPv4 or IPv6 address or CIDR")),
+        };
+    }
+    let net: IpNet = s.parse().map_err(|_| format!("'{s}' is not a valid CIDR (expected e.g. 192.0.2.0/24 or 2001:db8::/32)"))?;
+    if net.addr() != net.network() {
+        return Err(format!("'{s}' has host bits set; did you mean {}?", net.trunc()));
+    }
+    Ok(net)
+}
+
+/// `ports`: "N", "N-M" (or a bare integer N).
+pub fn parse_ports(item: &Item) -> Result<(u16, u16), String> {
+    let port = |s: &str| -> Result<u16, String> {
+        s.trim().parse::<u16>().map_err(|_| format!("'{}' is not a port number from 0 to 65535", s.trim()))
+    };
+    if let Some(n) = item.as_integer() {
+        return u16::try_from(n).map(|p| (p, p)).map_err(|_| format!("{n} is not a port number from 0 to 65535"));
+    }
+    let Some(s) = item.as_str() else {
+        return Err(format!("must be a port \"N\" or a range \"N-M\", not {}", show(item)));
+    };
+    let (a, b) = match s.split_once('-') {
+        Some((a, b)) => (port(a)?, port(b)?),
+        None => {
+            let p = port(s)?;
+            (p, p)
+        }
+    };
+    if a > b {
+        return Err(format!("range '{s}' is empty: the first port is greater than the last"));
+    }
+    Ok((a, b))
+}
