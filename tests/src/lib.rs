@@ -100,6 +100,16 @@ impl Pair {
         Ok(())
     }
 
+    /// Resolves neighbours (ARP, or NDP with `v6`) from a to b before anything is
+    /// asserted: up to 20 single datagrams until one arrives.
+    pub fn settle(&self, v6: bool) {
+        for _ in 0..20 {
+            if self.udp(v6, 7000, 1) == 1 {
+                break;
+            }
+        }
+    }
+
     /// Runs `egress ARGS` inside namespace a (as `ip netns exec` would).
     pub fn egress(&self, args: &[&str]) -> Output {
         let mut c = Command::new("ip");

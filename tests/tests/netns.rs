@@ -56,11 +56,7 @@ fn own_status(p: &Pair) -> serde_json::Value {
 fn settle(p: &Pair) {
     // Resolve neighbours (ARP, NDP) both ways before anything is asserted.
     for v6 in [false, true] {
-        for _ in 0..20 {
-            if p.udp(v6, 7000, 1) == 1 {
-                break;
-            }
-        }
+        p.settle(v6);
     }
 }
 

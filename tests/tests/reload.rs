@@ -17,11 +17,7 @@ use serde_json::Value;
 
 fn settle(p: &Pair) {
     p.static_neighbours().expect("static neighbours");
-    for _ in 0..20 {
-        if p.udp(false, 7000, 1) == 1 {
-            break;
-        }
-    }
+    p.settle(false);
 }
 
 fn apply_json(p: &Pair, rules: &std::path::Path) -> Value {

@@ -10,11 +10,7 @@ use egress_tests::{Daemon, Pair, egress_bin, replace_file, temp_file};
 use serde_json::Value;
 
 fn settle(p: &Pair) {
-    for _ in 0..20 {
-        if p.udp(false, 7000, 1) == 1 {
-            break;
-        }
-    }
+    p.settle(false);
 }
 
 fn deny(ports: &[u16]) -> String {
