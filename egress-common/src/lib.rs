@@ -52,6 +52,10 @@ pub const PROGRAM_NAME: &str = "egress_classify";
 pub const PASS_PROGRAM_NAME: &str = "egress_pass";
 /// A classifier that drops everything: the benchmark's receive-side sink.
 pub const SINK_PROGRAM_NAME: &str = "egress_sink";
+/// The same classifier as an XDP program (`egress apply --hook xdp`).
+pub const XDP_PROGRAM_NAME: &str = "egress_xdp";
+/// An empty XDP program (returns XDP_PASS): the XDP benchmark baseline.
+pub const XDP_PASS_PROGRAM_NAME: &str = "egress_xdp_pass";
 
 pub const MAP_DST_V4: &str = "DST_V4";
 pub const MAP_DST_V6: &str = "DST_V6";

@@ -1,6 +1,9 @@
-//! egress: TC-egress classifier. Parses the packet, asks the flow verdict cache
+//! egress: the classifier. Parses the packet, asks the flow verdict cache
 //! (cache.rs), on a miss runs the three-stage lookup (classify.rs) and caches its
-//! result, counts the decision against its rule and returns it.
+//! result, counts the decision against its rule and returns it. One body, two
+//! entry points: `egress_classify` (a TC program, attached to an interface's
+//! egress or ingress hook) and `egress_xdp` (an XDP program: packets arriving on
+//! the interface, before the stack); frame.rs hides the difference.
 //!
 //! Fail mode: non-IP frames pass uncounted by rules (STATS non_ip_passed); IP
 //! packets that cannot be parsed (truncated headers, impossible fields, too many
@@ -14,6 +17,8 @@ mod cache;
 #[cfg(target_arch = "bpf")]
 mod classify;
 #[cfg(target_arch = "bpf")]
+mod frame;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
@@ -22,7 +27,11 @@ mod stats;
 
 #[cfg(target_arch = "bpf")]
 mod program {
-    use aya_ebpf::{macros::classifier, programs::TcContext};
+    use aya_ebpf::{
+        bindings::xdp_action::{XDP_DROP, XDP_PASS},
+        macros::{classifier, xdp},
+        programs::{TcContext, XdpContext},
+    };
     use egress_common::{
         ACTION_DENY, DEFAULT_COUNTER_SLOT, PCLASS_NO_L4, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP, STAT_TOO_MANY_HDRS, STAT_TRUNCATED,
         TC_ACT_SHOT, TC_ACT_UNSPEC,
@@ -30,6 +39,7 @@ mod program {
 
     use crate::{
         cache, classify,
+        frame::Frame,
         parse::{self, ParseError},
         stats,
     };
@@ -49,10 +59,27 @@ mod program {
 
     #[classifier]
     pub fn egress_classify(ctx: TcContext) -> i32 {
-        match try_classify(&ctx) {
-            Ok(verdict) => verdict,
+        let pass = match try_classify(&ctx) {
+            Ok(pass) => pass,
             Err(e) => on_error(e),
-        }
+        };
+        if pass { TC_ACT_UNSPEC } else { TC_ACT_SHOT }
+    }
+
+    /// The same classifier on the XDP hook: a deny drops the frame as it arrives.
+    #[xdp]
+    pub fn egress_xdp(ctx: XdpContext) -> u32 {
+        let pass = match try_classify(&ctx) {
+            Ok(pass) => pass,
+            Err(e) => on_error(e),
+        };
+        if pass { XDP_PASS } else { XDP_DROP }
+    }
+
+    /// Does nothing and hands every frame on: the XDP baseline of the benchmark.
+    #[xdp]
+    pub fn egress_xdp_pass(_ctx: XdpContext) -> u32 {
+        XDP_PASS
     }
 
     /// Does nothing and hands every packet on: the baseline `cargo xtask bench`
@@ -69,8 +96,9 @@ mod program {
         TC_ACT_SHOT
     }
 
+    /// True: pass the packet; false: drop it.
     #[inline(always)]
-    fn try_classify(ctx: &TcContext) -> Result<i32, ParseError> {
+    fn try_classify(ctx: &impl Frame) -> Result<bool, ParseError> {
         // read_volatile: keep the loader-patched value instead of the compiled-in one.
         let has_eth = unsafe { core::ptr::read_volatile(&HAS_ETH) } != 0;
         let pkt = parse::parse(ctx, has_eth)?;
@@ -95,27 +123,28 @@ mod program {
             }
         };
         stats::count_rule(ctx, slot);
-        Ok(if action == ACTION_DENY { TC_ACT_SHOT } else { TC_ACT_UNSPEC })
+        Ok(action != ACTION_DENY)
     }
 
+    /// Whether a packet that could not be parsed passes (only non-IP frames do).
     #[inline(always)]
-    fn on_error(e: ParseError) -> i32 {
+    fn on_error(e: ParseError) -> bool {
         match e {
             ParseError::NonIp => {
                 stats::bump(STAT_NON_IP);
-                TC_ACT_UNSPEC
+                true
             }
             ParseError::Truncated => {
                 stats::bump(STAT_TRUNCATED);
-                TC_ACT_SHOT
+                false
             }
             ParseError::BadHeader => {
                 stats::bump(STAT_BAD_HEADER);
-                TC_ACT_SHOT
+                false
             }
             ParseError::TooManyHeaders => {
                 stats::bump(STAT_TOO_MANY_HDRS);
-                TC_ACT_SHOT
+                false
             }
         }
     }

@@ -3,11 +3,12 @@
 //!   options and not a fragment, or IPv6 whose next header is TCP/UDP/ICMPv6;
 //!   every needed byte in the linear data) read with direct packet access: a few
 //!   bounds-checked loads instead of helper calls.
-//! - the general path: every read goes through `bpf_skb_load_bytes` (`ctx.load`),
+//! - the general path: every read goes through `bpf_skb_load_bytes` (TC) or
+//!   `bpf_xdp_load_bytes` (XDP) (`Frame::load`),
 //!   which checks bounds against the whole skb, including paged data, so a short
 //!   packet is simply an `Err`. Anything the fast path does not take ends up here.
 
-use aya_ebpf::programs::TcContext;
+use crate::frame::Frame;
 use egress_common::{MAX_IPV6_EXT_HDRS, MAX_VLAN_TAGS, PCLASS_ICMP, PCLASS_ICMPV6, PCLASS_NO_L4, PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP};
 
 const ETH_HLEN: usize = 14;
@@ -59,13 +60,13 @@ pub struct Packet {
 }
 
 #[inline(always)]
-fn load<T>(ctx: &TcContext, off: usize) -> Result<T, ParseError> {
+fn load<T>(ctx: &impl Frame, off: usize) -> Result<T, ParseError> {
     ctx.load::<T>(off).map_err(|_| ParseError::Truncated)
 }
 
 /// The fast path (see the module comment); `None` hands the packet to the general path.
 #[inline(always)]
-fn fast(ctx: &TcContext, has_eth: bool) -> Option<Packet> {
+fn fast<C: Frame>(ctx: &C, has_eth: bool) -> Option<Packet> {
     let data = ctx.data();
     let end = ctx.data_end();
     let l3 = if has_eth {
@@ -143,7 +144,7 @@ fn fast(ctx: &TcContext, has_eth: bool) -> Option<Packet> {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &TcContext, has_eth: bool) -> Result<Packet, ParseError> {
+pub fn parse<C: Frame>(ctx: &C, has_eth: bool) -> Result<Packet, ParseError> {
     if let Some(p) = fast(ctx, has_eth) {
         return Ok(p);
     }
@@ -179,7 +180,7 @@ pub fn parse(ctx: &TcContext, has_eth: bool) -> Result<Packet, ParseError> {
 const _: () = assert!(ETH_TYPE_OFF + 2 == ETH_HLEN);
 
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext, l3: usize) -> Result<Packet, ParseError> {
+fn parse_ipv4<C: Frame>(ctx: &C, l3: usize) -> Result<Packet, ParseError> {
     let h: [u8; IPV4_MIN_HLEN] = load(ctx, l3)?;
     if h[0] >> 4 != 4 {
         return Err(ParseError::BadHeader);
@@ -210,7 +211,7 @@ fn parse_ipv4(ctx: &TcContext, l3: usize) -> Result<Packet, ParseError> {
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &TcContext, l3: usize) -> Result<Packet, ParseError> {
+fn parse_ipv6<C: Frame>(ctx: &C, l3: usize) -> Result<Packet, ParseError> {
     let h: [u8; IPV6_HLEN] = load(ctx, l3)?;
     if h[0] >> 4 != 6 {
         return Err(ParseError::BadHeader);
@@ -269,7 +270,7 @@ fn parse_ipv6(ctx: &TcContext, l3: usize) -> Result<Packet, ParseError> {
 
 /// The 16-bit "port" of the last lookup stage for a first (or only) fragment.
 #[inline(always)]
-fn load_l4(ctx: &TcContext, l4: usize, pclass: u8) -> Result<[u8; 2], ParseError> {
+fn load_l4<C: Frame>(ctx: &C, l4: usize, pclass: u8) -> Result<[u8; 2], ParseError> {
     match pclass {
         PCLASS_TCP | PCLASS_UDP => {
             // Source port, then destination port.

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use egress::hook::Hook;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -41,16 +42,23 @@ pub enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Validate, compile, load and attach a rule file to an interface's TC egress hook.
+    /// Validate, compile, load and attach a rule file to one of an interface's hooks.
     ///
     /// Enforcement and counters stay after the command exits (the program is pinned
-    /// under /sys/fs/bpf/egress/IFACE). Run again on the same interface to replace the
-    /// rule set atomically: no packet passes unfiltered meanwhile, and if the new set
-    /// fails to validate or load, the old one stays enforced. Needs root.
+    /// under /sys/fs/bpf/egress/). Run again on the same interface and hook to
+    /// replace the rule set atomically: no packet passes unfiltered meanwhile, and if
+    /// the new set fails to validate or load, the old one stays enforced. Needs root.
     Apply {
-        /// Interface whose egress traffic is filtered (e.g. eth0).
+        /// Interface whose traffic is filtered (e.g. eth0).
         #[arg(long, short = 'i', value_name = "IFACE")]
         iface: String,
+        /// Where on the interface: tc-egress filters packets leaving it (after
+        /// routing and SNAT: a host's own traffic); tc-ingress and xdp filter packets
+        /// arriving on it (on a router's guest-facing interface: guest addresses,
+        /// before SNAT). xdp runs in the driver (native) where it can, else generic.
+        /// An interface may carry all three with different rule sets.
+        #[arg(long, value_enum, default_value_t = Hook::TcEgress)]
+        hook: Hook,
         /// Rule file (TOML).
         #[arg(long, short = 'r', value_name = "FILE")]
         rules: PathBuf,
@@ -71,11 +79,15 @@ pub enum Command {
     Counters {
         #[arg(long, short = 'i', value_name = "IFACE")]
         iface: String,
+        /// Which hook's rule set (see `apply --hook`).
+        #[arg(long, value_enum, default_value_t = Hook::TcEgress)]
+        hook: Hook,
         /// Print JSON: {"iface", "rules": [{"name","action","packets","bytes",...}], "default": {...}}.
         #[arg(long)]
         json: bool,
     },
-    /// List every attachment: namespace, interface, hook, link health, rule count, rule file.
+    /// List every attachment: namespace, interface, hook (and how it is attached:
+    /// tcx/clsact, XDP native/generic), link health, rule count, rule file.
     ///
     /// An attachment whose interface (or whole namespace) was deleted shows as
     /// "severed": nothing is filtered there any more. `--prune` removes what such
@@ -106,6 +118,7 @@ pub enum Command {
     ///   name = "eth1"                     # required
     ///   rules = "/etc/egress/eth1.toml"   # required: a rule file
     ///   flow_cache = 65536                # optional, as `apply --flow-cache`
+    ///   hook = "tc-egress"                # optional, as `apply --hook`
     Run {
         /// The config file (TOML).
         #[arg(long, short = 'c', value_name = "FILE")]
@@ -124,6 +137,9 @@ pub enum Command {
     Detach {
         #[arg(long, short = 'i', value_name = "IFACE")]
         iface: String,
+        /// Which hook's rule set (see `apply --hook`); the others stay.
+        #[arg(long, value_enum, default_value_t = Hook::TcEgress)]
+        hook: Hook,
     },
     /// Validate a rule file without touching the kernel (no root needed).
     Check {

@@ -28,6 +28,8 @@ pub fn counters_json(r: &Readout) -> Value {
     json!({
         "iface": r.state.iface,
         "netns": r.state.netns,
+        "hook": r.state.hook,
+        "mode": r.state.mode,
         "link": r.health.as_str(),
         "rules": rules,
         "default": {"action": r.state.default_action, "packets": packets, "bytes": bytes, "since": rfc3339(r.state.default_since)},
@@ -68,10 +70,11 @@ pub fn counters_table(r: &Readout) -> String {
     ]);
     let ns = if r.state.netns == "host" { String::new() } else { format!(" in netns {}", r.state.netns) };
     let mut out = format!(
-        "egress on {}{} ({} hook, generation {}, {} rules from {})\n",
+        "egress on {}{} ({} hook ({}), generation {}, {} rules from {})\n",
         r.state.iface,
         ns,
         r.state.hook,
+        r.state.mode,
         r.state.generation,
         r.state.rules.len(),
         r.state.rules_file
@@ -96,7 +99,7 @@ pub fn status_json(states: &[(State, LinkHealth)]) -> Value {
         .map(|(s, h)| {
             json!({
                 "iface": s.iface, "netns": s.netns, "netns_cookie": s.netns_cookie, "ifindex": s.ifindex,
-                "hook": s.hook, "attached": *h == LinkHealth::Attached, "link": h.as_str(), "rules": s.rules.len(),
+                "hook": s.hook, "mode": s.mode, "attached": *h == LinkHealth::Attached, "link": h.as_str(), "rules": s.rules.len(),
                 "default": s.default_action, "rules_file": s.rules_file, "digest": s.digest,
                 "loaded_at": s.loaded_at, "loaded_at_utc": utc(s.loaded_at), "generation": s.generation,
                 "flow_cache": s.flow_cache, "pinned": pin_dir(&s.key).display().to_string(),
@@ -125,7 +128,7 @@ pub fn status_table(states: &[(State, LinkHealth)]) -> String {
         rows.push([
             s.netns.clone(),
             s.iface.clone(),
-            s.hook.clone(),
+            format!("{} ({})", s.hook, s.mode),
             h.as_str().into(),
             s.rules.len().to_string(),
             utc(s.loaded_at),

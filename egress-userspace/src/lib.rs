@@ -3,6 +3,7 @@
 pub mod compile;
 pub mod counters;
 pub mod dataplane;
+pub mod hook;
 pub mod packet;
 pub mod reference;
 pub mod reload;

@@ -117,10 +117,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Command::Apply { iface, rules, flow_cache, json } => {
+        Command::Apply { iface, hook, rules, flow_cache, json } => {
             let p = reload::prepare(&rules).map_err(input)?;
             enter("apply", &cli.netns)?;
-            let target = dataplane::resolve(&iface)?;
+            let target = dataplane::resolve(&iface, hook)?;
             let applied = reload::apply(&target, &p, flow_cache).map_err(input)?;
             if json {
                 println!("{}", reload::applied_json(&applied));
@@ -128,9 +128,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", reload::applied_text(&applied, &p));
             }
         }
-        Command::Counters { iface, json } => {
+        Command::Counters { iface, hook, json } => {
             enter("counters", &cli.netns)?;
-            let r = dataplane::read_counters(&dataplane::resolve_or_state(&iface)?)?;
+            let r = dataplane::read_counters(&dataplane::resolve_or_state(&iface, hook)?)?;
             if json {
                 println!("{}", counters::counters_json(&r));
             } else {
@@ -154,13 +154,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", counters::status_table(&states));
             }
         }
-        Command::Detach { iface } => {
+        Command::Detach { iface, hook } => {
             enter("detach", &cli.netns)?;
-            let target = dataplane::resolve_or_state(&iface)?;
+            let target = dataplane::resolve_or_state(&iface, hook)?;
             if dataplane::detach(&target)? {
-                println!("detached egress from {iface}; its traffic is no longer filtered");
+                println!("detached egress from {iface} ({hook}); packets {} it there are no longer filtered", hook.direction());
             } else {
-                anyhow::bail!("no rules loaded on {iface} in network namespace {}", target.netns)
+                anyhow::bail!("no rules loaded on {iface} ({hook}) in network namespace {}", target.netns)
             }
         }
         Command::Run { config, detach_on_exit, log_format: _, recheck } => {

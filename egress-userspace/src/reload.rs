@@ -83,7 +83,7 @@ pub fn applied_json(a: &Applied) -> Value {
                    "since": rfc3339(r.since)})
         })
         .collect();
-    json!({"iface": st.iface, "netns": st.netns, "ifindex": st.ifindex, "hook": st.hook, "replaced": a.replaced,
+    json!({"iface": st.iface, "netns": st.netns, "ifindex": st.ifindex, "hook": st.hook, "mode": st.mode, "replaced": a.replaced,
            "generation": st.generation, "rules": st.rules.len(), "kept": a.kept, "removed": removed,
            "default": st.default_action, "digest": st.digest, "flow_cache": st.flow_cache, "rules_file": st.rules_file,
            "pinned": dataplane::pin_dir(&st.key).display().to_string()})
@@ -94,11 +94,12 @@ pub fn applied_text(a: &Applied, p: &Prepared) -> String {
     let st = &a.state;
     let deny = p.rules.rules.iter().filter(|r| r.action == rules::Action::Deny).count();
     let mut out = format!(
-        "{} {} on {} ({} egress hook, generation {})\n",
+        "{} {} on {} ({} hook ({}), generation {})\n",
         if a.replaced { "replaced rules" } else { "applied" },
         p.file,
         st.iface,
         st.hook,
+        st.mode,
         st.generation
     );
     out.push_str(&format!("  default policy  {}\n", st.default_action));

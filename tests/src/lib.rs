@@ -22,9 +22,11 @@ pub const B4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 pub const A6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
 pub const B6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
 
+pub mod router;
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-fn sh(args: &[&str]) -> Result<()> {
+pub(crate) fn sh(args: &[&str]) -> Result<()> {
     let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("run {args:?}"))?;
     if !out.status.success() {
         bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
@@ -153,93 +155,114 @@ impl Pair {
 
     /// Sends `n` UDP datagrams from a to b:`port` and returns how many arrived.
     pub fn udp(&self, v6: bool, port: u16, n: u32) -> u32 {
-        let dst: IpAddr = if v6 { B6.into() } else { B4.into() };
-        let bind: SocketAddr = if v6 { (Ipv6Addr::UNSPECIFIED, port).into() } else { (Ipv4Addr::UNSPECIFIED, port).into() };
-        // Retry briefly: a port just released by the previous call was once seen
-        // still in use under parallel load (EADDRINUSE).
-        let server = in_ns_io(&self.b, move || {
-            let deadline = Instant::now() + Duration::from_secs(2);
-            loop {
-                match UdpSocket::bind(bind) {
-                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    other => return other,
-                }
-            }
-        })
-        .unwrap_or_else(|e| panic!("bind udp {bind} in {}: {e:#}", self.b));
-        server.set_read_timeout(Some(Duration::from_millis(300))).ok();
-        in_ns_io(&self.a, move || -> std::io::Result<()> {
-            let c = UdpSocket::bind(if v6 {
-                SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
-            } else {
-                SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
-            })?;
-            for i in 0..n {
-                // A dropped datagram makes send fail with ENOBUFS: that is the drop.
-                let _ = c.send_to(&i.to_be_bytes(), (dst, port));
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Ok(())
-        })
-        .expect("send udp in a");
-        let mut got = 0;
-        let mut buf = [0u8; 64];
-        while server.recv_from(&mut buf).is_ok() {
-            got += 1;
-        }
-        got
+        udp(&self.a, &self.b, if v6 { B6.into() } else { B4.into() }, port, n)
     }
 
     /// TCP connect from a to b:`port`; true if the handshake completed and a byte echoed.
     pub fn tcp(&self, v6: bool, port: u16) -> bool {
-        let bind: SocketAddr = if v6 { (Ipv6Addr::UNSPECIFIED, port).into() } else { (Ipv4Addr::UNSPECIFIED, port).into() };
-        let l = in_ns_io(&self.b, move || TcpListener::bind(bind)).expect("listen in b");
-        let server = std::thread::spawn(move || {
-            l.set_nonblocking(false).ok();
-            if let Ok((mut s, _)) = l.accept() {
-                let mut b = [0u8; 1];
-                if s.read_exact(&mut b).is_ok() {
-                    let _ = s.write_all(&b);
-                }
-            }
-        });
-        let dst: SocketAddr = if v6 { (B6, port).into() } else { (B4, port).into() };
-        let ok = in_ns_io(&self.a, move || -> std::io::Result<bool> {
-            let mut s = match TcpStream::connect_timeout(&dst, Duration::from_millis(1500)) {
-                Ok(s) => s,
-                Err(_) => return Ok(false),
-            };
-            s.set_read_timeout(Some(Duration::from_millis(1500)))?;
-            s.write_all(b"x")?;
-            let mut b = [0u8; 1];
-            Ok(s.read_exact(&mut b).is_ok() && b == *b"x")
-        })
-        .unwrap_or(false);
-        if !ok {
-            // Unblock the accept() so the thread ends: connect to ourselves inside b.
-            let _ = in_ns(&self.b, move || {
-                TcpStream::connect_timeout(
-                    &(if v6 { SocketAddr::from((Ipv6Addr::LOCALHOST, port)) } else { SocketAddr::from((Ipv4Addr::LOCALHOST, port)) }),
-                    Duration::from_millis(500),
-                )
-            });
-        }
-        let _ = server.join();
-        ok
+        tcp(&self.a, &self.b, if v6 { B6.into() } else { B4.into() }, port)
     }
 
     /// Sends `n` ICMP (or ICMPv6) echo requests from a to b; returns the replies seen.
     pub fn ping(&self, v6: bool, n: u32) -> u32 {
-        in_ns(&self.a, move || ping(v6, n)).unwrap_or(0)
+        ping_from(&self.a, if v6 { B6.into() } else { B4.into() }, n)
     }
+}
+
+/// Sends `n` UDP datagrams from namespace `client` to `dst`:`port`, received in
+/// namespace `server`; returns how many arrived.
+pub fn udp(client: &str, server: &str, dst: IpAddr, port: u16, n: u32) -> u32 {
+    let v6 = dst.is_ipv6();
+    let bind: SocketAddr = if v6 { (Ipv6Addr::UNSPECIFIED, port).into() } else { (Ipv4Addr::UNSPECIFIED, port).into() };
+    // Retry briefly: a port just released by the previous call was once seen
+    // still in use under parallel load (EADDRINUSE).
+    let server = in_ns_io(server, move || {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match UdpSocket::bind(bind) {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                other => return other,
+            }
+        }
+    })
+    .unwrap_or_else(|e| panic!("bind udp {bind} in {server}: {e:#}"));
+    server.set_read_timeout(Some(Duration::from_millis(300))).ok();
+    in_ns_io(client, move || -> std::io::Result<()> {
+        let c =
+            UdpSocket::bind(if v6 { SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)) } else { SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)) })?;
+        for i in 0..n {
+            // A dropped datagram makes send fail with ENOBUFS: that is the drop.
+            let _ = c.send_to(&i.to_be_bytes(), (dst, port));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    })
+    .expect("send udp in a");
+    let mut got = 0;
+    let mut buf = [0u8; 64];
+    while server.recv_from(&mut buf).is_ok() {
+        got += 1;
+    }
+    got
+}
+
+/// TCP connect from namespace `client` to `dst`:`port`, listened on in namespace
+/// `server`; true if the handshake completed and a byte echoed.
+pub fn tcp(client: &str, server: &str, dst: IpAddr, port: u16) -> bool {
+    let v6 = dst.is_ipv6();
+    let bind: SocketAddr = if v6 { (Ipv6Addr::UNSPECIFIED, port).into() } else { (Ipv4Addr::UNSPECIFIED, port).into() };
+    let l = in_ns_io(server, move || TcpListener::bind(bind)).unwrap_or_else(|e| panic!("listen on {bind} in {server}: {e:#}"));
+    let acceptor = std::thread::spawn(move || {
+        l.set_nonblocking(false).ok();
+        if let Ok((mut s, _)) = l.accept() {
+            let mut b = [0u8; 1];
+            if s.read_exact(&mut b).is_ok() {
+                let _ = s.write_all(&b);
+            }
+        }
+    });
+    let dst = SocketAddr::new(dst, port);
+    let ok = in_ns_io(client, move || -> std::io::Result<bool> {
+        let mut s = match TcpStream::connect_timeout(&dst, Duration::from_millis(1500)) {
+            Ok(s) => s,
+            Err(_) => return Ok(false),
+        };
+        s.set_read_timeout(Some(Duration::from_millis(1500)))?;
+        s.write_all(b"x")?;
+        let mut b = [0u8; 1];
+        Ok(s.read_exact(&mut b).is_ok() && b == *b"x")
+    })
+    .unwrap_or(false);
+    if !ok {
+        // Unblock the accept() so the thread ends: connect to ourselves inside the server's namespace.
+        let _ = in_ns(server, move || {
+            TcpStream::connect_timeout(
+                &(if v6 { SocketAddr::from((Ipv6Addr::LOCALHOST, port)) } else { SocketAddr::from((Ipv4Addr::LOCALHOST, port)) }),
+                Duration::from_millis(500),
+            )
+        });
+    }
+    let _ = acceptor.join();
+    ok
+}
+
+/// Sends `n` ICMP (or ICMPv6) echo requests from namespace `ns` to `dst`; returns the replies seen.
+pub fn ping_from(ns: &str, dst: IpAddr, n: u32) -> u32 {
+    in_ns(ns, move || ping(dst, n)).unwrap_or(0)
 }
 
 impl Drop for Pair {
     fn drop(&mut self) {
         // Detach first so no pins or state outlive the test.
-        let _ = Command::new("ip").args(["netns", "exec", &self.a]).arg(egress_bin()).args(["detach", "--iface", &self.a_if]).output();
+        for hook in ["tc-egress", "tc-ingress", "xdp"] {
+            let _ = Command::new("ip")
+                .args(["netns", "exec", &self.a])
+                .arg(egress_bin())
+                .args(["detach", "--iface", &self.a_if, "--hook", hook])
+                .output();
+        }
         let _ = Command::new("ip").args(["netns", "del", &self.a]).status();
         let _ = Command::new("ip").args(["netns", "del", &self.b]).status();
     }
@@ -294,9 +317,10 @@ pub fn in_ns_io<T: Send + 'static>(ns: &str, f: impl FnOnce() -> std::io::Result
 }
 
 /// Echo requests over a raw socket (in the calling thread's namespace).
-fn ping(v6: bool, n: u32) -> u32 {
-    let (domain, proto, dst): (Domain, Protocol, SocketAddr) =
-        if v6 { (Domain::IPV6, Protocol::ICMPV6, (B6, 0).into()) } else { (Domain::IPV4, Protocol::ICMPV4, (B4, 0).into()) };
+fn ping(dst: IpAddr, n: u32) -> u32 {
+    let v6 = dst.is_ipv6();
+    let (domain, proto) = if v6 { (Domain::IPV6, Protocol::ICMPV6) } else { (Domain::IPV4, Protocol::ICMPV4) };
+    let dst = SocketAddr::new(dst, 0);
     let Ok(s) = Socket::new(domain, Type::RAW, Some(proto)) else {
         return 0;
     };

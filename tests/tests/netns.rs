@@ -157,7 +157,7 @@ fn detach_restores_traffic_and_removes_pins() {
     let st = own_status(&p);
     let pins = std::path::PathBuf::from(st["pinned"].as_str().unwrap());
     assert!(pins.join("link").exists(), "link pinned at {}", pins.display());
-    assert_eq!((st["hook"].as_str(), st["attached"].as_bool()), (Some("tcx"), Some(true)));
+    assert_eq!((st["hook"].as_str(), st["mode"].as_str(), st["attached"].as_bool()), (Some("tc-egress"), Some("tcx"), Some(true)));
 
     let out = p.egress_ok(&["detach", "--iface", &p.a_if]);
     assert!(out.contains("detached"), "{out}");

@@ -27,7 +27,7 @@ use super::{
     pin_err,
     state::{self, Count, Pending, RuleInfo, State, gen_dir, link_pin, now_unix, pin_dir},
 };
-use crate::compile::Compiled;
+use crate::{compile::Compiled, hook::Hook};
 
 /// What a replacement needs besides the compiled maps.
 pub struct ApplyRequest<'a> {
@@ -64,15 +64,17 @@ pub struct Applied {
 
 fn no_state(t: &Target) -> DataplaneError {
     DataplaneError::Other(format!(
-        "no rules loaded on {} in network namespace {} (nothing pinned under {}); run `egress apply --iface {} --rules FILE`",
+        "no rules loaded on {} ({}) in network namespace {} (nothing pinned under {}); run `egress apply --iface {}{} --rules FILE`",
         t.iface,
+        t.hook,
         t.netns,
         pin_dir(&t.key()).display(),
-        t.iface
+        t.iface,
+        if t.hook == Hook::TcEgress { String::new() } else { format!(" --hook {}", t.hook) }
     ))
 }
 
-/// Loads the rule set and attaches it to the interface's egress hook, or replaces
+/// Loads the rule set and attaches it to the target's hook, or replaces
 /// the rule set already there in one atomic step. Any failure before that step
 /// leaves the old rule set enforced and its state untouched.
 pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
@@ -91,7 +93,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         && link::health(&lpath, p.ifindex, false) != LinkHealth::Attached
     {
         tracing::info!(iface = t.iface, key, "the previous link is severed or gone; attaching afresh");
-        let _ = link::unlink(&t.iface, &lpath, None);
+        let _ = link::unlink(&t.iface, &lpath, None, false);
         let _ = fs::remove_dir_all(pin_dir(&key));
         prev = None;
     }
@@ -134,6 +136,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         // Wraps after 4 billion applies; 0 is skipped because the program reserves it.
         generation: (generation % u64::from(u32::MAX)) as u32 + 1,
         flow_cache: req.flow_cache,
+        hook: t.hook,
     };
     let mut loaded = Loaded::with_options(req.compiled, &opts)?;
     let gdir = gen_dir(&key, generation);
@@ -154,8 +157,15 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
     }
     let replaced = lpath.exists() || prev.as_ref().is_some_and(|p| p.nl_priority.is_some());
     let prev_nl = prev.as_ref().and_then(|p| Some((p.nl_priority?, p.nl_handle?)));
-    let hook = match loaded.program().and_then(|prog| link::switch(prog, &t.iface, &lpath, prev_nl)) {
-        Ok(h) => h,
+    let prev_mode = prev.as_ref().map(|p| p.mode.clone());
+    let switched = match t.hook {
+        Hook::TcEgress | Hook::TcIngress => {
+            loaded.program().and_then(|prog| link::switch_tc(prog, &t.iface, t.hook == Hook::TcIngress, &lpath, prev_nl))
+        }
+        Hook::Xdp => loaded.xdp_program().and_then(|prog| link::switch_xdp(prog, &t.iface, t.ifindex, &lpath, prev_mode.as_deref())),
+    };
+    let attachment = match switched {
+        Ok(a) => a,
         Err(e) => {
             let _ = fs::remove_dir_all(&gdir);
             return Err(e);
@@ -169,7 +179,8 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         ifindex: t.ifindex,
         netns_cookie: t.netns_cookie,
         netns: t.netns.clone(),
-        hook: hook.kind,
+        hook: t.hook,
+        mode: attachment.mode,
         rules_file: req.rules_file,
         digest: req.digest,
         loaded_at: now,
@@ -181,8 +192,8 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         stats_base: prev.as_ref().map(|p| p.stats_base.clone()).unwrap_or_default(),
         flow_cache: flow_cache_slots(req.flow_cache),
         pending: prev.as_ref().map(|p| Pending { generation: p.generation, slots }),
-        nl_priority: hook.nl_priority,
-        nl_handle: hook.nl_handle,
+        nl_priority: attachment.nl_priority,
+        nl_handle: attachment.nl_handle,
     };
     state::write_state(&st)?;
     let old_final = fold_pending(&mut st)?;
@@ -301,14 +312,14 @@ fn readout(st: State) -> Result<Readout> {
 /// Returns false when nothing was loaded there.
 pub fn detach(t: &Target) -> Result<bool> {
     ensure_bpffs()?;
-    remove_attachment(&t.key(), &t.iface)
+    remove_attachment(&t.key(), &t.iface, t.hook)
 }
 
-fn remove_attachment(key: &str, iface: &str) -> Result<bool> {
+fn remove_attachment(key: &str, iface: &str, hook: Hook) -> Result<bool> {
     let _lock = state::attachment_lock(key)?;
     let st = state::read_state(key)?;
     let nl = st.as_ref().and_then(|s| Some((s.nl_priority?, s.nl_handle?)));
-    let mut found = link::unlink(iface, &link_pin(key), nl)?;
+    let mut found = link::unlink(iface, &link_pin(key), nl, hook == Hook::TcIngress)?;
     let dir = pin_dir(key);
     if dir.exists() {
         found = true;
@@ -342,7 +353,7 @@ pub fn prune() -> Result<Vec<State>> {
         let _lock = state::attachment_lock(&s.key)?;
         let h = link::health(&link_pin(&s.key), s.ifindex, s.nl_priority.is_some());
         drop(_lock);
-        if h != LinkHealth::Attached && remove_attachment(&s.key, &s.iface)? {
+        if h != LinkHealth::Attached && remove_attachment(&s.key, &s.iface, s.hook)? {
             out.push(s);
         }
     }

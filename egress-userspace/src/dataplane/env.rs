@@ -8,6 +8,7 @@ use std::{
 };
 
 use super::{DataplaneError, Result, io_err, state};
+use crate::hook::Hook;
 
 pub const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -162,31 +163,35 @@ pub struct Target {
     pub netns_cookie: u64,
     /// Name of the namespace (see [`netns_name`]).
     pub netns: String,
+    /// Which of the interface's hooks.
+    pub hook: Hook,
 }
 
 impl Target {
-    /// The attachment's key: pins under /sys/fs/bpf/egress/KEY, state in /run/egress/KEY.json.
+    /// The attachment's key: pins under /sys/fs/bpf/egress/KEY, state in
+    /// /run/egress/KEY.json. "COOKIE-IFINDEX" for tc-egress, with "-tc-ingress" or
+    /// "-xdp" appended for the other hooks.
     pub fn key(&self) -> String {
-        format!("{}-{}", self.netns_cookie, self.ifindex)
+        format!("{}-{}{}", self.netns_cookie, self.ifindex, self.hook.key_suffix())
     }
 }
 
-/// The interface named `iface` in the calling thread's network namespace.
-pub fn resolve(iface: &str) -> Result<Target> {
-    Ok(Target { iface: iface.to_string(), ifindex: ifindex(iface)?, netns_cookie: netns_cookie()?, netns: netns_name() })
+/// The hook `hook` of the interface named `iface` in the calling thread's network namespace.
+pub fn resolve(iface: &str, hook: Hook) -> Result<Target> {
+    Ok(Target { iface: iface.to_string(), ifindex: ifindex(iface)?, netns_cookie: netns_cookie()?, netns: netns_name(), hook })
 }
 
 /// As [`resolve`]; when the interface is gone, the attachment that state files
-/// remember under that name in this namespace (so `detach` and `counters` still
-/// reach rules whose interface was deleted).
-pub fn resolve_or_state(iface: &str) -> Result<Target> {
-    match resolve(iface) {
+/// remember under that name and hook in this namespace (so `detach` and
+/// `counters` still reach rules whose interface was deleted).
+pub fn resolve_or_state(iface: &str, hook: Hook) -> Result<Target> {
+    match resolve(iface, hook) {
         Ok(t) => Ok(t),
         Err(e) => {
             let cookie = netns_cookie()?;
-            let found = state::all_states()?.into_iter().find(|s| s.iface == iface && s.netns_cookie == cookie);
+            let found = state::all_states()?.into_iter().find(|s| s.iface == iface && s.netns_cookie == cookie && s.hook == hook);
             match found {
-                Some(s) => Ok(Target { iface: s.iface, ifindex: s.ifindex, netns_cookie: s.netns_cookie, netns: s.netns }),
+                Some(s) => Ok(Target { iface: s.iface, ifindex: s.ifindex, netns_cookie: s.netns_cookie, netns: s.netns, hook }),
                 None => Err(e),
             }
         }

@@ -1,31 +1,59 @@
-//! The attachment itself: attach a loaded classifier to an interface's egress
-//! hook (a pinned tcx link, or a clsact filter on kernels before 6.6), replace
-//! its program atomically, detach it, tell whether a pinned link still reaches
-//! its interface, and wait until no CPU runs a replaced program any more.
+//! The attachment itself: attach a loaded classifier to one of an interface's
+//! hooks (TC egress or ingress: a pinned tcx link, or a clsact filter on kernels
+//! before 6.6; XDP: a pinned XDP link, native or generic), replace its program
+//! atomically, detach it, tell whether a pinned link still reaches its
+//! interface, and wait until no CPU runs a replaced program any more.
 
-use std::{ffi::CString, fs, io, os::unix::ffi::OsStrExt as _, path::Path};
+use std::{
+    ffi::CString,
+    fs, io,
+    os::{
+        fd::{AsFd as _, AsRawFd as _},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+};
 
 use aya::programs::{
-    SchedClassifier, TcAttachType,
+    SchedClassifier, TcAttachType, Xdp,
     links::{FdLink, PinnedLink},
     tc::{self, SchedClassifierLink, TcHandle},
 };
 
 use super::{BPF_MAP_UPDATE_ELEM, DataplaneError, ElemAttr, Result, bpf_sys, io_err, pin_err, prog_err};
 
-/// How an attachment was made: "tcx" (a pinned link) or "clsact" (a netlink
-/// filter, identified by priority and handle).
+/// How an attachment was made: `mode` "tcx" (a pinned link) or "clsact" (a
+/// netlink filter, identified by priority and handle) on TC hooks, "native" or
+/// "generic" (a pinned XDP link) on XDP.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Hook {
-    pub kind: String,
+pub(super) struct Attachment {
+    pub mode: String,
     pub nl_priority: Option<u16>,
     pub nl_handle: Option<u32>,
 }
 
-/// Puts `prog` on the interface's egress hook: replaces the program of the link
-/// pinned at `lpath` in one bpf_link_update (each packet runs the old program or
-/// the new one), or replaces the clsact filter `prev_nl`, or attaches afresh.
-pub(super) fn switch(prog: &mut SchedClassifier, iface: &str, lpath: &Path, prev_nl: Option<(u16, u32)>) -> Result<Hook> {
+impl Attachment {
+    fn link(mode: &str) -> Attachment {
+        Attachment { mode: mode.into(), nl_priority: None, nl_handle: None }
+    }
+}
+
+fn tc_type(ingress: bool) -> TcAttachType {
+    if ingress { TcAttachType::Ingress } else { TcAttachType::Egress }
+}
+
+/// Puts `prog` on the interface's TC egress (or ingress) hook: replaces the
+/// program of the link pinned at `lpath` in one bpf_link_update (each packet runs
+/// the old program or the new one), or replaces the clsact filter `prev_nl`, or
+/// attaches afresh.
+pub(super) fn switch_tc(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    ingress: bool,
+    lpath: &Path,
+    prev_nl: Option<(u16, u32)>,
+) -> Result<Attachment> {
+    let dir = if ingress { "ingress" } else { "egress" };
     if lpath.exists() {
         let pinned = PinnedLink::from_pin(lpath)
             .map_err(|source| DataplaneError::Link { op: format!("open the link pinned at {}", lpath.display()), source })?;
@@ -35,17 +63,17 @@ pub(super) fn switch(prog: &mut SchedClassifier, iface: &str, lpath: &Path, prev
         // The link stays pinned; forget our handle without detaching.
         let l = prog.take_link(id).map_err(prog_err("take link"))?;
         drop(FdLink::try_from(l).map_err(|source| DataplaneError::Link { op: "link handle".into(), source })?);
-        return Ok(Hook { kind: "tcx".into(), nl_priority: None, nl_handle: None });
+        return Ok(Attachment::link("tcx"));
     }
     if let Some((prio, handle)) = prev_nl {
         // clsact fallback: replace the filter with the same priority and handle.
-        let link = SchedClassifierLink::attached(iface, TcAttachType::Egress, prio, TcHandle::from(handle), None)
+        let link = SchedClassifierLink::attached(iface, tc_type(ingress), prio, TcHandle::from(handle), None)
             .map_err(io_err(format!("find the clsact filter on {iface}")))?;
         let id = prog.attach_to_link(link).map_err(prog_err(format!("replace the clsact filter on {iface}")))?;
         let l = prog.take_link(id).map_err(prog_err("take link"))?;
         // Netlink filters stay until deleted; dropping the handle would detach it.
         std::mem::forget(l);
-        return Ok(Hook { kind: "clsact".into(), nl_priority: Some(prio), nl_handle: Some(handle) });
+        return Ok(Attachment { mode: "clsact".into(), nl_priority: Some(prio), nl_handle: Some(handle) });
     }
     let tcx = kernel_has_tcx();
     if !tcx {
@@ -57,19 +85,102 @@ pub(super) fn switch(prog: &mut SchedClassifier, iface: &str, lpath: &Path, prev
             return Err(DataplaneError::Other(format!("add clsact qdisc to {iface}: {e}")));
         }
     }
-    let id = prog.attach(iface, TcAttachType::Egress).map_err(prog_err(format!("attach the egress classifier to {iface}")))?;
+    let id = prog.attach(iface, tc_type(ingress)).map_err(prog_err(format!("attach the classifier to {iface}'s TC {dir} hook")))?;
     let l = prog.take_link(id).map_err(prog_err("take link"))?;
     if tcx {
         let fd = FdLink::try_from(l).map_err(|source| DataplaneError::Link { op: "tcx link handle".into(), source })?;
         fd.pin(lpath).map_err(pin_err(format!("pin the link at {}", lpath.display())))?;
-        Ok(Hook { kind: "tcx".into(), nl_priority: None, nl_handle: None })
+        Ok(Attachment::link("tcx"))
     } else {
         let nl_priority = Some(l.priority().map_err(prog_err("clsact filter priority"))?);
         let nl_handle = Some(u32::from(l.handle().map_err(prog_err("clsact filter handle"))?));
         // Netlink filters stay until deleted; dropping the handle would detach it.
         std::mem::forget(l);
-        Ok(Hook { kind: "clsact".into(), nl_priority, nl_handle })
+        Ok(Attachment { mode: "clsact".into(), nl_priority, nl_handle })
     }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+}
+#[repr(C)]
+#[derive(Default)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+#[repr(C)]
+#[derive(Default)]
+struct ObjPinAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_LINK_UPDATE: libc::c_long = 30;
+const BPF_XDP: u32 = 37;
+const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+
+/// Puts `prog` on the interface's XDP hook: replaces the program of the XDP link
+/// pinned at `lpath` in one bpf_link_update (the mode stays `prev_mode`), or
+/// creates a link, native (in the driver) where the driver supports it, generic
+/// (in the stack, after the skb is built) otherwise, and pins it.
+pub(super) fn switch_xdp(prog: &mut Xdp, iface: &str, ifindex: u32, lpath: &Path, prev_mode: Option<&str>) -> Result<Attachment> {
+    let prog_fd = prog.fd().map_err(prog_err("XDP program fd"))?.as_fd().as_raw_fd() as u32;
+    if lpath.exists() {
+        let link = open_pinned(lpath).map_err(io_err(format!("open the XDP link pinned at {}", lpath.display())))?;
+        let mut u = LinkUpdateAttr { link_fd: link.0 as u32, new_prog_fd: prog_fd, ..LinkUpdateAttr::default() };
+        bpf_sys(BPF_LINK_UPDATE, &mut u).map_err(io_err(format!("replace the XDP program on {iface} (bpf_link_update)")))?;
+        return Ok(Attachment::link(prev_mode.unwrap_or("native")));
+    }
+    let create = |flags: u32| -> io::Result<Fd> {
+        let mut a = LinkCreateAttr { prog_fd, target_ifindex: ifindex, attach_type: BPF_XDP, flags };
+        bpf_sys(BPF_LINK_CREATE, &mut a).map(|fd| Fd(fd as i32))
+    };
+    let busy = |e: &io::Error| matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EEXIST));
+    let (link, mode) = match create(XDP_FLAGS_DRV_MODE) {
+        Ok(fd) => (fd, "native"),
+        Err(e) if busy(&e) => return Err(xdp_busy(iface, e)),
+        Err(native) => match create(XDP_FLAGS_SKB_MODE) {
+            Ok(fd) => {
+                tracing::info!(iface, "native XDP refused ({native}); attached in generic mode");
+                (fd, "generic")
+            }
+            Err(e) if busy(&e) => return Err(xdp_busy(iface, e)),
+            Err(e) => {
+                return Err(DataplaneError::Other(format!(
+                    "interface {iface} cannot take an XDP program: native mode: {native}; generic mode: {e}"
+                )));
+            }
+        },
+    };
+    let c = CString::new(lpath.as_os_str().as_bytes()).map_err(|_| DataplaneError::Other(format!("bad pin path {}", lpath.display())))?;
+    let mut pin = ObjPinAttr { pathname: c.as_ptr() as u64, bpf_fd: link.0 as u32, file_flags: 0 };
+    // Closing `link` without a pin detaches the program again.
+    bpf_sys(BPF_OBJ_PIN, &mut pin).map_err(io_err(format!("pin the XDP link at {}", lpath.display())))?;
+    Ok(Attachment::link(mode))
+}
+
+fn xdp_busy(iface: &str, e: io::Error) -> DataplaneError {
+    DataplaneError::Other(format!(
+        "interface {iface} cannot take egress's XDP program: another XDP program is attached to it ({e}); \
+         see `ip link show {iface}` (prog/xdp) and remove it first, or use --hook tc-ingress"
+    ))
+}
+
+fn open_pinned(path: &Path) -> io::Result<Fd> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut get = ObjGetAttr { pathname: c.as_ptr() as u64, ..ObjGetAttr::default() };
+    bpf_sys(BPF_OBJ_GET, &mut get).map(|fd| Fd(fd as i32))
 }
 
 fn kernel_has_tcx() -> bool {
@@ -80,8 +191,9 @@ fn kernel_has_tcx() -> bool {
 }
 
 /// Removes the attachment: unpins the link (its last reference: the program is
-/// detached) or deletes the clsact filter. True if there was something to remove.
-pub(super) fn unlink(iface: &str, lpath: &Path, nl: Option<(u16, u32)>) -> Result<bool> {
+/// detached) or deletes the clsact filter (of the ingress hook if `ingress`).
+/// True if there was something to remove.
+pub(super) fn unlink(iface: &str, lpath: &Path, nl: Option<(u16, u32)>, ingress: bool) -> Result<bool> {
     let mut found = false;
     if lpath.exists() {
         found = true;
@@ -98,7 +210,7 @@ pub(super) fn unlink(iface: &str, lpath: &Path, nl: Option<(u16, u32)>) -> Resul
     }
     if let Some((prio, handle)) = nl {
         found = true;
-        if let Ok(link) = SchedClassifierLink::attached(iface, TcAttachType::Egress, prio, TcHandle::from(handle), None) {
+        if let Ok(link) = SchedClassifierLink::attached(iface, tc_type(ingress), prio, TcHandle::from(handle), None) {
             use aya::programs::links::Link as _;
             let _ = link.detach();
         }
@@ -164,16 +276,11 @@ pub(super) fn health(lpath: &Path, ifindex: u32, clsact: bool) -> LinkHealth {
     if clsact {
         return LinkHealth::Attached;
     }
-    let Ok(c) = CString::new(lpath.as_os_str().as_bytes()) else {
+    let Ok(fd) = open_pinned(lpath) else {
         return LinkHealth::Missing;
     };
-    let mut get = ObjGetAttr { pathname: c.as_ptr() as u64, ..ObjGetAttr::default() };
-    let fd = match bpf_sys(BPF_OBJ_GET, &mut get) {
-        Ok(fd) => Fd(fd as i32),
-        Err(_) => return LinkHealth::Missing,
-    };
     // struct bpf_link_info: type, id, prog_id (u32 each), then a union aligned to
-    // 8 bytes whose tcx member starts with the ifindex (offset 16).
+    // 8 bytes whose tcx and xdp members start with the ifindex (offset 16).
     let mut info = [0u64; 16];
     let mut attr = InfoAttr { bpf_fd: fd.0 as u32, info_len: std::mem::size_of_val(&info) as u32, info: info.as_mut_ptr() as u64 };
     if bpf_sys(BPF_OBJ_GET_INFO_BY_FD, &mut attr).is_err() {

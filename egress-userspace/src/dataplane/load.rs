@@ -7,16 +7,19 @@ use std::{io, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Map, MapData, PerCpuArray},
-    programs::{ProgramError, SchedClassifier},
+    programs::{ProgramError, SchedClassifier, Xdp},
 };
 use egress_common::{
     Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_DEFAULT_ACTION, GLOBAL_FLOW_MASK, GLOBAL_GENERATION, GLOBAL_HAS_ETH, ListSlot, Lists,
     MAP_COUNTERS, MAP_DST_V4, MAP_DST_V6, MAP_FLOW_V4, MAP_FLOW_V6, MAP_LISTS, MAP_PAIR_V4, MAP_PAIR_V6, MAP_RANGES, MAP_STATS,
-    MAX_FLOW_CACHE_ENTRIES, PROGRAM_NAME, PairKeyV4, PairKeyV6, PortRange, STATS_LEN,
+    MAX_FLOW_CACHE_ENTRIES, PROGRAM_NAME, PairKeyV4, PairKeyV6, PortRange, STATS_LEN, XDP_PROGRAM_NAME,
 };
 
 use super::{BPF_MAP_UPDATE_ELEM, DataplaneError, EBPF_OBJECT, ElemAttr, Result, map_err, prog_err};
-use crate::compile::{Compiled, Prefix};
+use crate::{
+    compile::{Compiled, Prefix},
+    hook::Hook,
+};
 
 /// A loaded (not attached) classifier holding one compiled rule set.
 pub struct Loaded {
@@ -32,11 +35,14 @@ pub struct LoadOptions {
     pub generation: u32,
     /// Flow verdict cache entries per address family; 0 turns the cache off.
     pub flow_cache: u32,
+    /// The hook the program is for: the TC classifier (tc-egress, tc-ingress) or
+    /// the XDP program is loaded.
+    pub hook: Hook,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { has_eth: true, generation: 1, flow_cache: FLOW_CACHE_ENTRIES }
+        LoadOptions { has_eth: true, generation: 1, flow_cache: FLOW_CACHE_ENTRIES, hook: Hook::TcEgress }
     }
 }
 
@@ -75,8 +81,11 @@ impl Loaded {
             .load(EBPF_OBJECT)
             .map_err(|source| DataplaneError::Ebpf { op: "load the eBPF object (create maps)".into(), source: Box::new(source) })?;
         fill(&mut ebpf, c)?;
-        let prog = classifier(&mut ebpf)?;
-        if let Err(e) = prog.load() {
+        let loaded = match o.hook {
+            Hook::TcEgress | Hook::TcIngress => classifier(&mut ebpf)?.load(),
+            Hook::Xdp => xdp(&mut ebpf)?.load(),
+        };
+        if let Err(e) = loaded {
             return Err(match e {
                 ProgramError::LoadError { io_error, verifier_log } => {
                     let log = verifier_log.to_string();
@@ -90,8 +99,14 @@ impl Loaded {
         Ok(Loaded { ebpf })
     }
 
+    /// The TC classifier (loaded when the hook is tc-egress or tc-ingress).
     pub fn program(&mut self) -> Result<&mut SchedClassifier> {
         classifier(&mut self.ebpf)
+    }
+
+    /// The XDP program (loaded when the hook is xdp).
+    pub fn xdp_program(&mut self) -> Result<&mut Xdp> {
+        xdp(&mut self.ebpf)
     }
 
     /// Summed counters (index 0 = default policy).
@@ -113,6 +128,13 @@ pub(super) fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
         .program_mut(PROGRAM_NAME)
         .ok_or_else(|| DataplaneError::Other(format!("program {PROGRAM_NAME} missing from the eBPF object")))?;
     prog.try_into().map_err(prog_err("program is not a TC classifier"))
+}
+
+fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let prog = ebpf
+        .program_mut(XDP_PROGRAM_NAME)
+        .ok_or_else(|| DataplaneError::Other(format!("program {XDP_PROGRAM_NAME} missing from the eBPF object")))?;
+    prog.try_into().map_err(prog_err("program is not an XDP program"))
 }
 
 fn v4(p: &Prefix) -> [u8; 4] {

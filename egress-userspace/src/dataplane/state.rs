@@ -14,6 +14,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{DataplaneError, Result, io_err};
+use crate::hook::Hook;
 
 pub const PIN_ROOT: &str = "/sys/fs/bpf/egress";
 pub const STATE_DIR: &str = "/run/egress";
@@ -89,8 +90,14 @@ pub struct State {
     pub netns_cookie: u64,
     /// Human name of the namespace when the rules were applied.
     pub netns: String,
-    /// "tcx" or "clsact".
-    pub hook: String,
+    /// The hook: tc-egress, tc-ingress or xdp (state files written before hooks
+    /// existed say "tcx" or "clsact" here: tc-egress).
+    #[serde(deserialize_with = "hook_or_legacy")]
+    pub hook: Hook,
+    /// How the program is attached: "tcx" or "clsact" (TC hooks), "native" or
+    /// "generic" (XDP).
+    #[serde(default = "tcx")]
+    pub mode: String,
     pub rules_file: String,
     pub digest: String,
     /// Unix seconds.
@@ -116,6 +123,18 @@ pub struct State {
     pub nl_priority: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nl_handle: Option<u32>,
+}
+
+fn tcx() -> String {
+    "tcx".into()
+}
+
+fn hook_or_legacy<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Hook, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.as_str() {
+        "tcx" | "clsact" => Ok(Hook::TcEgress),
+        other => other.parse().map_err(serde::de::Error::custom),
+    }
 }
 
 pub fn read_state(key: &str) -> Result<Option<State>> {
@@ -168,7 +187,7 @@ pub fn all_states() -> Result<Vec<State>> {
             out.push(st);
         }
     }
-    out.sort_by(|a, b| (&a.netns, &a.iface, a.netns_cookie).cmp(&(&b.netns, &b.iface, b.netns_cookie)));
+    out.sort_by(|a, b| (&a.netns, &a.iface, a.netns_cookie, a.hook).cmp(&(&b.netns, &b.iface, b.netns_cookie, b.hook)));
     Ok(out)
 }
 
@@ -236,8 +255,8 @@ impl Drop for RunLock {
 }
 
 impl RunLock {
-    pub fn acquire(netns_cookie: u64, iface: &str) -> Result<RunLock> {
-        let path = Path::new(STATE_DIR).join(format!("run-{netns_cookie}-{iface}.lock"));
+    pub fn acquire(netns_cookie: u64, iface: &str, hook: Hook) -> Result<RunLock> {
+        let path = Path::new(STATE_DIR).join(format!("run-{netns_cookie}-{iface}{}.lock", hook.key_suffix()));
         match flock(&path, false)? {
             Ok(mut lock) => {
                 // Say who holds it, for the message the next one prints.
@@ -249,7 +268,7 @@ impl RunLock {
             Err(_) => {
                 let pid = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
                 Err(DataplaneError::Busy(format!(
-                    "another `egress run` (pid {}) already manages interface {iface} in this network namespace (lock {})",
+                    "another `egress run` (pid {}) already manages interface {iface} ({hook}) in this network namespace (lock {})",
                     if pid.is_empty() { "unknown".to_string() } else { pid },
                     path.display()
                 )))

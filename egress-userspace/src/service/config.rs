@@ -5,7 +5,10 @@
 //! name = "eth1"                      # required
 //! rules = "/etc/egress/eth1.toml"    # required: a rule file
 //! flow_cache = 65536                 # optional, as `apply --flow-cache`
+//! hook = "tc-egress"                 # optional: tc-egress (default), tc-ingress, xdp
 //! ```
+//!
+//! One interface may appear more than once with different hooks.
 //!
 //! Pure: text in, validated config or every problem (file:line, interface, field) out.
 
@@ -17,10 +20,13 @@ use std::{
 
 use toml_edit::{ImDocument, Item, Table};
 
-use crate::rules::toml_diag::{item_span, line_starts, suggest};
+use crate::{
+    hook::Hook,
+    rules::toml_diag::{item_span, line_starts, suggest},
+};
 
 const TOP_KEYS: [&str; 1] = ["interface"];
-const IFACE_KEYS: [&str; 3] = ["name", "rules", "flow_cache"];
+const IFACE_KEYS: [&str; 4] = ["name", "rules", "flow_cache", "hook"];
 
 /// One `[[interface]]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +35,7 @@ pub struct IfaceConfig {
     /// The rule file; relative paths are taken from the config file's folder.
     pub rules: PathBuf,
     pub flow_cache: u32,
+    pub hook: Hook,
     /// Line of the `[[interface]]` header.
     pub line: usize,
 }
@@ -134,13 +141,27 @@ impl Config {
                             None
                         }
                     };
-                    if let Some(n) = &name
-                        && !seen.insert(n.clone())
+                    let hook = match t.get("hook") {
+                        None => Some(Hook::TcEgress),
+                        Some(item) => match item.as_str().map(str::parse::<Hook>) {
+                            Some(Ok(h)) => Some(h),
+                            Some(Err(e)) => {
+                                bad(item_span(item), "hook", e);
+                                None
+                            }
+                            None => {
+                                bad(item_span(item), "hook", "must be a string: \"tc-egress\", \"tc-ingress\" or \"xdp\"".into());
+                                None
+                            }
+                        },
+                    };
+                    if let (Some(n), Some(h)) = (&name, hook)
+                        && !seen.insert((n.clone(), h))
                     {
-                        bad(t.get("name").and_then(item_span), "name", format!("interface '{n}' is listed twice"));
+                        bad(t.get("name").and_then(item_span), "name", format!("interface '{n}' is listed twice with hook {h}"));
                     }
-                    if let (Some(name), Some(rules), Some(flow_cache)) = (name, rules, flow_cache) {
-                        out.push(IfaceConfig { name, rules, flow_cache, line });
+                    if let (Some(name), Some(rules), Some(flow_cache), Some(hook)) = (name, rules, flow_cache, hook) {
+                        out.push(IfaceConfig { name, rules, flow_cache, hook, line });
                     }
                 }
             }
@@ -172,6 +193,20 @@ mod tests {
         assert_eq!(c.interfaces[0].flow_cache, egress_common::FLOW_CACHE_ENTRIES);
         assert_eq!(c.interfaces[1].rules, Path::new("/abs/r.toml"));
         assert_eq!((c.interfaces[1].flow_cache, c.interfaces[1].line), (0, 5));
+        assert_eq!(c.interfaces[1].hook, Hook::TcEgress);
+    }
+
+    #[test]
+    fn one_interface_on_several_hooks() {
+        let c = Config::parse(
+            "c.toml",
+            "[[interface]]\nname = \"eth1\"\nrules = \"a.toml\"\n[[interface]]\nname = \"eth1\"\nrules = \"b.toml\"\nhook = \"xdp\"\n",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(c.interfaces.iter().map(|i| i.hook).collect::<Vec<_>>(), vec![Hook::TcEgress, Hook::Xdp]);
+        let e = Config::parse("c.toml", "[[interface]]\nname = \"eth1\"\nrules = \"a\"\nhook = \"egress\"\n", Path::new("/")).unwrap_err();
+        assert!(e.contains("c.toml:4: interface 'eth1', field 'hook': unknown hook 'egress'"), "{e}");
     }
 
     #[test]
@@ -187,7 +222,7 @@ mod tests {
         assert!(e.contains("c.toml:4: interface 'eth1', field 'rule': unknown key 'rule' (did you mean 'rules'?)"), "{e}");
         assert!(e.contains("c.toml:2: interface 'eth1', field 'rules': missing"), "{e}");
         assert!(e.contains("c.toml:8: interface 'eth1', field 'flow_cache': must be an integer"), "{e}");
-        assert!(e.contains("c.toml:6: interface 'eth1', field 'name': interface 'eth1' is listed twice"), "{e}");
+        assert!(e.contains("c.toml:6: interface 'eth1', field 'name': interface 'eth1' is listed twice with hook tc-egress"), "{e}");
         assert!(Config::parse("c.toml", "", Path::new("/")).unwrap_err().contains("no [[interface]]"));
         assert!(Config::parse("c.toml", "[[interface]\n", Path::new("/")).unwrap_err().contains("c.toml:1:"));
     }

@@ -46,7 +46,7 @@ impl Managed {
     /// Whether the periodic check should reconcile: the interface appeared, was
     /// re-created (another index), or its link is no longer attached.
     pub fn needs_check(&self) -> bool {
-        let Ok(t) = dataplane::resolve(&self.cfg.name) else {
+        let Ok(t) = dataplane::resolve(&self.cfg.name, self.cfg.hook) else {
             return false;
         };
         match &self.target {
@@ -63,7 +63,7 @@ impl Managed {
         let iface = self.cfg.name.clone();
         let file = self.cfg.rules.display().to_string();
         tracing::debug!(iface, why, "reconciling");
-        let t = match dataplane::resolve(&iface) {
+        let t = match dataplane::resolve(&iface, self.cfg.hook) {
             Ok(t) => t,
             Err(e) => {
                 if self.last != Some(Outcome::Missing) {
@@ -118,6 +118,8 @@ impl Managed {
                 let st = &a.state;
                 tracing::info!(
                     iface,
+                    hook = st.hook.as_str(),
+                    mode = st.mode,
                     file,
                     why,
                     generation = st.generation,
@@ -166,7 +168,7 @@ impl Managed {
     /// `--detach-on-exit`, or the interface left the config.
     pub fn detach(&mut self, why: &str) {
         let iface = self.cfg.name.clone();
-        let target = self.target.take().or_else(|| dataplane::resolve(&iface).ok());
+        let target = self.target.take().or_else(|| dataplane::resolve(&iface, self.cfg.hook).ok());
         if let Some(t) = target {
             match dataplane::detach(&t) {
                 Ok(true) => tracing::info!(iface, why, "rules detached"),

@@ -78,7 +78,7 @@ impl Service {
                         m.reconcile(why, true);
                     }
                 }
-                None => match RunLock::acquire(self.cookie, &c.name) {
+                None => match RunLock::acquire(self.cookie, &c.name, c.hook) {
                     Ok(lock) => {
                         let name = c.name.clone();
                         let mut m = Managed::new(c, lock);
@@ -115,7 +115,7 @@ async fn service(cfg: Config, opts: Options) -> anyhow::Result<u8> {
     // Refuse before touching anything when another service manages one of these interfaces.
     let mut locks = Vec::new();
     for c in &cfg.interfaces {
-        locks.push(RunLock::acquire(cookie, &c.name)?);
+        locks.push(RunLock::acquire(cookie, &c.name, c.hook)?);
     }
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -1,0 +1,72 @@
+//! The two kinds of packet the classifier runs on: a socket buffer (TC hooks,
+//! egress and ingress) and an XDP frame. Parsing, classification and counting are
+//! written once against [`Frame`]; only byte access and length differ.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::bpf_xdp_load_bytes,
+    programs::{TcContext, XdpContext},
+};
+
+pub trait Frame {
+    /// Start and end of the linear data (direct packet access).
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// Copies `size_of::<T>()` bytes at `off`, wherever they sit (linear or paged);
+    /// `Err` when the packet is shorter.
+    fn load<T>(&self, off: usize) -> Result<T, ()>;
+    /// Wire packets this frame stands for (a GSO packet: its segments).
+    fn packets(&self) -> u64;
+    /// Bytes as seen at the hook, L2 header included.
+    fn bytes(&self) -> u64;
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn load<T>(&self, off: usize) -> Result<T, ()> {
+        TcContext::load::<T>(self, off).map_err(|_| ())
+    }
+    #[inline(always)]
+    fn packets(&self) -> u64 {
+        let segs = unsafe { (*self.skb.skb).gso_segs };
+        if segs > 1 { segs as u64 } else { 1 }
+    }
+    #[inline(always)]
+    fn bytes(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn load<T>(&self, off: usize) -> Result<T, ()> {
+        let mut v = core::mem::MaybeUninit::<T>::uninit();
+        // SAFETY: the helper writes exactly size_of::<T>() bytes into `v` or fails.
+        let rc = unsafe { bpf_xdp_load_bytes(self.as_ptr().cast(), off as u32, v.as_mut_ptr().cast(), core::mem::size_of::<T>() as u32) };
+        if rc < 0 { Err(()) } else { Ok(unsafe { v.assume_init() }) }
+    }
+    #[inline(always)]
+    fn packets(&self) -> u64 {
+        1
+    }
+    #[inline(always)]
+    fn bytes(&self) -> u64 {
+        (self.data_end() - self.data()) as u64
+    }
+}
