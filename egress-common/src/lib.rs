@@ -67,9 +67,21 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_STATS: &str = "STATS";
 pub const MAP_FLOW_V4: &str = "FLOW_V4";
 pub const MAP_FLOW_V6: &str = "FLOW_V6";
-/// Every map the program defines, for the ELF check in the tests.
+/// Every map of one rule-set generation (pinned per generation).
 pub const ALL_MAPS: [&str; 10] =
     [MAP_DST_V4, MAP_DST_V6, MAP_PAIR_V4, MAP_PAIR_V6, MAP_LISTS, MAP_RANGES, MAP_COUNTERS, MAP_STATS, MAP_FLOW_V4, MAP_FLOW_V6];
+/// The connection table (stateful mode), shared by every generation of an
+/// attachment and by its companion program; pinned beside the generations.
+pub const MAP_CONN_V4: &str = "CONN_V4";
+pub const MAP_CONN_V6: &str = "CONN_V6";
+/// Connection-table counters (`CS_*` slots), shared like the table.
+pub const MAP_CONN_STATS: &str = "CONN_STATS";
+/// The stateful-mode maps, for the ELF check in the tests.
+pub const CONN_MAPS: [&str; 3] = [MAP_CONN_V4, MAP_CONN_V6, MAP_CONN_STATS];
+/// The companion program of stateful mode: watches the other direction of the
+/// interface, creates entries for connections opened from that side and follows
+/// the replies of ours. Never drops.
+pub const TRACK_PROGRAM_NAME: &str = "egress_track";
 
 /// Load-time global: the default policy, [`ACTION_ALLOW`] or [`ACTION_DENY`].
 pub const GLOBAL_DEFAULT_ACTION: &str = "DEFAULT_ACTION";
@@ -79,6 +91,13 @@ pub const GLOBAL_HAS_ETH: &str = "HAS_ETH";
 /// Load-time global: the rule-set generation (never 0) stamped into flow-cache
 /// entries; an entry with another generation is a miss.
 pub const GLOBAL_GENERATION: &str = "GENERATION";
+/// Load-time global: 1 when the rule file says `stateful = true`.
+pub const GLOBAL_STATEFUL: &str = "STATEFUL";
+/// Load-time globals: idle timeouts of the connection table, nanoseconds.
+pub const GLOBAL_TO_TCP_EST: &str = "TO_TCP_EST";
+pub const GLOBAL_TO_TCP_CLOSING: &str = "TO_TCP_CLOSING";
+pub const GLOBAL_TO_UDP: &str = "TO_UDP";
+pub const GLOBAL_TO_ICMP: &str = "TO_ICMP";
 /// Load-time global: the flow cache's slot mask (slots - 1, slots a power of two),
 /// or u32::MAX to classify every packet in full (`egress apply --flow-cache 0`).
 pub const GLOBAL_FLOW_MASK: &str = "FLOW_MASK";
@@ -357,6 +376,92 @@ pub fn flow_seal<const N: usize>(src: &[u8; N], dst: &[u8; N], pclass: u8, port:
     fmix32(h ^ generation.wrapping_mul(0x6c8e_9cf5))
 }
 
+/// CONN_V4 key: a connection as the filtered direction sees it (the source is
+/// the side whose packets the rules judge). Ports in network order; for ICMP
+/// echo `sport` is the identifier and `dport` zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKeyV4 {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    /// `PCLASS_TCP`, `PCLASS_UDP`, `PCLASS_ICMP`.
+    pub pclass: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<ConnKeyV4>() == 16);
+
+/// CONN_V6 key; see [`ConnKeyV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKeyV6 {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub pclass: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<ConnKeyV6>() == 40);
+
+/// CONN_V4 / CONN_V6 value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnValue {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet, either direction.
+    pub last_seen: u64,
+    /// `CONN_*` bits.
+    pub flags: u32,
+    /// Counter slot of the rule that allowed the first packet (0: the default
+    /// policy, or a connection opened from the other side).
+    pub rule: u32,
+}
+const _: () = assert!(size_of::<ConnValue>() == 16);
+
+/// Opened from the other side of the hook (the companion program saw its first packet).
+pub const CONN_INBOUND: u32 = 1;
+/// A packet in the answering direction has been seen.
+pub const CONN_REPLIED: u32 = 2;
+/// TCP FIN seen in the filtered direction.
+pub const CONN_FIN_OUT: u32 = 4;
+/// TCP FIN seen in the other direction.
+pub const CONN_FIN_IN: u32 = 8;
+/// TCP RST seen (either direction).
+pub const CONN_RST: u32 = 16;
+
+/// CONN_STATS slots (per CPU, u64 each).
+/// Connections the rules allowed and the table now tracks.
+pub const CS_INSERTED: u32 = 0;
+/// Connections opened from the other side, tracked by the companion program.
+pub const CS_INSERTED_INBOUND: u32 = 1;
+/// Entries found idle past their timeout (removed when next looked up).
+pub const CS_EXPIRED: u32 = 2;
+/// Packets (and bytes) passed as ESTABLISHED: part of a tracked connection.
+pub const CS_ESTABLISHED_PACKETS: u32 = 3;
+pub const CS_ESTABLISHED_BYTES: u32 = 4;
+/// Packets (and bytes) passed as RELATED: ICMP errors quoting a tracked connection.
+pub const CS_RELATED_PACKETS: u32 = 5;
+pub const CS_RELATED_BYTES: u32 = 6;
+/// Inserts the kernel refused (should stay 0: the LRU table makes room by evicting).
+pub const CS_INSERT_FAILED: u32 = 7;
+pub const CONN_STATS_LEN: u32 = 8;
+
+/// Default idle timeouts, seconds (close to Linux conntrack's:
+/// nf_conntrack_tcp_timeout_established 432000, ..._time_wait 120,
+/// nf_conntrack_udp_timeout_stream 120, nf_conntrack_icmp_timeout 30).
+pub const DEFAULT_TCP_ESTABLISHED_S: u64 = 432_000;
+pub const DEFAULT_TCP_CLOSING_S: u64 = 120;
+pub const DEFAULT_UDP_S: u64 = 120;
+pub const DEFAULT_ICMP_S: u64 = 30;
+/// Default connection-table size (entries per address family).
+pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
+/// Bounds of `max_flows` (the LRU table is preallocated: ~100 B an entry).
+pub const MIN_MAX_FLOWS: u32 = 16;
+pub const MAX_MAX_FLOWS: u32 = 1 << 22;
+/// Longest idle timeout accepted, seconds (30 days).
+pub const MAX_TIMEOUT_S: u64 = 30 * 86_400;
+
 /// COUNTERS value (per CPU; user space sums the CPUs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -405,4 +510,7 @@ mod pod {
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for FlowEntryV4 {}
     unsafe impl aya::Pod for FlowEntryV6 {}
+    unsafe impl aya::Pod for ConnKeyV4 {}
+    unsafe impl aya::Pod for ConnKeyV6 {}
+    unsafe impl aya::Pod for ConnValue {}
 }

@@ -58,26 +58,38 @@ pub fn get(pkt: &Packet, mask: u32, generation: u32) -> Option<Decision> {
     }
 }
 
-/// Remembers the verdict of the packet's flow in its slot.
+/// Remembers the verdict of the packet's flow in its slot. One function per
+/// family, not inlined: each keeps its key and seal arithmetic in a frame of its
+/// own (BPF's 512 bytes of stack are shared along every chain of calls).
 #[inline(always)]
-pub fn put(pkt: &Packet, mask: u32, generation: u32, (rule, action): Decision) {
-    if pkt.v6 {
-        let key = FlowKeyV6 { src: pkt.src, dst: pkt.dst, pclass: pkt.pclass, _pad: 0, port: pkt.port };
-        let seal = flow_seal(&key.src, &key.dst, key.pclass, key.port, rule, action, generation);
-        if let Some(p) = FLOW_V6.get_ptr_mut(flow_slot(&key.src, &key.dst, key.pclass, key.port) & mask) {
-            unsafe {
-                (*p).key = key;
-                core::ptr::write_volatile(&mut (*p).value, FlowValue { rule, action, generation, seal });
-            }
+pub fn put(pkt: &Packet, mask: u32, generation: u32, d: Decision) {
+    if pkt.v6 { put_v6(pkt, mask, generation, d) } else { put_v4(pkt, mask, generation, d) }
+}
+
+#[inline(never)]
+fn put_v6(pkt: &Packet, mask: u32, generation: u32, (rule, action): Decision) {
+    // Straight from the packet into the slot: no key copy on the stack.
+    let seal = flow_seal(&pkt.src, &pkt.dst, pkt.pclass, pkt.port, rule, action, generation);
+    if let Some(p) = FLOW_V6.get_ptr_mut(flow_slot(&pkt.src, &pkt.dst, pkt.pclass, pkt.port) & mask) {
+        unsafe {
+            (*p).key.src = pkt.src;
+            (*p).key.dst = pkt.dst;
+            (*p).key.pclass = pkt.pclass;
+            (*p).key._pad = 0;
+            (*p).key.port = pkt.port;
+            core::ptr::write_volatile(&mut (*p).value, FlowValue { rule, action, generation, seal });
         }
-    } else {
-        let key = FlowKeyV4 { src: v4(&pkt.src), dst: v4(&pkt.dst), pclass: pkt.pclass, _pad: 0, port: pkt.port };
-        let seal = flow_seal(&key.src, &key.dst, key.pclass, key.port, rule, action, generation);
-        if let Some(p) = FLOW_V4.get_ptr_mut(flow_slot(&key.src, &key.dst, key.pclass, key.port) & mask) {
-            unsafe {
-                (*p).key = key;
-                core::ptr::write_volatile(&mut (*p).value, FlowValue { rule, action, generation, seal });
-            }
+    }
+}
+
+#[inline(never)]
+fn put_v4(pkt: &Packet, mask: u32, generation: u32, (rule, action): Decision) {
+    let key = FlowKeyV4 { src: v4(&pkt.src), dst: v4(&pkt.dst), pclass: pkt.pclass, _pad: 0, port: pkt.port };
+    let seal = flow_seal(&key.src, &key.dst, key.pclass, key.port, rule, action, generation);
+    if let Some(p) = FLOW_V4.get_ptr_mut(flow_slot(&key.src, &key.dst, key.pclass, key.port) & mask) {
+        unsafe {
+            (*p).key = key;
+            core::ptr::write_volatile(&mut (*p).value, FlowValue { rule, action, generation, seal });
         }
     }
 }

@@ -23,7 +23,9 @@ use crate::{
     parse::Packet,
 };
 
-#[inline(always)]
+/// Stages 1-2. Not inlined: its LPM keys get a stack frame of their own (BPF's
+/// 512 bytes are shared by the entry point and every chain of calls).
+#[inline(never)]
 fn lists(pkt: &Packet) -> Option<Lists> {
     if pkt.v6 {
         let d = DST_V6.get(Key::new(128, pkt.dst))?;

@@ -17,6 +17,8 @@ mod cache;
 #[cfg(target_arch = "bpf")]
 mod classify;
 #[cfg(target_arch = "bpf")]
+mod conn;
+#[cfg(target_arch = "bpf")]
 mod frame;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -39,6 +41,7 @@ mod program {
 
     use crate::{
         cache, classify,
+        conn::{self, Seen},
         frame::Frame,
         parse::{self, ParseError},
         stats,
@@ -56,6 +59,9 @@ mod program {
     /// Load-time global (set by user space): flow-cache slot mask, u32::MAX = off.
     #[unsafe(no_mangle)]
     static FLOW_MASK: u32 = u32::MAX;
+    /// Load-time global (set by user space): 1 = stateful mode (conn.rs).
+    #[unsafe(no_mangle)]
+    static STATEFUL: u32 = 0;
 
     #[classifier]
     pub fn egress_classify(ctx: TcContext) -> i32 {
@@ -74,6 +80,18 @@ mod program {
             Err(e) => on_error(e),
         };
         if pass { XDP_PASS } else { XDP_DROP }
+    }
+
+    /// Stateful mode's companion, on the other direction of the interface (TC):
+    /// follows replies and connections opened from that side. Never drops.
+    #[classifier]
+    pub fn egress_track(ctx: TcContext) -> i32 {
+        let has_eth = unsafe { core::ptr::read_volatile(&HAS_ETH) } != 0;
+        let mut pkt = parse::Packet::default();
+        if parse::parse(&ctx, has_eth, &mut pkt).is_ok() {
+            conn::other_side(&ctx, &pkt);
+        }
+        TC_ACT_UNSPEC
     }
 
     /// Does nothing and hands every frame on: the XDP baseline of the benchmark.
@@ -101,29 +119,64 @@ mod program {
     fn try_classify(ctx: &impl Frame) -> Result<bool, ParseError> {
         // read_volatile: keep the loader-patched value instead of the compiled-in one.
         let has_eth = unsafe { core::ptr::read_volatile(&HAS_ETH) } != 0;
-        let pkt = parse::parse(ctx, has_eth)?;
+        let mut pkt = parse::Packet::default();
+        parse::parse(ctx, has_eth, &mut pkt)?;
         if pkt.pclass & PCLASS_NO_L4 != 0 {
             stats::bump(STAT_FRAGMENTS);
         }
+        let stateful = unsafe { core::ptr::read_volatile(&STATEFUL) } != 0;
+        if stateful {
+            match conn::filtered(ctx, &pkt) {
+                Seen::Established => return Ok(true),
+                Seen::Untracked if conn::related(ctx, &pkt) => return Ok(true),
+                Seen::Untracked | Seen::New => {}
+            }
+        }
         let mask = unsafe { core::ptr::read_volatile(&FLOW_MASK) };
-        let use_cache = mask != u32::MAX;
         let generation = unsafe { core::ptr::read_volatile(&GENERATION) };
-        let cached = if use_cache { cache::get(&pkt, mask, generation) } else { None };
+        let cached = if mask != u32::MAX { cached(&pkt, mask, generation) } else { None };
         let (slot, action) = match cached {
             Some(d) => d,
             None => {
-                let d = match classify::lookup(&pkt) {
-                    Some(v) => (v.rule, v.action),
-                    None => (DEFAULT_COUNTER_SLOT, unsafe { core::ptr::read_volatile(&DEFAULT_ACTION) }),
-                };
-                if use_cache {
-                    cache::put(&pkt, mask, generation, d);
+                let d = full(&pkt);
+                if mask != u32::MAX {
+                    remember(&pkt, mask, generation, d);
                 }
                 d
             }
         };
         stats::count_rule(ctx, slot);
-        Ok(action != ACTION_DENY)
+        if action == ACTION_DENY {
+            return Ok(false);
+        }
+        if stateful {
+            conn::track_new(ctx, &pkt, slot);
+        }
+        Ok(true)
+    }
+
+    /// The flow cache's verdict for the packet, if it holds one. This and
+    /// [`full`] are not inlined: BPF gives the entry point and every chain of
+    /// calls 512 bytes of stack in all, and the lookup's frame and the stateful
+    /// path's must not add up.
+    #[inline(never)]
+    fn cached(pkt: &parse::Packet, mask: u32, generation: u32) -> Option<(u32, u32)> {
+        cache::get(pkt, mask, generation)
+    }
+
+    /// The full lookup (a cache miss).
+    #[inline(never)]
+    fn full(pkt: &parse::Packet) -> (u32, u32) {
+        match classify::lookup(pkt) {
+            Some(v) => (v.rule, v.action),
+            None => (DEFAULT_COUNTER_SLOT, unsafe { core::ptr::read_volatile(&DEFAULT_ACTION) }),
+        }
+    }
+
+    /// Caches a full lookup's answer.
+    #[inline(never)]
+    fn remember(pkt: &parse::Packet, mask: u32, generation: u32, d: (u32, u32)) {
+        cache::put(pkt, mask, generation, d);
     }
 
     /// Whether a packet that could not be parsed passes (only non-IP frames do).

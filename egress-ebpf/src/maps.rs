@@ -5,11 +5,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
 };
 use egress_common::{
-    Counter, DstValue, FLOW_CACHE_ENTRIES, FlowEntryV4, FlowEntryV6, ListSlot, Lists, MAX_DST_ENTRIES, MAX_LIST_SLOTS, MAX_PAIR_ENTRIES,
-    MAX_RANGES, MAX_RULES, PairKeyV4, PairKeyV6, PortRange, STATS_LEN,
+    CONN_STATS_LEN, ConnKeyV4, ConnKeyV6, ConnValue, Counter, DEFAULT_MAX_FLOWS, DstValue, FLOW_CACHE_ENTRIES, FlowEntryV4, FlowEntryV6,
+    ListSlot, Lists, MAX_DST_ENTRIES, MAX_LIST_SLOTS, MAX_PAIR_ENTRIES, MAX_RANGES, MAX_RULES, PairKeyV4, PairKeyV6, PortRange, STATS_LEN,
 };
 
 /// Stage 1, IPv4. Key: destination prefix (network order). Value: the destination
@@ -65,6 +65,20 @@ pub static FLOW_V4: Array<FlowEntryV4> = Array::with_max_entries(FLOW_CACHE_ENTR
 /// The flow verdict cache, IPv6; as [`FLOW_V4`].
 #[map]
 pub static FLOW_V6: Array<FlowEntryV6> = Array::with_max_entries(FLOW_CACHE_ENTRIES, 0);
+
+/// Stateful mode's connection table, IPv4 (conn.rs): an LRU hash shared by all
+/// CPUs, every generation of the attachment and its companion program (user
+/// space pins it and hands the same map to each load). Sized by `max_flows`.
+#[map]
+pub static CONN_V4: LruHashMap<ConnKeyV4, ConnValue> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// The connection table, IPv6; as [`CONN_V4`].
+#[map]
+pub static CONN_V6: LruHashMap<ConnKeyV6, ConnValue> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// Connection-table counters (`CS_*` slots), per CPU; shared like the table.
+#[map]
+pub static CONN_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CONN_STATS_LEN, 0);
 
 // Keep the key types referenced so a rename in egress-common breaks the build here.
 const _: Option<(PairKeyV4, PairKeyV6)> = None;

@@ -49,6 +49,7 @@ pub enum ParseError {
 
 /// What the classifier needs from a packet. IPv4 addresses sit in the first four
 /// bytes of `src`/`dst`.
+#[derive(Default)]
 pub struct Packet {
     pub v6: bool,
     pub src: [u8; 16],
@@ -57,6 +58,10 @@ pub struct Packet {
     pub pclass: u8,
     /// TCP/UDP destination port (network order) or ICMP `[type, code]`; zero otherwise.
     pub port: [u8; 2],
+    /// TCP/UDP source port (network order); zero otherwise.
+    pub sport: [u8; 2],
+    /// Offset of the L4 header in the frame (meaningless for a non-first fragment).
+    pub l4: u16,
 }
 
 #[inline(always)]
@@ -88,21 +93,23 @@ fn fast<C: Frame>(ctx: &C, has_eth: bool) -> Option<Packet> {
         data
     };
     let first = unsafe { *(l3 as *const u8) };
-    let mut pkt = Packet { v6: false, src: [0; 16], dst: [0; 16], pclass: 0, port: [0; 2] };
+    let mut pkt = Packet { v6: false, src: [0; 16], dst: [0; 16], pclass: 0, port: [0; 2], sport: [0; 2], l4: 0 };
     let (l4, proto) = match first {
-        // Version 4, IHL 5 (no options).
+        // Version 4, IHL 5 (no options). Fields are read in place (no copy of
+        // the header onto the stack, whose 512 bytes the entry point shares).
         0x45 => {
-            let h = unsafe { *(l3 as *const [u8; IPV4_MIN_HLEN]) };
             if has_eth && unsafe { *((data + ETH_TYPE_OFF) as *const [u8; 2]) } != ETH_P_IP.to_be_bytes() {
                 return None;
             }
             // Fragments (offset or more-fragments) take the general path.
-            if u16::from_be_bytes([h[6], h[7]]) & (IPV4_OFFSET_MASK | 0x2000) != 0 {
+            let frag = unsafe { *((l3 + 6) as *const [u8; 2]) };
+            if u16::from_be_bytes(frag) & (IPV4_OFFSET_MASK | 0x2000) != 0 {
                 return None;
             }
-            pkt.src[..4].copy_from_slice(&h[12..16]);
-            pkt.dst[..4].copy_from_slice(&h[16..20]);
-            (l3 + IPV4_MIN_HLEN, h[9])
+            let sd = unsafe { *((l3 + 12) as *const [u8; 8]) };
+            pkt.src[..4].copy_from_slice(&sd[..4]);
+            pkt.dst[..4].copy_from_slice(&sd[4..]);
+            (l3 + IPV4_MIN_HLEN, unsafe { *((l3 + 9) as *const u8) })
         }
         f if f >> 4 == 6 => {
             if l3 + IPV6_HLEN > end {
@@ -111,11 +118,10 @@ fn fast<C: Frame>(ctx: &C, has_eth: bool) -> Option<Packet> {
             if has_eth && unsafe { *((data + ETH_TYPE_OFF) as *const [u8; 2]) } != ETH_P_IPV6.to_be_bytes() {
                 return None;
             }
-            let h = unsafe { *(l3 as *const [u8; IPV6_HLEN]) };
             pkt.v6 = true;
-            pkt.src.copy_from_slice(&h[8..24]);
-            pkt.dst.copy_from_slice(&h[24..40]);
-            (l3 + IPV6_HLEN, h[6])
+            pkt.src = unsafe { *((l3 + 8) as *const [u8; 16]) };
+            pkt.dst = unsafe { *((l3 + 24) as *const [u8; 16]) };
+            (l3 + IPV6_HLEN, unsafe { *((l3 + 6) as *const u8) })
         }
         _ => return None,
     };
@@ -128,6 +134,7 @@ fn fast<C: Frame>(ctx: &C, has_eth: bool) -> Option<Packet> {
             let p = unsafe { *(l4 as *const [u8; 4]) };
             pkt.pclass = if proto == IPPROTO_TCP { PCLASS_TCP } else { PCLASS_UDP };
             pkt.port = [p[2], p[3]];
+            pkt.sport = [p[0], p[1]];
         }
         (IPPROTO_ICMP, false) | (IPPROTO_ICMPV6, true) => {
             if l4 + 2 > end {
@@ -140,14 +147,27 @@ fn fast<C: Frame>(ctx: &C, has_eth: bool) -> Option<Packet> {
         // Extension headers, other protocols: the general path.
         _ => return None,
     }
+    pkt.l4 = (l4 - data) as u16;
     Some(pkt)
 }
 
+/// Parses the frame into `pkt` (an out-parameter: one Packet on the entry
+/// point's stack, not a returned copy beside it).
 #[inline(always)]
-pub fn parse<C: Frame>(ctx: &C, has_eth: bool) -> Result<Packet, ParseError> {
+pub fn parse<C: Frame>(ctx: &C, has_eth: bool, pkt: &mut Packet) -> Result<(), ParseError> {
     if let Some(p) = fast(ctx, has_eth) {
-        return Ok(p);
+        *pkt = p;
+        return Ok(());
     }
+    *pkt = general(ctx, has_eth)?;
+    Ok(())
+}
+
+/// The general path. Not inlined: its header copies stay out of the entry
+/// point's stack frame, which the lookup's and the stateful path's frames add to
+/// (512 bytes in all).
+#[inline(never)]
+fn general<C: Frame>(ctx: &C, has_eth: bool) -> Result<Packet, ParseError> {
     if !has_eth {
         // Raw-IP device (tun, WireGuard): the frame starts at the IP header.
         let first: u8 = load(ctx, 0)?;
@@ -189,7 +209,7 @@ fn parse_ipv4<C: Frame>(ctx: &C, l3: usize) -> Result<Packet, ParseError> {
     if ihl < IPV4_MIN_HLEN {
         return Err(ParseError::BadHeader);
     }
-    let mut pkt = Packet { v6: false, src: [0; 16], dst: [0; 16], pclass: 0, port: [0; 2] };
+    let mut pkt = Packet { v6: false, src: [0; 16], dst: [0; 16], pclass: 0, port: [0; 2], sport: [0; 2], l4: 0 };
     pkt.src[..4].copy_from_slice(&h[12..16]);
     pkt.dst[..4].copy_from_slice(&h[16..20]);
     let proto = h[9];
@@ -206,7 +226,8 @@ fn parse_ipv4<C: Frame>(ctx: &C, l3: usize) -> Result<Packet, ParseError> {
         return Ok(pkt);
     }
     pkt.pclass = pclass;
-    pkt.port = load_l4(ctx, l3 + ihl, pclass)?;
+    (pkt.sport, pkt.port) = load_l4(ctx, l3 + ihl, pclass)?;
+    pkt.l4 = (l3 + ihl) as u16;
     Ok(pkt)
 }
 
@@ -216,7 +237,7 @@ fn parse_ipv6<C: Frame>(ctx: &C, l3: usize) -> Result<Packet, ParseError> {
     if h[0] >> 4 != 6 {
         return Err(ParseError::BadHeader);
     }
-    let mut pkt = Packet { v6: true, src: [0; 16], dst: [0; 16], pclass: 0, port: [0; 2] };
+    let mut pkt = Packet { v6: true, src: [0; 16], dst: [0; 16], pclass: 0, port: [0; 2], sport: [0; 2], l4: 0 };
     pkt.src.copy_from_slice(&h[8..24]);
     pkt.dst.copy_from_slice(&h[24..40]);
     let mut nh = h[6];
@@ -264,20 +285,22 @@ fn parse_ipv6<C: Frame>(ctx: &C, l3: usize) -> Result<Packet, ParseError> {
         return Ok(pkt);
     }
     pkt.pclass = pclass;
-    pkt.port = load_l4(ctx, off, pclass)?;
+    (pkt.sport, pkt.port) = load_l4(ctx, off, pclass)?;
+    pkt.l4 = off as u16;
     Ok(pkt)
 }
 
-/// The 16-bit "port" of the last lookup stage for a first (or only) fragment.
+/// The source port and the 16-bit "port" of the last lookup stage for a first
+/// (or only) fragment.
 #[inline(always)]
-fn load_l4<C: Frame>(ctx: &C, l4: usize, pclass: u8) -> Result<[u8; 2], ParseError> {
+fn load_l4<C: Frame>(ctx: &C, l4: usize, pclass: u8) -> Result<([u8; 2], [u8; 2]), ParseError> {
     match pclass {
         PCLASS_TCP | PCLASS_UDP => {
             // Source port, then destination port.
             let p: [u8; 4] = load(ctx, l4)?;
-            Ok([p[2], p[3]])
+            Ok(([p[0], p[1]], [p[2], p[3]]))
         }
-        PCLASS_ICMP | PCLASS_ICMPV6 => load(ctx, l4),
-        _ => Ok([0; 2]),
+        PCLASS_ICMP | PCLASS_ICMPV6 => Ok(([0; 2], load(ctx, l4)?)),
+        _ => Ok(([0; 2], [0; 2])),
     }
 }

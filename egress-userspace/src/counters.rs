@@ -36,6 +36,31 @@ pub fn counters_json(r: &Readout) -> Value {
         "unclassified": stats,
         "generation": r.state.generation,
         "digest": r.state.digest,
+        "stateful": r.state.stateful.is_some(),
+        "state": state_json(r),
+    })
+}
+
+/// Stateful mode's part of `counters --json` (null when stateless).
+fn state_json(r: &Readout) -> Value {
+    use egress_common::{
+        CS_ESTABLISHED_BYTES, CS_ESTABLISHED_PACKETS, CS_EXPIRED, CS_INSERT_FAILED, CS_INSERTED, CS_INSERTED_INBOUND, CS_RELATED_BYTES,
+        CS_RELATED_PACKETS,
+    };
+    let (Some(c), Some(sc)) = (&r.conn, &r.state.stateful) else {
+        return Value::Null;
+    };
+    json!({
+        "established": {"packets": c.stat(CS_ESTABLISHED_PACKETS), "bytes": c.stat(CS_ESTABLISHED_BYTES)},
+        "related": {"packets": c.stat(CS_RELATED_PACKETS), "bytes": c.stat(CS_RELATED_BYTES)},
+        "flows": {
+            "tracked": c.live, "entries": c.entries, "max_flows": sc.max_flows,
+            "inserted": c.stat(CS_INSERTED), "inserted_inbound": c.stat(CS_INSERTED_INBOUND),
+            "expired": c.stat(CS_EXPIRED), "evicted": c.evicted(), "table_full": c.evicted(),
+            "insert_failed": c.stat(CS_INSERT_FAILED),
+        },
+        "timeouts": {"tcp_established": sc.tcp_established, "tcp_closing": sc.tcp_closing, "udp": sc.udp, "icmp": sc.icmp},
+        "companion": r.state.companion,
     })
 }
 
@@ -68,6 +93,18 @@ pub fn counters_table(r: &Readout) -> String {
         utc(r.state.default_since),
         "no rule matched".into(),
     ]);
+    if let Some(c) = &r.conn {
+        use egress_common::{CS_ESTABLISHED_BYTES, CS_ESTABLISHED_PACKETS, CS_RELATED_BYTES, CS_RELATED_PACKETS};
+        rows.push([
+            "-".into(),
+            "(established)".into(),
+            "allow".into(),
+            (c.stat(CS_ESTABLISHED_PACKETS) + c.stat(CS_RELATED_PACKETS)).to_string(),
+            human(c.stat(CS_ESTABLISHED_BYTES) + c.stat(CS_RELATED_BYTES)),
+            "-".into(),
+            "tracked connections and ICMP errors about them (stateful)".into(),
+        ]);
+    }
     let ns = if r.state.netns == "host" { String::new() } else { format!(" in netns {}", r.state.netns) };
     let mut out = format!(
         "egress on {}{} ({} hook ({}), generation {}, {} rules from {})\n",
@@ -86,6 +123,21 @@ pub fn counters_table(r: &Readout) -> String {
         ));
     }
     out.push_str(&table(&rows));
+    if let (Some(c), Some(sc)) = (&r.conn, &r.state.stateful) {
+        use egress_common::{CS_EXPIRED, CS_INSERT_FAILED, CS_INSERTED, CS_INSERTED_INBOUND};
+        out.push_str(&format!(
+            "stateful: {} connections tracked ({} entries, max {} per family), {} opened here + {} from the other side ({}), {} expired, {} evicted by a full table{}\n",
+            c.live,
+            c.entries,
+            sc.max_flows,
+            c.stat(CS_INSERTED),
+            c.stat(CS_INSERTED_INBOUND),
+            r.state.companion.as_deref().unwrap_or("no companion"),
+            c.stat(CS_EXPIRED),
+            c.evicted(),
+            if c.stat(CS_INSERT_FAILED) > 0 { format!(", {} insert failures", c.stat(CS_INSERT_FAILED)) } else { String::new() }
+        ));
+    }
     let extra: Vec<String> = STAT_NAMES.iter().zip(r.stats.iter()).filter(|(_, v)| **v > 0).map(|(n, v)| format!("{n} {v}")).collect();
     if !extra.is_empty() {
         out.push_str(&format!("not matched against rules: {}\n", extra.join(", ")));
@@ -99,7 +151,7 @@ pub fn status_json(states: &[(State, LinkHealth)]) -> Value {
         .map(|(s, h)| {
             json!({
                 "iface": s.iface, "netns": s.netns, "netns_cookie": s.netns_cookie, "ifindex": s.ifindex,
-                "hook": s.hook, "mode": s.mode, "attached": *h == LinkHealth::Attached, "link": h.as_str(), "rules": s.rules.len(),
+                "hook": s.hook, "mode": s.mode, "stateful": s.stateful.is_some(), "companion": s.companion, "attached": *h == LinkHealth::Attached, "link": h.as_str(), "rules": s.rules.len(),
                 "default": s.default_action, "rules_file": s.rules_file, "digest": s.digest,
                 "loaded_at": s.loaded_at, "loaded_at_utc": utc(s.loaded_at), "generation": s.generation,
                 "flow_cache": s.flow_cache, "pinned": pin_dir(&s.key).display().to_string(),
@@ -128,7 +180,10 @@ pub fn status_table(states: &[(State, LinkHealth)]) -> String {
         rows.push([
             s.netns.clone(),
             s.iface.clone(),
-            format!("{} ({})", s.hook, s.mode),
+            match &s.companion {
+                Some(c) => format!("{} ({}), stateful, companion {c}", s.hook, s.mode),
+                None => format!("{} ({})", s.hook, s.mode),
+            },
             h.as_str().into(),
             s.rules.len().to_string(),
             utc(s.loaded_at),

@@ -105,11 +105,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!(
                     "{}",
                     json!({"file": p.file, "valid": true, "rules": p.rules.rules.len(),
-                           "default": p.rules.default_policy.as_str(), "digest": p.digest, "map_entries": counts})
+                           "default": p.rules.default_policy.as_str(), "stateful": p.rules.state.is_some(), "state": p.rules.state,
+                           "digest": p.digest, "map_entries": counts})
                 );
             } else {
+                let mode = match &p.rules.state {
+                    Some(s) => format!(
+                        "stateful (tcp {}s/{}s, udp {}s, icmp {}s, {} flows)",
+                        s.tcp_established, s.tcp_closing, s.udp, s.icmp, s.max_flows
+                    ),
+                    None => "stateless".into(),
+                };
                 println!(
-                    "{}: ok, {} rules, default {}, {}",
+                    "{}: ok, {} rules, default {}, {mode}, {}",
                     p.file,
                     p.rules.rules.len(),
                     p.rules.default_policy.as_str(),

@@ -69,6 +69,7 @@ pub fn apply(target: &Target, p: &Prepared, flow_cache: u32) -> Result<Applied, 
         digest: p.digest.clone(),
         default_action: p.rules.default_policy.as_str().to_string(),
         rules: infos,
+        state: p.rules.state,
     })?)
 }
 
@@ -85,7 +86,7 @@ pub fn applied_json(a: &Applied) -> Value {
         .collect();
     json!({"iface": st.iface, "netns": st.netns, "ifindex": st.ifindex, "hook": st.hook, "mode": st.mode, "replaced": a.replaced,
            "generation": st.generation, "rules": st.rules.len(), "kept": a.kept, "removed": removed,
-           "default": st.default_action, "digest": st.digest, "flow_cache": st.flow_cache, "rules_file": st.rules_file,
+           "default": st.default_action, "digest": st.digest, "flow_cache": st.flow_cache, "stateful": st.stateful.is_some(), "companion": st.companion, "rules_file": st.rules_file,
            "pinned": dataplane::pin_dir(&st.key).display().to_string()})
 }
 
@@ -103,6 +104,9 @@ pub fn applied_text(a: &Applied, p: &Prepared) -> String {
         st.generation
     );
     out.push_str(&format!("  default policy  {}\n", st.default_action));
+    if let Some(c) = &st.companion {
+        out.push_str(&format!("  stateful        yes: connection table pinned, companion program on {c}\n"));
+    }
     out.push_str(&format!("  rules           {} ({} deny, {} allow)\n", p.rules.rules.len(), deny, p.rules.rules.len() - deny));
     if a.replaced {
         out.push_str(&format!("  counters kept   {} rules (same name, match and action)\n", a.kept));

@@ -20,14 +20,15 @@ use egress_common::{ALL_MAPS, Counter};
 
 use super::{
     DataplaneError, Result,
+    conn::{ConnReadout, conn_table_dir, copy_conn, read_conn},
     env::{Target, ensure_bpffs, has_ethernet},
     io_err,
     link::{self, LinkHealth},
     load::{LoadOptions, Loaded, flow_cache_slots, read_pinned},
     pin_err,
-    state::{self, Count, Pending, RuleInfo, State, gen_dir, link_pin, now_unix, pin_dir},
+    state::{self, Count, Pending, RuleInfo, State, companion_pin, conn_dir, gen_dir, link_pin, now_unix, pin_dir},
 };
-use crate::{compile::Compiled, hook::Hook};
+use crate::{compile::Compiled, hook::Hook, rules::StateConfig};
 
 /// What a replacement needs besides the compiled maps.
 pub struct ApplyRequest<'a> {
@@ -40,6 +41,8 @@ pub struct ApplyRequest<'a> {
     pub default_action: String,
     /// The rules in file order (their `base` and `since` are filled in here).
     pub rules: Vec<RuleInfo>,
+    /// Stateful mode's settings (None: stateless).
+    pub state: Option<StateConfig>,
 }
 
 /// A rule that the replacement removed (or changed under its name), with its final counts.
@@ -137,8 +140,18 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         generation: (generation % u64::from(u32::MAX)) as u32 + 1,
         flow_cache: req.flow_cache,
         hook: t.hook,
+        state: req.state.map(|c| (c, conn_dir(&key))),
     };
     let mut loaded = Loaded::with_options(req.compiled, &opts)?;
+    // A resized connection table is a new table: carry the live connections over.
+    let prev_table = prev.as_ref().and_then(|p| p.stateful).map(|c| conn_table_dir(&conn_dir(&key), c.max_flows));
+    let new_table = req.state.map(|c| conn_table_dir(&conn_dir(&key), c.max_flows));
+    if let (Some(old), Some(new)) = (&prev_table, &new_table)
+        && old != new
+    {
+        let n = copy_conn(old, &mut loaded.ebpf)?;
+        tracing::info!(key, connections = n, "connection table resized; live connections carried over");
+    }
     let gdir = gen_dir(&key, generation);
     // Pin the new maps before the switch so that readers can follow at once.
     let pin_maps = |ebpf: &Ebpf| -> Result<()> {
@@ -157,6 +170,21 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
     }
     let replaced = lpath.exists() || prev.as_ref().is_some_and(|p| p.nl_priority.is_some());
     let prev_nl = prev.as_ref().and_then(|p| Some((p.nl_priority?, p.nl_handle?)));
+    // Stateful: the companion watches the other direction; attached (or updated)
+    // before the classifier relies on it.
+    let comp_path = companion_pin(&key);
+    let comp_ingress = t.hook == Hook::TcEgress;
+    let comp_fresh = !comp_path.exists();
+    let companion = match req.state {
+        Some(_) => match loaded.track_program().and_then(|prog| link::switch_tc(prog, &t.iface, comp_ingress, &comp_path, None)) {
+            Ok(a) => Some(format!("{} ({})", if comp_ingress { Hook::TcIngress } else { Hook::TcEgress }, a.mode)),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&gdir);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let prev_mode = prev.as_ref().map(|p| p.mode.clone());
     let switched = match t.hook {
         Hook::TcEgress | Hook::TcIngress => {
@@ -168,10 +196,22 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         Ok(a) => a,
         Err(e) => {
             let _ = fs::remove_dir_all(&gdir);
+            if companion.is_some() && comp_fresh {
+                let _ = link::unlink(&t.iface, &comp_path, None, comp_ingress);
+            }
             return Err(e);
         }
     };
     drop(loaded);
+    if req.state.is_none() && comp_path.exists() {
+        // No longer stateful: the companion and the table go.
+        let _ = link::unlink(&t.iface, &comp_path, None, comp_ingress);
+        let _ = fs::remove_dir_all(conn_dir(&key));
+    } else if let (Some(old), Some(new)) = (&prev_table, &new_table)
+        && old != new
+    {
+        let _ = fs::remove_dir_all(old);
+    }
 
     let mut st = State {
         key: key.clone(),
@@ -194,6 +234,8 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         pending: prev.as_ref().map(|p| Pending { generation: p.generation, slots }),
         nl_priority: attachment.nl_priority,
         nl_handle: attachment.nl_handle,
+        stateful: req.state,
+        companion,
     };
     state::write_state(&st)?;
     let old_final = fold_pending(&mut st)?;
@@ -266,6 +308,8 @@ pub struct Readout {
     pub counters: Vec<Count>,
     pub stats: Vec<u64>,
     pub health: LinkHealth,
+    /// Stateful mode: the connection table and its counters.
+    pub conn: Option<ConnReadout>,
 }
 
 pub fn read_counters(t: &Target) -> Result<Readout> {
@@ -305,7 +349,14 @@ fn readout(st: State) -> Result<Readout> {
         }
     }
     let health = link::health(&link_pin(&st.key), st.ifindex, st.nl_priority.is_some());
-    Ok(Readout { state: st, counters, stats, health })
+    let conn = match &st.stateful {
+        Some(c) => {
+            let dir = conn_dir(&st.key);
+            Some(read_conn(&conn_table_dir(&dir, c.max_flows), &dir.join(egress_common::MAP_CONN_STATS), c)?)
+        }
+        None => None,
+    };
+    Ok(Readout { state: st, counters, stats, health, conn })
 }
 
 /// Removes the program from the interface and deletes its pins and state.

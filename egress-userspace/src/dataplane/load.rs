@@ -2,7 +2,10 @@
 //! set into them in batches, load the program through the verifier. Also reads
 //! the per-CPU counters of a generation (live or pinned).
 
-use std::{io, path::Path};
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -10,15 +13,17 @@ use aya::{
     programs::{ProgramError, SchedClassifier, Xdp},
 };
 use egress_common::{
-    Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_DEFAULT_ACTION, GLOBAL_FLOW_MASK, GLOBAL_GENERATION, GLOBAL_HAS_ETH, ListSlot, Lists,
+    Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_DEFAULT_ACTION, GLOBAL_FLOW_MASK, GLOBAL_GENERATION, GLOBAL_HAS_ETH, GLOBAL_STATEFUL,
+    GLOBAL_TO_ICMP, GLOBAL_TO_TCP_CLOSING, GLOBAL_TO_TCP_EST, GLOBAL_TO_UDP, ListSlot, Lists, MAP_CONN_STATS, MAP_CONN_V4, MAP_CONN_V6,
     MAP_COUNTERS, MAP_DST_V4, MAP_DST_V6, MAP_FLOW_V4, MAP_FLOW_V6, MAP_LISTS, MAP_PAIR_V4, MAP_PAIR_V6, MAP_RANGES, MAP_STATS,
-    MAX_FLOW_CACHE_ENTRIES, PROGRAM_NAME, PairKeyV4, PairKeyV6, PortRange, STATS_LEN, XDP_PROGRAM_NAME,
+    MAX_FLOW_CACHE_ENTRIES, MIN_MAX_FLOWS, PROGRAM_NAME, PairKeyV4, PairKeyV6, PortRange, STATS_LEN, TRACK_PROGRAM_NAME, XDP_PROGRAM_NAME,
 };
 
 use super::{BPF_MAP_UPDATE_ELEM, DataplaneError, EBPF_OBJECT, ElemAttr, Result, map_err, prog_err};
 use crate::{
     compile::{Compiled, Prefix},
     hook::Hook,
+    rules::StateConfig,
 };
 
 /// A loaded (not attached) classifier holding one compiled rule set.
@@ -27,7 +32,7 @@ pub struct Loaded {
 }
 
 /// How to load a rule set besides the rules themselves.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Frames start with an Ethernet header (false for tun/WireGuard).
     pub has_eth: bool,
@@ -38,11 +43,15 @@ pub struct LoadOptions {
     /// The hook the program is for: the TC classifier (tc-egress, tc-ingress) or
     /// the XDP program is loaded.
     pub hook: Hook,
+    /// Stateful mode: its settings and the folder where the connection table is
+    /// pinned (reused if there, created and pinned if not); the companion program
+    /// is loaded too.
+    pub state: Option<(StateConfig, PathBuf)>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { has_eth: true, generation: 1, flow_cache: FLOW_CACHE_ENTRIES, hook: Hook::TcEgress }
+        LoadOptions { has_eth: true, generation: 1, flow_cache: FLOW_CACHE_ENTRIES, hook: Hook::TcEgress, state: None }
     }
 }
 
@@ -67,17 +76,47 @@ impl Loaded {
         // An array needs at least one slot even when the cache is off.
         let cache_entries = slots.max(1);
         let mask: u32 = if slots == 0 { u32::MAX } else { slots - 1 };
-        let mut ebpf = EbpfLoader::new()
+        let stateful: u32 = o.state.is_some() as u32;
+        let sc = o.state.as_ref().map(|(c, _)| *c).unwrap_or_default();
+        let ns = |s: u64| s.saturating_mul(1_000_000_000);
+        let (to_est, to_closing, to_udp, to_icmp) = (ns(sc.tcp_established), ns(sc.tcp_closing), ns(sc.udp), ns(sc.icmp));
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(GLOBAL_DEFAULT_ACTION, &c.default_action, true)
             .override_global(GLOBAL_HAS_ETH, &has_eth, true)
             .override_global(GLOBAL_GENERATION, &generation, true)
             .override_global(GLOBAL_FLOW_MASK, &mask, true)
+            .override_global(GLOBAL_STATEFUL, &stateful, true)
+            .override_global(GLOBAL_TO_TCP_EST, &to_est, true)
+            .override_global(GLOBAL_TO_TCP_CLOSING, &to_closing, true)
+            .override_global(GLOBAL_TO_UDP, &to_udp, true)
+            .override_global(GLOBAL_TO_ICMP, &to_icmp, true)
             .map_max_entries(MAP_COUNTERS, c.counter_slots)
             // Arrays are preallocated: exactly the rule set's size (at least 1).
             .map_max_entries(MAP_LISTS, (c.list_slots.len() as u32).max(1))
             .map_max_entries(MAP_RANGES, (c.ranges.len() as u32).max(1))
             .map_max_entries(MAP_FLOW_V4, cache_entries)
-            .map_max_entries(MAP_FLOW_V6, cache_entries)
+            .map_max_entries(MAP_FLOW_V6, cache_entries);
+        let table;
+        let (p4, p6, pstats);
+        match &o.state {
+            Some((sc, dir)) => {
+                table = super::conn::conn_table_dir(dir, sc.max_flows);
+                std::fs::create_dir_all(&table).map_err(super::io_err(format!("create {}", table.display())))?;
+                (p4, p6, pstats) = (table.join(MAP_CONN_V4), table.join(MAP_CONN_V6), dir.join(MAP_CONN_STATS));
+                loader
+                    .map_max_entries(MAP_CONN_V4, sc.max_flows)
+                    .map_max_entries(MAP_CONN_V6, sc.max_flows)
+                    .map_pin_path(MAP_CONN_V4, p4.as_path())
+                    .map_pin_path(MAP_CONN_V6, p6.as_path())
+                    .map_pin_path(MAP_CONN_STATS, pstats.as_path());
+            }
+            // Stateless: a token table (the program never touches it).
+            None => {
+                loader.map_max_entries(MAP_CONN_V4, MIN_MAX_FLOWS).map_max_entries(MAP_CONN_V6, MIN_MAX_FLOWS);
+            }
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|source| DataplaneError::Ebpf { op: "load the eBPF object (create maps)".into(), source: Box::new(source) })?;
         fill(&mut ebpf, c)?;
@@ -85,6 +124,10 @@ impl Loaded {
             Hook::TcEgress | Hook::TcIngress => classifier(&mut ebpf)?.load(),
             Hook::Xdp => xdp(&mut ebpf)?.load(),
         };
+        let loaded = loaded.and_then(|()| match o.state {
+            Some(_) => track(&mut ebpf)?.load(),
+            None => Ok(()),
+        });
         if let Err(e) = loaded {
             return Err(match e {
                 ProgramError::LoadError { io_error, verifier_log } => {
@@ -102,6 +145,11 @@ impl Loaded {
     /// The TC classifier (loaded when the hook is tc-egress or tc-ingress).
     pub fn program(&mut self) -> Result<&mut SchedClassifier> {
         classifier(&mut self.ebpf)
+    }
+
+    /// Stateful mode's companion program (loaded when the rule set is stateful).
+    pub fn track_program(&mut self) -> Result<&mut SchedClassifier> {
+        track(&mut self.ebpf).map_err(prog_err("the companion program"))
     }
 
     /// The XDP program (loaded when the hook is xdp).
@@ -128,6 +176,13 @@ pub(super) fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
         .program_mut(PROGRAM_NAME)
         .ok_or_else(|| DataplaneError::Other(format!("program {PROGRAM_NAME} missing from the eBPF object")))?;
     prog.try_into().map_err(prog_err("program is not a TC classifier"))
+}
+
+fn track(ebpf: &mut Ebpf) -> std::result::Result<&mut SchedClassifier, ProgramError> {
+    match ebpf.program_mut(TRACK_PROGRAM_NAME) {
+        Some(p) => p.try_into(),
+        None => Err(ProgramError::UnexpectedProgramType),
+    }
 }
 
 fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {

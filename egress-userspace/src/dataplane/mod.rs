@@ -5,6 +5,7 @@
 //! - `load`: create maps, write a compiled rule set into them, load the program.
 //! - `link`: attach, replace (bpf_link_update) and detach; link health; the
 //!   RCU barrier that tells when no CPU still runs a replaced program.
+//! - `conn`: stateful mode's connection table (pins, resize, readout).
 //! - `state`: the state files and pins of each attachment, locks.
 //! - `apply`: one atomic replacement with counters carried over by rule identity,
 //!   counter readout, detach, prune. `egress apply` and `egress run` both use it.
@@ -17,6 +18,7 @@
 //!   /run/egress/KEY.json               rule names, file, digest, counter bases
 
 mod apply;
+mod conn;
 mod env;
 mod link;
 mod load;
@@ -27,6 +29,7 @@ use std::io;
 use aya::programs::ProgramError;
 
 pub use apply::{Applied, ApplyRequest, Readout, Removed, apply, detach, prune, read_counters, status_of, statuses};
+pub use conn::ConnReadout;
 pub use env::{Target, ensure_bpffs, enter_host_mount_ns, enter_netns, netns_cookie, resolve, resolve_or_state};
 pub use link::{LinkHealth, wait_for_running_programs};
 pub use load::{LoadOptions, Loaded, flow_cache_slots};

@@ -14,7 +14,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{DataplaneError, Result, io_err};
-use crate::hook::Hook;
+use crate::{hook::Hook, rules::StateConfig};
 
 pub const PIN_ROOT: &str = "/sys/fs/bpf/egress";
 pub const STATE_DIR: &str = "/run/egress";
@@ -25,6 +25,15 @@ pub fn pin_dir(key: &str) -> PathBuf {
 }
 pub(super) fn link_pin(key: &str) -> PathBuf {
     pin_dir(key).join("link")
+}
+/// Stateful mode: the companion program's link.
+pub(super) fn companion_pin(key: &str) -> PathBuf {
+    pin_dir(key).join("companion")
+}
+/// Stateful mode: the connection table (`mN/CONN_V4`, `mN/CONN_V6` for a table of
+/// N entries) and its counters (`CONN_STATS`), shared by every generation.
+pub(super) fn conn_dir(key: &str) -> PathBuf {
+    pin_dir(key).join("conn")
 }
 pub(super) fn gen_dir(key: &str, generation: u64) -> PathBuf {
     pin_dir(key).join(format!("g{generation}"))
@@ -118,6 +127,13 @@ pub struct State {
     pub flow_cache: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Pending>,
+    /// Stateful mode's settings (None: stateless).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stateful: Option<StateConfig>,
+    /// Stateful mode: the hook the companion program watches (the other direction)
+    /// and how it is attached, e.g. "tc-ingress (tcx)".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub companion: Option<String>,
     /// clsact only: the filter's priority and handle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nl_priority: Option<u16>,

@@ -8,6 +8,7 @@ use toml_edit::{ImDocument, Item};
 use super::{
     Action, Rule, RuleSet,
     parse::{Ctx, parse_rule},
+    state::{is_state_key, parse_state},
 };
 
 /// Rules per chunk when a large file is parsed in pieces.
@@ -27,9 +28,14 @@ pub(super) fn parse_chunked(file: &str, text: &str, starts: &[usize]) -> Option<
     if headers.len() < 2 * CHUNK_RULES {
         return None;
     }
-    // The preamble: default_policy, nothing else.
+    // The preamble: default_policy and the stateful-mode keys, nothing else.
     let pre = ImDocument::parse(&text[..headers[0]]).ok()?;
-    if pre.as_table().iter().any(|(k, _)| k != "default_policy") {
+    if pre.as_table().iter().any(|(k, _)| k != "default_policy" && !is_state_key(k)) {
+        return None;
+    }
+    let mut pcx = Ctx { file, line_starts: starts, offset: 0, problems: Vec::new() };
+    let state = parse_state(&mut pcx, pre.as_table());
+    if !pcx.problems.is_empty() {
         return None;
     }
     let default_policy = match pre.get("default_policy")?.as_str()? {
@@ -68,7 +74,7 @@ pub(super) fn parse_chunked(file: &str, text: &str, starts: &[usize]) -> Option<
         }
         rules.extend(part);
     }
-    (rules.len() == headers.len()).then_some(RuleSet { default_policy, rules })
+    (rules.len() == headers.len()).then_some(RuleSet { default_policy, rules, state })
 }
 
 /// One chunk: exactly its `[[rule]]` tables, every one valid.

@@ -9,6 +9,7 @@
 
 mod chunked;
 mod parse;
+mod state;
 pub(crate) mod toml_diag;
 
 use std::fmt;
@@ -16,6 +17,7 @@ use std::fmt;
 use ipnet::IpNet;
 
 pub use parse::{MAX_NAME_LEN, parse, parse_cidr, parse_ports};
+pub use state::StateConfig;
 
 /// What a rule does with a packet it matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -174,6 +176,8 @@ impl Rule {
 pub struct RuleSet {
     pub default_policy: Action,
     pub rules: Vec<Rule>,
+    /// `Some` when the file says `stateful = true` (with `[state]`'s settings).
+    pub state: Option<StateConfig>,
 }
 
 /// One problem in a rule file.
@@ -300,8 +304,26 @@ ports = "1000-2000"
     fn unknown_keys_are_errors_with_suggestion() {
         let e = err("default_policy = \"allow\"\nverbose = true\n[[rule]]\nprotcol = \"tcp\"\n");
         assert_eq!(e.len(), 2);
-        assert_eq!(e[0], "r.toml:2: field 'verbose': unknown key 'verbose' (known keys: default_policy, rule)");
+        assert_eq!(e[0], "r.toml:2: field 'verbose': unknown key 'verbose' (known keys: default_policy, stateful, state, rule)");
         assert_eq!(e[1], "r.toml:4: rule 'rule-1', field 'protcol': unknown key 'protcol' (did you mean 'protocol'?)");
+    }
+
+    #[test]
+    fn stateful_mode_and_its_settings() {
+        let rs = parse("r.toml", "default_policy = \"allow\"\n").unwrap();
+        assert_eq!(rs.state, None);
+        let rs = parse("r.toml", "stateful = true\ndefault_policy = \"deny\"\n").unwrap();
+        assert_eq!(rs.state, Some(StateConfig::default()));
+        let rs = parse("r.toml", "stateful = true\ndefault_policy = \"deny\"\n[state]\nudp = 5\nmax_flows = 1024\n").unwrap();
+        assert_eq!(rs.state.map(|s| (s.udp, s.max_flows, s.icmp)), Some((5, 1024, egress_common::DEFAULT_ICMP_S)));
+        let e = err("default_policy = \"deny\"\n[state]\nudp = 5\n");
+        assert_eq!(e, vec!["r.toml:2: field 'state': [state] has no effect without stateful = true at the top of the file"]);
+        let e = err("stateful = 1\ndefault_policy = \"deny\"\n[state]\nicmp = 0\ntcp_closing = \"2m\"\nmax_flows = 8\n");
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(e[0].starts_with("r.toml:1: field 'stateful': must be true or false"), "{e:?}");
+        assert!(e[1].starts_with("r.toml:4: field 'state.icmp': 0 is out of range"), "{e:?}");
+        assert!(e[2].starts_with("r.toml:5: field 'state.tcp_closing': must be an integer"), "{e:?}");
+        assert!(e[3].starts_with("r.toml:6: field 'state.max_flows': 8 is out of range"), "{e:?}");
     }
 
     #[test]

@@ -9,10 +9,11 @@ use toml_edit::{ImDocument, Item, Key, TableLike, Value};
 use super::{
     Action, Families, Problem, Protocol, Rule, RuleFileError, RuleSet,
     chunked::parse_chunked,
+    state::parse_state,
     toml_diag::{item_span, line_starts, suggest},
 };
 
-const TOP_KEYS: [&str; 2] = ["default_policy", "rule"];
+const TOP_KEYS: [&str; 4] = ["default_policy", "stateful", "state", "rule"];
 const RULE_KEYS: [&str; 8] = ["name", "action", "src", "dst", "protocol", "ports", "icmp_type", "icmp_code"];
 /// Longest rule name accepted (names are shown in tables and JSON).
 pub const MAX_NAME_LEN: usize = 64;
@@ -97,6 +98,8 @@ pub(super) fn parse_whole(file: &str, text: &str, starts: &[usize]) -> Result<Ru
         },
     };
 
+    let state = parse_state(&mut cx, root);
+
     // The rule tables, with the span of each.
     let mut tables: Vec<(&dyn TableLike, Option<Range<usize>>)> = Vec::new();
     match root.get("rule") {
@@ -142,7 +145,7 @@ pub(super) fn parse_whole(file: &str, text: &str, starts: &[usize]) -> Result<Ru
     }
     // Only reachable with a policy: a missing one is a problem above.
     let default_policy = default_policy.unwrap_or(Action::Allow);
-    Ok(RuleSet { default_policy, rules })
+    Ok(RuleSet { default_policy, rules, state })
 }
 
 fn show(item: &Item) -> String {

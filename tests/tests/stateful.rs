@@ -1,0 +1,263 @@
+//! Stateful mode with real connections between two namespaces (a: egress,
+//! b: the peer): a long-lived TCP connection and a UDP flow survive a reload
+//! that denies them while a new connection is refused; connections opened from
+//! the other side are answered under default deny; ICMP errors about tracked
+//! connections pass as RELATED; a full connection table still enforces every
+//! rule. Needs root.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use egress_tests::{A4, B4, Pair, in_ns_io, temp_file};
+use serde_json::Value;
+
+fn apply(p: &Pair, rules: &str) -> Value {
+    let f = temp_file("rules.toml", rules);
+    serde_json::from_str(&p.egress_ok(&["apply", "--iface", &p.a_if, "--rules", f.to_str().unwrap(), "--json"])).unwrap()
+}
+
+const OPEN: &str = "stateful = true\ndefault_policy = \"allow\"\n";
+const DENY_5401: &str = "stateful = true\ndefault_policy = \"allow\"\n[[rule]]\nname = \"no-5401\"\naction = \"deny\"\nprotocol = \"tcp\"\nports = \"5401\"\n[[rule]]\nname = \"no-5402\"\naction = \"deny\"\nprotocol = \"udp\"\nports = \"5402\"\n";
+
+fn echo_byte(s: &mut TcpStream, b: u8) -> bool {
+    let mut r = [0u8; 1];
+    s.write_all(&[b]).is_ok() && s.read_exact(&mut r).is_ok() && r[0] == b
+}
+
+#[test]
+fn live_connections_survive_a_denying_reload_new_ones_do_not() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let p = Pair::new("sfl").expect("namespaces");
+    p.settle(false);
+    let a = apply(&p, OPEN);
+    assert_eq!(a["stateful"], true, "{a}");
+    // A TCP echo server in b, serving every connection.
+    let l = in_ns_io(&p.b, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, 5401))).unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut b = [0u8; 1];
+                while s.read_exact(&mut b).is_ok() && s.write_all(&b).is_ok() {}
+            });
+        }
+    });
+    let udp_srv = in_ns_io(&p.b, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5402))).unwrap();
+    udp_srv.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let dst = SocketAddr::from((B4, 5401));
+    let mut live = in_ns_io(&p.a, move || TcpStream::connect_timeout(&dst, Duration::from_secs(2))).expect("connect before the reload");
+    live.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert!(echo_byte(&mut live, 1));
+    let flow = in_ns_io(&p.a, || {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        s.connect((B4, 5402))?;
+        Ok(s)
+    })
+    .unwrap();
+    flow.send(b"1").unwrap();
+    let mut buf = [0u8; 8];
+    assert!(udp_srv.recv(&mut buf).is_ok(), "UDP before the reload");
+
+    // Deny both ports: the live connection and the live UDP flow keep going...
+    apply(&p, DENY_5401);
+    for b in 2..12 {
+        assert!(echo_byte(&mut live, b), "the established TCP connection survives the reload (byte {b})");
+    }
+    for _ in 0..5 {
+        flow.send(b"2").unwrap();
+        assert!(udp_srv.recv(&mut buf).is_ok(), "the established UDP flow survives the reload");
+    }
+    // ...while new ones are classified against the new rules.
+    let fresh = in_ns_io(&p.a, move || TcpStream::connect_timeout(&dst, Duration::from_millis(1500)));
+    assert!(fresh.is_err(), "a new TCP connection to 5401 is refused");
+    in_ns_io(&p.a, || {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        for _ in 0..3 {
+            let _ = s.send_to(b"3", (B4, 5402));
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert!(udp_srv.recv(&mut buf).is_err(), "a new UDP flow to 5402 is dropped");
+    let c: Value = serde_json::from_str(&p.egress_ok(&["counters", "--iface", &p.a_if, "--json"])).unwrap();
+    let est = c["state"]["established"]["packets"].as_u64().unwrap();
+    assert!(est >= 15, "the old connection's packets pass as established, charged to no rule: {c}");
+    assert!(c["rules"][0]["packets"].as_u64().unwrap() >= 1, "the new SYN counts for no-5401: {c}");
+    assert_eq!(c["rules"][1]["packets"], 3, "exactly the new flow's datagrams count for no-5402: {c}");
+    assert!(c["state"]["flows"]["tracked"].as_u64().unwrap() >= 2, "{c}");
+    // The table outlives a reload that changes nothing about it, and a resize.
+    apply(&p, &format!("{DENY_5401}[state]\nmax_flows = 1024\n"));
+    assert!(echo_byte(&mut live, 42), "the connection survives a resize of the table");
+    let text = p.egress_ok(&["counters", "--iface", &p.a_if]);
+    assert!(text.contains("(established)") && text.contains("stateful:"), "{text}");
+    // Stateless again: the denying rules now cut the old connection too.
+    apply(&p, &DENY_5401.replace("stateful = true\n", ""));
+    assert!(!echo_byte(&mut live, 43), "without stateful mode the rules apply to every packet");
+}
+
+fn udp_echo_server(ns: &str, port: u16) {
+    let s = in_ns_io(ns, move || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))).unwrap();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 64];
+        while let Ok((n, from)) = s.recv_from(&mut b) {
+            let _ = s.send_to(&b[..n], from);
+        }
+    });
+}
+
+/// From b: a TCP exchange with a:port and a UDP exchange with a:uport; a ping.
+fn inbound(p: &Pair, port: u16, uport: u16) -> (bool, bool, u32) {
+    let dst = SocketAddr::from((A4, port));
+    let tcp = in_ns_io(&p.b, move || {
+        let mut s = TcpStream::connect_timeout(&dst, Duration::from_millis(1500))?;
+        s.set_read_timeout(Some(Duration::from_millis(1500)))?;
+        Ok(echo_byte(&mut s, 7))
+    })
+    .unwrap_or(false);
+    let udp = in_ns_io(&p.b, move || {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        s.send_to(b"x", (A4, uport))?;
+        let mut b = [0u8; 8];
+        Ok(s.recv(&mut b).is_ok())
+    })
+    .unwrap_or(false);
+    (tcp, udp, egress_tests::ping_from(&p.b, A4.into(), 2))
+}
+
+#[test]
+fn inbound_connections_are_answered_under_default_deny() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let p = Pair::new("sfi").expect("namespaces");
+    p.static_neighbours().unwrap();
+    // a's services: TCP echo on 6001, UDP echo on 6002.
+    let l = in_ns_io(&p.a, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, 6001))).unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut b = [0u8; 1];
+            while s.read_exact(&mut b).is_ok() && s.write_all(&b).is_ok() {}
+        }
+    });
+    udp_echo_server(&p.a, 6002);
+    // b must know a's MAC too (a's ARP replies are not IP: they pass anyway).
+    let _ = egress_tests::ping_from(&p.b, A4.into(), 1);
+
+    // Stateless default deny: a cannot answer.
+    apply(&p, "default_policy = \"deny\"\n");
+    assert_eq!(inbound(&p, 6001, 6002), (false, false, 0), "stateless: replies are new egress traffic, denied");
+    // Stateful default deny: replies to connections opened from b pass as ESTABLISHED.
+    let a = apply(&p, "stateful = true\ndefault_policy = \"deny\"\n");
+    assert_eq!(a["companion"], "tc-ingress (tcx)", "{a}");
+    assert_eq!(inbound(&p, 6001, 6002), (true, true, 2), "stateful: a answers what b opened");
+    let c: Value = serde_json::from_str(&p.egress_ok(&["counters", "--iface", &p.a_if, "--json"])).unwrap();
+    assert!(c["state"]["flows"]["inserted_inbound"].as_u64().unwrap() >= 3, "{c}");
+    assert!(c["state"]["established"]["packets"].as_u64().unwrap() >= 4, "{c}");
+    // But a still cannot open anything itself.
+    assert!(!p.tcp(false, 6003), "a's own new connections are still denied");
+    // status says the companion is there.
+    let st: Value = serde_json::from_str(&p.egress_ok(&["status", "--json"])).unwrap();
+    let me = st["interfaces"].as_array().unwrap().iter().find(|i| i["netns"] == p.a.as_str()).unwrap().clone();
+    assert_eq!((me["stateful"].as_bool(), me["companion"].as_str()), (Some(true), Some("tc-ingress (tcx)")), "{st}");
+}
+
+#[test]
+fn icmp_errors_about_tracked_connections_are_related() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let p = Pair::new("sfr").expect("namespaces");
+    p.static_neighbours().unwrap();
+    let _ = egress_tests::ping_from(&p.b, A4.into(), 1);
+    // b sends to a closed UDP port on a; a's "port unreachable" reaches b only if it passes a's egress.
+    let refused = |p: &Pair| {
+        in_ns_io(&p.b, || {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            s.connect((A4, 6999))?;
+            s.set_read_timeout(Some(Duration::from_millis(500)))?;
+            s.send(b"x")?;
+            let mut b = [0u8; 8];
+            Ok(matches!(s.recv(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused))
+        })
+        .unwrap()
+    };
+    apply(&p, "default_policy = \"deny\"\n");
+    assert!(!refused(&p), "stateless default deny drops the ICMP error");
+    apply(&p, "stateful = true\ndefault_policy = \"deny\"\n");
+    let counters = || -> Value { serde_json::from_str(&p.egress_ok(&["counters", "--iface", &p.a_if, "--json"])).unwrap() };
+    let before = counters();
+    assert!(refused(&p), "the ICMP error quotes a tracked (inbound) UDP flow: RELATED, passes");
+    let c = counters();
+    assert_eq!(c["state"]["related"]["packets"], 1, "{c}");
+    assert_eq!(c["default"]["packets"], before["default"]["packets"], "nothing was charged to the default policy: {c}");
+}
+
+#[test]
+fn a_full_table_still_enforces_every_rule() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let p = Pair::new("sff").expect("namespaces");
+    p.settle(false);
+    apply(
+        &p,
+        "stateful = true\ndefault_policy = \"allow\"\n[state]\nmax_flows = 16\n[[rule]]\nname = \"no-5501\"\naction = \"deny\"\nprotocol = \"udp\"\nports = \"5501\"\n[[rule]]\nname = \"ok-5502\"\naction = \"allow\"\nprotocol = \"udp\"\nports = \"5502\"\n",
+    );
+    let srv = |port| {
+        let s = in_ns_io(&p.b, move || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        s
+    };
+    let (s1, s2) = (srv(5501), srv(5502));
+    // 400 flows (a new source port each), far more than the table holds.
+    in_ns_io(&p.a, || {
+        for _ in 0..200 {
+            for port in [5501u16, 5502] {
+                let c = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+                let _ = c.send_to(b"x", (B4, port));
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        Ok(())
+    })
+    .unwrap();
+    let count = |s: &UdpSocket| {
+        let mut n = 0;
+        let mut b = [0u8; 8];
+        while s.recv(&mut b).is_ok() {
+            n += 1;
+        }
+        n
+    };
+    assert_eq!((count(&s1), count(&s2)), (0, 200), "denied flows never pass, allowed ones always do");
+    let c: Value = serde_json::from_str(&p.egress_ok(&["counters", "--iface", &p.a_if, "--json"])).unwrap();
+    assert_eq!(c["rules"][0]["packets"], 200, "every denied datagram counts for its rule: {c}");
+    // A source port the kernel hands out again while its entry is alive continues that flow.
+    let allowed = c["rules"][1]["packets"].as_u64().unwrap() + c["state"]["established"]["packets"].as_u64().unwrap();
+    assert_eq!(allowed, 200, "every allowed datagram counts once, for its rule or as established: {c}");
+    let f = &c["state"]["flows"];
+    assert!(f["evicted"].as_u64().unwrap() >= 100, "the table was full and made room: {c}");
+    assert_eq!(f["table_full"], f["evicted"]);
+    assert!(f["entries"].as_u64().unwrap() <= 64, "{c}");
+}
+
+#[test]
+fn bad_state_settings_are_errors_and_change_nothing() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let p = Pair::new("sfb").expect("namespaces");
+    p.settle(false);
+    apply(&p, DENY_5401);
+    let f = temp_file(
+        "bad.toml",
+        "stateful = \"yes\"\ndefault_policy = \"allow\"\n[state]\ntcp_establised = 5\nudp = 0\nmax_flows = 100000000\n",
+    );
+    let o = p.egress(&["apply", "--iface", &p.a_if, "--rules", f.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    for want in [
+        ":1: field 'stateful': must be true or false",
+        ":4: field 'state.tcp_establised': unknown key 'tcp_establised' (did you mean 'tcp_established'?)",
+        ":5: field 'state.udp': 0 is out of range",
+        ":6: field 'state.max_flows': 100000000 is out of range",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    assert_eq!(p.udp(false, 5402, 2), 0, "the previous (stateful) rules stay enforced");
+}
