@@ -114,22 +114,12 @@ impl Pair {
 
     /// Runs `egress ARGS` inside namespace a (as `ip netns exec` would).
     pub fn egress(&self, args: &[&str]) -> Output {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.a]).arg(egress_bin()).args(args);
-        c.output().unwrap_or_else(|e| panic!("run egress {args:?}: {e}"))
+        egress_in(&self.a, args)
     }
 
     /// `egress ARGS` in namespace a; panics with its output unless it exits 0.
     pub fn egress_ok(&self, args: &[&str]) -> String {
-        let o = self.egress(args);
-        assert!(
-            o.status.success(),
-            "egress {args:?} failed ({}):\n{}{}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        egress_ok_in(&self.a, args)
     }
 
     /// Applies a rule file given as text.
@@ -266,6 +256,26 @@ impl Drop for Pair {
         let _ = Command::new("ip").args(["netns", "del", &self.a]).status();
         let _ = Command::new("ip").args(["netns", "del", &self.b]).status();
     }
+}
+
+/// Runs `egress ARGS` inside namespace `ns` (as `ip netns exec` would).
+pub fn egress_in(ns: &str, args: &[&str]) -> Output {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).arg(egress_bin()).args(args);
+    c.output().unwrap_or_else(|e| panic!("run egress {args:?}: {e}"))
+}
+
+/// `egress ARGS` in namespace `ns`; panics with its output unless it exits 0.
+pub fn egress_ok_in(ns: &str, args: &[&str]) -> String {
+    let o = egress_in(ns, args);
+    assert!(
+        o.status.success(),
+        "egress {args:?} failed ({}):\n{}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Path of the egress binary under test: $EGRESS_BIN, else target/release/egress.

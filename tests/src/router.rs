@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::Result;
 
-use crate::{SEQ, egress_bin, sh};
+use crate::{SEQ, sh};
 
 pub const GUEST4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 pub const OUTSIDE4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
@@ -77,25 +77,12 @@ impl Router {
 
     /// `egress ARGS` in the router's namespace.
     pub fn egress(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.router])
-            .arg(egress_bin())
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("run egress {args:?}: {e}"))
+        crate::egress_in(&self.router, args)
     }
 
     /// `egress ARGS` in the router's namespace; panics with its output unless it exits 0.
     pub fn egress_ok(&self, args: &[&str]) -> String {
-        let o = self.egress(args);
-        assert!(
-            o.status.success(),
-            "egress {args:?} failed ({}):\n{}{}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        crate::egress_ok_in(&self.router, args)
     }
 
     /// `egress counters --json` of a hook of a router interface.

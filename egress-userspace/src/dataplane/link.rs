@@ -116,13 +116,6 @@ struct LinkUpdateAttr {
     flags: u32,
     old_prog_fd: u32,
 }
-#[repr(C)]
-#[derive(Default)]
-struct ObjPinAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-}
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 30;
@@ -164,7 +157,7 @@ pub(super) fn switch_xdp(prog: &mut Xdp, iface: &str, ifindex: u32, lpath: &Path
         },
     };
     let c = CString::new(lpath.as_os_str().as_bytes()).map_err(|_| DataplaneError::Other(format!("bad pin path {}", lpath.display())))?;
-    let mut pin = ObjPinAttr { pathname: c.as_ptr() as u64, bpf_fd: link.0 as u32, file_flags: 0 };
+    let mut pin = ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: link.0 as u32, ..ObjAttr::default() };
     // Closing `link` without a pin detaches the program again.
     bpf_sys(BPF_OBJ_PIN, &mut pin).map_err(io_err(format!("pin the XDP link at {}", lpath.display())))?;
     Ok(Attachment::link(mode))
@@ -179,7 +172,7 @@ fn xdp_busy(iface: &str, e: io::Error) -> DataplaneError {
 
 fn open_pinned(path: &Path) -> io::Result<Fd> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let mut get = ObjGetAttr { pathname: c.as_ptr() as u64, ..ObjGetAttr::default() };
+    let mut get = ObjAttr { pathname: c.as_ptr() as u64, ..ObjAttr::default() };
     bpf_sys(BPF_OBJ_GET, &mut get).map(|fd| Fd(fd as i32))
 }
 
@@ -242,7 +235,8 @@ impl LinkHealth {
 
 #[repr(C)]
 #[derive(Default)]
-struct ObjGetAttr {
+/// `union bpf_attr` as BPF_OBJ_PIN and BPF_OBJ_GET read it.
+struct ObjAttr {
     pathname: u64,
     bpf_fd: u32,
     file_flags: u32,
