@@ -54,6 +54,21 @@ pub const PASS_PROGRAM_NAME: &str = "egress_pass";
 pub const SINK_PROGRAM_NAME: &str = "egress_sink";
 /// The same classifier as an XDP program (`egress apply --hook xdp`).
 pub const XDP_PROGRAM_NAME: &str = "egress_xdp";
+/// The classifier of a stateful rule set (TC): the connection table is asked
+/// before the rules. A program of its own, so that stateless rule sets keep a
+/// program with no BPF-to-BPF call on the per-packet path.
+pub const STATEFUL_PROGRAM_NAME: &str = "egress_classify_sf";
+/// The stateful classifier as an XDP program.
+pub const STATEFUL_XDP_PROGRAM_NAME: &str = "egress_xdp_sf";
+/// The classifier entry point for a hook kind (TC or XDP) and mode.
+pub const fn classifier_program(xdp: bool, stateful: bool) -> &'static str {
+    match (xdp, stateful) {
+        (false, false) => PROGRAM_NAME,
+        (false, true) => STATEFUL_PROGRAM_NAME,
+        (true, false) => XDP_PROGRAM_NAME,
+        (true, true) => STATEFUL_XDP_PROGRAM_NAME,
+    }
+}
 /// An empty XDP program (returns XDP_PASS): the XDP benchmark baseline.
 pub const XDP_PASS_PROGRAM_NAME: &str = "egress_xdp_pass";
 
@@ -91,8 +106,6 @@ pub const GLOBAL_HAS_ETH: &str = "HAS_ETH";
 /// Load-time global: the rule-set generation (never 0) stamped into flow-cache
 /// entries; an entry with another generation is a miss.
 pub const GLOBAL_GENERATION: &str = "GENERATION";
-/// Load-time global: 1 when the rule file says `stateful = true`.
-pub const GLOBAL_STATEFUL: &str = "STATEFUL";
 /// Load-time globals: idle timeouts of the connection table, nanoseconds.
 pub const GLOBAL_TO_TCP_EST: &str = "TO_TCP_EST";
 pub const GLOBAL_TO_TCP_CLOSING: &str = "TO_TCP_CLOSING";

@@ -58,15 +58,31 @@ pub fn get(pkt: &Packet, mask: u32, generation: u32) -> Option<Decision> {
     }
 }
 
-/// Remembers the verdict of the packet's flow in its slot. One function per
-/// family, not inlined: each keeps its key and seal arithmetic in a frame of its
-/// own (BPF's 512 bytes of stack are shared along every chain of calls).
+/// Remembers the verdict of the packet's flow in its slot. `SPLIT` (the stateful
+/// program): one BPF function per family, each keeping its key and seal
+/// arithmetic in a frame of its own (BPF's 512 bytes of stack are shared along
+/// every chain of calls); without it, no call.
 #[inline(always)]
-pub fn put(pkt: &Packet, mask: u32, generation: u32, d: Decision) {
-    if pkt.v6 { put_v6(pkt, mask, generation, d) } else { put_v4(pkt, mask, generation, d) }
+pub fn put<const SPLIT: bool>(pkt: &Packet, mask: u32, generation: u32, d: Decision) {
+    match (SPLIT, pkt.v6) {
+        (true, true) => put_v6_call(pkt, mask, generation, d),
+        (true, false) => put_v4_call(pkt, mask, generation, d),
+        (false, true) => put_v6(pkt, mask, generation, d),
+        (false, false) => put_v4(pkt, mask, generation, d),
+    }
 }
 
 #[inline(never)]
+fn put_v6_call(pkt: &Packet, mask: u32, generation: u32, d: Decision) {
+    put_v6(pkt, mask, generation, d)
+}
+
+#[inline(never)]
+fn put_v4_call(pkt: &Packet, mask: u32, generation: u32, d: Decision) {
+    put_v4(pkt, mask, generation, d)
+}
+
+#[inline(always)]
 fn put_v6(pkt: &Packet, mask: u32, generation: u32, (rule, action): Decision) {
     // Straight from the packet into the slot: no key copy on the stack.
     let seal = flow_seal(&pkt.src, &pkt.dst, pkt.pclass, pkt.port, rule, action, generation);
@@ -82,7 +98,7 @@ fn put_v6(pkt: &Packet, mask: u32, generation: u32, (rule, action): Decision) {
     }
 }
 
-#[inline(never)]
+#[inline(always)]
 fn put_v4(pkt: &Packet, mask: u32, generation: u32, (rule, action): Decision) {
     let key = FlowKeyV4 { src: v4(&pkt.src), dst: v4(&pkt.dst), pclass: pkt.pclass, _pad: 0, port: pkt.port };
     let seal = flow_seal(&key.src, &key.dst, key.pclass, key.port, rule, action, generation);

@@ -23,9 +23,16 @@ use crate::{
     parse::Packet,
 };
 
-/// Stages 1-2. Not inlined: its LPM keys get a stack frame of their own (BPF's
-/// 512 bytes are shared by the entry point and every chain of calls).
+/// Stages 1-2 in a BPF function of their own (the stateful program): the LPM
+/// keys get a frame of their own (BPF's 512 bytes are shared by the entry point
+/// and every chain of calls).
 #[inline(never)]
+fn lists_call(pkt: &Packet) -> Option<Lists> {
+    lists(pkt)
+}
+
+/// Stages 1-2.
+#[inline(always)]
 fn lists(pkt: &Packet) -> Option<Lists> {
     if pkt.v6 {
         let d = DST_V6.get(Key::new(128, pkt.dst))?;
@@ -110,9 +117,11 @@ fn inline_match(r: &InlineRule, pkt: &Packet) -> Verdict {
     if fits { Verdict { rule: r.rule, action: r.action as u32 } } else { NONE }
 }
 
+/// The full lookup. `SPLIT`: stages 1-2 run as a BPF call (see [`lists_call`]);
+/// without it, no call.
 #[inline(always)]
-pub fn lookup(pkt: &Packet) -> Option<Verdict> {
-    let l = lists(pkt)?;
+pub fn lookup<const SPLIT: bool>(pkt: &Packet) -> Option<Verdict> {
+    let l = if SPLIT { lists_call(pkt)? } else { lists(pkt)? };
     let own = if l.own == INLINE_LIST { inline_match(&l.inline, pkt) } else { first_in(l.own, pkt) };
     // The own answer precedes every inherited rule: no second search.
     let best = if own.rule < l.inherited_first {

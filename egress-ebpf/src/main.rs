@@ -1,9 +1,18 @@
 //! egress: the classifier. Parses the packet, asks the flow verdict cache
 //! (cache.rs), on a miss runs the three-stage lookup (classify.rs) and caches its
-//! result, counts the decision against its rule and returns it. One body, two
+//! result, counts the decision against its rule and returns it. One body, four
 //! entry points: `egress_classify` (a TC program, attached to an interface's
 //! egress or ingress hook) and `egress_xdp` (an XDP program: packets arriving on
-//! the interface, before the stack); frame.rs hides the difference.
+//! the interface, before the stack), and their stateful twins `egress_classify_sf`
+//! and `egress_xdp_sf`, which ask the connection table (conn.rs) first; frame.rs
+//! hides the TC/XDP difference.
+//!
+//! Why twins: BPF gives an entry point and every chain of calls 512 bytes of
+//! stack in all. The stateless body fits inlined into one frame (no BPF-to-BPF
+//! call on the per-packet path); with the connection table's keys added it does
+//! not, so the stateful body (`SPLIT = true`) runs the general parser, the
+//! lookup's stages 1-2 and the cache write as BPF functions with frames of their
+//! own. The loader picks the entry point by the rule set's mode.
 //!
 //! Fail mode: non-IP frames pass uncounted by rules (STATS non_ip_passed); IP
 //! packets that cannot be parsed (truncated headers, impossible fields, too many
@@ -59,27 +68,28 @@ mod program {
     /// Load-time global (set by user space): flow-cache slot mask, u32::MAX = off.
     #[unsafe(no_mangle)]
     static FLOW_MASK: u32 = u32::MAX;
-    /// Load-time global (set by user space): 1 = stateful mode (conn.rs).
-    #[unsafe(no_mangle)]
-    static STATEFUL: u32 = 0;
 
     #[classifier]
     pub fn egress_classify(ctx: TcContext) -> i32 {
-        let pass = match try_classify(&ctx) {
-            Ok(pass) => pass,
-            Err(e) => on_error(e),
-        };
-        if pass { TC_ACT_UNSPEC } else { TC_ACT_SHOT }
+        if decide::<_, false>(&ctx) { TC_ACT_UNSPEC } else { TC_ACT_SHOT }
     }
 
     /// The same classifier on the XDP hook: a deny drops the frame as it arrives.
     #[xdp]
     pub fn egress_xdp(ctx: XdpContext) -> u32 {
-        let pass = match try_classify(&ctx) {
-            Ok(pass) => pass,
-            Err(e) => on_error(e),
-        };
-        if pass { XDP_PASS } else { XDP_DROP }
+        if decide::<_, false>(&ctx) { XDP_PASS } else { XDP_DROP }
+    }
+
+    /// The classifier of a stateful rule set (TC).
+    #[classifier]
+    pub fn egress_classify_sf(ctx: TcContext) -> i32 {
+        if decide::<_, true>(&ctx) { TC_ACT_UNSPEC } else { TC_ACT_SHOT }
+    }
+
+    /// The classifier of a stateful rule set (XDP).
+    #[xdp]
+    pub fn egress_xdp_sf(ctx: XdpContext) -> u32 {
+        if decide::<_, true>(&ctx) { XDP_PASS } else { XDP_DROP }
     }
 
     /// Stateful mode's companion, on the other direction of the interface (TC):
@@ -88,7 +98,7 @@ mod program {
     pub fn egress_track(ctx: TcContext) -> i32 {
         let has_eth = unsafe { core::ptr::read_volatile(&HAS_ETH) } != 0;
         let mut pkt = parse::Packet::default();
-        if parse::parse(&ctx, has_eth, &mut pkt).is_ok() {
+        if parse::parse::<_, true>(&ctx, has_eth, &mut pkt).is_ok() {
             conn::other_side(&ctx, &pkt);
         }
         TC_ACT_UNSPEC
@@ -114,18 +124,25 @@ mod program {
         TC_ACT_SHOT
     }
 
-    /// True: pass the packet; false: drop it.
+    /// True: pass the packet; false: drop it. `SPLIT`: the stateful body.
     #[inline(always)]
-    fn try_classify(ctx: &impl Frame) -> Result<bool, ParseError> {
+    fn decide<C: Frame, const SPLIT: bool>(ctx: &C) -> bool {
+        match try_classify::<C, SPLIT>(ctx) {
+            Ok(pass) => pass,
+            Err(e) => on_error(e),
+        }
+    }
+
+    #[inline(always)]
+    fn try_classify<C: Frame, const SPLIT: bool>(ctx: &C) -> Result<bool, ParseError> {
         // read_volatile: keep the loader-patched value instead of the compiled-in one.
         let has_eth = unsafe { core::ptr::read_volatile(&HAS_ETH) } != 0;
         let mut pkt = parse::Packet::default();
-        parse::parse(ctx, has_eth, &mut pkt)?;
+        parse::parse::<C, SPLIT>(ctx, has_eth, &mut pkt)?;
         if pkt.pclass & PCLASS_NO_L4 != 0 {
             stats::bump(STAT_FRAGMENTS);
         }
-        let stateful = unsafe { core::ptr::read_volatile(&STATEFUL) } != 0;
-        if stateful {
+        if SPLIT {
             match conn::filtered(ctx, &pkt) {
                 Seen::Established => return Ok(true),
                 Seen::Untracked if conn::related(ctx, &pkt) => return Ok(true),
@@ -134,13 +151,17 @@ mod program {
         }
         let mask = unsafe { core::ptr::read_volatile(&FLOW_MASK) };
         let generation = unsafe { core::ptr::read_volatile(&GENERATION) };
-        let cached = if mask != u32::MAX { cached(&pkt, mask, generation) } else { None };
+        let cached = match (mask != u32::MAX, SPLIT) {
+            (false, _) => None,
+            (true, true) => cached_call(&pkt, mask, generation),
+            (true, false) => cache::get(&pkt, mask, generation),
+        };
         let (slot, action) = match cached {
             Some(d) => d,
             None => {
-                let d = full(&pkt);
+                let d = if SPLIT { full_call(&pkt) } else { full::<false>(&pkt) };
                 if mask != u32::MAX {
-                    remember(&pkt, mask, generation, d);
+                    cache::put::<SPLIT>(&pkt, mask, generation, d);
                 }
                 d
             }
@@ -149,34 +170,33 @@ mod program {
         if action == ACTION_DENY {
             return Ok(false);
         }
-        if stateful {
+        if SPLIT {
             conn::track_new(ctx, &pkt, slot);
         }
         Ok(true)
     }
 
-    /// The flow cache's verdict for the packet, if it holds one. This and
-    /// [`full`] are not inlined: BPF gives the entry point and every chain of
-    /// calls 512 bytes of stack in all, and the lookup's frame and the stateful
-    /// path's must not add up.
+    /// The flow cache's verdict for the packet, if it holds one, as a BPF call
+    /// (the stateful body): the lookup's frame and the stateful path's must not
+    /// add up.
     #[inline(never)]
-    fn cached(pkt: &parse::Packet, mask: u32, generation: u32) -> Option<(u32, u32)> {
+    fn cached_call(pkt: &parse::Packet, mask: u32, generation: u32) -> Option<(u32, u32)> {
         cache::get(pkt, mask, generation)
     }
 
-    /// The full lookup (a cache miss).
+    /// The full lookup as a BPF call (the stateful body).
     #[inline(never)]
-    fn full(pkt: &parse::Packet) -> (u32, u32) {
-        match classify::lookup(pkt) {
+    fn full_call(pkt: &parse::Packet) -> (u32, u32) {
+        full::<true>(pkt)
+    }
+
+    /// The full lookup (a cache miss).
+    #[inline(always)]
+    fn full<const SPLIT: bool>(pkt: &parse::Packet) -> (u32, u32) {
+        match classify::lookup::<SPLIT>(pkt) {
             Some(v) => (v.rule, v.action),
             None => (DEFAULT_COUNTER_SLOT, unsafe { core::ptr::read_volatile(&DEFAULT_ACTION) }),
         }
-    }
-
-    /// Caches a full lookup's answer.
-    #[inline(never)]
-    fn remember(pkt: &parse::Packet, mask: u32, generation: u32, d: (u32, u32)) {
-        cache::put(pkt, mask, generation, d);
     }
 
     /// Whether a packet that could not be parsed passes (only non-IP frames do).

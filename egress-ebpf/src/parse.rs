@@ -152,21 +152,28 @@ fn fast<C: Frame>(ctx: &C, has_eth: bool) -> Option<Packet> {
 }
 
 /// Parses the frame into `pkt` (an out-parameter: one Packet on the entry
-/// point's stack, not a returned copy beside it).
+/// point's stack, not a returned copy beside it). `SPLIT` (the stateful
+/// program): the general path runs in a BPF function of its own, so its header
+/// copies stay out of the entry point's frame, which the lookup's and the
+/// stateful path's frames add to (512 bytes in all). Without it everything is
+/// inlined: no call on the stateless fast path.
 #[inline(always)]
-pub fn parse<C: Frame>(ctx: &C, has_eth: bool, pkt: &mut Packet) -> Result<(), ParseError> {
+pub fn parse<C: Frame, const SPLIT: bool>(ctx: &C, has_eth: bool, pkt: &mut Packet) -> Result<(), ParseError> {
     if let Some(p) = fast(ctx, has_eth) {
         *pkt = p;
         return Ok(());
     }
-    *pkt = general(ctx, has_eth)?;
+    *pkt = if SPLIT { general_call(ctx, has_eth)? } else { general(ctx, has_eth)? };
     Ok(())
 }
 
-/// The general path. Not inlined: its header copies stay out of the entry
-/// point's stack frame, which the lookup's and the stateful path's frames add to
-/// (512 bytes in all).
 #[inline(never)]
+fn general_call<C: Frame>(ctx: &C, has_eth: bool) -> Result<Packet, ParseError> {
+    general(ctx, has_eth)
+}
+
+/// The general path.
+#[inline(always)]
 fn general<C: Frame>(ctx: &C, has_eth: bool) -> Result<Packet, ParseError> {
     if !has_eth {
         // Raw-IP device (tun, WireGuard): the frame starts at the IP header.

@@ -13,10 +13,10 @@ use aya::{
     programs::{ProgramError, SchedClassifier, Xdp},
 };
 use egress_common::{
-    Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_DEFAULT_ACTION, GLOBAL_FLOW_MASK, GLOBAL_GENERATION, GLOBAL_HAS_ETH, GLOBAL_STATEFUL,
-    GLOBAL_TO_ICMP, GLOBAL_TO_TCP_CLOSING, GLOBAL_TO_TCP_EST, GLOBAL_TO_UDP, ListSlot, Lists, MAP_CONN_STATS, MAP_CONN_V4, MAP_CONN_V6,
-    MAP_COUNTERS, MAP_DST_V4, MAP_DST_V6, MAP_FLOW_V4, MAP_FLOW_V6, MAP_LISTS, MAP_PAIR_V4, MAP_PAIR_V6, MAP_RANGES, MAP_STATS,
-    MAX_FLOW_CACHE_ENTRIES, MIN_MAX_FLOWS, PROGRAM_NAME, PairKeyV4, PairKeyV6, PortRange, STATS_LEN, TRACK_PROGRAM_NAME, XDP_PROGRAM_NAME,
+    Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_DEFAULT_ACTION, GLOBAL_FLOW_MASK, GLOBAL_GENERATION, GLOBAL_HAS_ETH, GLOBAL_TO_ICMP,
+    GLOBAL_TO_TCP_CLOSING, GLOBAL_TO_TCP_EST, GLOBAL_TO_UDP, ListSlot, Lists, MAP_CONN_STATS, MAP_CONN_V4, MAP_CONN_V6, MAP_COUNTERS,
+    MAP_DST_V4, MAP_DST_V6, MAP_FLOW_V4, MAP_FLOW_V6, MAP_LISTS, MAP_PAIR_V4, MAP_PAIR_V6, MAP_RANGES, MAP_STATS, MAX_FLOW_CACHE_ENTRIES,
+    MIN_MAX_FLOWS, PairKeyV4, PairKeyV6, PortRange, STATS_LEN, TRACK_PROGRAM_NAME, classifier_program,
 };
 
 use super::{BPF_MAP_UPDATE_ELEM, DataplaneError, EBPF_OBJECT, ElemAttr, Result, map_err, prog_err};
@@ -29,6 +29,9 @@ use crate::{
 /// A loaded (not attached) classifier holding one compiled rule set.
 pub struct Loaded {
     pub ebpf: Ebpf,
+    /// Which classifier entry point the rule set uses (egress-common's
+    /// `classifier_program`): the stateful one asks the connection table first.
+    stateful: bool,
 }
 
 /// How to load a rule set besides the rules themselves.
@@ -76,7 +79,7 @@ impl Loaded {
         // An array needs at least one slot even when the cache is off.
         let cache_entries = slots.max(1);
         let mask: u32 = if slots == 0 { u32::MAX } else { slots - 1 };
-        let stateful: u32 = o.state.is_some() as u32;
+        let stateful = o.state.is_some();
         let sc = o.state.as_ref().map(|(c, _)| *c).unwrap_or_default();
         let ns = |s: u64| s.saturating_mul(1_000_000_000);
         let (to_est, to_closing, to_udp, to_icmp) = (ns(sc.tcp_established), ns(sc.tcp_closing), ns(sc.udp), ns(sc.icmp));
@@ -86,7 +89,6 @@ impl Loaded {
             .override_global(GLOBAL_HAS_ETH, &has_eth, true)
             .override_global(GLOBAL_GENERATION, &generation, true)
             .override_global(GLOBAL_FLOW_MASK, &mask, true)
-            .override_global(GLOBAL_STATEFUL, &stateful, true)
             .override_global(GLOBAL_TO_TCP_EST, &to_est, true)
             .override_global(GLOBAL_TO_TCP_CLOSING, &to_closing, true)
             .override_global(GLOBAL_TO_UDP, &to_udp, true)
@@ -121,8 +123,8 @@ impl Loaded {
             .map_err(|source| DataplaneError::Ebpf { op: "load the eBPF object (create maps)".into(), source: Box::new(source) })?;
         fill(&mut ebpf, c)?;
         let loaded = match o.hook {
-            Hook::TcEgress | Hook::TcIngress => classifier(&mut ebpf)?.load(),
-            Hook::Xdp => xdp(&mut ebpf)?.load(),
+            Hook::TcEgress | Hook::TcIngress => classifier(&mut ebpf, stateful)?.load(),
+            Hook::Xdp => xdp(&mut ebpf, stateful)?.load(),
         };
         let loaded = loaded.and_then(|()| match o.state {
             Some(_) => track(&mut ebpf)?.load(),
@@ -139,12 +141,12 @@ impl Loaded {
                 other => DataplaneError::Program { op: "load the classifier".into(), source: other },
             });
         }
-        Ok(Loaded { ebpf })
+        Ok(Loaded { ebpf, stateful })
     }
 
     /// The TC classifier (loaded when the hook is tc-egress or tc-ingress).
     pub fn program(&mut self) -> Result<&mut SchedClassifier> {
-        classifier(&mut self.ebpf)
+        classifier(&mut self.ebpf, self.stateful)
     }
 
     /// Stateful mode's companion program (loaded when the rule set is stateful).
@@ -154,7 +156,7 @@ impl Loaded {
 
     /// The XDP program (loaded when the hook is xdp).
     pub fn xdp_program(&mut self) -> Result<&mut Xdp> {
-        xdp(&mut self.ebpf)
+        xdp(&mut self.ebpf, self.stateful)
     }
 
     /// Summed counters (index 0 = default policy).
@@ -171,10 +173,9 @@ impl Loaded {
     }
 }
 
-pub(super) fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
-    let prog = ebpf
-        .program_mut(PROGRAM_NAME)
-        .ok_or_else(|| DataplaneError::Other(format!("program {PROGRAM_NAME} missing from the eBPF object")))?;
+fn classifier(ebpf: &mut Ebpf, stateful: bool) -> Result<&mut SchedClassifier> {
+    let name = classifier_program(false, stateful);
+    let prog = ebpf.program_mut(name).ok_or_else(|| DataplaneError::Other(format!("program {name} missing from the eBPF object")))?;
     prog.try_into().map_err(prog_err("program is not a TC classifier"))
 }
 
@@ -185,10 +186,9 @@ fn track(ebpf: &mut Ebpf) -> std::result::Result<&mut SchedClassifier, ProgramEr
     }
 }
 
-fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-    let prog = ebpf
-        .program_mut(XDP_PROGRAM_NAME)
-        .ok_or_else(|| DataplaneError::Other(format!("program {XDP_PROGRAM_NAME} missing from the eBPF object")))?;
+fn xdp(ebpf: &mut Ebpf, stateful: bool) -> Result<&mut Xdp> {
+    let name = classifier_program(true, stateful);
+    let prog = ebpf.program_mut(name).ok_or_else(|| DataplaneError::Other(format!("program {name} missing from the eBPF object")))?;
     prog.try_into().map_err(prog_err("program is not an XDP program"))
 }
 
