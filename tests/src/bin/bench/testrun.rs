@@ -1,0 +1,301 @@
+//! Part 1: BPF_PROG_TEST_RUN. The classifier against an empty program of the
+//! same type in the same object: the program's own cost, no network stack.
+//! 1: sizes and packet classes; 1b: adversarial rule-set shapes; 1c: the hooks
+//! (TC, XDP) and stateful mode.
+
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Instant,
+};
+
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use egress::{
+    compile,
+    dataplane::Loaded,
+    packet::{self, Shape},
+    reference::{L4, PacketMeta},
+    rules,
+    ruleset_gen::{self, FLOW_PORT_BASE, Rng},
+};
+use egress_common::PASS_PROGRAM_NAME;
+use egress_tests::{A4, A6, B4, B6};
+
+use crate::{FLOWS, flow_packet, flows_for, median, plots, report::TestRunAdded, shuffle, spread, traffic::distinct_targets};
+
+// ---------------------------------------------------------------------------
+
+pub(crate) fn run_ns(prog: &mut SchedClassifier, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+    let opts = TestRunOptions { data_in: Some(frame), repeat, ..Default::default() };
+    // The kernel reports the mean duration of one run over `repeat` runs.
+    let r = prog.test_run(opts)?;
+    Ok(r.duration.as_nanos() as f64)
+}
+
+/// What the test_run measurement feeds the program.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) enum Mode {
+    /// One packet repeated: a flow-cache hit with everything cache-hot.
+    Hot,
+    /// Each flow's packet in turn, one flow per rule: flow-cache hits spread over
+    /// many entries and rules.
+    Spread,
+    /// As Spread with 250 flows at every size: the same traffic at 1k and 100k rules.
+    Spread250,
+    /// Each packet to the destination of a different rule in turn (flow-cache hits,
+    /// and the counters and cache slots of many rules).
+    SpreadDsts,
+    /// Every packet from a source never seen before: a flow-cache miss each time,
+    /// so the full lookup plus the cache insert (and an LRU eviction once full).
+    NewFlows,
+}
+
+impl Mode {
+    fn label(self, flows: usize) -> String {
+        match self {
+            Mode::Hot => "1 flow, hot".into(),
+            Mode::Spread => format!("{flows} flows, 1 rule each"),
+            Mode::SpreadDsts => format!("{flows} flows to {flows} rule destinations"),
+            Mode::Spread250 => "250 flows, 1 rule each".into(),
+            Mode::NewFlows => format!("new flow every packet ({flows} rules)"),
+        }
+    }
+}
+
+/// The source address of the `i`-th new flow (documentation ranges only).
+pub(crate) fn new_flow_src(v6: bool, i: u64) -> std::net::IpAddr {
+    if v6 {
+        Ipv6Addr::new(0x2001, 0xdb8, 0xfffe, 0, 0, 0, (i >> 16) as u16, i as u16).into()
+    } else {
+        let base = [[192u8, 0, 2], [198, 51, 100], [203, 0, 113]][(i / 256 % 3) as usize];
+        Ipv4Addr::new(base[0], base[1], base[2], i as u8).into()
+    }
+}
+
+/// ns/packet of one measurement. `fresh` numbers new flows across calls.
+pub(crate) fn measure(
+    prog: &mut SchedClassifier,
+    v6: bool,
+    flows: usize,
+    mode: Mode,
+    fresh: &mut u64,
+    rs: &rules::RuleSet,
+) -> anyhow::Result<f64> {
+    match mode {
+        Mode::Hot => run_ns(prog, &flow_packet(v6, 0), 100_000),
+        Mode::Spread | Mode::Spread250 | Mode::SpreadDsts => {
+            let frames: Vec<Vec<u8>> = if mode == Mode::Spread {
+                (0..flows).map(|f| flow_packet(v6, f)).collect()
+            } else if mode == Mode::Spread250 {
+                (0..flows.min(250)).map(|f| flow_packet(v6, f)).collect()
+            } else {
+                let src: std::net::IpAddr = if v6 { A6.into() } else { A4.into() };
+                distinct_targets(rs, v6, FLOWS)
+                    .into_iter()
+                    .map(|(dst, dport)| {
+                        packet::build(
+                            &PacketMeta { src, dst, proto: 17, l4: L4::Ports { dport } },
+                            &Shape { payload: 18, ..Shape::default() },
+                        )
+                    })
+                    .collect()
+            };
+            // A first pass fills the flow cache; the measured passes hit it.
+            for f in &frames {
+                run_ns(prog, f, 1)?;
+            }
+            let mut total = 0.0;
+            for _pass in 0..3 {
+                for f in &frames {
+                    total += run_ns(prog, f, 1)?;
+                }
+            }
+            Ok(total / (3 * frames.len()) as f64)
+        }
+        Mode::NewFlows => {
+            let n = 3 * flows.max(1024);
+            let mut total = 0.0;
+            for k in 0..n {
+                *fresh += 1;
+                let (dst, src) =
+                    if v6 { (std::net::IpAddr::from(B6), new_flow_src(true, *fresh)) } else { (B4.into(), new_flow_src(false, *fresh)) };
+                let m = PacketMeta { src, dst, proto: 17, l4: L4::Ports { dport: FLOW_PORT_BASE + (k % flows) as u16 } };
+                total += run_ns(prog, &packet::build(&m, &Shape { payload: 18, ..Shape::default() }), 1)?;
+            }
+            Ok(total / n as f64)
+        }
+    }
+}
+
+/// The adversarial shapes of `ruleset_gen` at `n` rules: build time, map entries,
+/// and what a packet costs when it hits the cache and when it misses.
+pub(crate) fn adversarial_part(n: usize, rounds: usize, md: &mut String) -> anyhow::Result<()> {
+    eprintln!("part 1b: adversarial rule sets");
+    let _ = writeln!(md, "## 1b. Adversarial rule sets (BPF_PROG_TEST_RUN, {n} rules, IPv4)\n");
+    let _ = writeln!(
+        md,
+        "| shape | parse + compile + load s | DST / PAIR / LISTS / RANGES entries | empty program ns | cache hit, added ns | new flow every packet, added ns |"
+    );
+    let _ = writeln!(md, "| --- | ---: | --- | ---: | ---: | ---: |");
+    type Shape3 = (&'static str, String, fn(u64) -> PacketMeta);
+    let shapes: [Shape3; 2] = [
+        ("every rule a distinct /32 source x /32 destination", ruleset_gen::src_dst_pairs(n), |i| {
+            let k = (i % 60_000) as usize;
+            PacketMeta {
+                src: Ipv4Addr::new(10, 1, (k >> 8) as u8, k as u8).into(),
+                dst: Ipv4Addr::new(10, 2, (k >> 8) as u8, k as u8).into(),
+                proto: 17,
+                l4: L4::Ports { dport: 1 },
+            }
+        }),
+        ("deep nesting (/0 ... /32 chains, port ranges at every level)", ruleset_gen::nested(n), |i| PacketMeta {
+            src: new_flow_src(false, i),
+            dst: Ipv4Addr::from(0x0a00_0000u32 | ((i % 3000) as u32).wrapping_mul(2_654_435_761) & 0x00ff_ffff).into(),
+            proto: 6,
+            l4: L4::Ports { dport: 1500 },
+        }),
+    ];
+    for (name, text, packet_of) in shapes {
+        let t = Instant::now();
+        let rs = rules::parse("adversarial.toml", &text)?;
+        let c = compile::compile(&rs)?;
+        let mut l = Loaded::new(&c, true)?;
+        let secs = t.elapsed().as_secs_f64();
+        {
+            let pass: &mut SchedClassifier = l.ebpf.program_mut(PASS_PROGRAM_NAME).ok_or_else(|| anyhow::anyhow!("no pass"))?.try_into()?;
+            pass.load()?;
+        }
+        let frame = |i: u64| packet::build(&packet_of(i), &Shape { payload: 18, ..Shape::default() });
+        let (mut empty, mut hit, mut miss) = (Vec::new(), Vec::new(), Vec::new());
+        let mut fresh = 1_000_000u64;
+        for _ in 0..rounds {
+            for eg in [false, true] {
+                let name = if eg { egress_common::PROGRAM_NAME } else { PASS_PROGRAM_NAME };
+                let prog: &mut SchedClassifier = l.ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("no {name}"))?.try_into()?;
+                let h = run_ns(prog, &frame(7), 100_000)?;
+                let mut m = 0.0;
+                for _ in 0..2000 {
+                    fresh += 1;
+                    m += run_ns(prog, &frame(fresh), 1)?;
+                }
+                if eg {
+                    hit.push(h);
+                    miss.push(m / 2000.0);
+                } else {
+                    empty.push((h, m / 2000.0));
+                }
+            }
+        }
+        let mut eh: Vec<f64> = empty.iter().map(|e| e.0).collect();
+        let mut em: Vec<f64> = empty.iter().map(|e| e.1).collect();
+        let (eh, em) = (median(&mut eh), median(&mut em));
+        let counts = c.entry_counts();
+        let get = |m: &str| counts.iter().filter(|(k, _)| k.starts_with(m)).map(|(_, v)| v).sum::<usize>();
+        let _ = writeln!(
+            md,
+            "| {name} | {secs:.2} | {} / {} / {} / {} | {eh:.0} | {:.0} | {:.0} |",
+            get("DST"),
+            get("PAIR"),
+            get("LISTS"),
+            get("RANGES"),
+            median(&mut hit) - eh,
+            median(&mut miss) - em
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nThe program's cost does not depend on the shape: one DST lookup, at most one PAIR lookup and two interval searches on a miss. What the shapes cost is compile time and memory (ARCHITECTURE.md, \"Sizes and the cost the design accepts\"). New-flow packets vary the source address, so in the pairs shape most of them match no rule.\n"
+    );
+    Ok(())
+}
+
+pub(crate) fn testrun_part(sizes: &[usize], rounds: usize, md: &mut String, plot: &mut Vec<plots::Series>) -> anyhow::Result<TestRunAdded> {
+    eprintln!("part 1: BPF_PROG_TEST_RUN");
+    let _ = writeln!(md, "## 1. BPF_PROG_TEST_RUN (program cost only)\n");
+    let _ = writeln!(md, "| rules | LISTS / RANGES entries | family | packets | empty program ns | egress ns | added ns |");
+    let _ = writeln!(md, "| ---: | ---: | --- | --- | ---: | ---: | ---: |");
+    let mut loaded: Vec<(usize, Loaded, String, rules::RuleSet)> = Vec::new();
+    for &n in sizes {
+        let t = Instant::now();
+        let text = ruleset_gen::realistic(n, flows_for(n), 7);
+        let rs = rules::parse("bench.toml", &text)?;
+        let c = compile::compile(&rs)?;
+        let mut l = Loaded::new(&c, true)?;
+        let secs = t.elapsed().as_secs_f64();
+        let pass: &mut SchedClassifier =
+            l.ebpf.program_mut(PASS_PROGRAM_NAME).ok_or_else(|| anyhow::anyhow!("no {PASS_PROGRAM_NAME} in the object"))?.try_into()?;
+        pass.load()?;
+        eprintln!("  {n} rules: ready in {secs:.2} s");
+        loaded.push((n, l, format!("{} / {}", c.list_slots.len(), c.ranges.len()), rs));
+    }
+    let mut rng = Rng::new(42);
+    let modes = [Mode::Hot, Mode::Spread, Mode::Spread250, Mode::SpreadDsts, Mode::NewFlows];
+    // (size index, v6, mode, is_egress) -> samples
+    let mut keys: Vec<(usize, bool, Mode, bool)> = Vec::new();
+    for (i, (n, _, _, _)) in loaded.iter().enumerate() {
+        for v6 in [false, true] {
+            for mode in modes {
+                // With one rule there is one flow: the spread cases add nothing.
+                if matches!(mode, Mode::Spread | Mode::SpreadDsts | Mode::Spread250) && *n == 1 {
+                    continue;
+                }
+                // 250 flows: only where the set has more flow rules than that.
+                if mode == Mode::Spread250 && flows_for(*n) <= 250 {
+                    continue;
+                }
+                for eg in [false, true] {
+                    keys.push((i, v6, mode, eg));
+                }
+            }
+        }
+    }
+    let mut fresh = 0u64;
+    let mut samples: std::collections::HashMap<(usize, bool, Mode, bool), Vec<f64>> = Default::default();
+    for round in 0..rounds {
+        shuffle(&mut keys, &mut rng);
+        for &(i, v6, mode, eg) in &keys {
+            let (n, l, _, rs) = &mut loaded[i];
+            let flows = flows_for(*n);
+            let name = if eg { egress_common::PROGRAM_NAME } else { PASS_PROGRAM_NAME };
+            let prog: &mut SchedClassifier = l.ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("no {name}"))?.try_into()?;
+            let ns = measure(prog, v6, flows, mode, &mut fresh, rs)?;
+            samples.entry((i, v6, mode, eg)).or_default().push(ns);
+        }
+        eprintln!("  round {}/{rounds} done", round + 1);
+    }
+    let mut added = TestRunAdded::default();
+    for v6 in [false, true] {
+        for mode in modes {
+            let mut points = Vec::new();
+            for (i, (n, _, entries, rs)) in loaded.iter().enumerate() {
+                let (Some(e), Some(g)) = (samples.get(&(i, v6, mode, false)), samples.get(&(i, v6, mode, true))) else { continue };
+                let (mut e, mut g) = (e.clone(), g.clone());
+                let (me, mg) = (median(&mut e), median(&mut g));
+                let fam = if v6 { "IPv6" } else { "IPv4" };
+                let _ = writeln!(
+                    md,
+                    "| {n} | {entries} | {fam} | {} | {me:.1} ({}) | {mg:.1} ({}) | {:.1} |",
+                    mode.label(if mode == Mode::SpreadDsts { distinct_targets(rs, v6, FLOWS).len() } else { flows_for(*n) }),
+                    spread(&e),
+                    spread(&g),
+                    mg - me
+                );
+                points.push((*n as f64, mg));
+                added.insert((*n, v6, mode), mg - me);
+            }
+            let what = match mode {
+                Mode::Hot => "1 flow, hot",
+                Mode::Spread => "many flows, one destination",
+                Mode::SpreadDsts => "many flows, many destinations",
+                Mode::Spread250 => "250 flows",
+                Mode::NewFlows => "new flow every packet",
+            };
+            plot.push(plots::Series { label: format!("{} {what}", if v6 { "IPv6" } else { "IPv4" }), points });
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nEach spread or new-flow run is a separate BPF_PROG_TEST_RUN of one packet, so it includes the per-run overhead that the empty program shows too; the difference is the classifier's cost. Spread: a first pass fills the flow cache, three measured passes hit it. New flows: each packet has a source address never used before, so every packet misses the cache and runs the full lookup plus the cache insert (the cost of a flow's first packet, and the worst case of a scan).\n"
+    );
+    Ok(added)
+}
