@@ -1,13 +1,16 @@
 //! `cargo xtask bench [--quick]`: what the classifier costs, measured against a
-//! baseline in the same run, never asserted. Two parts:
+//! baseline in the same run, never asserted. The parts:
 //!
-//! 1. BPF_PROG_TEST_RUN: the classifier vs an empty SCHED_CLS program: one hot
-//!    packet (repeat), packets spread over up to 4096 rules (flow-cache hits), and
-//!    a new flow every packet (cache misses: the full lookup).
-//! 2. Real traffic: UDP from a socket (sendmmsg) through a veth pair in fresh
-//!    namespaces: no filter, an empty tcx program, egress (flow cache on and off),
-//!    iptables-legacy, nftables rule per line and an nftables interval set; one
-//!    flow and 4096 flows, IPv4 and IPv6; plus `egress apply` load/replace times.
+//! 1. BPF_PROG_TEST_RUN (testrun.rs): the classifier vs an empty program of its
+//!    type: one hot packet (repeat), packets spread over up to 4096 rules
+//!    (flow-cache hits), a new flow every packet (cache misses: the full lookup);
+//!    adversarial rule-set shapes; the XDP program and stateful mode.
+//! 2. Real traffic (traffic.rs, sender.rs): UDP from a socket (sendmmsg) through a
+//!    veth pair in fresh namespaces: no filter, empty programs, egress (flow cache
+//!    on and off, stateful, on tc-ingress and XDP of the receiver), iptables-legacy,
+//!    nftables rule per line and an nftables interval set; one flow and 4096
+//!    flows, IPv4 and IPv6; plus `egress apply` load/replace times.
+//! 3. `egress run` reload times (reload.rs).
 //!
 //! A target table (the issue's targets, computed), tables and SVG plots go to
 //! BENCHMARKS.md and docs/.
@@ -33,7 +36,7 @@ mod testrun;
 mod traffic;
 
 use report::{TestRunAdded, targets};
-use testrun::{adversarial_part, testrun_part};
+use testrun::{adversarial_part, hooks_part, testrun_part};
 use traffic::{Case, traffic_part};
 
 const FLOWS: usize = 4096;
@@ -53,16 +56,19 @@ struct Opts {
     traffic_only: bool,
     /// Only part 4 (`egress run` reload times).
     reload_only: bool,
+    /// Only part 1 (BPF_PROG_TEST_RUN).
+    testrun_only: bool,
 }
 
 fn main() -> ExitCode {
-    let mut opts = Opts { quick: false, out: None, sizes: None, traffic_only: false, reload_only: false };
+    let mut opts = Opts { quick: false, out: None, sizes: None, traffic_only: false, reload_only: false, testrun_only: false };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => opts.quick = true,
             "--traffic-only" => opts.traffic_only = true,
             "--reload-only" => opts.reload_only = true,
+            "--testrun-only" => opts.testrun_only = true,
             "--sizes" => opts.sizes = args.next().map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect()),
             "--out" => opts.out = args.next(),
             "--generate" => {
@@ -73,8 +79,8 @@ fn main() -> ExitCode {
             }
             "-h" | "--help" => {
                 println!(
-                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only] [--out FILE] | --generate N\n\
-                     see `cargo xtask bench --help`; --sizes, --traffic-only and --reload-only are for exploring, not for BENCHMARKS.md"
+                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only | --testrun-only] [--out FILE] | --generate N\n\
+                     see `cargo xtask bench --help`; --sizes, --traffic-only, --reload-only and --testrun-only are for exploring, not for BENCHMARKS.md"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -156,6 +162,11 @@ fn run(o: &Opts) -> anyhow::Result<()> {
     let tr = if o.traffic_only { TestRunAdded::default() } else { testrun_part(sizes, tr_rounds, &mut body, &mut tr_plot)? };
     if !o.traffic_only {
         adversarial_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
+        hooks_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
+    }
+    if o.testrun_only {
+        println!("\n{body}");
+        return Ok(());
     }
     let tf = traffic_part(o, sizes, traffic_rounds, &mut body, &mut sys_plot)?;
     reload::reload_part(&reload_sizes, tr_rounds, &mut body)?;

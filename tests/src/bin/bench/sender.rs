@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::TcAttachOptions};
 use egress::dataplane::Loaded;
 use egress_tests::{Pair, in_ns};
 
@@ -37,14 +37,36 @@ pub(crate) fn pin_to_cpu(cpu: usize) {
 /// Datagrams per sendmmsg call.
 pub(crate) const BATCH: usize = 32;
 
-/// How a measurement switches its filter on and off inside namespace a.
+/// How a measurement switches its filter on and off.
 pub(crate) enum Toggle {
     /// No filter: both halves unfiltered (shows the noise floor).
     Nothing,
-    /// A loaded classifier, attached to a's tcx egress hook while on.
-    Tc { loaded: Loaded, program: &'static str, iface: String },
+    /// A loaded classifier, attached while on to `iface` in namespace `ns` (None:
+    /// a): on tcx egress, or on tcx ingress ahead of the sink.
+    Tc { loaded: Loaded, program: &'static str, iface: String, ns: Option<String>, ingress: bool },
+    /// A loaded XDP program, attached while on to `iface` in namespace `ns` (native mode).
+    Xdp { loaded: Loaded, program: &'static str, iface: String, ns: String },
     /// Commands (argv) that add (on) and remove (off) the jump to already loaded rules.
     Cmds { on: Vec<String>, off: Vec<String> },
+}
+
+/// Runs `f` with the calling thread in namespace `ns` (None: where it is), then
+/// moves it back: for attaching to b's interface from the sending thread in a.
+fn in_ns_here<T>(ns: Option<&str>, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let Some(ns) = ns else { return f() };
+    let home = std::fs::File::open("/proc/thread-self/ns/net")?;
+    let there = std::fs::File::open(format!("/run/netns/{ns}"))?;
+    let enter = |fd: &std::fs::File| -> anyhow::Result<()> {
+        // SAFETY: setns on a valid namespace fd; affects only this thread.
+        if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            anyhow::bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    enter(&there)?;
+    let r = f();
+    enter(&home)?;
+    r
 }
 
 /// Runs a command (argv) in the caller's namespaces; its stderr in the error.
@@ -83,6 +105,7 @@ pub(crate) fn measure_traffic(
     in_ns(&pair.a, move || -> anyhow::Result<(f64, f64)> {
         let mut toggle = toggle;
         let mut link = None;
+        let mut xdp_link = None;
         let mut state = false;
         let mut set = |on: bool, toggle: &mut Toggle| -> anyhow::Result<()> {
             if on == state {
@@ -91,13 +114,31 @@ pub(crate) fn measure_traffic(
             state = on;
             match toggle {
                 Toggle::Nothing => {}
-                Toggle::Tc { loaded, program, iface } => {
+                Toggle::Tc { loaded, program, iface, ns, ingress } => {
                     let p: &mut SchedClassifier =
                         loaded.ebpf.program_mut(program).ok_or_else(|| anyhow::anyhow!("no {program}"))?.try_into()?;
                     match (on, link.take()) {
-                        (true, None) => link = Some(p.attach(iface, TcAttachType::Egress)?),
+                        (true, None) => {
+                            // Ingress: first in the tcx chain, so it runs before the sink.
+                            let (at, order) = if *ingress {
+                                (TcAttachType::Ingress, LinkOrder::first())
+                            } else {
+                                (TcAttachType::Egress, LinkOrder::default())
+                            };
+                            let id =
+                                in_ns_here(ns.as_deref(), || Ok(p.attach_with_options(iface, at, TcAttachOptions::TcxOrder(order))?))?;
+                            link = Some(id);
+                        }
                         (false, Some(id)) => p.detach(id)?,
                         (_, l) => link = l,
+                    }
+                }
+                Toggle::Xdp { loaded, program, iface, ns } => {
+                    let p: &mut Xdp = loaded.ebpf.program_mut(program).ok_or_else(|| anyhow::anyhow!("no {program}"))?.try_into()?;
+                    match (on, xdp_link.take()) {
+                        (true, None) => xdp_link = Some(in_ns_here(Some(ns), || Ok(p.attach(iface, XdpMode::Driver)?))?),
+                        (false, Some(id)) => p.detach(id)?,
+                        (_, l) => xdp_link = l,
                     }
                 }
                 Toggle::Cmds { on: a, off: b } => run_cmd(if on { a } else { b })?,

@@ -9,27 +9,38 @@ use std::{
     time::Instant,
 };
 
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use aya::programs::{Program, SchedClassifier, TestRun as _, TestRunOptions, Xdp};
 use egress::{
     compile,
-    dataplane::Loaded,
+    dataplane::{LoadOptions, Loaded},
+    hook::Hook,
     packet::{self, Shape},
     reference::{L4, PacketMeta},
     rules,
     ruleset_gen::{self, FLOW_PORT_BASE, Rng},
 };
-use egress_common::PASS_PROGRAM_NAME;
+use egress_common::{PASS_PROGRAM_NAME, XDP_PASS_PROGRAM_NAME, classifier_program};
 use egress_tests::{A4, A6, B4, B6};
 
 use crate::{FLOWS, flow_packet, flows_for, median, plots, report::TestRunAdded, shuffle, spread, traffic::distinct_targets};
 
 // ---------------------------------------------------------------------------
 
-pub(crate) fn run_ns(prog: &mut SchedClassifier, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+/// ns of one run of a TC or XDP program on `frame`.
+pub(crate) fn run_ns(prog: &mut Program, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
     let opts = TestRunOptions { data_in: Some(frame), repeat, ..Default::default() };
     // The kernel reports the mean duration of one run over `repeat` runs.
-    let r = prog.test_run(opts)?;
+    let r = match prog {
+        Program::SchedClassifier(p) => p.test_run(opts)?,
+        Program::Xdp(p) => p.test_run(opts)?,
+        _ => anyhow::bail!("not a TC or XDP program"),
+    };
     Ok(r.duration.as_nanos() as f64)
+}
+
+/// The named program of a loaded object.
+fn named<'a>(l: &'a mut Loaded, name: &str) -> anyhow::Result<&'a mut Program> {
+    l.ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("no {name} in the object"))
 }
 
 /// What the test_run measurement feeds the program.
@@ -73,14 +84,7 @@ pub(crate) fn new_flow_src(v6: bool, i: u64) -> std::net::IpAddr {
 }
 
 /// ns/packet of one measurement. `fresh` numbers new flows across calls.
-pub(crate) fn measure(
-    prog: &mut SchedClassifier,
-    v6: bool,
-    flows: usize,
-    mode: Mode,
-    fresh: &mut u64,
-    rs: &rules::RuleSet,
-) -> anyhow::Result<f64> {
+pub(crate) fn measure(prog: &mut Program, v6: bool, flows: usize, mode: Mode, fresh: &mut u64, rs: &rules::RuleSet) -> anyhow::Result<f64> {
     match mode {
         Mode::Hot => run_ns(prog, &flow_packet(v6, 0), 100_000),
         Mode::Spread | Mode::Spread250 | Mode::SpreadDsts => {
@@ -171,7 +175,7 @@ pub(crate) fn adversarial_part(n: usize, rounds: usize, md: &mut String) -> anyh
         for _ in 0..rounds {
             for eg in [false, true] {
                 let name = if eg { egress_common::PROGRAM_NAME } else { PASS_PROGRAM_NAME };
-                let prog: &mut SchedClassifier = l.ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("no {name}"))?.try_into()?;
+                let prog = named(&mut l, name)?;
                 let h = run_ns(prog, &frame(7), 100_000)?;
                 let mut m = 0.0;
                 for _ in 0..2000 {
@@ -257,8 +261,7 @@ pub(crate) fn testrun_part(sizes: &[usize], rounds: usize, md: &mut String, plot
             let (n, l, _, rs) = &mut loaded[i];
             let flows = flows_for(*n);
             let name = if eg { egress_common::PROGRAM_NAME } else { PASS_PROGRAM_NAME };
-            let prog: &mut SchedClassifier = l.ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("no {name}"))?.try_into()?;
-            let ns = measure(prog, v6, flows, mode, &mut fresh, rs)?;
+            let ns = measure(named(l, name)?, v6, flows, mode, &mut fresh, rs)?;
             samples.entry((i, v6, mode, eg)).or_default().push(ns);
         }
         eprintln!("  round {}/{rounds} done", round + 1);
@@ -298,4 +301,97 @@ pub(crate) fn testrun_part(sizes: &[usize], rounds: usize, md: &mut String, plot
         "\nEach spread or new-flow run is a separate BPF_PROG_TEST_RUN of one packet, so it includes the per-run overhead that the empty program shows too; the difference is the classifier's cost. Spread: a first pass fills the flow cache, three measured passes hit it. New flows: each packet has a source address never used before, so every packet misses the cache and runs the full lookup plus the cache insert (the cost of a flow's first packet, and the worst case of a scan).\n"
     );
     Ok(added)
+}
+
+/// Part 1c: one rule set (`n` rules) loaded for each hook kind and mode, each
+/// against the empty program of its type in the same object: one hot packet
+/// (stateful: an established flow, found in the connection table) and a new flow
+/// every packet (stateful: the rules, then a connection-table insert).
+/// tc-egress and tc-ingress run the same TC program; BPF_PROG_TEST_RUN does not
+/// know the hook, so the TC rows stand for both (part 2 has tc-ingress traffic).
+pub(crate) fn hooks_part(n: usize, rounds: usize, md: &mut String) -> anyhow::Result<()> {
+    eprintln!("part 1c: hooks and stateful mode");
+    let text = ruleset_gen::realistic(n, flows_for(n), 7);
+    let rs = rules::parse("bench.toml", &text)?;
+    let c = compile::compile(&rs)?;
+    // The connection tables are pinned (as `egress apply` does); removed at the end.
+    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/egress-bench-{}", std::process::id()));
+    struct Variant {
+        label: &'static str,
+        loaded: Loaded,
+        program: &'static str,
+        empty: &'static str,
+    }
+    let mut variants = Vec::new();
+    for (label, xdp, stateful) in
+        [("TC (tc-egress, tc-ingress)", false, false), ("XDP", true, false), ("TC, stateful", false, true), ("XDP, stateful", true, true)]
+    {
+        let state = stateful.then(|| (rules::StateConfig::default(), pins.join(label.replace([' ', ',', '(', ')'], ""))));
+        let opts = LoadOptions { hook: if xdp { Hook::Xdp } else { Hook::TcEgress }, state, ..LoadOptions::default() };
+        let mut loaded = Loaded::with_options(&c, &opts)?;
+        let empty = if xdp { XDP_PASS_PROGRAM_NAME } else { PASS_PROGRAM_NAME };
+        if xdp {
+            let p: &mut Xdp = named(&mut loaded, empty)?.try_into()?;
+            p.load()?;
+        } else {
+            let p: &mut SchedClassifier = named(&mut loaded, empty)?.try_into()?;
+            p.load()?;
+        }
+        variants.push(Variant { label, loaded, program: classifier_program(xdp, stateful), empty });
+    }
+    let modes = [Mode::Hot, Mode::NewFlows];
+    let mut keys: Vec<(usize, bool, Mode, bool)> = Vec::new();
+    for i in 0..variants.len() {
+        for v6 in [false, true] {
+            for mode in modes {
+                for eg in [false, true] {
+                    keys.push((i, v6, mode, eg));
+                }
+            }
+        }
+    }
+    let mut rng = Rng::new(4343);
+    let mut fresh = 5_000_000u64;
+    let mut samples: std::collections::HashMap<(usize, bool, Mode, bool), Vec<f64>> = Default::default();
+    let labels: Vec<&str> = variants.iter().map(|v| v.label).collect();
+    let measured = (|| -> anyhow::Result<()> {
+        for round in 0..rounds {
+            shuffle(&mut keys, &mut rng);
+            for &(i, v6, mode, eg) in &keys {
+                let v = &mut variants[i];
+                let name = if eg { v.program } else { v.empty };
+                let ns = measure(named(&mut v.loaded, name)?, v6, flows_for(n), mode, &mut fresh, &rs)?;
+                samples.entry((i, v6, mode, eg)).or_default().push(ns);
+            }
+            eprintln!("  round {}/{rounds} done", round + 1);
+        }
+        Ok(())
+    })();
+    drop(variants);
+    let _ = std::fs::remove_dir_all(&pins);
+    measured?;
+    let _ = writeln!(md, "## 1c. Hooks and stateful mode (BPF_PROG_TEST_RUN, {n} rules)\n");
+    let _ = writeln!(md, "| program | family | packets | empty program ns | egress ns | added ns |");
+    let _ = writeln!(md, "| --- | --- | --- | ---: | ---: | ---: |");
+    for (i, label) in labels.iter().enumerate() {
+        for v6 in [false, true] {
+            for mode in modes {
+                let (Some(e), Some(g)) = (samples.get(&(i, v6, mode, false)), samples.get(&(i, v6, mode, true))) else { continue };
+                let (mut e, mut g) = (e.clone(), g.clone());
+                let (me, mg) = (median(&mut e), median(&mut g));
+                let what = match (mode, label.contains("stateful")) {
+                    (Mode::Hot, true) => "1 flow, established (connection table hit)".to_string(),
+                    (Mode::NewFlows, true) => format!("new flow every packet (rules + connection-table insert, {} rules)", flows_for(n)),
+                    _ => mode.label(flows_for(n)),
+                };
+                let fam = if v6 { "IPv6" } else { "IPv4" };
+                let _ = writeln!(md, "| {label} | {fam} | {what} | {me:.1} ({}) | {mg:.1} ({}) | {:.1} |", spread(&e), spread(&g), mg - me);
+            }
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nEach program is measured against the empty program of its own type (egress_pass, egress_xdp_pass) loaded in the same object. Stateless rule sets run `egress_classify`/`egress_xdp` (everything inlined, no BPF-to-BPF call); stateful ones run `egress_classify_sf`/`egress_xdp_sf`, which ask the connection table first and run the parser's general path, the lookup and the cache write as BPF functions (ARCHITECTURE.md, \"Stateful mode\"). In the stateful rows the first packet of the hot flow creates its connection entry, the repeats find it; every new-flow packet misses the table, runs the flow cache and the rules and inserts an entry (the table is an LRU hash, so once full each insert evicts).\n"
+    );
+    Ok(())
 }

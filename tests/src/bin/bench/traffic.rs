@@ -7,14 +7,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp};
 use egress::{
     compile,
     dataplane::{LoadOptions, Loaded},
+    hook::Hook,
     rules,
     ruleset_gen::{self, FLOW_PORT_BASE, Rng},
 };
-use egress_common::{FLOW_CACHE_ENTRIES, PASS_PROGRAM_NAME, SINK_PROGRAM_NAME};
+use egress_common::{
+    FLOW_CACHE_ENTRIES, PASS_PROGRAM_NAME, PROGRAM_NAME, SINK_PROGRAM_NAME, STATEFUL_PROGRAM_NAME, XDP_PASS_PROGRAM_NAME, XDP_PROGRAM_NAME,
+};
 use egress_tests::{B4, B6, Pair, in_ns, temp_file};
 
 use crate::{
@@ -41,6 +44,17 @@ pub(crate) enum Filter {
     NftLinear(usize),
     /// nftables, every rule destination in one interval set per family, one lookup.
     NftSet(usize),
+    /// An empty program on b's tcx ingress (ahead of the sink): tc-ingress's baseline.
+    EmptyTcxIngress,
+    /// egress on b's tc-ingress hook (`--hook tc-ingress`), ahead of the sink.
+    EgressTcIngress(usize),
+    /// An empty XDP program on b (native mode): the XDP baseline.
+    EmptyXdp,
+    /// egress on b's XDP hook (`--hook xdp`, native mode).
+    EgressXdp(usize),
+    /// egress in stateful mode on a's tc-egress hook (the flows are established
+    /// after their first packet).
+    EgressStateful(usize),
 }
 
 impl Filter {
@@ -53,6 +67,11 @@ impl Filter {
             Filter::Iptables(n) => format!("iptables-legacy, {n} rules"),
             Filter::NftLinear(n) => format!("nftables (rule per line), {n} rules"),
             Filter::NftSet(n) => format!("nftables interval set (destinations only), {n} rules"),
+            Filter::EmptyTcxIngress => "empty tcx program on the receiver's ingress".into(),
+            Filter::EgressTcIngress(n) => format!("egress on the receiver's tc-ingress, {n} rules"),
+            Filter::EmptyXdp => "empty XDP program on the receiver (native)".into(),
+            Filter::EgressXdp(n) => format!("egress on the receiver's XDP hook (native), {n} rules"),
+            Filter::EgressStateful(n) => format!("egress, stateful, {n} rules"),
         }
     }
     pub(crate) fn system(self) -> &'static str {
@@ -64,13 +83,41 @@ impl Filter {
             Filter::Iptables(_) => "iptables-legacy",
             Filter::NftLinear(_) => "nftables rule per line",
             Filter::NftSet(_) => "nftables interval set (lower bound)",
+            Filter::EmptyTcxIngress => "empty tcx ingress",
+            Filter::EgressTcIngress(_) => "egress tc-ingress",
+            Filter::EmptyXdp => "empty XDP",
+            Filter::EgressXdp(_) => "egress XDP",
+            Filter::EgressStateful(_) => "egress stateful",
         }
     }
     pub(crate) fn rules(self) -> usize {
         match self {
-            Filter::None | Filter::EmptyTcx => usize::MAX,
-            Filter::Egress(n) | Filter::EgressNoCache(n) | Filter::Iptables(n) | Filter::NftLinear(n) | Filter::NftSet(n) => n,
+            Filter::None | Filter::EmptyTcx | Filter::EmptyTcxIngress | Filter::EmptyXdp => usize::MAX,
+            Filter::Egress(n)
+            | Filter::EgressNoCache(n)
+            | Filter::Iptables(n)
+            | Filter::NftLinear(n)
+            | Filter::NftSet(n)
+            | Filter::EgressTcIngress(n)
+            | Filter::EgressXdp(n)
+            | Filter::EgressStateful(n) => n,
         }
+    }
+    /// The empty program at the same place: what "added over empty" subtracts.
+    pub(crate) fn baseline(self) -> Filter {
+        match self {
+            Filter::EmptyTcxIngress | Filter::EgressTcIngress(_) => Filter::EmptyTcxIngress,
+            Filter::EmptyXdp | Filter::EgressXdp(_) => Filter::EmptyXdp,
+            _ => Filter::EmptyTcx,
+        }
+    }
+    /// A hook other than tc-egress, or stateful mode: measured at the largest
+    /// size, without the distinct-destinations case.
+    fn hook_variant(self) -> bool {
+        matches!(
+            self,
+            Filter::EmptyTcxIngress | Filter::EgressTcIngress(_) | Filter::EmptyXdp | Filter::EgressXdp(_) | Filter::EgressStateful(_)
+        )
     }
 }
 
@@ -138,10 +185,15 @@ pub(crate) fn attach_aux(ns: &str, iface: &str, program: &'static str, at: TcAtt
     })?
 }
 
-/// Loads one of the object's auxiliary programs (not attached).
-pub(crate) fn load_aux(program: &'static str) -> anyhow::Result<Loaded> {
+/// The object with an empty rule set, no program loaded.
+fn load_aux_unloaded() -> anyhow::Result<Loaded> {
     let c = compile::compile(&rules::parse("empty.toml", "default_policy = \"allow\"\n")?)?;
-    let mut l = Loaded::new(&c, true)?;
+    Ok(Loaded::new(&c, true)?)
+}
+
+/// Loads one of the object's auxiliary TC programs (not attached).
+pub(crate) fn load_aux(program: &'static str) -> anyhow::Result<Loaded> {
+    let mut l = load_aux_unloaded()?;
     let p: &mut SchedClassifier = l.ebpf.program_mut(program).ok_or_else(|| anyhow::anyhow!("no {program} in the object"))?.try_into()?;
     p.load()?;
     Ok(l)
@@ -186,6 +238,13 @@ pub(crate) fn traffic_part(
     let mut filters = vec![Filter::None, Filter::EmptyTcx];
     filters.extend(sizes.iter().map(|&n| Filter::Egress(n)));
     filters.push(Filter::EgressNoCache(largest));
+    filters.extend([
+        Filter::EgressStateful(largest),
+        Filter::EmptyTcxIngress,
+        Filter::EgressTcIngress(largest),
+        Filter::EmptyXdp,
+        Filter::EgressXdp(largest),
+    ]);
     let netfilter = which("iptables-legacy-restore") && which("nft");
     if netfilter {
         filters.extend(sizes.iter().map(|&n| Filter::Iptables(n)));
@@ -210,12 +269,14 @@ pub(crate) fn traffic_part(
                 continue;
             }
             // Distinct destinations: the largest set only (and the baselines).
-            if case.distinct && f.rules() != largest && f.rules() != usize::MAX {
+            if case.distinct && ((f.rules() != largest && f.rules() != usize::MAX) || f.hook_variant()) {
                 continue;
             }
             keys.push((f, case));
         }
     }
+    // Where the stateful variant pins its connection table (as `egress apply` does).
+    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/egress-bench-{}-traffic", std::process::id()));
     let mut rng = Rng::new(4242);
     let mut samples: std::collections::HashMap<(Filter, Case), Vec<f64>> = Default::default();
     // Per measurement: filtered minus the same pair's unfiltered run.
@@ -234,8 +295,32 @@ pub(crate) fn traffic_part(
             let family = |v4: &str, v6t: &str| if v6 { v6t.to_string() } else { v4.to_string() };
             let toggle = match f {
                 Filter::None => Toggle::Nothing,
-                Filter::EmptyTcx => {
-                    Toggle::Tc { loaded: load_aux(PASS_PROGRAM_NAME)?, program: PASS_PROGRAM_NAME, iface: pair.a_if.clone() }
+                Filter::EmptyTcx | Filter::EmptyTcxIngress => {
+                    let ingress = f == Filter::EmptyTcxIngress;
+                    let (iface, ns) = if ingress { (pair.b_if.clone(), Some(pair.b.clone())) } else { (pair.a_if.clone(), None) };
+                    Toggle::Tc { loaded: load_aux(PASS_PROGRAM_NAME)?, program: PASS_PROGRAM_NAME, iface, ns, ingress }
+                }
+                Filter::EmptyXdp => {
+                    let mut loaded = load_aux_unloaded()?;
+                    let p: &mut Xdp =
+                        loaded.ebpf.program_mut(XDP_PASS_PROGRAM_NAME).ok_or_else(|| anyhow::anyhow!("no XDP pass"))?.try_into()?;
+                    p.load()?;
+                    Toggle::Xdp { loaded, program: XDP_PASS_PROGRAM_NAME, iface: pair.b_if.clone(), ns: pair.b.clone() }
+                }
+                Filter::EgressTcIngress(n) => {
+                    let opts = LoadOptions { hook: Hook::TcIngress, ..LoadOptions::default() };
+                    let loaded = Loaded::with_options(&compiled[&n], &opts)?;
+                    Toggle::Tc { loaded, program: PROGRAM_NAME, iface: pair.b_if.clone(), ns: Some(pair.b.clone()), ingress: true }
+                }
+                Filter::EgressXdp(n) => {
+                    let opts = LoadOptions { hook: Hook::Xdp, ..LoadOptions::default() };
+                    let loaded = Loaded::with_options(&compiled[&n], &opts)?;
+                    Toggle::Xdp { loaded, program: XDP_PROGRAM_NAME, iface: pair.b_if.clone(), ns: pair.b.clone() }
+                }
+                Filter::EgressStateful(n) => {
+                    let state = Some((rules::StateConfig::default(), pins.clone()));
+                    let loaded = Loaded::with_options(&compiled[&n], &LoadOptions { state, ..LoadOptions::default() })?;
+                    Toggle::Tc { loaded, program: STATEFUL_PROGRAM_NAME, iface: pair.a_if.clone(), ns: None, ingress: false }
                 }
                 Filter::Egress(n) | Filter::EgressNoCache(n) => {
                     if let Filter::Egress(_) = f {
@@ -253,7 +338,7 @@ pub(crate) fn traffic_part(
                         ..LoadOptions::default()
                     };
                     let loaded = Loaded::with_options(&compiled[&n], &opts)?;
-                    Toggle::Tc { loaded, program: egress_common::PROGRAM_NAME, iface: pair.a_if.clone() }
+                    Toggle::Tc { loaded, program: PROGRAM_NAME, iface: pair.a_if.clone(), ns: None, ingress: false }
                 }
                 Filter::Iptables(n) => {
                     for (fv6, tool) in [(false, "iptables-legacy-restore"), (true, "ip6tables-legacy-restore")] {
@@ -277,8 +362,11 @@ pub(crate) fn traffic_part(
                 // The rule destinations are routed to b (its address is a static neighbour).
                 netns_cmd(&pair.a, &["ip", "-6", "route", "add", "2001:db8::/32", "via", "2001:db8:1::2", "dev", &pair.a_if])?;
             }
-            let (off, on) = measure_traffic(&pair, targets_of(case), toggle, seg)?;
+            let measured = measure_traffic(&pair, targets_of(case), toggle, seg);
             drop(sink);
+            // A stateful variant's connection table starts empty in every pair.
+            let _ = std::fs::remove_dir_all(&pins);
+            let (off, on) = measured?;
             samples.entry((f, case)).or_default().push(on);
             paired.entry((f, case)).or_default().push(on - off);
             let done = round * keys.len() + k + 1;
@@ -293,13 +381,17 @@ pub(crate) fn traffic_part(
         md,
         "## 2. Real traffic: UDP through a veth pair (sendmmsg, CPU time of the sending thread per datagram, full send path)\n"
     );
-    let _ = writeln!(md, "| filter | traffic | ns/packet (spread) | added over no filter (spread) | added over empty tcx |");
+    let _ = writeln!(
+        md,
+        "| filter | traffic | ns/packet (spread) | added over no filter (spread) | added over the empty program at the same hook |"
+    );
     let _ = writeln!(md, "| --- | --- | ---: | ---: | ---: |");
     let mut added: std::collections::HashMap<(Filter, Case), f64> = Default::default();
     let mut over_empty: std::collections::HashMap<(Filter, Case), f64> = Default::default();
     for &case in &cases {
-        let empty = median(&mut paired.get(&(Filter::EmptyTcx, case)).cloned().unwrap_or_default());
+        let empty = |f: Filter| median(&mut paired.get(&(f.baseline(), case)).cloned().unwrap_or_default());
         for &f in &filters {
+            let empty = empty(f);
             let (Some(s), Some(d)) = (samples.get(&(f, case)), paired.get(&(f, case))) else { continue };
             let m = median(&mut s.clone());
             let add = median(&mut d.clone());
@@ -311,7 +403,7 @@ pub(crate) fn traffic_part(
     }
     let _ = writeln!(
         md,
-        "\nEach measurement creates a namespace pair, loads the filter and sends in {SEGMENTS} segments of {} ms that alternate between the filter switched off and on (A B B A A B B A; egress and the empty program by attaching and detaching the tcx link, iptables and nftables by adding and removing the jump to their rule chain). \"added over no filter\" is the median over rounds of (filtered - unfiltered) within each pair; \"added over empty tcx\" subtracts the empty program's. ns/packet is the sending thread's CPU time (CLOCK_THREAD_CPUTIME_ID, pinned to one CPU; it includes the receive side's softirq work on that CPU and excludes preemption and hypervisor steal time) per datagram while filtered. egress is loaded through the same library code `egress apply` uses; the `egress apply` command itself is timed in part 3. The flow rules are at the end of each set, so linear filters walk every other rule first. iptables and nftables (rule per line) get the same rules translated one rule per line (first match = first line). The nftables interval set holds only the rules' destinations and is matched with one lookup: it does not classify ports or protocols, so it is a lower bound for any nftables set form (nftables rejects overlapping elements in a concatenated interval map, \"File exists\", so a first-match rule set cannot be written as one without resolving the overlaps first).{}\n",
+        "\nEach measurement creates a namespace pair, loads the filter and sends in {SEGMENTS} segments of {} ms that alternate between the filter switched off and on (A B B A A B B A; egress and the empty program by attaching and detaching the tcx link, iptables and nftables by adding and removing the jump to their rule chain). \"added over no filter\" is the median over rounds of (filtered - unfiltered) within each pair; \"added over the empty program\" subtracts the empty program's at the same hook (tcx egress on a for tc-egress and stateful rows; tcx ingress on b, first in the chain ahead of the sink, for tc-ingress; native XDP on b for XDP, where attaching any XDP program also moves veth's receive path to NAPI, so only the difference to the empty XDP program is egress's). The stateful rows run the stateful program with its connection table fresh in every pair: after each flow's first packet, every packet is an established-flow hit. ns/packet is the sending thread's CPU time (CLOCK_THREAD_CPUTIME_ID, pinned to one CPU; it includes the receive side's softirq work on that CPU and excludes preemption and hypervisor steal time) per datagram while filtered. egress is loaded through the same library code `egress apply` uses; the `egress apply` command itself is timed in part 3. The flow rules are at the end of each set, so linear filters walk every other rule first. iptables and nftables (rule per line) get the same rules translated one rule per line (first match = first line). The nftables interval set holds only the rules' destinations and is matched with one lookup: it does not classify ports or protocols, so it is a lower bound for any nftables set form (nftables rejects overlapping elements in a concatenated interval map, \"File exists\", so a first-match rule set cannot be written as one without resolving the overlaps first).{}\n",
         seg.as_millis(),
         if netfilter { "" } else { " iptables-legacy-restore or nft was missing: netfilter rows are absent." }
     );
