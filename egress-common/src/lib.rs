@@ -443,6 +443,35 @@ pub const CONN_FIN_IN: u32 = 8;
 /// TCP RST seen (either direction).
 pub const CONN_RST: u32 = 16;
 
+/// Whether a TCP connection is winding down (RST, FIN both ways) or was never
+/// answered: it then lives for the closing timeout only, and a new SYN on its
+/// tuple starts afresh.
+#[inline(always)]
+pub const fn conn_closing(flags: u32) -> bool {
+    flags & CONN_RST != 0 || flags & (CONN_FIN_OUT | CONN_FIN_IN) == (CONN_FIN_OUT | CONN_FIN_IN) || flags & CONN_REPLIED == 0
+}
+
+/// Which idle timeout (`[state]` setting) applies to a connection-table entry.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ConnTimeout {
+    TcpEstablished,
+    TcpClosing,
+    Udp,
+    Icmp,
+}
+
+/// The idle timeout of an entry of protocol class `pclass` with `CONN_*` flags:
+/// one decision for the program and for user space's count of live entries.
+#[inline(always)]
+pub const fn conn_timeout(pclass: u8, flags: u32) -> ConnTimeout {
+    match pclass {
+        PCLASS_TCP if conn_closing(flags) => ConnTimeout::TcpClosing,
+        PCLASS_TCP => ConnTimeout::TcpEstablished,
+        PCLASS_UDP => ConnTimeout::Udp,
+        _ => ConnTimeout::Icmp,
+    }
+}
+
 /// CONN_STATS slots (per CPU, u64 each).
 /// Connections the rules allowed and the table now tracks.
 pub const CS_INSERTED: u32 = 0;

@@ -14,8 +14,8 @@
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use egress_common::{
     CONN_FIN_IN, CONN_FIN_OUT, CONN_INBOUND, CONN_REPLIED, CONN_RST, CS_ESTABLISHED_BYTES, CS_ESTABLISHED_PACKETS, CS_EXPIRED,
-    CS_INSERT_FAILED, CS_INSERTED, CS_INSERTED_INBOUND, CS_RELATED_BYTES, CS_RELATED_PACKETS, ConnKeyV4, ConnKeyV6, ConnValue, PCLASS_ICMP,
-    PCLASS_ICMPV6, PCLASS_TCP, PCLASS_UDP,
+    CS_INSERT_FAILED, CS_INSERTED, CS_INSERTED_INBOUND, CS_RELATED_BYTES, CS_RELATED_PACKETS, ConnKeyV4, ConnKeyV6, ConnTimeout, ConnValue,
+    PCLASS_ICMP, PCLASS_ICMPV6, PCLASS_TCP, PCLASS_UDP, conn_closing, conn_timeout,
 };
 
 use crate::{
@@ -127,25 +127,13 @@ fn global(g: &u64) -> u64 {
     unsafe { core::ptr::read_volatile(g) }
 }
 
-/// Whether a TCP connection is winding down (or was never answered): it then
-/// lives for the closing timeout only, and a new SYN on its tuple starts afresh.
-#[inline(always)]
-fn closing(flags: u32) -> bool {
-    flags & CONN_RST != 0 || flags & (CONN_FIN_OUT | CONN_FIN_IN) == (CONN_FIN_OUT | CONN_FIN_IN) || flags & CONN_REPLIED == 0
-}
-
 #[inline(always)]
 fn timeout(pclass: u8, flags: u32) -> u64 {
-    match pclass {
-        PCLASS_TCP => {
-            if closing(flags) {
-                global(&TO_TCP_CLOSING)
-            } else {
-                global(&TO_TCP_EST)
-            }
-        }
-        PCLASS_UDP => global(&TO_UDP),
-        _ => global(&TO_ICMP),
+    match conn_timeout(pclass, flags) {
+        ConnTimeout::TcpEstablished => global(&TO_TCP_EST),
+        ConnTimeout::TcpClosing => global(&TO_TCP_CLOSING),
+        ConnTimeout::Udp => global(&TO_UDP),
+        ConnTimeout::Icmp => global(&TO_ICMP),
     }
 }
 
@@ -206,7 +194,7 @@ pub fn filtered(ctx: &impl Frame, pkt: &Packet) -> Seen {
     let now = now();
     let tf = tcp_flags(ctx, pkt);
     let syn_only = tf & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if now.wrapping_sub(v.last_seen) > timeout(pkt.pclass, v.flags) || (syn_only && closing(v.flags) && v.flags & CONN_INBOUND == 0) {
+    if now.wrapping_sub(v.last_seen) > timeout(pkt.pclass, v.flags) || (syn_only && conn_closing(v.flags) && v.flags & CONN_INBOUND == 0) {
         // Idle past its timeout, or a new connection reusing a finished one's tuple.
         remove(&t);
         bump(CS_EXPIRED, 1);

@@ -321,6 +321,16 @@ fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// A rule file: default allow and, in order, one rule `no-PORT` per port that
+/// denies UDP to it.
+pub fn deny_udp(ports: &[u16]) -> String {
+    let mut s = String::from("default_policy = \"allow\"\n");
+    for p in ports {
+        s.push_str(&format!("[[rule]]\nname = \"no-{p}\"\naction = \"deny\"\nprotocol = \"udp\"\nports = \"{p}\"\n"));
+    }
+    s
+}
+
 /// [`in_ns`] for closures that return an `io::Result`.
 pub fn in_ns_io<T: Send + 'static>(ns: &str, f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> Result<T> {
     Ok(in_ns(ns, f)??)

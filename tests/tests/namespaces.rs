@@ -5,7 +5,7 @@
 
 use std::{process::Command, time::Duration};
 
-use egress_tests::{Pair, egress_bin, temp_file};
+use egress_tests::{Pair, deny_udp, egress_bin, temp_file};
 use serde_json::Value;
 
 fn status_from_host() -> Value {
@@ -16,10 +16,6 @@ fn status_from_host() -> Value {
 
 fn entries_for<'a>(v: &'a Value, netns: &str) -> Vec<&'a Value> {
     v["interfaces"].as_array().unwrap().iter().filter(|i| i["netns"] == netns).collect()
-}
-
-fn deny_port(port: u16) -> String {
-    format!("default_policy = \"allow\"\n[[rule]]\nname = \"deny-{port}\"\naction = \"deny\"\nprotocol = \"udp\"\nports = \"{port}\"\n")
 }
 
 fn settle(p: &Pair) {
@@ -37,7 +33,7 @@ fn same_interface_name_in_four_namespaces_at_once() {
     std::thread::scope(|s| {
         for (i, p) in pairs.iter().enumerate() {
             s.spawn(move || {
-                let f = temp_file("r.toml", &deny_port(5000 + i as u16));
+                let f = temp_file("r.toml", &deny_udp(&[5000 + i as u16]));
                 let f = f.to_str().unwrap();
                 if i == 3 {
                     let o = Command::new(egress_bin()).args(["--netns", &p.a, "apply", "--iface", "veth0", "--rules", f]).output().unwrap();
@@ -66,7 +62,7 @@ fn same_interface_name_in_four_namespaces_at_once() {
     // From the host, --netns reads and detaches another namespace's rules.
     let o = Command::new(egress_bin()).args(["--netns", &pairs[0].a, "counters", "--iface", "veth0", "--json"]).output().unwrap();
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["rules"][0]["name"], "deny-5000", "{v}");
+    assert_eq!(v["rules"][0]["name"], "no-5000", "{v}");
     let o = Command::new(egress_bin()).args(["--netns", &pairs[0].a, "detach", "--iface", "veth0"]).output().unwrap();
     assert!(o.status.success());
     assert_eq!(pairs[0].udp(false, 5000, 2), 2, "detached");
@@ -81,7 +77,7 @@ fn namespace_deleted_under_live_rules_then_recreated() {
     egress_tests::need_root!("network namespaces, eBPF");
     let p = Pair::named("gone", "eth0", "eth1").expect("namespaces");
     settle(&p);
-    let rules = temp_file("r.toml", &deny_port(5555));
+    let rules = temp_file("r.toml", &deny_udp(&[5555]));
     p.egress_ok(&["apply", "--iface", "eth0", "--rules", rules.to_str().unwrap()]);
     assert_eq!(p.udp(false, 5555, 2), 0);
     let pinned = entries_for(&status_from_host(), &p.a)[0]["pinned"].as_str().unwrap().to_string();

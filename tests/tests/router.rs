@@ -6,7 +6,7 @@
 //! interface carrying several hooks with different rule sets; XDP refused
 //! cleanly when another XDP program holds the interface. Needs root.
 
-use egress_tests::{router::Router, temp_file};
+use egress_tests::{deny_udp, router::Router, temp_file};
 use serde_json::Value;
 
 const GUEST_RULES: &str = r#"
@@ -121,17 +121,13 @@ fn guest_subnet_rules_do_not_match_after_snat() {
     assert!(def >= 23, "the translated packets fall to the default policy: {after}");
 }
 
-fn deny_udp(port: u16) -> String {
-    format!("default_policy = \"allow\"\n[[rule]]\nname = \"deny-{port}\"\naction = \"deny\"\nprotocol = \"udp\"\nports = \"{port}\"\n")
-}
-
 #[test]
 fn one_interface_three_hooks_three_rule_sets() {
     egress_tests::need_root!("network namespaces, eBPF");
     let r = Router::new("three").expect("namespaces");
     r.settle();
-    apply(&r, &r.rg, "xdp", &deny_udp(5311));
-    apply(&r, &r.rg, "tc-ingress", &deny_udp(5312));
+    apply(&r, &r.rg, "xdp", &deny_udp(&[5311]));
+    apply(&r, &r.rg, "tc-ingress", &deny_udp(&[5312]));
     // tc-egress of rg carries the outside's replies to the guest: deny what comes back from 5313.
     apply(
         &r,
@@ -170,7 +166,7 @@ fn xdp_refused_when_another_program_holds_the_interface() {
     let r = Router::new("busy").expect("namespaces");
     r.settle();
     // tc-ingress rules first: they must stay untouched by the failed XDP apply.
-    apply(&r, &r.rg, "tc-ingress", &deny_udp(5321));
+    apply(&r, &r.rg, "tc-ingress", &deny_udp(&[5321]));
     // Someone else's XDP program (the object's empty one, attached by hand).
     let ns = r.router.clone();
     let foreign = egress_tests::in_ns(&ns, || {
@@ -181,7 +177,7 @@ fn xdp_refused_when_another_program_holds_the_interface() {
         ebpf
     })
     .expect("in router namespace");
-    let f = temp_file("rules.toml", &deny_udp(5322));
+    let f = temp_file("rules.toml", &deny_udp(&[5322]));
     let o = r.egress(&["apply", "--iface", "rg", "--hook", "xdp", "--rules", f.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");

@@ -6,19 +6,11 @@
 
 use std::{process::Command, time::Duration};
 
-use egress_tests::{Daemon, Pair, egress_bin, replace_file, temp_file};
+use egress_tests::{A4, Daemon, Pair, deny_udp, egress_bin, replace_file, temp_file};
 use serde_json::Value;
 
 fn settle(p: &Pair) {
     p.settle(false);
-}
-
-fn deny(ports: &[u16]) -> String {
-    let mut s = String::from("default_policy = \"allow\"\n");
-    for p in ports {
-        s.push_str(&format!("[[rule]]\nname = \"no-{p}\"\naction = \"deny\"\nprotocol = \"udp\"\nports = \"{p}\"\n"));
-    }
-    s
 }
 
 fn config(ifaces: &[(&str, &std::path::Path)]) -> std::path::PathBuf {
@@ -47,14 +39,14 @@ fn follows_the_rule_file_and_keeps_old_rules_on_bad_input() {
     egress_tests::need_root!("network namespaces, eBPF");
     let p = Pair::new("run").expect("namespaces");
     settle(&p);
-    let rules = temp_file("rules.toml", &deny(&[5001]));
+    let rules = temp_file("rules.toml", &deny_udp(&[5001]));
     let cfg = config(&[(&p.a_if, &rules)]);
     let mut d = Daemon::start(&p.a, &cfg, &[]);
     d.wait_for("applied", 1, |v| is(v, "rules applied", &p.a_if));
     assert_eq!(p.udp(false, 5001, 3), 0);
 
     // An editor writes a new file and renames it over the old one.
-    replace_file(&rules, &deny(&[5001, 5002]));
+    replace_file(&rules, &deny_udp(&[5001, 5002]));
     let v = d.wait_for("replaced", 1, |v| is(v, "rules replaced", &p.a_if));
     assert_eq!((v["kept"].as_u64(), v["generation"].as_u64()), (Some(1), Some(2)), "{v}");
     assert_eq!(p.udp(false, 5002, 2), 0);
@@ -92,7 +84,7 @@ fn follows_the_rule_file_and_keeps_old_rules_on_bad_input() {
     std::fs::remove_dir(&rules).unwrap();
 
     // Back to a good file: applied; counters of unchanged rules continue.
-    replace_file(&rules, &deny(&[5002]));
+    replace_file(&rules, &deny_udp(&[5002]));
     let v = d.wait_for("replaced", 2, |v| is(v, "rules replaced", &p.a_if));
     assert_eq!(v["kept"], 1, "{v}");
     let removed = d.wait_for("removed", 1, |v| is(v, "rule removed", &p.a_if));
@@ -124,7 +116,7 @@ fn one_service_per_interface_and_adoption_after_sigkill() {
     egress_tests::need_root!("network namespaces, eBPF");
     let p = Pair::new("adopt").expect("namespaces");
     settle(&p);
-    let rules = temp_file("rules.toml", &deny(&[5001]));
+    let rules = temp_file("rules.toml", &deny_udp(&[5001]));
     let cfg = config(&[(&p.a_if, &rules)]);
     let d = Daemon::start(&p.a, &cfg, &[]);
     d.wait_for("applied", 1, |v| is(v, "rules applied", &p.a_if));
@@ -145,7 +137,7 @@ fn one_service_per_interface_and_adoption_after_sigkill() {
     let (c, _, json) = p.counters();
     assert_eq!(c, vec![9], "counters kept across the kill: {json}");
     // A change after adoption keeps them too.
-    replace_file(&rules, &deny(&[5001, 5003]));
+    replace_file(&rules, &deny_udp(&[5001, 5003]));
     d.wait_for("replaced", 1, |v| is(v, "rules replaced", &p.a_if));
     let (c, _, json) = p.counters();
     assert_eq!(c, vec![9, 0], "{json}");
@@ -155,7 +147,7 @@ fn one_service_per_interface_and_adoption_after_sigkill() {
 fn interfaces_that_appear_later_or_are_recreated_get_their_rules() {
     egress_tests::need_root!("network namespaces, eBPF");
     let p = Pair::new("late").expect("namespaces");
-    let rules = temp_file("rules.toml", &deny(&[5001]));
+    let rules = temp_file("rules.toml", &deny_udp(&[5001]));
     let cfg = config(&[("late0", &rules)]);
     let d = Daemon::start(&p.a, &cfg, &["--detach-on-exit"]);
     d.wait_for("missing", 1, |v| v["level"] == "WARN" && v["iface"] == "late0");
@@ -260,8 +252,8 @@ fn follows_the_config_file() {
     egress_tests::need_root!("network namespaces, eBPF");
     let p = Pair::new("cfg").expect("namespaces");
     settle(&p);
-    let one = temp_file("one.toml", &deny(&[5001]));
-    let two = temp_file("two.toml", &deny(&[5002]));
+    let one = temp_file("one.toml", &deny_udp(&[5001]));
+    let two = temp_file("two.toml", &deny_udp(&[5002]));
     let cfg = config(&[(&p.a_if, &one)]);
     let d = Daemon::start(&p.a, &cfg, &[]);
     d.wait_for("applied", 1, |v| is(v, "rules applied", &p.a_if));
@@ -289,7 +281,7 @@ fn follows_the_config_file() {
 #[test]
 fn unnamed_namespace_from_an_unshare_shell() {
     egress_tests::need_root!("network namespaces, eBPF");
-    let rules = temp_file("r.toml", &deny(&[5001]));
+    let rules = temp_file("r.toml", &deny_udp(&[5001]));
     let bin = egress_bin();
     let script = format!(
         "set -e; ip link add un0 type veth peer name un1; ip link set un0 up; ip link set un1 up; \
@@ -328,4 +320,49 @@ fn unnamed_namespace_from_an_unshare_shell() {
     let o = Command::new(&bin).args(["status", "--prune", "--json"]).output().unwrap();
     assert!(o.status.success());
     assert!(!std::path::Path::new(&pinned).exists());
+}
+
+#[test]
+fn xdp_and_stateful_interfaces_and_a_lost_companion_is_reattached() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let p = Pair::new("runh").expect("namespaces");
+    settle(&p);
+    let stateful = temp_file("stateful.toml", &format!("stateful = true\n{}", deny_udp(&[5802])));
+    let xdp = temp_file("xdp.toml", &deny_udp(&[5801]));
+    let cfg = temp_file(
+        "egress.toml",
+        &format!(
+            "[[interface]]\nname = \"{a}\"\nrules = \"{}\"\n\n[[interface]]\nname = \"{a}\"\nhook = \"xdp\"\nrules = \"{}\"\n",
+            stateful.display(),
+            xdp.display(),
+            a = p.a_if
+        ),
+    );
+    let mut d = Daemon::start(&p.a, &cfg, &[]);
+    d.wait_for("applied", 2, |v| is(v, "rules applied", &p.a_if));
+    // XDP on a's interface drops what arrives from b for port 5801; tc-egress
+    // (stateful) drops what a sends to port 5802.
+    assert_eq!(egress_tests::udp(&p.b, &p.a, A4.into(), 5801, 3), 0, "XDP drops arriving datagrams");
+    assert_eq!(egress_tests::udp(&p.b, &p.a, A4.into(), 5803, 2), 2);
+    assert_eq!(p.udp(false, 5802, 2), 0, "tc-egress drops leaving datagrams");
+    let c: Value = serde_json::from_str(&p.egress_ok(&["counters", "--iface", &p.a_if, "--hook", "xdp", "--json"])).unwrap();
+    assert_eq!((c["hook"].as_str(), c["mode"].as_str(), c["rules"][0]["packets"].as_u64()), (Some("xdp"), Some("native"), Some(3)), "{c}");
+    let mine = || -> Vec<Value> {
+        let st: Value = serde_json::from_str(&p.egress_ok(&["status", "--json"])).unwrap();
+        st["interfaces"].as_array().unwrap().iter().filter(|i| i["netns"] == p.a.as_str()).cloned().collect()
+    };
+    let tc = mine().into_iter().find(|i| i["hook"] == "tc-egress").expect("the tc-egress attachment");
+    assert_eq!((tc["stateful"].as_bool(), tc["companion"].as_str()), (Some(true), Some("tc-ingress (tcx)")), "{tc}");
+
+    // The companion's link goes (its pin removed): the attachment is no longer
+    // whole, status says so, and the periodic check attaches it again.
+    let companion = std::path::Path::new(tc["pinned"].as_str().unwrap()).join("companion");
+    std::fs::remove_file(&companion).unwrap();
+    d.wait_for("replaced", 1, |v| is(v, "rules replaced", &p.a_if));
+    assert!(companion.exists(), "the companion is pinned again: {}", d.dump());
+    let tc = mine().into_iter().find(|i| i["hook"] == "tc-egress").unwrap();
+    assert_eq!(tc["link"], "attached", "{tc}");
+    assert_eq!(p.udp(false, 5802, 2), 0, "still enforced");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(), Some(0), "{}", d.dump());
 }

@@ -3,15 +3,15 @@
 //! that denies them while a new connection is refused; connections opened from
 //! the other side are answered under default deny; ICMP errors about tracked
 //! connections pass as RELATED; a full connection table still enforces every
-//! rule. Needs root.
+//! rule; IPv6 connections end on FIN both ways and idle flows expire. Needs root.
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     time::Duration,
 };
 
-use egress_tests::{A4, B4, Pair, in_ns_io, temp_file};
+use egress_tests::{A4, B4, B6, Pair, in_ns_io, temp_file};
 use serde_json::Value;
 
 fn apply(p: &Pair, rules: &str) -> Value {
@@ -260,4 +260,63 @@ fn bad_state_settings_are_errors_and_change_nothing() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
     assert_eq!(p.udp(false, 5402, 2), 0, "the previous (stateful) rules stay enforced");
+}
+
+#[test]
+fn ipv6_connections_end_on_fin_both_ways_and_expire_when_idle() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let p = Pair::new("sf6").expect("namespaces");
+    p.settle(true);
+    // Short closing and UDP timeouts; established TCP lives far longer than the test.
+    let state = "[state]\ntcp_established = 600\ntcp_closing = 2\nudp = 2\n";
+    let deny = DENY_5401.replace("5401", "5601").replace("5402", "5602");
+    apply(&p, &format!("{OPEN}{state}"));
+    let l = in_ns_io(&p.b, || TcpListener::bind((Ipv6Addr::UNSPECIFIED, 5601))).unwrap();
+    std::thread::spawn(move || {
+        // One connection: echo until a closes, then close (b's FIN).
+        if let Ok((mut s, _)) = l.accept() {
+            let mut b = [0u8; 1];
+            while s.read_exact(&mut b).is_ok() && s.write_all(&b).is_ok() {}
+        }
+    });
+    let udp_srv = in_ns_io(&p.b, || UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 5602))).unwrap();
+    udp_srv.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let dst = SocketAddr::from((B6, 5601));
+    let mut live = in_ns_io(&p.a, move || TcpStream::connect_timeout(&dst, Duration::from_secs(2))).expect("connect over IPv6");
+    live.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert!(echo_byte(&mut live, 1));
+    let flow = in_ns_io(&p.a, || {
+        let s = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?;
+        s.connect((B6, 5602))?;
+        Ok(s)
+    })
+    .unwrap();
+    let mut buf = [0u8; 8];
+    flow.send(b"1").unwrap();
+    assert!(udp_srv.recv(&mut buf).is_ok(), "UDP over IPv6 before the reload");
+
+    // A denying reload: both IPv6 flows go on, a new connection is refused.
+    apply(&p, &format!("{deny}{state}"));
+    assert!(echo_byte(&mut live, 2), "the IPv6 TCP connection survives the reload");
+    flow.send(b"2").unwrap();
+    assert!(udp_srv.recv(&mut buf).is_ok(), "the IPv6 UDP flow survives the reload");
+    let fresh = in_ns_io(&p.a, move || TcpStream::connect_timeout(&dst, Duration::from_millis(1500)));
+    assert!(fresh.is_err(), "a new IPv6 connection to 5601 is refused");
+    let counters = || -> Value { serde_json::from_str(&p.egress_ok(&["counters", "--iface", &p.a_if, "--json"])).unwrap() };
+    let c = counters();
+    assert_eq!(c["state"]["flows"]["tracked"], 2, "the TCP connection and the UDP flow: {c}");
+
+    // a closes, b closes in turn: FIN both ways puts the connection on the
+    // closing timeout (2 s instead of 600 s); the UDP flow idles past its 2 s.
+    live.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(live);
+    std::thread::sleep(Duration::from_millis(2600));
+    let c = counters();
+    assert_eq!(c["state"]["flows"]["tracked"], 0, "the ended connection and the idle flow are no longer tracked: {c}");
+    // The idle flow's next datagram is a new flow, classified by the rules in force.
+    flow.send(b"3").unwrap();
+    assert!(udp_srv.recv(&mut buf).is_err(), "after its idle timeout the flow meets the denying rule");
+    let c = counters();
+    assert!(c["state"]["flows"]["expired"].as_u64().unwrap() >= 1, "{c}");
+    assert_eq!(c["rules"][1]["packets"], 1, "the expired flow's datagram counts for no-5602: {c}");
 }

@@ -174,6 +174,10 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
     // before the classifier relies on it.
     let comp_path = companion_pin(&key);
     let comp_ingress = t.hook == Hook::TcEgress;
+    if req.state.is_some() && comp_path.exists() && link::health(&comp_path, t.ifindex, false) != LinkHealth::Attached {
+        // The companion's link lost its interface or was detached: attach afresh.
+        let _ = fs::remove_file(&comp_path);
+    }
     let comp_fresh = !comp_path.exists();
     let companion = match req.state {
         Some(_) => match loaded.track_program().and_then(|prog| link::switch_tc(prog, &t.iface, comp_ingress, &comp_path, None)) {
@@ -348,7 +352,7 @@ fn readout(st: State) -> Result<Readout> {
             *s += o;
         }
     }
-    let health = link::health(&link_pin(&st.key), st.ifindex, st.nl_priority.is_some());
+    let health = health_of(&st);
     let conn = match &st.stateful {
         Some(c) => {
             let dir = conn_dir(&st.key);
@@ -386,7 +390,7 @@ pub fn statuses() -> Result<Vec<(State, LinkHealth)>> {
     Ok(state::all_states()?
         .into_iter()
         .map(|s| {
-            let h = link::health(&link_pin(&s.key), s.ifindex, s.nl_priority.is_some());
+            let h = health_of(&s);
             (s, h)
         })
         .collect())
@@ -416,6 +420,17 @@ pub fn status_of(t: &Target) -> Result<Option<(State, LinkHealth)>> {
     let Some(s) = state::read_state(&t.key())? else {
         return Ok(None);
     };
-    let h = link::health(&link_pin(&s.key), s.ifindex, s.nl_priority.is_some());
+    let h = health_of(&s);
     Ok(Some((s, h)))
+}
+
+/// The health of an attachment: its classifier's link and, in stateful mode, its
+/// companion's (without the companion, replies and inbound connections are not
+/// seen, so the attachment is not whole: `egress run` re-applies it).
+fn health_of(s: &State) -> LinkHealth {
+    let main = link::health(&link_pin(&s.key), s.ifindex, s.nl_priority.is_some());
+    match &s.companion {
+        Some(c) if main == LinkHealth::Attached => link::health(&companion_pin(&s.key), s.ifindex, c.contains("clsact")),
+        _ => main,
+    }
 }

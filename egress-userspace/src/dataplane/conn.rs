@@ -91,15 +91,12 @@ fn count_table<K: aya::Pod>(path: &Path, now: u64, c: &StateConfig, out: &mut Co
 
 /// The idle timeout of a connection-table entry, seconds (as conn.rs decides it).
 fn conn_timeout_s(c: &StateConfig, pclass: u8, flags: u32) -> u64 {
-    use egress_common::{CONN_FIN_IN, CONN_FIN_OUT, CONN_REPLIED, CONN_RST, PCLASS_TCP, PCLASS_UDP};
-    match pclass {
-        PCLASS_TCP => {
-            let closing =
-                flags & CONN_RST != 0 || flags & (CONN_FIN_OUT | CONN_FIN_IN) == (CONN_FIN_OUT | CONN_FIN_IN) || flags & CONN_REPLIED == 0;
-            if closing { c.tcp_closing } else { c.tcp_established }
-        }
-        PCLASS_UDP => c.udp,
-        _ => c.icmp,
+    use egress_common::{ConnTimeout, conn_timeout};
+    match conn_timeout(pclass, flags) {
+        ConnTimeout::TcpEstablished => c.tcp_established,
+        ConnTimeout::TcpClosing => c.tcp_closing,
+        ConnTimeout::Udp => c.udp,
+        ConnTimeout::Icmp => c.icmp,
     }
 }
 

@@ -30,7 +30,10 @@ pub use config::{Config, IfaceConfig};
 use iface::{Managed, Outcome};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::dataplane::{self, RunLock};
+use crate::{
+    dataplane::{self, RunLock},
+    hook::Hook,
+};
 
 pub struct Options {
     pub config_path: PathBuf,
@@ -47,10 +50,14 @@ pub fn run(cfg: Config, opts: Options) -> anyhow::Result<u8> {
     rt.block_on(service(cfg, opts))
 }
 
+/// A managed attachment: interface name and hook (one interface may carry
+/// several hooks, each with its own rule file).
+type ManagedKey = (String, Hook);
+
 struct Service {
     opts: Options,
     cookie: u64,
-    ifaces: BTreeMap<String, Managed>,
+    ifaces: BTreeMap<ManagedKey, Managed>,
     config_digest: Option<String>,
 }
 
@@ -62,15 +69,15 @@ impl Service {
     /// Brings the managed set in line with a (new) config: new interfaces are
     /// locked and applied, removed ones detached, changed ones reconciled.
     fn adopt_config(&mut self, cfg: Config, why: &str) {
-        let names: Vec<String> = cfg.interfaces.iter().map(|c| c.name.clone()).collect();
-        let gone: Vec<String> = self.ifaces.keys().filter(|n| !names.contains(n)).cloned().collect();
-        for n in gone {
-            if let Some(mut m) = self.ifaces.remove(&n) {
+        let keys: Vec<ManagedKey> = cfg.interfaces.iter().map(|c| (c.name.clone(), c.hook)).collect();
+        let gone: Vec<ManagedKey> = self.ifaces.keys().filter(|k| !keys.contains(k)).cloned().collect();
+        for k in gone {
+            if let Some(mut m) = self.ifaces.remove(&k) {
                 m.detach("removed from the config");
             }
         }
         for c in cfg.interfaces {
-            match self.ifaces.get_mut(&c.name) {
+            match self.ifaces.get_mut(&(c.name.clone(), c.hook)) {
                 Some(m) => {
                     let changed = m.cfg != c;
                     m.cfg = c;
@@ -80,10 +87,10 @@ impl Service {
                 }
                 None => match RunLock::acquire(self.cookie, &c.name, c.hook) {
                     Ok(lock) => {
-                        let name = c.name.clone();
+                        let key = (c.name.clone(), c.hook);
                         let mut m = Managed::new(c, lock);
                         m.reconcile(why, true);
-                        self.ifaces.insert(name, m);
+                        self.ifaces.insert(key, m);
                     }
                     Err(e) => tracing::error!(iface = c.name, "{e}"),
                 },
@@ -127,10 +134,10 @@ async fn service(cfg: Config, opts: Options) -> anyhow::Result<u8> {
     tracing::info!(config = %svc.opts.config_path.display(), interfaces = cfg.interfaces.len(), pid = std::process::id(), "egress run starting");
     let mut outcomes = Vec::new();
     for (c, lock) in cfg.interfaces.into_iter().zip(locks) {
-        let name = c.name.clone();
+        let key = (c.name.clone(), c.hook);
         let mut m = Managed::new(c, lock);
         outcomes.push(m.reconcile("start", true));
-        svc.ifaces.insert(name, m);
+        svc.ifaces.insert(key, m);
     }
     let ok = |o: &Outcome| matches!(o, Outcome::Applied | Outcome::Unchanged | Outcome::Missing);
     if !outcomes.iter().any(ok) {
