@@ -25,10 +25,17 @@ use crate::{
 
 /// Stages 1-2 in a BPF function of their own (the stateful program): the LPM
 /// keys get a frame of their own (BPF's 512 bytes are shared by the entry point
-/// and every chain of calls).
+/// and every chain of calls). Answers through `out` and a bool, not an
+/// `Option`: the kernel rejects rustc's BTF for an enum with data in a signature.
 #[inline(never)]
-fn lists_call(pkt: &Packet) -> Option<Lists> {
-    lists(pkt)
+fn lists_call(pkt: &Packet, out: &mut Lists) -> bool {
+    match lists(pkt) {
+        Some(l) => {
+            *out = l;
+            true
+        }
+        None => false,
+    }
 }
 
 /// Stages 1-2.
@@ -121,7 +128,15 @@ fn inline_match(r: &InlineRule, pkt: &Packet) -> Verdict {
 /// without it, no call.
 #[inline(always)]
 pub fn lookup<const SPLIT: bool>(pkt: &Packet) -> Option<Verdict> {
-    let l = if SPLIT { lists_call(pkt)? } else { lists(pkt)? };
+    let l = if SPLIT {
+        let mut l = Lists::default();
+        if !lists_call(pkt, &mut l) {
+            return None;
+        }
+        l
+    } else {
+        lists(pkt)?
+    };
     let own = if l.own == INLINE_LIST { inline_match(&l.inline, pkt) } else { first_in(l.own, pkt) };
     // The own answer precedes every inherited rule: no second search.
     let best = if own.rule < l.inherited_first {

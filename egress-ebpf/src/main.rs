@@ -153,7 +153,10 @@ mod program {
         let generation = unsafe { core::ptr::read_volatile(&GENERATION) };
         let cached = match (mask != u32::MAX, SPLIT) {
             (false, _) => None,
-            (true, true) => cached_call(&pkt, mask, generation),
+            (true, true) => match cached_call(&pkt, mask, generation) {
+                (u32::MAX, _) => None,
+                d => Some(d),
+            },
             (true, false) => cache::get(&pkt, mask, generation),
         };
         let (slot, action) = match cached {
@@ -176,12 +179,13 @@ mod program {
         Ok(true)
     }
 
-    /// The flow cache's verdict for the packet, if it holds one, as a BPF call
-    /// (the stateful body): the lookup's frame and the stateful path's must not
-    /// add up.
+    /// The flow cache's verdict for the packet as a BPF call (the stateful body):
+    /// the lookup's frame and the stateful path's must not add up. Slot u32::MAX:
+    /// no verdict (a plain pair, not an `Option`: the kernel rejects rustc's BTF
+    /// for an enum with data in a function's signature).
     #[inline(never)]
-    fn cached_call(pkt: &parse::Packet, mask: u32, generation: u32) -> Option<(u32, u32)> {
-        cache::get(pkt, mask, generation)
+    fn cached_call(pkt: &parse::Packet, mask: u32, generation: u32) -> (u32, u32) {
+        cache::get(pkt, mask, generation).unwrap_or((u32::MAX, 0))
     }
 
     /// The full lookup as a BPF call (the stateful body).

@@ -163,13 +163,34 @@ pub fn parse<C: Frame, const SPLIT: bool>(ctx: &C, has_eth: bool, pkt: &mut Pack
         *pkt = p;
         return Ok(());
     }
-    *pkt = if SPLIT { general_call(ctx, has_eth)? } else { general(ctx, has_eth)? };
-    Ok(())
+    if !SPLIT {
+        *pkt = general(ctx, has_eth)?;
+        return Ok(());
+    }
+    match general_call(ctx, has_eth, pkt) {
+        0 => Ok(()),
+        1 => Err(ParseError::NonIp),
+        2 => Err(ParseError::Truncated),
+        3 => Err(ParseError::BadHeader),
+        _ => Err(ParseError::TooManyHeaders),
+    }
 }
 
+/// The general path as a BPF function. Its signature holds only plain types (a
+/// pointer, a number): the BTF that rustc emits for a Rust enum with data (a
+/// `Result`, an `Option`) in a function's signature is rejected by the kernel.
 #[inline(never)]
-fn general_call<C: Frame>(ctx: &C, has_eth: bool) -> Result<Packet, ParseError> {
-    general(ctx, has_eth)
+fn general_call<C: Frame>(ctx: &C, has_eth: bool, pkt: &mut Packet) -> u32 {
+    match general(ctx, has_eth) {
+        Ok(p) => {
+            *pkt = p;
+            0
+        }
+        Err(ParseError::NonIp) => 1,
+        Err(ParseError::Truncated) => 2,
+        Err(ParseError::BadHeader) => 3,
+        Err(ParseError::TooManyHeaders) => 4,
+    }
 }
 
 /// The general path.

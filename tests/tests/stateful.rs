@@ -14,9 +14,14 @@ use std::{
 use egress_tests::{A4, B4, B6, Pair, in_ns_io, temp_file};
 use serde_json::Value;
 
+/// Applies `rules` on a's interface; the command succeeds and says nothing on
+/// stderr (no loader warning either, e.g. about the object's BTF).
 fn apply(p: &Pair, rules: &str) -> Value {
     let f = temp_file("rules.toml", rules);
-    serde_json::from_str(&p.egress_ok(&["apply", "--iface", &p.a_if, "--rules", f.to_str().unwrap(), "--json"])).unwrap()
+    let o = p.egress(&["apply", "--iface", &p.a_if, "--rules", f.to_str().unwrap(), "--json"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.is_empty(), "egress apply: {}\n{err}", o.status);
+    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 const OPEN: &str = "stateful = true\ndefault_policy = \"allow\"\n";
