@@ -325,3 +325,58 @@ fn ipv6_connections_end_on_fin_both_ways_and_expire_when_idle() {
     assert!(c["state"]["flows"]["expired"].as_u64().unwrap() >= 1, "{c}");
     assert_eq!(c["rules"][1]["packets"], 1, "the expired flow's datagram counts for no-5602: {c}");
 }
+
+/// egress in a's namespace with TC programs attached as clsact filters (the path
+/// kernels before 6.6 take); succeeds and prints nothing on stderr.
+fn egress_clsact(p: &Pair, args: &[&str]) -> String {
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", &p.a])
+        .arg(egress_tests::egress_bin())
+        .args(args)
+        .env("EGRESS_TC_ATTACH", "clsact")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.is_empty(), "egress {args:?}: {}\n{err}", o.status);
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// egress's clsact filters on a's interface in one direction.
+fn filters(p: &Pair, dir: &str) -> usize {
+    let o = std::process::Command::new("tc").args(["-n", &p.a, "filter", "show", "dev", &p.a_if, dir]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains(" bpf ") && l.contains("egress_")).count()
+}
+
+#[test]
+fn clsact_filters_when_tcx_is_not_used() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let p = Pair::new("sfc").expect("namespaces");
+    p.static_neighbours().unwrap();
+    let _ = egress_tests::ping_from(&p.b, A4.into(), 1);
+    udp_echo_server(&p.a, 6102);
+    let apply = |rules: &str| -> Value {
+        let f = temp_file("rules.toml", rules);
+        serde_json::from_str(&egress_clsact(&p, &["apply", "--iface", &p.a_if, "--rules", f.to_str().unwrap(), "--json"])).unwrap()
+    };
+    let a = apply("stateful = true\ndefault_policy = \"deny\"\n");
+    assert_eq!((a["mode"].as_str(), a["companion"].as_str()), (Some("clsact"), Some("tc-ingress (clsact)")), "{a}");
+    assert_eq!((filters(&p, "egress"), filters(&p, "ingress")), (1, 1), "the classifier and the companion");
+    // The companion filter follows what b opens: answered under default deny.
+    let (_, udp, ping) = inbound(&p, 6101, 6102);
+    assert!(udp && ping == 2, "stateful on clsact: a answers b (udp {udp}, ping {ping})");
+    assert_eq!(p.udp(false, 6103, 2), 0, "a's own new flows are denied");
+    // Replacements swap the programs inside the same filters: never a second one.
+    let rules = format!("stateful = true\n{}", egress_tests::deny_udp(&[6104]));
+    for _ in 0..2 {
+        apply(&rules);
+        assert_eq!((filters(&p, "egress"), filters(&p, "ingress")), (1, 1), "replaced in place");
+    }
+    assert_eq!((p.udp(false, 6104, 2), p.udp(false, 6105, 2)), (0, 2), "the new rules are enforced");
+    // Stateless again: the companion's filter goes, the classifier's stays.
+    let a = apply(&egress_tests::deny_udp(&[6104]));
+    assert!(a["companion"].is_null(), "{a}");
+    assert_eq!((filters(&p, "egress"), filters(&p, "ingress")), (1, 0));
+    egress_clsact(&p, &["detach", "--iface", &p.a_if]);
+    assert_eq!((filters(&p, "egress"), filters(&p, "ingress")), (0, 0), "detach removes the filter");
+    assert_eq!(p.udp(false, 6104, 2), 2, "nothing enforced after detach");
+}

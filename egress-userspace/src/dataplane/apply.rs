@@ -174,14 +174,15 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
     // before the classifier relies on it.
     let comp_path = companion_pin(&key);
     let comp_ingress = t.hook == Hook::TcEgress;
+    let prev_comp_nl = prev.as_ref().and_then(|p| p.companion_nl);
     if req.state.is_some() && comp_path.exists() && link::health(&comp_path, t.ifindex, false) != LinkHealth::Attached {
         // The companion's link lost its interface or was detached: attach afresh.
         let _ = fs::remove_file(&comp_path);
     }
-    let comp_fresh = !comp_path.exists();
+    let comp_fresh = !comp_path.exists() && prev_comp_nl.is_none();
     let companion = match req.state {
-        Some(_) => match loaded.track_program().and_then(|prog| link::switch_tc(prog, &t.iface, comp_ingress, &comp_path, None)) {
-            Ok(a) => Some(format!("{} ({})", if comp_ingress { Hook::TcIngress } else { Hook::TcEgress }, a.mode)),
+        Some(_) => match loaded.track_program().and_then(|prog| link::switch_tc(prog, &t.iface, comp_ingress, &comp_path, prev_comp_nl)) {
+            Ok(a) => Some(a),
             Err(e) => {
                 let _ = fs::remove_dir_all(&gdir);
                 return Err(e);
@@ -189,6 +190,9 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         },
         None => None,
     };
+    let companion_nl = companion.as_ref().and_then(|a| Some((a.nl_priority?, a.nl_handle?)));
+    let companion_name =
+        companion.as_ref().map(|a| format!("{} ({})", if comp_ingress { Hook::TcIngress } else { Hook::TcEgress }, a.mode));
     let prev_mode = prev.as_ref().map(|p| p.mode.clone());
     let switched = match t.hook {
         Hook::TcEgress | Hook::TcIngress => {
@@ -201,15 +205,15 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         Err(e) => {
             let _ = fs::remove_dir_all(&gdir);
             if companion.is_some() && comp_fresh {
-                let _ = link::unlink(&t.iface, &comp_path, None, comp_ingress);
+                let _ = link::unlink(&t.iface, &comp_path, companion_nl, comp_ingress);
             }
             return Err(e);
         }
     };
     drop(loaded);
-    if req.state.is_none() && comp_path.exists() {
+    if req.state.is_none() && (comp_path.exists() || prev_comp_nl.is_some()) {
         // No longer stateful: the companion and the table go.
-        let _ = link::unlink(&t.iface, &comp_path, None, comp_ingress);
+        let _ = link::unlink(&t.iface, &comp_path, prev_comp_nl, comp_ingress);
         let _ = fs::remove_dir_all(conn_dir(&key));
     } else if let (Some(old), Some(new)) = (&prev_table, &new_table)
         && old != new
@@ -239,7 +243,8 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         nl_priority: attachment.nl_priority,
         nl_handle: attachment.nl_handle,
         stateful: req.state,
-        companion,
+        companion: companion_name,
+        companion_nl,
     };
     state::write_state(&st)?;
     let old_final = fold_pending(&mut st)?;
@@ -375,6 +380,10 @@ fn remove_attachment(key: &str, iface: &str, hook: Hook) -> Result<bool> {
     let st = state::read_state(key)?;
     let nl = st.as_ref().and_then(|s| Some((s.nl_priority?, s.nl_handle?)));
     let mut found = link::unlink(iface, &link_pin(key), nl, hook == Hook::TcIngress)?;
+    if let Some(comp_nl) = st.as_ref().and_then(|s| s.companion_nl) {
+        // A clsact companion (a tcx one goes with the pins below).
+        found |= link::unlink(iface, &companion_pin(key), Some(comp_nl), hook == Hook::TcEgress)?;
+    }
     let dir = pin_dir(key);
     if dir.exists() {
         found = true;

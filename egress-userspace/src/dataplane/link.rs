@@ -15,9 +15,9 @@ use std::{
 };
 
 use aya::programs::{
-    SchedClassifier, TcAttachType, Xdp,
+    LinkOrder, SchedClassifier, TcAttachType, Xdp,
     links::{FdLink, PinnedLink},
-    tc::{self, SchedClassifierLink, TcHandle},
+    tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
 };
 
 use super::{BPF_MAP_UPDATE_ELEM, DataplaneError, ElemAttr, Result, bpf_sys, io_err, pin_err, prog_err};
@@ -78,14 +78,22 @@ pub(super) fn switch_tc(
     let tcx = kernel_has_tcx();
     if !tcx {
         // Older kernels: a clsact qdisc with a direct-action filter.
+        // Already there (another filter of ours, or someone else's): fine.
+        let exists = |e: &tc::TcError| match e {
+            tc::TcError::AlreadyAttached => true,
+            tc::TcError::NetlinkError(n) => n.raw_os_error() == Some(libc::EEXIST),
+            _ => false,
+        };
         if let Err(e) = tc::qdisc_add_clsact(iface)
-            && !matches!(&e, tc::TcError::AlreadyAttached)
-            && !e.to_string().contains("exists")
+            && !exists(&e)
         {
             return Err(DataplaneError::Other(format!("add clsact qdisc to {iface}: {e}")));
         }
     }
-    let id = prog.attach(iface, tc_type(ingress)).map_err(prog_err(format!("attach the classifier to {iface}'s TC {dir} hook")))?;
+    let options = if tcx { TcAttachOptions::TcxOrder(LinkOrder::default()) } else { TcAttachOptions::Netlink(NlOptions::default()) };
+    let id = prog
+        .attach_with_options(iface, tc_type(ingress), options)
+        .map_err(prog_err(format!("attach the classifier to {iface}'s TC {dir} hook")))?;
     let l = prog.take_link(id).map_err(prog_err("take link"))?;
     if tcx {
         let fd = FdLink::try_from(l).map_err(|source| DataplaneError::Link { op: "tcx link handle".into(), source })?;
@@ -176,7 +184,13 @@ fn open_pinned(path: &Path) -> io::Result<Fd> {
     bpf_sys(BPF_OBJ_GET, &mut get).map(|fd| Fd(fd as i32))
 }
 
+/// Whether TC programs are attached as tcx links (kernel 6.6 and later) or as
+/// clsact direct-action filters. `EGRESS_TC_ATTACH=clsact` forces the filters
+/// (for tools that only see clsact, and to test the older kernels' path).
 fn kernel_has_tcx() -> bool {
+    if std::env::var("EGRESS_TC_ATTACH").is_ok_and(|v| v == "clsact") {
+        return false;
+    }
     match aya::util::KernelVersion::current() {
         Ok(v) => v >= aya::util::KernelVersion::new(6, 6, 0),
         Err(_) => true,

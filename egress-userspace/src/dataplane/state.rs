@@ -134,6 +134,9 @@ pub struct State {
     /// and how it is attached, e.g. "tc-ingress (tcx)".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub companion: Option<String>,
+    /// clsact only: the companion filter's priority and handle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub companion_nl: Option<(u16, u32)>,
     /// clsact only: the filter's priority and handle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nl_priority: Option<u16>,
