@@ -27,6 +27,20 @@ fn apply(p: &Pair, rules: &str) -> Value {
 const OPEN: &str = "stateful = true\ndefault_policy = \"allow\"\n";
 const DENY_5401: &str = "stateful = true\ndefault_policy = \"allow\"\n[[rule]]\nname = \"no-5401\"\naction = \"deny\"\nprotocol = \"tcp\"\nports = \"5401\"\n[[rule]]\nname = \"no-5402\"\naction = \"deny\"\nprotocol = \"udp\"\nports = \"5402\"\n";
 
+/// A TCP echo server in namespace `ns` on `addr`: every connection is echoed
+/// until the peer closes, then closed.
+fn tcp_echo_server(ns: &str, addr: SocketAddr) {
+    let l = in_ns_io(ns, move || TcpListener::bind(addr)).unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut b = [0u8; 1];
+                while s.read_exact(&mut b).is_ok() && s.write_all(&b).is_ok() {}
+            });
+        }
+    });
+}
+
 fn echo_byte(s: &mut TcpStream, b: u8) -> bool {
     let mut r = [0u8; 1];
     s.write_all(&[b]).is_ok() && s.read_exact(&mut r).is_ok() && r[0] == b
@@ -40,15 +54,7 @@ fn live_connections_survive_a_denying_reload_new_ones_do_not() {
     let a = apply(&p, OPEN);
     assert_eq!(a["stateful"], true, "{a}");
     // A TCP echo server in b, serving every connection.
-    let l = in_ns_io(&p.b, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, 5401))).unwrap();
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut b = [0u8; 1];
-                while s.read_exact(&mut b).is_ok() && s.write_all(&b).is_ok() {}
-            });
-        }
-    });
+    tcp_echo_server(&p.b, (Ipv4Addr::UNSPECIFIED, 5401).into());
     let udp_srv = in_ns_io(&p.b, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5402))).unwrap();
     udp_srv.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     let dst = SocketAddr::from((B4, 5401));
@@ -138,13 +144,7 @@ fn inbound_connections_are_answered_under_default_deny() {
     let p = Pair::new("sfi").expect("namespaces");
     p.static_neighbours().unwrap();
     // a's services: TCP echo on 6001, UDP echo on 6002.
-    let l = in_ns_io(&p.a, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, 6001))).unwrap();
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            let mut b = [0u8; 1];
-            while s.read_exact(&mut b).is_ok() && s.write_all(&b).is_ok() {}
-        }
-    });
+    tcp_echo_server(&p.a, (Ipv4Addr::UNSPECIFIED, 6001).into());
     udp_echo_server(&p.a, 6002);
     // b must know a's MAC too (a's ARP replies are not IP: they pass anyway).
     let _ = egress_tests::ping_from(&p.b, A4.into(), 1);
@@ -276,14 +276,8 @@ fn ipv6_connections_end_on_fin_both_ways_and_expire_when_idle() {
     let state = "[state]\ntcp_established = 600\ntcp_closing = 2\nudp = 2\n";
     let deny = DENY_5401.replace("5401", "5601").replace("5402", "5602");
     apply(&p, &format!("{OPEN}{state}"));
-    let l = in_ns_io(&p.b, || TcpListener::bind((Ipv6Addr::UNSPECIFIED, 5601))).unwrap();
-    std::thread::spawn(move || {
-        // One connection: echo until a closes, then close (b's FIN).
-        if let Ok((mut s, _)) = l.accept() {
-            let mut b = [0u8; 1];
-            while s.read_exact(&mut b).is_ok() && s.write_all(&b).is_ok() {}
-        }
-    });
+    // Echoes until a closes, then closes too (b's FIN).
+    tcp_echo_server(&p.b, (Ipv6Addr::UNSPECIFIED, 5601).into());
     let udp_srv = in_ns_io(&p.b, || UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 5602))).unwrap();
     udp_srv.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     let dst = SocketAddr::from((B6, 5601));
