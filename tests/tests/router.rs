@@ -4,7 +4,8 @@
 //! TCP/UDP/ICMP flows with exact counters; the same rules on the outside
 //! interface's tc-egress never match (the source is already translated). One
 //! interface carrying several hooks with different rule sets; XDP refused
-//! cleanly when another XDP program holds the interface. Needs root.
+//! cleanly when another XDP program holds the interface; generic XDP where the
+//! device has no native mode. Needs root.
 
 use egress_tests::{deny_udp, router::Router, temp_file};
 use serde_json::Value;
@@ -189,4 +190,37 @@ fn xdp_refused_when_another_program_holds_the_interface() {
         st["interfaces"].as_array().unwrap().iter().filter(|i| i["netns"] == r.router.as_str()).map(|i| &i["hook"]).collect();
     assert_eq!(hooks, vec!["tc-ingress"], "no XDP state left behind: {st}");
     drop(foreign);
+}
+
+/// A device without a native XDP mode (a bridge): egress attaches in generic
+/// mode, says so, and enforces on what arrives through it.
+#[test]
+fn xdp_generic_where_the_driver_has_no_native_mode() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let p = egress_tests::Pair::new("xgen").expect("namespaces");
+    // a's address moves from its veth to a bridge over it: traffic from b is
+    // delivered up through the bridge device.
+    let br = format!("br{}", &p.a_if[2..]);
+    for args in [
+        vec!["link", "add", br.as_str(), "type", "bridge"],
+        vec!["addr", "flush", "dev", p.a_if.as_str()],
+        vec!["link", "set", p.a_if.as_str(), "master", br.as_str()],
+        vec!["addr", "add", "192.0.2.1/24", "dev", br.as_str()],
+        vec!["link", "set", br.as_str(), "up"],
+    ] {
+        let ok = std::process::Command::new("ip").args(["-n", &p.a]).args(&args).status().unwrap().success();
+        assert!(ok, "ip {args:?}");
+    }
+    let f = temp_file("rules.toml", &deny_udp(&[5331]));
+    let out = p.egress_ok(&["apply", "--iface", &br, "--hook", "xdp", "--rules", f.to_str().unwrap(), "--json"]);
+    let a: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((a["hook"].as_str(), a["mode"].as_str()), (Some("xdp"), Some("generic")), "{a}");
+    let to_a = |port| egress_tests::udp(&p.b, &p.a, egress_tests::A4.into(), port, 3);
+    // ARP first (not IP: passes), then the rules.
+    let _ = to_a(5332);
+    assert_eq!((to_a(5331), to_a(5332)), (0, 3), "generic XDP drops the denied datagrams only");
+    let c: Value = serde_json::from_str(&p.egress_ok(&["counters", "--iface", &br, "--hook", "xdp", "--json"])).unwrap();
+    assert_eq!((c["mode"].as_str(), c["rules"][0]["packets"].as_u64()), (Some("generic"), Some(3)), "{c}");
+    p.egress_ok(&["detach", "--iface", &br, "--hook", "xdp"]);
+    assert_eq!(to_a(5331), 3, "detached");
 }
