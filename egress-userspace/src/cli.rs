@@ -74,6 +74,10 @@ pub enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        /// Refuse a rule file with lint warnings (exit 2, nothing applied); without
+        /// it, warnings are printed on stderr and the rules are applied.
+        #[arg(long)]
+        strict: bool,
     },
     /// Show per-rule packet and byte counters (like `iptables -L -v`).
     Counters {
@@ -142,11 +146,20 @@ pub enum Command {
         hook: Hook,
     },
     /// Validate a rule file without touching the kernel (no root needed).
+    ///
+    /// Also lints it: warnings (on stderr, and in --json as "warnings") name rules
+    /// that can never match because earlier rules cover them (alone or together),
+    /// duplicates, rules that only repeat the default policy, allow rules to any
+    /// destination, and an empty rule set under default deny. Warnings do not
+    /// fail the check unless --strict.
     Check {
         #[arg(long, short = 'r', value_name = "FILE")]
         rules: PathBuf,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// Treat lint warnings as errors (exit 2).
+        #[arg(long)]
+        strict: bool,
     },
 }

@@ -4,6 +4,7 @@ pub mod compile;
 pub mod counters;
 pub mod dataplane;
 pub mod hook;
+pub mod lint;
 pub mod packet;
 pub mod reference;
 pub mod reload;

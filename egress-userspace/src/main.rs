@@ -88,7 +88,7 @@ fn enter(what: &str, netns: &Option<String>) -> anyhow::Result<()> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Check { rules, json } => {
+        Command::Check { rules, json, strict } => {
             if json {
                 // Problems as JSON too, for CI pipelines; still exit 2.
                 if let Ok(text) = fs::read_to_string(&rules)
@@ -99,6 +99,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             let p = reload::prepare(&rules).map_err(input)?;
+            if !json {
+                for w in p.warning_lines() {
+                    eprintln!("{w}");
+                }
+                if strict {
+                    p.strict().map_err(input)?;
+                }
+            }
             if json {
                 let counts: serde_json::Map<String, serde_json::Value> =
                     p.compiled.entry_counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
@@ -106,8 +114,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "{}",
                     json!({"file": p.file, "valid": true, "rules": p.rules.rules.len(),
                            "default": p.rules.default_policy.as_str(), "stateful": p.rules.state.is_some(), "state": p.rules.state,
-                           "digest": p.digest, "map_entries": counts})
+                           "digest": p.digest, "map_entries": counts, "warnings": p.warnings})
                 );
+                if strict {
+                    p.strict().map_err(input)?;
+                }
             } else {
                 let mode = match &p.rules.state {
                     Some(s) => format!(
@@ -125,13 +136,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Command::Apply { iface, hook, rules, flow_cache, json } => {
+        Command::Apply { iface, hook, rules, flow_cache, json, strict } => {
             let p = reload::prepare(&rules).map_err(input)?;
+            if !json || strict {
+                for w in p.warning_lines() {
+                    eprintln!("{w}");
+                }
+            }
+            if strict {
+                p.strict().map_err(input)?;
+            }
             enter("apply", &cli.netns)?;
             let target = dataplane::resolve(&iface, hook)?;
             let applied = reload::apply(&target, &p, flow_cache).map_err(input)?;
             if json {
-                println!("{}", reload::applied_json(&applied));
+                let mut v = reload::applied_json(&applied);
+                v["warnings"] = json!(p.warnings);
+                println!("{v}");
             } else {
                 print!("{}", reload::applied_text(&applied, &p));
             }

@@ -34,6 +34,23 @@ pub struct Prepared {
     pub rules: RuleSet,
     pub compiled: Compiled,
     pub digest: String,
+    /// The linter's warnings (lint.rs), in file order.
+    pub warnings: Vec<crate::lint::Warning>,
+}
+
+impl Prepared {
+    /// The warnings as text lines: `warning: FILE:LINE: MESSAGE`.
+    pub fn warning_lines(&self) -> Vec<String> {
+        self.warnings.iter().map(|w| format!("warning: {}:{}: {}", self.file, w.line, w.message)).collect()
+    }
+
+    /// `--strict`: warnings make an input error (exit 2); the caller has shown them.
+    pub fn strict(&self) -> Result<(), ReloadError> {
+        if self.warnings.is_empty() {
+            return Ok(());
+        }
+        Err(ReloadError::Input(format!("{}: {} lint warning(s) and --strict", self.file, self.warnings.len())))
+    }
 }
 
 /// Reads, validates and compiles a rule file.
@@ -44,7 +61,8 @@ pub fn prepare(path: &Path) -> Result<Prepared, ReloadError> {
     let rs = rules::parse(&shown, text).map_err(|e| ReloadError::Input(e.to_string()))?;
     let compiled = compile::compile(&rs).map_err(|e| ReloadError::Input(format!("{shown}: {e}")))?;
     let canonical = fs::canonicalize(path).map(|p| p.display().to_string()).unwrap_or_else(|_| shown.clone());
-    Ok(Prepared { file: shown, canonical, rules: rs, compiled, digest: crate::digest(&bytes) })
+    let warnings = crate::lint::lint(&rs, crate::lint::default_policy_line(text));
+    Ok(Prepared { file: shown, canonical, rules: rs, compiled, digest: crate::digest(&bytes), warnings })
 }
 
 /// Applies a prepared rule set to an interface (attach, or replace atomically).

@@ -22,6 +22,7 @@ pub const B4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 pub const A6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
 pub const B6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
 
+pub mod random;
 pub mod router;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);

@@ -225,146 +225,6 @@ fn truncation_at_every_header_boundary() {
 // Differential test
 // ---------------------------------------------------------------------------
 
-const V4_NETS: &[&str] = &[
-    "0.0.0.0/0",
-    "192.0.2.0/24",
-    "192.0.2.0/25",
-    "192.0.2.128/25",
-    "192.0.2.64/26",
-    "192.0.2.7/32",
-    "192.0.2.8/29",
-    "198.51.100.0/23",
-    "198.51.100.0/24",
-    "198.51.101.0/24",
-    "203.0.113.0/24",
-    "203.0.113.128/28",
-    "128.0.0.0/1",
-];
-const V6_NETS: &[&str] = &[
-    "::/0",
-    "2001:db8::/32",
-    "2001:db8:1::/48",
-    "2001:db8:1::/64",
-    "2001:db8:1::7/128",
-    "2001:db8:2::/48",
-    "2001:db8:1:0:8000::/65",
-    "2001:db8:1:0:8000::/66",
-];
-const V4_HOSTS: &[&str] = &[
-    "192.0.2.0",
-    "192.0.2.7",
-    "192.0.2.8",
-    "192.0.2.15",
-    "192.0.2.63",
-    "192.0.2.64",
-    "192.0.2.127",
-    "192.0.2.128",
-    "192.0.2.255",
-    "198.51.100.1",
-    "198.51.101.200",
-    "203.0.113.129",
-    "203.0.113.144",
-    "233.252.0.1",
-    "10.1.2.3",
-];
-const V6_HOSTS: &[&str] = &[
-    "2001:db8:1::7",
-    "2001:db8:1::8",
-    "2001:db8:1::8000:0:0:1",
-    "2001:db8:1:0:c000::1",
-    "2001:db8:1:1::1",
-    "2001:db8:2::1",
-    "2001:db8:ffff::1",
-    "fd00::1",
-];
-const PORT_EDGES: &[u16] = &[0, 1, 52, 53, 54, 79, 80, 443, 1023, 1024, 8080, 65534, 65535];
-
-fn random_nets(rng: &mut StdRng, pool: &[&str]) -> String {
-    let n = rng.gen_range(1..=2);
-    let v: Vec<String> = (0..n).map(|_| format!("\"{}\"", pool.choose(rng).unwrap())).collect();
-    format!("[{}]", v.join(", "))
-}
-
-fn random_rules(rng: &mut StdRng, n: usize) -> String {
-    let mut s = format!("default_policy = \"{}\"\n", if rng.gen_bool(0.5) { "allow" } else { "deny" });
-    for _ in 0..n {
-        s.push_str("[[rule]]\n");
-        s.push_str(&format!("action = \"{}\"\n", if rng.gen_bool(0.5) { "allow" } else { "deny" }));
-        // Family of the rule's addresses: 0 any, 1 IPv4, 2 IPv6.
-        let fam = rng.gen_range(0..3);
-        let pool = if fam == 1 { V4_NETS } else { V6_NETS };
-        if fam != 0 {
-            let (src, dst) = match rng.gen_range(0..3) {
-                0 => (true, false),
-                1 => (false, true),
-                _ => (true, true),
-            };
-            if src {
-                s.push_str(&format!("src = {}\n", random_nets(rng, pool)));
-            }
-            if dst {
-                s.push_str(&format!("dst = {}\n", random_nets(rng, pool)));
-            }
-        }
-        let protos: &[&str] = match fam {
-            0 => &["all", "tcp", "udp", "icmp", "icmpv6"],
-            1 => &["all", "tcp", "udp", "icmp"],
-            _ => &["all", "tcp", "udp", "icmpv6"],
-        };
-        let proto = *protos.choose(rng).unwrap();
-        s.push_str(&format!("protocol = \"{proto}\"\n"));
-        match proto {
-            "tcp" | "udp" if rng.gen_bool(0.7) => {
-                let a = *PORT_EDGES.choose(rng).unwrap();
-                let b = *PORT_EDGES.choose(rng).unwrap();
-                let (a, b) = (a.min(b), a.max(b));
-                if a == b { s.push_str(&format!("ports = \"{a}\"\n")) } else { s.push_str(&format!("ports = \"{a}-{b}\"\n")) }
-            }
-            "icmp" | "icmpv6" if rng.gen_bool(0.7) => {
-                let t = [0u8, 3, 8, 128, 129].choose(rng).copied().unwrap();
-                s.push_str(&format!("icmp_type = {t}\n"));
-                if rng.gen_bool(0.4) {
-                    s.push_str(&format!("icmp_code = {}\n", rng.gen_range(0..2)));
-                }
-            }
-            _ => {}
-        }
-    }
-    s
-}
-
-fn random_packet(rng: &mut StdRng) -> (PacketMeta, Shape) {
-    let v6 = rng.gen_bool(0.5);
-    let hosts = if v6 { V6_HOSTS } else { V4_HOSTS };
-    let src = ip(hosts.choose(rng).unwrap());
-    let dst = ip(hosts.choose(rng).unwrap());
-    let proto = *[6u8, 17, 6, 17, if v6 { 58 } else { 1 }, if v6 { 58 } else { 1 }, 47, if v6 { 1 } else { 58 }].choose(rng).unwrap();
-    let mut shape = Shape::default();
-    let fragment = rng.gen_bool(0.1);
-    if fragment {
-        shape.frag_offset = rng.gen_range(1..100);
-    } else if rng.gen_bool(0.1) {
-        shape.more_fragments = true;
-    }
-    if v6 && rng.gen_bool(0.2) {
-        shape.ipv6_ext = (0..rng.gen_range(1..4)).map(|_| *[0u8, 43, 60].choose(rng).unwrap()).collect();
-    }
-    if !v6 && rng.gen_bool(0.1) {
-        shape.ipv4_option_words = rng.gen_range(1..=10);
-    }
-    let l4 = if fragment {
-        L4::None
-    } else {
-        match proto {
-            6 | 17 => L4::Ports { dport: if rng.gen_bool(0.8) { *PORT_EDGES.choose(rng).unwrap() } else { rng.r#gen() } },
-            1 if !v6 => L4::Icmp { ty: *[0u8, 3, 8, 11].choose(rng).unwrap(), code: rng.gen_range(0..2) },
-            58 if v6 => L4::Icmp { ty: *[128u8, 129, 135, 1].choose(rng).unwrap(), code: rng.gen_range(0..2) },
-            _ => L4::None,
-        }
-    };
-    (PacketMeta { src, dst, proto, l4 }, shape)
-}
-
 #[test]
 fn kernel_agrees_with_reference_on_random_rule_sets() {
     egress_tests::need_root!("BPF_PROG_TEST_RUN");
@@ -375,12 +235,12 @@ fn kernel_agrees_with_reference_on_random_rule_sets() {
         let seed = seed0 + set;
         let mut rng = StdRng::seed_from_u64(seed);
         let n = *[1usize, 2, 4, 8, 16, 40].choose(&mut rng).unwrap();
-        let text = random_rules(&mut rng, n);
+        let text = egress_tests::random::rules(&mut rng, n);
         let rs = rules::parse("random.toml", &text).unwrap_or_else(|e| panic!("seed {seed}: generator made an invalid file: {e}\n{text}"));
         let mut prog = Prog::new(&rs);
         let mut want = vec![(0u64, 0u64); rs.rules.len() + 1];
         for i in 0..50 {
-            let (m, shape) = random_packet(&mut rng);
+            let (m, shape) = egress_tests::random::packet(&mut rng);
             let frame = packet::build(&m, &shape);
             let (slot, action) = reference::classify(&rs, &m);
             let expect = if action == Action::Deny { TC_ACT_SHOT } else { TC_ACT_UNSPEC };

@@ -112,6 +112,9 @@ impl Managed {
             }
         };
         self.bad_digest = None;
+        for w in &prepared.warnings {
+            tracing::warn!(iface, file, line = w.line, rule = w.rule, kind = w.kind, "{}", w.message);
+        }
         let started = std::time::Instant::now();
         match reload::apply(&t, &prepared, self.cfg.flow_cache) {
             Ok(a) => {

@@ -4,7 +4,8 @@
 //! 1. BPF_PROG_TEST_RUN (testrun.rs): the classifier vs an empty program of its
 //!    type: one hot packet (repeat), packets spread over up to 4096 rules
 //!    (flow-cache hits), a new flow every packet (cache misses: the full lookup);
-//!    adversarial rule-set shapes; the XDP program and stateful mode.
+//!    adversarial rule-set shapes; the XDP program and stateful mode; the
+//!    linter's time next to parse and compile.
 //! 2. Real traffic (traffic.rs, sender.rs): UDP from a socket (sendmmsg) through a
 //!    veth pair in fresh namespaces: no filter, empty programs, egress (flow cache
 //!    on and off, stateful, on tc-ingress and XDP of the receiver), iptables-legacy,
@@ -36,7 +37,7 @@ mod testrun;
 mod traffic;
 
 use report::{TestRunAdded, targets};
-use testrun::{adversarial_part, hooks_part, testrun_part};
+use testrun::{adversarial_part, hooks_part, lint_part, testrun_part};
 use traffic::{Case, traffic_part};
 
 const FLOWS: usize = 4096;
@@ -159,10 +160,16 @@ fn run(o: &Opts) -> anyhow::Result<()> {
     }
     let mut tr_plot = Vec::new();
     let mut sys_plot = Vec::new();
+    let mut lint_md = String::new();
+    if !o.traffic_only {
+        // First, before the BPF parts leave large allocations behind.
+        lint_part(sizes, tr_rounds, &mut lint_md)?;
+    }
     let tr = if o.traffic_only { TestRunAdded::default() } else { testrun_part(sizes, tr_rounds, &mut body, &mut tr_plot)? };
     if !o.traffic_only {
         adversarial_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
         hooks_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
+        body.push_str(&lint_md);
     }
     if o.testrun_only {
         println!("\n{body}");

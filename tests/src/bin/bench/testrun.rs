@@ -395,3 +395,34 @@ pub(crate) fn hooks_part(n: usize, rounds: usize, md: &mut String) -> anyhow::Re
     );
     Ok(())
 }
+
+/// Part 1d: what the linter costs next to the parser and the compiler, per size
+/// (medians of `rounds`; CPU only, nothing loaded).
+pub(crate) fn lint_part(sizes: &[usize], rounds: usize, md: &mut String) -> anyhow::Result<()> {
+    eprintln!("part 1d: lint");
+    let _ = writeln!(md, "## 1d. Lint next to parse and compile (ms, medians of {rounds})\n");
+    let _ = writeln!(md, "| rules | parse | lint | compile | warnings |");
+    let _ = writeln!(md, "| ---: | ---: | ---: | ---: | ---: |");
+    for &n in sizes {
+        let text = ruleset_gen::realistic(n, flows_for(n), 7);
+        let (mut p, mut l, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        let mut warnings = 0;
+        for _ in 0..rounds {
+            let t = Instant::now();
+            let rs = rules::parse("bench.toml", &text)?;
+            p.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            warnings = egress::lint::lint(&rs, 1).len();
+            l.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            compile::compile(&rs)?;
+            c.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let _ = writeln!(md, "| {n} | {:.0} | {:.0} | {:.0} | {warnings} |", median(&mut p), median(&mut l), median(&mut c));
+    }
+    let _ = writeln!(
+        md,
+        "\nThe generated sets are not lint-clean (many rules only repeat the default policy or sit under broader ones), so the lint column includes writing those warnings. The linter runs on every `check`, `apply` and `egress run` reload.\n"
+    );
+    Ok(())
+}

@@ -1,0 +1,572 @@
+//! The linter: warnings about a valid rule file (pure: no I/O, no syscalls).
+//!
+//! - `shadowed`: a rule no packet can reach, because the rules before it match
+//!   every packet it would match, alone or together. Decided exactly: the rule's
+//!   region (per address family and protocol class: source prefix x destination
+//!   prefix x L4 value) is split where an earlier rule's edge cuts it until every
+//!   piece is inside some earlier rule (shadowed) or outside all of them (a
+//!   witness packet that reaches the rule; the tests hold it to the reference).
+//! - `duplicate`: the same match as an earlier rule (a special case of shadowed).
+//! - `redundant`: the rule's action is the default policy's and no later rule
+//!   with the other action overlaps it: deleting it changes no verdict.
+//! - `broad-allow`: an allow rule to any destination (0.0.0.0/0, ::/0, or no
+//!   `dst`): hardening advice.
+//! - `empty-deny`: no rules under `default_policy = "deny"`: everything is
+//!   blocked, IPv6 neighbour discovery included.
+//!
+//! Candidates come from an index of the rules' destination prefixes (ancestors
+//! by hash lookups, descendants by a range of a sorted list), so a rule is only
+//! compared with the rules whose destinations overlap its own.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use ipnet::IpNet;
+
+use crate::{
+    reference::{L4, PacketMeta},
+    rules::{Action, Protocol, Rule, RuleSet},
+};
+
+/// One warning (`egress check --json`: `{"line","rule","kind","message"}`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Warning {
+    pub line: usize,
+    /// The rule's name; null for a warning about the whole file.
+    pub rule: Option<String>,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// The L4 value of a packet without an L4 header of its own (a non-first
+/// fragment, or a protocol other than TCP/UDP/ICMP); below it, TCP/UDP
+/// destination ports and ICMP `type << 8 | code`.
+const NO_L4: u32 = 1 << 16;
+/// Region pieces examined per rule before the check gives up (no warning).
+const BUDGET: usize = 200_000;
+
+/// A prefix of a family: `addr` left-aligned in 128 bits for both families (an
+/// IPv4 /24 keeps its length 24; the whole family is length 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Pfx {
+    addr: u128,
+    len: u8,
+}
+
+impl Pfx {
+    fn mask(len: u8) -> u128 {
+        if len == 0 { 0 } else { u128::MAX << (128 - len as u32) }
+    }
+    fn of(n: &IpNet) -> Pfx {
+        match n {
+            IpNet::V4(n) => Pfx { addr: (u32::from(n.network()) as u128) << 96, len: n.prefix_len() },
+            IpNet::V6(n) => Pfx { addr: u128::from(n.network()), len: n.prefix_len() },
+        }
+    }
+    fn contains(self, o: Pfx) -> bool {
+        self.len <= o.len && o.addr & Pfx::mask(self.len) == self.addr
+    }
+    fn overlaps(self, o: Pfx) -> bool {
+        self.contains(o) || o.contains(self)
+    }
+    fn halves(self) -> [Pfx; 2] {
+        let bit = 1u128 << (127 - self.len as u32);
+        [Pfx { addr: self.addr, len: self.len + 1 }, Pfx { addr: self.addr | bit, len: self.len + 1 }]
+    }
+    fn ip(self, v6: bool) -> IpAddr {
+        if v6 { Ipv6Addr::from(self.addr).into() } else { Ipv4Addr::from((self.addr >> 96) as u32).into() }
+    }
+}
+
+/// Protocol classes of a packet of either family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    Tcp,
+    Udp,
+    Icmp,
+    Other,
+}
+const CLASSES: [Class; 4] = [Class::Tcp, Class::Udp, Class::Icmp, Class::Other];
+
+/// A rule as the linter sees it in one family: prefixes and its L4 interval.
+struct Shape {
+    src: Vec<Pfx>,
+    dst: Vec<Pfx>,
+    /// Inclusive interval of L4 values (`NO_L4` included when the rule constrains
+    /// no L4 field).
+    l4: (u32, u32),
+}
+
+fn shape(r: &Rule, v6: bool) -> Option<Shape> {
+    if !(if v6 { r.families.v6 } else { r.families.v4 }) {
+        return None;
+    }
+    let nets = |n: &Option<Vec<IpNet>>| -> Vec<Pfx> {
+        match n {
+            None => vec![Pfx { addr: 0, len: 0 }],
+            Some(v) => v.iter().filter(|n| matches!(n, IpNet::V6(_)) == v6).map(Pfx::of).collect(),
+        }
+    };
+    let (lo, hi) = r.l4_range();
+    let l4 = if r.l4_any() { (lo as u32, NO_L4) } else { (lo as u32, hi as u32) };
+    Some(Shape { src: nets(&r.src), dst: nets(&r.dst), l4 })
+}
+
+fn in_class(r: &Rule, c: Class, v6: bool) -> bool {
+    match (r.protocol, c) {
+        (Protocol::All, _) => true,
+        (Protocol::Tcp, Class::Tcp) | (Protocol::Udp, Class::Udp) => true,
+        (Protocol::Icmp, Class::Icmp) => !v6,
+        (Protocol::Icmpv6, Class::Icmp) => v6,
+        _ => false,
+    }
+}
+
+/// The L4 values a class can carry.
+fn class_l4(c: Class) -> (u32, u32) {
+    if c == Class::Other { (NO_L4, NO_L4) } else { (0, NO_L4) }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Region {
+    s: Pfx,
+    d: Pfx,
+    l: (u32, u32),
+}
+
+enum Cover {
+    /// Every packet of the region matches one of the candidates.
+    Covered,
+    /// This piece matches none of them.
+    Uncovered(Region),
+    /// Too many pieces: undecided.
+    Unknown,
+}
+
+fn l4_overlaps(a: (u32, u32), b: (u32, u32)) -> bool {
+    a.0 <= b.1 && b.0 <= a.1
+}
+
+fn overlaps(e: &Shape, r: &Region) -> bool {
+    l4_overlaps(e.l4, r.l) && e.src.iter().any(|p| p.overlaps(r.s)) && e.dst.iter().any(|p| p.overlaps(r.d))
+}
+
+/// Whether the candidates together match every packet of `r`.
+fn cover(r: Region, cands: &[&Shape], budget: &mut usize) -> Cover {
+    if *budget == 0 {
+        return Cover::Unknown;
+    }
+    *budget -= 1;
+    if cands.is_empty() {
+        return Cover::Uncovered(r);
+    }
+    let here: Vec<&Shape> = cands.iter().copied().filter(|e| overlaps(e, &r)).collect();
+    let inside = |e: &Shape| {
+        let s_in = e.src.iter().any(|p| p.contains(r.s));
+        let d_in = e.dst.iter().any(|p| p.contains(r.d));
+        (s_in, d_in, e.l4.0 <= r.l.0 && r.l.1 <= e.l4.1)
+    };
+    if here.iter().any(|e| inside(e) == (true, true, true)) {
+        return Cover::Covered;
+    }
+    // Cut the region where the first overlapping rule's edge runs through it.
+    let Some(e) = here.first() else { return Cover::Uncovered(r) };
+    let pieces = match inside(e) {
+        (false, _, _) => r.s.halves().map(|s| Region { s, ..r }),
+        (_, false, _) => r.d.halves().map(|d| Region { d, ..r }),
+        _ => {
+            let at = if e.l4.0 > r.l.0 { e.l4.0 } else { e.l4.1 + 1 };
+            [Region { l: (r.l.0, at - 1), ..r }, Region { l: (at, r.l.1), ..r }]
+        }
+    };
+    for p in pieces {
+        match cover(p, &here, budget) {
+            Cover::Covered => {}
+            other => return other,
+        }
+    }
+    Cover::Covered
+}
+
+/// The rules with one destination prefix, by L4 interval: many rules often
+/// share a destination and differ in their ports, and only those whose ports
+/// overlap are compared.
+#[derive(Default)]
+struct Group {
+    /// Rules whose interval spans more than `NARROW` values, in file order.
+    wide: Vec<usize>,
+    /// The others as (interval start, position), sorted.
+    narrow: Vec<(u32, usize)>,
+}
+
+const NARROW: u32 = 1024;
+
+impl Group {
+    fn visit(&self, l4: (u32, u32), shapes: &[Option<Shape>], visit: &mut impl FnMut(usize) -> bool) -> bool {
+        let overlaps = |i: usize| shapes[i].as_ref().is_some_and(|s| l4_overlaps(s.l4, l4));
+        if !self.wide.iter().all(|&i| !overlaps(i) || visit(i)) {
+            return false;
+        }
+        // A narrow interval that overlaps starts at most NARROW before l4's start.
+        let from = self.narrow.partition_point(|&(lo, _)| lo + NARROW < l4.0);
+        for &(lo, i) in &self.narrow[from..] {
+            if lo > l4.1 {
+                break;
+            }
+            if overlaps(i) && !visit(i) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// One distinct destination prefix of the rule set.
+struct Node {
+    pfx: Pfx,
+    /// The nearest enclosing prefix of the rule set.
+    parent: Option<usize>,
+    /// Nodes `id + 1 .. end` (in address order) lie inside this prefix.
+    end: usize,
+    rules: Group,
+}
+
+/// The rules' destination prefixes as a tree in address order, per family:
+/// the prefixes that overlap a rule's destination are its ancestors (parent
+/// links) and its descendants (a contiguous run of nodes). No hashing per query.
+struct Index {
+    nodes: Vec<Node>,
+    /// Per rule, the node of each of its destination prefixes (as in `Shape::dst`).
+    node_of: Vec<Vec<usize>>,
+}
+
+impl Index {
+    fn new(shapes: &[Option<Shape>]) -> Index {
+        let mut entries: Vec<(Pfx, usize, usize)> = Vec::new();
+        for (i, s) in shapes.iter().enumerate() {
+            for (k, &d) in s.iter().flat_map(|s| s.dst.iter().enumerate()) {
+                entries.push((d, i, k));
+            }
+        }
+        entries.sort_unstable_by_key(|&(p, i, _)| (p.addr, p.len, i));
+        let mut nodes: Vec<Node> = Vec::new();
+        let mut node_of: Vec<Vec<usize>> = shapes.iter().map(|s| vec![0; s.as_ref().map_or(0, |s| s.dst.len())]).collect();
+        let mut stack: Vec<usize> = Vec::new();
+        for (p, i, k) in entries {
+            if nodes.last().is_none_or(|n| n.pfx != p) {
+                while let Some(&top) = stack.last() {
+                    if nodes[top].pfx.contains(p) {
+                        break;
+                    }
+                    nodes[top].end = nodes.len();
+                    stack.pop();
+                }
+                nodes.push(Node { pfx: p, parent: stack.last().copied(), end: 0, rules: Group::default() });
+                stack.push(nodes.len() - 1);
+            }
+            let id = nodes.len() - 1;
+            node_of[i][k] = id;
+            let l4 = shapes[i].as_ref().map_or((0, 0), |s| s.l4);
+            let g = &mut nodes[id].rules;
+            if l4.1 - l4.0 >= NARROW { g.wide.push(i) } else { g.narrow.push((l4.0, i)) }
+        }
+        for top in stack {
+            nodes[top].end = nodes.len();
+        }
+        for n in &mut nodes {
+            n.rules.narrow.sort_unstable();
+        }
+        Index { nodes, node_of }
+    }
+
+    /// Calls `visit` with the position of every rule whose destination overlaps
+    /// node `id`'s prefix (and, for rules with that prefix or an enclosing one,
+    /// whose L4 interval overlaps `l4`; may repeat) until it returns false;
+    /// false if stopped.
+    fn overlapping(&self, id: usize, l4: (u32, u32), shapes: &[Option<Shape>], visit: &mut impl FnMut(usize) -> bool) -> bool {
+        let mut up = Some(id);
+        while let Some(n) = up {
+            if !self.nodes[n].rules.visit(l4, shapes, visit) {
+                return false;
+            }
+            up = self.nodes[n].parent;
+        }
+        self.nodes[id + 1..self.nodes[id].end].iter().all(|n| n.rules.visit(l4, shapes, visit))
+    }
+}
+
+/// A packet of `r` in family `v6` and class `c`: its first addresses and L4 value.
+fn packet(r: &Region, v6: bool, c: Class) -> PacketMeta {
+    let proto = match c {
+        Class::Tcp => 6,
+        Class::Udp => 17,
+        Class::Icmp if v6 => 58,
+        Class::Icmp => 1,
+        Class::Other => 47,
+    };
+    let v = r.l.0;
+    let l4 = match c {
+        _ if v == NO_L4 => L4::None,
+        Class::Tcp | Class::Udp => L4::Ports { dport: v as u16 },
+        Class::Icmp => L4::Icmp { ty: (v >> 8) as u8, code: v as u8 },
+        Class::Other => L4::None,
+    };
+    PacketMeta { src: r.s.ip(v6), dst: r.d.ip(v6), proto, l4 }
+}
+
+/// What the exact check found for one rule.
+pub enum Reach {
+    /// A packet this rule decides (no earlier rule matches it).
+    Witness(PacketMeta),
+    /// No packet reaches the rule: the earlier rules that overlap it (positions).
+    Shadowed(Vec<usize>),
+    /// The rule matches no packet of a family it is valid for (cannot happen
+    /// after validation), or the check ran out of budget.
+    Unknown,
+}
+
+/// Per family: the rules' shapes and the destination index.
+struct Family {
+    v6: bool,
+    shapes: Vec<Option<Shape>>,
+    index: Index,
+}
+
+struct Linter<'a> {
+    rs: &'a RuleSet,
+    fams: [Family; 2],
+}
+
+impl<'a> Linter<'a> {
+    fn new(rs: &'a RuleSet) -> Linter<'a> {
+        let fam = |v6| {
+            let shapes: Vec<Option<Shape>> = rs.rules.iter().map(|r| shape(r, v6)).collect();
+            let index = Index::new(&shapes);
+            Family { v6, shapes, index }
+        };
+        let (v4, v6) = std::thread::scope(|s| {
+            let v6 = s.spawn(|| fam(true));
+            (fam(false), v6.join())
+        });
+        Linter { rs, fams: [v4, v6.unwrap_or_else(|_| fam(true))] }
+    }
+
+    /// Calls `visit` with the rules that satisfy `keep` and overlap rule `i` in
+    /// family `f` (may repeat) until it returns false; false if stopped.
+    fn each_neighbour(&self, f: &Family, i: usize, keep: impl Fn(usize) -> bool, mut visit: impl FnMut(usize) -> bool) -> bool {
+        let Some(me) = &f.shapes[i] else { return true };
+        let (rules, v6) = (&self.rs.rules, f.v6);
+        let mut check = |j: usize| {
+            let hit = j != i
+                && keep(j)
+                && f.shapes[j].as_ref().is_some_and(|e| {
+                    l4_overlaps(e.l4, me.l4)
+                        && e.src.iter().any(|p| me.src.iter().any(|q| p.overlaps(*q)))
+                        && CLASSES.iter().any(|&c| in_class(&rules[i], c, v6) && in_class(&rules[j], c, v6))
+                });
+            !hit || visit(j)
+        };
+        f.index.node_of[i].iter().all(|&n| f.index.overlapping(n, me.l4, &f.shapes, &mut check))
+    }
+
+    /// The rules that satisfy `keep` and overlap rule `i` in family `f`, ascending.
+    fn neighbours(&self, f: &Family, i: usize, keep: impl Fn(usize) -> bool) -> Vec<usize> {
+        let mut out = Vec::new();
+        self.each_neighbour(f, i, keep, |j| {
+            out.push(j);
+            true
+        });
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn reach(&self, i: usize) -> Reach {
+        let rule = &self.rs.rules[i];
+        let mut shadowing = Vec::new();
+        let mut budget = BUDGET;
+        let mut any = false;
+        for f in &self.fams {
+            let Some(me) = &f.shapes[i] else { continue };
+            let earlier = self.neighbours(f, i, |j| j < i);
+            for c in CLASSES {
+                if !in_class(rule, c, f.v6) {
+                    continue;
+                }
+                let cl = class_l4(c);
+                if !l4_overlaps(cl, me.l4) {
+                    continue;
+                }
+                let l = (me.l4.0.max(cl.0), me.l4.1.min(cl.1));
+                let cands: Vec<&Shape> =
+                    earlier.iter().filter(|&&j| in_class(&self.rs.rules[j], c, f.v6)).filter_map(|&j| f.shapes[j].as_ref()).collect();
+                for &s in &me.src {
+                    for &d in &me.dst {
+                        any = true;
+                        match cover(Region { s, d, l }, &cands, &mut budget) {
+                            Cover::Covered => {}
+                            Cover::Uncovered(r) => return Reach::Witness(packet(&r, f.v6, c)),
+                            Cover::Unknown => return Reach::Unknown,
+                        }
+                    }
+                }
+            }
+            shadowing.extend(earlier);
+        }
+        if !any {
+            return Reach::Unknown;
+        }
+        shadowing.sort_unstable();
+        shadowing.dedup();
+        Reach::Shadowed(shadowing)
+    }
+}
+
+/// The exact reachability of every rule, in file order (for the tests, which
+/// hold each witness and each shadowed rule to the reference classifier).
+pub fn reach(rs: &RuleSet) -> Vec<Reach> {
+    let l = Linter::new(rs);
+    (0..rs.rules.len()).map(|i| l.reach(i)).collect()
+}
+
+/// What makes two rules match the same packets (names, lines and actions
+/// aside); prefix lists compared as sets. Borrowed: most lists are sorted
+/// already (one prefix), and are only copied when not.
+fn match_key(r: &Rule) -> impl std::hash::Hash + Eq + '_ {
+    (prefix_set(&r.src), prefix_set(&r.dst), r.protocol.as_str(), r.ports, r.icmp_type, r.icmp_code, r.families.v4, r.families.v6)
+}
+
+fn prefix_set(n: &Option<Vec<IpNet>>) -> Option<std::borrow::Cow<'_, [IpNet]>> {
+    n.as_ref().map(|v| {
+        if v.windows(2).all(|w| w[0] < w[1]) {
+            std::borrow::Cow::Borrowed(v.as_slice())
+        } else {
+            let mut v = v.clone();
+            v.sort();
+            v.dedup();
+            std::borrow::Cow::Owned(v)
+        }
+    })
+}
+
+/// A multiply-rotate hasher (FxHash's scheme) for the duplicate check: SipHash
+/// over every rule's prefixes was a tenth of the linter's time.
+#[derive(Default)]
+struct Fx(u64);
+
+impl std::hash::Hasher for Fx {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+fn named(r: &Rule) -> String {
+    format!("rule '{}' (line {})", r.name, r.line)
+}
+
+/// Every warning for a valid rule set. `default_line`: the line of
+/// `default_policy` (for the file-wide warnings).
+pub fn lint(rs: &RuleSet, default_line: usize) -> Vec<Warning> {
+    let mut out = Vec::new();
+    if rs.rules.is_empty() && rs.default_policy == Action::Deny {
+        out.push(Warning {
+            line: default_line,
+            rule: None,
+            kind: "empty-deny",
+            message: "no rules under default_policy = \"deny\": every packet is dropped, IPv6 neighbour discovery and DHCP included".into(),
+        });
+    }
+    // Duplicates first (in order), then every other rule on all CPUs: the
+    // rules are independent once the index is built.
+    let mut first_of: HashMap<_, usize, std::hash::BuildHasherDefault<Fx>> = HashMap::default();
+    let dup_of: Vec<Option<usize>> = rs
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let key = match_key(r);
+            match first_of.get(&key) {
+                Some(&j) => Some(j),
+                None => {
+                    first_of.insert(key, i);
+                    None
+                }
+            }
+        })
+        .collect();
+    let l = Linter::new(rs);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = rs.rules.len().div_ceil(cpus).max(1);
+    let parts: Vec<Vec<Warning>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..rs.rules.len())
+            .step_by(chunk)
+            .map(|from| {
+                let (l, dup_of) = (&l, &dup_of);
+                scope.spawn(move || (from..(from + chunk).min(rs.rules.len())).flat_map(|i| l.rule_warnings(i, dup_of[i])).collect())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+    });
+    out.extend(parts.into_iter().flatten());
+    out
+}
+
+impl Linter<'_> {
+    /// The warnings about rule `i` (`dup`: the earlier rule it repeats).
+    fn rule_warnings(&self, i: usize, dup: Option<usize>) -> Vec<Warning> {
+        let (rs, r) = (self.rs, &self.rs.rules[i]);
+        let w = |kind, message| Warning { line: r.line, rule: Some(r.name.clone()), kind, message };
+        if let Some(j) = dup {
+            return vec![w("duplicate", format!("{} can never match: it repeats the match of {}", named(r), named(&rs.rules[j])))];
+        }
+        if let Reach::Shadowed(by) = self.reach(i) {
+            // At most three names: a broad rule can overlap thousands.
+            let mut names: Vec<String> = by.iter().take(3).map(|&j| named(&rs.rules[j])).collect();
+            if by.len() > 3 {
+                names.push(format!("{} more", by.len() - 3));
+            }
+            let (verb, who) = if by.len() == 1 { ("covers", names.remove(0)) } else { ("cover", format!("{} together", names.join(", "))) };
+            return vec![w("shadowed", format!("{} can never match: {who} {verb} it", named(r)))];
+        }
+        let mut out = Vec::new();
+        if r.action == rs.default_policy {
+            // Stops at the first later rule of the other action that overlaps.
+            let shields = self.fams.iter().any(|f| !self.each_neighbour(f, i, |j| j > i && rs.rules[j].action != r.action, |_| false));
+            if !shields {
+                out.push(w(
+                    "redundant",
+                    format!(
+                        "{} only repeats the default policy ({}) and no later {} rule overlaps it: removing it changes nothing",
+                        named(r),
+                        r.action.as_str(),
+                        r.action.opposite().as_str()
+                    ),
+                ));
+            }
+        }
+        if r.action == Action::Allow && self.fams.iter().any(|f| f.shapes[i].as_ref().is_some_and(|s| s.dst.iter().any(|d| d.len == 0))) {
+            out.push(w(
+                "broad-allow",
+                format!("{} allows traffic to any destination (0.0.0.0/0 or ::/0): name the destinations it needs", named(r)),
+            ));
+        }
+        out
+    }
+}
+
+/// The line of `default_policy` in a rule file's text (1 if absent).
+pub fn default_policy_line(text: &str) -> usize {
+    text.lines().position(|l| l.trim_start().starts_with("default_policy")).map(|i| i + 1).unwrap_or(1)
+}
