@@ -69,6 +69,10 @@ pub const fn classifier_program(xdp: bool, stateful: bool) -> &'static str {
         (true, true) => STATEFUL_XDP_PROGRAM_NAME,
     }
 }
+/// `egress explain`'s program: the classifier's decision for a synthetic packet
+/// (BPF_PROG_TEST_RUN), changing no state; returns `slot << 2 | established << 1
+/// | deny`, or -1 when the packet cannot be parsed.
+pub const EXPLAIN_PROGRAM_NAME: &str = "egress_explain";
 /// An empty XDP program (returns XDP_PASS): the XDP benchmark baseline.
 pub const XDP_PASS_PROGRAM_NAME: &str = "egress_xdp_pass";
 

@@ -216,6 +216,21 @@ pub fn filtered(ctx: &impl Frame, pkt: &Packet) -> Seen {
     Seen::Established
 }
 
+/// Read-only [`filtered`] for `egress explain`: whether the packet belongs to a
+/// live connection. Updates nothing (no timestamps, flags, removals or counters).
+#[inline(never)]
+pub fn peek(ctx: &impl Frame, pkt: &Packet) -> bool {
+    let Some(t) = tuple(ctx, pkt) else {
+        return false;
+    };
+    let Some(p) = get(&t) else {
+        return false;
+    };
+    let v = unsafe { &*p };
+    let syn_only = tcp_flags(ctx, pkt) & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    !(now().wrapping_sub(v.last_seen) > timeout(pkt.pclass, v.flags) || (syn_only && conn_closing(v.flags) && v.flags & CONN_INBOUND == 0))
+}
+
 #[inline(always)]
 fn touch(v: &mut ConnValue, flags: u32, now: u64) {
     if flags != v.flags {

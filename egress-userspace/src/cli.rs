@@ -162,4 +162,49 @@ pub enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Which rule decides a packet, and why.
+    ///
+    /// With --iface: the classifier loaded on that interface's hook runs a synthetic
+    /// packet through BPF_PROG_TEST_RUN against the live maps (nothing is attached
+    /// and no counter, flow-cache slot or connection entry changes; needs root),
+    /// and the reference classifier answers on the rule file that was applied. The
+    /// two must agree: exit 1 if they ever do not. With --rules FILE: the
+    /// reference classifier alone, no root.
+    ///
+    /// Examples:
+    ///   egress explain --iface eth0 --proto tcp --src 192.0.2.1 --dst 198.51.100.7 --dport 443
+    ///   egress explain --rules rules.toml --proto icmpv6 --src 2001:db8::1 --dst 2001:db8::2 --icmp-type 128
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["iface", "rules"])))]
+    Explain {
+        /// The interface whose loaded rules decide (see --hook).
+        #[arg(long, short = 'i', value_name = "IFACE")]
+        iface: Option<String>,
+        /// Which of the interface's hooks (see `apply --hook`).
+        #[arg(long, value_enum, default_value_t = Hook::TcEgress)]
+        hook: Hook,
+        /// A rule file instead of an interface: the reference classifier only.
+        #[arg(long, short = 'r', value_name = "FILE")]
+        rules: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        proto: egress::explain::Proto,
+        #[arg(long, value_name = "ADDR")]
+        src: std::net::IpAddr,
+        #[arg(long, value_name = "ADDR")]
+        dst: std::net::IpAddr,
+        /// TCP/UDP source port (only stateful mode's connection lookup uses it; default 0).
+        #[arg(long, value_name = "PORT")]
+        sport: Option<u16>,
+        /// TCP/UDP destination port (required for tcp and udp).
+        #[arg(long, value_name = "PORT")]
+        dport: Option<u16>,
+        /// ICMP type (default: echo request, 8 or 128).
+        #[arg(long, value_name = "TYPE")]
+        icmp_type: Option<u8>,
+        /// ICMP code (default 0).
+        #[arg(long, value_name = "CODE")]
+        icmp_code: Option<u8>,
+        /// Print the answer as JSON: {"rule","line","action","decided_by",...}.
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -3,6 +3,7 @@
 pub mod compile;
 pub mod counters;
 pub mod dataplane;
+pub mod explain;
 pub mod hook;
 pub mod lint;
 pub mod packet;

@@ -7,7 +7,7 @@ use std::{fs, process::ExitCode};
 
 use clap::Parser as _;
 use egress::{
-    counters, dataplane,
+    counters, dataplane, explain,
     reload::{self, ReloadError},
     service,
 };
@@ -86,6 +86,52 @@ fn enter(what: &str, netns: &Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `egress explain`: the live classifier and the reference (--iface), or the
+/// reference alone (--rules). Exit 1 if the two ever disagree.
+fn explain_cmd(
+    netns: &Option<String>,
+    iface: Option<String>,
+    hook: egress::hook::Hook,
+    rules: Option<std::path::PathBuf>,
+    q: &explain::Query,
+    m: &egress::reference::PacketMeta,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    if let Some(path) = rules {
+        let p = reload::prepare(&path).map_err(input)?;
+        let a = explain::reference(&p.rules, m);
+        if json {
+            println!("{}", a.json());
+        } else {
+            println!("packet     {}\nreference  {}  ({})", q.describe(m), a.text(), p.file);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let iface = iface.unwrap_or_default();
+    enter("explain", netns)?;
+    let t = dataplane::resolve(&iface, hook)?;
+    let l = explain::live(&t, q, m)?;
+    if json {
+        let mut v = l.kernel.json();
+        v["reference"] = l.reference.json();
+        v["agree"] = json!(l.agree());
+        v["iface"] = json!(t.iface);
+        v["hook"] = json!(t.hook);
+        v["generation"] = json!(l.generation);
+        v["rules_file"] = json!(l.rules_file);
+        println!("{v}");
+    } else {
+        println!("packet     {}", q.describe(m));
+        println!("kernel     {}  ({} {}, generation {})", l.kernel.text(), t.iface, t.hook.as_str(), l.generation);
+        println!("reference  {}  ({}){}", l.reference.text(), l.rules_file, if l.agree() { "" } else { "  DISAGREES" });
+    }
+    if !l.agree() {
+        eprintln!("error: the kernel classifier and the reference classifier disagree on this packet: please report it");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { rules, json, strict } => {
@@ -156,6 +202,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", reload::applied_text(&applied, &p));
             }
+        }
+        Command::Explain { iface, hook, rules, proto, src, dst, sport, dport, icmp_type, icmp_code, json } => {
+            let q = explain::Query { proto, src, dst, sport, dport, icmp_type, icmp_code };
+            let m = q.meta().map_err(|e| anyhow::Error::new(InputError(e)))?;
+            return explain_cmd(&cli.netns, iface, hook, rules, &q, &m, json);
         }
         Command::Counters { iface, hook, json } => {
             enter("counters", &cli.netns)?;

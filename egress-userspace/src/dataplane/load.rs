@@ -26,6 +26,41 @@ use crate::{
     rules::StateConfig,
 };
 
+/// The load-time globals of the classifier (egress-common's `GLOBAL_*`), as
+/// the program reads them.
+pub(super) struct Globals {
+    default_action: u32,
+    has_eth: u32,
+    generation: u32,
+    /// Flow-cache slot mask, u32::MAX = off.
+    mask: u32,
+    /// The connection table's timeouts, ns.
+    to: [u64; 4],
+}
+
+impl Globals {
+    pub(super) fn new(default_action: u32, has_eth: bool, generation: u32, mask: u32, sc: &StateConfig) -> Globals {
+        let ns = |s: u64| s.saturating_mul(1_000_000_000);
+        let to = [ns(sc.tcp_established), ns(sc.tcp_closing), ns(sc.udp), ns(sc.icmp)];
+        Globals { default_action, has_eth: has_eth as u32, generation, mask, to }
+    }
+
+    /// A loader with the globals set (the maps and programs are up to the caller).
+    pub(super) fn loader(&self) -> EbpfLoader<'_> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(GLOBAL_DEFAULT_ACTION, &self.default_action, true)
+            .override_global(GLOBAL_HAS_ETH, &self.has_eth, true)
+            .override_global(GLOBAL_GENERATION, &self.generation, true)
+            .override_global(GLOBAL_FLOW_MASK, &self.mask, true)
+            .override_global(GLOBAL_TO_TCP_EST, &self.to[0], true)
+            .override_global(GLOBAL_TO_TCP_CLOSING, &self.to[1], true)
+            .override_global(GLOBAL_TO_UDP, &self.to[2], true)
+            .override_global(GLOBAL_TO_ICMP, &self.to[3], true);
+        loader
+    }
+}
+
 /// A loaded (not attached) classifier holding one compiled rule set.
 pub struct Loaded {
     pub ebpf: Ebpf,
@@ -73,7 +108,7 @@ impl Loaded {
 
     /// As [`Loaded::new`], with every load option.
     pub fn with_options(c: &Compiled, o: &LoadOptions) -> Result<Loaded> {
-        let has_eth: u32 = o.has_eth as u32;
+        let has_eth = o.has_eth;
         let generation = o.generation.max(1);
         let slots = flow_cache_slots(o.flow_cache);
         // An array needs at least one slot even when the cache is off.
@@ -81,18 +116,9 @@ impl Loaded {
         let mask: u32 = if slots == 0 { u32::MAX } else { slots - 1 };
         let stateful = o.state.is_some();
         let sc = o.state.as_ref().map(|(c, _)| *c).unwrap_or_default();
-        let ns = |s: u64| s.saturating_mul(1_000_000_000);
-        let (to_est, to_closing, to_udp, to_icmp) = (ns(sc.tcp_established), ns(sc.tcp_closing), ns(sc.udp), ns(sc.icmp));
-        let mut loader = EbpfLoader::new();
+        let globals = Globals::new(c.default_action, has_eth, generation, mask, &sc);
+        let mut loader = globals.loader();
         loader
-            .override_global(GLOBAL_DEFAULT_ACTION, &c.default_action, true)
-            .override_global(GLOBAL_HAS_ETH, &has_eth, true)
-            .override_global(GLOBAL_GENERATION, &generation, true)
-            .override_global(GLOBAL_FLOW_MASK, &mask, true)
-            .override_global(GLOBAL_TO_TCP_EST, &to_est, true)
-            .override_global(GLOBAL_TO_TCP_CLOSING, &to_closing, true)
-            .override_global(GLOBAL_TO_UDP, &to_udp, true)
-            .override_global(GLOBAL_TO_ICMP, &to_icmp, true)
             .map_max_entries(MAP_COUNTERS, c.counter_slots)
             // Arrays are preallocated: exactly the rule set's size (at least 1).
             .map_max_entries(MAP_LISTS, (c.list_slots.len() as u32).max(1))

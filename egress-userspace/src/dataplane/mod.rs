@@ -7,6 +7,8 @@
 //!   RCU barrier that tells when no CPU still runs a replaced program.
 //! - `conn`: stateful mode's connection table (pins, resize, readout).
 //! - `state`: the state files and pins of each attachment, locks.
+//! - `explain`: one synthetic packet through a live rule set's classifier
+//!   (BPF_PROG_TEST_RUN on its pinned maps; nothing changes).
 //! - `apply`: one atomic replacement with counters carried over by rule identity,
 //!   counter readout, detach, prune. `egress apply` and `egress run` both use it.
 //!
@@ -20,6 +22,7 @@
 mod apply;
 mod conn;
 mod env;
+mod explain;
 mod link;
 mod load;
 mod state;
@@ -30,7 +33,8 @@ use aya::programs::ProgramError;
 
 pub use apply::{Applied, ApplyRequest, Readout, Removed, apply, detach, prune, read_counters, status_of, statuses};
 pub use conn::ConnReadout;
-pub use env::{Target, ensure_bpffs, enter_host_mount_ns, enter_netns, netns_cookie, resolve, resolve_or_state};
+pub use env::{Target, ensure_bpffs, enter_host_mount_ns, enter_netns, has_ethernet, netns_cookie, resolve, resolve_or_state};
+pub use explain::{Decision, explain};
 pub use link::{LinkHealth, wait_for_running_programs};
 pub use load::{LoadOptions, Loaded, flow_cache_slots};
 pub use state::{Count, Pending, RuleInfo, RunLock, STATE_DIR, State, all_states, now_unix, pin_dir, read_state};

@@ -1,0 +1,177 @@
+//! `egress explain`: which rule decides a packet. Live: the loaded classifier
+//! runs the packet (dataplane::explain, nothing changes) and the reference
+//! classifier gives its answer on the rule file that was applied; the two must
+//! agree. With `--rules FILE`: the reference alone (no root).
+
+use std::{net::IpAddr, path::Path};
+
+use serde_json::{Value, json};
+
+use crate::{
+    dataplane::{self, Target},
+    packet::{self, ETH_HLEN, Shape},
+    reference::{self, L4, PacketMeta},
+    rules::{Action, RuleSet},
+};
+
+/// The protocol of the synthetic packet.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+}
+
+/// The packet asked about (command-line fields).
+#[derive(Clone, Debug)]
+pub struct Query {
+    pub proto: Proto,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+}
+
+impl Query {
+    /// The packet, or what is wrong with the fields (a usage error).
+    pub fn meta(&self) -> Result<PacketMeta, String> {
+        let v6 = self.dst.is_ipv6();
+        if self.src.is_ipv6() != v6 {
+            return Err(format!("--src {} and --dst {} are of different address families", self.src, self.dst));
+        }
+        let l4 = match self.proto {
+            Proto::Tcp | Proto::Udp => {
+                if self.icmp_type.is_some() || self.icmp_code.is_some() {
+                    return Err("--icmp-type and --icmp-code are for --proto icmp or icmpv6".into());
+                }
+                L4::Ports { dport: self.dport.ok_or("--dport is required for --proto tcp and udp")? }
+            }
+            Proto::Icmp | Proto::Icmpv6 => {
+                if self.sport.is_some() || self.dport.is_some() {
+                    return Err("--sport and --dport are for --proto tcp and udp".into());
+                }
+                if (self.proto == Proto::Icmpv6) != v6 {
+                    return Err(format!("--proto {} does not go with {} addresses", self.proto_name(), if v6 { "IPv6" } else { "IPv4" }));
+                }
+                // Default: an echo request.
+                L4::Icmp { ty: self.icmp_type.unwrap_or(if v6 { 128 } else { 8 }), code: self.icmp_code.unwrap_or(0) }
+            }
+        };
+        let proto = match self.proto {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Icmp => 1,
+            Proto::Icmpv6 => 58,
+        };
+        Ok(PacketMeta { src: self.src, dst: self.dst, proto, l4 })
+    }
+
+    fn proto_name(&self) -> &'static str {
+        match self.proto {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
+            Proto::Icmpv6 => "icmpv6",
+        }
+    }
+
+    /// The packet as a frame (`has_eth`: with an Ethernet header), source port set.
+    fn frame(&self, m: &PacketMeta, has_eth: bool) -> Vec<u8> {
+        let mut f = packet::build(m, &Shape { payload: 18, ..Shape::default() });
+        if let (Some(sport), L4::Ports { .. }) = (self.sport, m.l4) {
+            let l4 = ETH_HLEN + if m.dst.is_ipv6() { 40 } else { 20 };
+            f[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
+        }
+        if has_eth { f } else { f.split_off(ETH_HLEN) }
+    }
+
+    /// One line describing the packet.
+    pub fn describe(&self, m: &PacketMeta) -> String {
+        match m.l4 {
+            L4::Ports { dport } => format!("{} {}:{} -> {}:{dport}", self.proto_name(), m.src, self.sport.unwrap_or(0), m.dst),
+            L4::Icmp { ty, code } => format!("{} {} -> {} type {ty} code {code}", self.proto_name(), m.src, m.dst),
+            L4::None => format!("{} {} -> {}", self.proto_name(), m.src, m.dst),
+        }
+    }
+}
+
+/// A decision named: the rule (name, line) or the default policy, the action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub rule: Option<(String, usize)>,
+    pub action: Action,
+    /// "rule", "default" or "established".
+    pub decided_by: &'static str,
+}
+
+impl Answer {
+    fn of_slot(rs: &RuleSet, slot: u32, action: Action) -> Answer {
+        match slot.checked_sub(1).and_then(|i| rs.rules.get(i as usize)) {
+            Some(r) => Answer { rule: Some((r.name.clone(), r.line)), action, decided_by: "rule" },
+            None => Answer { rule: None, action, decided_by: "default" },
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        json!({"rule": self.rule.as_ref().map(|r| &r.0), "line": self.rule.as_ref().map(|r| r.1),
+               "action": self.action.as_str(), "decided_by": self.decided_by})
+    }
+
+    pub fn text(&self) -> String {
+        match (&self.rule, self.decided_by) {
+            (_, "established") => format!("{} (part of a live connection: ESTABLISHED, no rule consulted)", self.action.as_str()),
+            (Some((name, line)), _) => format!("{} by rule '{name}' (line {line})", self.action.as_str()),
+            (None, _) => format!("{} by the default policy", self.action.as_str()),
+        }
+    }
+}
+
+/// The reference classifier's answer.
+pub fn reference(rs: &RuleSet, m: &PacketMeta) -> Answer {
+    let (slot, action) = reference::classify(rs, m);
+    Answer::of_slot(rs, slot, action)
+}
+
+/// A live explanation: the kernel's answer, the reference's, and where.
+pub struct Live {
+    pub kernel: Answer,
+    pub reference: Answer,
+    pub generation: u64,
+    pub rules_file: String,
+}
+
+impl Live {
+    /// Whether the two classifiers agree (a live connection's verdict has no
+    /// reference counterpart: it passes whatever the rules say).
+    pub fn agree(&self) -> bool {
+        self.kernel.decided_by == "established" || self.kernel == self.reference
+    }
+}
+
+/// Runs the packet through the classifier enforced at `t` and the reference
+/// classifier on the rule file it was applied from (which must be unchanged).
+pub fn live(t: &Target, q: &Query, m: &PacketMeta) -> anyhow::Result<Live> {
+    let has_eth = dataplane::has_ethernet(&t.iface)?;
+    let (st, d) = dataplane::explain(t, &q.frame(m, has_eth))?;
+    let path = Path::new(&st.rules_file);
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("read {} (the applied rule file, for the reference answer): {e}", st.rules_file))?;
+    if crate::digest(text.as_bytes()) != st.digest {
+        anyhow::bail!(
+            "{} changed since it was applied (generation {}): the reference answer needs the applied file; apply it again, or use `explain --rules`",
+            st.rules_file,
+            st.generation
+        );
+    }
+    let rs = crate::rules::parse(&st.rules_file, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let action = if d.deny { Action::Deny } else { Action::Allow };
+    let kernel = if d.established {
+        Answer { rule: None, action: Action::Allow, decided_by: "established" }
+    } else {
+        Answer::of_slot(&rs, d.slot, action)
+    };
+    Ok(Live { kernel, reference: reference(&rs, m), generation: st.generation, rules_file: st.rules_file })
+}
