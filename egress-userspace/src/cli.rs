@@ -89,6 +89,24 @@ pub enum Command {
         /// Print JSON: {"iface", "rules": [{"name","action","packets","bytes",...}], "default": {...}}.
         #[arg(long)]
         json: bool,
+        /// Refresh the table every --interval seconds with per-second packet and
+        /// byte rates, until Ctrl-C (or --count frames).
+        #[arg(long, conflicts_with = "reset")]
+        watch: bool,
+        /// Seconds between --watch frames.
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0, requires = "watch")]
+        interval: f64,
+        /// Stop --watch after this many frames.
+        #[arg(long, value_name = "N", requires = "watch")]
+        count: Option<u64>,
+        /// Start counting again from zero (each rule at once, from one snapshot:
+        /// no packet is lost); prints what was reset. All rows, or those named
+        /// with --rule ("(default)" for the default policy).
+        #[arg(long)]
+        reset: bool,
+        /// With --reset: only this rule (repeat for more).
+        #[arg(long, value_name = "NAME", requires = "reset")]
+        rule: Vec<String>,
     },
     /// List every attachment: namespace, interface, hook (and how it is attached:
     /// tcx/clsact, XDP native/generic), link health, rule count, rule file.

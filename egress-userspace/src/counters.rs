@@ -145,6 +145,56 @@ pub fn counters_table(r: &Readout) -> String {
     out
 }
 
+/// One frame of `egress counters --watch`: counts and per-second rates since
+/// `prev` (read `secs` earlier), rules in file order, the default policy last.
+pub fn watch_table(prev: Option<&Readout>, r: &Readout, secs: f64) -> String {
+    let rate = |slot: usize| -> (String, String) {
+        let Some(p) = prev else { return ("-".into(), "-".into()) };
+        let (a, b) = (counter(p, slot), counter(r, slot));
+        // A reset in between makes a count smaller: no rate for that frame.
+        if b.0 < a.0 || b.1 < a.1 || secs <= 0.0 {
+            return ("-".into(), "-".into());
+        }
+        (format!("{:.0}", (b.0 - a.0) as f64 / secs), human(((b.1 - a.1) as f64 / secs) as u64))
+    };
+    let mut rows: Vec<[String; 7]> =
+        vec![["#".into(), "NAME".into(), "ACTION".into(), "PKTS".into(), "BYTES".into(), "PKTS/S".into(), "BYTES/S".into()]];
+    let slots = (1..=r.state.rules.len()).chain(std::iter::once(DEFAULT_COUNTER_SLOT as usize));
+    for slot in slots {
+        let (num, name, action) = match slot.checked_sub(1).and_then(|i| r.state.rules.get(i)) {
+            Some(ri) => (slot.to_string(), ri.name.clone(), ri.action.clone()),
+            None => ("-".into(), "(default)".into(), r.state.default_action.clone()),
+        };
+        let (p, b) = counter(r, slot);
+        let (pr, br) = rate(slot);
+        rows.push([num, name, action, p.to_string(), human(b), pr, br]);
+    }
+    format!(
+        "egress on {} ({}, generation {}) at {} UTC, every {secs:.1} s; Ctrl-C stops\n{}",
+        r.state.iface,
+        r.state.hook,
+        r.state.generation,
+        utc(crate::dataplane::now_unix()),
+        table(&rows)
+    )
+}
+
+/// What `egress counters --reset` did, for people.
+pub fn reset_table(iface: &str, reset: &[(String, crate::dataplane::Count, u64)]) -> String {
+    let mut rows: Vec<[String; 4]> = vec![["NAME".into(), "PKTS".into(), "BYTES".into(), "COUNTED SINCE (UTC)".into()]];
+    for (name, c, since) in reset {
+        rows.push([name.clone(), c.packets.to_string(), human(c.bytes), utc(*since)]);
+    }
+    format!("reset {} counter(s) on {iface}; they count from now:\n{}", reset.len(), table(&rows))
+}
+
+/// What `egress counters --reset` did, for programs.
+pub fn reset_json(iface: &str, reset: &[(String, crate::dataplane::Count, u64)]) -> Value {
+    let rows: Vec<Value> =
+        reset.iter().map(|(n, c, since)| json!({"name": n, "packets": c.packets, "bytes": c.bytes, "since": rfc3339(*since)})).collect();
+    json!({"iface": iface, "reset": rows})
+}
+
 pub fn status_json(states: &[(State, LinkHealth)]) -> Value {
     let ifs: Vec<Value> = states
         .iter()

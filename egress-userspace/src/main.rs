@@ -86,6 +86,40 @@ fn enter(what: &str, netns: &Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `egress counters --watch`: a frame every `interval` seconds (cleared screen on
+/// a terminal; JSON lines with --json), until Ctrl-C or `count` frames.
+fn watch_counters(t: &dataplane::Target, interval: f64, count: Option<u64>, json: bool) -> anyhow::Result<()> {
+    use std::io::{IsTerminal as _, Write as _};
+    let interval = std::time::Duration::from_secs_f64(interval.max(0.1));
+    let tty = std::io::stdout().is_terminal();
+    let mut prev: Option<(std::time::Instant, dataplane::Readout)> = None;
+    for frame in 0.. {
+        if count.is_some_and(|n| frame >= n) {
+            break;
+        }
+        if frame > 0 {
+            std::thread::sleep(interval);
+        }
+        let r = dataplane::read_counters(t)?;
+        let now = std::time::Instant::now();
+        let secs = prev.as_ref().map(|(at, _)| now.duration_since(*at).as_secs_f64()).unwrap_or(interval.as_secs_f64());
+        let mut out = std::io::stdout().lock();
+        if json {
+            writeln!(out, "{}", counters::counters_json(&r))?;
+        } else {
+            if tty {
+                write!(out, "\x1b[H\x1b[2J")?;
+            } else if frame > 0 {
+                writeln!(out)?;
+            }
+            write!(out, "{}", counters::watch_table(prev.as_ref().map(|p| &p.1), &r, secs))?;
+        }
+        out.flush()?;
+        prev = Some((now, r));
+    }
+    Ok(())
+}
+
 /// `egress explain`: the live classifier and the reference (--iface), or the
 /// reference alone (--rules). Exit 1 if the two ever disagree.
 fn explain_cmd(
@@ -208,13 +242,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let m = q.meta().map_err(|e| anyhow::Error::new(InputError(e)))?;
             return explain_cmd(&cli.netns, iface, hook, rules, &q, &m, json);
         }
-        Command::Counters { iface, hook, json } => {
+        Command::Counters { iface, hook, json, watch, interval, count, reset, rule } => {
             enter("counters", &cli.netns)?;
-            let r = dataplane::read_counters(&dataplane::resolve_or_state(&iface, hook)?)?;
-            if json {
-                println!("{}", counters::counters_json(&r));
+            let t = dataplane::resolve_or_state(&iface, hook)?;
+            if reset {
+                let only = (!rule.is_empty()).then_some(rule.as_slice());
+                let done = dataplane::reset_counters(&t, only)?;
+                if json {
+                    println!("{}", counters::reset_json(&t.iface, &done));
+                } else {
+                    print!("{}", counters::reset_table(&t.iface, &done));
+                }
+            } else if watch {
+                watch_counters(&t, interval, count, json)?;
             } else {
-                print!("{}", counters::counters_table(&r));
+                let r = dataplane::read_counters(&t)?;
+                if json {
+                    println!("{}", counters::counters_json(&r));
+                } else {
+                    print!("{}", counters::counters_table(&r));
+                }
             }
         }
         Command::Status { json, prune } => {

@@ -77,6 +77,7 @@ pub fn apply(target: &Target, p: &Prepared, flow_cache: u32) -> Result<Applied, 
             summary: r.summary(),
             base: Default::default(),
             since: 0,
+            reset: Default::default(),
         })
         .collect();
     Ok(dataplane::apply(dataplane::ApplyRequest {

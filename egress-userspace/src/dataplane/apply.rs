@@ -106,7 +106,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
     let mut rules = req.rules;
     let mut slots: Vec<(u32, u32)> = Vec::new();
     let mut carried: Vec<bool> = prev.as_ref().map(|p| vec![false; p.rules.len()]).unwrap_or_default();
-    let (mut default_base, mut default_since) = (Count::default(), now);
+    let (mut default_base, mut default_since, mut default_reset) = (Count::default(), now, Count::default());
     if let Some(p) = &prev {
         let by_name: HashMap<&str, usize> = p.rules.iter().enumerate().map(|(j, r)| (r.name.as_str(), j)).collect();
         for (i, r) in rules.iter_mut().enumerate() {
@@ -114,23 +114,26 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
                 Some(&j) if p.rules[j].same_rule(r) => {
                     r.base = p.rules[j].base;
                     r.since = p.rules[j].since;
+                    r.reset = p.rules[j].reset;
                     slots.push((i as u32 + 1, j as u32 + 1));
                     carried[j] = true;
                 }
                 _ => {
                     r.base = Count::default();
                     r.since = now;
+                    r.reset = Count::default();
                 }
             }
         }
         if p.default_action == req.default_action {
-            (default_base, default_since) = (p.default_base, p.default_since);
+            (default_base, default_since, default_reset) = (p.default_base, p.default_since, p.default_reset);
             slots.push((0, 0));
         }
     } else {
         for r in &mut rules {
             r.base = Count::default();
             r.since = now;
+            r.reset = Count::default();
         }
     }
 
@@ -237,6 +240,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         rules,
         default_base,
         default_since,
+        default_reset,
         stats_base: prev.as_ref().map(|p| p.stats_base.clone()).unwrap_or_default(),
         flow_cache: flow_cache_slots(req.flow_cache),
         pending: prev.as_ref().map(|p| Pending { generation: p.generation, slots }),
@@ -259,7 +263,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
                 name: r.name.clone(),
                 action: r.action.clone(),
                 summary: r.summary.clone(),
-                count: r.base + last,
+                count: (r.base + last).since_reset(r.reset),
                 since: r.since,
             });
         }
@@ -339,6 +343,17 @@ pub fn read_counters(t: &Target) -> Result<Readout> {
 }
 
 fn readout(st: State) -> Result<Readout> {
+    let mut r = raw_readout(st)?;
+    // Shown counts start at the last reset.
+    let resets = std::iter::once(r.state.default_reset).chain(r.state.rules.iter().map(|ri| ri.reset));
+    for (c, z) in r.counters.iter_mut().zip(resets) {
+        *c = c.since_reset(z);
+    }
+    Ok(r)
+}
+
+/// Counters without the reset snapshots subtracted.
+fn raw_readout(st: State) -> Result<Readout> {
     let (live, stats) = read_pinned(&gen_dir(&st.key, st.generation))?;
     let mut counters: Vec<Count> = Vec::with_capacity(st.rules.len() + 1);
     counters.push(st.default_base + live.first().map(count).unwrap_or_default());
@@ -391,6 +406,42 @@ fn remove_attachment(key: &str, iface: &str, hook: Hook) -> Result<bool> {
     }
     found |= state::remove_state(key)?;
     Ok(found)
+}
+
+/// `egress counters --reset`: each chosen row (rule names; `None`: every rule
+/// and the default policy) counts from now on. One snapshot per rule of what
+/// it counted, kept in the state and subtracted from what is shown; the maps
+/// are not touched, so no packet is lost. Returns (name, count reset, since).
+pub fn reset_counters(t: &Target, only: Option<&[String]>) -> Result<Vec<(String, Count, u64)>> {
+    ensure_bpffs()?;
+    let key = t.key();
+    let _lock = state::attachment_lock(&key)?;
+    let st = state::read_state(&key)?.ok_or_else(|| no_state(t))?;
+    if let Some(names) = only
+        && let Some(missing) = names.iter().find(|n| *n != "(default)" && !st.rules.iter().any(|r| &r.name == *n))
+    {
+        return Err(DataplaneError::Other(format!("no rule named '{missing}' on {} ({})", t.iface, t.hook)));
+    }
+    let raw = raw_readout(st)?;
+    let mut st = raw.state;
+    let now = now_unix();
+    let chosen = |name: &str| only.is_none_or(|n| n.iter().any(|x| x == name));
+    let mut out = Vec::new();
+    for (i, r) in st.rules.iter_mut().enumerate() {
+        if chosen(&r.name) {
+            let c = raw.counters.get(i + 1).copied().unwrap_or_default();
+            out.push((r.name.clone(), c.since_reset(r.reset), r.since));
+            r.reset = c;
+            r.since = now;
+        }
+    }
+    if chosen("(default)") {
+        out.push(("(default)".to_string(), raw.counters[0].since_reset(st.default_reset), st.default_since));
+        st.default_reset = raw.counters[0];
+        st.default_since = now;
+    }
+    state::write_state(&st)?;
+    Ok(out)
 }
 
 /// Every attachment with its link's health.

@@ -31,7 +31,7 @@ use std::io;
 
 use aya::programs::ProgramError;
 
-pub use apply::{Applied, ApplyRequest, Readout, Removed, apply, detach, prune, read_counters, status_of, statuses};
+pub use apply::{Applied, ApplyRequest, Readout, Removed, apply, detach, prune, read_counters, reset_counters, status_of, statuses};
 pub use conn::ConnReadout;
 pub use env::{Target, ensure_bpffs, enter_host_mount_ns, enter_netns, has_ethernet, netns_cookie, resolve, resolve_or_state};
 pub use explain::{Decision, explain};

@@ -56,6 +56,16 @@ impl std::ops::Add for Count {
     }
 }
 
+impl Count {
+    pub fn is_zero(&self) -> bool {
+        self.packets == 0 && self.bytes == 0
+    }
+    /// What is counted beyond `o` (a reset's snapshot); never below zero.
+    pub fn since_reset(self, o: Count) -> Count {
+        Count { packets: self.packets.saturating_sub(o.packets), bytes: self.bytes.saturating_sub(o.bytes) }
+    }
+}
+
 /// One rule as loaded, and the counts it carries from earlier generations.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RuleInfo {
@@ -70,6 +80,10 @@ pub struct RuleInfo {
     /// Unix seconds since which this rule (same name, match and action) counts.
     #[serde(default)]
     pub since: u64,
+    /// `egress counters --reset`: the total (base + live) at the reset; shown
+    /// counts are what came after it. A snapshot, so no packet is lost.
+    #[serde(default, skip_serializing_if = "Count::is_zero")]
+    pub reset: Count,
 }
 
 impl RuleInfo {
@@ -119,6 +133,9 @@ pub struct State {
     pub default_base: Count,
     #[serde(default)]
     pub default_since: u64,
+    /// The default-policy row's reset snapshot (see `RuleInfo::reset`).
+    #[serde(default, skip_serializing_if = "Count::is_zero")]
+    pub default_reset: Count,
     /// STATS (packets not matched against rules) from earlier generations.
     #[serde(default)]
     pub stats_base: Vec<u64>,
