@@ -23,6 +23,9 @@ pub const TC_ACT_SHOT: i32 = 2;
 pub const ACTION_ALLOW: u32 = 0;
 /// Rule action "deny".
 pub const ACTION_DENY: u32 = 1;
+/// A deny in audit mode (`mode = "audit"`): counted (and reported) as the deny
+/// it would be, but the packet passes. The program drops only [`ACTION_DENY`].
+pub const ACTION_AUDIT: u32 = 2;
 
 // ---------------------------------------------------------------------------
 // Protocol classes: the protocol dimension of the last lookup stage
@@ -70,8 +73,8 @@ pub const fn classifier_program(xdp: bool, stateful: bool) -> &'static str {
     }
 }
 /// `egress explain`'s program: the classifier's decision for a synthetic packet
-/// (BPF_PROG_TEST_RUN), changing no state; returns `slot << 2 | established << 1
-/// | deny`, or -1 when the packet cannot be parsed.
+/// (BPF_PROG_TEST_RUN), changing no state; returns `slot << 3 | established << 2
+/// | action code`, or -1 when the packet cannot be parsed.
 pub const EXPLAIN_PROGRAM_NAME: &str = "egress_explain";
 /// An empty XDP program (returns XDP_PASS): the XDP benchmark baseline.
 pub const XDP_PASS_PROGRAM_NAME: &str = "egress_xdp_pass";

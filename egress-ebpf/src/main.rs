@@ -107,8 +107,8 @@ mod program {
     /// `egress explain`: what the classifier decides for a synthetic packet run
     /// through BPF_PROG_TEST_RUN against a live rule set's maps, changing nothing:
     /// no counter, no flow-cache write, no connection-table update. Never
-    /// attached. Returns `slot << 2 | established << 1 | deny`, or -1 for a
-    /// packet the classifier cannot parse.
+    /// attached. Returns `slot << 3 | established << 2 | action` (the action
+    /// code: allow, deny or audit), or -1 for a packet the classifier cannot parse.
     #[classifier]
     pub fn egress_explain(ctx: TcContext) -> i32 {
         let has_eth = unsafe { core::ptr::read_volatile(&HAS_ETH) } != 0;
@@ -117,10 +117,10 @@ mod program {
             return -1;
         }
         if conn::peek(&ctx, &pkt) {
-            return 2;
+            return 1 << 2;
         }
         let (slot, action) = full_call(&pkt);
-        ((slot << 2) | (action == ACTION_DENY) as u32) as i32
+        ((slot << 3) | (action & 3)) as i32
     }
 
     /// Does nothing and hands every frame on: the XDP baseline of the benchmark.

@@ -137,7 +137,7 @@ fn applies_to_class(r: &Rule, pclass: u8) -> bool {
 fn inline_rule(r: &Rule) -> InlineRule {
     let classes = (0..=PCLASS_ICMPV6).filter(|&c| applies_to_class(r, c)).fold(0u8, |m, c| m | 1 << c);
     let (lo, hi) = r.l4_range();
-    InlineRule { rule: r.index, action: r.action.code() as u8, classes, l4_any: r.l4_any() as u8, _pad: 0, lo, hi }
+    InlineRule { rule: r.index, action: r.code() as u8, classes, l4_any: r.l4_any() as u8, _pad: 0, lo, hi }
 }
 
 struct Interner<'a> {
@@ -173,7 +173,7 @@ impl Interner<'_> {
 
 /// Compiles a rule set into map entries.
 pub fn compile(rs: &RuleSet) -> Result<Compiled, CompileError> {
-    let mut out = Compiled { counter_slots: rs.rules.len() as u32 + 1, default_action: rs.default_policy.code(), ..Default::default() };
+    let mut out = Compiled { counter_slots: rs.rules.len() as u32 + 1, default_action: rs.default_code(), ..Default::default() };
     let mut lists = Interner { rules: &rs.rules, ids: HashMap::default(), lists: Vec::new() };
     // Destination classes are interned by (R(d), own rules) too: same rules, same PAIR table.
     let mut classes: HashMap<(Vec<u32>, Vec<u32>), u32> = HashMap::default();
@@ -290,7 +290,7 @@ fn list_slot(pclass: u8, rules: &[&Rule], ranges: &mut Vec<PortRange>) -> ListSl
     let mut slot = ListSlot { start: ranges.len() as u32, ..ListSlot::default() };
     if let Some(r) = applicable.iter().find(|r| r.l4_any()) {
         slot.no_l4_rule = r.index;
-        slot.no_l4_action = r.action.code();
+        slot.no_l4_action = r.code();
     }
     let intervals: Vec<(u32, u32)> = applicable
         .iter()
@@ -301,7 +301,7 @@ fn list_slot(pclass: u8, rules: &[&Rule], ranges: &mut Vec<PortRange>) -> ListSl
         .collect();
     for (lo, hi, k) in first_match_intervals(&intervals) {
         let r = applicable[k];
-        ranges.push(PortRange { lo, hi, rule: r.index, action: r.action.code() });
+        ranges.push(PortRange { lo, hi, rule: r.index, action: r.code() });
     }
     slot.count = ranges.len() as u32 - slot.start;
     if slot.count == 0 {

@@ -6,6 +6,11 @@ use serde_json::{Value, json};
 
 use crate::dataplane::{LinkHealth, Readout, State, pin_dir};
 
+/// An action as the tables show it: "deny (audit)" for a deny in audit mode.
+fn action_label(action: &str, audit: bool) -> String {
+    if audit { format!("{action} (audit)") } else { action.to_string() }
+}
+
 fn counter(r: &Readout, slot: usize) -> (u64, u64) {
     r.counters.get(slot).map(|c| (c.packets, c.bytes)).unwrap_or((0, 0))
 }
@@ -18,7 +23,7 @@ pub fn counters_json(r: &Readout) -> Value {
         .enumerate()
         .map(|(i, ri)| {
             let (packets, bytes) = counter(r, i + 1);
-            json!({"name": ri.name, "action": ri.action, "packets": packets, "bytes": bytes, "match": ri.summary,
+            json!({"name": ri.name, "action": ri.action, "audit": ri.audit, "packets": packets, "bytes": bytes, "match": ri.summary,
                    "since": rfc3339(ri.since)})
         })
         .collect();
@@ -32,7 +37,7 @@ pub fn counters_json(r: &Readout) -> Value {
         "mode": r.state.mode,
         "link": r.health.as_str(),
         "rules": rules,
-        "default": {"action": r.state.default_action, "packets": packets, "bytes": bytes, "since": rfc3339(r.state.default_since)},
+        "default": {"action": r.state.default_action, "audit": r.state.default_audit, "packets": packets, "bytes": bytes, "since": rfc3339(r.state.default_since)},
         "unclassified": stats,
         "generation": r.state.generation,
         "digest": r.state.digest,
@@ -81,13 +86,21 @@ pub fn counters_table(r: &Readout) -> String {
         vec![["#".into(), "NAME".into(), "ACTION".into(), "PKTS".into(), "BYTES".into(), "COUNTING SINCE (UTC)".into(), "MATCH".into()]];
     for (i, ri) in r.state.rules.iter().enumerate() {
         let (p, b) = counter(r, i + 1);
-        rows.push([(i + 1).to_string(), ri.name.clone(), ri.action.clone(), p.to_string(), human(b), utc(ri.since), ri.summary.clone()]);
+        rows.push([
+            (i + 1).to_string(),
+            ri.name.clone(),
+            action_label(&ri.action, ri.audit),
+            p.to_string(),
+            human(b),
+            utc(ri.since),
+            ri.summary.clone(),
+        ]);
     }
     let (p, b) = counter(r, DEFAULT_COUNTER_SLOT as usize);
     rows.push([
         "-".into(),
         "(default)".into(),
-        r.state.default_action.clone(),
+        action_label(&r.state.default_action, r.state.default_audit),
         p.to_string(),
         human(b),
         utc(r.state.default_since),
@@ -162,8 +175,8 @@ pub fn watch_table(prev: Option<&Readout>, r: &Readout, secs: f64) -> String {
     let slots = (1..=r.state.rules.len()).chain(std::iter::once(DEFAULT_COUNTER_SLOT as usize));
     for slot in slots {
         let (num, name, action) = match slot.checked_sub(1).and_then(|i| r.state.rules.get(i)) {
-            Some(ri) => (slot.to_string(), ri.name.clone(), ri.action.clone()),
-            None => ("-".into(), "(default)".into(), r.state.default_action.clone()),
+            Some(ri) => (slot.to_string(), ri.name.clone(), action_label(&ri.action, ri.audit)),
+            None => ("-".into(), "(default)".into(), action_label(&r.state.default_action, r.state.default_audit)),
         };
         let (p, b) = counter(r, slot);
         let (pr, br) = rate(slot);

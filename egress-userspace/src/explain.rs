@@ -103,28 +103,31 @@ impl Query {
 pub struct Answer {
     pub rule: Option<(String, usize)>,
     pub action: Action,
+    /// A deny in audit mode: counted as a deny, the packet passes.
+    pub audit: bool,
     /// "rule", "default" or "established".
     pub decided_by: &'static str,
 }
 
 impl Answer {
-    fn of_slot(rs: &RuleSet, slot: u32, action: Action) -> Answer {
+    fn of_slot(rs: &RuleSet, slot: u32, action: Action, audit: bool) -> Answer {
         match slot.checked_sub(1).and_then(|i| rs.rules.get(i as usize)) {
-            Some(r) => Answer { rule: Some((r.name.clone(), r.line)), action, decided_by: "rule" },
-            None => Answer { rule: None, action, decided_by: "default" },
+            Some(r) => Answer { rule: Some((r.name.clone(), r.line)), action, audit, decided_by: "rule" },
+            None => Answer { rule: None, action, audit, decided_by: "default" },
         }
     }
 
     pub fn json(&self) -> Value {
         json!({"rule": self.rule.as_ref().map(|r| &r.0), "line": self.rule.as_ref().map(|r| r.1),
-               "action": self.action.as_str(), "decided_by": self.decided_by})
+               "action": self.action.as_str(), "audit": self.audit, "decided_by": self.decided_by})
     }
 
     pub fn text(&self) -> String {
+        let action = if self.audit { "deny (audit: counted, the packet passes)" } else { self.action.as_str() };
         match (&self.rule, self.decided_by) {
             (_, "established") => format!("{} (part of a live connection: ESTABLISHED, no rule consulted)", self.action.as_str()),
-            (Some((name, line)), _) => format!("{} by rule '{name}' (line {line})", self.action.as_str()),
-            (None, _) => format!("{} by the default policy", self.action.as_str()),
+            (Some((name, line)), _) => format!("{action} by rule '{name}' (line {line})"),
+            (None, _) => format!("{action} by the default policy"),
         }
     }
 }
@@ -132,7 +135,11 @@ impl Answer {
 /// The reference classifier's answer.
 pub fn reference(rs: &RuleSet, m: &PacketMeta) -> Answer {
     let (slot, action) = reference::classify(rs, m);
-    Answer::of_slot(rs, slot, action)
+    let audit = match slot.checked_sub(1).and_then(|i| rs.rules.get(i as usize)) {
+        Some(r) => r.audit,
+        None => rs.default_code() == egress_common::ACTION_AUDIT,
+    };
+    Answer::of_slot(rs, slot, action, audit)
 }
 
 /// A live explanation: the kernel's answer, the reference's, and where.
@@ -169,9 +176,9 @@ pub fn live(t: &Target, q: &Query, m: &PacketMeta) -> anyhow::Result<Live> {
     let rs = crate::rules::parse(&st.rules_file, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let action = if d.deny { Action::Deny } else { Action::Allow };
     let kernel = if d.established {
-        Answer { rule: None, action: Action::Allow, decided_by: "established" }
+        Answer { rule: None, action: Action::Allow, audit: false, decided_by: "established" }
     } else {
-        Answer::of_slot(&rs, d.slot, action)
+        Answer::of_slot(&rs, d.slot, action, d.audit)
     };
     Ok(Live { kernel, reference: reference(&rs, m), generation: st.generation, rules_file: st.rules_file })
 }

@@ -78,6 +78,7 @@ pub fn apply(target: &Target, p: &Prepared, flow_cache: u32) -> Result<Applied, 
             base: Default::default(),
             since: 0,
             reset: Default::default(),
+            audit: r.audit,
         })
         .collect();
     Ok(dataplane::apply(dataplane::ApplyRequest {
@@ -87,6 +88,7 @@ pub fn apply(target: &Target, p: &Prepared, flow_cache: u32) -> Result<Applied, 
         rules_file: p.canonical.clone(),
         digest: p.digest.clone(),
         default_action: p.rules.default_policy.as_str().to_string(),
+        default_audit: p.rules.default_code() == egress_common::ACTION_AUDIT,
         rules: infos,
         state: p.rules.state,
     })?)
@@ -122,11 +124,13 @@ pub fn applied_text(a: &Applied, p: &Prepared) -> String {
         st.mode,
         st.generation
     );
-    out.push_str(&format!("  default policy  {}\n", st.default_action));
+    out.push_str(&format!("  default policy  {}{}\n", st.default_action, if st.default_audit { " (audit: counted, passes)" } else { "" }));
     if let Some(c) = &st.companion {
         out.push_str(&format!("  stateful        yes: connection table pinned, companion program on {c}\n"));
     }
-    out.push_str(&format!("  rules           {} ({} deny, {} allow)\n", p.rules.rules.len(), deny, p.rules.rules.len() - deny));
+    let audit = p.rules.rules.iter().filter(|r| r.audit).count();
+    let audited = if audit > 0 { format!(", {audit} of the denies in audit mode") } else { String::new() };
+    out.push_str(&format!("  rules           {} ({} deny, {} allow{audited})\n", p.rules.rules.len(), deny, p.rules.rules.len() - deny));
     if a.replaced {
         out.push_str(&format!("  counters kept   {} rules (same name, match and action)\n", a.kept));
         for r in &a.removed {

@@ -125,10 +125,10 @@ fn rules_only_explain_answers_in_the_json_contract_and_refuses_bad_fields() {
     let o = explain_rules(&["--proto", "tcp", "--src", "192.0.2.1", "--dst", "203.0.113.9", "--dport", "25", "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v, json!({"rule": "no-smtp", "line": 5, "action": "deny", "decided_by": "rule"}));
+    assert_eq!(v, json!({"rule": "no-smtp", "line": 5, "action": "deny", "audit": false, "decided_by": "rule"}));
     let o = explain_rules(&["--proto", "tcp", "--src", "192.0.2.1", "--dst", "203.0.113.9", "--dport", "80", "--json"]);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v, json!({"rule": null, "line": null, "action": "allow", "decided_by": "default"}));
+    assert_eq!(v, json!({"rule": null, "line": null, "action": "allow", "audit": false, "decided_by": "default"}));
     let o = explain_rules(&["--proto", "icmpv6", "--src", "2001:db8::1", "--dst", "2001:db8::2"]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("type 128 code 0") && text.contains("deny by rule 'no-ping6'"), "{text}");

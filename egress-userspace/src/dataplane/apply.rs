@@ -39,6 +39,8 @@ pub struct ApplyRequest<'a> {
     pub rules_file: String,
     pub digest: String,
     pub default_action: String,
+    /// The default policy is a deny in audit mode (counted, the packet passes).
+    pub default_audit: bool,
     /// The rules in file order (their `base` and `since` are filled in here).
     pub rules: Vec<RuleInfo>,
     /// Stateful mode's settings (None: stateless).
@@ -237,6 +239,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         loaded_at: now,
         generation,
         default_action: req.default_action,
+        default_audit: req.default_audit,
         rules,
         default_base,
         default_since,

@@ -5,7 +5,7 @@
 //! or connection entry changes.
 
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
-use egress_common::{ACTION_ALLOW, ACTION_DENY, ALL_MAPS, EXPLAIN_PROGRAM_NAME, MAP_CONN_V4, MAP_CONN_V6, MIN_MAX_FLOWS};
+use egress_common::{ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, ALL_MAPS, EXPLAIN_PROGRAM_NAME, MAP_CONN_V4, MAP_CONN_V6, MIN_MAX_FLOWS};
 
 use super::{
     DataplaneError, EBPF_OBJECT, Result,
@@ -22,6 +22,8 @@ pub struct Decision {
     /// Counter slot: the rule's 1-based position, 0 for the default policy.
     pub slot: u32,
     pub deny: bool,
+    /// A deny in audit mode: counted, the packet passes.
+    pub audit: bool,
     /// Part of a live connection (stateful mode): passed without the rules.
     pub established: bool,
 }
@@ -30,7 +32,11 @@ pub struct Decision {
 /// that rule set's maps. Also returns the state (rule names, file, digest).
 pub fn explain(t: &Target, frame: &[u8]) -> Result<(State, Decision)> {
     let st = read_state(&t.key())?.ok_or_else(|| DataplaneError::Other(format!("no rules on {} ({})", t.iface, t.hook)))?;
-    let default_action = if st.default_action == "deny" { ACTION_DENY } else { ACTION_ALLOW };
+    let default_action = match (st.default_action.as_str(), st.default_audit) {
+        ("deny", true) => ACTION_AUDIT,
+        ("deny", false) => ACTION_DENY,
+        _ => ACTION_ALLOW,
+    };
     let generation = st.generation.min(u32::MAX as u64) as u32;
     let globals = Globals::new(default_action, has_ethernet(&t.iface)?, generation, u32::MAX, &st.stateful.unwrap_or_default());
     let mut loader = globals.loader();
@@ -69,5 +75,6 @@ pub fn explain(t: &Target, frame: &[u8]) -> Result<(State, Decision)> {
         return Err(DataplaneError::Other("the classifier cannot parse the synthetic packet".into()));
     }
     let v = v as u32;
-    Ok((st, Decision { slot: v >> 2, deny: v & 1 != 0, established: v & 2 != 0 }))
+    let action = v & 3;
+    Ok((st, Decision { slot: v >> 3, deny: action != ACTION_ALLOW, audit: action == ACTION_AUDIT, established: v & 4 != 0 }))
 }

@@ -80,6 +80,9 @@ pub struct RuleInfo {
     /// Unix seconds since which this rule (same name, match and action) counts.
     #[serde(default)]
     pub since: u64,
+    /// A deny rule in audit mode: counted, the packet passes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audit: bool,
     /// `egress counters --reset`: the total (base + live) at the reset; shown
     /// counts are what came after it. A snapshot, so no packet is lost.
     #[serde(default, skip_serializing_if = "Count::is_zero")]
@@ -127,6 +130,9 @@ pub struct State {
     pub loaded_at: u64,
     pub generation: u64,
     pub default_action: String,
+    /// The default policy is a deny in audit mode.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default_audit: bool,
     pub rules: Vec<RuleInfo>,
     /// The default-policy row's counts from earlier generations and its start.
     #[serde(default)]

@@ -30,11 +30,15 @@ pub(super) fn parse_chunked(file: &str, text: &str, starts: &[usize]) -> Option<
     }
     // The preamble: default_policy and the stateful-mode keys, nothing else.
     let pre = ImDocument::parse(&text[..headers[0]]).ok()?;
-    if pre.as_table().iter().any(|(k, _)| k != "default_policy" && !is_state_key(k)) {
+    if pre.as_table().iter().any(|(k, _)| k != "default_policy" && k != "mode" && !is_state_key(k)) {
         return None;
     }
     let mut pcx = Ctx { file, line_starts: starts, offset: 0, problems: Vec::new() };
     let state = parse_state(&mut pcx, pre.as_table());
+    let audit = match pre.get("mode") {
+        None => false,
+        Some(item) => super::parse::parse_mode(&mut pcx, item, None, None)?,
+    };
     if !pcx.problems.is_empty() {
         return None;
     }
@@ -55,7 +59,7 @@ pub(super) fn parse_chunked(file: &str, text: &str, starts: &[usize]) -> Option<
             .map(|w| {
                 let mine: Vec<(usize, Range<usize>)> = chunks.iter().skip(w).step_by(workers).cloned().collect();
                 sc.spawn(move || -> Option<Vec<Chunk>> {
-                    mine.into_iter().map(|(first, range)| parse_chunk(file, text, starts, first, range, default_policy)).collect()
+                    mine.into_iter().map(|(first, range)| parse_chunk(file, text, starts, first, range, default_policy, audit)).collect()
                 })
             })
             .collect();
@@ -74,11 +78,19 @@ pub(super) fn parse_chunked(file: &str, text: &str, starts: &[usize]) -> Option<
         }
         rules.extend(part);
     }
-    (rules.len() == headers.len()).then_some(RuleSet { default_policy, rules, state })
+    (rules.len() == headers.len()).then_some(RuleSet { default_policy, audit, rules, state })
 }
 
 /// One chunk: exactly its `[[rule]]` tables, every one valid.
-fn parse_chunk(file: &str, text: &str, starts: &[usize], first: usize, range: Range<usize>, default_policy: Action) -> Option<Chunk> {
+fn parse_chunk(
+    file: &str,
+    text: &str,
+    starts: &[usize],
+    first: usize,
+    range: Range<usize>,
+    default_policy: Action,
+    audit: bool,
+) -> Option<Chunk> {
     let doc = ImDocument::parse(&text[range.clone()]).ok()?;
     let root = doc.as_table();
     if root.len() != 1 {
@@ -90,7 +102,7 @@ fn parse_chunk(file: &str, text: &str, starts: &[usize], first: usize, range: Ra
     let mut rules = Vec::with_capacity(a.len());
     for (i, t) in a.iter().enumerate() {
         let index = (first + i) as u32 + 1;
-        rules.push(parse_rule(&mut cx, t, t.span(), index, Some(default_policy), &mut names)?);
+        rules.push(parse_rule(&mut cx, t, t.span(), index, Some(default_policy), audit, &mut names)?);
     }
     cx.problems.is_empty().then_some((first, rules, names))
 }

@@ -122,9 +122,17 @@ pub struct Rule {
     pub icmp_code: Option<u8>,
     /// The families this rule can match (never empty after validation).
     pub families: Families,
+    /// A deny rule in audit mode (`mode = "audit"`, its own or the file's):
+    /// counted as a deny, but the packet passes.
+    pub audit: bool,
 }
 
 impl Rule {
+    /// The action as the program stores it (audit included).
+    pub fn code(&self) -> u32 {
+        if self.audit { egress_common::ACTION_AUDIT } else { self.action.code() }
+    }
+
     /// The 16-bit interval of the last lookup stage this rule covers: destination
     /// ports for tcp/udp, `type << 8 | code` for ICMP, everything otherwise.
     pub fn l4_range(&self) -> (u16, u16) {
@@ -175,9 +183,19 @@ impl Rule {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleSet {
     pub default_policy: Action,
+    /// `mode = "audit"` at the top: every deny (rules without their own `mode`,
+    /// and a deny default policy) is counted but passes.
+    pub audit: bool,
     pub rules: Vec<Rule>,
     /// `Some` when the file says `stateful = true` (with `[state]`'s settings).
     pub state: Option<StateConfig>,
+}
+
+impl RuleSet {
+    /// The default policy as the program stores it (audit included).
+    pub fn default_code(&self) -> u32 {
+        if self.audit && self.default_policy == Action::Deny { egress_common::ACTION_AUDIT } else { self.default_policy.code() }
+    }
 }
 
 /// One problem in a rule file.
@@ -304,7 +322,7 @@ ports = "1000-2000"
     fn unknown_keys_are_errors_with_suggestion() {
         let e = err("default_policy = \"allow\"\nverbose = true\n[[rule]]\nprotcol = \"tcp\"\n");
         assert_eq!(e.len(), 2);
-        assert_eq!(e[0], "r.toml:2: field 'verbose': unknown key 'verbose' (known keys: default_policy, stateful, state, rule)");
+        assert_eq!(e[0], "r.toml:2: field 'verbose': unknown key 'verbose' (known keys: default_policy, mode, stateful, state, rule)");
         assert_eq!(e[1], "r.toml:4: rule 'rule-1', field 'protcol': unknown key 'protcol' (did you mean 'protocol'?)");
     }
 
@@ -379,11 +397,39 @@ ports = "1000-2000"
     }
 
     #[test]
+    fn audit_mode_per_file_and_per_rule() {
+        let rs = parse(
+            "m.toml",
+            "default_policy = \"deny\"\nmode = \"audit\"\n[[rule]]\nname = \"a\"\naction = \"deny\"\nprotocol = \"udp\"\n[[rule]]\nname = \"b\"\naction = \"deny\"\nmode = \"enforce\"\nprotocol = \"tcp\"\n[[rule]]\nname = \"c\"\naction = \"allow\"\n",
+        )
+        .unwrap();
+        let audit: Vec<bool> = rs.rules.iter().map(|r| r.audit).collect();
+        assert_eq!(audit, vec![true, false, false]);
+        assert_eq!((rs.default_code(), rs.rules[0].code()), (egress_common::ACTION_AUDIT, egress_common::ACTION_AUDIT));
+        let rs = parse("m.toml", "default_policy = \"allow\"\n[[rule]]\nname = \"a\"\naction = \"deny\"\nmode = \"audit\"\n").unwrap();
+        assert_eq!((rs.rules[0].audit, rs.default_code()), (true, egress_common::ACTION_ALLOW));
+        let e = parse(
+            "m.toml",
+            "default_policy = \"allow\"\nmode = \"dry-run\"\n[[rule]]\nname = \"a\"\naction = \"allow\"\nmode = \"audit\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("m.toml:2: field 'mode': must be \"enforce\" (deny drops) or \"audit\""), "{e}");
+        assert!(e.contains("m.toml:6: rule 'a', field 'mode': \"audit\" applies to deny rules"), "{e}");
+    }
+
+    #[test]
     fn chunked_parse_equals_the_one_piece_parse() {
         let text = crate::ruleset_gen::realistic(3 * CHUNK_RULES + 17, 100, 3);
         let starts = line_starts(&text);
         let chunked = parse_chunked("big.toml", &text, &starts).expect("a plain generated file takes the chunked path");
         assert_eq!(chunked, parse_whole("big.toml", &text, &starts).unwrap());
+        // The file-wide audit mode reaches every chunk.
+        let audit = format!("mode = \"audit\"\n{text}");
+        let starts_a = line_starts(&audit);
+        let chunked = parse_chunked("big.toml", &audit, &starts_a).expect("chunked with mode");
+        assert_eq!(chunked, parse_whole("big.toml", &audit, &starts_a).unwrap());
+        assert!(chunked.audit && chunked.rules.iter().any(|r| r.audit));
         // A problem in a late chunk: the one-piece parse reports it, with its line.
         let bad = text.replacen("protocol = \"udp\"\nports = \"10099\"", "protocol = \"udp\"\nports = \"99999\"", 1);
         assert_ne!(bad, text);

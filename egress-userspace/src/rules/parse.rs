@@ -13,8 +13,26 @@ use super::{
     toml_diag::{item_span, line_starts, suggest},
 };
 
-const TOP_KEYS: [&str; 4] = ["default_policy", "stateful", "state", "rule"];
-const RULE_KEYS: [&str; 8] = ["name", "action", "src", "dst", "protocol", "ports", "icmp_type", "icmp_code"];
+const TOP_KEYS: [&str; 5] = ["default_policy", "mode", "stateful", "state", "rule"];
+const RULE_KEYS: [&str; 9] = ["name", "action", "mode", "src", "dst", "protocol", "ports", "icmp_type", "icmp_code"];
+
+/// A `mode` value: Some(true) audit, Some(false) enforce, None when invalid
+/// (reported in `cx`).
+pub(super) fn parse_mode(cx: &mut Ctx<'_>, item: &Item, span: Option<Range<usize>>, rule: Option<&str>) -> Option<bool> {
+    match item.as_str() {
+        Some("enforce") => Some(false),
+        Some("audit") => Some(true),
+        _ => {
+            cx.push(
+                span,
+                rule,
+                Some("mode"),
+                format!("must be \"enforce\" (deny drops) or \"audit\" (deny is counted, the packet passes), not {}", show(item)),
+            );
+            None
+        }
+    }
+}
 /// Longest rule name accepted (names are shown in tables and JSON).
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -99,6 +117,10 @@ pub(super) fn parse_whole(file: &str, text: &str, starts: &[usize]) -> Result<Ru
     };
 
     let state = parse_state(&mut cx, root);
+    let audit = match root.get("mode") {
+        None => false,
+        Some(item) => parse_mode(&mut cx, item, item_span(item), None).unwrap_or(false),
+    };
 
     // The rule tables, with the span of each.
     let mut tables: Vec<(&dyn TableLike, Option<Range<usize>>)> = Vec::new();
@@ -134,7 +156,7 @@ pub(super) fn parse_whole(file: &str, text: &str, starts: &[usize]) -> Result<Ru
     let mut names: HashSet<String> = HashSet::new();
     for (i, (t, span)) in tables.iter().enumerate() {
         let index = i as u32 + 1;
-        if let Some(r) = parse_rule(&mut cx, *t, span.clone(), index, default_policy, &mut names) {
+        if let Some(r) = parse_rule(&mut cx, *t, span.clone(), index, default_policy, audit, &mut names) {
             rules.push(r);
         }
     }
@@ -145,7 +167,7 @@ pub(super) fn parse_whole(file: &str, text: &str, starts: &[usize]) -> Result<Ru
     }
     // Only reachable with a policy: a missing one is a problem above.
     let default_policy = default_policy.unwrap_or(Action::Allow);
-    Ok(RuleSet { default_policy, rules, state })
+    Ok(RuleSet { default_policy, audit, rules, state })
 }
 
 fn show(item: &Item) -> String {
@@ -161,6 +183,7 @@ pub(super) fn parse_rule(
     span: Option<Range<usize>>,
     index: u32,
     default_policy: Option<Action>,
+    file_audit: bool,
     names: &mut HashSet<String>,
 ) -> Option<Rule> {
     let before = cx.problems.len();
@@ -206,6 +229,13 @@ pub(super) fn parse_rule(
             }
         },
     };
+
+    // mode: the rule's own, else the file's; it only changes what a deny does.
+    let own_mode = t.get("mode").map(|item| parse_mode(cx, item, kspan("mode"), rn));
+    if let (Some(Some(true)), Some(Action::Allow)) = (own_mode, action) {
+        cx.push(kspan("mode"), rn, Some("mode"), "\"audit\" applies to deny rules (an allow rule lets the packet pass either way)".into());
+    }
+    let audit = action == Some(Action::Deny) && own_mode.flatten().unwrap_or(file_audit);
 
     let src = parse_nets(cx, t.get("src"), kspan("src"), rn, "src");
     let dst = parse_nets(cx, t.get("dst"), kspan("dst"), rn, "dst");
@@ -307,7 +337,20 @@ pub(super) fn parse_rule(
     if cx.problems.len() != before {
         return None;
     }
-    Some(Rule { index, name, line, action: action?, src: src?, dst: dst?, protocol: protocol?, ports, icmp_type, icmp_code, families })
+    Some(Rule {
+        index,
+        name,
+        line,
+        action: action?,
+        src: src?,
+        dst: dst?,
+        protocol: protocol?,
+        ports,
+        icmp_type,
+        icmp_code,
+        families,
+        audit,
+    })
 }
 
 /// `src`/`dst`: a CIDR or a list of CIDRs. Outer `None`: invalid (reported);
