@@ -519,8 +519,11 @@ pub struct Counter {
     pub packets: u64,
     /// Bytes of the frames as seen at the hook (`skb->len`, L2 header included).
     pub bytes: u64,
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE) of this CPU's latest
+    /// packet; 0: none yet. User space takes the latest over the CPUs.
+    pub last: u64,
 }
-const _: () = assert!(size_of::<Counter>() == 16);
+const _: () = assert!(size_of::<Counter>() == 24);
 
 // ---------------------------------------------------------------------------
 // STATS slots: packets the rules never saw (per CPU, u64 each)

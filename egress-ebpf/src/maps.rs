@@ -76,6 +76,11 @@ pub static CONN_V4: LruHashMap<ConnKeyV4, ConnValue> = LruHashMap::with_max_entr
 #[map]
 pub static CONN_V6: LruHashMap<ConnKeyV6, ConnValue> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
+/// Per CPU: the coarse clock as last read, and packets left before the next read
+/// (stats.rs). Not shared with user space.
+#[map]
+pub static CLOCK: PerCpuArray<crate::stats::Clock> = PerCpuArray::with_max_entries(1, 0);
+
 /// Connection-table counters (`CS_*` slots), per CPU; shared like the table.
 #[map]
 pub static CONN_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CONN_STATS_LEN, 0);

@@ -11,6 +11,32 @@ fn action_label(action: &str, audit: bool) -> String {
     if audit { format!("{action} (audit)") } else { action.to_string() }
 }
 
+/// The latest hit of a row: RFC 3339, or null when it never matched.
+fn last_hit_json(r: &Readout, slot: usize) -> Value {
+    match r.counters.get(slot).map(|c| c.last_hit) {
+        Some(t) if t > 0 => json!(rfc3339(t)),
+        _ => Value::Null,
+    }
+}
+
+/// "12s ago", "3m ago", "5h ago", "2d ago", or "never".
+pub fn ago(last_hit: u64, now: u64) -> String {
+    if last_hit == 0 {
+        return "never".into();
+    }
+    let s = now.saturating_sub(last_hit);
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m ago", s / 60),
+        3600..86400 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
+fn last_hit_text(r: &Readout, slot: usize) -> String {
+    ago(r.counters.get(slot).map(|c| c.last_hit).unwrap_or(0), crate::dataplane::now_unix())
+}
+
 fn counter(r: &Readout, slot: usize) -> (u64, u64) {
     r.counters.get(slot).map(|c| (c.packets, c.bytes)).unwrap_or((0, 0))
 }
@@ -24,7 +50,7 @@ pub fn counters_json(r: &Readout) -> Value {
         .map(|(i, ri)| {
             let (packets, bytes) = counter(r, i + 1);
             json!({"name": ri.name, "action": ri.action, "audit": ri.audit, "packets": packets, "bytes": bytes, "match": ri.summary,
-                   "since": rfc3339(ri.since)})
+                   "since": rfc3339(ri.since), "last_hit": last_hit_json(r, i + 1)})
         })
         .collect();
     let (packets, bytes) = counter(r, DEFAULT_COUNTER_SLOT as usize);
@@ -37,7 +63,8 @@ pub fn counters_json(r: &Readout) -> Value {
         "mode": r.state.mode,
         "link": r.health.as_str(),
         "rules": rules,
-        "default": {"action": r.state.default_action, "audit": r.state.default_audit, "packets": packets, "bytes": bytes, "since": rfc3339(r.state.default_since)},
+        "default": {"action": r.state.default_action, "audit": r.state.default_audit, "packets": packets, "bytes": bytes, "since": rfc3339(r.state.default_since),
+                    "last_hit": last_hit_json(r, DEFAULT_COUNTER_SLOT as usize)},
         "unclassified": stats,
         "generation": r.state.generation,
         "digest": r.state.digest,
@@ -82,8 +109,16 @@ fn human(n: u64) -> String {
 }
 
 pub fn counters_table(r: &Readout) -> String {
-    let mut rows: Vec<[String; 7]> =
-        vec![["#".into(), "NAME".into(), "ACTION".into(), "PKTS".into(), "BYTES".into(), "COUNTING SINCE (UTC)".into(), "MATCH".into()]];
+    let mut rows: Vec<[String; 8]> = vec![[
+        "#".into(),
+        "NAME".into(),
+        "ACTION".into(),
+        "PKTS".into(),
+        "BYTES".into(),
+        "LAST HIT".into(),
+        "COUNTING SINCE (UTC)".into(),
+        "MATCH".into(),
+    ]];
     for (i, ri) in r.state.rules.iter().enumerate() {
         let (p, b) = counter(r, i + 1);
         rows.push([
@@ -92,6 +127,7 @@ pub fn counters_table(r: &Readout) -> String {
             action_label(&ri.action, ri.audit),
             p.to_string(),
             human(b),
+            last_hit_text(r, i + 1),
             utc(ri.since),
             ri.summary.clone(),
         ]);
@@ -103,6 +139,7 @@ pub fn counters_table(r: &Readout) -> String {
         action_label(&r.state.default_action, r.state.default_audit),
         p.to_string(),
         human(b),
+        last_hit_text(r, DEFAULT_COUNTER_SLOT as usize),
         utc(r.state.default_since),
         "no rule matched".into(),
     ]);
@@ -114,6 +151,7 @@ pub fn counters_table(r: &Readout) -> String {
             "allow".into(),
             (c.stat(CS_ESTABLISHED_PACKETS) + c.stat(CS_RELATED_PACKETS)).to_string(),
             human(c.stat(CS_ESTABLISHED_BYTES) + c.stat(CS_RELATED_BYTES)),
+            "-".into(),
             "-".into(),
             "tracked connections and ICMP errors about them (stateful)".into(),
         ]);

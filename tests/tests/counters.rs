@@ -67,3 +67,33 @@ fn watch_prints_frames_with_rates() {
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[1]["rules"][0]["name"], "no-6203");
 }
+
+#[test]
+fn last_hit_shows_when_a_rule_last_matched_and_survives_replacement() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let p = Pair::new("lhit").expect("namespaces");
+    p.static_neighbours().unwrap();
+    let f = temp_file("rules.toml", &deny_udp(&[6211, 6212]));
+    p.egress_ok(&["apply", "--iface", &p.a_if, "--rules", f.to_str().unwrap()]);
+    let json = |p: &Pair| -> Value { serde_json::from_str(&p.egress_ok(&["counters", "--iface", &p.a_if, "--json"])).unwrap() };
+    assert!(json(&p)["rules"][0]["last_hit"].is_null(), "never hit: null");
+    assert_eq!(p.udp(false, 6211, 20), 0);
+    let v = json(&p);
+    let hit = v["rules"][0]["last_hit"].as_str().unwrap_or_else(|| panic!("{v}")).to_string();
+    assert!(v["rules"][1]["last_hit"].is_null(), "{v}");
+    // RFC 3339 UTC, within a minute of now.
+    let now = egress::dataplane::now_unix();
+    assert!(hit.ends_with('Z') && hit.len() == 20, "{hit}");
+    let secs = |s: &str| -> u64 {
+        let out = std::process::Command::new("date").args(["-u", "-d", s, "+%s"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    assert!(now.abs_diff(secs(&hit)) < 60, "{hit} vs now {now}");
+    let table = p.egress_ok(&["counters", "--iface", &p.a_if]);
+    assert!(table.contains("LAST HIT"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("1  no-6211") && l.contains("s ago")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("2  no-6212") && l.contains("never")), "{table}");
+    // Kept across a replacement, before any new packet.
+    p.egress_ok(&["apply", "--iface", &p.a_if, "--rules", f.to_str().unwrap()]);
+    assert_eq!(json(&p)["rules"][0]["last_hit"].as_str(), Some(hit.as_str()));
+}

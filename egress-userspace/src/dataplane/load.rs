@@ -392,6 +392,7 @@ pub(super) fn sum_counters<T: std::borrow::Borrow<MapData>>(arr: &PerCpuArray<T,
         for v in per_cpu.iter() {
             c.packets += v.packets;
             c.bytes += v.bytes;
+            c.last = c.last.max(v.last);
         }
         out.push(c);
     }

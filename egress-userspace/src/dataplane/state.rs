@@ -47,12 +47,20 @@ fn state_path(key: &str) -> PathBuf {
 pub struct Count {
     pub packets: u64,
     pub bytes: u64,
+    /// Unix seconds of the latest packet counted; 0: never.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub last_hit: u64,
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }
 
 impl std::ops::Add for Count {
     type Output = Count;
+    /// Counts add up; the latest hit is the later one.
     fn add(self, o: Count) -> Count {
-        Count { packets: self.packets + o.packets, bytes: self.bytes + o.bytes }
+        Count { packets: self.packets + o.packets, bytes: self.bytes + o.bytes, last_hit: self.last_hit.max(o.last_hit) }
     }
 }
 
@@ -61,8 +69,9 @@ impl Count {
         self.packets == 0 && self.bytes == 0
     }
     /// What is counted beyond `o` (a reset's snapshot); never below zero.
+    /// The latest hit stays: it is history, not a count.
     pub fn since_reset(self, o: Count) -> Count {
-        Count { packets: self.packets.saturating_sub(o.packets), bytes: self.bytes.saturating_sub(o.bytes) }
+        Count { packets: self.packets.saturating_sub(o.packets), bytes: self.bytes.saturating_sub(o.bytes), last_hit: self.last_hit }
     }
 }
 
