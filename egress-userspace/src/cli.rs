@@ -154,6 +154,12 @@ pub enum Command {
         /// Seconds between checks for interfaces that are missing or were re-created.
         #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
         recheck: f64,
+        /// Serve Prometheus metrics on http://ADDR:PORT/metrics (off by default). A
+        /// bare PORT listens on 127.0.0.1 only; give an address (0.0.0.0:9100,
+        /// [::]:9100) to expose it. Per-rule packets and bytes, default policy,
+        /// unclassified packets, rule-set generation, reloads, flow table.
+        #[arg(long, value_name = "[ADDR:]PORT")]
+        metrics: Option<String>,
     },
     /// Remove the classifier and its pins from an interface; traffic flows unfiltered.
     Detach {

@@ -6,6 +6,7 @@ pub mod dataplane;
 pub mod explain;
 pub mod hook;
 pub mod lint;
+pub mod observe;
 pub mod packet;
 pub mod reference;
 pub mod reload;

@@ -290,14 +290,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("no rules loaded on {iface} ({hook}) in network namespace {}", target.netns)
             }
         }
-        Command::Run { config, detach_on_exit, log_format: _, recheck } => {
+        Command::Run { config, detach_on_exit, log_format: _, recheck, metrics } => {
+            let metrics =
+                metrics.map(|m| egress::observe::metrics::parse_addr(&m)).transpose().map_err(|e| anyhow::Error::new(InputError(e)))?;
             // Absolute, so that its folder (and relative rule paths) can be watched.
             let config = std::path::absolute(&config).unwrap_or(config);
             // The config is checked before anything else, so a bad one exits 2.
             let cfg = service::Config::load(&config).map_err(|e| anyhow::Error::new(InputError(e)))?;
             enter("run", &cli.netns)?;
-            let opts =
-                service::Options { config_path: config, detach_on_exit, recheck: std::time::Duration::from_secs_f64(recheck.max(0.05)) };
+            let recheck = std::time::Duration::from_secs_f64(recheck.max(0.05));
+            let opts = service::Options { config_path: config, detach_on_exit, recheck, metrics };
             return Ok(ExitCode::from(service::run(cfg, opts)?));
         }
     }

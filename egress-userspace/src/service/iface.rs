@@ -36,11 +36,17 @@ pub struct Managed {
     /// Digest of the rule file content last found invalid: the same content is
     /// not parsed (nor logged) again until it changes or SIGHUP.
     bad_digest: Option<String>,
+    /// Rule sets applied or replaced (metrics).
+    pub reloads: u64,
+    /// Attempts that left the running rules in place (metrics).
+    pub failures: u64,
+    /// Unix seconds of the last successful reload (0: none).
+    pub last_reload: u64,
 }
 
 impl Managed {
     pub fn new(cfg: IfaceConfig, lock: RunLock) -> Managed {
-        Managed { cfg, _lock: lock, target: None, last: None, bad_digest: None }
+        Managed { cfg, _lock: lock, target: None, last: None, bad_digest: None, reloads: 0, failures: 0, last_reload: 0 }
     }
 
     /// Whether the periodic check should reconcile: the interface appeared, was
@@ -108,6 +114,7 @@ impl Managed {
             Err(e) => {
                 tracing::error!(iface, file, "{e}\nthe running rules stay enforced");
                 self.bad_digest = digest;
+                self.failures += 1;
                 return self.done(Outcome::Invalid);
             }
         };
@@ -145,14 +152,18 @@ impl Managed {
                     );
                 }
                 self.target = Some(t);
+                self.reloads += 1;
+                self.last_reload = dataplane::now_unix();
                 self.done(Outcome::Applied)
             }
             Err(ReloadError::Input(m)) => {
                 tracing::error!(iface, file, "{m}\nthe running rules stay enforced");
+                self.failures += 1;
                 self.done(Outcome::Invalid)
             }
             Err(ReloadError::Dataplane(e)) => {
                 tracing::error!(iface, file, "apply failed: {e}; the running rules stay enforced");
+                self.failures += 1;
                 self.done(Outcome::Failed)
             }
         }

@@ -23,6 +23,7 @@ mod watch;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -33,6 +34,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     dataplane::{self, RunLock},
     hook::Hook,
+    observe::metrics,
 };
 
 pub struct Options {
@@ -40,6 +42,8 @@ pub struct Options {
     pub detach_on_exit: bool,
     /// Period of the check for missing, re-created or severed interfaces.
     pub recheck: Duration,
+    /// Serve Prometheus metrics on this address (`--metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Runs the service until SIGTERM/SIGINT. Returns the exit status: 0 after a
@@ -59,9 +63,30 @@ struct Service {
     cookie: u64,
     ifaces: BTreeMap<ManagedKey, Managed>,
     config_digest: Option<String>,
+    /// What the metrics endpoint reads (kept current by `publish`).
+    shared: Arc<metrics::Shared>,
 }
 
 impl Service {
+    /// Hands the metrics endpoint the current view of every managed attachment.
+    fn publish(&self) {
+        let tracked = self
+            .ifaces
+            .values()
+            .map(|m| metrics::Tracked {
+                iface: m.cfg.name.clone(),
+                hook: m.cfg.hook.as_str(),
+                target: m.target.clone(),
+                reloads: m.reloads,
+                failures: m.failures,
+                last_reload: m.last_reload,
+            })
+            .collect();
+        if let Ok(mut t) = self.shared.tracked.lock() {
+            *t = tracked;
+        }
+    }
+
     fn files(&self) -> Vec<&Path> {
         std::iter::once(self.opts.config_path.as_path()).chain(self.ifaces.values().map(|m| m.cfg.rules.as_path())).collect()
     }
@@ -128,9 +153,18 @@ async fn service(cfg: Config, opts: Options) -> anyhow::Result<u8> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let (mut watch, mut events) = watch::Watch::new();
+    let shared = Arc::new(metrics::Shared::default());
+    if let Some(addr) = opts.metrics {
+        // Bound before anything is applied: a port in use is an error at start.
+        let l = std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("--metrics: cannot listen on {addr}: {e}"))?;
+        l.set_nonblocking(true)?;
+        let l = tokio::net::TcpListener::from_std(l)?;
+        tracing::info!(%addr, "serving Prometheus metrics on http://{addr}/metrics");
+        tokio::spawn(metrics::serve(l, shared.clone()));
+    }
 
     let config_digest = crate::reload::file_digest(&opts.config_path);
-    let mut svc = Service { opts, cookie, ifaces: BTreeMap::new(), config_digest };
+    let mut svc = Service { opts, cookie, ifaces: BTreeMap::new(), config_digest, shared };
     tracing::info!(config = %svc.opts.config_path.display(), interfaces = cfg.interfaces.len(), pid = std::process::id(), "egress run starting");
     let mut outcomes = Vec::new();
     for (c, lock) in cfg.interfaces.into_iter().zip(locks) {
@@ -146,6 +180,7 @@ async fn service(cfg: Config, opts: Options) -> anyhow::Result<u8> {
         return Ok(code);
     }
     watch.set(&svc.files());
+    svc.publish();
     sd::notify("READY=1");
     tracing::info!(
         "running; SIGHUP reloads, SIGTERM stops (enforcement stays{})",
@@ -166,6 +201,7 @@ async fn service(cfg: Config, opts: Options) -> anyhow::Result<u8> {
                     m.reconcile("SIGHUP", true);
                 }
                 watch.set(&svc.files());
+                svc.publish();
                 sd::notify("READY=1");
             }
             Some(dir) = events.recv() => {
@@ -188,6 +224,7 @@ async fn service(cfg: Config, opts: Options) -> anyhow::Result<u8> {
                     }
                 }
                 watch.set(&svc.files());
+                svc.publish();
             }
             _ = tick.tick() => {
                 for m in svc.ifaces.values_mut() {
@@ -196,6 +233,7 @@ async fn service(cfg: Config, opts: Options) -> anyhow::Result<u8> {
                     }
                 }
                 watch.set(&svc.files());
+                svc.publish();
             }
         }
     };

@@ -1,0 +1,3 @@
+//! What `egress run` shows the outside: Prometheus metrics (`metrics`).
+
+pub mod metrics;
