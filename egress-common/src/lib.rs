@@ -439,6 +439,75 @@ pub struct ConnValue {
 }
 const _: () = assert!(size_of::<ConnValue>() == 16);
 
+// ---------------------------------------------------------------------------
+// Deny events
+// ---------------------------------------------------------------------------
+
+/// The deny events' ring buffer, shared by every generation of an attachment
+/// (pinned at `KEY/events/`), read by `egress events` and `egress run`.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Per-CPU event counters (`ES_*` slots), pinned beside [`MAP_EVENTS`].
+pub const MAP_EVENT_STATS: &str = "EVENT_STATS";
+/// Per-rule rate-limit state (slot = counter slot), per generation.
+pub const MAP_EVENT_LIMITS: &str = "EVENT_LIMITS";
+/// Size of the ring buffer in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+/// Load-time globals: the interval between a rule's events (1e9 / rate; 0: events
+/// off) and the burst tolerance ((burst - 1) x interval), ns.
+pub const GLOBAL_EVENT_INTERVAL: &str = "EVENT_INTERVAL";
+pub const GLOBAL_EVENT_TOLERANCE: &str = "EVENT_TOLERANCE";
+/// `[events]` defaults and limits.
+pub const DEFAULT_EVENT_RATE: u32 = 10;
+pub const DEFAULT_EVENT_BURST: u32 = 20;
+pub const MAX_EVENT_RATE: u32 = 100_000;
+pub const MAX_EVENT_BURST: u32 = 100_000;
+
+/// EVENT_STATS slots: events written, events held back by a rule's rate limit,
+/// events lost because the ring buffer was full (a reader too slow or absent).
+pub const ES_SENT: u32 = 0;
+pub const ES_SUPPRESSED: u32 = 1;
+pub const ES_LOST: u32 = 2;
+pub const EVENT_STATS_LEN: u32 = 3;
+
+/// One rule's rate limit (GCRA: one "theoretical arrival time").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventLimit {
+    /// When the rule's next event is due (CLOCK_MONOTONIC_COARSE ns).
+    pub tat: u64,
+    /// Events held back since the rule's last event.
+    pub suppressed: u64,
+}
+const _: () = assert!(size_of::<EventLimit>() == 16);
+
+/// One denied packet, as the ring buffer carries it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyEvent {
+    /// CLOCK_MONOTONIC_COARSE ns.
+    pub time_ns: u64,
+    /// Counter slot: the rule's 1-based position, 0 for the default policy.
+    pub slot: u32,
+    /// [`ACTION_DENY`] or [`ACTION_AUDIT`].
+    pub action: u32,
+    /// Frame length at the hook.
+    pub len: u32,
+    /// Events of this rule held back by the rate limit since its previous event.
+    pub suppressed: u32,
+    pub v6: u8,
+    /// PCLASS_* (with PCLASS_NO_L4 for a non-first fragment).
+    pub pclass: u8,
+    /// TCP/UDP destination port or ICMP [type, code] (network order).
+    pub port: [u8; 2],
+    /// TCP/UDP source port (network order).
+    pub sport: [u8; 2],
+    pub _pad: [u8; 2],
+    /// IPv4 addresses in the first four bytes.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+const _: () = assert!(size_of::<DenyEvent>() == 64);
+
 /// Opened from the other side of the hook (the companion program saw its first packet).
 pub const CONN_INBOUND: u32 = 1;
 /// A packet in the answering direction has been seen.
@@ -565,4 +634,6 @@ mod pod {
     unsafe impl aya::Pod for ConnKeyV4 {}
     unsafe impl aya::Pod for ConnKeyV6 {}
     unsafe impl aya::Pod for ConnValue {}
+    unsafe impl aya::Pod for EventLimit {}
+    unsafe impl aya::Pod for DenyEvent {}
 }

@@ -28,6 +28,8 @@ mod classify;
 #[cfg(target_arch = "bpf")]
 mod conn;
 #[cfg(target_arch = "bpf")]
+mod events;
+#[cfg(target_arch = "bpf")]
 mod frame;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -44,13 +46,14 @@ mod program {
         programs::{TcContext, XdpContext},
     };
     use egress_common::{
-        ACTION_DENY, DEFAULT_COUNTER_SLOT, PCLASS_NO_L4, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP, STAT_TOO_MANY_HDRS, STAT_TRUNCATED,
-        TC_ACT_SHOT, TC_ACT_UNSPEC,
+        ACTION_ALLOW, ACTION_DENY, DEFAULT_COUNTER_SLOT, PCLASS_NO_L4, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP, STAT_TOO_MANY_HDRS,
+        STAT_TRUNCATED, TC_ACT_SHOT, TC_ACT_UNSPEC,
     };
 
     use crate::{
         cache, classify,
         conn::{self, Seen},
+        events,
         frame::Frame,
         parse::{self, ParseError},
         stats,
@@ -189,8 +192,12 @@ mod program {
             }
         };
         stats::count_rule(ctx, slot);
-        if action == ACTION_DENY {
-            return Ok(false);
+        if action != ACTION_ALLOW {
+            // Deny or audit: reported (rate-limited); the allow path pays nothing.
+            events::denied::<C, SPLIT>(ctx, &pkt, slot, action);
+            if action == ACTION_DENY {
+                return Ok(false);
+            }
         }
         if SPLIT {
             conn::track_new(ctx, &pkt, slot);

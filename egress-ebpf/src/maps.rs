@@ -5,11 +5,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egress_common::{
-    CONN_STATS_LEN, ConnKeyV4, ConnKeyV6, ConnValue, Counter, DEFAULT_MAX_FLOWS, DstValue, FLOW_CACHE_ENTRIES, FlowEntryV4, FlowEntryV6,
-    ListSlot, Lists, MAX_DST_ENTRIES, MAX_LIST_SLOTS, MAX_PAIR_ENTRIES, MAX_RANGES, MAX_RULES, PairKeyV4, PairKeyV6, PortRange, STATS_LEN,
+    CONN_STATS_LEN, ConnKeyV4, ConnKeyV6, ConnValue, Counter, DEFAULT_MAX_FLOWS, DstValue, EVENT_STATS_LEN, EVENTS_RING_BYTES, EventLimit,
+    FLOW_CACHE_ENTRIES, FlowEntryV4, FlowEntryV6, ListSlot, Lists, MAX_DST_ENTRIES, MAX_LIST_SLOTS, MAX_PAIR_ENTRIES, MAX_RANGES,
+    MAX_RULES, PairKeyV4, PairKeyV6, PortRange, STATS_LEN,
 };
 
 /// Stage 1, IPv4. Key: destination prefix (network order). Value: the destination
@@ -80,6 +81,18 @@ pub static CONN_V6: LruHashMap<ConnKeyV6, ConnValue> = LruHashMap::with_max_entr
 /// (stats.rs). Not shared with user space.
 #[map]
 pub static CLOCK: PerCpuArray<crate::stats::Clock> = PerCpuArray::with_max_entries(1, 0);
+
+/// Deny events for user space (events.rs); shared by every generation.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// Event counters (`ES_*` slots), per CPU; shared like [`EVENTS`].
+#[map]
+pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_STATS_LEN, 0);
+
+/// Per-rule event rate limits (slot = counter slot), shared by the CPUs.
+#[map]
+pub static EVENT_LIMITS: Array<EventLimit> = Array::with_max_entries(MAX_RULES + 1, 0);
 
 /// Connection-table counters (`CS_*` slots), per CPU; shared like the table.
 #[map]

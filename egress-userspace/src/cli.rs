@@ -186,6 +186,28 @@ pub enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Stream the packets denied on an interface's hook, as they happen, until
+    /// interrupted.
+    ///
+    /// The program reports every denied (or audited) packet, rate-limited per rule
+    /// in the kernel ([events] rate and burst in the rule file; default 10 a second,
+    /// bursts of 20); each event says how many of that rule's events the limit held
+    /// back since the previous one. One reader at a time: `egress run` logs the
+    /// same events, and two readers split them.
+    Events {
+        #[arg(long, short = 'i', value_name = "IFACE")]
+        iface: String,
+        /// Which hook's rule set (see `apply --hook`).
+        #[arg(long, value_enum, default_value_t = Hook::TcEgress)]
+        hook: Hook,
+        /// One JSON object per line: {"time","iface","rule","action","audit","src","dst",
+        /// "protocol","sport","dport","icmp_type","icmp_code","len","suppressed"}.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many events.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
     /// Which rule decides a packet, and why.
     ///
     /// With --iface: the classifier loaded on that interface's hook runs a synthetic

@@ -37,6 +37,11 @@ fn last_hit_text(r: &Readout, slot: usize) -> String {
     ago(r.counters.get(slot).map(|c| c.last_hit).unwrap_or(0), crate::dataplane::now_unix())
 }
 
+/// A deny-events counter (`ES_*` slot).
+fn ev(r: &Readout, slot: usize) -> u64 {
+    r.events.get(slot).copied().unwrap_or(0)
+}
+
 fn counter(r: &Readout, slot: usize) -> (u64, u64) {
     r.counters.get(slot).map(|c| (c.packets, c.bytes)).unwrap_or((0, 0))
 }
@@ -70,6 +75,7 @@ pub fn counters_json(r: &Readout) -> Value {
         "digest": r.state.digest,
         "stateful": r.state.stateful.is_some(),
         "state": state_json(r),
+        "events": {"sent": ev(r, 0), "suppressed": ev(r, 1), "lost": ev(r, 2)},
     })
 }
 
@@ -187,6 +193,14 @@ pub fn counters_table(r: &Readout) -> String {
             c.stat(CS_EXPIRED),
             c.evicted(),
             if c.stat(CS_INSERT_FAILED) > 0 { format!(", {} insert failures", c.stat(CS_INSERT_FAILED)) } else { String::new() }
+        ));
+    }
+    if r.events.iter().any(|v| *v > 0) {
+        out.push_str(&format!(
+            "deny events: {} sent, {} held back by the rate limit, {} lost (ring buffer full: no reader, or too slow)\n",
+            ev(r, 0),
+            ev(r, 1),
+            ev(r, 2)
         ));
     }
     let extra: Vec<String> = STAT_NAMES.iter().zip(r.stats.iter()).filter(|(_, v)| **v > 0).map(|(n, v)| format!("{n} {v}")).collect();

@@ -237,6 +237,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", reload::applied_text(&applied, &p));
             }
         }
+        Command::Events { iface, hook, json, count } => {
+            enter("events", &cli.netns)?;
+            let t = dataplane::resolve_or_state(&iface, hook)?;
+            let (mut st, mut stream) = dataplane::open_events(&t)?;
+            let mut seen = 0u64;
+            use std::io::Write as _;
+            while count.is_none_or(|n| seen < n) {
+                let batch = stream.next_batch(std::time::Duration::from_millis(500))?;
+                if !batch.is_empty() {
+                    // Rule names as enforced now (a reload may have changed them).
+                    st = dataplane::read_state(&t.key())?.unwrap_or(st);
+                }
+                for e in batch {
+                    let ev = egress::observe::events::decode(&e, &st, dataplane::mono_ns_to_unix_ns(e.time_ns));
+                    let mut out = std::io::stdout().lock();
+                    if json {
+                        writeln!(out, "{}", ev.json())?;
+                    } else {
+                        writeln!(out, "{}", ev.text())?;
+                    }
+                    out.flush()?;
+                    seen += 1;
+                    if count.is_some_and(|n| seen >= n) {
+                        break;
+                    }
+                }
+            }
+        }
         Command::Explain { iface, hook, rules, proto, src, dst, sport, dport, icmp_type, icmp_code, json } => {
             let q = explain::Query { proto, src, dst, sport, dport, icmp_type, icmp_code };
             let m = q.meta().map_err(|e| anyhow::Error::new(InputError(e)))?;

@@ -91,6 +91,7 @@ pub fn apply(target: &Target, p: &Prepared, flow_cache: u32) -> Result<Applied, 
         default_audit: p.rules.default_code() == egress_common::ACTION_AUDIT,
         rules: infos,
         state: p.rules.state,
+        events: p.rules.events,
     })?)
 }
 

@@ -61,6 +61,11 @@ fn scraped_during_real_traffic_with_exact_values() {
     assert_eq!(value(&body, &l("egress_ruleset_generation", "")), Some(1.0), "{body}");
     assert!(value(&body, &l("egress_last_reload_timestamp_seconds", "")).is_some_and(|t| t > 1.7e9), "{body}");
     assert!(body.contains("# TYPE egress_rule_packets counter") && body.trim_end().ends_with("# EOF"), "{body}");
+    // The service logs the deny events (rate-limited: the default burst covers these 3).
+    let e = d.wait_for("denied", 3, |v| v["message"] == "denied" && v["rule"] == "no-6401");
+    assert_eq!((e["dport"].as_u64(), e["protocol"].as_str(), e["src"].as_str()), (Some(6401), Some("udp"), Some("192.0.2.1")), "{e}");
+    let (_, body) = get(&p.a, port, "/metrics");
+    assert_eq!(value(&body, &l("egress_deny_events_total", ",outcome=\"sent\"")), Some(3.0), "{body}");
 
     // A replacement: counters carried, generation and reloads move on; a bad file counts as a failure.
     replace_file(&rules, &deny_udp(&[6401, 6402]));

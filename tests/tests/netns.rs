@@ -252,7 +252,7 @@ fn apply_again_replaces_the_rule_set_in_place() {
     // Only one generation of pins remains.
     let pinned = own_status(&p)["pinned"].as_str().unwrap().to_string();
     let dirs: Vec<_> = std::fs::read_dir(&pinned).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(dirs.len(), 2, "link + one generation: {dirs:?}");
+    assert_eq!(dirs.len(), 3, "link, the events ring buffer and one generation: {dirs:?}");
 }
 
 #[test]

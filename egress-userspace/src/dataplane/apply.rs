@@ -26,7 +26,7 @@ use super::{
     link::{self, LinkHealth},
     load::{LoadOptions, Loaded, flow_cache_slots, read_pinned},
     pin_err,
-    state::{self, Count, Pending, RuleInfo, State, companion_pin, conn_dir, gen_dir, link_pin, now_unix, pin_dir},
+    state::{self, Count, Pending, RuleInfo, State, companion_pin, conn_dir, events_dir, gen_dir, link_pin, now_unix, pin_dir},
 };
 use crate::{compile::Compiled, hook::Hook, rules::StateConfig};
 
@@ -45,6 +45,8 @@ pub struct ApplyRequest<'a> {
     pub rules: Vec<RuleInfo>,
     /// Stateful mode's settings (None: stateless).
     pub state: Option<StateConfig>,
+    /// Deny events' rate limit.
+    pub events: crate::rules::EventsConfig,
 }
 
 /// A rule that the replacement removed (or changed under its name), with its final counts.
@@ -146,6 +148,8 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         flow_cache: req.flow_cache,
         hook: t.hook,
         state: req.state.map(|c| (c, conn_dir(&key))),
+        events: req.events,
+        events_dir: Some(events_dir(&key)),
     };
     let mut loaded = Loaded::with_options(req.compiled, &opts)?;
     // A resized connection table is a new table: carry the live connections over.
@@ -339,6 +343,8 @@ pub struct Readout {
     pub health: LinkHealth,
     /// Stateful mode: the connection table and its counters.
     pub conn: Option<ConnReadout>,
+    /// Deny events: sent, suppressed by the rate limit, lost (`ES_*` slots).
+    pub events: Vec<u64>,
 }
 
 pub fn read_counters(t: &Target) -> Result<Readout> {
@@ -396,7 +402,8 @@ fn raw_readout(st: State) -> Result<Readout> {
         }
         None => None,
     };
-    Ok(Readout { state: st, counters, stats, health, conn })
+    let events = super::events::event_stats(&st)?;
+    Ok(Readout { state: st, counters, stats, health, conn, events })
 }
 
 /// Removes the program from the interface and deletes its pins and state.

@@ -38,7 +38,14 @@ pub fn explain(t: &Target, frame: &[u8]) -> Result<(State, Decision)> {
         _ => ACTION_ALLOW,
     };
     let generation = st.generation.min(u32::MAX as u64) as u32;
-    let globals = Globals::new(default_action, has_ethernet(&t.iface)?, generation, u32::MAX, &st.stateful.unwrap_or_default());
+    let globals = Globals::new(
+        default_action,
+        has_ethernet(&t.iface)?,
+        generation,
+        u32::MAX,
+        &st.stateful.unwrap_or_default(),
+        &crate::rules::EventsConfig::default(),
+    );
     let mut loader = globals.loader();
     let gdir = gen_dir(&st.key, st.generation);
     for name in ALL_MAPS {

@@ -13,17 +13,18 @@ use aya::{
     programs::{ProgramError, SchedClassifier, Xdp},
 };
 use egress_common::{
-    Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_DEFAULT_ACTION, GLOBAL_FLOW_MASK, GLOBAL_GENERATION, GLOBAL_HAS_ETH, GLOBAL_TO_ICMP,
-    GLOBAL_TO_TCP_CLOSING, GLOBAL_TO_TCP_EST, GLOBAL_TO_UDP, ListSlot, Lists, MAP_CONN_STATS, MAP_CONN_V4, MAP_CONN_V6, MAP_COUNTERS,
-    MAP_DST_V4, MAP_DST_V6, MAP_FLOW_V4, MAP_FLOW_V6, MAP_LISTS, MAP_PAIR_V4, MAP_PAIR_V6, MAP_RANGES, MAP_STATS, MAX_FLOW_CACHE_ENTRIES,
-    MIN_MAX_FLOWS, PairKeyV4, PairKeyV6, PortRange, STATS_LEN, TRACK_PROGRAM_NAME, classifier_program,
+    Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_DEFAULT_ACTION, GLOBAL_EVENT_INTERVAL, GLOBAL_EVENT_TOLERANCE, GLOBAL_FLOW_MASK,
+    GLOBAL_GENERATION, GLOBAL_HAS_ETH, GLOBAL_TO_ICMP, GLOBAL_TO_TCP_CLOSING, GLOBAL_TO_TCP_EST, GLOBAL_TO_UDP, ListSlot, Lists,
+    MAP_CONN_STATS, MAP_CONN_V4, MAP_CONN_V6, MAP_COUNTERS, MAP_DST_V4, MAP_DST_V6, MAP_EVENT_LIMITS, MAP_EVENT_STATS, MAP_EVENTS,
+    MAP_FLOW_V4, MAP_FLOW_V6, MAP_LISTS, MAP_PAIR_V4, MAP_PAIR_V6, MAP_RANGES, MAP_STATS, MAX_FLOW_CACHE_ENTRIES, MIN_MAX_FLOWS, PairKeyV4,
+    PairKeyV6, PortRange, STATS_LEN, TRACK_PROGRAM_NAME, classifier_program,
 };
 
 use super::{BPF_MAP_UPDATE_ELEM, DataplaneError, EBPF_OBJECT, ElemAttr, Result, map_err, prog_err};
 use crate::{
     compile::{Compiled, Prefix},
     hook::Hook,
-    rules::StateConfig,
+    rules::{EventsConfig, StateConfig},
 };
 
 /// The load-time globals of the classifier (egress-common's `GLOBAL_*`), as
@@ -36,13 +37,18 @@ pub(super) struct Globals {
     mask: u32,
     /// The connection table's timeouts, ns.
     to: [u64; 4],
+    /// Deny events: ns between a rule's events (0 = off), burst tolerance ns.
+    event_interval: u64,
+    event_tolerance: u64,
 }
 
 impl Globals {
-    pub(super) fn new(default_action: u32, has_eth: bool, generation: u32, mask: u32, sc: &StateConfig) -> Globals {
+    pub(super) fn new(default_action: u32, has_eth: bool, generation: u32, mask: u32, sc: &StateConfig, ev: &EventsConfig) -> Globals {
         let ns = |s: u64| s.saturating_mul(1_000_000_000);
         let to = [ns(sc.tcp_established), ns(sc.tcp_closing), ns(sc.udp), ns(sc.icmp)];
-        Globals { default_action, has_eth: has_eth as u32, generation, mask, to }
+        let event_interval = if ev.rate == 0 { 0 } else { 1_000_000_000 / u64::from(ev.rate) };
+        let event_tolerance = event_interval * u64::from(ev.burst.max(1) - 1);
+        Globals { default_action, has_eth: has_eth as u32, generation, mask, to, event_interval, event_tolerance }
     }
 
     /// A loader with the globals set (the maps and programs are up to the caller).
@@ -56,7 +62,9 @@ impl Globals {
             .override_global(GLOBAL_TO_TCP_EST, &self.to[0], true)
             .override_global(GLOBAL_TO_TCP_CLOSING, &self.to[1], true)
             .override_global(GLOBAL_TO_UDP, &self.to[2], true)
-            .override_global(GLOBAL_TO_ICMP, &self.to[3], true);
+            .override_global(GLOBAL_TO_ICMP, &self.to[3], true)
+            .override_global(GLOBAL_EVENT_INTERVAL, &self.event_interval, true)
+            .override_global(GLOBAL_EVENT_TOLERANCE, &self.event_tolerance, true);
         loader
     }
 }
@@ -85,11 +93,24 @@ pub struct LoadOptions {
     /// pinned (reused if there, created and pinned if not); the companion program
     /// is loaded too.
     pub state: Option<(StateConfig, PathBuf)>,
+    /// Deny events' rate limit.
+    pub events: EventsConfig,
+    /// Where the events ring buffer and its counters are pinned (reused if
+    /// there, so a reader follows every generation); None: private maps.
+    pub events_dir: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { has_eth: true, generation: 1, flow_cache: FLOW_CACHE_ENTRIES, hook: Hook::TcEgress, state: None }
+        LoadOptions {
+            has_eth: true,
+            generation: 1,
+            flow_cache: FLOW_CACHE_ENTRIES,
+            hook: Hook::TcEgress,
+            state: None,
+            events: EventsConfig::default(),
+            events_dir: None,
+        }
     }
 }
 
@@ -116,8 +137,15 @@ impl Loaded {
         let mask: u32 = if slots == 0 { u32::MAX } else { slots - 1 };
         let stateful = o.state.is_some();
         let sc = o.state.as_ref().map(|(c, _)| *c).unwrap_or_default();
-        let globals = Globals::new(c.default_action, has_eth, generation, mask, &sc);
+        let globals = Globals::new(c.default_action, has_eth, generation, mask, &sc, &o.events);
         let mut loader = globals.loader();
+        loader.map_max_entries(MAP_EVENT_LIMITS, c.counter_slots);
+        let (pev, pes);
+        if let Some(dir) = &o.events_dir {
+            std::fs::create_dir_all(dir).map_err(super::io_err(format!("create {}", dir.display())))?;
+            (pev, pes) = (dir.join(MAP_EVENTS), dir.join(MAP_EVENT_STATS));
+            loader.map_pin_path(MAP_EVENTS, pev.as_path()).map_pin_path(MAP_EVENT_STATS, pes.as_path());
+        }
         loader
             .map_max_entries(MAP_COUNTERS, c.counter_slots)
             // Arrays are preallocated: exactly the rule set's size (at least 1).

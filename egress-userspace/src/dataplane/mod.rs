@@ -7,6 +7,7 @@
 //!   RCU barrier that tells when no CPU still runs a replaced program.
 //! - `conn`: stateful mode's connection table (pins, resize, readout).
 //! - `state`: the state files and pins of each attachment, locks.
+//! - `events`: the deny events' ring buffer (shared by the generations) and counters.
 //! - `explain`: one synthetic packet through a live rule set's classifier
 //!   (BPF_PROG_TEST_RUN on its pinned maps; nothing changes).
 //! - `apply`: one atomic replacement with counters carried over by rule identity,
@@ -22,6 +23,7 @@
 mod apply;
 mod conn;
 mod env;
+mod events;
 mod explain;
 mod link;
 mod load;
@@ -34,6 +36,7 @@ use aya::programs::ProgramError;
 pub use apply::{Applied, ApplyRequest, Readout, Removed, apply, detach, prune, read_counters, reset_counters, status_of, statuses};
 pub use conn::ConnReadout;
 pub use env::{Target, ensure_bpffs, enter_host_mount_ns, enter_netns, has_ethernet, netns_cookie, resolve, resolve_or_state};
+pub use events::{EventStream, event_stats, mono_ns_to_unix_ns, open_events};
 pub use explain::{Decision, explain};
 pub use link::{LinkHealth, wait_for_running_programs};
 pub use load::{LoadOptions, Loaded, flow_cache_slots};

@@ -26,6 +26,10 @@ pub fn pin_dir(key: &str) -> PathBuf {
 pub(super) fn link_pin(key: &str) -> PathBuf {
     pin_dir(key).join("link")
 }
+/// Deny events: the ring buffer and its counters, shared by every generation.
+pub(super) fn events_dir(key: &str) -> PathBuf {
+    pin_dir(key).join("events")
+}
 /// Stateful mode: the companion program's link.
 pub(super) fn companion_pin(key: &str) -> PathBuf {
     pin_dir(key).join("companion")

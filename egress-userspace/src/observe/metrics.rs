@@ -115,6 +115,7 @@ struct Families {
     flows_evicted: Family,
     established_packets: Family,
     established_bytes: Family,
+    events: Family,
 }
 
 impl Families {
@@ -136,10 +137,15 @@ impl Families {
             flows_evicted: Family::new("egress_flows_evicted", "Connections pushed out by a full table (table-full events).", true),
             established_packets: Family::new("egress_established_packets", "Packets passed as ESTABLISHED or RELATED.", true),
             established_bytes: Family::new("egress_established_bytes", "Bytes passed as ESTABLISHED or RELATED.", true),
+            events: Family::new(
+                "egress_deny_events",
+                "Deny events by outcome: sent, suppressed (rate limit), lost (ring buffer full).",
+                true,
+            ),
         }
     }
 
-    fn all(&self) -> [&Family; 16] {
+    fn all(&self) -> [&Family; 17] {
         [
             &self.rule_packets,
             &self.rule_bytes,
@@ -157,6 +163,7 @@ impl Families {
             &self.flows_evicted,
             &self.established_packets,
             &self.established_bytes,
+            &self.events,
         ]
     }
 
@@ -195,6 +202,13 @@ impl Families {
             self.unclassified.series.push((ul, *v as f64));
         }
         self.generation.series.push((l.clone(), st.generation as f64));
+        if let Ok(es) = dataplane::event_stats(st) {
+            for (outcome, v) in ["sent", "suppressed", "lost"].iter().zip(es) {
+                let mut el = l.clone();
+                el.push(("outcome", outcome.to_string()));
+                self.events.series.push((el, v as f64));
+            }
+        }
         if let Some(c) = &r.conn {
             use egress_common::{
                 CS_ESTABLISHED_BYTES, CS_ESTABLISHED_PACKETS, CS_EXPIRED, CS_INSERTED, CS_INSERTED_INBOUND, CS_RELATED_BYTES,

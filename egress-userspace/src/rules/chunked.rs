@@ -30,11 +30,12 @@ pub(super) fn parse_chunked(file: &str, text: &str, starts: &[usize]) -> Option<
     }
     // The preamble: default_policy and the stateful-mode keys, nothing else.
     let pre = ImDocument::parse(&text[..headers[0]]).ok()?;
-    if pre.as_table().iter().any(|(k, _)| k != "default_policy" && k != "mode" && !is_state_key(k)) {
+    if pre.as_table().iter().any(|(k, _)| k != "default_policy" && k != "mode" && k != "events" && !is_state_key(k)) {
         return None;
     }
     let mut pcx = Ctx { file, line_starts: starts, offset: 0, problems: Vec::new() };
     let state = parse_state(&mut pcx, pre.as_table());
+    let events = super::events::parse_events(&mut pcx, pre.as_table());
     let audit = match pre.get("mode") {
         None => false,
         Some(item) => super::parse::parse_mode(&mut pcx, item, None, None)?,
@@ -78,7 +79,7 @@ pub(super) fn parse_chunked(file: &str, text: &str, starts: &[usize]) -> Option<
         }
         rules.extend(part);
     }
-    (rules.len() == headers.len()).then_some(RuleSet { default_policy, audit, rules, state })
+    (rules.len() == headers.len()).then_some(RuleSet { default_policy, audit, rules, state, events })
 }
 
 /// One chunk: exactly its `[[rule]]` tables, every one valid.

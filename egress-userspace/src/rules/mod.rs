@@ -8,6 +8,7 @@
 //! - `toml_diag`: line numbers, did-you-mean (shared with the `egress run` config).
 
 mod chunked;
+mod events;
 mod parse;
 mod state;
 pub(crate) mod toml_diag;
@@ -16,6 +17,7 @@ use std::fmt;
 
 use ipnet::IpNet;
 
+pub use events::EventsConfig;
 pub use parse::{MAX_NAME_LEN, parse, parse_cidr, parse_ports};
 pub use state::StateConfig;
 
@@ -189,6 +191,8 @@ pub struct RuleSet {
     pub rules: Vec<Rule>,
     /// `Some` when the file says `stateful = true` (with `[state]`'s settings).
     pub state: Option<StateConfig>,
+    /// `[events]`: the deny events' rate limit per rule.
+    pub events: EventsConfig,
 }
 
 impl RuleSet {

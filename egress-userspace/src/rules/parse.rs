@@ -13,7 +13,7 @@ use super::{
     toml_diag::{item_span, line_starts, suggest},
 };
 
-const TOP_KEYS: [&str; 5] = ["default_policy", "mode", "stateful", "state", "rule"];
+const TOP_KEYS: [&str; 6] = ["default_policy", "mode", "stateful", "state", "events", "rule"];
 const RULE_KEYS: [&str; 9] = ["name", "action", "mode", "src", "dst", "protocol", "ports", "icmp_type", "icmp_code"];
 
 /// A `mode` value: Some(true) audit, Some(false) enforce, None when invalid
@@ -117,6 +117,7 @@ pub(super) fn parse_whole(file: &str, text: &str, starts: &[usize]) -> Result<Ru
     };
 
     let state = parse_state(&mut cx, root);
+    let events = super::events::parse_events(&mut cx, root);
     let audit = match root.get("mode") {
         None => false,
         Some(item) => parse_mode(&mut cx, item, item_span(item), None).unwrap_or(false),
@@ -167,7 +168,7 @@ pub(super) fn parse_whole(file: &str, text: &str, starts: &[usize]) -> Result<Ru
     }
     // Only reachable with a policy: a missing one is a problem above.
     let default_policy = default_policy.unwrap_or(Action::Allow);
-    Ok(RuleSet { default_policy, audit, rules, state })
+    Ok(RuleSet { default_policy, audit, rules, state, events })
 }
 
 fn show(item: &Item) -> String {

@@ -42,11 +42,14 @@ pub struct Managed {
     pub failures: u64,
     /// Unix seconds of the last successful reload (0: none).
     pub last_reload: u64,
+    /// The deny events of the attachment (opened once its rules are applied),
+    /// with the key it was opened for.
+    events: Option<(String, dataplane::EventStream)>,
 }
 
 impl Managed {
     pub fn new(cfg: IfaceConfig, lock: RunLock) -> Managed {
-        Managed { cfg, _lock: lock, target: None, last: None, bad_digest: None, reloads: 0, failures: 0, last_reload: 0 }
+        Managed { cfg, _lock: lock, target: None, last: None, bad_digest: None, reloads: 0, failures: 0, last_reload: 0, events: None }
     }
 
     /// Whether the periodic check should reconcile: the interface appeared, was
@@ -166,6 +169,43 @@ impl Managed {
                 self.failures += 1;
                 self.done(Outcome::Failed)
             }
+        }
+    }
+
+    /// Logs the deny events waiting in the attachment's ring buffer (never blocks).
+    pub fn log_events(&mut self) {
+        let Some(t) = &self.target else { return };
+        let key = t.key();
+        if self.events.as_ref().is_none_or(|(k, _)| *k != key) {
+            self.events = dataplane::open_events(t).ok().map(|(_, s)| (key.clone(), s));
+        }
+        let Some((_, stream)) = &mut self.events else { return };
+        let Ok(batch) = stream.next_batch(std::time::Duration::ZERO) else { return };
+        if batch.is_empty() {
+            return;
+        }
+        let Ok(Some(st)) = dataplane::read_state(&key) else { return };
+        for e in batch {
+            let ev = crate::observe::events::decode(&e, &st, dataplane::mono_ns_to_unix_ns(e.time_ns));
+            tracing::info!(
+                target: "egress::events",
+                iface = ev.iface,
+                hook = self.cfg.hook.as_str(),
+                rule = ev.rule,
+                audit = ev.audit,
+                src = %ev.src,
+                dst = %ev.dst,
+                protocol = ev.protocol,
+                sport = ev.sport,
+                dport = ev.dport,
+                icmp_type = ev.icmp_type,
+                icmp_code = ev.icmp_code,
+                len = ev.len,
+                suppressed = ev.suppressed,
+                time = ev.time,
+                "{}",
+                if ev.audit { "audited (would deny)" } else { "denied" }
+            );
         }
     }
 

@@ -189,6 +189,9 @@ async fn service(cfg: Config, opts: Options) -> anyhow::Result<u8> {
 
     let mut tick = tokio::time::interval(svc.opts.recheck);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Deny events are logged in batches (the kernel rate-limits them per rule).
+    let mut events_tick = tokio::time::interval(Duration::from_millis(200));
+    events_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = loop {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
@@ -225,6 +228,11 @@ async fn service(cfg: Config, opts: Options) -> anyhow::Result<u8> {
                 }
                 watch.set(&svc.files());
                 svc.publish();
+            }
+            _ = events_tick.tick() => {
+                for m in svc.ifaces.values_mut() {
+                    m.log_events();
+                }
             }
             _ = tick.tick() => {
                 for m in svc.ifaces.values_mut() {

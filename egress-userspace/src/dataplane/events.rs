@@ -1,0 +1,75 @@
+//! Deny events from the kernel: the attachment's pinned ring buffer (shared by
+//! every generation, so a reader follows reloads) and its counters.
+
+use std::{os::fd::AsRawFd as _, time::Duration};
+
+use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
+use egress_common::{DenyEvent, EVENT_STATS_LEN, MAP_EVENT_STATS, MAP_EVENTS};
+
+use super::{
+    DataplaneError, Result,
+    env::Target,
+    map_err,
+    state::{State, events_dir, read_state},
+};
+
+/// A reader of one attachment's deny events. One reader at a time: each event
+/// is handed to exactly one consumer of the ring buffer.
+pub struct EventStream {
+    rb: RingBuf<MapData>,
+}
+
+/// Opens the deny events of the rule set enforced at `t`.
+pub fn open_events(t: &Target) -> Result<(State, EventStream)> {
+    let st = read_state(&t.key())?.ok_or_else(|| DataplaneError::Other(format!("no rules on {} ({})", t.iface, t.hook)))?;
+    let path = events_dir(&st.key).join(MAP_EVENTS);
+    let md = MapData::from_pin(&path).map_err(map_err(format!("open the events ring buffer {}", path.display())))?;
+    let rb = RingBuf::try_from(Map::RingBuf(md)).map_err(map_err("open the events ring buffer"))?;
+    Ok((st, EventStream { rb }))
+}
+
+impl EventStream {
+    /// The events waiting now, after waiting up to `timeout` for the first.
+    pub fn next_batch(&mut self, timeout: Duration) -> Result<Vec<DenyEvent>> {
+        let mut out = self.drain();
+        if out.is_empty() {
+            let mut pfd = libc::pollfd { fd: self.rb.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+            out = self.drain();
+        }
+        Ok(out)
+    }
+
+    fn drain(&mut self) -> Vec<DenyEvent> {
+        let mut out = Vec::new();
+        while let Some(item) = self.rb.next() {
+            if item.len() >= size_of::<DenyEvent>() {
+                // SAFETY: the program writes whole DenyEvents (plain data); read unaligned.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DenyEvent>()) });
+            }
+        }
+        out
+    }
+}
+
+/// EVENT_STATS summed over the CPUs (`ES_*` slots); zeros before the first apply.
+pub fn event_stats(st: &State) -> Result<Vec<u64>> {
+    let path = events_dir(&st.key).join(MAP_EVENT_STATS);
+    if !path.exists() {
+        return Ok(vec![0; EVENT_STATS_LEN as usize]);
+    }
+    let md = MapData::from_pin(&path).map_err(map_err(format!("open {}", path.display())))?;
+    let arr: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(md)).map_err(map_err("open EVENT_STATS"))?;
+    (0..EVENT_STATS_LEN).map(|i| arr.get(&i, 0).map(|v| v.iter().sum()).map_err(map_err("read EVENT_STATS"))).collect()
+}
+
+/// Unix time in ns of a CLOCK_MONOTONIC_COARSE time in ns (what the program stamps).
+pub fn mono_ns_to_unix_ns(ns: u64) -> u128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid clock id and a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    let mono_now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    let real_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    real_now.saturating_sub(u128::from(mono_now.saturating_sub(ns)))
+}
