@@ -74,6 +74,9 @@ pub enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        /// Deny events per second per rule (overrides the file's [events] rate; 0: none).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=egress_common::MAX_EVENT_RATE as i64))]
+        events_rate: Option<u32>,
         /// Refuse a rule file with lint warnings (exit 2, nothing applied); without
         /// it, warnings are printed on stderr and the rules are applied.
         #[arg(long)]

@@ -216,8 +216,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Command::Apply { iface, hook, rules, flow_cache, json, strict } => {
-            let p = reload::prepare(&rules).map_err(input)?;
+        Command::Apply { iface, hook, rules, flow_cache, json, strict, events_rate } => {
+            let mut p = reload::prepare(&rules).map_err(input)?;
+            if let Some(rate) = events_rate {
+                p.rules.events.rate = rate;
+            }
             if !json || strict {
                 for w in p.warning_lines() {
                     eprintln!("{w}");

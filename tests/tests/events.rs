@@ -98,4 +98,10 @@ fn without_a_reader_events_are_lost_and_enforcement_goes_on() {
     assert!(lost > 0 && sent + lost == n as u64, "sent {sent} + lost {lost} = {n}: {c}");
     assert_eq!(p.udp(false, 6511, 2), 0, "still enforcing");
     assert_eq!(p.udp(false, 6512, 2), 2);
+    // --events-rate 0 turns them off (the file says 100000).
+    let f = temp_file("same.toml", "default_policy = \"allow\"\n[events]\nrate = 100000\nburst = 100000\n[[rule]]\nname = \"no-6511\"\naction = \"deny\"\nprotocol = \"udp\"\nports = \"6511\"\n");
+    p.egress_ok(&["apply", "--iface", &p.a_if, "--rules", f.to_str().unwrap(), "--events-rate", "0"]);
+    assert_eq!(p.udp(false, 6511, 3), 0);
+    let c2: Value = serde_json::from_str(&p.egress_ok(&["counters", "--iface", &p.a_if, "--json"])).unwrap();
+    assert_eq!(c2["events"]["sent"].as_u64().unwrap() + c2["events"]["lost"].as_u64().unwrap(), n as u64 + 2, "no events with --events-rate 0 (2 from the check above): {c2}");
 }
