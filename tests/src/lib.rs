@@ -128,6 +128,26 @@ impl Pair {
         self.apply_file(&temp_file("rules.toml", rules))
     }
 
+    /// Applies a rule file given as text; panics unless it succeeds.
+    pub fn apply_ok(&self, rules: &str) -> String {
+        let f = temp_file("rules.toml", rules);
+        self.egress_ok(&["apply", "--iface", &self.a_if, "--rules", &f.to_string_lossy()])
+    }
+
+    /// `egress explain --json` on a's tc-egress for UDP from a to b:`dport`
+    /// (source port `sport` if given).
+    pub fn explain_udp(&self, dport: u16, sport: Option<u16>) -> serde_json::Value {
+        let (dport, sport) = (dport.to_string(), sport.map(|s| s.to_string()));
+        let mut args =
+            vec!["explain", "--iface", &self.a_if, "--proto", "udp", "--src", "192.0.2.1", "--dst", "192.0.2.2", "--dport", &dport];
+        if let Some(s) = &sport {
+            args.extend(["--sport", s.as_str()]);
+        }
+        args.push("--json");
+        let out = self.egress_ok(&args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON {e}: {out}"))
+    }
+
     /// Applies a rule file.
     pub fn apply_file(&self, path: &std::path::Path) -> Output {
         let f = path.to_string_lossy().into_owned();

@@ -3,16 +3,15 @@
 //! the default policy; switching the rule to enforce keeps its counters and
 //! drops; `counters` and `explain` say "audit". Needs root.
 
-use egress_tests::{Pair, temp_file};
+use egress_tests::Pair;
 use serde_json::Value;
 
 fn apply(p: &Pair, rules: &str) {
-    let f = temp_file("rules.toml", rules);
-    p.egress_ok(&["apply", "--iface", &p.a_if, "--rules", f.to_str().unwrap()]);
+    p.apply_ok(rules);
 }
 
 fn counters(p: &Pair) -> Value {
-    serde_json::from_str(&p.egress_ok(&["counters", "--iface", &p.a_if, "--json"])).unwrap()
+    p.counters().2
 }
 
 const RULES: &str = "default_policy = \"allow\"\n[[rule]]\nname = \"trial\"\naction = \"deny\"\nmode = \"audit\"\nprotocol = \"udp\"\nports = \"6301\"\n[[rule]]\nname = \"no-6302\"\naction = \"deny\"\nprotocol = \"udp\"\nports = \"6302\"\n";
@@ -29,21 +28,7 @@ fn audit_rules_count_and_pass_then_enforce() {
     assert_eq!((c["rules"][1]["audit"].as_bool(), c["rules"][1]["packets"].as_u64()), (Some(false), Some(3)), "{c}");
     let table = p.egress_ok(&["counters", "--iface", &p.a_if]);
     assert!(table.lines().any(|l| l.starts_with("1  trial") && l.contains("deny (audit)")), "{table}");
-    let v: Value = serde_json::from_str(&p.egress_ok(&[
-        "explain",
-        "--iface",
-        &p.a_if,
-        "--proto",
-        "udp",
-        "--src",
-        "192.0.2.1",
-        "--dst",
-        "192.0.2.2",
-        "--dport",
-        "6301",
-        "--json",
-    ]))
-    .unwrap();
+    let v = p.explain_udp(6301, None);
     assert_eq!(
         (v["rule"].as_str(), v["action"].as_str(), v["audit"].as_bool(), v["agree"].as_bool()),
         (Some("trial"), Some("deny"), Some(true), Some(true)),

@@ -7,9 +7,8 @@ use egress_tests::{Pair, deny_udp, temp_file};
 use serde_json::Value;
 
 fn counts(p: &Pair) -> Vec<u64> {
-    let v: Value = serde_json::from_str(&p.egress_ok(&["counters", "--iface", &p.a_if, "--json"])).unwrap();
-    let mut c: Vec<u64> = v["rules"].as_array().unwrap().iter().map(|r| r["packets"].as_u64().unwrap()).collect();
-    c.push(v["default"]["packets"].as_u64().unwrap());
+    let (mut c, def, _) = p.counters();
+    c.push(def);
     c
 }
 
@@ -75,7 +74,7 @@ fn last_hit_shows_when_a_rule_last_matched_and_survives_replacement() {
     p.static_neighbours().unwrap();
     let f = temp_file("rules.toml", &deny_udp(&[6211, 6212]));
     p.egress_ok(&["apply", "--iface", &p.a_if, "--rules", f.to_str().unwrap()]);
-    let json = |p: &Pair| -> Value { serde_json::from_str(&p.egress_ok(&["counters", "--iface", &p.a_if, "--json"])).unwrap() };
+    let json = |p: &Pair| -> Value { p.counters().2 };
     assert!(json(&p)["rules"][0]["last_hit"].is_null(), "never hit: null");
     assert_eq!(p.udp(false, 6211, 20), 0);
     let v = json(&p);

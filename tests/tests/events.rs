@@ -12,8 +12,7 @@ use serde_json::Value;
 const RULES: &str = "default_policy = \"allow\"\n[events]\nrate = 5\nburst = 3\n[[rule]]\nname = \"no-6501\"\naction = \"deny\"\nprotocol = \"udp\"\nports = \"6501\"\n[[rule]]\nname = \"trial-6502\"\naction = \"deny\"\nmode = \"audit\"\nprotocol = \"udp\"\nports = \"6502\"\n[[rule]]\nname = \"no-ping\"\naction = \"deny\"\nprotocol = \"icmp\"\nicmp_type = 8\n";
 
 fn apply(p: &Pair, rules: &str) {
-    let f = temp_file("rules.toml", rules);
-    p.egress_ok(&["apply", "--iface", &p.a_if, "--rules", f.to_str().unwrap()]);
+    p.apply_ok(rules);
 }
 
 #[test]
@@ -70,7 +69,7 @@ fn events_stream_in_the_json_contract_rate_limited_per_rule() {
         "{icmp}"
     );
     assert!(icmp["sport"].is_null() && icmp["dport"].is_null(), "{icmp}");
-    let c: Value = serde_json::from_str(&p.egress_ok(&["counters", "--iface", &p.a_if, "--json"])).unwrap();
+    let c = p.counters().2;
     assert_eq!((c["events"]["sent"].as_u64(), c["events"]["suppressed"].as_u64()), (Some(6), Some(7)), "{c}");
 }
 
@@ -92,16 +91,23 @@ fn without_a_reader_events_are_lost_and_enforcement_goes_on() {
         }
     })
     .unwrap();
-    let c: Value = serde_json::from_str(&p.egress_ok(&["counters", "--iface", &p.a_if, "--json"])).unwrap();
+    let c = p.counters().2;
     assert_eq!(c["rules"][0]["packets"].as_u64(), Some(n as u64), "every packet counted: {c}");
     let (sent, lost) = (c["events"]["sent"].as_u64().unwrap(), c["events"]["lost"].as_u64().unwrap());
     assert!(lost > 0 && sent + lost == n as u64, "sent {sent} + lost {lost} = {n}: {c}");
     assert_eq!(p.udp(false, 6511, 2), 0, "still enforcing");
     assert_eq!(p.udp(false, 6512, 2), 2);
     // --events-rate 0 turns them off (the file says 100000).
-    let f = temp_file("same.toml", "default_policy = \"allow\"\n[events]\nrate = 100000\nburst = 100000\n[[rule]]\nname = \"no-6511\"\naction = \"deny\"\nprotocol = \"udp\"\nports = \"6511\"\n");
+    let f = temp_file(
+        "same.toml",
+        "default_policy = \"allow\"\n[events]\nrate = 100000\nburst = 100000\n[[rule]]\nname = \"no-6511\"\naction = \"deny\"\nprotocol = \"udp\"\nports = \"6511\"\n",
+    );
     p.egress_ok(&["apply", "--iface", &p.a_if, "--rules", f.to_str().unwrap(), "--events-rate", "0"]);
     assert_eq!(p.udp(false, 6511, 3), 0);
-    let c2: Value = serde_json::from_str(&p.egress_ok(&["counters", "--iface", &p.a_if, "--json"])).unwrap();
-    assert_eq!(c2["events"]["sent"].as_u64().unwrap() + c2["events"]["lost"].as_u64().unwrap(), n as u64 + 2, "no events with --events-rate 0 (2 from the check above): {c2}");
+    let c2 = p.counters().2;
+    assert_eq!(
+        c2["events"]["sent"].as_u64().unwrap() + c2["events"]["lost"].as_u64().unwrap(),
+        n as u64 + 2,
+        "no events with --events-rate 0 (2 from the check above): {c2}"
+    );
 }

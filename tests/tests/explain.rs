@@ -84,25 +84,7 @@ fn a_live_connection_is_explained_as_established() {
     let sport = c.local_addr().unwrap().port().to_string();
     let deny = temp_file("deny.toml", &format!("stateful = true\n{}", egress_tests::deny_udp(&[5701])));
     p.egress_ok(&["apply", "--iface", &p.a_if, "--rules", deny.to_str().unwrap()]);
-    let ask = |sport: &str| -> Value {
-        let args = [
-            "explain",
-            "--iface",
-            &p.a_if,
-            "--proto",
-            "udp",
-            "--src",
-            "192.0.2.1",
-            "--dst",
-            "192.0.2.2",
-            "--sport",
-            sport,
-            "--dport",
-            "5701",
-            "--json",
-        ];
-        serde_json::from_str(&p.egress_ok(&args)).unwrap()
-    };
+    let ask = |sport: &str| -> Value { p.explain_udp(5701, Some(sport.parse().unwrap())) };
     let v = ask(&sport);
     assert_eq!(
         (v["decided_by"].as_str(), v["action"].as_str(), v["agree"].as_bool()),

@@ -326,7 +326,10 @@ ports = "1000-2000"
     fn unknown_keys_are_errors_with_suggestion() {
         let e = err("default_policy = \"allow\"\nverbose = true\n[[rule]]\nprotcol = \"tcp\"\n");
         assert_eq!(e.len(), 2);
-        assert_eq!(e[0], "r.toml:2: field 'verbose': unknown key 'verbose' (known keys: default_policy, mode, stateful, state, rule)");
+        assert_eq!(
+            e[0],
+            "r.toml:2: field 'verbose': unknown key 'verbose' (known keys: default_policy, mode, stateful, state, events, rule)"
+        );
         assert_eq!(e[1], "r.toml:4: rule 'rule-1', field 'protcol': unknown key 'protcol' (did you mean 'protocol'?)");
     }
 
@@ -398,6 +401,17 @@ ports = "1000-2000"
         .unwrap();
         assert_eq!(rs.rules[0].ports, Some((53, 53)));
         assert_eq!(rs.rules[1].ports, Some((0, 65535)));
+    }
+
+    #[test]
+    fn events_table_sets_the_rate_limit_and_refuses_bad_values() {
+        let rs = parse("e.toml", "default_policy = \"allow\"\n[events]\nrate = 0\nburst = 5\n").unwrap();
+        assert_eq!((rs.events.rate, rs.events.burst), (0, 5));
+        assert_eq!(parse("e.toml", "default_policy = \"allow\"\n").unwrap().events, EventsConfig::default());
+        let e = parse("e.toml", "default_policy = \"allow\"\n[events]\nrate = 1000000\nburst = 0\nrte = 1\n").unwrap_err().to_string();
+        assert!(e.contains("e.toml:3: field 'events.rate': 1000000 is out of range"), "{e}");
+        assert!(e.contains("e.toml:4: field 'events.burst': 0 is out of range"), "{e}");
+        assert!(e.contains("e.toml:5: field 'events.rte': unknown key 'rte' (did you mean 'rate'?)"), "{e}");
     }
 
     #[test]

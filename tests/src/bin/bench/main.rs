@@ -12,6 +12,8 @@
 //!    nftables rule per line and an nftables interval set; one flow and 4096
 //!    flows, IPv4 and IPv6; plus `egress apply` load/replace times.
 //! 3. `egress run` reload times (reload.rs).
+//! 4. A flood of denied packets under `egress run`: events within the rate,
+//!    the service's CPU (flood.rs).
 //!
 //! A target table (the issue's targets, computed), tables and SVG plots go to
 //! BENCHMARKS.md and docs/.
@@ -29,6 +31,7 @@ use egress::{
 use egress_tests::{A4, A6, B4, B6, is_root};
 
 mod firewalls;
+mod flood;
 mod plots;
 mod reload;
 mod report;
@@ -59,16 +62,20 @@ struct Opts {
     reload_only: bool,
     /// Only part 1 (BPF_PROG_TEST_RUN).
     testrun_only: bool,
+    /// Only part 5 (a flood of denied packets under `egress run`).
+    flood_only: bool,
 }
 
 fn main() -> ExitCode {
-    let mut opts = Opts { quick: false, out: None, sizes: None, traffic_only: false, reload_only: false, testrun_only: false };
+    let mut opts =
+        Opts { quick: false, out: None, sizes: None, traffic_only: false, reload_only: false, testrun_only: false, flood_only: false };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => opts.quick = true,
             "--traffic-only" => opts.traffic_only = true,
             "--reload-only" => opts.reload_only = true,
+            "--flood-only" => opts.flood_only = true,
             "--testrun-only" => opts.testrun_only = true,
             "--sizes" => opts.sizes = args.next().map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect()),
             "--out" => opts.out = args.next(),
@@ -80,7 +87,7 @@ fn main() -> ExitCode {
             }
             "-h" | "--help" => {
                 println!(
-                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only | --testrun-only] [--out FILE] | --generate N\n\
+                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only | --testrun-only | --flood-only] [--out FILE] | --generate N\n\
                      see `cargo xtask bench --help`; --sizes, --traffic-only, --reload-only and --testrun-only are for exploring, not for BENCHMARKS.md"
                 );
                 return ExitCode::SUCCESS;
@@ -153,6 +160,11 @@ fn run(o: &Opts) -> anyhow::Result<()> {
     let mut body = String::new();
     let reload_sizes: Vec<usize> =
         [1_000, *sizes.last().unwrap_or(&1_000)].into_iter().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    if o.flood_only {
+        flood::flood_part(if o.quick { 3 } else { 10 }, &mut body)?;
+        println!("\n{body}");
+        return Ok(());
+    }
     if o.reload_only {
         reload::reload_part(&reload_sizes, tr_rounds, &mut body)?;
         println!("\n{body}");
@@ -177,6 +189,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
     }
     let tf = traffic_part(o, sizes, traffic_rounds, &mut body, &mut sys_plot)?;
     reload::reload_part(&reload_sizes, tr_rounds, &mut body)?;
+    flood::flood_part(if o.quick { 3 } else { 10 }, &mut body)?;
 
     let mut md = String::new();
     let _ =
