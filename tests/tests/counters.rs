@@ -94,5 +94,6 @@ fn last_hit_shows_when_a_rule_last_matched_and_survives_replacement() {
     assert!(table.lines().any(|l| l.starts_with("2  no-6212") && l.contains("never")), "{table}");
     // Kept across a replacement, before any new packet.
     p.egress_ok(&["apply", "--iface", &p.a_if, "--rules", f.to_str().unwrap()]);
-    assert_eq!(json(&p)["rules"][0]["last_hit"].as_str(), Some(hit.as_str()));
+    let kept = json(&p)["rules"][0]["last_hit"].as_str().map(secs);
+    assert!(kept.is_some_and(|k| k.abs_diff(secs(&hit)) <= 1), "{kept:?} vs {hit}");
 }

@@ -289,11 +289,7 @@ fn mono_to_unix(ns: u64) -> u64 {
     if ns == 0 {
         return 0;
     }
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid clock id and a live timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    let mono_now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-    now_unix().saturating_sub(mono_now.saturating_sub(ns) / 1_000_000_000)
+    (super::events::mono_ns_to_unix_ns(ns) / 1_000_000_000) as u64
 }
 
 /// Finishes a replacement: waits until no CPU runs the previous program, adds its

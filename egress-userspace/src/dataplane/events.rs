@@ -64,11 +64,13 @@ pub fn event_stats(st: &State) -> Result<Vec<u64>> {
     (0..EVENT_STATS_LEN).map(|i| arr.get(&i, 0).map(|v| v.iter().sum()).map_err(map_err("read EVENT_STATS"))).collect()
 }
 
-/// Unix time in ns of a CLOCK_MONOTONIC_COARSE time in ns (what the program stamps).
+/// Unix time in ns of a CLOCK_MONOTONIC_COARSE time in ns (what the program
+/// stamps). The offset between the clocks is taken from the precise monotonic
+/// clock, so the same stamp converts to the same second on every read.
 pub fn mono_ns_to_unix_ns(ns: u64) -> u128 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid clock id and a live timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     let mono_now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
     let real_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     real_now.saturating_sub(u128::from(mono_now.saturating_sub(ns)))
