@@ -31,6 +31,17 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// An interface and one of its hooks, as the read-only commands name them.
+#[derive(clap::Args, Debug)]
+pub struct HookedIface {
+    /// The interface (e.g. eth0).
+    #[arg(long, short = 'i', value_name = "IFACE")]
+    pub iface: String,
+    /// Which hook's rule set (see `apply --hook`).
+    #[arg(long, value_enum, default_value_t = Hook::TcEgress)]
+    pub hook: Hook,
+}
+
 /// Log line format of `egress run`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -84,11 +95,8 @@ pub enum Command {
     },
     /// Show per-rule packet and byte counters (like `iptables -L -v`).
     Counters {
-        #[arg(long, short = 'i', value_name = "IFACE")]
-        iface: String,
-        /// Which hook's rule set (see `apply --hook`).
-        #[arg(long, value_enum, default_value_t = Hook::TcEgress)]
-        hook: Hook,
+        #[command(flatten)]
+        at: HookedIface,
         /// Print JSON: {"iface", "rules": [{"name","action","packets","bytes",...}], "default": {...}}.
         #[arg(long)]
         json: bool,
@@ -198,11 +206,8 @@ pub enum Command {
     /// back since the previous one. One reader at a time: `egress run` logs the
     /// same events, and two readers split them.
     Events {
-        #[arg(long, short = 'i', value_name = "IFACE")]
-        iface: String,
-        /// Which hook's rule set (see `apply --hook`).
-        #[arg(long, value_enum, default_value_t = Hook::TcEgress)]
-        hook: Hook,
+        #[command(flatten)]
+        at: HookedIface,
         /// One JSON object per line: {"time","iface","rule","action","audit","src","dst",
         /// "protocol","sport","dport","icmp_type","icmp_code","len","suppressed"}.
         #[arg(long)]

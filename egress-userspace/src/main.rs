@@ -240,9 +240,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", reload::applied_text(&applied, &p));
             }
         }
-        Command::Events { iface, hook, json, count } => {
+        Command::Events { at, json, count } => {
             enter("events", &cli.netns)?;
-            let t = dataplane::resolve_or_state(&iface, hook)?;
+            let t = dataplane::resolve_or_state(&at.iface, at.hook)?;
             let (mut st, mut stream) = dataplane::open_events(&t)?;
             let mut seen = 0u64;
             use std::io::Write as _;
@@ -273,9 +273,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let m = q.meta().map_err(|e| anyhow::Error::new(InputError(e)))?;
             return explain_cmd(&cli.netns, iface, hook, rules, &q, &m, json);
         }
-        Command::Counters { iface, hook, json, watch, interval, count, reset, rule } => {
+        Command::Counters { at, json, watch, interval, count, reset, rule } => {
             enter("counters", &cli.netns)?;
-            let t = dataplane::resolve_or_state(&iface, hook)?;
+            let t = dataplane::resolve_or_state(&at.iface, at.hook)?;
             if reset {
                 let only = (!rule.is_empty()).then_some(rule.as_slice());
                 let done = dataplane::reset_counters(&t, only)?;

@@ -9,8 +9,17 @@ use egress::{
 };
 use rand::{Rng, rngs::StdRng, seq::SliceRandom};
 
+/// One of `items` (`choose`, so the random streams stay as they were; the
+/// pools below are non-empty constants).
+fn pick<T: Copy>(rng: &mut StdRng, items: &[T]) -> T {
+    match items.choose(rng) {
+        Some(v) => *v,
+        None => panic!("an empty pool"),
+    }
+}
+
 fn ip(s: &str) -> IpAddr {
-    s.parse().expect("address")
+    s.parse().unwrap_or_else(|_| panic!("the pool holds a bad address: {s}"))
 }
 
 const V4_NETS: &[&str] = &[
@@ -69,7 +78,7 @@ const PORT_EDGES: &[u16] = &[0, 1, 52, 53, 54, 79, 80, 443, 1023, 1024, 8080, 65
 
 fn nets(rng: &mut StdRng, pool: &[&str]) -> String {
     let n = rng.gen_range(1..=2);
-    let v: Vec<String> = (0..n).map(|_| format!("\"{}\"", pool.choose(rng).unwrap())).collect();
+    let v: Vec<String> = (0..n).map(|_| format!("\"{}\"", pick(rng, pool))).collect();
     format!("[{}]", v.join(", "))
 }
 
@@ -101,17 +110,17 @@ pub fn rules(rng: &mut StdRng, n: usize) -> String {
             1 => &["all", "tcp", "udp", "icmp"],
             _ => &["all", "tcp", "udp", "icmpv6"],
         };
-        let proto = *protos.choose(rng).unwrap();
+        let proto = pick(rng, protos);
         s.push_str(&format!("protocol = \"{proto}\"\n"));
         match proto {
             "tcp" | "udp" if rng.gen_bool(0.7) => {
-                let a = *PORT_EDGES.choose(rng).unwrap();
-                let b = *PORT_EDGES.choose(rng).unwrap();
+                let a = pick(rng, PORT_EDGES);
+                let b = pick(rng, PORT_EDGES);
                 let (a, b) = (a.min(b), a.max(b));
                 if a == b { s.push_str(&format!("ports = \"{a}\"\n")) } else { s.push_str(&format!("ports = \"{a}-{b}\"\n")) }
             }
             "icmp" | "icmpv6" if rng.gen_bool(0.7) => {
-                let t = [0u8, 3, 8, 128, 129].choose(rng).copied().unwrap();
+                let t = pick(rng, &[0u8, 3, 8, 128, 129]);
                 s.push_str(&format!("icmp_type = {t}\n"));
                 if rng.gen_bool(0.4) {
                     s.push_str(&format!("icmp_code = {}\n", rng.gen_range(0..2)));
@@ -128,9 +137,9 @@ pub fn rules(rng: &mut StdRng, n: usize) -> String {
 pub fn packet(rng: &mut StdRng) -> (PacketMeta, Shape) {
     let v6 = rng.gen_bool(0.5);
     let hosts = if v6 { V6_HOSTS } else { V4_HOSTS };
-    let src = ip(hosts.choose(rng).unwrap());
-    let dst = ip(hosts.choose(rng).unwrap());
-    let proto = *[6u8, 17, 6, 17, if v6 { 58 } else { 1 }, if v6 { 58 } else { 1 }, 47, if v6 { 1 } else { 58 }].choose(rng).unwrap();
+    let src = ip(pick(rng, hosts));
+    let dst = ip(pick(rng, hosts));
+    let proto = pick(rng, &[6u8, 17, 6, 17, if v6 { 58 } else { 1 }, if v6 { 58 } else { 1 }, 47, if v6 { 1 } else { 58 }]);
     let mut shape = Shape::default();
     let fragment = rng.gen_bool(0.1);
     if fragment {
@@ -139,7 +148,7 @@ pub fn packet(rng: &mut StdRng) -> (PacketMeta, Shape) {
         shape.more_fragments = true;
     }
     if v6 && rng.gen_bool(0.2) {
-        shape.ipv6_ext = (0..rng.gen_range(1..4)).map(|_| *[0u8, 43, 60].choose(rng).unwrap()).collect();
+        shape.ipv6_ext = (0..rng.gen_range(1..4)).map(|_| pick(rng, &[0u8, 43, 60])).collect();
     }
     if !v6 && rng.gen_bool(0.1) {
         shape.ipv4_option_words = rng.gen_range(1..=10);
@@ -148,9 +157,9 @@ pub fn packet(rng: &mut StdRng) -> (PacketMeta, Shape) {
         L4::None
     } else {
         match proto {
-            6 | 17 => L4::Ports { dport: if rng.gen_bool(0.8) { *PORT_EDGES.choose(rng).unwrap() } else { rng.r#gen() } },
-            1 if !v6 => L4::Icmp { ty: *[0u8, 3, 8, 11].choose(rng).unwrap(), code: rng.gen_range(0..2) },
-            58 if v6 => L4::Icmp { ty: *[128u8, 129, 135, 1].choose(rng).unwrap(), code: rng.gen_range(0..2) },
+            6 | 17 => L4::Ports { dport: if rng.gen_bool(0.8) { pick(rng, PORT_EDGES) } else { rng.r#gen() } },
+            1 if !v6 => L4::Icmp { ty: pick(rng, &[0u8, 3, 8, 11]), code: rng.gen_range(0..2) },
+            58 if v6 => L4::Icmp { ty: pick(rng, &[128u8, 129, 135, 1]), code: rng.gen_range(0..2) },
             _ => L4::None,
         }
     };

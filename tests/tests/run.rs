@@ -6,7 +6,7 @@
 
 use std::{process::Command, time::Duration};
 
-use egress_tests::{A4, Daemon, Pair, deny_udp, egress_bin, replace_file, temp_file};
+use egress_tests::{A4, Daemon, Pair, cpu_ticks, deny_udp, egress_bin, replace_file, temp_file};
 use serde_json::Value;
 
 fn settle(p: &Pair) {
@@ -19,15 +19,6 @@ fn config(ifaces: &[(&str, &std::path::Path)]) -> std::path::PathBuf {
         s.push_str(&format!("[[interface]]\nname = \"{name}\"\nrules = \"{}\"\n\n", rules.display()));
     }
     temp_file("egress.toml", &s)
-}
-
-/// User + system CPU time of a process, in clock ticks (usually 10 ms).
-fn cpu_ticks(pid: i32) -> i64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5), counted after the command name.
-    f[11].parse::<i64>().unwrap() + f[12].parse::<i64>().unwrap()
 }
 
 fn is(v: &Value, msg: &str, iface: &str) -> bool {

@@ -10,6 +10,7 @@
 //! - `events`: the deny events' ring buffer (shared by the generations) and counters.
 //! - `explain`: one synthetic packet through a live rule set's classifier
 //!   (BPF_PROG_TEST_RUN on its pinned maps; nothing changes).
+//! - `readout`: counters as they stand, `--reset`, link health and status.
 //! - `apply`: one atomic replacement with counters carried over by rule identity,
 //!   counter readout, detach, prune. `egress apply` and `egress run` both use it.
 //!
@@ -27,19 +28,21 @@ mod events;
 mod explain;
 mod link;
 mod load;
+mod readout;
 mod state;
 
 use std::io;
 
 use aya::programs::ProgramError;
 
-pub use apply::{Applied, ApplyRequest, Readout, Removed, apply, detach, prune, read_counters, reset_counters, status_of, statuses};
+pub use apply::{Applied, ApplyRequest, Removed, apply, detach, prune};
 pub use conn::ConnReadout;
 pub use env::{Target, ensure_bpffs, enter_host_mount_ns, enter_netns, has_ethernet, netns_cookie, resolve, resolve_or_state};
 pub use events::{EventStream, event_stats, mono_ns_to_unix_ns, open_events};
 pub use explain::{Decision, explain};
 pub use link::{LinkHealth, wait_for_running_programs};
 pub use load::{LoadOptions, Loaded, flow_cache_slots};
+pub use readout::{Readout, read_counters, reset_counters, status_of, statuses};
 pub use state::{Count, Pending, RuleInfo, RunLock, STATE_DIR, State, all_states, now_unix, pin_dir, read_state};
 
 /// The eBPF object, built by build.rs.

@@ -6,15 +6,7 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use egress_tests::{B4, Daemon, Pair, in_ns, temp_file};
-
-/// User + system CPU time of a process, in clock ticks.
-fn cpu_ticks(pid: i32) -> anyhow::Result<i64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = &stat[stat.rfind(')').ok_or_else(|| anyhow::anyhow!("bad stat"))? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Ok(f[11].parse::<i64>()? + f[12].parse::<i64>()?)
-}
+use egress_tests::{B4, Daemon, Pair, cpu_ticks, in_ns, temp_file};
 
 pub(crate) fn flood_part(secs: u64, md: &mut String) -> anyhow::Result<()> {
     eprintln!("part 5: a flood of denied packets under egress run ({secs} s)");
@@ -27,7 +19,7 @@ pub(crate) fn flood_part(secs: u64, md: &mut String) -> anyhow::Result<()> {
     let cfg = temp_file("egress.toml", &format!("[[interface]]\nname = \"{}\"\nrules = \"{}\"\n", pair.a_if, rules.display()));
     let d = Daemon::start(&pair.a, &cfg, &[]);
     d.wait_for("applied", 1, |v| v["message"] == "rules applied");
-    let ticks0 = cpu_ticks(d.pid())?;
+    let ticks0 = cpu_ticks(d.pid());
     let sent = in_ns(&pair.a, move || -> anyhow::Result<u64> {
         let s = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
         s.set_nonblocking(true)?;
@@ -44,7 +36,7 @@ pub(crate) fn flood_part(secs: u64, md: &mut String) -> anyhow::Result<()> {
     })??;
     // Let the service drain what is left, then read everything.
     std::thread::sleep(Duration::from_millis(600));
-    let ticks = cpu_ticks(d.pid())? - ticks0;
+    let ticks = cpu_ticks(d.pid()) - ticks0;
     let logged = d.log().iter().filter(|v| v["message"] == "denied").count() as u64;
     let c: serde_json::Value = serde_json::from_str(&pair.egress_ok(&["counters", "--iface", &pair.a_if, "--json"]))?;
     let counted = c["rules"][0]["packets"].as_u64().unwrap_or(0);

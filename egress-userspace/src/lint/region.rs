@@ -1,0 +1,266 @@
+//! The geometry of the linter: prefixes, a rule's region per family and
+//! protocol class, the exact coverage check (region splitting), and the index
+//! of destination prefixes that finds the rules overlapping a rule.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+use crate::rules::{Protocol, Rule};
+
+/// The L4 value of a packet without an L4 header of its own (a non-first
+/// fragment, or a protocol other than TCP/UDP/ICMP); below it, TCP/UDP
+/// destination ports and ICMP `type << 8 | code`.
+pub(super) const NO_L4: u32 = 1 << 16;
+/// Region pieces examined per rule before the check gives up (no warning).
+pub(super) const BUDGET: usize = 200_000;
+
+/// A prefix of a family: `addr` left-aligned in 128 bits for both families (an
+/// IPv4 /24 keeps its length 24; the whole family is length 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) struct Pfx {
+    pub(super) addr: u128,
+    pub(super) len: u8,
+}
+
+impl Pfx {
+    pub(super) fn mask(len: u8) -> u128 {
+        if len == 0 { 0 } else { u128::MAX << (128 - len as u32) }
+    }
+    pub(super) fn of(n: &IpNet) -> Pfx {
+        match n {
+            IpNet::V4(n) => Pfx { addr: (u32::from(n.network()) as u128) << 96, len: n.prefix_len() },
+            IpNet::V6(n) => Pfx { addr: u128::from(n.network()), len: n.prefix_len() },
+        }
+    }
+    pub(super) fn contains(self, o: Pfx) -> bool {
+        self.len <= o.len && o.addr & Pfx::mask(self.len) == self.addr
+    }
+    pub(super) fn overlaps(self, o: Pfx) -> bool {
+        self.contains(o) || o.contains(self)
+    }
+    pub(super) fn halves(self) -> [Pfx; 2] {
+        let bit = 1u128 << (127 - self.len as u32);
+        [Pfx { addr: self.addr, len: self.len + 1 }, Pfx { addr: self.addr | bit, len: self.len + 1 }]
+    }
+    pub(super) fn ip(self, v6: bool) -> IpAddr {
+        if v6 { Ipv6Addr::from(self.addr).into() } else { Ipv4Addr::from((self.addr >> 96) as u32).into() }
+    }
+}
+
+/// Protocol classes of a packet of either family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Class {
+    Tcp,
+    Udp,
+    Icmp,
+    Other,
+}
+pub(super) const CLASSES: [Class; 4] = [Class::Tcp, Class::Udp, Class::Icmp, Class::Other];
+
+/// A rule as the linter sees it in one family: prefixes and its L4 interval.
+pub(super) struct Shape {
+    pub(super) src: Vec<Pfx>,
+    pub(super) dst: Vec<Pfx>,
+    /// Inclusive interval of L4 values (`NO_L4` included when the rule constrains
+    /// no L4 field).
+    pub(super) l4: (u32, u32),
+}
+
+pub(super) fn shape(r: &Rule, v6: bool) -> Option<Shape> {
+    if !(if v6 { r.families.v6 } else { r.families.v4 }) {
+        return None;
+    }
+    let nets = |n: &Option<Vec<IpNet>>| -> Vec<Pfx> {
+        match n {
+            None => vec![Pfx { addr: 0, len: 0 }],
+            Some(v) => v.iter().filter(|n| matches!(n, IpNet::V6(_)) == v6).map(Pfx::of).collect(),
+        }
+    };
+    let (lo, hi) = r.l4_range();
+    let l4 = if r.l4_any() { (lo as u32, NO_L4) } else { (lo as u32, hi as u32) };
+    Some(Shape { src: nets(&r.src), dst: nets(&r.dst), l4 })
+}
+
+pub(super) fn in_class(r: &Rule, c: Class, v6: bool) -> bool {
+    match (r.protocol, c) {
+        (Protocol::All, _) => true,
+        (Protocol::Tcp, Class::Tcp) | (Protocol::Udp, Class::Udp) => true,
+        (Protocol::Icmp, Class::Icmp) => !v6,
+        (Protocol::Icmpv6, Class::Icmp) => v6,
+        _ => false,
+    }
+}
+
+/// The L4 values a class can carry.
+pub(super) fn class_l4(c: Class) -> (u32, u32) {
+    if c == Class::Other { (NO_L4, NO_L4) } else { (0, NO_L4) }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Region {
+    pub(super) s: Pfx,
+    pub(super) d: Pfx,
+    pub(super) l: (u32, u32),
+}
+
+pub(super) enum Cover {
+    /// Every packet of the region matches one of the candidates.
+    Covered,
+    /// This piece matches none of them.
+    Uncovered(Region),
+    /// Too many pieces: undecided.
+    Unknown,
+}
+
+pub(super) fn l4_overlaps(a: (u32, u32), b: (u32, u32)) -> bool {
+    a.0 <= b.1 && b.0 <= a.1
+}
+
+fn overlaps(e: &Shape, r: &Region) -> bool {
+    l4_overlaps(e.l4, r.l) && e.src.iter().any(|p| p.overlaps(r.s)) && e.dst.iter().any(|p| p.overlaps(r.d))
+}
+
+/// Whether the candidates together match every packet of `r`.
+pub(super) fn cover(r: Region, cands: &[&Shape], budget: &mut usize) -> Cover {
+    if *budget == 0 {
+        return Cover::Unknown;
+    }
+    *budget -= 1;
+    if cands.is_empty() {
+        return Cover::Uncovered(r);
+    }
+    let here: Vec<&Shape> = cands.iter().copied().filter(|e| overlaps(e, &r)).collect();
+    let inside = |e: &Shape| {
+        let s_in = e.src.iter().any(|p| p.contains(r.s));
+        let d_in = e.dst.iter().any(|p| p.contains(r.d));
+        (s_in, d_in, e.l4.0 <= r.l.0 && r.l.1 <= e.l4.1)
+    };
+    if here.iter().any(|e| inside(e) == (true, true, true)) {
+        return Cover::Covered;
+    }
+    // Cut the region where the first overlapping rule's edge runs through it.
+    let Some(e) = here.first() else { return Cover::Uncovered(r) };
+    let pieces = match inside(e) {
+        (false, _, _) => r.s.halves().map(|s| Region { s, ..r }),
+        (_, false, _) => r.d.halves().map(|d| Region { d, ..r }),
+        _ => {
+            let at = if e.l4.0 > r.l.0 { e.l4.0 } else { e.l4.1 + 1 };
+            [Region { l: (r.l.0, at - 1), ..r }, Region { l: (at, r.l.1), ..r }]
+        }
+    };
+    for p in pieces {
+        match cover(p, &here, budget) {
+            Cover::Covered => {}
+            other => return other,
+        }
+    }
+    Cover::Covered
+}
+
+/// The rules with one destination prefix, by L4 interval: many rules often
+/// share a destination and differ in their ports, and only those whose ports
+/// overlap are compared.
+#[derive(Default)]
+struct Group {
+    /// Rules whose interval spans more than `NARROW` values, in file order.
+    pub(super) wide: Vec<usize>,
+    /// The others as (interval start, position), sorted.
+    pub(super) narrow: Vec<(u32, usize)>,
+}
+
+const NARROW: u32 = 1024;
+
+impl Group {
+    pub(super) fn visit(&self, l4: (u32, u32), shapes: &[Option<Shape>], visit: &mut impl FnMut(usize) -> bool) -> bool {
+        let overlaps = |i: usize| shapes[i].as_ref().is_some_and(|s| l4_overlaps(s.l4, l4));
+        if !self.wide.iter().all(|&i| !overlaps(i) || visit(i)) {
+            return false;
+        }
+        // A narrow interval that overlaps starts at most NARROW before l4's start.
+        let from = self.narrow.partition_point(|&(lo, _)| lo + NARROW < l4.0);
+        for &(lo, i) in &self.narrow[from..] {
+            if lo > l4.1 {
+                break;
+            }
+            if overlaps(i) && !visit(i) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// One distinct destination prefix of the rule set.
+struct Node {
+    pub(super) pfx: Pfx,
+    /// The nearest enclosing prefix of the rule set.
+    pub(super) parent: Option<usize>,
+    /// Nodes `id + 1 .. end` (in address order) lie inside this prefix.
+    pub(super) end: usize,
+    pub(super) rules: Group,
+}
+
+/// The rules' destination prefixes as a tree in address order, per family:
+/// the prefixes that overlap a rule's destination are its ancestors (parent
+/// links) and its descendants (a contiguous run of nodes). No hashing per query.
+pub(super) struct Index {
+    nodes: Vec<Node>,
+    /// Per rule, the node of each of its destination prefixes (as in `Shape::dst`).
+    pub(super) node_of: Vec<Vec<usize>>,
+}
+
+impl Index {
+    pub(super) fn new(shapes: &[Option<Shape>]) -> Index {
+        let mut entries: Vec<(Pfx, usize, usize)> = Vec::new();
+        for (i, s) in shapes.iter().enumerate() {
+            for (k, &d) in s.iter().flat_map(|s| s.dst.iter().enumerate()) {
+                entries.push((d, i, k));
+            }
+        }
+        entries.sort_unstable_by_key(|&(p, i, _)| (p.addr, p.len, i));
+        let mut nodes: Vec<Node> = Vec::new();
+        let mut node_of: Vec<Vec<usize>> = shapes.iter().map(|s| vec![0; s.as_ref().map_or(0, |s| s.dst.len())]).collect();
+        let mut stack: Vec<usize> = Vec::new();
+        for (p, i, k) in entries {
+            if nodes.last().is_none_or(|n| n.pfx != p) {
+                while let Some(&top) = stack.last() {
+                    if nodes[top].pfx.contains(p) {
+                        break;
+                    }
+                    nodes[top].end = nodes.len();
+                    stack.pop();
+                }
+                nodes.push(Node { pfx: p, parent: stack.last().copied(), end: 0, rules: Group::default() });
+                stack.push(nodes.len() - 1);
+            }
+            let id = nodes.len() - 1;
+            node_of[i][k] = id;
+            let l4 = shapes[i].as_ref().map_or((0, 0), |s| s.l4);
+            let g = &mut nodes[id].rules;
+            if l4.1 - l4.0 >= NARROW { g.wide.push(i) } else { g.narrow.push((l4.0, i)) }
+        }
+        for top in stack {
+            nodes[top].end = nodes.len();
+        }
+        for n in &mut nodes {
+            n.rules.narrow.sort_unstable();
+        }
+        Index { nodes, node_of }
+    }
+
+    /// Calls `visit` with the position of every rule whose destination overlaps
+    /// node `id`'s prefix (and, for rules with that prefix or an enclosing one,
+    /// whose L4 interval overlaps `l4`; may repeat) until it returns false;
+    /// false if stopped.
+    pub(super) fn overlapping(&self, id: usize, l4: (u32, u32), shapes: &[Option<Shape>], visit: &mut impl FnMut(usize) -> bool) -> bool {
+        let mut up = Some(id);
+        while let Some(n) = up {
+            if !self.nodes[n].rules.visit(l4, shapes, visit) {
+                return false;
+            }
+            up = self.nodes[n].parent;
+        }
+        self.nodes[id + 1..self.nodes[id].end].iter().all(|n| n.rules.visit(l4, shapes, visit))
+    }
+}
