@@ -41,10 +41,24 @@ pub fn enter_host_mount_ns() -> Result<()> {
         match fs::read_link(&ns) {
             Ok(theirs) if theirs != ours => {
                 let f = fs::File::open(&ns).map_err(io_err(format!("open {ns}")))?;
-                // SAFETY: plain syscall on a valid fd.
-                let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNS) };
-                if rc != 0 {
-                    return Err(io_err(format!("join the mount namespace of process {ppid} ({ns})"))(io::Error::last_os_error()));
+                // A mount namespace is joined by a single-threaded process only
+                // (EINVAL otherwise). Threads the process used before (the linter,
+                // the chunked parser) are joined, but a joined thread can still be
+                // exiting in the kernel for a moment: wait until it is gone.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                loop {
+                    // SAFETY: plain syscall on a valid fd.
+                    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNS) } == 0 {
+                        break;
+                    }
+                    let e = io::Error::last_os_error();
+                    if e.raw_os_error() == Some(libc::EINVAL) && std::time::Instant::now() < deadline {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                        continue;
+                    }
+                    let threads = thread_count();
+                    let why = if threads > 1 { format!(" with {threads} threads") } else { String::new() };
+                    return Err(io_err(format!("join the mount namespace of process {ppid} ({ns}){why}"))(e));
                 }
                 tracing::debug!(ppid, "joined the parent's mount namespace for bpffs pins");
                 return Ok(());
@@ -54,6 +68,11 @@ pub fn enter_host_mount_ns() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Threads of this process still known to the kernel.
+fn thread_count() -> usize {
+    fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(1)
 }
 
 fn parent_pid(pid: u32) -> Option<u32> {

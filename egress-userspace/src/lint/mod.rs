@@ -21,6 +21,11 @@
 
 mod region;
 
+/// Rule sets at least this large are linted on all CPUs; smaller ones in the
+/// calling thread (threads cost more than they save there, and a process that
+/// never had threads joins a mount namespace without waiting).
+const PARALLEL_FROM: usize = 10_000;
+
 use ipnet::IpNet;
 use region::{BUDGET, CLASSES, Class, Cover, Index, NO_L4, Region, Shape, class_l4, cover, in_class, l4_overlaps, shape};
 
@@ -88,6 +93,9 @@ impl<'a> Linter<'a> {
             let index = Index::new(&shapes);
             Family { v6, shapes, index }
         };
+        if rs.rules.len() < PARALLEL_FROM {
+            return Linter { rs, fams: [fam(false), fam(true)] };
+        }
         let (v4, v6) = std::thread::scope(|s| {
             let v6 = s.spawn(|| fam(true));
             (fam(false), v6.join())
@@ -229,6 +237,10 @@ pub fn lint(rs: &RuleSet, default_line: usize) -> Vec<Warning> {
         })
         .collect();
     let l = Linter::new(rs);
+    if rs.rules.len() < PARALLEL_FROM {
+        out.extend((0..rs.rules.len()).flat_map(|i| l.rule_warnings(i, dup_of[i])));
+        return out;
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = rs.rules.len().div_ceil(cpus).max(1);
     let parts: Vec<Vec<Warning>> = std::thread::scope(|scope| {
