@@ -27,6 +27,11 @@ pub struct Cli {
     /// a path (/proc/PID/ns/net, a bind mount) or a process id.
     #[arg(long, global = true, value_name = "NAME|PATH|PID")]
     pub netns: Option<String>,
+    /// The largest rule file (or config, or CloudStack export) read: bytes, or with
+    /// K, M or G (KiB, MiB, GiB). A larger file, or a pipe or device giving more, is
+    /// refused before it is parsed.
+    #[arg(long, global = true, value_name = "SIZE", default_value = "64M", value_parser = egress::input::parse_size)]
+    pub max_file_size: u64,
     #[command(subcommand)]
     pub command: Command,
 }

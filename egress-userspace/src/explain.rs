@@ -164,8 +164,15 @@ pub fn live(t: &Target, q: &Query, m: &PacketMeta) -> anyhow::Result<Live> {
     let has_eth = dataplane::has_ethernet(&t.iface)?;
     let (st, d) = dataplane::explain(t, &q.frame(m, has_eth))?;
     let path = Path::new(&st.rules_file);
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("read {} (the applied rule file, for the reference answer): {e}", st.rules_file))?;
+    if st.rules_file.starts_with("/dev/") || st.rules_file.starts_with("/proc/") {
+        anyhow::bail!(
+            "the rules at generation {} were applied from {} (a pipe or device, not a file to read again): the reference answer needs the applied file; use `explain --rules FILE` with the same rules",
+            st.generation,
+            st.rules_file
+        );
+    }
+    let text =
+        crate::input::read_text(path, "rule file").map_err(|e| anyhow::anyhow!("{e} (the applied rule file, for the reference answer)"))?;
     if crate::digest(text.as_bytes()) != st.digest {
         anyhow::bail!(
             "{} changed since it was applied (generation {}): the reference answer needs the applied file; apply it again, or use `explain --rules`",

@@ -3,7 +3,7 @@
 
 mod cli;
 
-use std::{fs, process::ExitCode};
+use std::process::ExitCode;
 
 use clap::Parser as _;
 use egress::{
@@ -39,9 +39,14 @@ fn input(e: ReloadError) -> anyhow::Error {
 }
 
 fn main() -> ExitCode {
+    dataplane::closed_pipe_ends_process(true);
     let cli = Cli::parse();
+    egress::input::set_max_file_size(cli.max_file_size);
     let (default_level, json_logs) = match &cli.command {
-        Command::Run { log_format, .. } => ("info", *log_format == LogFormat::Json),
+        Command::Run { log_format, .. } => {
+            dataplane::closed_pipe_ends_process(false);
+            ("info", *log_format == LogFormat::Json)
+        }
         _ => ("warn", false),
     };
     let filter =
@@ -169,16 +174,16 @@ fn explain_cmd(
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { rules, json, strict } => {
+            // Read once: the file may be a pipe (--rules /dev/stdin).
+            let text = egress::input::read_text(&rules, "rule file").map_err(|e| anyhow::Error::new(InputError(e)))?;
             if json {
                 // Problems as JSON too, for CI pipelines; still exit 2.
-                if let Ok(text) = fs::read_to_string(&rules)
-                    && let Err(e) = egress::rules::parse(&rules.display().to_string(), &text)
-                {
+                if let Err(e) = egress::rules::parse(&rules.display().to_string(), &text) {
                     println!("{}", json!({"file": rules.display().to_string(), "valid": false, "problems": e.problems}));
                     return Err(anyhow::Error::new(InputError(e.to_string())));
                 }
             }
-            let p = reload::prepare(&rules).map_err(input)?;
+            let p = reload::prepare_text(&rules, &text).map_err(input)?;
             if !json {
                 for w in p.warning_lines() {
                     eprintln!("{w}");

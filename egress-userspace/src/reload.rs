@@ -55,14 +55,19 @@ impl Prepared {
 
 /// Reads, validates and compiles a rule file.
 pub fn prepare(path: &Path) -> Result<Prepared, ReloadError> {
+    let text = crate::input::read_text(path, "rule file").map_err(ReloadError::Input)?;
+    prepare_text(path, &text)
+}
+
+/// [`prepare`] on a rule file's text already read (a pipe can be read once).
+pub fn prepare_text(path: &Path, text: &str) -> Result<Prepared, ReloadError> {
     let shown = path.display().to_string();
-    let bytes = fs::read(path).map_err(|e| ReloadError::Input(format!("read rule file {shown}: {e}")))?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| ReloadError::Input(format!("{shown}: not UTF-8 text")))?;
+    let bytes = text.as_bytes();
     let rs = rules::parse(&shown, text).map_err(|e| ReloadError::Input(e.to_string()))?;
     let compiled = compile::compile(&rs).map_err(|e| ReloadError::Input(format!("{shown}: {e}")))?;
     let canonical = fs::canonicalize(path).map(|p| p.display().to_string()).unwrap_or_else(|_| shown.clone());
     let warnings = crate::lint::lint(&rs, crate::lint::default_policy_line(text));
-    Ok(Prepared { file: shown, canonical, rules: rs, compiled, digest: crate::digest(&bytes), warnings })
+    Ok(Prepared { file: shown, canonical, rules: rs, compiled, digest: crate::digest(bytes), warnings })
 }
 
 /// Applies a prepared rule set to an interface (attach, or replace atomically).

@@ -17,6 +17,18 @@ const SO_NETNS_COOKIE: libc::c_int = 71;
 /// Raw IP link type (not in the libc crate).
 const ARPHRD_RAWIP: u16 = 519;
 
+/// `true`: a command that prints ends quietly when its reader goes away
+/// (`egress status | head -c 0`), as grep does: SIGPIPE back to its default
+/// action (Rust ignores it, which turns a closed pipe into a panic in
+/// `println!`). `false` for `egress run`: a service outlives a reader that
+/// hangs up (the write fails instead).
+pub fn closed_pipe_ends_process(yes: bool) {
+    // SAFETY: setting a signal's disposition to default or ignore has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, if yes { libc::SIG_DFL } else { libc::SIG_IGN });
+    }
+}
+
 /// `ip netns exec` runs commands in a private mount namespace with a fresh /sys
 /// and no bpf filesystem, so pins made there would vanish (and the program be
 /// detached) when the command exits. When /sys/fs/bpf is not a bpffs here, join

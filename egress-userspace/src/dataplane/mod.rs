@@ -37,7 +37,9 @@ use aya::programs::ProgramError;
 
 pub use apply::{Applied, ApplyRequest, Removed, apply, detach, prune};
 pub use conn::ConnReadout;
-pub use env::{Target, ensure_bpffs, enter_host_mount_ns, enter_netns, has_ethernet, netns_cookie, resolve, resolve_or_state};
+pub use env::{
+    Target, closed_pipe_ends_process, ensure_bpffs, enter_host_mount_ns, enter_netns, has_ethernet, netns_cookie, resolve, resolve_or_state,
+};
 pub use events::{EventStream, event_stats, mono_ns_to_unix_ns, open_events};
 pub use explain::{Decision, explain};
 pub use link::{LinkHealth, wait_for_running_programs};

@@ -18,13 +18,13 @@ pub(super) const CHUNK_RULES: usize = 4096;
 type Chunk = (usize, Vec<Rule>, HashSet<String>);
 
 /// The chunked parse of a valid large file; `None`: use the one-piece parse.
-pub(super) fn parse_chunked(file: &str, text: &str, starts: &[usize]) -> Option<RuleSet> {
+/// `headers`: the byte offsets of the `[[rule]]` header lines (already within
+/// the rule-count limit).
+pub(super) fn parse_chunked(file: &str, text: &str, starts: &[usize], headers: &[usize]) -> Option<RuleSet> {
     // Multi-line strings could hide a header line; such files take the safe path.
     if text.contains("\"\"\"") || text.contains("'''") {
         return None;
     }
-    let headers: Vec<usize> =
-        starts.iter().copied().filter(|&s| text[s..].split('\n').next().map(str::trim_end) == Some("[[rule]]")).collect();
     if headers.len() < 2 * CHUNK_RULES {
         return None;
     }

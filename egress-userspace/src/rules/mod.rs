@@ -248,7 +248,7 @@ impl fmt::Display for RuleFileError {
 mod tests {
     use super::{
         chunked::{CHUNK_RULES, parse_chunked},
-        parse::parse_whole,
+        parse::{parse_limited, parse_whole, rule_headers},
         toml_diag::line_starts,
         *,
     };
@@ -440,13 +440,15 @@ ports = "1000-2000"
     fn chunked_parse_equals_the_one_piece_parse() {
         let text = crate::ruleset_gen::realistic(3 * CHUNK_RULES + 17, 100, 3);
         let starts = line_starts(&text);
-        let chunked = parse_chunked("big.toml", &text, &starts).expect("a plain generated file takes the chunked path");
-        assert_eq!(chunked, parse_whole("big.toml", &text, &starts).unwrap());
+        let max = egress_common::MAX_RULES as usize;
+        let chunked = parse_chunked("big.toml", &text, &starts, &rule_headers(&text, &starts))
+            .expect("a plain generated file takes the chunked path");
+        assert_eq!(chunked, parse_whole("big.toml", &text, &starts, max).unwrap());
         // The file-wide audit mode reaches every chunk.
         let audit = format!("mode = \"audit\"\n{text}");
         let starts_a = line_starts(&audit);
-        let chunked = parse_chunked("big.toml", &audit, &starts_a).expect("chunked with mode");
-        assert_eq!(chunked, parse_whole("big.toml", &audit, &starts_a).unwrap());
+        let chunked = parse_chunked("big.toml", &audit, &starts_a, &rule_headers(&audit, &starts_a)).expect("chunked with mode");
+        assert_eq!(chunked, parse_whole("big.toml", &audit, &starts_a, max).unwrap());
         assert!(chunked.audit && chunked.rules.iter().any(|r| r.audit));
         // A problem in a late chunk: the one-piece parse reports it, with its line.
         let bad = text.replacen("protocol = \"udp\"\nports = \"10099\"", "protocol = \"udp\"\nports = \"99999\"", 1);
@@ -459,5 +461,37 @@ ports = "1000-2000"
         let dup = text.replacen("name = \"r5\"\n", "name = \"r12000\"\n", 1);
         let Err(e) = parse("big.toml", &dup) else { panic!("a name used twice, in chunks 0 and 2, must be refused") };
         assert!(e.problems[0].message.contains("used by an earlier rule"), "{e}");
+    }
+
+    /// The rule-count limit holds on both paths (the header count before any
+    /// parse, the one-piece parse's table count) with one message and line.
+    #[test]
+    fn rule_count_limit_holds_on_every_path() {
+        let n = 3 * CHUNK_RULES + 17;
+        let text = crate::ruleset_gen::realistic(n, 100, 3);
+        let starts = line_starts(&text);
+        let limit = 3 * CHUNK_RULES;
+        let first_over = text.match_indices("[[rule]]").nth(limit).map(|(i, _)| i).unwrap();
+        let line = text[..first_over].lines().count() + 1;
+        let Err(pre) = parse_limited("big.toml", &text, limit) else { panic!("over the limit must be refused") };
+        let Err(whole) = parse_whole("big.toml", &text, &starts, limit) else { panic!("over the limit must be refused") };
+        assert_eq!(pre.to_string(), whole.to_string());
+        assert_eq!(pre.problems.len(), 1, "{pre}");
+        assert_eq!(pre.problems[0].line, line);
+        let msg = format!("{n} rules, more than the {limit} a rule file may hold (this is rule {})", limit + 1);
+        assert_eq!(pre.problems[0].message, msg);
+        // At the limit: accepted by both paths, equal.
+        assert_eq!(parse_limited("big.toml", &text, n).unwrap(), parse_whole("big.toml", &text, &starts, n).unwrap());
+        // Inline rule tables (no header lines) meet the one-piece parse's count.
+        let inline = "default_policy = \"allow\"\nrule = [{ name = \"a\" , action = \"deny\" }, { name = \"b\", action = \"deny\" }]\n";
+        let Err(e) = parse_limited("i.toml", inline, 1) else { panic!("two inline rules over a limit of one") };
+        assert!(e.to_string().contains("i.toml:2: field 'rule': 2 rules, more than the 1 a rule file may hold (this is rule 2)"), "{e}");
+        // The real limit, on a file past it: refused without parsing.
+        let mut big = String::from("default_policy = \"allow\"\n");
+        for i in 0..egress_common::MAX_RULES as usize + 1 {
+            big.push_str(&format!("[[rule]]\nname = \"r{i}\"\naction = \"deny\"\n"));
+        }
+        let Err(e) = parse("huge.toml", &big) else { panic!("too many rules must be refused") };
+        assert!(e.to_string().contains(&format!("more than the {} a rule file may hold", egress_common::MAX_RULES)), "{e}");
     }
 }

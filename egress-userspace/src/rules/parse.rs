@@ -71,14 +71,43 @@ impl Ctx<'_> {
 /// parsed in one piece instead, so results and messages are always those of the
 /// one-piece parse.
 pub fn parse(file: &str, text: &str) -> Result<RuleSet, RuleFileError> {
-    let starts = line_starts(text);
-    if let Some(rs) = parse_chunked(file, text, &starts) {
-        return Ok(rs);
-    }
-    parse_whole(file, text, &starts)
+    parse_limited(file, text, egress_common::MAX_RULES as usize)
 }
 
-pub(super) fn parse_whole(file: &str, text: &str, starts: &[usize]) -> Result<RuleSet, RuleFileError> {
+/// [`parse`] with a rule-count limit of `max_rules` (tests use small ones). A
+/// file with more `[[rule]]` header lines than that is refused before any TOML
+/// is parsed (a document tree costs about 3 KB a rule), with the message both
+/// parsers give for it.
+pub(super) fn parse_limited(file: &str, text: &str, max_rules: usize) -> Result<RuleSet, RuleFileError> {
+    let starts = line_starts(text);
+    let headers = rule_headers(text, &starts);
+    if let Some(&first_over) = headers.get(max_rules) {
+        let mut cx = Ctx { file, line_starts: &starts, offset: 0, problems: Vec::new() };
+        too_many_rules(&mut cx, Some(first_over..first_over + 1), headers.len(), max_rules);
+        return Err(RuleFileError { problems: cx.problems });
+    }
+    if let Some(rs) = parse_chunked(file, text, &starts, &headers) {
+        return Ok(rs);
+    }
+    parse_whole(file, text, &starts, max_rules)
+}
+
+/// Byte offsets of the `[[rule]]` header lines.
+pub(super) fn rule_headers(text: &str, starts: &[usize]) -> Vec<usize> {
+    starts.iter().copied().filter(|&s| text[s..].split('\n').next().map(str::trim_end) == Some("[[rule]]")).collect()
+}
+
+/// The rule-count problem, at the first rule past the limit.
+fn too_many_rules(cx: &mut Ctx<'_>, span: Option<Range<usize>>, count: usize, max_rules: usize) {
+    cx.push(
+        span,
+        None,
+        Some("rule"),
+        format!("{count} rules, more than the {max_rules} a rule file may hold (this is rule {})", max_rules + 1),
+    );
+}
+
+pub(super) fn parse_whole(file: &str, text: &str, starts: &[usize], max_rules: usize) -> Result<RuleSet, RuleFileError> {
     let mut cx = Ctx { file, line_starts: starts, offset: 0, problems: Vec::new() };
     let doc = match ImDocument::parse(text) {
         Ok(d) => d,
@@ -144,13 +173,9 @@ pub(super) fn parse_whole(file: &str, text: &str, starts: &[usize]) -> Result<Ru
             cx.push(item_span(other), None, Some("rule"), "rules are written as [[rule]] tables".into());
         }
     }
-    if tables.len() > egress_common::MAX_RULES as usize {
-        cx.push(
-            None,
-            None,
-            Some("rule"),
-            format!("{} rules, more than the {} a rule file may hold", tables.len(), egress_common::MAX_RULES),
-        );
+    if let Some((_, span)) = tables.get(max_rules) {
+        too_many_rules(&mut cx, span.clone(), tables.len(), max_rules);
+        return Err(RuleFileError { problems: cx.problems });
     }
 
     let mut rules = Vec::new();

@@ -14,7 +14,6 @@
 
 use std::{
     collections::HashSet,
-    fs,
     path::{Path, PathBuf},
 };
 
@@ -49,7 +48,7 @@ impl Config {
     /// Reads and validates a config file; the error lists every problem, one a line.
     pub fn load(path: &Path) -> Result<Config, String> {
         let shown = path.display().to_string();
-        let text = fs::read_to_string(path).map_err(|e| format!("read config file {shown}: {e}"))?;
+        let text = crate::input::read_text(path, "config file")?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Config::parse(&shown, &text, &base)
     }

@@ -1,0 +1,163 @@
+//! Reading what users hand in (rule files, the service's config, CloudStack
+//! exports) with a size cap, so that no input can make egress read forever or
+//! hold gigabytes: a regular file larger than the cap is refused from its size
+//! before a byte is read; a pipe or device (`--rules /dev/stdin`, `/dev/zero`)
+//! is read up to the cap and refused past it. Lines are capped too: a file of
+//! one very long line is refused without being parsed.
+
+use std::{
+    fs,
+    io::Read as _,
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+/// The default cap: 64 MiB, several times the largest legal rule file (262,144
+/// rules of about 100 bytes each).
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 64 << 20;
+/// The longest line accepted: 1 MiB (a rule listing thousands of CIDRs on one
+/// line stays far below).
+pub const MAX_LINE_LEN: usize = 1 << 20;
+
+static MAX_FILE_SIZE: AtomicU64 = AtomicU64::new(DEFAULT_MAX_FILE_SIZE);
+
+/// Sets the cap for this process (`--max-file-size`).
+pub fn set_max_file_size(bytes: u64) {
+    MAX_FILE_SIZE.store(bytes, Ordering::Relaxed);
+}
+
+/// The cap in force.
+pub fn max_file_size() -> u64 {
+    MAX_FILE_SIZE.load(Ordering::Relaxed)
+}
+
+/// "64 MiB", "300 MB" style sizes for messages.
+pub fn show_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
+        b => format!("{b} bytes"),
+    }
+}
+
+/// Parses a size: bytes, or with a K/M/G suffix (KiB, MiB, GiB; "64M", "1GiB").
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size (bytes, or a number with K, M or G: 64M)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("'{s}' is not a size: unknown unit '{unit}' (use K, M or G)")),
+    };
+    let v = n.checked_shl(shift).filter(|v| v >> shift == n).ok_or_else(|| format!("'{s}' is too large"))?;
+    if v == 0 {
+        return Err("a size of 0 would refuse every file".into());
+    }
+    Ok(v)
+}
+
+/// Reads a file of at most the cap in force; `what` names it in messages
+/// ("rule file"). Errors are complete messages naming the file.
+pub fn read_capped(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    read_with_cap(path, what, max_file_size())
+}
+
+/// [`read_capped`] as UTF-8 text with lines no longer than [`MAX_LINE_LEN`].
+pub fn read_text(path: &Path, what: &str) -> Result<String, String> {
+    let bytes = read_capped(path, what)?;
+    text_of(path, bytes)
+}
+
+/// Checks bytes read with [`read_capped`]: UTF-8, and no line past [`MAX_LINE_LEN`].
+pub fn text_of(path: &Path, bytes: Vec<u8>) -> Result<String, String> {
+    let shown = path.display();
+    if let Some((line, len)) = long_line(&bytes) {
+        return Err(format!(
+            "{shown}:{line}: a line of {} bytes, longer than the {} a line may be (is this the right file?)",
+            len,
+            show_size(MAX_LINE_LEN as u64)
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        format!("{shown}: not UTF-8 text (invalid byte at offset {at})")
+    })
+}
+
+/// The first line longer than the limit: (1-based line number, its length).
+fn long_line(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut start = 0;
+    for (i, at) in newlines(bytes).chain(std::iter::once(bytes.len())).enumerate() {
+        if at - start > MAX_LINE_LEN {
+            return Some((i + 1, at - start));
+        }
+        start = at + 1;
+    }
+    None
+}
+
+fn newlines(bytes: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i)
+}
+
+fn read_with_cap(path: &Path, what: &str, cap: u64) -> Result<Vec<u8>, String> {
+    let shown = path.display();
+    let too_big =
+        |size: String| format!("{shown}: {size}, more than the {} a {what} may be (--max-file-size raises the limit)", show_size(cap));
+    let file = fs::File::open(path).map_err(|e| format!("read {what} {shown}: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("read {what} {shown}: {e}"))?;
+    if meta.is_dir() {
+        return Err(format!("read {what} {shown}: a directory, not a file"));
+    }
+    if meta.is_file() && meta.len() > cap {
+        return Err(too_big(show_size(meta.len())));
+    }
+    let mut buf = Vec::with_capacity(if meta.is_file() { meta.len() as usize } else { 64 << 10 });
+    file.take(cap + 1).read_to_end(&mut buf).map_err(|e| format!("read {what} {shown}: {e}"))?;
+    if buf.len() as u64 > cap {
+        return Err(too_big(format!("more than {} read", show_size(cap))));
+    }
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_show() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("99999999999999G").unwrap_err().contains("too large"));
+        assert_eq!(show_size(64 << 20), "64 MiB");
+        assert_eq!(show_size(300_000_000), "286.1 MiB");
+    }
+
+    #[test]
+    fn caps_hold_for_files_devices_and_lines() {
+        let dir = std::env::temp_dir().join(format!("egress-input-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("r.toml");
+        fs::write(&f, "a\nbb\n").unwrap();
+        assert_eq!(read_with_cap(&f, "rule file", 5).unwrap(), b"a\nbb\n");
+        let e = read_with_cap(&f, "rule file", 4).unwrap_err();
+        assert!(e.contains("5 bytes, more than the 4 bytes a rule file may be (--max-file-size raises the limit)"), "{e}");
+        // A device without a size is read up to the cap, then refused.
+        let e = read_with_cap(Path::new("/dev/zero"), "rule file", 1 << 20).unwrap_err();
+        assert!(e.contains("/dev/zero: more than 1 MiB read, more than the 1 MiB a rule file may be"), "{e}");
+        let long = format!("x = 1\n{}\n", "y".repeat(MAX_LINE_LEN + 1));
+        let e = text_of(&f, long.into_bytes()).unwrap_err();
+        assert!(e.contains("r.toml:2: a line of 1048577 bytes, longer than the 1 MiB a line may be"), "{e}");
+        assert!(text_of(&f, vec![b'a', 0xff]).unwrap_err().contains("not UTF-8 text (invalid byte at offset 1)"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

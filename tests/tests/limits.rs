@@ -1,0 +1,108 @@
+//! Input limits and the command line's manners: the rule-count limit on the
+//! large-file path, the file-size cap (files, pipes, devices), `--rules
+//! /dev/stdin`, one very long line, and a closed stdout ending a command quietly.
+
+use std::{
+    io::Write as _,
+    process::{Command, Output, Stdio},
+};
+
+use egress_tests::{egress_bin, temp_file};
+
+fn egress(args: &[&str]) -> Output {
+    Command::new(egress_bin()).args(args).output().unwrap_or_else(|e| panic!("run egress {args:?}: {e}"))
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The defect: the chunked parser of large files skipped the limit, so 300,000
+/// rules passed `check`. Both paths now refuse, with the line of the first rule
+/// past the limit.
+#[test]
+fn more_rules_than_a_file_may_hold_are_refused() {
+    let mut text = String::from("default_policy = \"allow\"\n");
+    for i in 0..300_000 {
+        text.push_str(&format!("[[rule]]\nname = \"r{i}\"\naction = \"deny\"\ndst = \"198.51.100.{}/32\"\n", i % 256));
+    }
+    let f = temp_file("many.toml", &text);
+    let o = egress(&["check", "--rules", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let line = 2 + 4 * egress_common::MAX_RULES as usize;
+    let want = format!(
+        "{}:{line}: field 'rule': 300000 rules, more than the {} a rule file may hold (this is rule {})",
+        f.display(),
+        egress_common::MAX_RULES,
+        egress_common::MAX_RULES + 1
+    );
+    assert!(stderr(&o).contains(&want), "{}\nwanted: {want}", stderr(&o));
+}
+
+#[test]
+fn the_size_cap_holds_for_files_pipes_and_devices() {
+    // A file over the cap is refused from its size, before it is read.
+    let f = temp_file("big.toml", &format!("default_policy = \"allow\"\n#{}\n", "x".repeat(2 << 20)));
+    let o = egress(&["check", "--rules", f.to_str().unwrap(), "--max-file-size", "1M"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("2.0 MiB, more than the 1 MiB a rule file may be (--max-file-size raises the limit)"), "{}", stderr(&o));
+    // Raised, the same file is fine (a comment line of 2 MiB is over the line
+    // limit, so this one has shorter lines).
+    let lines = "#".to_string() + &"y".repeat(1000) + "\n";
+    let f = temp_file("big2.toml", &format!("default_policy = \"allow\"\n{}", lines.repeat(2100)));
+    assert_eq!(egress(&["check", "--rules", f.to_str().unwrap()]).status.code(), Some(0));
+    let o = egress(&["check", "--rules", f.to_str().unwrap(), "--max-file-size", "1M"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // A device that never ends stops at the cap.
+    let o = egress(&["check", "--rules", "/dev/zero"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("/dev/zero: more than 64 MiB read, more than the 64 MiB a rule file may be"), "{}", stderr(&o));
+    // One very long line.
+    let f = temp_file("line.toml", &format!("default_policy = \"allow\"\n# {}\n", "z".repeat(3 << 20)));
+    let o = egress(&["check", "--rules", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains(":2: a line of 3145730 bytes, longer than the 1 MiB a line may be"), "{}", stderr(&o));
+    // Bad sizes are usage errors.
+    let o = egress(&["check", "--rules", "/dev/null", "--max-file-size", "lots"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("'lots' is not a size"), "{}", stderr(&o));
+}
+
+#[test]
+fn rules_from_a_pipe_are_read() {
+    let mut child = Command::new(egress_bin())
+        .args(["check", "--json", "--rules", "/dev/stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"default_policy = \"deny\"\n[[rule]]\nname = \"dns\"\naction = \"allow\"\nprotocol = \"udp\"\nports = 53\n").unwrap();
+    drop(stdin);
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["valid"].as_bool(), v["rules"].as_u64()), (Some(true), Some(1)), "{v}");
+}
+
+/// The defect: `egress status --json | head -c 0` panicked with a backtrace. A
+/// closed stdout now ends every printing command quietly, as grep: killed by
+/// SIGPIPE, nothing on stderr. (A pipe whose reader is gone before the command
+/// starts, so that every write fails.)
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let f = temp_file("r.toml", "default_policy = \"allow\"\n[[rule]]\nname = \"a\"\naction = \"deny\"\nprotocol = \"udp\"\nports = 9\n");
+    let f = f.to_str().unwrap();
+    let cases: [&[&str]; 5] =
+        [&["check", "--rules", f], &["check", "--json", "--rules", f], &["status", "--json"], &["status"], &["--help"]];
+    for args in cases {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = Command::new(egress_bin()).args(args).stdout(writer).stderr(Stdio::piped()).output().unwrap();
+        let err = stderr(&o);
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "egress {args:?}: {err}");
+        assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "egress {args:?}: {:?} {err}", o.status);
+    }
+}
