@@ -63,15 +63,23 @@ pub const XDP_PROGRAM_NAME: &str = "egress_xdp";
 pub const STATEFUL_PROGRAM_NAME: &str = "egress_classify_sf";
 /// The stateful classifier as an XDP program.
 pub const STATEFUL_XDP_PROGRAM_NAME: &str = "egress_xdp_sf";
-/// The classifier entry point for a hook kind (TC or XDP) and mode.
-pub const fn classifier_program(xdp: bool, stateful: bool) -> &'static str {
-    match (xdp, stateful) {
-        (false, false) => PROGRAM_NAME,
-        (false, true) => STATEFUL_PROGRAM_NAME,
-        (true, false) => XDP_PROGRAM_NAME,
-        (true, true) => STATEFUL_XDP_PROGRAM_NAME,
+/// The classifier entry point for a hook kind (TC or XDP), mode, and debug
+/// mode (the `_dbg` twins log why they drop a packet they cannot parse, through
+/// aya-log; programs of their own so that the others have no BPF-to-BPF call).
+pub const fn classifier_program(xdp: bool, stateful: bool, debug: bool) -> &'static str {
+    match (xdp, stateful, debug) {
+        (false, false, false) => PROGRAM_NAME,
+        (false, true, false) => STATEFUL_PROGRAM_NAME,
+        (true, false, false) => XDP_PROGRAM_NAME,
+        (true, true, false) => STATEFUL_XDP_PROGRAM_NAME,
+        (false, false, true) => "egress_classify_dbg",
+        (false, true, true) => "egress_classify_sf_dbg",
+        (true, false, true) => "egress_xdp_dbg",
+        (true, true, true) => "egress_xdp_sf_dbg",
     }
 }
+/// aya-log's ring buffer (the debug programs' log), pinned beside the events.
+pub const MAP_DEBUG_LOG: &str = "AYA_LOGS";
 /// `egress explain`'s program: the classifier's decision for a synthetic packet
 /// (BPF_PROG_TEST_RUN), changing no state; returns `slot << 3 | established << 2
 /// | action code`, or -1 when the packet cannot be parsed.

@@ -45,6 +45,7 @@ mod program {
         macros::{classifier, xdp},
         programs::{TcContext, XdpContext},
     };
+    use aya_log_ebpf::info;
     use egress_common::{
         ACTION_ALLOW, ACTION_DENY, DEFAULT_COUNTER_SLOT, PCLASS_NO_L4, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP, STAT_TOO_MANY_HDRS,
         STAT_TRUNCATED, TC_ACT_SHOT, TC_ACT_UNSPEC,
@@ -74,25 +75,52 @@ mod program {
 
     #[classifier]
     pub fn egress_classify(ctx: TcContext) -> i32 {
-        if decide::<_, false>(&ctx) { TC_ACT_UNSPEC } else { TC_ACT_SHOT }
+        if decide::<_, false, false>(&ctx) { TC_ACT_UNSPEC } else { TC_ACT_SHOT }
     }
 
     /// The same classifier on the XDP hook: a deny drops the frame as it arrives.
     #[xdp]
     pub fn egress_xdp(ctx: XdpContext) -> u32 {
-        if decide::<_, false>(&ctx) { XDP_PASS } else { XDP_DROP }
+        if decide::<_, false, false>(&ctx) { XDP_PASS } else { XDP_DROP }
     }
 
     /// The classifier of a stateful rule set (TC).
     #[classifier]
     pub fn egress_classify_sf(ctx: TcContext) -> i32 {
-        if decide::<_, true>(&ctx) { TC_ACT_UNSPEC } else { TC_ACT_SHOT }
+        if decide::<_, true, false>(&ctx) { TC_ACT_UNSPEC } else { TC_ACT_SHOT }
     }
 
     /// The classifier of a stateful rule set (XDP).
     #[xdp]
     pub fn egress_xdp_sf(ctx: XdpContext) -> u32 {
-        if decide::<_, true>(&ctx) { XDP_PASS } else { XDP_DROP }
+        if decide::<_, true, false>(&ctx) { XDP_PASS } else { XDP_DROP }
+    }
+
+    /// Debug mode (`apply --debug`): the same four, logging through aya-log why
+    /// a packet that cannot be parsed is dropped. Programs of their own because
+    /// aya-log's writer is BPF-to-BPF calls, and any call in a program costs its
+    /// per-packet path (see ARCHITECTURE.md): the programs above have none.
+    #[classifier]
+    pub fn egress_classify_dbg(ctx: TcContext) -> i32 {
+        if decide::<_, false, true>(&ctx) { TC_ACT_UNSPEC } else { TC_ACT_SHOT }
+    }
+
+    /// Debug mode, XDP.
+    #[xdp]
+    pub fn egress_xdp_dbg(ctx: XdpContext) -> u32 {
+        if decide::<_, false, true>(&ctx) { XDP_PASS } else { XDP_DROP }
+    }
+
+    /// Debug mode, stateful (TC).
+    #[classifier]
+    pub fn egress_classify_sf_dbg(ctx: TcContext) -> i32 {
+        if decide::<_, true, true>(&ctx) { TC_ACT_UNSPEC } else { TC_ACT_SHOT }
+    }
+
+    /// Debug mode, stateful (XDP).
+    #[xdp]
+    pub fn egress_xdp_sf_dbg(ctx: XdpContext) -> u32 {
+        if decide::<_, true, true>(&ctx) { XDP_PASS } else { XDP_DROP }
     }
 
     /// Stateful mode's companion, on the other direction of the interface (TC):
@@ -146,12 +174,13 @@ mod program {
         TC_ACT_SHOT
     }
 
-    /// True: pass the packet; false: drop it. `SPLIT`: the stateful body.
+    /// True: pass the packet; false: drop it. `SPLIT`: the stateful body;
+    /// `DEBUG`: log why an unparseable packet is dropped.
     #[inline(always)]
-    fn decide<C: Frame, const SPLIT: bool>(ctx: &C) -> bool {
+    fn decide<C: Frame, const SPLIT: bool, const DEBUG: bool>(ctx: &C) -> bool {
         match try_classify::<C, SPLIT>(ctx) {
             Ok(pass) => pass,
-            Err(e) => on_error(e),
+            Err(e) => on_error::<C, DEBUG>(ctx, e),
         }
     }
 
@@ -230,26 +259,36 @@ mod program {
     }
 
     /// Whether a packet that could not be parsed passes (only non-IP frames do).
+    /// A drop is counted, and with `DEBUG` logged with its reason through
+    /// aya-log's ring buffer (AYA_LOGS; the debug programs only).
     #[inline(always)]
-    fn on_error(e: ParseError) -> bool {
+    fn on_error<C: Frame, const DEBUG: bool>(ctx: &C, e: ParseError) -> bool {
+        let len = ctx.bytes();
         match e {
             ParseError::NonIp => {
                 stats::bump(STAT_NON_IP);
-                true
+                return true;
             }
             ParseError::Truncated => {
                 stats::bump(STAT_TRUNCATED);
-                false
+                if DEBUG {
+                    info!(ctx, "dropped a {} byte packet: truncated (a header it needs ends past the end of the packet)", len);
+                }
             }
             ParseError::BadHeader => {
                 stats::bump(STAT_BAD_HEADER);
-                false
+                if DEBUG {
+                    info!(ctx, "dropped a {} byte packet: bad header (an IP header field that cannot be right)", len);
+                }
             }
             ParseError::TooManyHeaders => {
                 stats::bump(STAT_TOO_MANY_HDRS);
-                false
+                if DEBUG {
+                    info!(ctx, "dropped a {} byte packet: too many VLAN tags or IPv6 extension headers to walk", len);
+                }
             }
         }
+        false
     }
 
     #[panic_handler]

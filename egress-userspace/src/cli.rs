@@ -97,6 +97,12 @@ pub enum Command {
         /// it, warnings are printed on stderr and the rules are applied.
         #[arg(long)]
         strict: bool,
+        /// Debug mode: attach the classifier's debug twin, which logs (with aya-log)
+        /// why it drops each packet it cannot parse (truncated, bad header, too many
+        /// VLAN tags or IPv6 extension headers); read it with `egress log`. Off by
+        /// default, and the normal classifier carries no logging code at all.
+        #[arg(long)]
+        debug: bool,
     },
     /// Show per-rule packet and byte counters (like `iptables -L -v`).
     Counters {
@@ -157,6 +163,7 @@ pub enum Command {
     ///   rules = "/etc/egress/eth1.toml"   # required: a rule file
     ///   flow_cache = 65536                # optional, as `apply --flow-cache`
     ///   hook = "tc-egress"                # optional, as `apply --hook`
+    ///   debug = false                     # optional, as `apply --debug` (logged here)
     Run {
         /// The config file (TOML).
         #[arg(long, short = 'c', value_name = "FILE")]
@@ -218,6 +225,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// Stop after this many events.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Stream the debug log of a rule set applied with --debug (why the program
+    /// dropped packets it could not parse), until interrupted.
+    ///
+    /// Lines come from the kernel through aya-log's ring buffer; one reader at a
+    /// time (`egress run` logs them itself for interfaces with `debug = true`).
+    Log {
+        #[command(flatten)]
+        at: HookedIface,
+        /// One JSON object per line: {"time","iface","hook","level","message"}.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many lines.
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },

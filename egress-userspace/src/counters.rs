@@ -269,7 +269,7 @@ pub fn status_json(states: &[(State, LinkHealth)]) -> Value {
                 "hook": s.hook, "mode": s.mode, "stateful": s.stateful.is_some(), "companion": s.companion, "attached": *h == LinkHealth::Attached, "link": h.as_str(), "rules": s.rules.len(),
                 "default": s.default_action, "rules_file": s.rules_file, "digest": s.digest,
                 "loaded_at": s.loaded_at, "loaded_at_utc": utc(s.loaded_at), "generation": s.generation,
-                "flow_cache": s.flow_cache, "pinned": pin_dir(&s.key).display().to_string(),
+                "flow_cache": s.flow_cache, "debug": s.debug, "pinned": pin_dir(&s.key).display().to_string(),
             })
         })
         .collect();
@@ -298,7 +298,7 @@ pub fn status_table(states: &[(State, LinkHealth)]) -> String {
             match &s.companion {
                 Some(c) => format!("{} ({}), stateful, companion {c}", s.hook, s.mode),
                 None => format!("{} ({})", s.hook, s.mode),
-            },
+            } + if s.debug { ", debug" } else { "" },
             h.as_str().into(),
             s.rules.len().to_string(),
             utc(s.loaded_at),

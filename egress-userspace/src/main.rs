@@ -221,7 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Command::Apply { iface, hook, rules, flow_cache, json, strict, events_rate } => {
+        Command::Apply { iface, hook, rules, flow_cache, json, strict, events_rate, debug } => {
             let mut p = reload::prepare(&rules).map_err(input)?;
             if let Some(rate) = events_rate {
                 p.rules.events.rate = rate;
@@ -236,7 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             enter("apply", &cli.netns)?;
             let target = dataplane::resolve(&iface, hook)?;
-            let applied = reload::apply(&target, &p, flow_cache).map_err(input)?;
+            let applied = reload::apply(&target, &p, flow_cache, debug).map_err(input)?;
             if json {
                 let mut v = reload::applied_json(&applied);
                 v["warnings"] = json!(p.warnings);
@@ -265,6 +265,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     } else {
                         writeln!(out, "{}", ev.text())?;
                     }
+                    out.flush()?;
+                    seen += 1;
+                    if count.is_some_and(|n| seen >= n) {
+                        break;
+                    }
+                }
+            }
+        }
+        Command::Log { at, json, count } => {
+            enter("log", &cli.netns)?;
+            let t = dataplane::resolve_or_state(&at.iface, at.hook)?;
+            let (_, mut log) = dataplane::open_debug_log(&t)?;
+            let mut seen = 0u64;
+            use std::io::Write as _;
+            while count.is_none_or(|n| seen < n) {
+                for line in log.next_batch(std::time::Duration::from_millis(500)) {
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{}", egress::observe::debug_log::format(&line, &t.iface, at.hook, json))?;
                     out.flush()?;
                     seen += 1;
                     if count.is_some_and(|n| seen >= n) {

@@ -71,7 +71,9 @@ pub fn prepare_text(path: &Path, text: &str) -> Result<Prepared, ReloadError> {
 }
 
 /// Applies a prepared rule set to an interface (attach, or replace atomically).
-pub fn apply(target: &Target, p: &Prepared, flow_cache: u32) -> Result<Applied, ReloadError> {
+/// `debug`: attach the classifier's debug twin (`egress log` shows why it drops
+/// packets it cannot parse).
+pub fn apply(target: &Target, p: &Prepared, flow_cache: u32, debug: bool) -> Result<Applied, ReloadError> {
     let infos = p
         .rules
         .rules
@@ -97,6 +99,7 @@ pub fn apply(target: &Target, p: &Prepared, flow_cache: u32) -> Result<Applied, 
         rules: infos,
         state: p.rules.state,
         events: p.rules.events,
+        debug,
     })?)
 }
 
@@ -113,7 +116,7 @@ pub fn applied_json(a: &Applied) -> Value {
         .collect();
     json!({"iface": st.iface, "netns": st.netns, "ifindex": st.ifindex, "hook": st.hook, "mode": st.mode, "replaced": a.replaced,
            "generation": st.generation, "rules": st.rules.len(), "kept": a.kept, "removed": removed,
-           "default": st.default_action, "digest": st.digest, "flow_cache": st.flow_cache, "stateful": st.stateful.is_some(), "companion": st.companion, "rules_file": st.rules_file,
+           "default": st.default_action, "digest": st.digest, "flow_cache": st.flow_cache, "stateful": st.stateful.is_some(), "companion": st.companion, "debug": st.debug, "rules_file": st.rules_file,
            "pinned": dataplane::pin_dir(&st.key).display().to_string()})
 }
 
@@ -158,6 +161,9 @@ pub fn applied_text(a: &Applied, p: &Prepared) -> String {
     }
     out.push_str(&format!("  pinned at       {}\n", dataplane::pin_dir(&st.key).display()));
     out.push_str(&format!("  counters        egress counters --iface {}\n", st.iface));
+    if st.debug {
+        out.push_str(&format!("  debug log       egress log --iface {} (why unparseable packets are dropped)\n", st.iface));
+    }
     out
 }
 

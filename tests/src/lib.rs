@@ -422,3 +422,39 @@ pub fn replace_file(path: &std::path::Path, text: &str) {
     fs::write(&tmp, text).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
     fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename over {}: {e}", path.display()));
 }
+
+/// Sends one raw Ethernet frame out of `iface` in namespace `ns` (a packet
+/// socket: the frame passes the interface's TC egress hook as it is, however
+/// malformed). Ok(false): the hook dropped it (the send says ENOBUFS).
+pub fn send_frame(ns: &str, iface: &str, frame: Vec<u8>) -> Result<bool> {
+    let iface = std::ffi::CString::new(iface)?;
+    in_ns_io(ns, move || {
+        // SAFETY: plain socket calls on a socket we own; the address is a valid sockaddr_ll.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = libc::if_nametoindex(iface.as_ptr()) as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+            let rc = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            match rc {
+                0.. => Ok(true),
+                _ if err.raw_os_error() == Some(libc::ENOBUFS) => Ok(false),
+                _ => Err(err),
+            }
+        }
+    })
+}

@@ -49,6 +49,8 @@ pub struct ApplyRequest<'a> {
     pub state: Option<StateConfig>,
     /// Deny events' rate limit.
     pub events: crate::rules::EventsConfig,
+    /// Debug mode: the classifier that logs why it drops what it cannot parse.
+    pub debug: bool,
 }
 
 /// A rule that the replacement removed (or changed under its name), with its final counts.
@@ -152,6 +154,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         state: req.state.map(|c| (c, conn_dir(&key))),
         events: req.events,
         events_dir: Some(events_dir(&key)),
+        debug: req.debug,
     };
     let mut loaded = Loaded::with_options(req.compiled, &opts)?;
     // A resized connection table is a new table: carry the live connections over.
@@ -258,6 +261,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         stateful: req.state,
         companion: companion_name,
         companion_nl,
+        debug: req.debug,
     };
     state::write_state(&st)?;
     let old_final = fold_pending(&mut st)?;

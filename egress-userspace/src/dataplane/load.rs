@@ -15,9 +15,9 @@ use aya::{
 use egress_common::{
     Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_DEFAULT_ACTION, GLOBAL_EVENT_INTERVAL, GLOBAL_EVENT_TOLERANCE, GLOBAL_FLOW_MASK,
     GLOBAL_GENERATION, GLOBAL_HAS_ETH, GLOBAL_TO_ICMP, GLOBAL_TO_TCP_CLOSING, GLOBAL_TO_TCP_EST, GLOBAL_TO_UDP, ListSlot, Lists,
-    MAP_CONN_STATS, MAP_CONN_V4, MAP_CONN_V6, MAP_COUNTERS, MAP_DST_V4, MAP_DST_V6, MAP_EVENT_LIMITS, MAP_EVENT_STATS, MAP_EVENTS,
-    MAP_FLOW_V4, MAP_FLOW_V6, MAP_LISTS, MAP_PAIR_V4, MAP_PAIR_V6, MAP_RANGES, MAP_STATS, MAX_FLOW_CACHE_ENTRIES, MIN_MAX_FLOWS, PairKeyV4,
-    PairKeyV6, PortRange, STATS_LEN, TRACK_PROGRAM_NAME, classifier_program,
+    MAP_CONN_STATS, MAP_CONN_V4, MAP_CONN_V6, MAP_COUNTERS, MAP_DEBUG_LOG, MAP_DST_V4, MAP_DST_V6, MAP_EVENT_LIMITS, MAP_EVENT_STATS,
+    MAP_EVENTS, MAP_FLOW_V4, MAP_FLOW_V6, MAP_LISTS, MAP_PAIR_V4, MAP_PAIR_V6, MAP_RANGES, MAP_STATS, MAX_FLOW_CACHE_ENTRIES,
+    MIN_MAX_FLOWS, PairKeyV4, PairKeyV6, PortRange, STATS_LEN, TRACK_PROGRAM_NAME, classifier_program,
 };
 
 use super::{BPF_MAP_UPDATE_ELEM, DataplaneError, EBPF_OBJECT, ElemAttr, Result, map_err, prog_err};
@@ -75,6 +75,8 @@ pub struct Loaded {
     /// Which classifier entry point the rule set uses (egress-common's
     /// `classifier_program`): the stateful one asks the connection table first.
     stateful: bool,
+    /// The debug twin (logs why it drops what it cannot parse).
+    debug: bool,
 }
 
 /// How to load a rule set besides the rules themselves.
@@ -96,8 +98,12 @@ pub struct LoadOptions {
     /// Deny events' rate limit.
     pub events: EventsConfig,
     /// Where the events ring buffer and its counters are pinned (reused if
-    /// there, so a reader follows every generation); None: private maps.
+    /// there, so a reader follows every generation); None: private maps. The
+    /// debug log's ring buffer (aya-log's AYA_LOGS) is pinned there too.
     pub events_dir: Option<PathBuf>,
+    /// Debug mode: the classifier's `_dbg` twin, which logs through aya-log why
+    /// it drops a packet it cannot parse.
+    pub debug: bool,
 }
 
 impl Default for LoadOptions {
@@ -110,6 +116,7 @@ impl Default for LoadOptions {
             state: None,
             events: EventsConfig::default(),
             events_dir: None,
+            debug: false,
         }
     }
 }
@@ -136,15 +143,19 @@ impl Loaded {
         let cache_entries = slots.max(1);
         let mask: u32 = if slots == 0 { u32::MAX } else { slots - 1 };
         let stateful = o.state.is_some();
+        let debug = o.debug;
         let sc = o.state.as_ref().map(|(c, _)| *c).unwrap_or_default();
         let globals = Globals::new(c.default_action, has_eth, generation, mask, &sc, &o.events);
         let mut loader = globals.loader();
         loader.map_max_entries(MAP_EVENT_LIMITS, c.counter_slots);
-        let (pev, pes);
+        let (pev, pes, plog);
         if let Some(dir) = &o.events_dir {
             std::fs::create_dir_all(dir).map_err(super::io_err(format!("create {}", dir.display())))?;
-            (pev, pes) = (dir.join(MAP_EVENTS), dir.join(MAP_EVENT_STATS));
-            loader.map_pin_path(MAP_EVENTS, pev.as_path()).map_pin_path(MAP_EVENT_STATS, pes.as_path());
+            (pev, pes, plog) = (dir.join(MAP_EVENTS), dir.join(MAP_EVENT_STATS), dir.join(MAP_DEBUG_LOG));
+            loader
+                .map_pin_path(MAP_EVENTS, pev.as_path())
+                .map_pin_path(MAP_EVENT_STATS, pes.as_path())
+                .map_pin_path(MAP_DEBUG_LOG, plog.as_path());
         }
         loader
             .map_max_entries(MAP_COUNTERS, c.counter_slots)
@@ -177,8 +188,8 @@ impl Loaded {
             .map_err(|source| DataplaneError::Ebpf { op: "load the eBPF object (create maps)".into(), source: Box::new(source) })?;
         fill(&mut ebpf, c)?;
         let loaded = match o.hook {
-            Hook::TcEgress | Hook::TcIngress => classifier(&mut ebpf, stateful)?.load(),
-            Hook::Xdp => xdp(&mut ebpf, stateful)?.load(),
+            Hook::TcEgress | Hook::TcIngress => classifier(&mut ebpf, stateful, debug)?.load(),
+            Hook::Xdp => xdp(&mut ebpf, stateful, debug)?.load(),
         };
         let loaded = loaded.and_then(|()| match o.state {
             Some(_) => track(&mut ebpf)?.load(),
@@ -195,12 +206,12 @@ impl Loaded {
                 other => DataplaneError::Program { op: "load the classifier".into(), source: other },
             });
         }
-        Ok(Loaded { ebpf, stateful })
+        Ok(Loaded { ebpf, stateful, debug })
     }
 
     /// The TC classifier (loaded when the hook is tc-egress or tc-ingress).
     pub fn program(&mut self) -> Result<&mut SchedClassifier> {
-        classifier(&mut self.ebpf, self.stateful)
+        classifier(&mut self.ebpf, self.stateful, self.debug)
     }
 
     /// Stateful mode's companion program (loaded when the rule set is stateful).
@@ -210,7 +221,7 @@ impl Loaded {
 
     /// The XDP program (loaded when the hook is xdp).
     pub fn xdp_program(&mut self) -> Result<&mut Xdp> {
-        xdp(&mut self.ebpf, self.stateful)
+        xdp(&mut self.ebpf, self.stateful, self.debug)
     }
 
     /// Summed counters (index 0 = default policy).
@@ -227,8 +238,8 @@ impl Loaded {
     }
 }
 
-fn classifier(ebpf: &mut Ebpf, stateful: bool) -> Result<&mut SchedClassifier> {
-    let name = classifier_program(false, stateful);
+fn classifier(ebpf: &mut Ebpf, stateful: bool, debug: bool) -> Result<&mut SchedClassifier> {
+    let name = classifier_program(false, stateful, debug);
     let prog = ebpf.program_mut(name).ok_or_else(|| DataplaneError::Other(format!("program {name} missing from the eBPF object")))?;
     prog.try_into().map_err(prog_err("program is not a TC classifier"))
 }
@@ -240,8 +251,8 @@ fn track(ebpf: &mut Ebpf) -> std::result::Result<&mut SchedClassifier, ProgramEr
     }
 }
 
-fn xdp(ebpf: &mut Ebpf, stateful: bool) -> Result<&mut Xdp> {
-    let name = classifier_program(true, stateful);
+fn xdp(ebpf: &mut Ebpf, stateful: bool, debug: bool) -> Result<&mut Xdp> {
+    let name = classifier_program(true, stateful, debug);
     let prog = ebpf.program_mut(name).ok_or_else(|| DataplaneError::Other(format!("program {name} missing from the eBPF object")))?;
     prog.try_into().map_err(prog_err("program is not an XDP program"))
 }

@@ -23,6 +23,7 @@
 
 mod apply;
 mod conn;
+mod debug_log;
 mod env;
 mod events;
 mod explain;
@@ -37,6 +38,7 @@ use aya::programs::ProgramError;
 
 pub use apply::{Applied, ApplyRequest, Removed, apply, detach, prune};
 pub use conn::ConnReadout;
+pub use debug_log::{DebugLog, LogLine, open_debug_log};
 pub use env::{
     Target, closed_pipe_ends_process, ensure_bpffs, enter_host_mount_ns, enter_netns, has_ethernet, netns_cookie, resolve, resolve_or_state,
 };

@@ -178,6 +178,9 @@ pub struct State {
     pub nl_priority: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nl_handle: Option<u32>,
+    /// Debug mode: the classifier's `_dbg` twin is attached (`egress log` reads it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub debug: bool,
 }
 
 fn tcx() -> String {

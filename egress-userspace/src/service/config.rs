@@ -6,6 +6,7 @@
 //! rules = "/etc/egress/eth1.toml"    # required: a rule file
 //! flow_cache = 65536                 # optional, as `apply --flow-cache`
 //! hook = "tc-egress"                 # optional: tc-egress (default), tc-ingress, xdp
+//! debug = false                      # optional, as `apply --debug` (logged by the service)
 //! ```
 //!
 //! One interface may appear more than once with different hooks.
@@ -25,7 +26,7 @@ use crate::{
 };
 
 const TOP_KEYS: [&str; 1] = ["interface"];
-const IFACE_KEYS: [&str; 4] = ["name", "rules", "flow_cache", "hook"];
+const IFACE_KEYS: [&str; 5] = ["name", "rules", "flow_cache", "hook", "debug"];
 
 /// One `[[interface]]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +36,9 @@ pub struct IfaceConfig {
     pub rules: PathBuf,
     pub flow_cache: u32,
     pub hook: Hook,
+    /// Debug mode (as `apply --debug`): the service logs why the program drops
+    /// packets it cannot parse.
+    pub debug: bool,
     /// Line of the `[[interface]]` header.
     pub line: usize,
 }
@@ -154,13 +158,23 @@ impl Config {
                             }
                         },
                     };
+                    let debug = match t.get("debug") {
+                        None => Some(false),
+                        Some(item) => match item.as_bool() {
+                            Some(b) => Some(b),
+                            None => {
+                                bad(item_span(item), "debug", "must be true or false".into());
+                                None
+                            }
+                        },
+                    };
                     if let (Some(n), Some(h)) = (&name, hook)
                         && !seen.insert((n.clone(), h))
                     {
                         bad(t.get("name").and_then(item_span), "name", format!("interface '{n}' is listed twice with hook {h}"));
                     }
-                    if let (Some(name), Some(rules), Some(flow_cache), Some(hook)) = (name, rules, flow_cache, hook) {
-                        out.push(IfaceConfig { name, rules, flow_cache, hook, line });
+                    if let (Some(name), Some(rules), Some(flow_cache), Some(hook), Some(debug)) = (name, rules, flow_cache, hook, debug) {
+                        out.push(IfaceConfig { name, rules, flow_cache, hook, debug, line });
                     }
                 }
             }
@@ -206,6 +220,16 @@ mod tests {
         assert_eq!(c.interfaces.iter().map(|i| i.hook).collect::<Vec<_>>(), vec![Hook::TcEgress, Hook::Xdp]);
         let e = Config::parse("c.toml", "[[interface]]\nname = \"eth1\"\nrules = \"a\"\nhook = \"egress\"\n", Path::new("/")).unwrap_err();
         assert!(e.contains("c.toml:4: interface 'eth1', field 'hook': unknown hook 'egress'"), "{e}");
+    }
+
+    #[test]
+    fn debug_mode_per_interface() {
+        let c = Config::parse("c.toml", "[[interface]]\nname = \"eth1\"\nrules = \"a\"\ndebug = true\n", Path::new("/")).unwrap();
+        assert!(c.interfaces[0].debug);
+        let c = Config::parse("c.toml", "[[interface]]\nname = \"eth1\"\nrules = \"a\"\n", Path::new("/")).unwrap();
+        assert!(!c.interfaces[0].debug);
+        let e = Config::parse("c.toml", "[[interface]]\nname = \"eth1\"\nrules = \"a\"\ndebug = \"yes\"\n", Path::new("/")).unwrap_err();
+        assert!(e.contains("c.toml:4: interface 'eth1', field 'debug': must be true or false"), "{e}");
     }
 
     #[test]

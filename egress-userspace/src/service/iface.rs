@@ -45,11 +45,24 @@ pub struct Managed {
     /// The deny events of the attachment (opened once its rules are applied),
     /// with the key it was opened for.
     events: Option<(String, dataplane::EventStream)>,
+    /// Debug mode's log (opened once its rules are applied with `debug = true`).
+    debug_log: Option<(String, dataplane::DebugLog)>,
 }
 
 impl Managed {
     pub fn new(cfg: IfaceConfig, lock: RunLock) -> Managed {
-        Managed { cfg, _lock: lock, target: None, last: None, bad_digest: None, reloads: 0, failures: 0, last_reload: 0, events: None }
+        Managed {
+            cfg,
+            _lock: lock,
+            target: None,
+            last: None,
+            bad_digest: None,
+            reloads: 0,
+            failures: 0,
+            last_reload: 0,
+            events: None,
+            debug_log: None,
+        }
     }
 
     /// Whether the periodic check should reconcile: the interface appeared, was
@@ -126,7 +139,7 @@ impl Managed {
             tracing::warn!(iface, file, line = w.line, rule = w.rule, kind = w.kind, "{}", w.message);
         }
         let started = std::time::Instant::now();
-        match reload::apply(&t, &prepared, self.cfg.flow_cache) {
+        match reload::apply(&t, &prepared, self.cfg.flow_cache, self.cfg.debug) {
             Ok(a) => {
                 let st = &a.state;
                 tracing::info!(
@@ -206,6 +219,19 @@ impl Managed {
                 "{}",
                 if ev.audit { "audited (would deny)" } else { "denied" }
             );
+        }
+    }
+
+    /// Logs the debug log's records waiting now (debug mode only; never blocks).
+    pub fn log_debug(&mut self) {
+        let Some(t) = self.target.as_ref().filter(|_| self.cfg.debug) else { return };
+        let key = t.key();
+        if self.debug_log.as_ref().is_none_or(|(k, _)| *k != key) {
+            self.debug_log = dataplane::open_debug_log(t).ok().map(|(_, l)| (key.clone(), l));
+        }
+        let Some((_, log)) = &mut self.debug_log else { return };
+        for line in log.next_batch(std::time::Duration::ZERO) {
+            tracing::info!(target: "egress::ebpf", iface = t.iface, hook = self.cfg.hook.as_str(), "{}", line.message);
         }
     }
 

@@ -232,6 +232,7 @@ async fn service(cfg: Config, opts: Options) -> anyhow::Result<u8> {
             _ = events_tick.tick() => {
                 for m in svc.ifaces.values_mut() {
                     m.log_events();
+                    m.log_debug();
                 }
             }
             _ = tick.tick() => {

@@ -337,7 +337,7 @@ pub(crate) fn hooks_part(n: usize, rounds: usize, md: &mut String) -> anyhow::Re
             let p: &mut SchedClassifier = named(&mut loaded, empty)?.try_into()?;
             p.load()?;
         }
-        variants.push(Variant { label, loaded, program: classifier_program(xdp, stateful), empty });
+        variants.push(Variant { label, loaded, program: classifier_program(xdp, stateful, false), empty });
     }
     let modes = [Mode::Hot, Mode::NewFlows];
     let mut keys: Vec<(usize, bool, Mode, bool)> = Vec::new();
