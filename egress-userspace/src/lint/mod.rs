@@ -78,12 +78,17 @@ pub enum Reach {
 struct Family {
     v6: bool,
     shapes: Vec<Option<Shape>>,
+    /// Per rule, the protocol classes it matches in this family (bit `c as u8`):
+    /// compact, so that comparing neighbours does not touch the rules themselves.
+    classes: Vec<u8>,
     index: Index,
 }
 
 struct Linter<'a> {
     rs: &'a RuleSet,
     fams: [Family; 2],
+    /// Per rule: an allow rule (compact, as `Family::classes`).
+    allow: Vec<bool>,
 }
 
 impl<'a> Linter<'a> {
@@ -91,34 +96,36 @@ impl<'a> Linter<'a> {
         let fam = |v6| {
             let shapes: Vec<Option<Shape>> = rs.rules.iter().map(|r| shape(r, v6)).collect();
             let index = Index::new(&shapes);
-            Family { v6, shapes, index }
+            let classes =
+                rs.rules.iter().map(|r| CLASSES.iter().filter(|&&c| in_class(r, c, v6)).fold(0, |m, &c| m | 1 << c as u8)).collect();
+            Family { v6, shapes, classes, index }
         };
+        let allow = rs.rules.iter().map(|r| r.action == Action::Allow).collect();
         if rs.rules.len() < PARALLEL_FROM {
-            return Linter { rs, fams: [fam(false), fam(true)] };
+            return Linter { rs, fams: [fam(false), fam(true)], allow };
         }
         let (v4, v6) = std::thread::scope(|s| {
             let v6 = s.spawn(|| fam(true));
             (fam(false), v6.join())
         });
-        Linter { rs, fams: [v4, v6.unwrap_or_else(|_| fam(true))] }
+        Linter { rs, fams: [v4, v6.unwrap_or_else(|_| fam(true))], allow }
     }
 
     /// Calls `visit` with the rules that satisfy `keep` and overlap rule `i` in
     /// family `f` (may repeat) until it returns false; false if stopped.
     fn each_neighbour(&self, f: &Family, i: usize, keep: impl Fn(usize) -> bool, mut visit: impl FnMut(usize) -> bool) -> bool {
         let Some(me) = &f.shapes[i] else { return true };
-        let (rules, v6) = (&self.rs.rules, f.v6);
+        let mine = f.classes[i];
         let mut check = |j: usize| {
             let hit = j != i
                 && keep(j)
-                && f.shapes[j].as_ref().is_some_and(|e| {
-                    l4_overlaps(e.l4, me.l4)
-                        && e.src.iter().any(|p| me.src.iter().any(|q| p.overlaps(*q)))
-                        && CLASSES.iter().any(|&c| in_class(&rules[i], c, v6) && in_class(&rules[j], c, v6))
-                });
+                && f.classes[j] & mine != 0
+                && f.shapes[j]
+                    .as_ref()
+                    .is_some_and(|e| l4_overlaps(e.l4, me.l4) && e.src.iter().any(|p| me.src.iter().any(|q| p.overlaps(*q))));
             !hit || visit(j)
         };
-        f.index.node_of[i].iter().all(|&n| f.index.overlapping(n, me.l4, &f.shapes, &mut check))
+        f.index.nodes_of(i).iter().all(|&n| f.index.overlapping(n, me.l4, &f.shapes, &mut check))
     }
 
     /// The rules that satisfy `keep` and overlap rule `i` in family `f`, ascending.
@@ -134,13 +141,19 @@ impl<'a> Linter<'a> {
     }
 
     fn reach(&self, i: usize) -> Reach {
+        let earlier = [0, 1].map(|k| self.neighbours(&self.fams[k], i, |j| j < i));
+        self.reach_among(i, earlier)
+    }
+
+    /// [`Linter::reach`] given the earlier rules that overlap rule `i` in each
+    /// family (ascending, no repeats).
+    fn reach_among(&self, i: usize, earlier: [Vec<usize>; 2]) -> Reach {
         let rule = &self.rs.rules[i];
         let mut shadowing = Vec::new();
         let mut budget = BUDGET;
         let mut any = false;
-        for f in &self.fams {
+        for (f, earlier) in self.fams.iter().zip(earlier) {
             let Some(me) = &f.shapes[i] else { continue };
-            let earlier = self.neighbours(f, i, |j| j < i);
             for c in CLASSES {
                 if !in_class(rule, c, f.v6) {
                     continue;
@@ -151,9 +164,9 @@ impl<'a> Linter<'a> {
                 }
                 let l = (me.l4.0.max(cl.0), me.l4.1.min(cl.1));
                 let cands: Vec<&Shape> =
-                    earlier.iter().filter(|&&j| in_class(&self.rs.rules[j], c, f.v6)).filter_map(|&j| f.shapes[j].as_ref()).collect();
-                for &s in &me.src {
-                    for &d in &me.dst {
+                    earlier.iter().filter(|&&j| f.classes[j] & (1 << c as u8) != 0).filter_map(|&j| f.shapes[j].as_ref()).collect();
+                for &s in me.src.iter() {
+                    for &d in me.dst.iter() {
                         any = true;
                         match cover(Region { s, d, l }, &cands, &mut budget) {
                             Cover::Covered => {}
@@ -201,6 +214,25 @@ fn prefix_set(n: &Option<Vec<IpNet>>) -> Option<std::borrow::Cow<'_, [IpNet]>> {
     })
 }
 
+/// For each rule, the first earlier rule with the same match. A 64-bit
+/// fingerprint of each match, sorted, and the matches compared only within a
+/// run of equal fingerprints (a hash map of 100k match keys cost more than the
+/// rest of the index).
+fn duplicates(rs: &RuleSet) -> Vec<Option<usize>> {
+    use std::hash::BuildHasher as _;
+    let h = foldhash::fast::FixedState::default();
+    let mut fp: Vec<(u64, usize)> = rs.rules.iter().enumerate().map(|(i, r)| (h.hash_one(match_key(r)), i)).collect();
+    fp.sort_unstable();
+    let mut dup_of = vec![None; rs.rules.len()];
+    for run in fp.chunk_by(|a, b| a.0 == b.0).filter(|run| run.len() > 1) {
+        for (k, &(_, i)) in run.iter().enumerate() {
+            let me = match_key(&rs.rules[i]);
+            dup_of[i] = run[..k].iter().map(|&(_, j)| j).find(|&j| match_key(&rs.rules[j]) == me);
+        }
+    }
+    dup_of
+}
+
 fn named(r: &Rule) -> String {
     format!("rule '{}' (line {})", r.name, r.line)
 }
@@ -219,23 +251,7 @@ pub fn lint(rs: &RuleSet, default_line: usize) -> Vec<Warning> {
     }
     // Duplicates first (in order), then every other rule on all CPUs: the
     // rules are independent once the index is built.
-    // foldhash: SipHash over every rule's prefixes was a tenth of the linter's time.
-    let mut first_of: foldhash::HashMap<_, usize> = foldhash::HashMap::default();
-    let dup_of: Vec<Option<usize>> = rs
-        .rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let key = match_key(r);
-            match first_of.get(&key) {
-                Some(&j) => Some(j),
-                None => {
-                    first_of.insert(key, i);
-                    None
-                }
-            }
-        })
-        .collect();
+    let dup_of = duplicates(rs);
     let l = Linter::new(rs);
     if rs.rules.len() < PARALLEL_FROM {
         out.extend((0..rs.rules.len()).flat_map(|i| l.rule_warnings(i, dup_of[i])));
@@ -265,7 +281,30 @@ impl Linter<'_> {
         if let Some(j) = dup {
             return vec![w("duplicate", format!("{} can never match: it repeats the match of {}", named(r), named(&rs.rules[j])))];
         }
-        if let Reach::Shadowed(by) = self.reach(i) {
+        // One walk over the neighbours for both questions: the earlier ones
+        // (can the rule be reached?) and whether a later one of the other
+        // action overlaps it (does it only repeat the default policy?).
+        let mut shields = false;
+        let earlier = [0, 1].map(|k| {
+            let mut e = Vec::new();
+            self.each_neighbour(
+                &self.fams[k],
+                i,
+                |_| true,
+                |j| {
+                    if j < i {
+                        e.push(j);
+                    } else if self.allow[j] != self.allow[i] {
+                        shields = true;
+                    }
+                    true
+                },
+            );
+            e.sort_unstable();
+            e.dedup();
+            e
+        });
+        if let Reach::Shadowed(by) = self.reach_among(i, earlier) {
             // At most three names: a broad rule can overlap thousands.
             let mut names: Vec<String> = by.iter().take(3).map(|&j| named(&rs.rules[j])).collect();
             if by.len() > 3 {
@@ -275,20 +314,16 @@ impl Linter<'_> {
             return vec![w("shadowed", format!("{} can never match: {who} {verb} it", named(r)))];
         }
         let mut out = Vec::new();
-        if r.action == rs.default_policy {
-            // Stops at the first later rule of the other action that overlaps.
-            let shields = self.fams.iter().any(|f| !self.each_neighbour(f, i, |j| j > i && rs.rules[j].action != r.action, |_| false));
-            if !shields {
-                out.push(w(
-                    "redundant",
-                    format!(
-                        "{} only repeats the default policy ({}) and no later {} rule overlaps it: removing it changes nothing",
-                        named(r),
-                        r.action.as_str(),
-                        r.action.opposite().as_str()
-                    ),
-                ));
-            }
+        if r.action == rs.default_policy && !shields {
+            out.push(w(
+                "redundant",
+                format!(
+                    "{} only repeats the default policy ({}) and no later {} rule overlaps it: removing it changes nothing",
+                    named(r),
+                    r.action.as_str(),
+                    r.action.opposite().as_str()
+                ),
+            ));
         }
         if r.action == Action::Allow && self.fams.iter().any(|f| f.shapes[i].as_ref().is_some_and(|s| s.dst.iter().any(|d| d.len == 0))) {
             out.push(w(

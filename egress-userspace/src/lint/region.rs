@@ -60,21 +60,44 @@ pub(super) const CLASSES: [Class; 4] = [Class::Tcp, Class::Udp, Class::Icmp, Cla
 
 /// A rule as the linter sees it in one family: prefixes and its L4 interval.
 pub(super) struct Shape {
-    pub(super) src: Vec<Pfx>,
-    pub(super) dst: Vec<Pfx>,
+    pub(super) src: Pfxs,
+    pub(super) dst: Pfxs,
     /// Inclusive interval of L4 values (`NO_L4` included when the rule constrains
     /// no L4 field).
     pub(super) l4: (u32, u32),
+}
+
+/// A rule's prefixes on one side, in one family: almost always one, kept
+/// inline (an allocation per rule and side was a fifth of the index's time).
+pub(super) enum Pfxs {
+    One(Pfx),
+    Many(Vec<Pfx>),
+}
+
+impl std::ops::Deref for Pfxs {
+    type Target = [Pfx];
+    fn deref(&self) -> &[Pfx] {
+        match self {
+            Pfxs::One(p) => std::slice::from_ref(p),
+            Pfxs::Many(v) => v,
+        }
+    }
 }
 
 pub(super) fn shape(r: &Rule, v6: bool) -> Option<Shape> {
     if !(if v6 { r.families.v6 } else { r.families.v4 }) {
         return None;
     }
-    let nets = |n: &Option<Vec<IpNet>>| -> Vec<Pfx> {
+    let nets = |n: &Option<Vec<IpNet>>| -> Pfxs {
         match n {
-            None => vec![Pfx { addr: 0, len: 0 }],
-            Some(v) => v.iter().filter(|n| matches!(n, IpNet::V6(_)) == v6).map(Pfx::of).collect(),
+            None => Pfxs::One(Pfx { addr: 0, len: 0 }),
+            Some(v) => {
+                let mut mine = v.iter().filter(|n| matches!(n, IpNet::V6(_)) == v6).map(Pfx::of);
+                match (mine.next(), mine.next()) {
+                    (Some(p), None) => Pfxs::One(p),
+                    (first, second) => Pfxs::Many(first.into_iter().chain(second).chain(mine).collect()),
+                }
+            }
         }
     };
     let (lo, hi) = r.l4_range();
@@ -158,38 +181,8 @@ pub(super) fn cover(r: Region, cands: &[&Shape], budget: &mut usize) -> Cover {
     Cover::Covered
 }
 
-/// The rules with one destination prefix, by L4 interval: many rules often
-/// share a destination and differ in their ports, and only those whose ports
-/// overlap are compared.
-#[derive(Default)]
-struct Group {
-    /// Rules whose interval spans more than `NARROW` values, in file order.
-    pub(super) wide: Vec<usize>,
-    /// The others as (interval start, position), sorted.
-    pub(super) narrow: Vec<(u32, usize)>,
-}
-
+/// Rules whose L4 interval spans more than this many values are "wide".
 const NARROW: u32 = 1024;
-
-impl Group {
-    pub(super) fn visit(&self, l4: (u32, u32), shapes: &[Option<Shape>], visit: &mut impl FnMut(usize) -> bool) -> bool {
-        let overlaps = |i: usize| shapes[i].as_ref().is_some_and(|s| l4_overlaps(s.l4, l4));
-        if !self.wide.iter().all(|&i| !overlaps(i) || visit(i)) {
-            return false;
-        }
-        // A narrow interval that overlaps starts at most NARROW before l4's start.
-        let from = self.narrow.partition_point(|&(lo, _)| lo + NARROW < l4.0);
-        for &(lo, i) in &self.narrow[from..] {
-            if lo > l4.1 {
-                break;
-            }
-            if overlaps(i) && !visit(i) {
-                return false;
-            }
-        }
-        true
-    }
-}
 
 /// One distinct destination prefix of the rule set.
 struct Node {
@@ -198,21 +191,41 @@ struct Node {
     pub(super) parent: Option<usize>,
     /// Nodes `id + 1 .. end` (in address order) lie inside this prefix.
     pub(super) end: usize,
-    pub(super) rules: Group,
+    /// The rules with this destination prefix, by L4 interval (many rules often
+    /// share a destination and differ in their ports, and only those whose
+    /// ports overlap are compared): `Index::wide[wide.0..wide.1]` span more
+    /// than `NARROW` values (in file order), `Index::narrow[narrow.0..narrow.1]`
+    /// are the others as (interval start, position), sorted.
+    wide: (u32, u32),
+    narrow: (u32, u32),
+    /// The longest span (hi - lo) among the narrow ones: an overlapping narrow
+    /// interval starts at most this far before a query's start (4,096 rules of
+    /// one port each to one destination scanned 1,024 neighbours each without it).
+    span: u32,
 }
 
 /// The rules' destination prefixes as a tree in address order, per family:
 /// the prefixes that overlap a rule's destination are its ancestors (parent
-/// links) and its descendants (a contiguous run of nodes). No hashing per query.
+/// links) and its descendants (a contiguous run of nodes). No hashing per query,
+/// and a handful of flat arrays (no allocation per rule or node).
 pub(super) struct Index {
     nodes: Vec<Node>,
-    /// Per rule, the node of each of its destination prefixes (as in `Shape::dst`).
-    pub(super) node_of: Vec<Vec<usize>>,
+    wide: Vec<usize>,
+    narrow: Vec<(u32, usize)>,
+    /// The node of each destination prefix of each rule (as in `Shape::dst`):
+    /// rule i's are `node_of[first[i]..first[i + 1]]`.
+    node_of: Vec<usize>,
+    first: Vec<usize>,
 }
 
 impl Index {
     pub(super) fn new(shapes: &[Option<Shape>]) -> Index {
-        let mut entries: Vec<(Pfx, usize, usize)> = Vec::new();
+        let mut first = Vec::with_capacity(shapes.len() + 1);
+        first.push(0);
+        for s in shapes {
+            first.push(first[first.len() - 1] + s.as_ref().map_or(0, |s| s.dst.len()));
+        }
+        let mut entries: Vec<(Pfx, usize, usize)> = Vec::with_capacity(first[shapes.len()]);
         for (i, s) in shapes.iter().enumerate() {
             for (k, &d) in s.iter().flat_map(|s| s.dst.iter().enumerate()) {
                 entries.push((d, i, k));
@@ -220,7 +233,8 @@ impl Index {
         }
         entries.sort_unstable_by_key(|&(p, i, _)| (p.addr, p.len, i));
         let mut nodes: Vec<Node> = Vec::new();
-        let mut node_of: Vec<Vec<usize>> = shapes.iter().map(|s| vec![0; s.as_ref().map_or(0, |s| s.dst.len())]).collect();
+        let mut node_of = vec![0; first[shapes.len()]];
+        let (mut wide, mut narrow) = (Vec::new(), Vec::new());
         let mut stack: Vec<usize> = Vec::new();
         for (p, i, k) in entries {
             if nodes.last().is_none_or(|n| n.pfx != p) {
@@ -231,22 +245,57 @@ impl Index {
                     nodes[top].end = nodes.len();
                     stack.pop();
                 }
-                nodes.push(Node { pfx: p, parent: stack.last().copied(), end: 0, rules: Group::default() });
+                let (w, n) = (wide.len() as u32, narrow.len() as u32);
+                nodes.push(Node { pfx: p, parent: stack.last().copied(), end: 0, wide: (w, w), narrow: (n, n), span: 0 });
                 stack.push(nodes.len() - 1);
             }
             let id = nodes.len() - 1;
-            node_of[i][k] = id;
+            node_of[first[i] + k] = id;
             let l4 = shapes[i].as_ref().map_or((0, 0), |s| s.l4);
-            let g = &mut nodes[id].rules;
-            if l4.1 - l4.0 >= NARROW { g.wide.push(i) } else { g.narrow.push((l4.0, i)) }
+            // Entries of one prefix are consecutive: each node's runs end here.
+            if l4.1 - l4.0 >= NARROW {
+                wide.push(i);
+                nodes[id].wide.1 += 1;
+            } else {
+                narrow.push((l4.0, i));
+                nodes[id].narrow.1 += 1;
+                nodes[id].span = nodes[id].span.max(l4.1 - l4.0);
+            }
         }
         for top in stack {
             nodes[top].end = nodes.len();
         }
-        for n in &mut nodes {
-            n.rules.narrow.sort_unstable();
+        for n in &nodes {
+            narrow[n.narrow.0 as usize..n.narrow.1 as usize].sort_unstable();
         }
-        Index { nodes, node_of }
+        Index { nodes, wide, narrow, node_of, first }
+    }
+
+    /// The rules of node `id` whose L4 interval overlaps `l4`, to `visit` until
+    /// it returns false; false if stopped.
+    fn visit_node(&self, id: usize, l4: (u32, u32), shapes: &[Option<Shape>], visit: &mut impl FnMut(usize) -> bool) -> bool {
+        let n = &self.nodes[id];
+        let overlaps = |i: usize| shapes[i].as_ref().is_some_and(|s| l4_overlaps(s.l4, l4));
+        if !self.wide[n.wide.0 as usize..n.wide.1 as usize].iter().all(|&i| !overlaps(i) || visit(i)) {
+            return false;
+        }
+        let narrow = &self.narrow[n.narrow.0 as usize..n.narrow.1 as usize];
+        // A narrow interval that overlaps starts at most `span` before l4's start.
+        let from = narrow.partition_point(|&(lo, _)| lo + n.span < l4.0);
+        for &(lo, i) in &narrow[from..] {
+            if lo > l4.1 {
+                break;
+            }
+            if overlaps(i) && !visit(i) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The nodes of rule `i`'s destination prefixes.
+    pub(super) fn nodes_of(&self, i: usize) -> &[usize] {
+        &self.node_of[self.first[i]..self.first[i + 1]]
     }
 
     /// Calls `visit` with the position of every rule whose destination overlaps
@@ -256,11 +305,11 @@ impl Index {
     pub(super) fn overlapping(&self, id: usize, l4: (u32, u32), shapes: &[Option<Shape>], visit: &mut impl FnMut(usize) -> bool) -> bool {
         let mut up = Some(id);
         while let Some(n) = up {
-            if !self.nodes[n].rules.visit(l4, shapes, visit) {
+            if !self.visit_node(n, l4, shapes, visit) {
                 return false;
             }
             up = self.nodes[n].parent;
         }
-        self.nodes[id + 1..self.nodes[id].end].iter().all(|n| n.rules.visit(l4, shapes, visit))
+        (id + 1..self.nodes[id].end).all(|n| self.visit_node(n, l4, shapes, visit))
     }
 }

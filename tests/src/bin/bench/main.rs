@@ -64,11 +64,20 @@ struct Opts {
     testrun_only: bool,
     /// Only part 5 (a flood of denied packets under `egress run`).
     flood_only: bool,
+    lint_only: bool,
 }
 
 fn main() -> ExitCode {
-    let mut opts =
-        Opts { quick: false, out: None, sizes: None, traffic_only: false, reload_only: false, testrun_only: false, flood_only: false };
+    let mut opts = Opts {
+        quick: false,
+        out: None,
+        sizes: None,
+        traffic_only: false,
+        reload_only: false,
+        testrun_only: false,
+        flood_only: false,
+        lint_only: false,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -76,6 +85,7 @@ fn main() -> ExitCode {
             "--traffic-only" => opts.traffic_only = true,
             "--reload-only" => opts.reload_only = true,
             "--flood-only" => opts.flood_only = true,
+            "--lint-only" => opts.lint_only = true,
             "--testrun-only" => opts.testrun_only = true,
             "--sizes" => opts.sizes = args.next().map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect()),
             "--out" => opts.out = args.next(),
@@ -87,7 +97,7 @@ fn main() -> ExitCode {
             }
             "-h" | "--help" => {
                 println!(
-                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only | --testrun-only | --flood-only] [--out FILE] | --generate N\n\
+                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only | --testrun-only | --flood-only | --lint-only] [--out FILE] | --generate N\n\
                      see `cargo xtask bench --help`; --sizes, --traffic-only, --reload-only and --testrun-only are for exploring, not for BENCHMARKS.md"
                 );
                 return ExitCode::SUCCESS;
@@ -110,6 +120,10 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// The egress binary's allocator (parse, lint and compile allocate a lot).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -162,6 +176,11 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         [1_000, *sizes.last().unwrap_or(&1_000)].into_iter().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     if o.flood_only {
         flood::flood_part(if o.quick { 3 } else { 10 }, &mut body)?;
+        println!("\n{body}");
+        return Ok(());
+    }
+    if o.lint_only {
+        lint_part(sizes, tr_rounds, &mut body)?;
         println!("\n{body}");
         return Ok(());
     }
