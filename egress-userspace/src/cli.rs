@@ -47,6 +47,70 @@ pub struct HookedIface {
     pub hook: Hook,
 }
 
+/// How CloudStack rules are imported (`import cloudstack`, `apply --cloudstack`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct CloudStackOptions {
+    /// The network's default egress policy (CloudStack's egressdefaultpolicy: true =
+    /// allow). Under allow every CloudStack egress rule denies; under deny every
+    /// rule allows.
+    #[arg(long, value_enum, value_name = "allow|deny", conflicts_with = "offering")]
+    pub default_policy: Option<PolicyArg>,
+    /// Take the default egress policy from a listNetworkOfferings or listNetworks
+    /// response (JSON): its one entry, or the network named with --network.
+    #[arg(long, value_name = "FILE")]
+    pub offering: Option<PathBuf>,
+    /// Only the rules of this network (their networkid).
+    #[arg(long, value_name = "ID")]
+    pub network: Option<String>,
+    /// The guest network's CIDR: the source of rules whose cidrlist is empty
+    /// (CloudStack's "the whole guest network"); required when there are such rules.
+    #[arg(long, value_name = "CIDR")]
+    pub guest_cidr: Option<ipnet::IpNet>,
+    /// Write the valid rules and list the invalid ones (in the file's header and on
+    /// stderr) instead of refusing the whole import.
+    #[arg(long)]
+    pub skip_invalid: bool,
+}
+
+/// A default policy on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyArg {
+    Allow,
+    Deny,
+}
+
+/// What `egress import` reads.
+#[derive(Subcommand, Debug)]
+pub enum ImportCommand {
+    /// CloudStack egress firewall rules, as `listEgressFirewallRules` returns them
+    /// (API JSON, cloudmonkey's JSON output, or a bare array of rule objects).
+    ///
+    /// Writes an egress rule file (TOML, commented, each rule named after its
+    /// CloudStack id) to stdout or -o FILE. Only Active rules are imported (the
+    /// others are listed in the file's header). CloudStack's validation applies:
+    /// ports only with tcp/udp (1..65535, start <= end), ICMP type/code -1 or
+    /// 0..255 with icmp only, valid CIDRs; an invalid rule is an error naming its
+    /// id and field (exit 2, nothing written) unless --skip-invalid.
+    ///
+    /// Example:
+    ///   cmk -o json list egressfirewallrules networkid=$NET > cs.json
+    ///   egress import cloudstack --rules cs.json --default-policy allow -o eth1.toml
+    Cloudstack {
+        /// The listEgressFirewallRules response (JSON).
+        #[arg(long, short = 'r', value_name = "FILE")]
+        rules: PathBuf,
+        #[command(flatten)]
+        cs: CloudStackOptions,
+        /// Write the rule file here (atomically) instead of to stdout.
+        #[arg(long, short = 'o', value_name = "OUT")]
+        output: Option<PathBuf>,
+        /// Print a JSON summary on stdout (with -o): {"output","rules","default",
+        /// "inactive":[{"id","state"}],"skipped":[{"index","id","field","message"}],"other_networks"}.
+        #[arg(long, requires = "output")]
+        json: bool,
+    },
+}
+
 /// Log line format of `egress run`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -75,9 +139,16 @@ pub enum Command {
         /// An interface may carry all three with different rule sets.
         #[arg(long, value_enum, default_value_t = Hook::TcEgress)]
         hook: Hook,
-        /// Rule file (TOML).
-        #[arg(long, short = 'r', value_name = "FILE")]
-        rules: PathBuf,
+        /// Rule file (TOML; /dev/stdin reads it from a pipe).
+        #[arg(long, short = 'r', value_name = "FILE", required_unless_present = "cloudstack", conflicts_with = "cloudstack")]
+        rules: Option<PathBuf>,
+        /// Instead of --rules: a CloudStack listEgressFirewallRules response (JSON),
+        /// imported as `egress import cloudstack` does and applied in one step (the
+        /// rule file it makes is kept under /run/egress/imported/).
+        #[arg(long, value_name = "FILE")]
+        cloudstack: Option<PathBuf>,
+        #[command(flatten)]
+        cs: CloudStackOptions,
         /// Flow verdict cache size, slots per address family (0 turns it off).
         ///
         /// The first packet of a flow (source, destination, protocol, destination port
@@ -103,6 +174,11 @@ pub enum Command {
         /// default, and the normal classifier carries no logging code at all.
         #[arg(long)]
         debug: bool,
+    },
+    /// Turn another system's rules into an egress rule file (no root needed).
+    Import {
+        #[command(subcommand)]
+        what: ImportCommand,
     },
     /// Show per-rule packet and byte counters (like `iptables -L -v`).
     Counters {

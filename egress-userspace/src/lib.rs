@@ -5,6 +5,7 @@ pub mod counters;
 pub mod dataplane;
 pub mod explain;
 pub mod hook;
+pub mod import;
 pub mod input;
 pub mod lint;
 pub mod observe;

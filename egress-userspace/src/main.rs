@@ -2,6 +2,7 @@
 //! 0 = success, 2 = invalid rule file, config or usage, 1 = anything else.
 
 mod cli;
+mod import_cmd;
 
 use std::process::ExitCode;
 
@@ -22,7 +23,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// An error for which exit status 2 applies (bad input, not a system failure).
 #[derive(Debug)]
-struct InputError(String);
+pub(crate) struct InputError(pub(crate) String);
 
 impl std::fmt::Display for InputError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -221,8 +222,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Command::Apply { iface, hook, rules, flow_cache, json, strict, events_rate, debug } => {
-            let mut p = reload::prepare(&rules).map_err(input)?;
+        Command::Apply { iface, hook, rules, cloudstack, cs, flow_cache, json, strict, events_rate, debug } => {
+            // Validated completely (and a CloudStack export imported) before anything is touched.
+            let (mut p, imported) = match (rules, cloudstack) {
+                (Some(r), _) => (reload::prepare(&r).map_err(input)?, None),
+                (None, Some(file)) => {
+                    let i = import_cmd::import(&file, &cs)?;
+                    eprintln!("{}", import_cmd::summary(&file, &i));
+                    let shown = std::path::PathBuf::from(format!("{} (imported)", file.display()));
+                    (reload::prepare_text(&shown, &i.toml).map_err(input)?, Some(i.toml))
+                }
+                (None, None) => anyhow::bail!("give --rules FILE or --cloudstack FILE"),
+            };
             if let Some(rate) = events_rate {
                 p.rules.events.rate = rate;
             }
@@ -236,6 +247,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             enter("apply", &cli.netns)?;
             let target = dataplane::resolve(&iface, hook)?;
+            if let Some(toml) = imported {
+                let kept = dataplane::save_imported(&target.key(), &p.digest, &toml)?;
+                p.canonical = kept.display().to_string();
+            }
             let applied = reload::apply(&target, &p, flow_cache, debug).map_err(input)?;
             if json {
                 let mut v = reload::applied_json(&applied);
@@ -244,6 +259,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", reload::applied_text(&applied, &p));
             }
+        }
+        Command::Import { what: cli::ImportCommand::Cloudstack { rules, cs, output, json } } => {
+            import_cmd::run(&rules, &cs, output.as_deref(), json)?;
         }
         Command::Events { at, json, count } => {
             enter("events", &cli.netns)?;

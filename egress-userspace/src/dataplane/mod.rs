@@ -47,7 +47,7 @@ pub use explain::{Decision, explain};
 pub use link::{LinkHealth, wait_for_running_programs};
 pub use load::{LoadOptions, Loaded, flow_cache_slots};
 pub use readout::{Readout, read_counters, reset_counters, status_of, statuses};
-pub use state::{Count, Pending, RuleInfo, RunLock, STATE_DIR, State, all_states, now_unix, pin_dir, read_state};
+pub use state::{Count, Pending, RuleInfo, RunLock, STATE_DIR, State, all_states, now_unix, pin_dir, read_state, save_imported};
 
 /// The eBPF object, built by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress-ebpf"));

@@ -208,6 +208,39 @@ fn ensure_state_dir() -> Result<()> {
     fs::DirBuilder::new().recursive(true).mode(0o700).create(STATE_DIR).map_err(io_err(format!("create {STATE_DIR}")))
 }
 
+/// Keeps the rule file `egress apply --cloudstack` made for attachment `key`
+/// under /run/egress/imported/, named by its content (so each generation's file
+/// stays as it was applied, for `explain`), owner-only; drops the attachment's
+/// older ones. Returns its path.
+pub fn save_imported(key: &str, digest: &str, text: &str) -> Result<PathBuf> {
+    let dir = Path::new(STATE_DIR).join("imported");
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+    let short: String = digest.trim_start_matches("sha256:").chars().take(16).collect();
+    let path = dir.join(format!("{key}-{short}.toml"));
+    if let Ok(rd) = fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&format!("{key}-")) && e.path() != path {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    let tmp = path.with_extension("toml.tmp");
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(format!("create {}", tmp.display())))?;
+        f.write_all(text.as_bytes()).map_err(io_err(format!("write {}", tmp.display())))?;
+    }
+    fs::rename(&tmp, &path).map_err(io_err(format!("rename {}", tmp.display())))?;
+    Ok(path)
+}
+
 /// Writes the state file atomically (a new file renamed over the old one).
 pub(super) fn write_state(st: &State) -> Result<()> {
     ensure_state_dir()?;

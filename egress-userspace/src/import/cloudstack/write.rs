@@ -1,0 +1,102 @@
+//! The rule file an import writes: commented TOML, each rule named after its
+//! CloudStack id, the CloudStack rule it came from in a comment above it.
+
+use std::fmt::Write as _;
+
+use ipnet::IpNet;
+
+use super::{CsRule, Options, Problem};
+use crate::rules::{Action, MAX_NAME_LEN};
+
+/// "allows" / "denies".
+pub fn verb(a: Action) -> &'static str {
+    match a {
+        Action::Allow => "allows",
+        Action::Deny => "denies",
+    }
+}
+
+/// A rule name from a CloudStack id: `cs-ID` (shortened to fit), unique.
+fn name_for(id: &str, used: &mut std::collections::HashSet<String>) -> String {
+    let clean: String = id.chars().map(|c| if c.is_control() || c == '"' || c == '\\' { '_' } else { c }).collect();
+    let mut base = format!("cs-{clean}");
+    while base.len() > MAX_NAME_LEN - 6 {
+        base.pop();
+    }
+    let mut name = base.clone();
+    let mut k = 2;
+    while !used.insert(name.clone()) {
+        name = format!("{base}-{k}");
+        k += 1;
+    }
+    name
+}
+
+fn list(v: &[IpNet]) -> String {
+    let items: Vec<String> = v.iter().map(|n| format!("\"{n}\"")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+pub(super) fn write(
+    file: &str,
+    policy: Action,
+    policy_from: &str,
+    rules: &[CsRule],
+    inactive: &[(String, String)],
+    skipped: &[Problem],
+    o: &Options,
+) -> String {
+    let action = policy.opposite();
+    let mut s = String::new();
+    let _ = writeln!(s, "# Imported from CloudStack egress firewall rules ({file}) by `egress import cloudstack`.");
+    if let Some(n) = &o.network {
+        let _ = writeln!(s, "# Network {n} only.");
+    }
+    let _ = writeln!(
+        s,
+        "# Default egress policy {} (from {policy_from}): as in CloudStack, every rule {} what it matches.",
+        policy.as_str(),
+        verb(action)
+    );
+    let _ = writeln!(s, "# {} rules in the API's order (they share one verdict, so order changes nothing).", rules.len());
+    if !inactive.is_empty() {
+        let items: Vec<String> = inactive.iter().map(|(id, st)| format!("{id} ({st})")).collect();
+        let _ = writeln!(s, "# Not imported, state not Active: {}.", items.join(", "));
+    }
+    for p in skipped {
+        let _ = writeln!(s, "# Skipped (invalid): {p}.");
+    }
+    let _ = writeln!(s, "default_policy = \"{}\"", policy.as_str());
+    let mut used = std::collections::HashSet::new();
+    for r in rules {
+        let mut what = r.protocol.to_string();
+        if let Some((a, b)) = r.ports {
+            what += &if a == b { format!(" port {a}") } else { format!(" ports {a}-{b}") };
+        }
+        if let Some((t, c)) = r.icmp {
+            what += &format!(" type {t}{}", c.map(|c| format!(" code {c}")).unwrap_or_default());
+        }
+        let to = if r.dst.is_empty() { "any".to_string() } else { r.dst.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",") };
+        let from = r.src.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
+        let _ = writeln!(s, "\n# CloudStack rule {}: {what} from {from} to {to}", r.id);
+        for n in &r.notes {
+            let _ = writeln!(s, "# ({n})");
+        }
+        let _ = writeln!(s, "[[rule]]\nname = \"{}\"\naction = \"{}\"", name_for(&r.id, &mut used), action.as_str());
+        let _ = writeln!(s, "src = {}", list(&r.src));
+        if !r.dst.is_empty() {
+            let _ = writeln!(s, "dst = {}", list(&r.dst));
+        }
+        let _ = writeln!(s, "protocol = \"{}\"", r.protocol);
+        if let Some((a, b)) = r.ports {
+            let _ = writeln!(s, "ports = \"{}\"", if a == b { a.to_string() } else { format!("{a}-{b}") });
+        }
+        if let Some((t, c)) = r.icmp {
+            let _ = writeln!(s, "icmp_type = {t}");
+            if let Some(c) = c {
+                let _ = writeln!(s, "icmp_code = {c}");
+            }
+        }
+    }
+    s
+}
