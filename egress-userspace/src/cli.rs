@@ -32,6 +32,11 @@ pub struct Cli {
     /// refused before it is parsed.
     #[arg(long, global = true, value_name = "SIZE", default_value = "64M", value_parser = egress::input::parse_size)]
     pub max_file_size: u64,
+    /// Use rule files, configs and a state directory that users other than root
+    /// can write (refused when egress runs as root, since whoever writes them
+    /// decides what is enforced); each is warned about instead.
+    #[arg(long, global = true)]
+    pub allow_insecure_files: bool,
     #[command(subcommand)]
     pub command: Command,
 }

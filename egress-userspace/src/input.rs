@@ -9,7 +9,7 @@ use std::{
     fs,
     io::Read as _,
     path::Path,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 /// The default cap: 64 MiB, several times the largest legal rule file (262,144
@@ -20,6 +20,63 @@ pub const DEFAULT_MAX_FILE_SIZE: u64 = 64 << 20;
 pub const MAX_LINE_LEN: usize = 1 << 20;
 
 static MAX_FILE_SIZE: AtomicU64 = AtomicU64::new(DEFAULT_MAX_FILE_SIZE);
+static ALLOW_INSECURE: AtomicBool = AtomicBool::new(false);
+
+/// `--allow-insecure-files`: files and the state directory that others may
+/// write are warned about instead of refused.
+pub fn set_allow_insecure(yes: bool) {
+    ALLOW_INSECURE.store(yes, Ordering::Relaxed);
+}
+
+pub fn allow_insecure() -> bool {
+    ALLOW_INSECURE.load(Ordering::Relaxed)
+}
+
+/// Why a file or directory is open to users other than root: owned by another
+/// user, or writable by its group or everyone. None: only root can change it.
+pub fn insecure(meta: &fs::Metadata) -> Option<&'static str> {
+    use std::os::unix::fs::MetadataExt as _;
+    if meta.uid() != 0 {
+        Some("owned by a user other than root")
+    } else if meta.mode() & 0o022 != 0 {
+        Some("writable by its group or by everyone")
+    } else {
+        None
+    }
+}
+
+/// Run as root, egress enforces what a rule file says: a file (or the folder
+/// holding it) that another user can write would let that user decide. Such a
+/// file is refused (or warned about, with `--allow-insecure-files`). Pipes and
+/// devices are not checked; a folder with the sticky bit (/tmp) protects the
+/// files of others.
+fn check_owner(path: &Path, meta: &fs::Metadata, what: &str) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !meta.is_file() {
+        return Ok(());
+    }
+    let shown = path.display();
+    let mut why = insecure(meta).map(|w| format!("{shown} is {w} (mode {:04o}, uid {})", meta.mode() & 0o7777, meta.uid()));
+    if why.is_none()
+        && let Some(dir) = fs::canonicalize(path).ok().and_then(|p| p.parent().map(Path::to_path_buf))
+        && let Ok(dm) = fs::metadata(&dir)
+        && dm.mode() & 0o1000 == 0
+        && (dm.mode() & 0o022 != 0 || (dm.uid() != 0 && dm.uid() != meta.uid()))
+    {
+        why =
+            Some(format!("{shown} is in {}, which others may write to (mode {:04o}, uid {})", dir.display(), dm.mode() & 0o7777, dm.uid()));
+    }
+    let Some(why) = why else { return Ok(()) };
+    if allow_insecure() {
+        tracing::warn!("{why}; used anyway (--allow-insecure-files)");
+        eprintln!("warning: {why}; used anyway (--allow-insecure-files)");
+        return Ok(());
+    }
+    Err(format!(
+        "{why}: a {what} that others can change decides what egress (running as root) enforces; `chown root` it and `chmod go-w` it (and its folder), or pass --allow-insecure-files"
+    ))
+}
 
 /// Sets the cap for this process (`--max-file-size`).
 pub fn set_max_file_size(bytes: u64) {
@@ -115,6 +172,7 @@ fn read_with_cap(path: &Path, what: &str, cap: u64) -> Result<Vec<u8>, String> {
     if meta.is_dir() {
         return Err(format!("read {what} {shown}: a directory, not a file"));
     }
+    check_owner(path, &meta, what)?;
     if meta.is_file() && meta.len() > cap {
         return Err(too_big(show_size(meta.len())));
     }

@@ -43,6 +43,7 @@ fn main() -> ExitCode {
     dataplane::closed_pipe_ends_process(true);
     let cli = Cli::parse();
     egress::input::set_max_file_size(cli.max_file_size);
+    egress::input::set_allow_insecure(cli.allow_insecure_files);
     let (default_level, json_logs) = match &cli.command {
         Command::Run { log_format, .. } => {
             dataplane::closed_pipe_ends_process(false);

@@ -67,3 +67,127 @@ pub fn matches(r: &Rule, p: &PacketMeta) -> bool {
     }
     true
 }
+
+/// What the reference parser makes of a frame (`parse_frame`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not IPv4 or IPv6: passes, the rules do not apply.
+    NonIp,
+    /// An IP packet that cannot be read (cut short, impossible header fields, too
+    /// many VLAN tags or IPv6 extension headers): dropped.
+    Unreadable,
+    /// An IP packet, as the rules see it.
+    Packet(PacketMeta),
+}
+
+const MAX_VLAN_TAGS: usize = egress_common::MAX_VLAN_TAGS as usize;
+const MAX_IPV6_EXT_HDRS: usize = egress_common::MAX_IPV6_EXT_HDRS as usize;
+
+/// The reference parser: the fail mode of ARCHITECTURE.md ("Verdicts and fail
+/// mode") written plainly over a byte slice, for the packet fuzz target and the
+/// tests, which hold the kernel's two parse paths to it. `has_eth`: frames
+/// start with an Ethernet header (else raw IP).
+pub fn parse_frame(f: &[u8], has_eth: bool) -> Parsed {
+    let at = |off: usize, n: usize| f.get(off..off + n);
+    let l3 = if has_eth {
+        let mut off = 12;
+        let mut et = match at(off, 2) {
+            Some(b) => u16::from_be_bytes([b[0], b[1]]),
+            None => return Parsed::Unreadable,
+        };
+        for _ in 0..MAX_VLAN_TAGS {
+            if et != 0x8100 && et != 0x88a8 {
+                break;
+            }
+            off += 4;
+            et = match at(off, 2) {
+                Some(b) => u16::from_be_bytes([b[0], b[1]]),
+                None => return Parsed::Unreadable,
+            };
+        }
+        match et {
+            0x0800 => return ipv4(f, off + 2),
+            0x86dd => return ipv6(f, off + 2),
+            0x8100 | 0x88a8 => return Parsed::Unreadable,
+            _ => return Parsed::NonIp,
+        }
+    } else {
+        0
+    };
+    match f.first().map(|b| b >> 4) {
+        None => Parsed::Unreadable,
+        Some(4) => ipv4(f, l3),
+        Some(6) => ipv6(f, l3),
+        Some(_) => Parsed::NonIp,
+    }
+}
+
+/// The L4 fields at `l4` for protocol `proto` (None: cut short).
+fn l4_at(f: &[u8], l4: usize, proto: u8, icmp: u8) -> Option<L4> {
+    match proto {
+        6 | 17 => f.get(l4..l4 + 4).map(|p| L4::Ports { dport: u16::from_be_bytes([p[2], p[3]]) }),
+        p if p == icmp => f.get(l4..l4 + 2).map(|p| L4::Icmp { ty: p[0], code: p[1] }),
+        _ => Some(L4::None),
+    }
+}
+
+fn ipv4(f: &[u8], l3: usize) -> Parsed {
+    let Some(h) = f.get(l3..l3 + 20) else { return Parsed::Unreadable };
+    let ihl = (h[0] & 0x0f) as usize * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
+        return Parsed::Unreadable;
+    }
+    let src = IpAddr::from([h[12], h[13], h[14], h[15]]);
+    let dst = IpAddr::from([h[16], h[17], h[18], h[19]]);
+    let proto = h[9];
+    // A non-first fragment carries no L4 header.
+    if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+        return Parsed::Packet(PacketMeta { src, dst, proto, l4: L4::None });
+    }
+    match l4_at(f, l3 + ihl, proto, 1) {
+        Some(l4) => Parsed::Packet(PacketMeta { src, dst, proto, l4 }),
+        None => Parsed::Unreadable,
+    }
+}
+
+fn ipv6(f: &[u8], l3: usize) -> Parsed {
+    let Some(h) = f.get(l3..l3 + 40) else { return Parsed::Unreadable };
+    if h[0] >> 4 != 6 {
+        return Parsed::Unreadable;
+    }
+    let addr = |o: usize| {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&h[o..o + 16]);
+        IpAddr::from(a)
+    };
+    let (src, dst) = (addr(8), addr(24));
+    let (mut nh, mut off, mut fragment) = (h[6], l3 + 40, false);
+    let is_ext = |nh: u8| matches!(nh, 0 | 43 | 44 | 51 | 60);
+    let mut walked = 0;
+    while is_ext(nh) {
+        if walked == MAX_IPV6_EXT_HDRS {
+            return Parsed::Unreadable;
+        }
+        walked += 1;
+        let need = if nh == 44 { 4 } else { 2 };
+        let Some(e) = f.get(off..off + need) else { return Parsed::Unreadable };
+        match nh {
+            // Fragment header: fixed 8 bytes; a non-zero offset means no L4 header.
+            44 => {
+                fragment |= u16::from_be_bytes([e[2], e[3]]) >> 3 != 0;
+                off += 8;
+            }
+            // Authentication header: length in 4-byte units, minus 2.
+            51 => off += (e[1] as usize + 2) * 4,
+            _ => off += (e[1] as usize + 1) * 8,
+        }
+        nh = e[0];
+    }
+    if fragment {
+        return Parsed::Packet(PacketMeta { src, dst, proto: nh, l4: L4::None });
+    }
+    match l4_at(f, off, nh, 58) {
+        Some(l4) => Parsed::Packet(PacketMeta { src, dst, proto: nh, l4 }),
+        None => Parsed::Unreadable,
+    }
+}

@@ -106,3 +106,61 @@ fn a_closed_stdout_ends_a_command_quietly() {
         assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "egress {args:?}: {:?} {err}", o.status);
     }
 }
+
+/// Run as root, egress refuses rule files that other users can change (or that
+/// sit in a folder others may write to), unless --allow-insecure-files.
+#[test]
+fn files_others_can_write_are_refused_as_root() {
+    use std::os::unix::fs::PermissionsExt as _;
+    egress_tests::need_root!("a root-owned rule file and chown");
+    let text = "default_policy = \"allow\"\n[[rule]]\nname = \"a\"\naction = \"deny\"\nprotocol = \"udp\"\nports = 9\n";
+    let f = temp_file("r.toml", text);
+    let path = f.to_str().unwrap();
+    assert_eq!(egress(&["check", "--rules", path]).status.code(), Some(0));
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let o = egress(&["check", "--rules", path]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is writable by its group or by everyone (mode 0666, uid 0)") && stderr(&o).contains("--allow-insecure-files"),
+        "{}",
+        stderr(&o)
+    );
+    let o = egress(&["check", "--rules", path, "--allow-insecure-files"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("warning:") && stderr(&o).contains("used anyway (--allow-insecure-files)"), "{}", stderr(&o));
+    // Owned by another user.
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&f, Some(65534), None).unwrap();
+    let o = egress(&["check", "--rules", path]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is owned by a user other than root"), "{}", stderr(&o));
+    // In a folder everyone may write to (no sticky bit: anyone could replace it).
+    let dir = temp_file("r2.toml", text);
+    let folder = dir.parent().unwrap();
+    std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let o = egress(&["check", "--rules", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("which others may write to (mode 0777"), "{}", stderr(&o));
+    // The sticky bit (as on /tmp) protects it.
+    std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    assert_eq!(egress(&["check", "--rules", dir.to_str().unwrap()]).status.code(), Some(0));
+}
+
+/// State files, lock files and pin folders are owner-only.
+#[test]
+fn state_and_pins_are_owner_only() {
+    use std::os::unix::fs::MetadataExt as _;
+    egress_tests::need_root!("network namespaces");
+    let p = egress_tests::Pair::new("perm").unwrap();
+    let out = p.apply_ok(&egress_tests::deny_udp(&[9]));
+    let pinned = out.lines().find_map(|l| l.trim().strip_prefix("pinned at")).map(|s| s.trim().to_string()).unwrap();
+    let mode = |path: &str| std::fs::metadata(path).unwrap_or_else(|e| panic!("{path}: {e}")).mode() & 0o777;
+    assert_eq!(mode("/run/egress"), 0o700);
+    let key = pinned.rsplit('/').next().unwrap();
+    assert_eq!(mode(&format!("/run/egress/{key}.json")), 0o600);
+    assert_eq!(mode(&pinned), 0o700);
+    for e in std::fs::read_dir(&pinned).unwrap().flatten() {
+        let m = e.metadata().unwrap().mode() & 0o777;
+        assert_eq!(m & 0o077, 0, "{} is mode {m:o}", e.path().display());
+    }
+}

@@ -151,6 +151,18 @@ fn fixtures() -> Vec<Fixture> {
     v
 }
 
+/// The reference parser's and classifier's TC verdict on a frame.
+fn reference_verdict(rs: &RuleSet, frame: &[u8]) -> i32 {
+    match reference::parse_frame(frame, true) {
+        reference::Parsed::NonIp => TC_ACT_UNSPEC,
+        reference::Parsed::Unreadable => TC_ACT_SHOT,
+        reference::Parsed::Packet(m) => match reference::classify(rs, &m).1 {
+            Action::Allow => TC_ACT_UNSPEC,
+            Action::Deny => TC_ACT_SHOT,
+        },
+    }
+}
+
 #[test]
 fn parsing_fixtures() {
     egress_tests::need_root!("BPF_PROG_TEST_RUN");
@@ -161,6 +173,7 @@ fn parsing_fixtures() {
         let s0 = prog.loaded.stats().unwrap();
         let got = prog.run(&frame);
         assert_eq!(got, ret, "{name}: verdict");
+        assert_eq!(reference_verdict(&rs, &frame), ret, "{name}: the reference parser ({:?})", reference::parse_frame(&frame, true));
         let c1 = prog.loaded.counters().unwrap();
         let s1 = prog.loaded.stats().unwrap();
         for (i, (a, b)) in c0.iter().zip(&c1).enumerate() {
@@ -210,6 +223,7 @@ fn truncation_at_every_header_boundary() {
         for len in min..=full.len() {
             let frame = &full[..len];
             let got = prog.run(frame);
+            assert_eq!(reference_verdict(&rs, frame), got, "{m:?} cut to {len} bytes: the reference parser");
             if len < need {
                 assert_eq!(got, TC_ACT_SHOT, "{m:?} cut to {len} bytes (< {need}) must be dropped as truncated");
             } else {

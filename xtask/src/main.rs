@@ -4,7 +4,10 @@
 //!   against the nightly's own LLVM, Debian packages); idempotent and quick when warm.
 //! - `build`: setup, then build the `egress` binary (release).
 //! - `demo`:  build, then run the embedded demo in a pair of network namespaces.
-//! - `test`:  build, then run every test (unit, BPF_PROG_TEST_RUN, netns integration).
+//! - `fuzz`:  cargo-fuzz on the parser + compiler, the CloudStack importer and the
+//!   classifier (frames through BPF_PROG_TEST_RUN), regressions first.
+//! - `test`:  build, clippy on the product (its lints deny unwrap, expect and
+//!   panic), then run every test (unit, BPF_PROG_TEST_RUN, netns integration).
 
 use std::{
     env, fs,
@@ -41,6 +44,18 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Fuzz the rule file parser + compiler, the CloudStack importer and the
+    /// classifier (arbitrary frames through BPF_PROG_TEST_RUN, root) with
+    /// cargo-fuzz (libFuzzer; installed when missing), each for --seconds. Inputs
+    /// that once crashed (fuzz/regressions/TARGET/) are run first; a new crash
+    /// is saved under fuzz/artifacts/TARGET/ and fails the task.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets (rules, cloudstack, packet).
+        targets: Vec<String>,
+    },
     /// Build, then run all tests (root-only tests need root; CI runs as root).
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
@@ -73,8 +88,16 @@ fn main() -> Result<()> {
             c.arg("--out").arg(out).env("EGRESS_BIN", egress_bin());
             run(&mut c)
         }
+        Task::Fuzz { seconds, targets } => fuzz(seconds, &targets),
         Task::Test { args } => {
             build()?;
+            // The product's lints (no unwrap, expect or panic outside tests) are
+            // errors: checked here so that they hold on every CI run.
+            if !quiet_ok(Command::new(cargo()).args(["clippy", "--version"])) {
+                eprintln!("xtask test: adding clippy to the toolchain");
+                run(Command::new("rustup").args(["component", "add", "clippy"]))?;
+            }
+            run(Command::new(cargo()).args(["clippy", "--release", "-p", "egress-common", "-p", "egress-userspace", "--lib", "--bins"]))?;
             let mut c = Command::new(cargo());
             c.args(["test", "--release", "--workspace", "--exclude", "egress-ebpf"]);
             c.env("EGRESS_BIN", egress_bin());
@@ -84,6 +107,49 @@ fn main() -> Result<()> {
             run_tests(&mut c)
         }
     }
+}
+
+const FUZZ_TARGETS: [&str; 3] = ["rules", "cloudstack", "packet"];
+
+/// `cargo xtask fuzz`: regressions first, then each target for `seconds`.
+fn fuzz(seconds: u64, only: &[String]) -> Result<()> {
+    setup()?;
+    if !quiet_ok(Command::new(cargo()).args(["+nightly", "fuzz", "--version"])) {
+        eprintln!("xtask fuzz: installing cargo-fuzz");
+        run(Command::new(cargo()).args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let dir = root().join("fuzz");
+    for t in FUZZ_TARGETS.iter().filter(|t| only.is_empty() || only.iter().any(|o| o == *t)) {
+        let corpus = dir.join("corpus").join(t);
+        fs::create_dir_all(&corpus)?;
+        // Seeds: the project's own valid inputs.
+        let seeds: Vec<PathBuf> = match *t {
+            "rules" => vec![root().join("examples")],
+            "cloudstack" => vec![root().join("tests/fixtures/cloudstack")],
+            _ => vec![dir.join("seeds/packet")],
+        };
+        let regressions = dir.join("regressions").join(t);
+        let mut c = Command::new(cargo());
+        c.current_dir(&dir).args(["+nightly", "fuzz", "build", "--release", t]);
+        run(&mut c)?;
+        if regressions.exists() {
+            eprintln!("xtask fuzz: {t}: the kept regression inputs");
+            let mut c = Command::new(cargo());
+            c.current_dir(&dir).args(["+nightly", "fuzz", "run", "--release", t]).arg(&regressions).args(["--", "-runs=0"]);
+            run(&mut c)?;
+        }
+        eprintln!("xtask fuzz: {t}: {seconds} s");
+        let mut c = Command::new(cargo());
+        c.current_dir(&dir).args(["+nightly", "fuzz", "run", "--release", t]).arg(&corpus);
+        for s in seeds.iter().filter(|s| s.exists()) {
+            c.arg(s);
+        }
+        c.args(["--", &format!("-max_total_time={seconds}"), "-timeout=10", "-rss_limit_mb=4096", "-print_final_stats=1"]);
+        run(&mut c).with_context(|| {
+            format!("fuzz target {t} found a failure: the input is under fuzz/artifacts/{t}/; keep it in fuzz/regressions/{t}/ once fixed")
+        })?;
+    }
+    Ok(())
 }
 
 fn root() -> PathBuf {
@@ -209,7 +275,7 @@ fn setup() -> Result<()> {
     }
 
     // 3. Debian packages the tests and demo use (only when missing).
-    apt_install(&[("ip", "iproute2")])
+    apt_install(&[("ip", "iproute2"), ("nft", "nftables")])
 }
 
 /// Installs the Debian packages whose command is missing: (command, package).

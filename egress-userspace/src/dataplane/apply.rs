@@ -169,7 +169,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
     let gdir = gen_dir(&key, generation);
     // Pin the new maps before the switch so that readers can follow at once.
     let pin_maps = |ebpf: &Ebpf| -> Result<()> {
-        fs::create_dir_all(&gdir).map_err(io_err(format!("create {}", gdir.display())))?;
+        state::private_dir(&gdir)?;
         for name in ALL_MAPS {
             let m = ebpf.map(name).ok_or_else(|| DataplaneError::Other(format!("map {name} missing")))?;
             let path = gdir.join(name);

@@ -150,7 +150,7 @@ impl Loaded {
         loader.map_max_entries(MAP_EVENT_LIMITS, c.counter_slots);
         let (pev, pes, plog);
         if let Some(dir) = &o.events_dir {
-            std::fs::create_dir_all(dir).map_err(super::io_err(format!("create {}", dir.display())))?;
+            super::state::private_dir(dir)?;
             (pev, pes, plog) = (dir.join(MAP_EVENTS), dir.join(MAP_EVENT_STATS), dir.join(MAP_DEBUG_LOG));
             loader
                 .map_pin_path(MAP_EVENTS, pev.as_path())
@@ -169,7 +169,7 @@ impl Loaded {
         match &o.state {
             Some((sc, dir)) => {
                 table = super::conn::conn_table_dir(dir, sc.max_flows);
-                std::fs::create_dir_all(&table).map_err(super::io_err(format!("create {}", table.display())))?;
+                super::state::private_dir(&table)?;
                 (p4, p6, pstats) = (table.join(MAP_CONN_V4), table.join(MAP_CONN_V6), dir.join(MAP_CONN_STATS));
                 loader
                     .map_max_entries(MAP_CONN_V4, sc.max_flows)

@@ -204,8 +204,42 @@ pub fn read_state(key: &str) -> Result<Option<State>> {
     }
 }
 
+/// Creates `dir` (and its missing parents) owner-only (0700): state, pins.
+pub(super) fn private_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err(format!("create {}", dir.display())))
+}
+
+/// Writes a new owner-only (0600) file.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(format!("create {}", path.display())))?;
+    f.write_all(bytes).map_err(io_err(format!("write {}", path.display())))
+}
+
+/// The state directory, created owner-only; when it is there already, it must
+/// be root's and writable by nobody else (whoever can write it can forge what
+/// egress believes is enforced): an error, or a warning with
+/// `--allow-insecure-files`.
 fn ensure_state_dir() -> Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(STATE_DIR).map_err(io_err(format!("create {STATE_DIR}")))
+    use std::os::unix::fs::MetadataExt as _;
+    private_dir(Path::new(STATE_DIR))?;
+    let meta = fs::metadata(STATE_DIR).map_err(io_err(format!("stat {STATE_DIR}")))?;
+    if let Some(why) = crate::input::insecure(&meta) {
+        let msg = format!("{STATE_DIR} is {why} (mode {:04o}, uid {})", meta.mode() & 0o7777, meta.uid());
+        if !crate::input::allow_insecure() {
+            return Err(DataplaneError::Other(format!(
+                "{msg}: anyone who can write it can change what egress believes is enforced; `chown root {STATE_DIR}; chmod 700 {STATE_DIR}`, or pass --allow-insecure-files"
+            )));
+        }
+        tracing::warn!("{msg} (--allow-insecure-files)");
+    }
+    Ok(())
 }
 
 /// Keeps the rule file `egress apply --cloudstack` made for attachment `key`
@@ -213,8 +247,9 @@ fn ensure_state_dir() -> Result<()> {
 /// stays as it was applied, for `explain`), owner-only; drops the attachment's
 /// older ones. Returns its path.
 pub fn save_imported(key: &str, digest: &str, text: &str) -> Result<PathBuf> {
+    ensure_state_dir()?;
     let dir = Path::new(STATE_DIR).join("imported");
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+    private_dir(&dir)?;
     let short: String = digest.trim_start_matches("sha256:").chars().take(16).collect();
     let path = dir.join(format!("{key}-{short}.toml"));
     if let Ok(rd) = fs::read_dir(&dir) {
@@ -226,17 +261,7 @@ pub fn save_imported(key: &str, digest: &str, text: &str) -> Result<PathBuf> {
         }
     }
     let tmp = path.with_extension("toml.tmp");
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(format!("create {}", tmp.display())))?;
-        f.write_all(text.as_bytes()).map_err(io_err(format!("write {}", tmp.display())))?;
-    }
+    write_private(&tmp, text.as_bytes())?;
     fs::rename(&tmp, &path).map_err(io_err(format!("rename {}", tmp.display())))?;
     Ok(path)
 }
@@ -247,7 +272,7 @@ pub(super) fn write_state(st: &State) -> Result<()> {
     let p = state_path(&st.key);
     let tmp = p.with_extension("json.tmp");
     let body = serde_json::to_string(st).map_err(|e| DataplaneError::Other(e.to_string()))?;
-    fs::write(&tmp, body).map_err(io_err(format!("write {}", tmp.display())))?;
+    write_private(&tmp, body.as_bytes())?;
     fs::rename(&tmp, &p).map_err(io_err(format!("rename {} to {}", tmp.display(), p.display())))
 }
 
@@ -298,11 +323,13 @@ fn flock(path: &Path, blocking: bool) -> Result<std::result::Result<FileLock, fs
     use std::os::unix::fs::MetadataExt as _;
     ensure_state_dir()?;
     loop {
+        use std::os::unix::fs::OpenOptionsExt as _;
         let f = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
+            .mode(0o600)
             .open(path)
             .map_err(io_err(format!("open lock {}", path.display())))?;
         let op = if blocking { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
