@@ -260,3 +260,34 @@ fn an_imported_rule_set_enforces_real_traffic() {
     assert_eq!(p.udp(false, 5005, 2), 0, "the imported rules stay enforced");
     assert_eq!(p.udp(false, 6000, 2), 2);
 }
+
+/// Inputs the fuzzer once crashed the importer with (fuzz/regressions/cloudstack/,
+/// e.g. an id holding a DEL character, which ended the rule's comment line):
+/// under every option the fuzz target tries, an accepted import parses.
+#[test]
+fn fuzz_regressions_import_into_valid_rule_files() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/cloudstack");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
+        for sel in 0u8..16 {
+            let o = Options {
+                default_policy: Some(if sel & 1 == 0 { Action::Allow } else { Action::Deny }),
+                guest_cidr: (sel & 2 != 0).then(|| "10.1.1.0/24".parse().unwrap()),
+                skip_invalid: sel & 4 != 0,
+                network: (sel & 8 != 0).then(|| "net-a".to_string()),
+                offering: None,
+            };
+            if let Ok(i) = import("fuzz.json", &text, &o) {
+                rules::parse("imported.toml", &i.toml).unwrap_or_else(|err| panic!("{}: {err}\n{}", e.path().display(), i.toml));
+            }
+        }
+        n += 1;
+    }
+    assert!(n > 0, "no regression inputs in {}", dir.display());
+    // Control characters anywhere in the text that reaches comments.
+    let text = "[{\"id\": \"a\\nb\\u007f\\r\", \"protocol\": \"tcp\", \"startport\": 1, \"cidrlist\": \"10.0.0.0/8\", \"state\": \"Active\"},\n {\"id\": \"x\\ny\", \"protocol\": \"tcp\", \"state\": \"Gone\\n[[rule]]\"}]";
+    let i = import("ctl\n.json", text, &policy(Action::Deny)).unwrap();
+    let rs = rules::parse("imported.toml", &i.toml).unwrap_or_else(|e| panic!("{e}\n{}", i.toml));
+    assert_eq!(rs.rules.len(), 1, "{}", i.toml);
+}

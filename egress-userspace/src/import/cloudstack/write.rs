@@ -8,6 +8,15 @@ use ipnet::IpNet;
 use super::{CsRule, Options, Problem};
 use crate::rules::{Action, MAX_NAME_LEN};
 
+/// One comment line. Text from the input (ids, states, file names) may hold
+/// line breaks or other control characters, which would end the comment (and
+/// TOML allows none but tab in one): each becomes '?'.
+fn comment(s: &mut String, text: &str) {
+    s.push_str("# ");
+    s.extend(text.chars().map(|c| if c.is_control() && c != '\t' { '?' } else { c }));
+    s.push('\n');
+}
+
 /// "allows" / "denies".
 pub fn verb(a: Action) -> &'static str {
     match a {
@@ -48,23 +57,25 @@ pub(super) fn write(
 ) -> String {
     let action = policy.opposite();
     let mut s = String::new();
-    let _ = writeln!(s, "# Imported from CloudStack egress firewall rules ({file}) by `egress import cloudstack`.");
+    comment(&mut s, &format!("Imported from CloudStack egress firewall rules ({file}) by `egress import cloudstack`."));
     if let Some(n) = &o.network {
-        let _ = writeln!(s, "# Network {n} only.");
+        comment(&mut s, &format!("Network {n} only."));
     }
-    let _ = writeln!(
-        s,
-        "# Default egress policy {} (from {policy_from}): as in CloudStack, every rule {} what it matches.",
-        policy.as_str(),
-        verb(action)
+    comment(
+        &mut s,
+        &format!(
+            "Default egress policy {} (from {policy_from}): as in CloudStack, every rule {} what it matches.",
+            policy.as_str(),
+            verb(action)
+        ),
     );
-    let _ = writeln!(s, "# {} rules in the API's order (they share one verdict, so order changes nothing).", rules.len());
+    comment(&mut s, &format!("{} rules in the API's order (they share one verdict, so order changes nothing).", rules.len()));
     if !inactive.is_empty() {
         let items: Vec<String> = inactive.iter().map(|(id, st)| format!("{id} ({st})")).collect();
-        let _ = writeln!(s, "# Not imported, state not Active: {}.", items.join(", "));
+        comment(&mut s, &format!("Not imported, state not Active: {}.", items.join(", ")));
     }
     for p in skipped {
-        let _ = writeln!(s, "# Skipped (invalid): {p}.");
+        comment(&mut s, &format!("Skipped (invalid): {p}."));
     }
     let _ = writeln!(s, "default_policy = \"{}\"", policy.as_str());
     let mut used = std::collections::HashSet::new();
@@ -78,9 +89,10 @@ pub(super) fn write(
         }
         let to = if r.dst.is_empty() { "any".to_string() } else { r.dst.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",") };
         let from = r.src.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
-        let _ = writeln!(s, "\n# CloudStack rule {}: {what} from {from} to {to}", r.id);
+        s.push('\n');
+        comment(&mut s, &format!("CloudStack rule {}: {what} from {from} to {to}", r.id));
         for n in &r.notes {
-            let _ = writeln!(s, "# ({n})");
+            comment(&mut s, &format!("({n})"));
         }
         let _ = writeln!(s, "[[rule]]\nname = \"{}\"\naction = \"{}\"", name_for(&r.id, &mut used), action.as_str());
         let _ = writeln!(s, "src = {}", list(&r.src));
