@@ -58,10 +58,10 @@ fn the_size_cap_holds_for_files_pipes_and_devices() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("/dev/zero: more than 64 MiB read, more than the 64 MiB a rule file may be"), "{}", stderr(&o));
     // One very long line.
-    let f = temp_file("line.toml", &format!("default_policy = \"allow\"\n# {}\n", "z".repeat(3 << 20)));
+    let f = temp_file("line.toml", &format!("default_policy = \"allow\"\n# {}\n", "z".repeat(5 << 20)));
     let o = egress(&["check", "--rules", f.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains(":2: a line of 3145730 bytes, longer than the 1 MiB a line may be"), "{}", stderr(&o));
+    assert!(stderr(&o).contains(":2: a line of 5242882 bytes, longer than the 4 MiB a line may be"), "{}", stderr(&o));
     // Bad sizes are usage errors.
     let o = egress(&["check", "--rules", "/dev/null", "--max-file-size", "lots"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
@@ -163,4 +163,45 @@ fn state_and_pins_are_owner_only() {
         let m = e.metadata().unwrap().mode() & 0o777;
         assert_eq!(m & 0o077, 0, "{} is mode {m:o}", e.path().display());
     }
+}
+
+/// Deep nesting (TOML and JSON) and oversized CIDR lists are errors, not crashes
+/// or endless compiles.
+#[test]
+fn nesting_and_list_sizes_are_bounded() {
+    let deep = format!("default_policy = \"allow\"\nx = {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let f = temp_file("deep.toml", &deep);
+    let o = egress(&["check", "--rules", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("recursion limit exceeded"), "{}", stderr(&o));
+    let json = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let f = temp_file("deep.json", &json);
+    let o = egress(&["import", "cloudstack", "--rules", f.to_str().unwrap(), "--default-policy", "allow"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not valid JSON: recursion limit exceeded"), "{}", stderr(&o));
+    let many: Vec<String> = (0..70_000u32).map(|i| format!("\"10.{}.{}.0/24\"", i >> 8 & 0xff, i & 0xff)).collect();
+    let f = temp_file(
+        "many.toml",
+        &format!("default_policy = \"allow\"\n[[rule]]\nname = \"big\"\naction = \"deny\"\ndst = [{}]\n", many.join(",")),
+    );
+    let o = egress(&["check", "--rules", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("rule 'big', field 'dst': 70000 CIDRs, more than the 65536 one list may hold"), "{}", stderr(&o));
+    let src: Vec<String> = (0..2_000u32).map(|i| format!("\"192.0.{}.{}/32\"", i >> 8, i & 0xff)).collect();
+    let dst: Vec<String> = (0..1_000u32).map(|i| format!("\"10.9.{}.{}/32\"", i >> 8, i & 0xff)).collect();
+    let f = temp_file(
+        "pairs.toml",
+        &format!(
+            "default_policy = \"allow\"\n[[rule]]\nname = \"x\"\naction = \"deny\"\nsrc = [{}]\ndst = [{}]\n",
+            src.join(","),
+            dst.join(",")
+        ),
+    );
+    let o = egress(&["check", "--rules", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("2000 sources x 1000 destinations = 2000000 pairs, more than the 1048576 one rule may hold"),
+        "{}",
+        stderr(&o)
+    );
 }

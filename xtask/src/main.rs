@@ -7,7 +7,8 @@
 //! - `fuzz`:  cargo-fuzz on the parser + compiler, the CloudStack importer and the
 //!   classifier (frames through BPF_PROG_TEST_RUN), regressions first.
 //! - `test`:  build, clippy on the product (its lints deny unwrap, expect and
-//!   panic), then run every test (unit, BPF_PROG_TEST_RUN, netns integration).
+//!   panic), then run every test (unit, BPF_PROG_TEST_RUN, netns integration),
+//!   then each fuzz target for 20 s (`EGRESS_FUZZ_SECONDS`; 0 skips it).
 
 use std::{
     env, fs,
@@ -102,9 +103,16 @@ fn main() -> Result<()> {
             c.args(["test", "--release", "--workspace", "--exclude", "egress-ebpf"]);
             c.env("EGRESS_BIN", egress_bin());
             if !args.is_empty() {
-                c.arg("--").args(args);
+                c.arg("--").args(&args);
             }
-            run_tests(&mut c)
+            run_tests(&mut c)?;
+            // Then a bounded fuzz run of every target (regressions first), unless
+            // a test filter was given or EGRESS_FUZZ_SECONDS=0.
+            let secs = env::var("EGRESS_FUZZ_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+            if args.is_empty() && secs > 0 {
+                fuzz(secs, &[])?;
+            }
+            Ok(())
         }
     }
 }
@@ -114,7 +122,14 @@ const FUZZ_TARGETS: [&str; 3] = ["rules", "cloudstack", "packet"];
 /// `cargo xtask fuzz`: regressions first, then each target for `seconds`.
 fn fuzz(seconds: u64, only: &[String]) -> Result<()> {
     setup()?;
-    if !quiet_ok(Command::new(cargo()).args(["+nightly", "fuzz", "--version"])) {
+    // cargo-fuzz builds with the nightly (sanitizers): through rustup, since the
+    // cargo running xtask is the stable one's own binary.
+    let nightly_cargo = || {
+        let mut c = Command::new("rustup");
+        c.args(["run", "nightly", "cargo"]);
+        c
+    };
+    if !quiet_ok(nightly_cargo().args(["fuzz", "--version"])) {
         eprintln!("xtask fuzz: installing cargo-fuzz");
         run(Command::new(cargo()).args(["install", "cargo-fuzz", "--locked"]))?;
     }
@@ -129,18 +144,18 @@ fn fuzz(seconds: u64, only: &[String]) -> Result<()> {
             _ => vec![dir.join("seeds/packet")],
         };
         let regressions = dir.join("regressions").join(t);
-        let mut c = Command::new(cargo());
-        c.current_dir(&dir).args(["+nightly", "fuzz", "build", "--release", t]);
+        let mut c = nightly_cargo();
+        c.current_dir(&dir).args(["fuzz", "build", "--release", t]);
         run(&mut c)?;
         if regressions.exists() {
             eprintln!("xtask fuzz: {t}: the kept regression inputs");
-            let mut c = Command::new(cargo());
-            c.current_dir(&dir).args(["+nightly", "fuzz", "run", "--release", t]).arg(&regressions).args(["--", "-runs=0"]);
+            let mut c = nightly_cargo();
+            c.current_dir(&dir).args(["fuzz", "run", "--release", t]).arg(&regressions).args(["--", "-runs=0"]);
             run(&mut c)?;
         }
         eprintln!("xtask fuzz: {t}: {seconds} s");
-        let mut c = Command::new(cargo());
-        c.current_dir(&dir).args(["+nightly", "fuzz", "run", "--release", t]).arg(&corpus);
+        let mut c = nightly_cargo();
+        c.current_dir(&dir).args(["fuzz", "run", "--release", t]).arg(&corpus);
         for s in seeds.iter().filter(|s| s.exists()) {
             c.arg(s);
         }

@@ -35,6 +35,12 @@ pub(super) fn parse_mode(cx: &mut Ctx<'_>, item: &Item, span: Option<Range<usize
 }
 /// Longest rule name accepted (names are shown in tables and JSON).
 pub const MAX_NAME_LEN: usize = 64;
+/// Most CIDRs in one `src` or `dst` list (a cloud provider's published ranges
+/// fit several times over).
+pub const MAX_CIDRS_PER_LIST: usize = 65_536;
+/// Most source x destination combinations in one rule (each may become a map
+/// entry; the PAIR maps hold 2^21 in all).
+pub const MAX_PAIRS_PER_RULE: usize = 1 << 20;
 
 pub(super) struct Ctx<'a> {
     pub(super) file: &'a str,
@@ -265,6 +271,22 @@ pub(super) fn parse_rule(
 
     let src = parse_nets(cx, t.get("src"), kspan("src"), rn, "src");
     let dst = parse_nets(cx, t.get("dst"), kspan("dst"), rn, "dst");
+    // Each (source, destination) pair of a rule can become a map entry.
+    if let (Some(Some(s)), Some(Some(d))) = (&src, &dst)
+        && s.len() * d.len() > MAX_PAIRS_PER_RULE
+    {
+        cx.push(
+            kspan("dst"),
+            rn,
+            Some("dst"),
+            format!(
+                "{} sources x {} destinations = {} pairs, more than the {MAX_PAIRS_PER_RULE} one rule may hold; split the rule",
+                s.len(),
+                d.len(),
+                s.len() * d.len()
+            ),
+        );
+    }
 
     let protocol = match t.get("protocol") {
         None => Some(Protocol::All),
@@ -415,6 +437,15 @@ fn parse_nets(
         }
     };
     match item.as_value() {
+        Some(Value::Array(a)) if a.len() > MAX_CIDRS_PER_LIST => {
+            cx.push(
+                span.clone(),
+                rule,
+                Some(field),
+                format!("{} CIDRs, more than the {MAX_CIDRS_PER_LIST} one list may hold; split the rule", a.len()),
+            );
+            ok = false;
+        }
         Some(Value::Array(a)) => {
             if a.is_empty() {
                 cx.push(span.clone(), rule, Some(field), format!("an empty list matches nothing; omit '{field}' to match any address"));
