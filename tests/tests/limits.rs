@@ -53,6 +53,13 @@ fn the_size_cap_holds_for_files_pipes_and_devices() {
     assert_eq!(egress(&["check", "--rules", f.to_str().unwrap()]).status.code(), Some(0));
     let o = egress(&["check", "--rules", f.to_str().unwrap(), "--max-file-size", "1M"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // A 300 MB file (sparse: its size is what counts) is refused from its size.
+    let big = temp_file("huge.toml", "");
+    std::fs::OpenOptions::new().write(true).open(&big).unwrap().set_len(300_000_000).unwrap();
+    let o = egress(&["check", "--rules", big.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("286.1 MiB, more than the 64 MiB a rule file may be"), "{}", stderr(&o));
+    std::fs::remove_file(&big).unwrap();
     // A device that never ends stops at the cap.
     let o = egress(&["check", "--rules", "/dev/zero"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
