@@ -246,7 +246,35 @@ fn compile_family(rs: &RuleSet, v6: bool, lists: &mut Interner<'_>, classes: &mu
     let mut dsts = Vec::with_capacity(dst_keys.len());
     let mut pairs = Vec::new();
     let mut emitted: HashSet<u32> = HashSet::default();
+    let any = Prefix::any(v6);
+    // The enclosing destinations of the current one (sorted order visits a
+    // prefix before everything inside it), each with its candidate list pruned
+    // to the rules that decide some packet (`decisive`), or None when a rule
+    // with a source prefix is among its candidates (those take the exact path).
+    let mut chain: Vec<(Prefix, Option<Vec<u32>>)> = Vec::new();
     for d in dst_keys {
+        while chain.last().is_some_and(|(p, _)| !p.contains(d)) {
+            chain.pop();
+        }
+        let mut own: Vec<u32> = by_dst[d].clone();
+        own.dedup();
+        // All candidates match any source: R(d) = R(parent) + own rules, and only
+        // the rules that win some protocol class and L4 value (or are a class's
+        // no-L4 rule) can decide a packet; the others are dropped. Deep nesting
+        // (a rule at every length of a chain, many chains) made R(d) tens of
+        // thousands of rules long for every d without this.
+        let parent = chain.last().map(|(_, r)| r.as_ref());
+        if parent.is_none_or(|p| p.is_some()) && own.iter().all(|i| src_of[i].contains(&any)) {
+            let mut rd: Vec<u32> = parent.flatten().map(|p| p.to_vec()).unwrap_or_default();
+            rd.extend(&own);
+            rd.sort_unstable();
+            rd.dedup();
+            let rd = decisive(&rs.rules, rd, v6);
+            dsts.push((*d, DstValue { lists: lists.split(&rd, &own, v6), flags: DST_SRC_ANY }));
+            chain.push((*d, Some(rd)));
+            continue;
+        }
+        chain.push((*d, None));
         // R(d): rules with a destination prefix containing d (d's ancestors).
         let mut rd: Vec<u32> = Vec::new();
         for &l in lens.iter().take_while(|&&l| l <= d.len) {
@@ -256,9 +284,6 @@ fn compile_family(rs: &RuleSet, v6: bool, lists: &mut Interner<'_>, classes: &mu
         }
         rd.sort_unstable();
         rd.dedup();
-        let mut own: Vec<u32> = by_dst[d].clone();
-        own.dedup();
-        let any = Prefix::any(v6);
         if rd.iter().all(|i| src_of[i].contains(&any)) {
             dsts.push((*d, DstValue { lists: lists.split(&rd, &own, v6), flags: DST_SRC_ANY }));
             continue;
@@ -281,6 +306,32 @@ fn compile_family(rs: &RuleSet, v6: bool, lists: &mut Interner<'_>, classes: &mu
         }
     }
     (dsts, pairs)
+}
+
+/// The rules of a candidate list (sorted slots) that decide some packet: per
+/// protocol class of the family, the winners of the first-match painting of
+/// their L4 intervals and the first rule without an L4 condition. Dropping the
+/// others changes no lookup (a rule that wins nowhere is never the first match).
+fn decisive(rules: &[Rule], list: Vec<u32>, v6: bool) -> Vec<u32> {
+    let rule = |i: u32| &rules[i as usize - 1];
+    let mut keep = vec![false; list.len()];
+    for c in if v6 { PCLASSES_V6 } else { PCLASSES_V4 } {
+        let applicable: Vec<usize> = (0..list.len()).filter(|&k| applies_to_class(rule(list[k]), c)).collect();
+        if let Some(&k) = applicable.iter().find(|&&k| rule(list[k]).l4_any()) {
+            keep[k] = true;
+        }
+        let intervals: Vec<(u32, u32)> = applicable
+            .iter()
+            .map(|&k| {
+                let (a, b) = rule(list[k]).l4_range();
+                (a as u32, b as u32)
+            })
+            .collect();
+        for (_, _, w) in first_match_intervals(&intervals) {
+            keep[applicable[w]] = true;
+        }
+    }
+    list.into_iter().zip(keep).filter(|(_, k)| *k).map(|(i, _)| i).collect()
 }
 
 /// One candidate list's LISTS slot for one protocol class; its intervals are

@@ -210,3 +210,27 @@ fn apply_strict_refuses_and_changes_nothing() {
     assert_eq!(v["warnings"][0]["kind"], "shadowed", "{v}");
     assert_eq!(p.udp(false, 5902, 2), 0, "applied");
 }
+
+/// A rule overlapping more rules than the exact check takes on is not checked,
+/// and the file says so once (kind "unchecked"); thousands of copies of one
+/// match are duplicates and stay cheap.
+#[test]
+fn entangled_rules_are_said_unchecked_and_duplicates_stay_cheap() {
+    let mut text = String::from("default_policy = \"allow\"\n");
+    for p in 1..=1100 {
+        text.push_str(&format!("[[rule]]\nname = \"p{p}\"\naction = \"deny\"\ndst = \"192.0.2.0/24\"\nprotocol = \"tcp\"\nports = {p}\n"));
+    }
+    text.push_str("[[rule]]\nname = \"all\"\naction = \"deny\"\ndst = \"192.0.2.0/24\"\nprotocol = \"tcp\"\n");
+    let w = warnings(&text);
+    let unchecked: Vec<_> = w.iter().filter(|w| w.2 == "unchecked").collect();
+    assert_eq!(unchecked.len(), 1, "{unchecked:?}");
+    assert_eq!((unchecked[0].0, unchecked[0].1.as_deref()), (1, None));
+    assert!(unchecked[0].3.starts_with("1 rule(s) each overlap more than 1024 others"), "{}", unchecked[0].3);
+    // 3,000 copies of one rule: 2,999 duplicates, found without comparing them all.
+    let mut text = String::from("default_policy = \"deny\"\n");
+    for k in 0..3000 {
+        text.push_str(&format!("[[rule]]\nname = \"c{k}\"\naction = \"allow\"\ndst = \"10.0.0.0/8\"\nprotocol = \"tcp\"\nports = \"1000-2000\"\n"));
+    }
+    let w = warnings(&text);
+    assert_eq!(w.iter().filter(|w| w.2 == "duplicate").count(), 2999);
+}

@@ -89,26 +89,33 @@ struct Linter<'a> {
     fams: [Family; 2],
     /// Per rule: an allow rule (compact, as `Family::classes`).
     allow: Vec<bool>,
+    /// Per rule: the earlier rule with the same match, if any. A duplicate is
+    /// shadowed by its original and neither covers nor shields anything the
+    /// original does not, so the index leaves duplicates out (thousands of copies
+    /// of one broad rule made every neighbour walk quadratic).
+    dup_of: Vec<Option<usize>>,
 }
 
 impl<'a> Linter<'a> {
     fn new(rs: &'a RuleSet) -> Linter<'a> {
+        let dup_of = duplicates(rs);
+        let skip: Vec<bool> = dup_of.iter().map(Option::is_some).collect();
         let fam = |v6| {
             let shapes: Vec<Option<Shape>> = rs.rules.iter().map(|r| shape(r, v6)).collect();
-            let index = Index::new(&shapes);
+            let index = Index::new(&shapes, &skip);
             let classes =
                 rs.rules.iter().map(|r| CLASSES.iter().filter(|&&c| in_class(r, c, v6)).fold(0, |m, &c| m | 1 << c as u8)).collect();
             Family { v6, shapes, classes, index }
         };
         let allow = rs.rules.iter().map(|r| r.action == Action::Allow).collect();
         if rs.rules.len() < PARALLEL_FROM {
-            return Linter { rs, fams: [fam(false), fam(true)], allow };
+            return Linter { rs, fams: [fam(false), fam(true)], allow, dup_of };
         }
         let (v4, v6) = std::thread::scope(|s| {
             let v6 = s.spawn(|| fam(true));
             (fam(false), v6.join())
         });
-        Linter { rs, fams: [v4, v6.unwrap_or_else(|_| fam(true))], allow }
+        Linter { rs, fams: [v4, v6.unwrap_or_else(|_| fam(true))], allow, dup_of }
     }
 
     /// Calls `visit` with the rules that satisfy `keep` and overlap rule `i` in
@@ -125,7 +132,7 @@ impl<'a> Linter<'a> {
                     .is_some_and(|e| l4_overlaps(e.l4, me.l4) && e.src.iter().any(|p| me.src.iter().any(|q| p.overlaps(*q))));
             !hit || visit(j)
         };
-        f.index.nodes_of(i).iter().all(|&n| f.index.overlapping(n, me.l4, &f.shapes, &mut check))
+        f.index.nodes_of(i).iter().all(|&n| f.index.overlapping(n, me.l4, &mut check))
     }
 
     /// The rules that satisfy `keep` and overlap rule `i` in family `f`, ascending.
@@ -141,6 +148,9 @@ impl<'a> Linter<'a> {
     }
 
     fn reach(&self, i: usize) -> Reach {
+        if let Some(j) = self.dup_of[i] {
+            return Reach::Shadowed(vec![j]);
+        }
         let earlier = [0, 1].map(|k| self.neighbours(&self.fams[k], i, |j| j < i));
         self.reach_among(i, earlier)
     }
@@ -251,40 +261,63 @@ pub fn lint(rs: &RuleSet, default_line: usize) -> Vec<Warning> {
     }
     // Duplicates first (in order), then every other rule on all CPUs: the
     // rules are independent once the index is built.
-    let dup_of = duplicates(rs);
     let l = Linter::new(rs);
-    if rs.rules.len() < PARALLEL_FROM {
-        out.extend((0..rs.rules.len()).flat_map(|i| l.rule_warnings(i, dup_of[i])));
-        return out;
+    let dup_of = &l.dup_of;
+    let mut unchecked = 0;
+    let mut take = |(w, skipped): (Vec<Warning>, bool)| {
+        unchecked += usize::from(skipped);
+        w
+    };
+    let found: Vec<Warning> = if rs.rules.len() < PARALLEL_FROM {
+        (0..rs.rules.len()).flat_map(|i| take(l.rule_warnings(i, dup_of[i]))).collect()
+    } else {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = rs.rules.len().div_ceil(cpus).max(1);
+        let parts: Vec<Vec<(Vec<Warning>, bool)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..rs.rules.len())
+                .step_by(chunk)
+                .map(|from| {
+                    let l = &l;
+                    scope.spawn(move || (from..(from + chunk).min(rs.rules.len())).map(|i| l.rule_warnings(i, dup_of[i])).collect())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+        });
+        parts.into_iter().flatten().flat_map(&mut take).collect()
+    };
+    out.extend(found);
+    if unchecked > 0 {
+        out.push(Warning {
+            line: default_line,
+            rule: None,
+            kind: "unchecked",
+            message: format!(
+                "{unchecked} rule(s) each overlap more than {MAX_NEIGHBOURS} others: not checked for shadowing or redundancy (the exact check would take too long)"
+            ),
+        });
     }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = rs.rules.len().div_ceil(cpus).max(1);
-    let parts: Vec<Vec<Warning>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..rs.rules.len())
-            .step_by(chunk)
-            .map(|from| {
-                let (l, dup_of) = (&l, &dup_of);
-                scope.spawn(move || (from..(from + chunk).min(rs.rules.len())).flat_map(|i| l.rule_warnings(i, dup_of[i])).collect())
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
-    });
-    out.extend(parts.into_iter().flatten());
     out
 }
 
+/// A rule whose neighbour walk passes this many overlapping rules is not
+/// checked exactly (a crafted set of 100k rules with overlapping port ranges on
+/// a few destinations would otherwise take minutes).
+const MAX_NEIGHBOURS: usize = 1024;
+
 impl Linter<'_> {
-    /// The warnings about rule `i` (`dup`: the earlier rule it repeats).
-    fn rule_warnings(&self, i: usize, dup: Option<usize>) -> Vec<Warning> {
+    /// The warnings about rule `i` (`dup`: the earlier rule it repeats), and
+    /// whether it overlaps too many rules to be checked exactly.
+    fn rule_warnings(&self, i: usize, dup: Option<usize>) -> (Vec<Warning>, bool) {
         let (rs, r) = (self.rs, &self.rs.rules[i]);
         let w = |kind, message| Warning { line: r.line, rule: Some(r.name.clone()), kind, message };
         if let Some(j) = dup {
-            return vec![w("duplicate", format!("{} can never match: it repeats the match of {}", named(r), named(&rs.rules[j])))];
+            return (vec![w("duplicate", format!("{} can never match: it repeats the match of {}", named(r), named(&rs.rules[j])))], false);
         }
         // One walk over the neighbours for both questions: the earlier ones
         // (can the rule be reached?) and whether a later one of the other
         // action overlaps it (does it only repeat the default policy?).
         let mut shields = false;
+        let mut seen = 0usize;
         let earlier = [0, 1].map(|k| {
             let mut e = Vec::new();
             self.each_neighbour(
@@ -292,18 +325,24 @@ impl Linter<'_> {
                 i,
                 |_| true,
                 |j| {
+                    seen += 1;
                     if j < i {
                         e.push(j);
                     } else if self.allow[j] != self.allow[i] {
                         shields = true;
                     }
-                    true
+                    seen <= MAX_NEIGHBOURS
                 },
             );
             e.sort_unstable();
             e.dedup();
             e
         });
+        if seen > MAX_NEIGHBOURS {
+            // Too entangled for the exact check within its bounds: said once
+            // for the whole file (`lint`), and the hardening advice still holds.
+            return (self.broad_allow(i).into_iter().collect(), true);
+        }
         if let Reach::Shadowed(by) = self.reach_among(i, earlier) {
             // At most three names: a broad rule can overlap thousands.
             let mut names: Vec<String> = by.iter().take(3).map(|&j| named(&rs.rules[j])).collect();
@@ -311,7 +350,7 @@ impl Linter<'_> {
                 names.push(format!("{} more", by.len() - 3));
             }
             let (verb, who) = if by.len() == 1 { ("covers", names.remove(0)) } else { ("cover", format!("{} together", names.join(", "))) };
-            return vec![w("shadowed", format!("{} can never match: {who} {verb} it", named(r)))];
+            return (vec![w("shadowed", format!("{} can never match: {who} {verb} it", named(r)))], false);
         }
         let mut out = Vec::new();
         if r.action == rs.default_policy && !shields {
@@ -325,13 +364,20 @@ impl Linter<'_> {
                 ),
             ));
         }
-        if r.action == Action::Allow && self.fams.iter().any(|f| f.shapes[i].as_ref().is_some_and(|s| s.dst.iter().any(|d| d.len == 0))) {
-            out.push(w(
-                "broad-allow",
-                format!("{} allows traffic to any destination (0.0.0.0/0 or ::/0): name the destinations it needs", named(r)),
-            ));
-        }
-        out
+        out.extend(self.broad_allow(i));
+        (out, false)
+    }
+
+    /// The hardening advice about an allow rule to any destination.
+    fn broad_allow(&self, i: usize) -> Option<Warning> {
+        let r = &self.rs.rules[i];
+        let any_dst = self.fams.iter().any(|f| f.shapes[i].as_ref().is_some_and(|s| s.dst.iter().any(|d| d.len == 0)));
+        (r.action == Action::Allow && any_dst).then(|| Warning {
+            line: r.line,
+            rule: Some(r.name.clone()),
+            kind: "broad-allow",
+            message: format!("{} allows traffic to any destination (0.0.0.0/0 or ::/0): name the destinations it needs", named(r)),
+        })
     }
 }
 

@@ -182,7 +182,7 @@ pub(super) fn cover(r: Region, cands: &[&Shape], budget: &mut usize) -> Cover {
 }
 
 /// Rules whose L4 interval spans more than this many values are "wide".
-const NARROW: u32 = 1024;
+const NARROW: u32 = 16_384;
 
 /// One distinct destination prefix of the rule set.
 struct Node {
@@ -210,8 +210,10 @@ struct Node {
 /// and a handful of flat arrays (no allocation per rule or node).
 pub(super) struct Index {
     nodes: Vec<Node>,
-    wide: Vec<usize>,
-    narrow: Vec<(u32, usize)>,
+    /// (L4 interval, position): the interval beside the position, so that a
+    /// scan reads one array in order instead of each rule's shape.
+    wide: Vec<((u32, u32), usize)>,
+    narrow: Vec<((u32, u32), usize)>,
     /// The node of each destination prefix of each rule (as in `Shape::dst`):
     /// rule i's are `node_of[first[i]..first[i + 1]]`.
     node_of: Vec<usize>,
@@ -219,15 +221,17 @@ pub(super) struct Index {
 }
 
 impl Index {
-    pub(super) fn new(shapes: &[Option<Shape>]) -> Index {
+    /// The index of the rules not marked in `skip`.
+    pub(super) fn new(shapes: &[Option<Shape>], skip: &[bool]) -> Index {
+        let kept = |i: usize| shapes[i].as_ref().filter(|_| !skip.get(i).copied().unwrap_or(false));
         let mut first = Vec::with_capacity(shapes.len() + 1);
         first.push(0);
-        for s in shapes {
-            first.push(first[first.len() - 1] + s.as_ref().map_or(0, |s| s.dst.len()));
+        for i in 0..shapes.len() {
+            first.push(first[first.len() - 1] + kept(i).map_or(0, |s| s.dst.len()));
         }
         let mut entries: Vec<(Pfx, usize, usize)> = Vec::with_capacity(first[shapes.len()]);
-        for (i, s) in shapes.iter().enumerate() {
-            for (k, &d) in s.iter().flat_map(|s| s.dst.iter().enumerate()) {
+        for i in 0..shapes.len() {
+            for (k, &d) in kept(i).iter().flat_map(|s| s.dst.iter().enumerate()) {
                 entries.push((d, i, k));
             }
         }
@@ -254,10 +258,10 @@ impl Index {
             let l4 = shapes[i].as_ref().map_or((0, 0), |s| s.l4);
             // Entries of one prefix are consecutive: each node's runs end here.
             if l4.1 - l4.0 >= NARROW {
-                wide.push(i);
+                wide.push((l4, i));
                 nodes[id].wide.1 += 1;
             } else {
-                narrow.push((l4.0, i));
+                narrow.push((l4, i));
                 nodes[id].narrow.1 += 1;
                 nodes[id].span = nodes[id].span.max(l4.1 - l4.0);
             }
@@ -273,20 +277,19 @@ impl Index {
 
     /// The rules of node `id` whose L4 interval overlaps `l4`, to `visit` until
     /// it returns false; false if stopped.
-    fn visit_node(&self, id: usize, l4: (u32, u32), shapes: &[Option<Shape>], visit: &mut impl FnMut(usize) -> bool) -> bool {
+    fn visit_node(&self, id: usize, l4: (u32, u32), visit: &mut impl FnMut(usize) -> bool) -> bool {
         let n = &self.nodes[id];
-        let overlaps = |i: usize| shapes[i].as_ref().is_some_and(|s| l4_overlaps(s.l4, l4));
-        if !self.wide[n.wide.0 as usize..n.wide.1 as usize].iter().all(|&i| !overlaps(i) || visit(i)) {
+        if !self.wide[n.wide.0 as usize..n.wide.1 as usize].iter().all(|&(l, i)| !l4_overlaps(l, l4) || visit(i)) {
             return false;
         }
         let narrow = &self.narrow[n.narrow.0 as usize..n.narrow.1 as usize];
         // A narrow interval that overlaps starts at most `span` before l4's start.
-        let from = narrow.partition_point(|&(lo, _)| lo + n.span < l4.0);
-        for &(lo, i) in &narrow[from..] {
-            if lo > l4.1 {
+        let from = narrow.partition_point(|&((lo, _), _)| lo + n.span < l4.0);
+        for &(l, i) in &narrow[from..] {
+            if l.0 > l4.1 {
                 break;
             }
-            if overlaps(i) && !visit(i) {
+            if l4_overlaps(l, l4) && !visit(i) {
                 return false;
             }
         }
@@ -302,14 +305,14 @@ impl Index {
     /// node `id`'s prefix (and, for rules with that prefix or an enclosing one,
     /// whose L4 interval overlaps `l4`; may repeat) until it returns false;
     /// false if stopped.
-    pub(super) fn overlapping(&self, id: usize, l4: (u32, u32), shapes: &[Option<Shape>], visit: &mut impl FnMut(usize) -> bool) -> bool {
+    pub(super) fn overlapping(&self, id: usize, l4: (u32, u32), visit: &mut impl FnMut(usize) -> bool) -> bool {
         let mut up = Some(id);
         while let Some(n) = up {
-            if !self.visit_node(n, l4, shapes, visit) {
+            if !self.visit_node(n, l4, visit) {
                 return false;
             }
             up = self.nodes[n].parent;
         }
-        (id + 1..self.nodes[id].end).all(|n| self.visit_node(n, l4, shapes, visit))
+        (id + 1..self.nodes[id].end).all(|n| self.visit_node(n, l4, visit))
     }
 }
