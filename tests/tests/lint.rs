@@ -225,11 +225,13 @@ fn entangled_rules_are_said_unchecked_and_duplicates_stay_cheap() {
     let unchecked: Vec<_> = w.iter().filter(|w| w.2 == "unchecked").collect();
     assert_eq!(unchecked.len(), 1, "{unchecked:?}");
     assert_eq!((unchecked[0].0, unchecked[0].1.as_deref()), (1, None));
-    assert!(unchecked[0].3.starts_with("1 rule(s) each overlap more than 1024 others"), "{}", unchecked[0].3);
+    assert!(unchecked[0].3.starts_with("1 rule(s) each overlap more than 512 others"), "{}", unchecked[0].3);
     // 3,000 copies of one rule: 2,999 duplicates, found without comparing them all.
     let mut text = String::from("default_policy = \"deny\"\n");
     for k in 0..3000 {
-        text.push_str(&format!("[[rule]]\nname = \"c{k}\"\naction = \"allow\"\ndst = \"10.0.0.0/8\"\nprotocol = \"tcp\"\nports = \"1000-2000\"\n"));
+        text.push_str(&format!(
+            "[[rule]]\nname = \"c{k}\"\naction = \"allow\"\ndst = \"10.0.0.0/8\"\nprotocol = \"tcp\"\nports = \"1000-2000\"\n"
+        ));
     }
     let w = warnings(&text);
     assert_eq!(w.iter().filter(|w| w.2 == "duplicate").count(), 2999);

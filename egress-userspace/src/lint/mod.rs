@@ -302,7 +302,7 @@ pub fn lint(rs: &RuleSet, default_line: usize) -> Vec<Warning> {
 /// A rule whose neighbour walk passes this many overlapping rules is not
 /// checked exactly (a crafted set of 100k rules with overlapping port ranges on
 /// a few destinations would otherwise take minutes).
-const MAX_NEIGHBOURS: usize = 1024;
+const MAX_NEIGHBOURS: usize = 512;
 
 impl Linter<'_> {
     /// The warnings about rule `i` (`dup`: the earlier rule it repeats), and
