@@ -296,13 +296,36 @@ fn compile_family(rs: &RuleSet, v6: bool, lists: &mut Interner<'_>, classes: &mu
         if !emitted.insert(class) {
             continue;
         }
-        // S(d) and, per s, the rules of R(d) whose source contains s.
-        let mut sd: Vec<Prefix> = rd.iter().flat_map(|i| src_of[i].iter().cloned()).collect();
-        sd.sort();
-        sd.dedup();
-        for s in sd {
-            let cands: Vec<u32> = rd.iter().copied().filter(|i| src_of[i].iter().any(|p| p.contains(&s))).collect();
+        // S(d) and, per s, the rules of R(d) whose source contains s: as for
+        // destinations, in sorted order with the chain of enclosing sources, so
+        // that s's candidates are its parent's plus the rules listing s (one
+        // pass over R(d) per s made 100k rules from distinct sources to one
+        // destination quadratic). Pruned to the decisive rules, as above: every
+        // candidate matches the packet's addresses, so only L4 decides.
+        let mut by_src: HashMap<Prefix, Vec<u32>> = HashMap::default();
+        for &i in &rd {
+            for s in &src_of[&i] {
+                by_src.entry(*s).or_default().push(i);
+            }
+        }
+        let mut sd: Vec<(Prefix, Vec<u32>)> = by_src.into_iter().collect();
+        sd.sort_unstable_by_key(|(p, _)| *p);
+        let mut schain: Vec<(Prefix, Vec<u32>)> = Vec::new();
+        for (s, mine) in sd {
+            while schain.last().is_some_and(|(p, _)| !p.contains(&s)) {
+                schain.pop();
+            }
+            let mut cands = schain.last().map(|(_, c)| c.clone()).unwrap_or_default();
+            cands.extend(mine);
+            cands.sort_unstable();
+            cands.dedup();
+            let cands = decisive(&rs.rules, cands, v6);
             pairs.push((class, s, lists.split(&cands, &own, v6)));
+            if pairs.len() > MAX_PAIR_ENTRIES as usize {
+                // Said by `compile` with the map's name; no need to build the rest.
+                return (dsts, pairs);
+            }
+            schain.push((s, cands));
         }
     }
     (dsts, pairs)

@@ -132,13 +132,49 @@ pub fn nested(n: usize) -> String {
     s
 }
 
+/// Adversarial, against the port-interval stage: overlapping TCP port ranges up
+/// to 4,000 ports wide, allow and deny mixed, on four destinations.
+pub fn port_ranges(n: usize) -> String {
+    let mut s = String::from("default_policy = \"deny\"\n");
+    let mut rng = Rng::new(11);
+    for i in 0..n {
+        let lo = rng.range(1, 61_000);
+        let hi = lo + rng.range(0, 4_000);
+        let action = if rng.range(0, 2) == 0 { "allow" } else { "deny" };
+        let _ = write!(s, "[[rule]]\naction = \"{action}\"\ndst = \"10.3.0.{}\"\nprotocol = \"tcp\"\nports = \"{lo}-{hi}\"\n", i % 4);
+    }
+    s
+}
+
+/// Adversarial, against the linter's neighbour walk: every rule a distinct /32
+/// source to one destination, all ports (no two rules overlap, but every rule
+/// sits in the same destination prefix and port interval as all the others).
+pub fn source_fan(n: usize) -> String {
+    let mut s = String::from("default_policy = \"allow\"\n");
+    for i in 0..n {
+        let (a, b, c) = ((i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+        let _ = write!(s, "[[rule]]\naction = \"deny\"\nsrc = \"10.{a}.{b}.{c}\"\ndst = \"10.4.0.0/16\"\nprotocol = \"tcp\"\n");
+    }
+    s
+}
+
+/// A generator of `n` rules.
+pub type Generator = fn(usize) -> String;
+
+/// The adversarial shapes by name (`egress-bench --generate N SHAPE`, part 1b).
+pub const ADVERSARIAL: [(&str, Generator); 4] = [("pairs", src_dst_pairs), ("nested", nested), ("ports", port_ranges), ("fan", source_fan)];
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn generated_sets_are_valid_and_compile() {
-        for (name, text) in
-            [("realistic", super::realistic(3000, 100, 1)), ("pairs", super::src_dst_pairs(2000)), ("nested", super::nested(500))]
-        {
+        for (name, text) in [
+            ("realistic", super::realistic(3000, 100, 1)),
+            ("pairs", super::src_dst_pairs(2000)),
+            ("nested", super::nested(500)),
+            ("ports", super::port_ranges(2000)),
+            ("fan", super::source_fan(2000)),
+        ] {
             let rs = crate::rules::parse(name, &text).unwrap_or_else(|e| panic!("{name}: {e}"));
             crate::compile::compile(&rs).unwrap_or_else(|e| panic!("{name}: {e}"));
         }

@@ -12,8 +12,27 @@ use crate::rules::{Protocol, Rule};
 /// fragment, or a protocol other than TCP/UDP/ICMP); below it, TCP/UDP
 /// destination ports and ICMP `type << 8 | code`.
 pub(super) const NO_L4: u32 = 1 << 16;
-/// Region pieces examined per rule before the check gives up (no warning).
-pub(super) const BUDGET: usize = 200_000;
+/// The work one rule's check may do: a unit for each index node visited, each
+/// indexed rule looked at, and each candidate compared with a region piece. A
+/// check that runs out stops (the rule is said `unchecked`), so the linter's
+/// cost has a bound whatever the file holds.
+pub(super) struct Budget(pub(super) usize);
+
+impl Budget {
+    /// Spends `n` units; false (and nothing left) if there were not that many.
+    pub(super) fn spend(&mut self, n: usize) -> bool {
+        match self.0.checked_sub(n) {
+            Some(left) => {
+                self.0 = left;
+                true
+            }
+            None => {
+                self.0 = 0;
+                false
+            }
+        }
+    }
+}
 
 /// A prefix of a family: `addr` left-aligned in 128 bits for both families (an
 /// IPv4 /24 keeps its length 24; the whole family is length 0).
@@ -145,11 +164,10 @@ fn overlaps(e: &Shape, r: &Region) -> bool {
 }
 
 /// Whether the candidates together match every packet of `r`.
-pub(super) fn cover(r: Region, cands: &[&Shape], budget: &mut usize) -> Cover {
-    if *budget == 0 {
+pub(super) fn cover(r: Region, cands: &[&Shape], budget: &mut Budget) -> Cover {
+    if !budget.spend(1 + cands.len()) {
         return Cover::Unknown;
     }
-    *budget -= 1;
     if cands.is_empty() {
         return Cover::Uncovered(r);
     }
@@ -212,8 +230,10 @@ pub(super) struct Index {
     nodes: Vec<Node>,
     /// (L4 interval, position): the interval beside the position, so that a
     /// scan reads one array in order instead of each rule's shape.
-    wide: Vec<((u32, u32), usize)>,
-    narrow: Vec<((u32, u32), usize)>,
+    /// With each position, its rule's tag (`Index::new`): what a neighbour
+    /// test needs, read in order with the interval rather than from the rules.
+    wide: Vec<((u32, u32), u32, u8)>,
+    narrow: Vec<((u32, u32), u32, u8)>,
     /// The node of each destination prefix of each rule (as in `Shape::dst`):
     /// rule i's are `node_of[first[i]..first[i + 1]]`.
     node_of: Vec<usize>,
@@ -221,8 +241,9 @@ pub(super) struct Index {
 }
 
 impl Index {
-    /// The index of the rules not marked in `skip`.
-    pub(super) fn new(shapes: &[Option<Shape>], skip: &[bool]) -> Index {
+    /// The index of the rules not marked in `skip`, each entry carrying its
+    /// rule's `tags` byte.
+    pub(super) fn new(shapes: &[Option<Shape>], skip: &[bool], tags: &[u8]) -> Index {
         let kept = |i: usize| shapes[i].as_ref().filter(|_| !skip.get(i).copied().unwrap_or(false));
         let mut first = Vec::with_capacity(shapes.len() + 1);
         first.push(0);
@@ -258,10 +279,10 @@ impl Index {
             let l4 = shapes[i].as_ref().map_or((0, 0), |s| s.l4);
             // Entries of one prefix are consecutive: each node's runs end here.
             if l4.1 - l4.0 >= NARROW {
-                wide.push((l4, i));
+                wide.push((l4, i as u32, tags[i]));
                 nodes[id].wide.1 += 1;
             } else {
-                narrow.push((l4, i));
+                narrow.push((l4, i as u32, tags[i]));
                 nodes[id].narrow.1 += 1;
                 nodes[id].span = nodes[id].span.max(l4.1 - l4.0);
             }
@@ -276,20 +297,21 @@ impl Index {
     }
 
     /// The rules of node `id` whose L4 interval overlaps `l4`, to `visit` until
-    /// it returns false; false if stopped.
-    fn visit_node(&self, id: usize, l4: (u32, u32), visit: &mut impl FnMut(usize) -> bool) -> bool {
+    /// it returns false or the budget runs out; false if stopped.
+    fn visit_node(&self, id: usize, l4: (u32, u32), budget: &mut Budget, visit: &mut impl FnMut(usize, u8) -> bool) -> bool {
         let n = &self.nodes[id];
-        if !self.wide[n.wide.0 as usize..n.wide.1 as usize].iter().all(|&(l, i)| !l4_overlaps(l, l4) || visit(i)) {
+        let wide = &self.wide[n.wide.0 as usize..n.wide.1 as usize];
+        if !budget.spend(1 + wide.len()) || !wide.iter().all(|&(l, i, t)| !l4_overlaps(l, l4) || visit(i as usize, t)) {
             return false;
         }
         let narrow = &self.narrow[n.narrow.0 as usize..n.narrow.1 as usize];
         // A narrow interval that overlaps starts at most `span` before l4's start.
-        let from = narrow.partition_point(|&((lo, _), _)| lo + n.span < l4.0);
-        for &(l, i) in &narrow[from..] {
+        let from = narrow.partition_point(|&((lo, _), _, _)| lo + n.span < l4.0);
+        for &(l, i, t) in &narrow[from..] {
             if l.0 > l4.1 {
                 break;
             }
-            if l4_overlaps(l, l4) && !visit(i) {
+            if !budget.spend(1) || (l4_overlaps(l, l4) && !visit(i as usize, t)) {
                 return false;
             }
         }
@@ -301,18 +323,18 @@ impl Index {
         &self.node_of[self.first[i]..self.first[i + 1]]
     }
 
-    /// Calls `visit` with the position of every rule whose destination overlaps
+    /// Calls `visit` with the position (and tag) of every rule whose destination overlaps
     /// node `id`'s prefix (and, for rules with that prefix or an enclosing one,
-    /// whose L4 interval overlaps `l4`; may repeat) until it returns false;
-    /// false if stopped.
-    pub(super) fn overlapping(&self, id: usize, l4: (u32, u32), visit: &mut impl FnMut(usize) -> bool) -> bool {
+    /// whose L4 interval overlaps `l4`; may repeat) until it returns false or
+    /// the budget runs out; false if stopped.
+    pub(super) fn overlapping(&self, id: usize, l4: (u32, u32), budget: &mut Budget, visit: &mut impl FnMut(usize, u8) -> bool) -> bool {
         let mut up = Some(id);
         while let Some(n) = up {
-            if !self.visit_node(n, l4, visit) {
+            if !self.visit_node(n, l4, budget, visit) {
                 return false;
             }
             up = self.nodes[n].parent;
         }
-        (id + 1..self.nodes[id].end).all(|n| self.visit_node(n, l4, visit))
+        (id + 1..self.nodes[id].end).all(|n| self.visit_node(n, l4, budget, visit))
     }
 }

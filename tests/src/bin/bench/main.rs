@@ -90,14 +90,25 @@ fn main() -> ExitCode {
             "--sizes" => opts.sizes = args.next().map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect()),
             "--out" => opts.out = args.next(),
             "--generate" => {
-                // The benchmark's rule set of N rules on stdout, to time `egress apply` by hand.
+                // The benchmark's rule set of N rules (or an adversarial shape's)
+                // on stdout, to time `egress apply` or `check` by hand.
                 let n: usize = args.next().and_then(|v| v.parse().ok()).unwrap_or(100_000);
-                print!("{}", ruleset_gen::realistic(n, flows_for(n), 7));
+                match args.next() {
+                    None => print!("{}", ruleset_gen::realistic(n, flows_for(n), 7)),
+                    Some(shape) => match ruleset_gen::ADVERSARIAL.iter().find(|(name, _)| *name == shape) {
+                        Some((_, generate)) => print!("{}", generate(n)),
+                        None => {
+                            let names: Vec<&str> = ruleset_gen::ADVERSARIAL.iter().map(|s| s.0).collect();
+                            eprintln!("error: no shape '{shape}' (shapes: {})", names.join(", "));
+                            return ExitCode::from(2);
+                        }
+                    },
+                }
                 return ExitCode::SUCCESS;
             }
             "-h" | "--help" => {
                 println!(
-                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only | --testrun-only | --flood-only | --lint-only] [--out FILE] | --generate N\n\
+                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only | --testrun-only | --flood-only | --lint-only] [--out FILE] | --generate N [pairs|nested|ports|fan]\n\
                      see `cargo xtask bench --help`; --sizes, --traffic-only, --reload-only and --testrun-only are for exploring, not for BENCHMARKS.md"
                 );
                 return ExitCode::SUCCESS;
