@@ -65,6 +65,8 @@ struct Opts {
     /// Only part 5 (a flood of denied packets under `egress run`).
     flood_only: bool,
     lint_only: bool,
+    /// Only part 1b (adversarial rule-set shapes).
+    adversarial_only: bool,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         testrun_only: false,
         flood_only: false,
         lint_only: false,
+        adversarial_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -86,9 +89,22 @@ fn main() -> ExitCode {
             "--reload-only" => opts.reload_only = true,
             "--flood-only" => opts.flood_only = true,
             "--lint-only" => opts.lint_only = true,
+            "--adversarial-only" => opts.adversarial_only = true,
             "--testrun-only" => opts.testrun_only = true,
             "--sizes" => opts.sizes = args.next().map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect()),
             "--out" => opts.out = args.next(),
+            "--peak-rss" => {
+                // Internal (part 1b): a small process between the benchmark and
+                // the command measured, so that its peak RSS is its own.
+                let cmd: Vec<String> = args.collect();
+                return match testrun::peak_rss(&cmd) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        ExitCode::from(1)
+                    }
+                };
+            }
             "--generate" => {
                 // The benchmark's rule set of N rules (or an adversarial shape's)
                 // on stdout, to time `egress apply` or `check` by hand.
@@ -108,7 +124,7 @@ fn main() -> ExitCode {
             }
             "-h" | "--help" => {
                 println!(
-                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only | --testrun-only | --flood-only | --lint-only] [--out FILE] | --generate N [pairs|nested|ports|fan]\n\
+                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only | --testrun-only | --flood-only | --lint-only | --adversarial-only] [--out FILE] | --generate N [pairs|nested|ports|fan]\n\
                      see `cargo xtask bench --help`; --sizes, --traffic-only, --reload-only and --testrun-only are for exploring, not for BENCHMARKS.md"
                 );
                 return ExitCode::SUCCESS;
@@ -192,6 +208,11 @@ fn run(o: &Opts) -> anyhow::Result<()> {
     }
     if o.lint_only {
         lint_part(sizes, tr_rounds, &mut body)?;
+        println!("\n{body}");
+        return Ok(());
+    }
+    if o.adversarial_only {
+        adversarial_part(*sizes.last().unwrap_or(&100_000), tr_rounds, &mut body)?;
         println!("\n{body}");
         return Ok(());
     }
