@@ -1,10 +1,7 @@
 //! `egress import cloudstack` and `egress apply --cloudstack`: read the files,
 //! run the (pure) importer, write or hand on its rule file.
 
-use std::{
-    io::Write as _,
-    path::{Path, PathBuf},
-};
+use std::{io::Write as _, path::Path};
 
 use egress::{
     import::cloudstack::{self, ImportError, Imported, Options},
@@ -95,7 +92,7 @@ pub fn run(file: &Path, o: &CloudStackOptions, output: Option<&Path>, json: bool
             out.flush()?;
         }
         Some(out) => {
-            write_atomically(out, &i.toml)?;
+            egress::input::write_atomically(out, i.toml.as_bytes(), None).map_err(|e| anyhow::anyhow!("write {}: {e}", out.display()))?;
             if json {
                 let inactive: Vec<_> = i.inactive.iter().map(|(id, st)| json!({"id": id, "state": st})).collect();
                 println!(
@@ -107,15 +104,5 @@ pub fn run(file: &Path, o: &CloudStackOptions, output: Option<&Path>, json: bool
         }
     }
     eprintln!("{}", summary(file, &i));
-    Ok(())
-}
-
-/// Writes `text` to `path` through a temporary file renamed over it: a reader
-/// sees the old file or the new one, never half of one.
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    let mut tmp = PathBuf::from(path);
-    tmp.set_file_name(format!(".{}.tmp", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
-    std::fs::write(&tmp, text).map_err(|e| anyhow::anyhow!("write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("rename {} over {}: {e}", tmp.display(), path.display()))?;
     Ok(())
 }

@@ -3,11 +3,13 @@
 //! hold gigabytes: a regular file larger than the cap is refused from its size
 //! before a byte is read; a pipe or device (`--rules /dev/stdin`, `/dev/zero`)
 //! is read up to the cap and refused past it. Lines are capped too: a file of
-//! one very long line is refused without being parsed.
+//! one very long line is refused without being parsed. And the one way egress
+//! replaces a file it writes (`write_atomically`).
 
 use std::{
     fs,
-    io::Read as _,
+    io::{self, Read as _, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
     path::Path,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
 };
@@ -182,6 +184,22 @@ fn read_with_cap(path: &Path, what: &str, cap: u64) -> Result<Vec<u8>, String> {
         return Err(too_big(format!("more than {} read", show_size(cap))));
     }
     Ok(buf)
+}
+
+/// Replaces `path` with `bytes` through a temporary file beside it (`.NAME.tmp`)
+/// renamed over it: a reader sees the old file or the new one, never half of
+/// one. `mode`: the new file's permissions (0o600 for egress's own state);
+/// `None`: the umask's default.
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let mut o = fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    if let Some(m) = mode {
+        o.mode(m);
+    }
+    o.open(&tmp)?.write_all(bytes)?;
+    fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

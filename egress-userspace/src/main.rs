@@ -267,48 +267,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events { at, json, count } => {
             enter("events", &cli.netns)?;
             let t = dataplane::resolve_or_state(&at.iface, at.hook)?;
-            let (mut st, mut stream) = dataplane::open_events(&t)?;
-            let mut seen = 0u64;
-            use std::io::Write as _;
-            while count.is_none_or(|n| seen < n) {
-                let batch = stream.next_batch(std::time::Duration::from_millis(500))?;
+            let (mut st, mut events) = dataplane::open_events(&t)?;
+            stream(count, || {
+                let batch = events.next_batch(std::time::Duration::from_millis(500))?;
                 if !batch.is_empty() {
                     // Rule names as enforced now (a reload may have changed them).
-                    st = dataplane::read_state(&t.key())?.unwrap_or(st);
-                }
-                for e in batch {
-                    let ev = egress::observe::events::decode(&e, &st, dataplane::mono_ns_to_unix_ns(e.time_ns));
-                    let mut out = std::io::stdout().lock();
-                    if json {
-                        writeln!(out, "{}", ev.json())?;
-                    } else {
-                        writeln!(out, "{}", ev.text())?;
-                    }
-                    out.flush()?;
-                    seen += 1;
-                    if count.is_some_and(|n| seen >= n) {
-                        break;
+                    if let Some(now) = dataplane::read_state(&t.key())? {
+                        st = now;
                     }
                 }
-            }
+                Ok(batch
+                    .iter()
+                    .map(|e| {
+                        let ev = egress::observe::events::decode(e, &st, dataplane::mono_ns_to_unix_ns(e.time_ns));
+                        if json { ev.json().to_string() } else { ev.text() }
+                    })
+                    .collect())
+            })?;
         }
         Command::Log { at, json, count } => {
             enter("log", &cli.netns)?;
             let t = dataplane::resolve_or_state(&at.iface, at.hook)?;
             let (_, mut log) = dataplane::open_debug_log(&t)?;
-            let mut seen = 0u64;
-            use std::io::Write as _;
-            while count.is_none_or(|n| seen < n) {
-                for line in log.next_batch(std::time::Duration::from_millis(500)) {
-                    let mut out = std::io::stdout().lock();
-                    writeln!(out, "{}", egress::observe::debug_log::format(&line, &t.iface, at.hook, json))?;
-                    out.flush()?;
-                    seen += 1;
-                    if count.is_some_and(|n| seen >= n) {
-                        break;
-                    }
-                }
-            }
+            stream(count, || {
+                Ok(log
+                    .next_batch(std::time::Duration::from_millis(500))
+                    .iter()
+                    .map(|line| egress::observe::debug_log::format(line, &t.iface, at.hook, json))
+                    .collect())
+            })?;
         }
         Command::Explain { iface, hook, rules, proto, src, dst, sport, dport, icmp_type, icmp_code, json } => {
             let q = explain::Query { proto, src, dst, sport, dport, icmp_type, icmp_code };
@@ -377,4 +364,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the lines each call of `next` returns (a call waits up to half a
+/// second for them), flushed line by line, until `count` lines are out or for
+/// ever (`egress events`, `egress log`).
+fn stream(count: Option<u64>, mut next: impl FnMut() -> anyhow::Result<Vec<String>>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut seen = 0u64;
+    while count.is_none_or(|n| seen < n) {
+        for line in next()? {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{line}")?;
+            out.flush()?;
+            seen += 1;
+            if count.is_some_and(|n| seen >= n) {
+                break;
+            }
+        }
+    }
+    Ok(())
 }

@@ -80,6 +80,24 @@ pub enum Parsed {
     Packet(PacketMeta),
 }
 
+/// Whether the classifier lets `frame` through (stateless): a non-IP frame
+/// passes, an unreadable IP packet is dropped, an IP packet passes when the
+/// first rule it matches (or the default policy) allows it or only audits.
+pub fn frame_passes(rs: &RuleSet, frame: &[u8], has_eth: bool) -> bool {
+    match parse_frame(frame, has_eth) {
+        Parsed::NonIp => true,
+        Parsed::Unreadable => false,
+        Parsed::Packet(m) => {
+            let (slot, action) = classify(rs, &m);
+            let audit = match slot {
+                0 => rs.default_code() == egress_common::ACTION_AUDIT,
+                s => rs.rules.get(s as usize - 1).is_some_and(|r| r.audit),
+            };
+            action == Action::Allow || audit
+        }
+    }
+}
+
 const MAX_VLAN_TAGS: usize = egress_common::MAX_VLAN_TAGS as usize;
 const MAX_IPV6_EXT_HDRS: usize = egress_common::MAX_IPV6_EXT_HDRS as usize;
 

@@ -6,8 +6,8 @@ use egress::{
     compile::Compiled,
     dataplane::{LoadOptions, Loaded},
     packet::{self, Shape},
-    reference::{self, L4, PacketMeta, Parsed},
-    rules::{Action, RuleSet},
+    reference::{self, L4, PacketMeta},
+    rules::RuleSet,
 };
 use egress_common::{TC_ACT_SHOT, TC_ACT_UNSPEC};
 
@@ -33,19 +33,6 @@ pub fn kernel_passes(l: &mut Loaded, frame: &[u8]) -> Option<bool> {
         Ok(TC_ACT_SHOT) => Some(false),
         Ok(other) => panic!("unexpected TC verdict {other}"),
         Err(_) => None,
-    }
-}
-
-/// The reference's verdict on a frame: true = passes.
-pub fn reference_passes(rs: &RuleSet, frame: &[u8]) -> bool {
-    match reference::parse_frame(frame, true) {
-        Parsed::NonIp => true,
-        Parsed::Unreadable => false,
-        // Audit: counted as a deny, the packet passes.
-        Parsed::Packet(m) => {
-            let (slot, action) = reference::classify(rs, &m);
-            action == Action::Allow || (slot != 0 && rs.rules[slot as usize - 1].audit) || (slot == 0 && rs.default_code() == egress_common::ACTION_AUDIT)
-        }
     }
 }
 
@@ -84,7 +71,7 @@ pub fn agree_on_samples(rs: &RuleSet, c: &Compiled, text: &str) {
     for m in metas {
         let frame = packet::build(&m, &Shape::default());
         let k = kernel_passes(&mut l, &frame).unwrap_or_else(|| panic!("BPF_PROG_TEST_RUN refused a whole frame for {m:?}"));
-        let r = reference_passes(rs, &frame);
+        let r = reference::frame_passes(rs, &frame, true);
         assert_eq!(k, r, "kernel and reference disagree on {m:?} (kernel passes: {k})\n{text}");
     }
 }

@@ -271,13 +271,7 @@ fn fuzz_regressions_import_into_valid_rule_files() {
     for e in std::fs::read_dir(&dir).unwrap().flatten() {
         let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
         for sel in 0u8..16 {
-            let o = Options {
-                default_policy: Some(if sel & 1 == 0 { Action::Allow } else { Action::Deny }),
-                guest_cidr: (sel & 2 != 0).then(|| "10.1.1.0/24".parse().unwrap()),
-                skip_invalid: sel & 4 != 0,
-                network: (sel & 8 != 0).then(|| "net-a".to_string()),
-                offering: None,
-            };
+            let o = Options::from_selector(sel);
             if let Ok(i) = import("fuzz.json", &text, &o) {
                 rules::parse("imported.toml", &i.toml).unwrap_or_else(|err| panic!("{}: {err}\n{}", e.path().display(), i.toml));
             }

@@ -153,14 +153,7 @@ fn fixtures() -> Vec<Fixture> {
 
 /// The reference parser's and classifier's TC verdict on a frame.
 fn reference_verdict(rs: &RuleSet, frame: &[u8]) -> i32 {
-    match reference::parse_frame(frame, true) {
-        reference::Parsed::NonIp => TC_ACT_UNSPEC,
-        reference::Parsed::Unreadable => TC_ACT_SHOT,
-        reference::Parsed::Packet(m) => match reference::classify(rs, &m).1 {
-            Action::Allow => TC_ACT_UNSPEC,
-            Action::Deny => TC_ACT_SHOT,
-        },
-    }
+    if reference::frame_passes(rs, frame, true) { TC_ACT_UNSPEC } else { TC_ACT_SHOT }
 }
 
 #[test]

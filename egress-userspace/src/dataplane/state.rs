@@ -209,17 +209,9 @@ pub(super) fn private_dir(dir: &Path) -> Result<()> {
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err(format!("create {}", dir.display())))
 }
 
-/// Writes a new owner-only (0600) file.
+/// Replaces one of egress's own files, owner-only and atomically.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err(format!("create {}", path.display())))?;
-    f.write_all(bytes).map_err(io_err(format!("write {}", path.display())))
+    crate::input::write_atomically(path, bytes, Some(0o600)).map_err(io_err(format!("write {}", path.display())))
 }
 
 /// The state directory, created owner-only; when it is there already, it must
@@ -260,20 +252,15 @@ pub fn save_imported(key: &str, digest: &str, text: &str) -> Result<PathBuf> {
             }
         }
     }
-    let tmp = path.with_extension("toml.tmp");
-    write_private(&tmp, text.as_bytes())?;
-    fs::rename(&tmp, &path).map_err(io_err(format!("rename {}", tmp.display())))?;
+    write_private(&path, text.as_bytes())?;
     Ok(path)
 }
 
 /// Writes the state file atomically (a new file renamed over the old one).
 pub(super) fn write_state(st: &State) -> Result<()> {
     ensure_state_dir()?;
-    let p = state_path(&st.key);
-    let tmp = p.with_extension("json.tmp");
     let body = serde_json::to_string(st).map_err(|e| DataplaneError::Other(e.to_string()))?;
-    write_private(&tmp, body.as_bytes())?;
-    fs::rename(&tmp, &p).map_err(io_err(format!("rename {} to {}", tmp.display(), p.display())))
+    write_private(&state_path(&st.key), body.as_bytes())
 }
 
 /// Removes the state file, and the attachment's lock file (call with the lock held).

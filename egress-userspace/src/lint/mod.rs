@@ -134,23 +134,15 @@ impl<'a> Linter<'a> {
         Linter { rs, fams: [v4, v6.unwrap_or_else(|_| fam(true))], allow, dup_of }
     }
 
-    /// Calls `visit` with the rules (and their tags) that satisfy `keep` and
-    /// overlap rule `i` in family `f` (may repeat) until it returns false or the
+    /// Calls `visit` with the rules (and their tags) that overlap rule `i` in
+    /// family `f` (may repeat) until it returns false or the
     /// budget runs out; false if stopped.
-    fn each_neighbour(
-        &self,
-        f: &Family,
-        i: usize,
-        budget: &mut Budget,
-        keep: impl Fn(usize) -> bool,
-        mut visit: impl FnMut(usize, u8) -> bool,
-    ) -> bool {
+    fn each_neighbour(&self, f: &Family, i: usize, budget: &mut Budget, mut visit: impl FnMut(usize, u8) -> bool) -> bool {
         let Some(me) = &f.shapes[i] else { return true };
         let (mine, any_src) = (f.classes[i], me.src.iter().any(|p| p.len == 0));
         // The index has compared the L4 intervals already.
         let mut check = |j: usize, tag: u8| {
             let hit = j != i
-                && keep(j)
                 && tag & mine & CLASS_BITS != 0
                 && (any_src
                     || tag & SRC_ANY != 0
@@ -160,24 +152,38 @@ impl<'a> Linter<'a> {
         f.index.nodes_of(i).iter().all(|&n| f.index.overlapping(n, me.l4, budget, &mut check))
     }
 
-    /// The rules that satisfy `keep` and overlap rule `i` in family `f`, ascending.
-    fn neighbours(&self, f: &Family, i: usize, keep: impl Fn(usize) -> bool) -> Vec<usize> {
-        let mut out = Vec::new();
-        self.each_neighbour(f, i, &mut Budget(usize::MAX), keep, |j, _| {
-            out.push(j);
-            true
+    /// One walk over rule `i`'s neighbours in both families, for both questions:
+    /// the earlier ones (can the rule be reached?), ascending, and whether a
+    /// later one of the other action overlaps it (does it only repeat the
+    /// default policy?). None if the budget ran out first.
+    fn walk(&self, i: usize, budget: &mut Budget) -> Option<([Vec<usize>; 2], bool)> {
+        let mut shields = false;
+        let mut walked = true;
+        let earlier = [0, 1].map(|k| {
+            let mut e = Vec::new();
+            walked &= self.each_neighbour(&self.fams[k], i, budget, |j, tag| {
+                if j < i {
+                    e.push(j);
+                } else if (tag & ALLOW != 0) != self.allow[i] {
+                    shields = true;
+                }
+                true
+            });
+            e.sort_unstable();
+            e.dedup();
+            e
         });
-        out.sort_unstable();
-        out.dedup();
-        out
+        walked.then_some((earlier, shields))
     }
 
     fn reach(&self, i: usize) -> Reach {
         if let Some(j) = self.dup_of[i] {
             return Reach::Shadowed(vec![j]);
         }
-        let earlier = [0, 1].map(|k| self.neighbours(&self.fams[k], i, |j| j < i));
-        self.reach_among(i, earlier, &mut Budget(REACH_WORK))
+        match self.walk(i, &mut Budget(usize::MAX)) {
+            Some((earlier, _)) => self.reach_among(i, earlier, &mut Budget(REACH_WORK)),
+            None => Reach::Unknown,
+        }
     }
 
     /// [`Linter::reach`] given the earlier rules that overlap rule `i` in each
@@ -352,38 +358,11 @@ impl Linter<'_> {
         if let Some(j) = dup {
             return (vec![w("duplicate", format!("{} can never match: it repeats the match of {}", named(r), named(&rs.rules[j])))], false);
         }
-        // One walk over the neighbours for both questions: the earlier ones
-        // (can the rule be reached?) and whether a later one of the other
-        // action overlaps it (does it only repeat the default policy?).
         let mut budget = Budget(rule_work(rs.rules.len()));
-        let mut shields = false;
-        let mut walked = true;
-        let earlier = [0, 1].map(|k| {
-            let mut e = Vec::new();
-            walked &= self.each_neighbour(
-                &self.fams[k],
-                i,
-                &mut budget,
-                |_| true,
-                |j, tag| {
-                    if j < i {
-                        e.push(j);
-                    } else if (tag & ALLOW != 0) != self.allow[i] {
-                        shields = true;
-                    }
-                    true
-                },
-            );
-            e.sort_unstable();
-            e.dedup();
-            e
-        });
         // Too entangled for the exact check within its bounds: said once for
         // the whole file (`lint`), and the hardening advice still holds.
         let unchecked = || (self.broad_allow(i).into_iter().collect(), true);
-        if !walked {
-            return unchecked();
-        }
+        let Some((earlier, shields)) = self.walk(i, &mut budget) else { return unchecked() };
         let reach = self.reach_among(i, earlier, &mut budget);
         if let Reach::Unknown = reach {
             return unchecked();

@@ -43,6 +43,22 @@ pub struct Options {
     pub skip_invalid: bool,
 }
 
+impl Options {
+    /// The options the bits of `sel` pick, so that one byte reaches every path
+    /// of the importer (the fuzz target's first input byte, and the test that
+    /// replays its regressions under all 16): bit 0 default deny, bit 1 a guest
+    /// CIDR, bit 2 skip invalid rules, bit 3 only network "net-a".
+    pub fn from_selector(sel: u8) -> Options {
+        Options {
+            default_policy: Some(if sel & 1 == 0 { Action::Allow } else { Action::Deny }),
+            guest_cidr: (sel & 2 != 0).then(|| IpNet::V4(ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(10, 1, 1, 0), 24))),
+            skip_invalid: sel & 4 != 0,
+            network: (sel & 8 != 0).then(|| "net-a".to_string()),
+            offering: None,
+        }
+    }
+}
+
 /// A CloudStack rule that cannot be imported: which one, which field, why.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Problem {
