@@ -6,9 +6,12 @@
 //! - `demo`:  build, then run the embedded demo in a pair of network namespaces.
 //! - `fuzz`:  cargo-fuzz on the parser + compiler, the CloudStack importer and the
 //!   classifier (frames through BPF_PROG_TEST_RUN), regressions first.
+//! - `old-kernel`: boot Debian 12's Linux 6.1 (the oldest kernel egress claims)
+//!   under qemu and run egress there on real packets (oldkernel.rs).
 //! - `test`:  build, clippy on the product (its lints deny unwrap, expect and
 //!   panic), then run every test (unit, BPF_PROG_TEST_RUN, netns integration),
-//!   then each fuzz target for 20 s (`EGRESS_FUZZ_SECONDS`; 0 skips it).
+//!   then the old-kernel checks (`EGRESS_OLD_KERNEL=0` skips them), then each
+//!   fuzz target for 20 s (`EGRESS_FUZZ_SECONDS`; 0 skips it).
 
 use std::{
     env, fs,
@@ -18,6 +21,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
+
+mod oldkernel;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "egress project tasks")]
@@ -57,6 +62,13 @@ enum Task {
         /// Only these targets (rules, cloudstack, packet).
         targets: Vec<String>,
     },
+    /// Build, then boot Debian 12's Linux 6.1 (the oldest kernel egress claims)
+    /// under qemu with an initramfs of busybox and egress, and run egress there:
+    /// every program through that kernel's verifier, real packets on lo dropped
+    /// and counted, a map the kernel cannot allocate refused with the old rules
+    /// kept, a rule set at full capacity. Installs qemu-system-x86 and
+    /// busybox-static, downloads the kernel package. Root.
+    OldKernel,
     /// Build, then run all tests (root-only tests need root; CI runs as root).
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
@@ -90,6 +102,10 @@ fn main() -> Result<()> {
             run(&mut c)
         }
         Task::Fuzz { seconds, targets } => fuzz(seconds, &targets),
+        Task::OldKernel => {
+            build()?;
+            oldkernel::old_kernel()
+        }
         Task::Test { args } => {
             build()?;
             // The product's lints (no unwrap, expect or panic outside tests) are
@@ -106,6 +122,11 @@ fn main() -> Result<()> {
                 c.arg("--").args(&args);
             }
             run_tests(&mut c)?;
+            // Then egress on the oldest kernel it claims, unless a test filter
+            // was given or EGRESS_OLD_KERNEL=0.
+            if args.is_empty() && env::var("EGRESS_OLD_KERNEL").as_deref() != Ok("0") {
+                oldkernel::old_kernel()?;
+            }
             // Then a bounded fuzz run of every target (regressions first), unless
             // a test filter was given or EGRESS_FUZZ_SECONDS=0.
             let secs = env::var("EGRESS_FUZZ_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);

@@ -183,9 +183,12 @@ impl Loaded {
                 loader.map_max_entries(MAP_CONN_V4, MIN_MAX_FLOWS).map_max_entries(MAP_CONN_V6, MIN_MAX_FLOWS);
             }
         }
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .map_err(|source| DataplaneError::Ebpf { op: "load the eBPF object (create maps)".into(), source: Box::new(source) })?;
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|source| match source {
+            aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) => {
+                DataplaneError::MapMemory { op: format!("create map {name}"), error: io_error }
+            }
+            source => DataplaneError::Ebpf { op: "load the eBPF object (create maps)".into(), source: Box::new(source) },
+        })?;
         fill(&mut ebpf, c)?;
         let loaded = match o.hook {
             Hook::TcEgress | Hook::TcIngress => classifier(&mut ebpf, stateful, debug)?.load(),
@@ -364,7 +367,7 @@ fn write_batch(ebpf: &mut Ebpf, name: &str, b: &Batch) -> Result<()> {
                 return write_one_by_one(fd, name, b, ks, vs);
             }
             let at = done + attr.count as usize;
-            return Err(DataplaneError::Other(format!("write map {name}: entry {at} of {}: {e}", b.count)));
+            return Err(DataplaneError::MapMemory { op: format!("write map {name}: entry {at} of {}", b.count), error: e });
         }
         done += n;
     }
@@ -383,7 +386,7 @@ fn write_one_by_one(fd: u32, name: &str, b: &Batch, ks: usize, vs: usize) -> Res
         let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_ELEM, &mut attr as *mut ElemAttr, std::mem::size_of::<ElemAttr>()) };
         if rc < 0 {
             let e = io::Error::last_os_error();
-            return Err(DataplaneError::Other(format!("write map {name}: entry {i} of {}: {e}", b.count)));
+            return Err(DataplaneError::MapMemory { op: format!("write map {name}: entry {i} of {}", b.count), error: e });
         }
     }
     Ok(())

@@ -68,6 +68,13 @@ pub enum DataplaneError {
     Link { op: String, source: aya::programs::links::LinkError },
     #[error("the kernel verifier rejected the classifier: {source}\nverifier log (tail):\n{log}")]
     Verifier { source: io::Error, log: String },
+    /// The kernel could not create or fill a map of the new rule set (most
+    /// often memory: the cgroup's limit, RLIMIT_MEMLOCK before 5.11, or the
+    /// machine's): nothing was attached or swapped.
+    /// (`error` rather than `source`: the message ends with the advice, not
+    /// with the kernel's reason repeated.)
+    #[error("{op}: {error}{}", memory_hint(error))]
+    MapMemory { op: String, error: io::Error },
     /// Another process holds the lock of an interface.
     #[error("{0}")]
     Busy(String),
@@ -76,6 +83,18 @@ pub enum DataplaneError {
 }
 
 pub type Result<T> = std::result::Result<T, DataplaneError>;
+
+/// What to do when the kernel refuses a map for want of memory or permission.
+fn memory_hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ENOMEM) | Some(libc::EPERM) | Some(libc::E2BIG) => {
+            "\nthe kernel could not give the new rule set's maps the memory they need; nothing was attached, and the rules enforced before stay. \
+             Lower --flow-cache (flow_cache in egress run's config) or [state] max_flows, or load fewer rules; or raise the memory limit of \
+             egress's cgroup (memory.max, MemoryMax= for systemd) or, on kernels before 5.11, RLIMIT_MEMLOCK (ulimit -l, LimitMEMLOCK=)"
+        }
+        _ => "",
+    }
+}
 
 fn io_err(op: impl Into<String>) -> impl FnOnce(io::Error) -> DataplaneError {
     let op = op.into();
