@@ -253,9 +253,7 @@ fn compile_family(rs: &RuleSet, v6: bool, lists: &mut Interner<'_>, classes: &mu
     // with a source prefix is among its candidates (those take the exact path).
     let mut chain: Vec<(Prefix, Option<Vec<u32>>)> = Vec::new();
     for d in dst_keys {
-        while chain.last().is_some_and(|(p, _)| !p.contains(d)) {
-            chain.pop();
-        }
+        enclosing_only(&mut chain, d);
         let mut own: Vec<u32> = by_dst[d].clone();
         own.dedup();
         // All candidates match any source: R(d) = R(parent) + own rules, and only
@@ -312,9 +310,7 @@ fn compile_family(rs: &RuleSet, v6: bool, lists: &mut Interner<'_>, classes: &mu
         sd.sort_unstable_by_key(|(p, _)| *p);
         let mut schain: Vec<(Prefix, Vec<u32>)> = Vec::new();
         for (s, mine) in sd {
-            while schain.last().is_some_and(|(p, _)| !p.contains(&s)) {
-                schain.pop();
-            }
+            enclosing_only(&mut schain, &s);
             let mut cands = schain.last().map(|(_, c)| c.clone()).unwrap_or_default();
             cands.extend(mine);
             cands.sort_unstable();
@@ -329,6 +325,14 @@ fn compile_family(rs: &RuleSet, v6: bool, lists: &mut Interner<'_>, classes: &mu
         }
     }
     (dsts, pairs)
+}
+
+/// Drops the prefixes of a chain (outermost first, visited in sorted order)
+/// that do not contain `p`: what stays encloses it, innermost last.
+fn enclosing_only<T>(chain: &mut Vec<(Prefix, T)>, p: &Prefix) {
+    while chain.last().is_some_and(|(q, _)| !q.contains(p)) {
+        chain.pop();
+    }
 }
 
 /// The rules of a candidate list (sorted slots) that decide some packet: per

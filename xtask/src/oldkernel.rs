@@ -67,24 +67,22 @@ pub(crate) fn old_kernel() -> Result<()> {
 /// Debian 12's newest 6.1 kernel package, downloaded and unpacked once: the
 /// kernel image and the folder of the modules egress needs (clsact, cls_bpf).
 fn kernel(work: &Path) -> Result<(PathBuf, PathBuf)> {
-    let names = Command::new("apt-cache").args(["pkgnames", "linux-image-6.1.0-"]).output()?;
-    let mut found: Vec<(u32, String)> = String::from_utf8_lossy(&names.stdout)
-        .lines()
-        .filter_map(|n| {
-            let abi = n.strip_prefix("linux-image-6.1.0-")?.strip_suffix("-amd64-unsigned")?;
-            Some((abi.parse().ok()?, n.to_string()))
-        })
-        .collect();
-    if found.is_empty() {
-        run(Command::new("apt-get").args(["update", "-q"]))?;
+    // Debian's 6.1 kernel packages as (ABI number, name); the lists are
+    // refreshed once if they name none.
+    let list = || -> Result<Vec<(u32, String)>> {
         let names = Command::new("apt-cache").args(["pkgnames", "linux-image-6.1.0-"]).output()?;
-        found = String::from_utf8_lossy(&names.stdout)
+        Ok(String::from_utf8_lossy(&names.stdout)
             .lines()
             .filter_map(|n| {
                 let abi = n.strip_prefix("linux-image-6.1.0-")?.strip_suffix("-amd64-unsigned")?;
                 Some((abi.parse().ok()?, n.to_string()))
             })
-            .collect();
+            .collect())
+    };
+    let mut found = list()?;
+    if found.is_empty() {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        found = list()?;
     }
     found.sort();
     let Some((_, pkg)) = found.pop() else { bail!("no linux-image-6.1.0-N-amd64-unsigned package in Debian's lists") };

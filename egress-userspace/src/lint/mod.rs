@@ -97,8 +97,6 @@ const SRC_ANY: u8 = 0x20;
 struct Linter<'a> {
     rs: &'a RuleSet,
     fams: [Family; 2],
-    /// Per rule: an allow rule (compact, as `Family::classes`).
-    allow: Vec<bool>,
     /// Per rule: the earlier rule with the same match, if any. A duplicate is
     /// shadowed by its original and neither covers nor shields anything the
     /// original does not, so the index leaves duplicates out (thousands of copies
@@ -123,15 +121,14 @@ impl<'a> Linter<'a> {
             let index = Index::new(&shapes, &skip, &tags);
             Family { v6, shapes, classes, index }
         };
-        let allow = rs.rules.iter().map(|r| r.action == Action::Allow).collect();
         if rs.rules.len() < PARALLEL_FROM {
-            return Linter { rs, fams: [fam(false), fam(true)], allow, dup_of };
+            return Linter { rs, fams: [fam(false), fam(true)], dup_of };
         }
         let (v4, v6) = std::thread::scope(|s| {
             let v6 = s.spawn(|| fam(true));
             (fam(false), v6.join())
         });
-        Linter { rs, fams: [v4, v6.unwrap_or_else(|_| fam(true))], allow, dup_of }
+        Linter { rs, fams: [v4, v6.unwrap_or_else(|_| fam(true))], dup_of }
     }
 
     /// Calls `visit` with the rules (and their tags) that overlap rule `i` in
@@ -159,12 +156,13 @@ impl<'a> Linter<'a> {
     fn walk(&self, i: usize, budget: &mut Budget) -> Option<([Vec<usize>; 2], bool)> {
         let mut shields = false;
         let mut walked = true;
+        let allow = self.rs.rules[i].action == Action::Allow;
         let earlier = [0, 1].map(|k| {
             let mut e = Vec::new();
             walked &= self.each_neighbour(&self.fams[k], i, budget, |j, tag| {
                 if j < i {
                     e.push(j);
-                } else if (tag & ALLOW != 0) != self.allow[i] {
+                } else if (tag & ALLOW != 0) != allow {
                     shields = true;
                 }
                 true

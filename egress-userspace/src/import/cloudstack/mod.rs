@@ -291,12 +291,13 @@ fn rule(index: usize, id: Option<String>, obj: &serde_json::Map<String, Value>, 
             Vec::new()
         }
     };
-    let port = |f: &'static str, bad: &mut dyn FnMut(&'static str, String)| -> Option<u16> {
+    // A number field within `ok`: None when absent or refused (said through `bad`).
+    let ranged = |f: &'static str, ok: fn(i64) -> bool, what: &str, bad: &mut dyn FnMut(&'static str, String)| -> Option<i64> {
         let v = obj.get(f).filter(|v| !v.is_null())?;
         match number(v) {
-            Ok(p) if (1..=65535).contains(&p) => Some(p as u16),
-            Ok(p) => {
-                bad(f, format!("{p} is not a port (1..65535)"));
+            Ok(n) if ok(n) => Some(n),
+            Ok(n) => {
+                bad(f, format!("{n} {what}"));
                 None
             }
             Err(e) => {
@@ -304,6 +305,9 @@ fn rule(index: usize, id: Option<String>, obj: &serde_json::Map<String, Value>, 
                 None
             }
         }
+    };
+    let port = |f, bad: &mut dyn FnMut(&'static str, String)| {
+        ranged(f, |p| (1..=65535).contains(&p), "is not a port (1..65535)", bad).map(|p| p as u16)
     };
     let (start, end) = (port("startport", &mut bad), port("endport", &mut bad));
     let has_ports = obj.get("startport").is_some_and(|v| !v.is_null()) || obj.get("endport").is_some_and(|v| !v.is_null());
@@ -317,19 +321,8 @@ fn rule(index: usize, id: Option<String>, obj: &serde_json::Map<String, Value>, 
         (Some(p), None) | (None, Some(p)) => Some((p, p)),
         (None, None) => None,
     };
-    let icmp_field = |f: &'static str, bad: &mut dyn FnMut(&'static str, String)| -> Option<i64> {
-        let v = obj.get(f).filter(|v| !v.is_null())?;
-        match number(v) {
-            Ok(n) if n == -1 || (0..=255).contains(&n) => Some(n),
-            Ok(n) => {
-                bad(f, format!("{n} is out of range (-1 for any, or 0..255)"));
-                None
-            }
-            Err(e) => {
-                bad(f, e);
-                None
-            }
-        }
+    let icmp_field = |f, bad: &mut dyn FnMut(&'static str, String)| {
+        ranged(f, |n| n == -1 || (0..=255).contains(&n), "is out of range (-1 for any, or 0..255)", bad)
     };
     let (ty, code) = (icmp_field("icmptype", &mut bad), icmp_field("icmpcode", &mut bad));
     let mut icmp = None;
