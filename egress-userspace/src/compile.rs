@@ -133,10 +133,11 @@ fn applies_to_class(r: &Rule, pclass: u8) -> bool {
     }
 }
 
-/// A rule in the form the program checks in place.
+/// A rule in the form the program checks in place (one L4 interval only: a
+/// rule with a port list of several intervals goes through LISTS and RANGES).
 fn inline_rule(r: &Rule) -> InlineRule {
     let classes = (0..=PCLASS_ICMPV6).filter(|&c| applies_to_class(r, c)).fold(0u8, |m, c| m | 1 << c);
-    let (lo, hi) = r.l4_range();
+    let (lo, hi) = r.l4_ranges()[0];
     InlineRule { rule: r.index, action: r.code() as u8, classes, l4_any: r.l4_any() as u8, _pad: 0, lo, hi }
 }
 
@@ -152,7 +153,9 @@ impl Interner<'_> {
     fn split(&mut self, cands: &[u32], own: &[u32], v6: bool) -> Lists {
         let (mine, inherited): (Vec<u32>, Vec<u32>) = cands.iter().partition(|i| own.binary_search(i).is_ok());
         let (own, inline) = match mine.as_slice() {
-            [one] => (INLINE_LIST, inline_rule(&self.rules[*one as usize - 1])),
+            [one] if self.rules[*one as usize - 1].l4_ranges().len() == 1 => {
+                (INLINE_LIST, inline_rule(&self.rules[*one as usize - 1]))
+            }
             _ => (self.id_or_none(mine, v6), InlineRule::default()),
         };
         Lists { own, inherited_first: inherited.first().copied().unwrap_or(u32::MAX), inherited: self.id_or_none(inherited, v6), inline }
@@ -347,15 +350,9 @@ fn decisive(rules: &[Rule], list: Vec<u32>, v6: bool) -> Vec<u32> {
         if let Some(&k) = applicable.iter().find(|&&k| rule(list[k]).l4_any()) {
             keep[k] = true;
         }
-        let intervals: Vec<(u32, u32)> = applicable
-            .iter()
-            .map(|&k| {
-                let (a, b) = rule(list[k]).l4_range();
-                (a as u32, b as u32)
-            })
-            .collect();
+        let (intervals, owner) = flat_intervals(applicable.iter().map(|&k| rule(list[k])));
         for (_, _, w) in first_match_intervals(&intervals) {
-            keep[applicable[w]] = true;
+            keep[applicable[owner[w]]] = true;
         }
     }
     list.into_iter().zip(keep).filter(|(_, k)| *k).map(|(i, _)| i).collect()
@@ -370,15 +367,9 @@ fn list_slot(pclass: u8, rules: &[&Rule], ranges: &mut Vec<PortRange>) -> ListSl
         slot.no_l4_rule = r.index;
         slot.no_l4_action = r.code();
     }
-    let intervals: Vec<(u32, u32)> = applicable
-        .iter()
-        .map(|r| {
-            let (a, b) = r.l4_range();
-            (a as u32, b as u32)
-        })
-        .collect();
+    let (intervals, owner) = flat_intervals(applicable.iter().map(|r| **r));
     for (lo, hi, k) in first_match_intervals(&intervals) {
-        let r = applicable[k];
+        let r = applicable[owner[k]];
         ranges.push(PortRange { lo, hi, rule: r.index, action: r.code() });
     }
     slot.count = ranges.len() as u32 - slot.start;
@@ -386,6 +377,20 @@ fn list_slot(pclass: u8, rules: &[&Rule], ranges: &mut Vec<PortRange>) -> ListSl
         slot.start = 0;
     }
     slot
+}
+
+/// The L4 intervals of rules in order, and for each the position of its rule:
+/// a port list's intervals are consecutive, so the first interval covering a
+/// value is the first rule's.
+fn flat_intervals<'a>(rules: impl Iterator<Item = &'a Rule>) -> (Vec<(u32, u32)>, Vec<usize>) {
+    let (mut iv, mut owner) = (Vec::new(), Vec::new());
+    for (k, r) in rules.enumerate() {
+        for &(a, b) in r.l4_ranges().iter() {
+            iv.push((a as u32, b as u32));
+            owner.push(k);
+        }
+    }
+    (iv, owner)
 }
 
 /// Resolves first match over inclusive intervals of [0, 65535]: returns disjoint,
@@ -481,5 +486,29 @@ mod tests {
         assert!(c.pair_v4.iter().all(|(_, _, l)| l.inherited == NO_LIST));
         // S(d) = {192.0.2.0/25, 0.0.0.0/0}.
         assert_eq!(c.pair_v4.len(), 2);
+    }
+
+    #[test]
+    fn port_lists_become_intervals_of_one_rule() {
+        let rs = crate::rules::parse(
+            "r.toml",
+            "default_policy = \"allow\"\n[[rule]]\ndst = \"192.0.2.0/24\"\nprotocol = \"tcp\"\nports = [80, 443, \"8000-8100\"]\n",
+        )
+        .unwrap();
+        let c = compile(&rs).unwrap();
+        // Not inline (three intervals): one list, three RANGES for tcp.
+        assert_eq!(c.dst_v4.len(), 1);
+        assert_ne!(c.dst_v4[0].1.lists.own, INLINE_LIST);
+        let spans: Vec<(u16, u16, u32)> = c.ranges.iter().map(|r| (r.lo, r.hi, r.rule)).collect();
+        assert_eq!(spans, vec![(80, 80, 1), (443, 443, 1), (8000, 8100, 1)]);
+        // A later rule's interval between the list's pieces keeps its own stretch.
+        let rs = crate::rules::parse(
+            "r.toml",
+            "default_policy = \"allow\"\n[[rule]]\nprotocol = \"tcp\"\nports = \"80,90\"\n[[rule]]\nprotocol = \"tcp\"\nports = \"70-100\"\n",
+        )
+        .unwrap();
+        let c = compile(&rs).unwrap();
+        let spans: Vec<(u16, u16, u32)> = c.ranges.iter().map(|r| (r.lo, r.hi, r.rule)).collect();
+        assert_eq!(spans, vec![(70, 79, 2), (80, 80, 1), (81, 89, 2), (90, 90, 1), (91, 100, 2)]);
     }
 }

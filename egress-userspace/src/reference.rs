@@ -53,9 +53,9 @@ pub fn matches(r: &Rule, p: &PacketMeta) -> bool {
     if !proto_ok {
         return false;
     }
-    if let Some((a, b)) = r.ports {
+    if let Some(ports) = &r.ports {
         match p.l4 {
-            L4::Ports { dport } if a <= dport && dport <= b => {}
+            L4::Ports { dport } if ports.iter().any(|&(a, b)| a <= dport && dport <= b) => {}
             _ => return false,
         }
     }

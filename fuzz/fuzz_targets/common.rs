@@ -56,7 +56,7 @@ pub fn agree_on_samples(rs: &RuleSet, c: &Compiled, text: &str) {
                 if s.is_ipv6() != d.is_ipv6() {
                     continue;
                 }
-                let (lo, hi) = r.ports.unwrap_or((80, 80));
+                let (lo, hi) = r.ports.as_ref().map_or((80, 80), |p| (p[0].0, p[p.len() - 1].1));
                 for (proto, l4) in [
                     (6, L4::Ports { dport: lo }),
                     (17, L4::Ports { dport: hi }),

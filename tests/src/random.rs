@@ -113,7 +113,23 @@ pub fn rules(rng: &mut StdRng, n: usize) -> String {
         let proto = pick(rng, protos);
         s.push_str(&format!("protocol = \"{proto}\"\n"));
         match proto {
-            "tcp" | "udp" if rng.gen_bool(0.7) => {
+            "tcp" | "udp" if rng.gen_bool(0.25) => {
+                // A port list (overlapping, touching or apart), as a TOML list or a comma string.
+                let items: Vec<String> = (0..rng.gen_range(2..=4))
+                    .map(|_| {
+                        let a = pick(rng, PORT_EDGES);
+                        let b = pick(rng, PORT_EDGES);
+                        if a == b || rng.gen_bool(0.4) { a.to_string() } else { format!("{}-{}", a.min(b), a.max(b)) }
+                    })
+                    .collect();
+                if rng.gen_bool(0.5) {
+                    s.push_str(&format!("ports = \"{}\"\n", items.join(",")));
+                } else {
+                    let l: Vec<String> = items.iter().map(|i| if i.contains('-') { format!("\"{i}\"") } else { i.clone() }).collect();
+                    s.push_str(&format!("ports = [{}]\n", l.join(", ")));
+                }
+            }
+            "tcp" | "udp" if rng.gen_bool(0.6) => {
                 let a = pick(rng, PORT_EDGES);
                 let b = pick(rng, PORT_EDGES);
                 let (a, b) = (a.min(b), a.max(b));

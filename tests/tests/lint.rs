@@ -123,7 +123,7 @@ fn inside(rng: &mut StdRng, r: &Rule, v6: bool) -> Option<PacketMeta> {
         Protocol::Udp => 17,
         Protocol::Icmp | Protocol::Icmpv6 => icmp,
     };
-    let (lo, hi) = r.l4_range();
+    let (lo, hi) = *r.l4_ranges().choose(rng).unwrap();
     let v = rng.gen_range(lo..=hi);
     let l4 = match proto {
         _ if r.l4_any() && rng.gen_bool(0.1) => L4::None,

@@ -395,7 +395,7 @@ fn hundred_thousand_rules() {
         } else {
             ip("198.51.100.1")
         };
-        let (proto, l4) = match r.ports {
+        let (proto, l4) = match r.ports.as_ref().map(|p| p[0]) {
             Some((a, b)) => (
                 if r.protocol == rules::Protocol::Tcp { 6 } else { 17 },
                 L4::Ports { dport: if rng.gen_bool(0.5) { a } else { b.wrapping_add(1) } },

@@ -30,7 +30,7 @@ mod region;
 const PARALLEL_FROM: usize = 10_000;
 
 use ipnet::IpNet;
-use region::{Budget, CLASSES, Class, Cover, Index, NO_L4, Region, Shape, class_l4, cover, in_class, l4_overlaps, shape};
+use region::{Budget, CLASSES, Class, Cover, Index, L4s, NO_L4, Region, Shape, class_l4, cover, in_class, l4_overlaps, shape};
 
 use crate::{
     reference::{L4, PacketMeta},
@@ -137,16 +137,22 @@ impl<'a> Linter<'a> {
     fn each_neighbour(&self, f: &Family, i: usize, budget: &mut Budget, mut visit: impl FnMut(usize, u8) -> bool) -> bool {
         let Some(me) = &f.shapes[i] else { return true };
         let (mine, any_src) = (f.classes[i], me.src.iter().any(|p| p.len == 0));
-        // The index has compared the L4 intervals already.
+        // The index has compared the L4 intervals already (a port list's hull:
+        // then its intervals are compared here).
+        let exact = |j: usize| match (&me.l4, f.shapes[j].as_ref().map(|e| &e.l4)) {
+            (L4s::One(_), Some(L4s::One(_))) | (_, None) => true,
+            (a, Some(b)) => a.overlaps_any(b),
+        };
         let mut check = |j: usize, tag: u8| {
             let hit = j != i
                 && tag & mine & CLASS_BITS != 0
+                && exact(j)
                 && (any_src
                     || tag & SRC_ANY != 0
                     || f.shapes[j].as_ref().is_some_and(|e| e.src.iter().any(|p| me.src.iter().any(|q| p.overlaps(*q)))));
             !hit || visit(j, tag)
         };
-        f.index.nodes_of(i).iter().all(|&n| f.index.overlapping(n, me.l4, budget, &mut check))
+        f.index.nodes_of(i).iter().all(|&n| f.index.overlapping(n, me.l4.hull(), budget, &mut check))
     }
 
     /// One walk over rule `i`'s neighbours in both families, for both questions:
@@ -197,19 +203,18 @@ impl<'a> Linter<'a> {
                     continue;
                 }
                 let cl = class_l4(c);
-                if !l4_overlaps(cl, me.l4) {
-                    continue;
-                }
-                let l = (me.l4.0.max(cl.0), me.l4.1.min(cl.1));
                 let cands: Vec<&Shape> =
                     earlier.iter().filter(|&&j| f.classes[j] & (1 << c as u8) != 0).filter_map(|&j| f.shapes[j].as_ref()).collect();
-                for &s in me.src.iter() {
-                    for &d in me.dst.iter() {
-                        any = true;
-                        match cover(Region { s, d, l }, &cands, budget) {
-                            Cover::Covered => {}
-                            Cover::Uncovered(r) => return Reach::Witness(packet(&r, f.v6, c)),
-                            Cover::Unknown => return Reach::Unknown,
+                for &mine in me.l4.iter().filter(|&&m| l4_overlaps(cl, m)) {
+                    let l = (mine.0.max(cl.0), mine.1.min(cl.1));
+                    for &s in me.src.iter() {
+                        for &d in me.dst.iter() {
+                            any = true;
+                            match cover(Region { s, d, l }, &cands, budget) {
+                                Cover::Covered => {}
+                                Cover::Uncovered(r) => return Reach::Witness(packet(&r, f.v6, c)),
+                                Cover::Unknown => return Reach::Unknown,
+                            }
                         }
                     }
                 }
@@ -236,7 +241,7 @@ pub fn reach(rs: &RuleSet) -> Vec<Reach> {
 /// aside); prefix lists compared as sets. Borrowed: most lists are sorted
 /// already (one prefix), and are only copied when not.
 fn match_key(r: &Rule) -> impl std::hash::Hash + Eq + '_ {
-    (prefix_set(&r.src), prefix_set(&r.dst), r.protocol.as_str(), r.ports, r.icmp_type, r.icmp_code, r.families.v4, r.families.v6)
+    (prefix_set(&r.src), prefix_set(&r.dst), r.protocol.as_str(), &r.ports, r.icmp_type, r.icmp_code, r.families.v4, r.families.v6)
 }
 
 fn prefix_set(n: &Option<Vec<IpNet>>) -> Option<std::borrow::Cow<'_, [IpNet]>> {

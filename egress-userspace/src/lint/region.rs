@@ -81,9 +81,46 @@ pub(super) const CLASSES: [Class; 4] = [Class::Tcp, Class::Udp, Class::Icmp, Cla
 pub(super) struct Shape {
     pub(super) src: Pfxs,
     pub(super) dst: Pfxs,
-    /// Inclusive interval of L4 values (`NO_L4` included when the rule constrains
-    /// no L4 field).
-    pub(super) l4: (u32, u32),
+    /// Inclusive intervals of L4 values, sorted and disjoint (`NO_L4` included
+    /// when the rule constrains no L4 field); several for a port list.
+    pub(super) l4: L4s,
+}
+
+/// A rule's L4 intervals: almost always one, kept inline.
+pub(super) enum L4s {
+    One((u32, u32)),
+    Many(Vec<(u32, u32)>),
+}
+
+impl std::ops::Deref for L4s {
+    type Target = [(u32, u32)];
+    fn deref(&self) -> &[(u32, u32)] {
+        match self {
+            L4s::One(p) => std::slice::from_ref(p),
+            L4s::Many(v) => v,
+        }
+    }
+}
+
+impl L4s {
+    /// From the first interval's start to the last one's end.
+    pub(super) fn hull(&self) -> (u32, u32) {
+        match self {
+            L4s::One(p) => *p,
+            L4s::Many(v) => (v.first().map_or(0, |p| p.0), v.last().map_or(0, |p| p.1)),
+        }
+    }
+    /// Whether any interval overlaps `l`.
+    pub(super) fn overlaps(&self, l: (u32, u32)) -> bool {
+        self.iter().any(|&m| l4_overlaps(m, l))
+    }
+    /// Whether any interval of each overlaps one of the other's.
+    pub(super) fn overlaps_any(&self, o: &L4s) -> bool {
+        match (self, o) {
+            (L4s::One(a), L4s::One(b)) => l4_overlaps(*a, *b),
+            _ => self.iter().any(|&m| o.overlaps(m)),
+        }
+    }
 }
 
 /// A rule's prefixes on one side, in one family: almost always one, kept
@@ -119,8 +156,12 @@ pub(super) fn shape(r: &Rule, v6: bool) -> Option<Shape> {
             }
         }
     };
-    let (lo, hi) = r.l4_range();
-    let l4 = if r.l4_any() { (lo as u32, NO_L4) } else { (lo as u32, hi as u32) };
+    let ranges = r.l4_ranges();
+    let l4 = match &*ranges {
+        [(lo, _)] if r.l4_any() => L4s::One((*lo as u32, NO_L4)),
+        [(lo, hi)] => L4s::One((*lo as u32, *hi as u32)),
+        many => L4s::Many(many.iter().map(|&(a, b)| (a as u32, b as u32)).collect()),
+    };
     Some(Shape { src: nets(&r.src), dst: nets(&r.dst), l4 })
 }
 
@@ -160,7 +201,7 @@ pub(super) fn l4_overlaps(a: (u32, u32), b: (u32, u32)) -> bool {
 }
 
 fn overlaps(e: &Shape, r: &Region) -> bool {
-    l4_overlaps(e.l4, r.l) && e.src.iter().any(|p| p.overlaps(r.s)) && e.dst.iter().any(|p| p.overlaps(r.d))
+    e.l4.overlaps(r.l) && e.src.iter().any(|p| p.overlaps(r.s)) && e.dst.iter().any(|p| p.overlaps(r.d))
 }
 
 /// Whether the candidates together match every packet of `r`.
@@ -175,7 +216,7 @@ pub(super) fn cover(r: Region, cands: &[&Shape], budget: &mut Budget) -> Cover {
     let inside = |e: &Shape| {
         let s_in = e.src.iter().any(|p| p.contains(r.s));
         let d_in = e.dst.iter().any(|p| p.contains(r.d));
-        (s_in, d_in, e.l4.0 <= r.l.0 && r.l.1 <= e.l4.1)
+        (s_in, d_in, e.l4.iter().any(|l| l.0 <= r.l.0 && r.l.1 <= l.1))
     };
     if here.iter().any(|e| inside(e) == (true, true, true)) {
         return Cover::Covered;
@@ -186,7 +227,10 @@ pub(super) fn cover(r: Region, cands: &[&Shape], budget: &mut Budget) -> Cover {
         (false, _, _) => r.s.halves().map(|s| Region { s, ..r }),
         (_, false, _) => r.d.halves().map(|d| Region { d, ..r }),
         _ => {
-            let at = if e.l4.0 > r.l.0 { e.l4.0 } else { e.l4.1 + 1 };
+            // The first of its intervals that overlaps the region ends or
+            // starts inside it (none contains it).
+            let l4 = e.l4.iter().find(|&&l| l4_overlaps(l, r.l)).copied().unwrap_or(r.l);
+            let at = if l4.0 > r.l.0 { l4.0 } else { l4.1 + 1 };
             [Region { l: (r.l.0, at - 1), ..r }, Region { l: (at, r.l.1), ..r }]
         }
     };
@@ -276,7 +320,8 @@ impl Index {
             }
             let id = nodes.len() - 1;
             node_of[first[i] + k] = id;
-            let l4 = shapes[i].as_ref().map_or((0, 0), |s| s.l4);
+            // A port list is indexed by its hull; neighbours are then compared exactly.
+            let l4 = shapes[i].as_ref().map_or((0, 0), |s| s.l4.hull());
             // Entries of one prefix are consecutive: each node's runs end here.
             if l4.1 - l4.0 >= NARROW {
                 wide.push((l4, i as u32, tags[i]));

@@ -118,8 +118,9 @@ pub struct Rule {
     /// `None`: any destination address.
     pub dst: Option<Vec<IpNet>>,
     pub protocol: Protocol,
-    /// Inclusive destination port range (tcp/udp only).
-    pub ports: Option<(u16, u16)>,
+    /// Destination ports (tcp/udp only): inclusive intervals, sorted, merged
+    /// (no two overlap or touch), never empty.
+    pub ports: Option<Vec<(u16, u16)>>,
     pub icmp_type: Option<u8>,
     pub icmp_code: Option<u8>,
     /// The families this rule can match (never empty after validation).
@@ -135,20 +136,21 @@ impl Rule {
         if self.audit { egress_common::ACTION_AUDIT } else { self.action.code() }
     }
 
-    /// The 16-bit interval of the last lookup stage this rule covers: destination
-    /// ports for tcp/udp, `type << 8 | code` for ICMP, everything otherwise.
-    pub fn l4_range(&self) -> (u16, u16) {
-        if let Some(p) = self.ports {
-            return p;
+    /// The 16-bit intervals of the last lookup stage this rule covers
+    /// (sorted, disjoint): destination ports for tcp/udp, `type << 8 | code`
+    /// for ICMP, everything otherwise.
+    pub fn l4_ranges(&self) -> L4Ranges<'_> {
+        if let Some(p) = &self.ports {
+            return L4Ranges::Many(p);
         }
-        match (self.icmp_type, self.icmp_code) {
+        L4Ranges::One([match (self.icmp_type, self.icmp_code) {
             (Some(t), Some(c)) => {
                 let v = (t as u16) << 8 | c as u16;
                 (v, v)
             }
             (Some(t), None) => ((t as u16) << 8, (t as u16) << 8 | 0xff),
             _ => (0, u16::MAX),
-        }
+        }])
     }
 
     /// True when the rule constrains no L4 field, so it can match a packet whose
@@ -164,12 +166,9 @@ impl Rule {
             Some(v) => v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
         };
         let mut s = format!("{} {} -> {}", self.protocol.as_str(), nets(&self.src), nets(&self.dst));
-        if let Some((a, b)) = self.ports {
-            if a == b {
-                s.push_str(&format!(" dport {a}"));
-            } else {
-                s.push_str(&format!(" dport {a}-{b}"));
-            }
+        if let Some(p) = &self.ports {
+            s.push_str(" dport ");
+            s.push_str(&ports_text(p));
         }
         if let Some(t) = self.icmp_type {
             s.push_str(&format!(" type {t}"));
@@ -179,6 +178,27 @@ impl Rule {
         }
         s
     }
+}
+
+/// A rule's L4 intervals: one (no allocation) or its port list.
+pub enum L4Ranges<'a> {
+    One([(u16, u16); 1]),
+    Many(&'a [(u16, u16)]),
+}
+
+impl std::ops::Deref for L4Ranges<'_> {
+    type Target = [(u16, u16)];
+    fn deref(&self) -> &[(u16, u16)] {
+        match self {
+            L4Ranges::One(a) => a,
+            L4Ranges::Many(v) => v,
+        }
+    }
+}
+
+/// A port list as written back: `25`, `80,443,8000-8100`.
+pub fn ports_text(p: &[(u16, u16)]) -> String {
+    p.iter().map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect::<Vec<_>>().join(",")
 }
 
 /// A whole validated rule file.
@@ -286,15 +306,15 @@ ports = "1000-2000"
         assert_eq!(rs.default_policy, Action::Allow);
         assert_eq!(rs.rules.len(), 3);
         let r = &rs.rules[0];
-        assert_eq!((r.name.as_str(), r.action, r.ports, r.line), ("no-smtp", Action::Deny, Some((25, 25)), 2));
+        assert_eq!((r.name.as_str(), r.action, r.ports.clone(), r.line), ("no-smtp", Action::Deny, Some(vec![(25, 25)]), 2));
         assert_eq!(r.families, Families { v4: true, v6: false });
         let r = &rs.rules[1];
         assert_eq!((r.name.as_str(), r.action, r.icmp_type, r.icmp_code), ("rule-2", Action::Deny, Some(8), Some(0)));
         assert_eq!(r.families, Families { v4: true, v6: false });
-        assert_eq!(r.l4_range(), (0x0800, 0x0800));
+        assert_eq!(*r.l4_ranges(), [(0x0800, 0x0800)]);
         let r = &rs.rules[2];
         assert_eq!(r.families, Families { v4: false, v6: true });
-        assert_eq!(r.ports, Some((1000, 2000)));
+        assert_eq!(r.ports, Some(vec![(1000, 2000)]));
     }
 
     #[test]
@@ -399,8 +419,34 @@ ports = "1000-2000"
             "default_policy = \"deny\"\n[[rule]]\nprotocol = \"udp\"\nports = 53\n[[rule]]\nprotocol = \"tcp\"\nports = \"0-65535\"\n",
         )
         .unwrap();
-        assert_eq!(rs.rules[0].ports, Some((53, 53)));
-        assert_eq!(rs.rules[1].ports, Some((0, 65535)));
+        assert_eq!(rs.rules[0].ports, Some(vec![(53, 53)]));
+        assert_eq!(rs.rules[1].ports, Some(vec![(0, 65535)]));
+    }
+
+    #[test]
+    fn port_lists_merge_and_name_the_bad_entry() {
+        let ports = |v: &str| parse("p.toml", &format!("default_policy = \"deny\"\n[[rule]]\nprotocol = \"tcp\"\nports = {v}\n")).map(|rs| rs.rules[0].ports.clone().unwrap());
+        assert_eq!(ports("[80, 443, \"8000-8100\"]").unwrap(), vec![(80, 80), (443, 443), (8000, 8100)]);
+        assert_eq!(ports("\"80,443\"").unwrap(), vec![(80, 80), (443, 443)]);
+        assert_eq!(ports("\" 443 , 80 \"").unwrap(), vec![(80, 80), (443, 443)]);
+        // Overlapping and adjacent entries merge; order does not matter.
+        assert_eq!(ports("[\"8000-8100\", 8101, \"8050-8060\", 22, 21, 23]").unwrap(), vec![(21, 23), (8000, 8101)]);
+        assert_eq!(ports("[\"0-100\", \"101-65535\"]").unwrap(), vec![(0, 65535)]);
+        assert_eq!(ports("[\"80,81\", 82]").unwrap(), vec![(80, 82)]);
+        let e = |v: &str| ports(v).unwrap_err().problems[0].to_string();
+        assert_eq!(e("[80, 70000]"), "p.toml:4: rule 'rule-1', field 'ports': entry 2: 70000 is not a port number from 0 to 65535");
+        assert_eq!(e("[80, \"90-85\"]"), "p.toml:4: rule 'rule-1', field 'ports': entry 2: range '90-85' is empty: the first port is greater than the last");
+        assert_eq!(e("\"80,,443\""), "p.toml:4: rule 'rule-1', field 'ports': entry 2: empty entry (two commas in a row, or a comma at an end)");
+        assert_eq!(e("\"80,\""), "p.toml:4: rule 'rule-1', field 'ports': entry 2: empty entry (two commas in a row, or a comma at an end)");
+        assert_eq!(e("[]"), "p.toml:4: rule 'rule-1', field 'ports': an empty list matches no port; omit 'ports' to match every port");
+        assert!(e("[80, true]").contains("entry 2 must be a port (80)"), "{}", e("[80, true]"));
+        assert!(e("[80, -1]").ends_with("entry 2: -1 is not a port number from 0 to 65535"), "{}", e("[80, -1]"));
+        assert!(e("\"80,-1\"").ends_with("entry 2: '-1' is not a port number from 0 to 65535 or a range N-M"), "{}", e("\"80,-1\""));
+        assert!(e("\"80,x\"").ends_with("entry 2: 'x' is not a port number from 0 to 65535"), "{}", e("\"80,x\""));
+        // The summary writes the merged list back.
+        let rs = parse("p.toml", "default_policy = \"deny\"\n[[rule]]\nprotocol = \"tcp\"\nports = [443, 80, \"8000-8100\"]\n").unwrap();
+        assert_eq!(rs.rules[0].summary(), "tcp any -> any dport 80,443,8000-8100");
+        assert_eq!(rs.rules[0].l4_ranges().len(), 3);
     }
 
     #[test]

@@ -480,26 +480,87 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
-/// `ports`: "N", "N-M" (or a bare integer N).
-pub fn parse_ports(item: &Item) -> Result<(u16, u16), String> {
-    let port = |s: &str| -> Result<u16, String> {
-        s.trim().parse::<u16>().map_err(|_| format!("'{}' is not a port number from 0 to 65535", s.trim()))
-    };
-    if let Some(n) = item.as_integer() {
-        return u16::try_from(n).map(|p| (p, p)).map_err(|_| format!("{n} is not a port number from 0 to 65535"));
-    }
-    let Some(s) = item.as_str() else {
-        return Err(format!("must be a port \"N\" or a range \"N-M\", not {}", show(item)));
-    };
-    let (a, b) = match s.split_once('-') {
-        Some((a, b)) => (port(a)?, port(b)?),
-        None => {
-            let p = port(s)?;
-            (p, p)
+/// `ports`: a port `N` (integer or string), a range `"N-M"`, a comma string
+/// `"80,443,8000-8100"`, or a list of numbers and such strings. Returns the
+/// intervals sorted and merged (overlapping or adjacent entries become one).
+/// An entry that is out of range, empty or reversed is an error naming its
+/// position in the list.
+pub fn parse_ports(item: &Item) -> Result<Vec<(u16, u16)>, String> {
+    const WHAT: &str = "a port (80), a range (\"8000-8100\"), a comma list (\"80,443\") or a list ([80, 443, \"8000-8100\"])";
+    // Entries as (text, position in the list when there is one).
+    let mut entries: Vec<(String, Option<usize>)> = Vec::new();
+    let mut one = |v: &Value, pos: Option<usize>| -> Result<(), String> {
+        if let Some(n) = v.as_integer() {
+            if u16::try_from(n).is_err() {
+                let at = pos.map(|p| format!("entry {p}: ")).unwrap_or_default();
+                return Err(format!("{at}{n} is not a port number from 0 to 65535"));
+            }
+            entries.push((n.to_string(), pos));
+            return Ok(());
         }
+        let Some(s) = v.as_str() else {
+            let at = pos.map(|p| format!("entry {p} ")).unwrap_or_default();
+            return Err(format!("{at}must be {WHAT}, not {} `{}`", v.type_name(), v.to_string().trim()));
+        };
+        entries.extend(s.split(',').map(|t| (t.to_string(), pos)));
+        Ok(())
     };
-    if a > b {
-        return Err(format!("range '{s}' is empty: the first port is greater than the last"));
+    match item.as_value() {
+        Some(Value::Array(a)) => {
+            if a.is_empty() {
+                return Err("an empty list matches no port; omit 'ports' to match every port".into());
+            }
+            for (k, v) in a.iter().enumerate() {
+                one(v, Some(k + 1))?;
+            }
+        }
+        Some(v) => one(v, None)?,
+        None => return Err(format!("must be {WHAT}, not {}", show(item))),
     }
-    Ok((a, b))
+    // A comma string's pieces are numbered on their own when the string is the
+    // whole value; inside a list, the list position names them.
+    let numbered = entries.len() > 1;
+    let mut out = Vec::with_capacity(entries.len());
+    for (k, (text, pos)) in entries.iter().enumerate() {
+        let at = match pos {
+            Some(p) => format!("entry {p}: "),
+            None if numbered => format!("entry {}: ", k + 1),
+            None => String::new(),
+        };
+        let t = text.trim();
+        if t.is_empty() {
+            return Err(format!("{at}empty entry (two commas in a row, or a comma at an end)"));
+        }
+        let port = |s: &str| -> Result<u16, String> {
+            s.trim().parse::<u16>().map_err(|_| format!("{at}'{}' is not a port number from 0 to 65535", s.trim()))
+        };
+        let (a, b) = match t.split_once('-') {
+            Some((a, b)) if a.trim().is_empty() || b.trim().is_empty() => {
+                return Err(format!("{at}'{t}' is not a port number from 0 to 65535 or a range N-M"));
+            }
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => {
+                let p = port(t)?;
+                (p, p)
+            }
+        };
+        if a > b {
+            return Err(format!("{at}range '{t}' is empty: the first port is greater than the last"));
+        }
+        out.push((a, b));
+    }
+    Ok(merge_intervals(out))
+}
+
+/// Sorts intervals and merges the ones that overlap or touch.
+pub fn merge_intervals(mut v: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+    v.sort_unstable();
+    let mut out: Vec<(u16, u16)> = Vec::with_capacity(v.len());
+    for (a, b) in v {
+        match out.last_mut() {
+            Some(last) if a as u32 <= last.1 as u32 + 1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
 }

@@ -30,8 +30,14 @@ pub fn iptables_restore(rs: &rules::RuleSet, v6: bool) -> String {
             Protocol::Tcp | Protocol::Udp => {
                 let p = if r.protocol == Protocol::Tcp { "tcp" } else { "udp" };
                 m.push_str(&format!(" -p {p}"));
-                if let Some((a, b)) = r.ports {
-                    m.push_str(&format!(" --dport {a}:{b}"));
+                match r.ports.as_deref() {
+                    Some([(a, b)]) => m.push_str(&format!(" --dport {a}:{b}")),
+                    // A port list: multiport (at most 15 ports, a range counting two).
+                    Some(list) => {
+                        let l: Vec<String> = list.iter().map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}:{b}") }).collect();
+                        m.push_str(&format!(" -m multiport --dports {}", l.join(",")));
+                    }
+                    None => {}
                 }
             }
             Protocol::Icmp | Protocol::Icmpv6 => {
@@ -92,9 +98,13 @@ pub fn nft_linear(rs: &rules::RuleSet) -> String {
                 Protocol::All => {}
                 Protocol::Tcp | Protocol::Udp => {
                     let p = if r.protocol == Protocol::Tcp { "tcp" } else { "udp" };
-                    match r.ports {
-                        Some((a, b)) if a == b => line.push_str(&format!(" {p} dport {a}")),
-                        Some((a, b)) => line.push_str(&format!(" {p} dport {a}-{b}")),
+                    match r.ports.as_deref() {
+                        Some([(a, b)]) if a == b => line.push_str(&format!(" {p} dport {a}")),
+                        Some([(a, b)]) => line.push_str(&format!(" {p} dport {a}-{b}")),
+                        Some(list) => {
+                            let l: Vec<String> = list.iter().map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
+                            line.push_str(&format!(" {p} dport {{ {} }}", l.join(", ")));
+                        }
                         None => line.push_str(&format!(" meta l4proto {p}")),
                     }
                 }
