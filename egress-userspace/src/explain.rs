@@ -107,28 +107,66 @@ pub struct Answer {
     pub audit: bool,
     /// "rule", "default" or "established".
     pub decided_by: &'static str,
+    /// The set entries the packet's addresses matched (a rule naming sets).
+    pub sets: Vec<SetMatch>,
+}
+
+/// Where a packet's address met a set: `src` or `dst`, the set, the entry and
+/// the entry's origin (`blocklist.netset:12`, `country KP`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetMatch {
+    pub field: &'static str,
+    pub set: String,
+    pub entry: ipnet::IpNet,
+    pub origin: String,
+}
+
+/// The set entries that hold the packet's addresses, for a rule naming sets: a
+/// field matched by one of the rule's own CIDRs names no set.
+fn set_matches(rs: &RuleSet, r: &crate::rules::Rule, m: &PacketMeta) -> Vec<SetMatch> {
+    let mut out = Vec::new();
+    for (field, nets, own, names, addr) in
+        [("src", &r.src, r.sets.src_own, &r.sets.src, m.src), ("dst", &r.dst, r.sets.dst_own, &r.sets.dst, m.dst)]
+    {
+        if names.is_empty() || nets.as_ref().is_some_and(|v| v[..own].iter().any(|n| n.contains(&addr))) {
+            continue;
+        }
+        if let Some((set, (entry, origin))) = names.iter().find_map(|n| rs.set(n).and_then(|s| s.entry_of(addr).map(|e| (n, e)))) {
+            out.push(SetMatch { field, set: set.clone(), entry, origin });
+        }
+    }
+    out
 }
 
 impl Answer {
-    fn of_slot(rs: &RuleSet, slot: u32, action: Action, audit: bool) -> Answer {
+    fn of_slot(rs: &RuleSet, slot: u32, action: Action, audit: bool, m: &PacketMeta) -> Answer {
         match slot.checked_sub(1).and_then(|i| rs.rules.get(i as usize)) {
-            Some(r) => Answer { rule: Some((r.name.clone(), r.line)), action, audit, decided_by: "rule" },
-            None => Answer { rule: None, action, audit, decided_by: "default" },
+            Some(r) => Answer { rule: Some((r.name.clone(), r.line)), action, audit, decided_by: "rule", sets: set_matches(rs, r, m) },
+            None => Answer { rule: None, action, audit, decided_by: "default", sets: Vec::new() },
         }
     }
 
     pub fn json(&self) -> Value {
+        let sets: Vec<Value> = self
+            .sets
+            .iter()
+            .map(|s| json!({"field": s.field, "set": s.set, "entry": s.entry.to_string(), "origin": s.origin}))
+            .collect();
         json!({"rule": self.rule.as_ref().map(|r| &r.0), "line": self.rule.as_ref().map(|r| r.1),
-               "action": self.action.as_str(), "audit": self.audit, "decided_by": self.decided_by})
+               "action": self.action.as_str(), "audit": self.audit, "decided_by": self.decided_by, "sets": sets})
     }
 
     pub fn text(&self) -> String {
         let action = if self.audit { "deny (audit: counted, the packet passes)" } else { self.action.as_str() };
-        match (&self.rule, self.decided_by) {
+        let mut t = match (&self.rule, self.decided_by) {
             (_, "established") => format!("{} (part of a live connection: ESTABLISHED, no rule consulted)", self.action.as_str()),
             (Some((name, line)), _) => format!("{action} by rule '{name}' (line {line})"),
             (None, _) => format!("{action} by the default policy"),
+        };
+        for s in &self.sets {
+            t.push_str(&format!(", {} in @{} entry {} ({})", s.field, s.set, s.entry, s.origin));
         }
+        t
     }
 }
 
@@ -139,7 +177,7 @@ pub fn reference(rs: &RuleSet, m: &PacketMeta) -> Answer {
         Some(r) => r.audit,
         None => rs.default_code() == egress_common::ACTION_AUDIT,
     };
-    Answer::of_slot(rs, slot, action, audit)
+    Answer::of_slot(rs, slot, action, audit, m)
 }
 
 /// A live explanation: the kernel's answer, the reference's, and where.
@@ -173,19 +211,24 @@ pub fn live(t: &Target, q: &Query, m: &PacketMeta) -> anyhow::Result<Live> {
     }
     let text =
         crate::input::read_text(path, "rule file").map_err(|e| anyhow::anyhow!("{e} (the applied rule file, for the reference answer)"))?;
-    if crate::digest(text.as_bytes()) != st.digest {
-        anyhow::bail!(
-            "{} changed since it was applied (generation {}): the reference answer needs the applied file; apply it again, or use `explain --rules`",
+    let changed = || {
+        anyhow::anyhow!(
+            "{} (or a set file it names) changed since it was applied (generation {}): the reference answer needs the applied files; apply them again, or use `explain --rules`",
             st.rules_file,
             st.generation
-        );
+        )
+    };
+    let loader = crate::input::FsLoader::for_rules(path);
+    let rs = crate::rules::parse_with(&st.rules_file, &text, &loader).map_err(|e| if crate::digest(text.as_bytes()) != st.digest { changed() } else { anyhow::anyhow!("{e}") })?;
+    let read: Vec<(std::path::PathBuf, String)> = loader.inputs().into_iter().filter_map(|(p, d)| Some((p, d?))).collect();
+    if crate::input::inputs_digest(&crate::digest(text.as_bytes()), &read) != st.digest {
+        return Err(changed());
     }
-    let rs = crate::rules::parse(&st.rules_file, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let action = if d.deny { Action::Deny } else { Action::Allow };
     let kernel = if d.established {
-        Answer { rule: None, action: Action::Allow, audit: false, decided_by: "established" }
+        Answer { rule: None, action: Action::Allow, audit: false, decided_by: "established", sets: Vec::new() }
     } else {
-        Answer::of_slot(&rs, d.slot, action, d.audit)
+        Answer::of_slot(&rs, d.slot, action, d.audit, m)
     };
     Ok(Live { kernel, reference: reference(&rs, m), generation: st.generation, rules_file: st.rules_file })
 }

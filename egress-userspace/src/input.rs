@@ -186,6 +186,79 @@ fn read_with_cap(path: &Path, what: &str, cap: u64) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
+/// The least cap for a GeoIP database (a City database is ~70 MB, larger than
+/// any rule file should be).
+const MIN_DATABASE_CAP: u64 = 512 << 20;
+
+/// Reads the files a rule file names (`[[set]]` files, the `[geoip]`
+/// database): a relative path is relative to the rule file's folder. Each is
+/// read with the size cap and, as root, the owner check of rule files; what was
+/// read is recorded (path, digest of its bytes) for the digest of everything a
+/// rule set was built from, and for `egress run` to watch.
+pub struct FsLoader {
+    base: std::path::PathBuf,
+    /// Each file tried: its path and, once read, the digest of its bytes.
+    read: std::sync::Mutex<Vec<(std::path::PathBuf, Option<String>)>>,
+}
+
+impl FsLoader {
+    /// For the rule file at `rules` (a pipe or device: relative to the working folder).
+    pub fn for_rules(rules: &Path) -> FsLoader {
+        let base = match fs::metadata(rules) {
+            Ok(m) if m.is_file() => rules.parent().map(Path::to_path_buf).unwrap_or_default(),
+            _ => std::path::PathBuf::new(),
+        };
+        FsLoader { base, read: Default::default() }
+    }
+
+    fn path(&self, p: &str) -> std::path::PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() || self.base.as_os_str().is_empty() { p.to_path_buf() } else { self.base.join(p) }
+    }
+
+    fn record(&self, path: &Path, bytes: Option<&[u8]>) {
+        if let Ok(mut r) = self.read.lock() {
+            r.push((path.to_path_buf(), bytes.map(crate::digest)));
+        }
+    }
+
+    /// The files tried, in order, with the digests of the bytes read (None:
+    /// it could not be read).
+    pub fn inputs(&self) -> Vec<(std::path::PathBuf, Option<String>)> {
+        self.read.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+impl crate::sets::Loader for FsLoader {
+    fn set_file(&self, path: &str) -> Result<(String, String), String> {
+        let p = self.path(path);
+        let bytes = read_capped(&p, "set file");
+        self.record(&p, bytes.as_deref().ok());
+        let bytes = bytes?;
+        Ok((p.display().to_string(), text_of(&p, bytes)?))
+    }
+    fn database(&self, path: &str) -> Result<(String, Vec<u8>), String> {
+        let p = self.path(path);
+        let bytes = read_with_cap(&p, "GeoIP database", max_file_size().max(MIN_DATABASE_CAP));
+        self.record(&p, bytes.as_deref().ok());
+        let bytes = bytes?;
+        Ok((p.display().to_string(), bytes))
+    }
+}
+
+/// The digest of a rule set's inputs: the rule file's alone when it names no
+/// other file (as before sets existed), else over it and each file it read.
+pub fn inputs_digest(rules: &str, inputs: &[(std::path::PathBuf, String)]) -> String {
+    if inputs.is_empty() {
+        return rules.to_string();
+    }
+    let mut all = format!("rules {rules}\n");
+    for (p, d) in inputs {
+        all.push_str(&format!("{} {d}\n", p.display()));
+    }
+    crate::digest(all.as_bytes())
+}
+
 /// Replaces `path` with `bytes` through a temporary file beside it (`.NAME.tmp`)
 /// renamed over it: a reader sees the old file or the new one, never half of
 /// one. `mode`: the new file's permissions (0o600 for egress's own state);

@@ -15,6 +15,7 @@ pub mod reload;
 pub mod rules;
 pub mod ruleset_gen;
 pub mod service;
+pub mod sets;
 
 /// SHA-256 of a rule file's bytes, as "sha256:HEX".
 pub fn digest(bytes: &[u8]) -> String {

@@ -180,7 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let text = egress::input::read_text(&rules, "rule file").map_err(|e| anyhow::Error::new(InputError(e)))?;
             if json {
                 // Problems as JSON too, for CI pipelines; still exit 2.
-                if let Err(e) = egress::rules::parse(&rules.display().to_string(), &text) {
+                if let Err(e) = egress::rules::parse_with(&rules.display().to_string(), &text, &egress::input::FsLoader::for_rules(&rules)) {
                     println!("{}", json!({"file": rules.display().to_string(), "valid": false, "problems": e.problems}));
                     return Err(anyhow::Error::new(InputError(e.to_string())));
                 }
@@ -201,7 +201,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "{}",
                     json!({"file": p.file, "valid": true, "rules": p.rules.rules.len(),
                            "default": p.rules.default_policy.as_str(), "stateful": p.rules.state.is_some(), "state": p.rules.state,
-                           "digest": p.digest, "map_entries": counts, "warnings": p.warnings})
+                           "digest": p.digest, "map_entries": counts, "warnings": p.warnings,
+                           "sets": p.rules.sets.iter().map(|s| s.json()).collect::<Vec<_>>()})
                 );
                 if strict {
                     p.strict().map_err(input)?;
@@ -221,6 +222,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     p.rules.default_policy.as_str(),
                     reload::entries(&p.compiled)
                 );
+                for s in &p.rules.sets {
+                    println!("  {}", s.summary());
+                }
             }
         }
         Command::Apply { iface, hook, rules, cloudstack, cs, flow_cache, json, strict, events_rate, debug } => {

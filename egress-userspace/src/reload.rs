@@ -33,7 +33,10 @@ pub struct Prepared {
     pub canonical: String,
     pub rules: RuleSet,
     pub compiled: Compiled,
+    /// Of the rule file and every file it names (`input::inputs_digest`).
     pub digest: String,
+    /// The files the rule file names (sets, the GeoIP database), as read.
+    pub inputs: Vec<std::path::PathBuf>,
     /// The linter's warnings (lint.rs), in file order.
     pub warnings: Vec<crate::lint::Warning>,
 }
@@ -55,19 +58,37 @@ impl Prepared {
 
 /// Reads, validates and compiles a rule file.
 pub fn prepare(path: &Path) -> Result<Prepared, ReloadError> {
-    let text = crate::input::read_text(path, "rule file").map_err(ReloadError::Input)?;
-    prepare_text(path, &text)
+    prepare_tracked(path).0
+}
+
+/// [`prepare`], and the files the rule file named (sets, the GeoIP database),
+/// also when it failed: `egress run` watches them.
+pub fn prepare_tracked(path: &Path) -> (Result<Prepared, ReloadError>, Vec<std::path::PathBuf>) {
+    let text = match crate::input::read_text(path, "rule file") {
+        Ok(t) => t,
+        Err(e) => return (Err(ReloadError::Input(e)), Vec::new()),
+    };
+    let loader = crate::input::FsLoader::for_rules(path);
+    let p = prepare_loaded(path, &text, &loader);
+    (p, loader.inputs().into_iter().map(|(p, _)| p).collect())
 }
 
 /// [`prepare`] on a rule file's text already read (a pipe can be read once).
 pub fn prepare_text(path: &Path, text: &str) -> Result<Prepared, ReloadError> {
+    prepare_loaded(path, text, &crate::input::FsLoader::for_rules(path))
+}
+
+fn prepare_loaded(path: &Path, text: &str, loader: &crate::input::FsLoader) -> Result<Prepared, ReloadError> {
     let shown = path.display().to_string();
     let bytes = text.as_bytes();
-    let rs = rules::parse(&shown, text).map_err(|e| ReloadError::Input(e.to_string()))?;
+    let rs = rules::parse_with(&shown, text, loader).map_err(|e| ReloadError::Input(e.to_string()))?;
     let compiled = compile::compile(&rs).map_err(|e| ReloadError::Input(format!("{shown}: {e}")))?;
     let canonical = fs::canonicalize(path).map(|p| p.display().to_string()).unwrap_or_else(|_| shown.clone());
     let warnings = crate::lint::lint(&rs, crate::lint::default_policy_line(text));
-    Ok(Prepared { file: shown, canonical, rules: rs, compiled, digest: crate::digest(bytes), warnings })
+    let read: Vec<(std::path::PathBuf, String)> = loader.inputs().into_iter().filter_map(|(p, d)| Some((p, d?))).collect();
+    let digest = crate::input::inputs_digest(&crate::digest(bytes), &read);
+    let inputs = read.into_iter().map(|(p, _)| p).collect();
+    Ok(Prepared { file: shown, canonical, rules: rs, compiled, digest, inputs, warnings })
 }
 
 /// Applies a prepared rule set to an interface (attach, or replace atomically).
@@ -154,6 +175,9 @@ pub fn applied_text(a: &Applied, p: &Prepared) -> String {
             ));
         }
     }
+    for s in &p.rules.sets {
+        out.push_str(&format!("  set             @{} {} entries ({})\n", s.name, s.entries.len(), s.describe()));
+    }
     out.push_str(&format!("  map entries     {}\n", entries(&p.compiled)));
     out.push_str(&format!("  digest          {}\n", st.digest));
     if st.netns != "host" {
@@ -176,4 +200,12 @@ pub fn entries(c: &Compiled) -> String {
 /// lets a watcher skip files whose content did not change without compiling them.
 pub fn file_digest(path: &Path) -> Option<String> {
     fs::read(path).ok().map(|b| crate::digest(&b))
+}
+
+/// The digest a rule set prepared from `rules` would have now, if it still
+/// names the files `inputs` (those of the last prepare): equal to the enforced
+/// digest when nothing it was built from changed. None when a file cannot be read.
+pub fn inputs_digest_now(rules: &Path, inputs: &[std::path::PathBuf]) -> Option<String> {
+    let read: Option<Vec<(std::path::PathBuf, String)>> = inputs.iter().map(|p| file_digest(p).map(|d| (p.clone(), d))).collect();
+    Some(crate::input::inputs_digest(&file_digest(rules)?, &read?))
 }

@@ -8,6 +8,7 @@ use toml_edit::{ImDocument, Item};
 use super::{
     Action, Rule, RuleSet,
     parse::{Ctx, parse_rule},
+    sets::{SetTable, is_sets_key, parse_sets},
     state::{is_state_key, parse_state},
 };
 
@@ -20,7 +21,13 @@ type Chunk = (usize, Vec<Rule>, HashSet<String>);
 /// The chunked parse of a valid large file; `None`: use the one-piece parse.
 /// `headers`: the byte offsets of the `[[rule]]` header lines (already within
 /// the rule-count limit).
-pub(super) fn parse_chunked(file: &str, text: &str, starts: &[usize], headers: &[usize]) -> Option<RuleSet> {
+pub(super) fn parse_chunked(
+    file: &str,
+    text: &str,
+    starts: &[usize],
+    headers: &[usize],
+    loader: &dyn crate::sets::Loader,
+) -> Option<RuleSet> {
     // Multi-line strings could hide a header line; such files take the safe path.
     if text.contains("\"\"\"") || text.contains("'''") {
         return None;
@@ -30,12 +37,13 @@ pub(super) fn parse_chunked(file: &str, text: &str, starts: &[usize], headers: &
     }
     // The preamble: default_policy and the stateful-mode keys, nothing else.
     let pre = ImDocument::parse(&text[..headers[0]]).ok()?;
-    if pre.as_table().iter().any(|(k, _)| k != "default_policy" && k != "mode" && k != "events" && !is_state_key(k)) {
+    if pre.as_table().iter().any(|(k, _)| k != "default_policy" && k != "mode" && k != "events" && !is_state_key(k) && !is_sets_key(k)) {
         return None;
     }
     let mut pcx = Ctx { file, line_starts: starts, offset: 0, problems: Vec::new() };
     let state = parse_state(&mut pcx, pre.as_table());
     let events = super::events::parse_events(&mut pcx, pre.as_table());
+    let sets = parse_sets(&mut pcx, pre.as_table(), loader);
     let audit = match pre.get("mode") {
         None => false,
         Some(item) => super::parse::parse_mode(&mut pcx, item, None, None)?,
@@ -59,8 +67,9 @@ pub(super) fn parse_chunked(file: &str, text: &str, starts: &[usize], headers: &
         let handles: Vec<_> = (0..workers)
             .map(|w| {
                 let mine: Vec<(usize, Range<usize>)> = chunks.iter().skip(w).step_by(workers).cloned().collect();
+                let sets = &sets;
                 sc.spawn(move || -> Option<Vec<Chunk>> {
-                    mine.into_iter().map(|(first, range)| parse_chunk(file, text, starts, first, range, default_policy, audit)).collect()
+                    mine.into_iter().map(|(first, range)| parse_chunk(file, text, starts, first, range, default_policy, audit, sets)).collect()
                 })
             })
             .collect();
@@ -79,10 +88,11 @@ pub(super) fn parse_chunked(file: &str, text: &str, starts: &[usize], headers: &
         }
         rules.extend(part);
     }
-    (rules.len() == headers.len()).then_some(RuleSet { default_policy, audit, rules, state, events })
+    (rules.len() == headers.len()).then_some(RuleSet { default_policy, audit, rules, state, events, sets: sets.sets })
 }
 
 /// One chunk: exactly its `[[rule]]` tables, every one valid.
+#[allow(clippy::too_many_arguments)]
 fn parse_chunk(
     file: &str,
     text: &str,
@@ -91,6 +101,7 @@ fn parse_chunk(
     range: Range<usize>,
     default_policy: Action,
     audit: bool,
+    sets: &SetTable,
 ) -> Option<Chunk> {
     let doc = ImDocument::parse(&text[range.clone()]).ok()?;
     let root = doc.as_table();
@@ -103,7 +114,7 @@ fn parse_chunk(
     let mut rules = Vec::with_capacity(a.len());
     for (i, t) in a.iter().enumerate() {
         let index = (first + i) as u32 + 1;
-        rules.push(parse_rule(&mut cx, t, t.span(), index, Some(default_policy), audit, &mut names)?);
+        rules.push(parse_rule(&mut cx, t, t.span(), index, Some(default_policy), audit, &mut names, sets)?);
     }
     cx.problems.is_empty().then_some((first, rules, names))
 }

@@ -10,6 +10,7 @@
 mod chunked;
 mod events;
 mod parse;
+mod sets;
 mod state;
 pub(crate) mod toml_diag;
 
@@ -18,7 +19,7 @@ use std::fmt;
 use ipnet::IpNet;
 
 pub use events::EventsConfig;
-pub use parse::{MAX_NAME_LEN, parse, parse_cidr, parse_ports};
+pub use parse::{MAX_NAME_LEN, merge_intervals, parse, parse_cidr, parse_ports, parse_with};
 pub use state::StateConfig;
 
 /// What a rule does with a packet it matches.
@@ -128,6 +129,19 @@ pub struct Rule {
     /// A deny rule in audit mode (`mode = "audit"`, its own or the file's):
     /// counted as a deny, but the packet passes.
     pub audit: bool,
+    /// The sets `src` and `dst` name (`@name`): their entries follow the
+    /// rule's own CIDRs in `src`/`dst`.
+    pub sets: SetRefs,
+}
+
+/// A rule's `@name` references. `src`/`dst` hold the rule's own CIDRs first
+/// (`src_own` / `dst_own` of them), then the named sets' entries, merged.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SetRefs {
+    pub src: Vec<String>,
+    pub dst: Vec<String>,
+    pub src_own: usize,
+    pub dst_own: usize,
 }
 
 impl Rule {
@@ -159,13 +173,17 @@ impl Rule {
         self.ports.is_none() && self.icmp_type.is_none()
     }
 
-    /// A one-line match summary, like the middle columns of `iptables -L`.
+    /// A one-line match summary, like the middle columns of `iptables -L`; a
+    /// set is shown by its name (`@blocklist`), not its entries, so a changed
+    /// set file keeps the rule's identity (and its counters).
     pub fn summary(&self) -> String {
-        let nets = |n: &Option<Vec<IpNet>>| match n {
+        let nets = |n: &Option<Vec<IpNet>>, own: usize, sets: &[String]| match n {
             None => "any".to_string(),
-            Some(v) => v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
+            Some(v) if sets.is_empty() => v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
+            Some(v) => v[..own].iter().map(|n| n.to_string()).chain(sets.iter().map(|s| format!("@{s}"))).collect::<Vec<_>>().join(","),
         };
-        let mut s = format!("{} {} -> {}", self.protocol.as_str(), nets(&self.src), nets(&self.dst));
+        let (src, dst) = (nets(&self.src, self.sets.src_own, &self.sets.src), nets(&self.dst, self.sets.dst_own, &self.sets.dst));
+        let mut s = format!("{} {src} -> {dst}", self.protocol.as_str());
         if let Some(p) = &self.ports {
             s.push_str(" dport ");
             s.push_str(&ports_text(p));
@@ -213,9 +231,16 @@ pub struct RuleSet {
     pub state: Option<StateConfig>,
     /// `[events]`: the deny events' rate limit per rule.
     pub events: EventsConfig,
+    /// The `[[set]]`s, in file order.
+    pub sets: Vec<crate::sets::Set>,
 }
 
 impl RuleSet {
+    /// The set named `name`.
+    pub fn set(&self, name: &str) -> Option<&crate::sets::Set> {
+        self.sets.iter().find(|s| s.name == name)
+    }
+
     /// The default policy as the program stores it (audit included).
     pub fn default_code(&self) -> u32 {
         if self.audit && self.default_policy == Action::Deny { egress_common::ACTION_AUDIT } else { self.default_policy.code() }
@@ -348,7 +373,7 @@ ports = "1000-2000"
         assert_eq!(e.len(), 2);
         assert_eq!(
             e[0],
-            "r.toml:2: field 'verbose': unknown key 'verbose' (known keys: default_policy, mode, stateful, state, events, rule)"
+            "r.toml:2: field 'verbose': unknown key 'verbose' (known keys: default_policy, mode, stateful, state, events, geoip, set, rule)"
         );
         assert_eq!(e[1], "r.toml:4: rule 'rule-1', field 'protcol': unknown key 'protcol' (did you mean 'protocol'?)");
     }
@@ -487,14 +512,14 @@ ports = "1000-2000"
         let text = crate::ruleset_gen::realistic(3 * CHUNK_RULES + 17, 100, 3);
         let starts = line_starts(&text);
         let max = egress_common::MAX_RULES as usize;
-        let chunked = parse_chunked("big.toml", &text, &starts, &rule_headers(&text, &starts))
+        let chunked = parse_chunked("big.toml", &text, &starts, &rule_headers(&text, &starts), &crate::sets::NoFiles)
             .expect("a plain generated file takes the chunked path");
-        assert_eq!(chunked, parse_whole("big.toml", &text, &starts, max).unwrap());
+        assert_eq!(chunked, parse_whole("big.toml", &text, &starts, max, &crate::sets::NoFiles).unwrap());
         // The file-wide audit mode reaches every chunk.
         let audit = format!("mode = \"audit\"\n{text}");
         let starts_a = line_starts(&audit);
-        let chunked = parse_chunked("big.toml", &audit, &starts_a, &rule_headers(&audit, &starts_a)).expect("chunked with mode");
-        assert_eq!(chunked, parse_whole("big.toml", &audit, &starts_a, max).unwrap());
+        let chunked = parse_chunked("big.toml", &audit, &starts_a, &rule_headers(&audit, &starts_a), &crate::sets::NoFiles).expect("chunked with mode");
+        assert_eq!(chunked, parse_whole("big.toml", &audit, &starts_a, max, &crate::sets::NoFiles).unwrap());
         assert!(chunked.audit && chunked.rules.iter().any(|r| r.audit));
         // A problem in a late chunk: the one-piece parse reports it, with its line.
         let bad = text.replacen("protocol = \"udp\"\nports = \"10099\"", "protocol = \"udp\"\nports = \"99999\"", 1);
@@ -519,18 +544,18 @@ ports = "1000-2000"
         let limit = 3 * CHUNK_RULES;
         let first_over = text.match_indices("[[rule]]").nth(limit).map(|(i, _)| i).unwrap();
         let line = text[..first_over].lines().count() + 1;
-        let Err(pre) = parse_limited("big.toml", &text, limit) else { panic!("over the limit must be refused") };
-        let Err(whole) = parse_whole("big.toml", &text, &starts, limit) else { panic!("over the limit must be refused") };
+        let Err(pre) = parse_limited("big.toml", &text, limit, &crate::sets::NoFiles) else { panic!("over the limit must be refused") };
+        let Err(whole) = parse_whole("big.toml", &text, &starts, limit, &crate::sets::NoFiles) else { panic!("over the limit must be refused") };
         assert_eq!(pre.to_string(), whole.to_string());
         assert_eq!(pre.problems.len(), 1, "{pre}");
         assert_eq!(pre.problems[0].line, line);
         let msg = format!("{n} rules, more than the {limit} a rule file may hold (this is rule {})", limit + 1);
         assert_eq!(pre.problems[0].message, msg);
         // At the limit: accepted by both paths, equal.
-        assert_eq!(parse_limited("big.toml", &text, n).unwrap(), parse_whole("big.toml", &text, &starts, n).unwrap());
+        assert_eq!(parse_limited("big.toml", &text, n, &crate::sets::NoFiles).unwrap(), parse_whole("big.toml", &text, &starts, n, &crate::sets::NoFiles).unwrap());
         // Inline rule tables (no header lines) meet the one-piece parse's count.
         let inline = "default_policy = \"allow\"\nrule = [{ name = \"a\" , action = \"deny\" }, { name = \"b\", action = \"deny\" }]\n";
-        let Err(e) = parse_limited("i.toml", inline, 1) else { panic!("two inline rules over a limit of one") };
+        let Err(e) = parse_limited("i.toml", inline, 1, &crate::sets::NoFiles) else { panic!("two inline rules over a limit of one") };
         assert!(e.to_string().contains("i.toml:2: field 'rule': 2 rules, more than the 1 a rule file may hold (this is rule 2)"), "{e}");
         // The real limit, on a file past it: refused without parsing.
         let mut big = String::from("default_policy = \"allow\"\n");

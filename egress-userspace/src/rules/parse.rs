@@ -7,13 +7,14 @@ use ipnet::IpNet;
 use toml_edit::{ImDocument, Item, Key, TableLike, Value};
 
 use super::{
-    Action, Families, Problem, Protocol, Rule, RuleFileError, RuleSet,
+    Action, Families, Problem, Protocol, Rule, RuleFileError, RuleSet, SetRefs,
     chunked::parse_chunked,
+    sets::{SetTable, parse_sets},
     state::parse_state,
     toml_diag::{item_span, line_starts, suggest},
 };
 
-const TOP_KEYS: [&str; 6] = ["default_policy", "mode", "stateful", "state", "events", "rule"];
+const TOP_KEYS: [&str; 8] = ["default_policy", "mode", "stateful", "state", "events", "geoip", "set", "rule"];
 const RULE_KEYS: [&str; 9] = ["name", "action", "mode", "src", "dst", "protocol", "ports", "icmp_type", "icmp_code"];
 
 /// A `mode` value: Some(true) audit, Some(false) enforce, None when invalid
@@ -76,15 +77,24 @@ impl Ctx<'_> {
 /// Whenever anything about the chunks is not plainly right, the whole file is
 /// parsed in one piece instead, so results and messages are always those of the
 /// one-piece parse.
+///
+/// A set with a file or countries is an error here (no files are read): see
+/// [`parse_with`].
 pub fn parse(file: &str, text: &str) -> Result<RuleSet, RuleFileError> {
-    parse_limited(file, text, egress_common::MAX_RULES as usize)
+    parse_with(file, text, &crate::sets::NoFiles)
+}
+
+/// [`parse`], reading the files of `[[set]]`s and the `[geoip]` database
+/// through `loader` (the parser itself does no I/O).
+pub fn parse_with(file: &str, text: &str, loader: &dyn crate::sets::Loader) -> Result<RuleSet, RuleFileError> {
+    parse_limited(file, text, egress_common::MAX_RULES as usize, loader)
 }
 
 /// [`parse`] with a rule-count limit of `max_rules` (tests use small ones). A
 /// file with more `[[rule]]` header lines than that is refused before any TOML
 /// is parsed (a document tree costs about 3 KB a rule), with the message both
 /// parsers give for it.
-pub(super) fn parse_limited(file: &str, text: &str, max_rules: usize) -> Result<RuleSet, RuleFileError> {
+pub(super) fn parse_limited(file: &str, text: &str, max_rules: usize, loader: &dyn crate::sets::Loader) -> Result<RuleSet, RuleFileError> {
     let starts = line_starts(text);
     let headers = rule_headers(text, &starts);
     if let Some(&first_over) = headers.get(max_rules) {
@@ -92,10 +102,10 @@ pub(super) fn parse_limited(file: &str, text: &str, max_rules: usize) -> Result<
         too_many_rules(&mut cx, Some(first_over..first_over + 1), headers.len(), max_rules);
         return Err(RuleFileError { problems: cx.problems });
     }
-    if let Some(rs) = parse_chunked(file, text, &starts, &headers) {
+    if let Some(rs) = parse_chunked(file, text, &starts, &headers, loader) {
         return Ok(rs);
     }
-    parse_whole(file, text, &starts, max_rules)
+    parse_whole(file, text, &starts, max_rules, loader)
 }
 
 /// Byte offsets of the `[[rule]]` header lines.
@@ -113,7 +123,13 @@ fn too_many_rules(cx: &mut Ctx<'_>, span: Option<Range<usize>>, count: usize, ma
     );
 }
 
-pub(super) fn parse_whole(file: &str, text: &str, starts: &[usize], max_rules: usize) -> Result<RuleSet, RuleFileError> {
+pub(super) fn parse_whole(
+    file: &str,
+    text: &str,
+    starts: &[usize],
+    max_rules: usize,
+    loader: &dyn crate::sets::Loader,
+) -> Result<RuleSet, RuleFileError> {
     let mut cx = Ctx { file, line_starts: starts, offset: 0, problems: Vec::new() };
     let doc = match ImDocument::parse(text) {
         Ok(d) => d,
@@ -153,6 +169,7 @@ pub(super) fn parse_whole(file: &str, text: &str, starts: &[usize], max_rules: u
 
     let state = parse_state(&mut cx, root);
     let events = super::events::parse_events(&mut cx, root);
+    let sets = parse_sets(&mut cx, root, loader);
     let audit = match root.get("mode") {
         None => false,
         Some(item) => parse_mode(&mut cx, item, item_span(item), None).unwrap_or(false),
@@ -188,18 +205,19 @@ pub(super) fn parse_whole(file: &str, text: &str, starts: &[usize], max_rules: u
     let mut names: HashSet<String> = HashSet::new();
     for (i, (t, span)) in tables.iter().enumerate() {
         let index = i as u32 + 1;
-        if let Some(r) = parse_rule(&mut cx, *t, span.clone(), index, default_policy, audit, &mut names) {
+        if let Some(r) = parse_rule(&mut cx, *t, span.clone(), index, default_policy, audit, &mut names, &sets) {
             rules.push(r);
         }
     }
     if !cx.problems.is_empty() {
-        // In file order (stable: problems of one line keep the order they were found in).
-        cx.problems.sort_by_key(|p| p.line);
+        // In file order (stable: problems of one line keep the order they were
+        // found in); the rule file's first, then each set file's.
+        cx.problems.sort_by(|a, b| (a.file != file, &a.file, a.line).cmp(&(b.file != file, &b.file, b.line)));
         return Err(RuleFileError { problems: cx.problems });
     }
     // Only reachable with a policy: a missing one is a problem above.
     let default_policy = default_policy.unwrap_or(Action::Allow);
-    Ok(RuleSet { default_policy, audit, rules, state, events })
+    Ok(RuleSet { default_policy, audit, rules, state, events, sets: sets.sets })
 }
 
 fn show(item: &Item) -> String {
@@ -209,6 +227,7 @@ fn show(item: &Item) -> String {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn parse_rule(
     cx: &mut Ctx<'_>,
     t: &dyn TableLike,
@@ -217,6 +236,7 @@ pub(super) fn parse_rule(
     default_policy: Option<Action>,
     file_audit: bool,
     names: &mut HashSet<String>,
+    sets: &SetTable,
 ) -> Option<Rule> {
     let before = cx.problems.len();
     let line = cx.line_of(span.clone());
@@ -269,8 +289,9 @@ pub(super) fn parse_rule(
     }
     let audit = action == Some(Action::Deny) && own_mode.flatten().unwrap_or(file_audit);
 
-    let src = parse_nets(cx, t.get("src"), kspan("src"), rn, "src");
-    let dst = parse_nets(cx, t.get("dst"), kspan("dst"), rn, "dst");
+    let mut refs = SetRefs::default();
+    let src = parse_nets(cx, t.get("src"), kspan("src"), rn, "src", sets, &mut refs.src, &mut refs.src_own);
+    let dst = parse_nets(cx, t.get("dst"), kspan("dst"), rn, "dst", sets, &mut refs.dst, &mut refs.dst_own);
     // Each (source, destination) pair of a rule can become a map entry.
     if let (Some(Some(s)), Some(Some(d))) = (&src, &dst)
         && s.len() * d.len() > MAX_PAIRS_PER_RULE
@@ -355,7 +376,8 @@ pub(super) fn parse_rule(
             _ => Families::BOTH,
         };
         families = fam_src.and(fam_dst).and(fam_proto);
-        if !families.v4 && !families.v6 {
+        let uses_sets = !refs.src.is_empty() || !refs.dst.is_empty();
+        if !families.v4 && !families.v6 && !uses_sets {
             let (field, why) = if !fam_src.and(fam_dst).v4 && !fam_src.and(fam_dst).v6 {
                 ("dst", format!("src is {} but dst is {}", fam_src.describe(), fam_dst.describe()))
             } else {
@@ -366,9 +388,13 @@ pub(super) fn parse_rule(
             };
             cx.push(kspan(field), rn, Some(field), format!("the rule can never match: {why}"));
         } else {
-            // A listed prefix of a family the rest of the rule excludes can never match.
-            for (field, nets) in [("src", src), ("dst", dst)] {
-                for n in nets.iter().flatten() {
+            // A listed prefix of a family the rest of the rule excludes can never
+            // match. (A set's entries of the other family are simply unused: a
+            // set may hold both, and what it holds changes with its file. A rule
+            // whose sets leave it no family matches nothing; lint says so.)
+            for (field, nets, own) in [("src", src, refs.src_own), ("dst", dst, refs.dst_own)] {
+                let own = if uses_sets { own } else { usize::MAX };
+                for n in nets.iter().flatten().take(own) {
                     if !families.has(n) {
                         cx.push(
                             kspan(field),
@@ -398,23 +424,49 @@ pub(super) fn parse_rule(
         icmp_code,
         families,
         audit,
+        sets: refs,
     })
 }
 
-/// `src`/`dst`: a CIDR or a list of CIDRs. Outer `None`: invalid (reported);
-/// inner `None`: key absent (any address).
+/// `src`/`dst`: a CIDR, a set (`@name`), or a list of them. Outer `None`:
+/// invalid (reported); inner `None`: key absent (any address). The rule's own
+/// CIDRs come first (`own` of them), then the entries of the sets it names
+/// (`names`), merged, without those equal to one of its own.
+#[allow(clippy::too_many_arguments)]
 fn parse_nets(
     cx: &mut Ctx<'_>,
     item: Option<&Item>,
     span: Option<Range<usize>>,
     rule: Option<&str>,
     field: &str,
+    sets: &SetTable,
+    names: &mut Vec<String>,
+    own: &mut usize,
 ) -> Option<Option<Vec<IpNet>>> {
     let Some(item) = item else { return Some(None) };
     let mut out = Vec::new();
+    let mut used: Vec<usize> = Vec::new();
     let mut ok = true;
     let mut one = |cx: &mut Ctx<'_>, v: &Value| -> bool {
         match v.as_str() {
+            Some(s) if s.trim_start().starts_with('@') => {
+                let name = s.trim().trim_start_matches('@');
+                match sets.names.get(name) {
+                    Some(Some(i)) => {
+                        if !used.contains(i) {
+                            used.push(*i);
+                            names.push(name.to_string());
+                        }
+                        true
+                    }
+                    // Defined, but it did not load: said at the set.
+                    Some(None) => false,
+                    None => {
+                        cx.push(v.span().or(span.clone()), rule, Some(field), sets.undefined(name));
+                        false
+                    }
+                }
+            }
             Some(s) => match parse_cidr(s) {
                 Ok(n) => {
                     out.push(n);
@@ -430,7 +482,7 @@ fn parse_nets(
                     v.span().or(span.clone()),
                     rule,
                     Some(field),
-                    format!("each entry must be a CIDR string such as \"192.0.2.0/24\", not {}", v.type_name()),
+                    format!("each entry must be a CIDR string such as \"192.0.2.0/24\" or a set \"@name\", not {}", v.type_name()),
                 );
                 false
             }
@@ -442,7 +494,7 @@ fn parse_nets(
                 span.clone(),
                 rule,
                 Some(field),
-                format!("{} CIDRs, more than the {MAX_CIDRS_PER_LIST} one list may hold; split the rule", a.len()),
+                format!("{} CIDRs, more than the {MAX_CIDRS_PER_LIST} one list may hold; split the rule, or put them in a set", a.len()),
             );
             ok = false;
         }
@@ -457,11 +509,24 @@ fn parse_nets(
         }
         Some(v) => ok &= one(cx, v),
         None => {
-            cx.push(span.clone(), rule, Some(field), "must be a CIDR string or a list of them".into());
+            cx.push(span.clone(), rule, Some(field), "must be a CIDR string, a set \"@name\", or a list of them".into());
             ok = false;
         }
     }
-    if ok { Some(Some(out)) } else { None }
+    if !ok {
+        return None;
+    }
+    *own = out.len();
+    match used.as_slice() {
+        [] => {}
+        [i] if out.is_empty() => out.extend_from_slice(&sets.sets[*i].entries),
+        _ => {
+            let mine: std::collections::HashSet<IpNet> = out.iter().copied().collect();
+            let all: Vec<(IpNet, u32)> = used.iter().flat_map(|&i| sets.sets[i].entries.iter().map(|&n| (n, 0))).collect();
+            out.extend(crate::sets::merge(all).0.into_iter().filter(|n| !mine.contains(n)));
+        }
+    }
+    Some(Some(out))
 }
 
 /// A CIDR, or a bare address meaning a host prefix. Host bits set is an error.

@@ -17,7 +17,7 @@ pub(crate) fn item_span(item: &Item) -> Option<Range<usize>> {
 
 /// Did-you-mean for an unknown key.
 pub(crate) fn suggest(key: &str, known: &[&str]) -> String {
-    let best = known.iter().map(|k| (strsim_distance(key, k), *k)).min().filter(|(d, _)| *d <= 2);
+    let best = known.iter().map(|k| (distance(key, k), *k)).min().filter(|(d, _)| *d <= 2);
     match best {
         Some((_, k)) => format!("unknown key '{key}' (did you mean '{k}'?)"),
         None => format!("unknown key '{key}' (known keys: {})", known.join(", ")),
@@ -25,7 +25,7 @@ pub(crate) fn suggest(key: &str, known: &[&str]) -> String {
 }
 
 /// Levenshtein distance; keys are short.
-fn strsim_distance(a: &str, b: &str) -> usize {
+pub(crate) fn distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

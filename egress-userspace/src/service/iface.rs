@@ -47,6 +47,9 @@ pub struct Managed {
     events: Option<(String, dataplane::EventStream)>,
     /// Debug mode's log (opened once its rules are applied with `debug = true`).
     debug_log: Option<(String, dataplane::DebugLog)>,
+    /// The files the rule file named at the last attempt (sets, the GeoIP
+    /// database): watched, and part of the digest.
+    pub inputs: Vec<std::path::PathBuf>,
 }
 
 impl Managed {
@@ -57,6 +60,7 @@ impl Managed {
             target: None,
             last: None,
             bad_digest: None,
+            inputs: Vec::new(),
             reloads: 0,
             failures: 0,
             last_reload: 0,
@@ -111,7 +115,7 @@ impl Managed {
         }
         // Nothing to do when the enforced set is this file's content already (this
         // also adopts what an earlier `egress run` left pinned, counters and all).
-        let digest = reload::file_digest(&self.cfg.rules);
+        let digest = reload::inputs_digest_now(&self.cfg.rules, &self.inputs);
         if !force && digest.is_some() && digest == self.bad_digest {
             return self.done(Outcome::Invalid);
         }
@@ -125,16 +129,30 @@ impl Managed {
             self.target = Some(t);
             return self.done(Outcome::Unchanged);
         }
-        let prepared = match reload::prepare(&self.cfg.rules) {
+        let (prepared, inputs) = reload::prepare_tracked(&self.cfg.rules);
+        let inputs_changed = inputs != self.inputs;
+        self.inputs = inputs;
+        let prepared = match prepared {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(iface, file, "{e}\nthe running rules stay enforced");
-                self.bad_digest = digest;
+                self.bad_digest = reload::inputs_digest_now(&self.cfg.rules, &self.inputs);
                 self.failures += 1;
                 return self.done(Outcome::Invalid);
             }
         };
         self.bad_digest = None;
+        // The files it names were not known before this prepare (a restarted
+        // service): what is enforced may be exactly this already.
+        if inputs_changed
+            && let Ok(Some((st, LinkHealth::Attached))) = dataplane::status_of(&t)
+            && st.digest == prepared.digest
+            && st.flow_cache == dataplane::flow_cache_slots(self.cfg.flow_cache)
+        {
+            tracing::info!(iface, file, generation = st.generation, rules = st.rules.len(), "rules already enforced; adopted");
+            self.target = Some(t);
+            return self.done(Outcome::Unchanged);
+        }
         for w in &prepared.warnings {
             tracing::warn!(iface, file, line = w.line, rule = w.rule, kind = w.kind, "{}", w.message);
         }
@@ -242,7 +260,7 @@ impl Managed {
 
     /// Whether `dir` holds this interface's rule file.
     pub fn watches(&self, dir: &Path) -> bool {
-        self.cfg.rules.parent() == Some(dir)
+        self.cfg.rules.parent() == Some(dir) || self.inputs.iter().any(|p| p.parent() == Some(dir))
     }
 
     /// `--detach-on-exit`, or the interface left the config.

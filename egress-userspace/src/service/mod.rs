@@ -88,7 +88,9 @@ impl Service {
     }
 
     fn files(&self) -> Vec<&Path> {
-        std::iter::once(self.opts.config_path.as_path()).chain(self.ifaces.values().map(|m| m.cfg.rules.as_path())).collect()
+        std::iter::once(self.opts.config_path.as_path())
+            .chain(self.ifaces.values().flat_map(|m| std::iter::once(m.cfg.rules.as_path()).chain(m.inputs.iter().map(|p| p.as_path()))))
+            .collect()
     }
 
     /// Brings the managed set in line with a (new) config: new interfaces are
@@ -222,7 +224,7 @@ async fn service(cfg: Config, opts: Options) -> anyhow::Result<u8> {
                     }
                     for m in svc.ifaces.values_mut() {
                         if m.watches(d) {
-                            m.reconcile("rule file changed", false);
+                            m.reconcile("rule or set file changed", false);
                         }
                     }
                 }
