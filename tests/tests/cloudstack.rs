@@ -48,10 +48,10 @@ fn every_field_of_the_api_response() {
     // Names carry the CloudStack id; the API's order is kept.
     assert_eq!(r[0].name, "cs-7d0a6f1e-1111-4c4e-9a1e-000000000001");
     // Ports as strings; an empty destcidrlist is any destination.
-    assert_eq!((r[0].protocol, r[0].ports, r[0].dst.clone()), (Protocol::Tcp, Some((25, 25)), None));
+    assert_eq!((r[0].protocol, r[0].ports.clone(), r[0].dst.clone()), (Protocol::Tcp, Some(vec![(25, 25)]), None));
     assert_eq!(r[0].src, Some(vec![net("10.1.1.0/24")]));
     // "UDP" in any case, several source and destination CIDRs (with spaces), a range.
-    assert_eq!((r[1].protocol, r[1].ports), (Protocol::Udp, Some((5000, 5010))));
+    assert_eq!((r[1].protocol, r[1].ports.clone()), (Protocol::Udp, Some(vec![(5000, 5010)])));
     assert_eq!(r[1].src, Some(vec![net("10.1.1.0/24"), net("10.1.2.0/24")]));
     assert_eq!(r[1].dst, Some(vec![net("203.0.113.0/24"), net("198.51.100.7/32")]));
     // ICMP -1/-1: any ICMP; type and code as strings.
@@ -59,7 +59,7 @@ fn every_field_of_the_api_response() {
     assert_eq!((r[3].icmp_type, r[3].icmp_code), (Some(8), Some(0)));
     // Protocol "All"; a start port without an end port is one port.
     assert_eq!((r[4].protocol, r[4].dst.clone()), (Protocol::All, Some(vec![net("192.0.2.0/24")])));
-    assert_eq!(r[5].ports, Some((443, 443)));
+    assert_eq!(r[5].ports, Some(vec![(443, 443)]));
     assert!(i.toml.contains("# CloudStack rule 7d0a6f1e-1111-4c4e-9a1e-000000000002: udp ports 5000-5010 from 10.1.1.0/24,10.1.2.0/24 to 203.0.113.0/24,198.51.100.7/32"));
     assert!(i.toml.contains(
         "# Not imported, state not Active: 7d0a6f1e-1111-4c4e-9a1e-000000000007 (Revoke), 7d0a6f1e-1111-4c4e-9a1e-000000000008 (Add)."
@@ -78,7 +78,7 @@ fn every_field_of_the_api_response() {
 #[test]
 fn cloudmonkey_output_bare_arrays_and_empty_responses() {
     let (i, rs) = imported("cloudmonkey.json", &policy(Action::Allow));
-    assert_eq!((i.rules, rs.rules[0].name.as_str(), rs.rules[0].ports), (1, "cs-c1", Some((22, 22))));
+    assert_eq!((i.rules, rs.rules[0].name.as_str(), rs.rules[0].ports.clone()), (1, "cs-c1", Some(vec![(22, 22)])));
     // A bare array; an id given as a number; an empty cidrlist is the guest network.
     let (file, text) = fixture("bare.json");
     let Err(ImportError::Rules(p)) = import(&file, &text, &policy(Action::Deny)) else { panic!("an empty cidrlist needs --guest-cidr") };
