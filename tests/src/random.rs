@@ -181,3 +181,51 @@ pub fn packet(rng: &mut StdRng) -> (PacketMeta, Shape) {
     };
     (PacketMeta { src, dst, proto, l4 }, shape)
 }
+
+/// A random rule file whose `src`/`dst` also name sets (`@s0`, `@s1`: both
+/// families, nested and host entries, ranges), with the set files in memory.
+pub fn rules_with_sets(rng: &mut StdRng, n: usize) -> (String, egress::sets::InMemory) {
+    let mut files = std::collections::HashMap::new();
+    let mut header = String::new();
+    for k in 0..2 {
+        let mut f = String::from("# random set\n");
+        for _ in 0..rng.gen_range(0..6) {
+            match rng.gen_range(0..4) {
+                0 => f.push_str(&format!("{}\n", pick(rng, V4_NETS))),
+                1 => f.push_str(&format!("{} ; six\n", pick(rng, V6_NETS))),
+                2 => {
+                    let pool = if rng.gen_bool(0.5) { V4_HOSTS } else { V6_HOSTS };
+                    f.push_str(&format!("{}\n", pick(rng, pool)))
+                }
+                _ => f.push_str("192.0.2.60-192.0.2.70\n"),
+            }
+        }
+        files.insert(format!("s{k}.txt"), f.into_bytes());
+        header.push_str(&format!("[[set]]\nname = \"s{k}\"\nfile = \"s{k}.txt\"\n"));
+    }
+    let text = rules(rng, n);
+    let mut out = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let field = ["src = ", "dst = "].into_iter().find(|f| line.starts_with(f));
+        match field {
+            Some(f) if rng.gen_bool(0.4) => {
+                let value = &line[f.len()..];
+                let set = format!("\"@s{}\"", rng.gen_range(0..2));
+                if rng.gen_bool(0.5) {
+                    out.push_str(&format!("{f}{set}\n"));
+                } else {
+                    let rest = value.strip_prefix('[').and_then(|v| v.strip_suffix(']')).unwrap_or(value);
+                    out.push_str(&format!("{f}[{set}, {rest}]\n"));
+                }
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        if i == 0 {
+            out.push_str(&header);
+        }
+    }
+    (out, egress::sets::InMemory(files))
+}

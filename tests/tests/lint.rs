@@ -141,8 +141,9 @@ fn lint_agrees_with_the_reference_on_random_rule_sets() {
     for seed in 0..sets {
         let mut rng = StdRng::seed_from_u64(0x11a7 + seed);
         let n = *[2usize, 4, 8, 16, 30].choose(&mut rng).unwrap();
-        let text = egress_tests::random::rules(&mut rng, n);
-        let rs = rules::parse("random.toml", &text).unwrap();
+        let (text, files) =
+            if seed % 3 == 2 { egress_tests::random::rules_with_sets(&mut rng, n) } else { (egress_tests::random::rules(&mut rng, n), Default::default()) };
+        let rs = rules::parse_with("random.toml", &text, &files).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{text}"));
         for (i, reach) in lint::reach(&rs).into_iter().enumerate() {
             let r = &rs.rules[i];
             match reach {
@@ -153,7 +154,9 @@ fn lint_agrees_with_the_reference_on_random_rule_sets() {
                 }
                 Reach::Shadowed(by) => {
                     assert!(by.iter().all(|&j| j < i), "seed {seed}");
-                    for _ in 0..300 {
+                    // A rule its sets leave without a family matches no packet at all.
+                    let rounds = if r.families.v4 || r.families.v6 { 300 } else { 0 };
+                    for _ in 0..rounds {
                         let v6 = if r.families.v4 && r.families.v6 { rng.gen_bool(0.5) } else { r.families.v6 };
                         let Some(p) = inside(&mut rng, r, v6) else { continue };
                         assert!(reference::matches(r, &p), "seed {seed}: the sampler left rule {}: {p:?}", r.name);

@@ -245,3 +245,39 @@ fn a_country_set_blocks_that_country_only() {
     assert!(err.contains("read GeoIP database") && err.contains("No such file"), "{err}");
     assert_eq!(p.udp(false, 9, 2), 0, "the old rules stay");
 }
+
+#[test]
+fn lint_warns_about_empty_unused_and_covered_sets() {
+    let fs = egress::sets::InMemory(
+        [
+            ("bl.txt".to_string(), b"192.0.2.5\n198.51.100.1\n192.0.2.6 ; partner too\n203.0.113.0/24\n".to_vec()),
+            ("empty.txt".to_string(), b"# nothing yet\n".to_vec()),
+            ("v6.txt".to_string(), b"2001:db8::/32\n".to_vec()),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    let text = "default_policy = \"allow\"\n\
+                [[set]]\nname = \"bl\"\nfile = \"bl.txt\"\n\
+                [[set]]\nname = \"empty\"\nfile = \"empty.txt\"\n\
+                [[set]]\nname = \"unused\"\nfile = \"bl.txt\"\n\
+                [[set]]\nname = \"six\"\nfile = \"v6.txt\"\n\
+                [[rule]]\nname = \"partner\"\naction = \"allow\"\ndst = [\"192.0.2.0/28\", \"203.0.113.0/25\"]\n\
+                [[rule]]\nname = \"no-bad\"\naction = \"deny\"\ndst = \"@bl\"\n\
+                [[rule]]\nname = \"none\"\naction = \"deny\"\ndst = \"@empty\"\n\
+                [[rule]]\nname = \"v4-to-six\"\naction = \"deny\"\nsrc = \"192.0.2.0/24\"\ndst = \"@six\"\n";
+    let rs = egress::rules::parse_with("r.toml", text, &fs).unwrap_or_else(|e| panic!("{e}"));
+    let w = egress::lint::lint(&rs, 1);
+    let kinds: Vec<(usize, &str)> = w.iter().map(|w| (w.line, w.kind)).collect();
+    assert_eq!(
+        kinds,
+        vec![(5, "empty-set"), (8, "unused-set"), (18, "set-entry-covered"), (22, "never-matches"), (26, "never-matches")],
+        "{w:#?}"
+    );
+    let covered = &w[2].message;
+    assert!(
+        covered.contains("192.0.2.5/32 (@bl, bl.txt:1), 192.0.2.6/32 (@bl, bl.txt:3): earlier allow rules match every packet it would"),
+        "{covered}"
+    );
+    assert!(!covered.contains("203.0.113.0/24"), "half of it is not covered: {covered}");
+}

@@ -242,8 +242,14 @@ fn kernel_agrees_with_reference_on_random_rule_sets() {
         let seed = seed0 + set;
         let mut rng = StdRng::seed_from_u64(seed);
         let n = *[1usize, 2, 4, 8, 16, 40].choose(&mut rng).unwrap();
-        let text = egress_tests::random::rules(&mut rng, n);
-        let rs = rules::parse("random.toml", &text).unwrap_or_else(|e| panic!("seed {seed}: generator made an invalid file: {e}\n{text}"));
+        // Every third set also names address sets (@s0, @s1).
+        let (text, files) = if set % 3 == 2 {
+            egress_tests::random::rules_with_sets(&mut rng, n)
+        } else {
+            (egress_tests::random::rules(&mut rng, n), Default::default())
+        };
+        let rs = rules::parse_with("random.toml", &text, &files)
+            .unwrap_or_else(|e| panic!("seed {seed}: generator made an invalid file: {e}\n{text}"));
         let mut prog = Prog::new(&rs);
         let mut want = vec![(0u64, 0u64); rs.rules.len() + 1];
         for i in 0..50 {

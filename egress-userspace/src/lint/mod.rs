@@ -13,6 +13,10 @@
 //!   `dst`): hardening advice.
 //! - `empty-deny`: no rules under `default_policy = "deny"`: everything is
 //!   blocked, IPv6 neighbour discovery included.
+//! - sets (`sets.rs`): `empty-set`, `unused-set`, `never-matches` (a rule its
+//!   sets leave no address family), `set-entry-covered` (set entries an
+//!   earlier rule of the other action covers: a blocklist entry an earlier
+//!   allow lets through).
 //! - `unchecked` (once per file): the rules whose share of the file's work
 //!   bound ran out before their check ended (`FILE_WORK`): the linter's cost is
 //!   bounded whatever the file holds.
@@ -23,6 +27,7 @@
 //! destinations and ports overlap its own.
 
 mod region;
+mod sets;
 
 /// Rule sets at least this large are linted on all CPUs; smaller ones in the
 /// calling thread (threads cost more than they save there, and a process that
@@ -184,6 +189,11 @@ impl<'a> Linter<'a> {
         if let Some(j) = self.dup_of[i] {
             return Reach::Shadowed(vec![j]);
         }
+        // Its sets leave it no family: no packet can reach it.
+        let r = &self.rs.rules[i];
+        if !r.families.v4 && !r.families.v6 {
+            return Reach::Shadowed(Vec::new());
+        }
         match self.walk(i, &mut Budget(usize::MAX)) {
             Some((earlier, _)) => self.reach_among(i, earlier, &mut Budget(REACH_WORK)),
             None => Reach::Unknown,
@@ -292,6 +302,7 @@ pub fn lint(rs: &RuleSet, default_line: usize) -> Vec<Warning> {
             message: "no rules under default_policy = \"deny\": every packet is dropped, IPv6 neighbour discovery and DHCP included".into(),
         });
     }
+    out.extend(sets::set_warnings(rs));
     // Duplicates first (in order), then every other rule on all CPUs: the
     // rules are independent once the index is built.
     let l = Linter::new(rs);
@@ -361,11 +372,19 @@ impl Linter<'_> {
         if let Some(j) = dup {
             return (vec![w("duplicate", format!("{} can never match: it repeats the match of {}", named(r), named(&rs.rules[j])))], false);
         }
-        let mut budget = Budget(rule_work(rs.rules.len()));
+        if let Some(w) = self.never_matches(i) {
+            return (vec![w], false);
+        }
+        // A rule naming a large set gets steps for each of its prefixes (a
+        // share of the file's bound at most).
+        let prefixes = r.src.as_ref().map_or(1, Vec::len) * r.dst.as_ref().map_or(1, Vec::len);
+        let mut budget = Budget(rule_work(rs.rules.len()).max((8 * prefixes).min(FILE_WORK / 8)));
         // Too entangled for the exact check within its bounds: said once for
         // the whole file (`lint`), and the hardening advice still holds.
         let unchecked = || (self.broad_allow(i).into_iter().collect(), true);
         let Some((earlier, shields)) = self.walk(i, &mut budget) else { return unchecked() };
+        let uses_sets = !r.sets.src.is_empty() || !r.sets.dst.is_empty();
+        let earlier_of_sets = if uses_sets { earlier.clone() } else { Default::default() };
         let reach = self.reach_among(i, earlier, &mut budget);
         if let Reach::Unknown = reach {
             return unchecked();
@@ -390,6 +409,9 @@ impl Linter<'_> {
                     r.action.opposite().as_str()
                 ),
             ));
+        }
+        if uses_sets {
+            out.extend(self.covered_entries(i, &earlier_of_sets, &mut budget));
         }
         out.extend(self.broad_allow(i));
         (out, false)

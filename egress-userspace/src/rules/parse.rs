@@ -365,19 +365,27 @@ pub(super) fn parse_rule(
         cx.push(kspan("icmp_code"), rn, Some("icmp_code"), "icmp_code needs icmp_type".into());
     }
 
-    // Address families: what src, dst and protocol allow together.
+    // Address families: what src, dst and protocol allow together. The checks
+    // below judge what the rule itself writes: a field naming a set counts as
+    // both families there (a set may hold both, and what it holds changes with
+    // its file). The rule's families are what its entries, sets included,
+    // allow; a rule its sets leave no family matches nothing (lint says so).
     let mut families = Families::BOTH;
     if let (Some(src), Some(dst), Some(protocol)) = (&src, &dst, protocol) {
-        let fam_src = src.as_deref().map(Families::of_nets).unwrap_or(Families::BOTH);
-        let fam_dst = dst.as_deref().map(Families::of_nets).unwrap_or(Families::BOTH);
+        let of = |nets: &Option<Vec<IpNet>>, own: usize, sets: &[String]| match nets {
+            None => Families::BOTH,
+            Some(_) if !sets.is_empty() => Families::BOTH,
+            Some(v) => Families::of_nets(&v[..own.min(v.len())]),
+        };
+        let fam_src = of(src, refs.src_own, &refs.src);
+        let fam_dst = of(dst, refs.dst_own, &refs.dst);
         let fam_proto = match protocol {
             Protocol::Icmp => Families { v4: true, v6: false },
             Protocol::Icmpv6 => Families { v4: false, v6: true },
             _ => Families::BOTH,
         };
-        families = fam_src.and(fam_dst).and(fam_proto);
-        let uses_sets = !refs.src.is_empty() || !refs.dst.is_empty();
-        if !families.v4 && !families.v6 && !uses_sets {
+        let written = fam_src.and(fam_dst).and(fam_proto);
+        if !written.v4 && !written.v6 {
             let (field, why) = if !fam_src.and(fam_dst).v4 && !fam_src.and(fam_dst).v6 {
                 ("dst", format!("src is {} but dst is {}", fam_src.describe(), fam_dst.describe()))
             } else {
@@ -388,24 +396,22 @@ pub(super) fn parse_rule(
             };
             cx.push(kspan(field), rn, Some(field), format!("the rule can never match: {why}"));
         } else {
-            // A listed prefix of a family the rest of the rule excludes can never
-            // match. (A set's entries of the other family are simply unused: a
-            // set may hold both, and what it holds changes with its file. A rule
-            // whose sets leave it no family matches nothing; lint says so.)
+            // A listed prefix of a family the rest of the rule excludes can never match.
             for (field, nets, own) in [("src", src, refs.src_own), ("dst", dst, refs.dst_own)] {
-                let own = if uses_sets { own } else { usize::MAX };
                 for n in nets.iter().flatten().take(own) {
-                    if !families.has(n) {
+                    if !written.has(n) {
                         cx.push(
                             kspan(field),
                             rn,
                             Some(field),
-                            format!("{n} can never match: the rest of the rule matches {}", families.describe()),
+                            format!("{n} can never match: the rest of the rule matches {}", written.describe()),
                         );
                     }
                 }
             }
         }
+        let all = |nets: &Option<Vec<IpNet>>| nets.as_deref().map(Families::of_nets).unwrap_or(Families::BOTH);
+        families = all(src).and(all(dst)).and(fam_proto);
     }
 
     if cx.problems.len() != before {
