@@ -75,6 +75,12 @@ pub struct CloudStackOptions {
     /// stderr) instead of refusing the whole import.
     #[arg(long)]
     pub skip_invalid: bool,
+    /// Write CloudStack rules that differ only in their ports (same protocol,
+    /// source and destination CIDRs) as one rule with a port list. Safe: every
+    /// CloudStack egress rule has the same verdict. The rule's comment lists the
+    /// ids it holds; counters are then per merged rule.
+    #[arg(long)]
+    pub merge_ports: bool,
 }
 
 /// A default policy on the command line.

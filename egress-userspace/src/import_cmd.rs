@@ -33,6 +33,7 @@ pub fn import(file: &Path, o: &CloudStackOptions) -> anyhow::Result<Imported> {
         network: o.network.clone(),
         guest_cidr: o.guest_cidr,
         skip_invalid: o.skip_invalid,
+        merge_ports: o.merge_ports,
     };
     let imported = match cloudstack::import(&shown, &text, &opts) {
         Ok(i) => i,

@@ -1,7 +1,8 @@
 //! The rule file parser and compiler on arbitrary input: never a panic or a
 //! hang; every file the parser accepts compiles, and (as root) its compiled
 //! maps, loaded into the kernel, classify sample packets exactly like the
-//! reference classifier.
+//! reference classifier. What follows a line `--- s.txt` is a set file the
+//! rule file can name (`file = "s.txt"`): the set file parser is fuzzed too.
 #![no_main]
 
 use egress::{compile, rules};
@@ -12,7 +13,9 @@ mod common;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(rs) = rules::parse("fuzz.toml", text) else { return };
+    let (text, set) = text.split_once("\n--- s.txt\n").unwrap_or((text, ""));
+    let files = egress::sets::InMemory([("s.txt".to_string(), set.as_bytes().to_vec())].into_iter().collect());
+    let Ok(rs) = rules::parse_with("fuzz.toml", text, &files) else { return };
     let compiled = match compile::compile(&rs) {
         Ok(c) => c,
         // Over a map's capacity: a clear error, not a crash (fine).

@@ -270,7 +270,7 @@ fn fuzz_regressions_import_into_valid_rule_files() {
     let mut n = 0;
     for e in std::fs::read_dir(&dir).unwrap().flatten() {
         let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
-        for sel in 0u8..16 {
+        for sel in 0u8..32 {
             let o = Options::from_selector(sel);
             if let Ok(i) = import("fuzz.json", &text, &o) {
                 rules::parse("imported.toml", &i.toml).unwrap_or_else(|err| panic!("{}: {err}\n{}", e.path().display(), i.toml));
@@ -284,4 +284,40 @@ fn fuzz_regressions_import_into_valid_rule_files() {
     let i = import("ctl\n.json", text, &policy(Action::Deny)).unwrap();
     let rs = rules::parse("imported.toml", &i.toml).unwrap_or_else(|e| panic!("{e}\n{}", i.toml));
     assert_eq!(rs.rules.len(), 1, "{}", i.toml);
+}
+
+#[test]
+fn merge_ports_writes_one_rule_with_a_port_list() {
+    // Two web ports and a range to one destination, another source apart.
+    let text = r#"[
+        {"id": "w1", "protocol": "tcp", "cidrlist": "10.1.1.0/24", "destcidrlist": "203.0.113.0/24", "startport": 80, "endport": 80},
+        {"id": "w2", "protocol": "tcp", "cidrlist": "10.1.1.0/24", "destcidrlist": "203.0.113.0/24", "startport": 443},
+        {"id": "o1", "protocol": "tcp", "cidrlist": "10.1.2.0/24", "destcidrlist": "203.0.113.0/24", "startport": 22},
+        {"id": "w3", "protocol": "tcp", "cidrlist": "10.1.1.0/24", "destcidrlist": "203.0.113.0/24", "startport": 8000, "endport": 8100},
+        {"id": "w4", "protocol": "tcp", "cidrlist": "10.1.1.0/24", "destcidrlist": "203.0.113.0/24", "startport": 8050, "endport": 8101}
+    ]"#;
+    let mut o = policy(Action::Deny);
+    let plain = import("web.json", text, &o).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(rules::parse("i.toml", &plain.toml).unwrap().rules.len(), 5);
+    o.merge_ports = true;
+    let merged = import("web.json", text, &o).unwrap_or_else(|e| panic!("{e:?}"));
+    let rs = rules::parse("i.toml", &merged.toml).unwrap_or_else(|e| panic!("{e}\n{}", merged.toml));
+    assert_eq!(rs.rules.len(), 2, "{}", merged.toml);
+    assert_eq!(rs.rules[0].name, "cs-w1");
+    assert_eq!(rs.rules[0].ports, Some(vec![(80, 80), (443, 443), (8000, 8101)]));
+    assert!(merged.toml.contains("# CloudStack rules w1, w2, w3, w4 (merged: --merge-ports): tcp ports 80,443,8000-8101"), "{}", merged.toml);
+    assert_eq!(rs.rules[1].ports, Some(vec![(22, 22)]));
+    // The same verdict for every packet (one action for all rules).
+    let plain_rs = rules::parse("i.toml", &plain.toml).unwrap();
+    for dport in [22u16, 79, 80, 443, 444, 7999, 8000, 8101, 8102] {
+        for src in ["10.1.1.9", "10.1.2.9"] {
+            let m = egress::reference::PacketMeta {
+                src: src.parse().unwrap(),
+                dst: "203.0.113.5".parse().unwrap(),
+                proto: 6,
+                l4: egress::reference::L4::Ports { dport },
+            };
+            assert_eq!(egress::reference::classify(&plain_rs, &m).1, egress::reference::classify(&rs, &m).1, "{src} port {dport}");
+        }
+    }
 }

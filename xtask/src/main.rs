@@ -160,7 +160,7 @@ fn fuzz(seconds: u64, only: &[String]) -> Result<()> {
         fs::create_dir_all(&corpus)?;
         // Seeds: the project's own valid inputs.
         let seeds: Vec<PathBuf> = match *t {
-            "rules" => vec![root().join("examples")],
+            "rules" => vec![root().join("examples"), dir.join("seeds/rules")],
             "cloudstack" => vec![root().join("tests/fixtures/cloudstack")],
             _ => vec![dir.join("seeds/packet")],
         };

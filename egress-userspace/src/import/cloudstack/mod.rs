@@ -41,13 +41,15 @@ pub struct Options {
     pub guest_cidr: Option<IpNet>,
     /// Write the valid rules and list the invalid ones instead of failing.
     pub skip_invalid: bool,
+    /// Rules that differ only in their ports become one rule with a port list.
+    pub merge_ports: bool,
 }
 
 impl Options {
     /// The options the bits of `sel` pick, so that one byte reaches every path
     /// of the importer (the fuzz target's first input byte, and the test that
-    /// replays its regressions under all 16): bit 0 default deny, bit 1 a guest
-    /// CIDR, bit 2 skip invalid rules, bit 3 only network "net-a".
+    /// replays its regressions under all 32): bit 0 default deny, bit 1 a guest
+    /// CIDR, bit 2 skip invalid rules, bit 3 only network "net-a", bit 4 merge ports.
     pub fn from_selector(sel: u8) -> Options {
         Options {
             default_policy: Some(if sel & 1 == 0 { Action::Allow } else { Action::Deny }),
@@ -55,6 +57,7 @@ impl Options {
             skip_invalid: sel & 4 != 0,
             network: (sel & 8 != 0).then(|| "net-a".to_string()),
             offering: None,
+            merge_ports: sel & 16 != 0,
         }
     }
 }
@@ -122,7 +125,7 @@ pub(super) struct CsRule {
     pub(super) protocol: &'static str,
     pub(super) src: Vec<IpNet>,
     pub(super) dst: Vec<IpNet>,
-    pub(super) ports: Option<(u16, u16)>,
+    pub(super) ports: Option<Vec<(u16, u16)>>,
     pub(super) icmp: Option<(u8, Option<u8>)>,
     /// What the comment should say besides the match.
     pub(super) notes: Vec<String>,
@@ -316,9 +319,9 @@ fn rule(index: usize, id: Option<String>, obj: &serde_json::Map<String, Value>, 
             bad("endport", format!("{e} is below startport {s}"));
             None
         }
-        (Some(s), Some(e)) => Some((s, e)),
+        (Some(s), Some(e)) => Some(vec![(s, e)]),
         // CloudStack takes a missing end as the start, and a missing start as the end.
-        (Some(p), None) | (None, Some(p)) => Some((p, p)),
+        (Some(p), None) | (None, Some(p)) => Some(vec![(p, p)]),
         (None, None) => None,
     };
     let icmp_field = |f, bad: &mut dyn FnMut(&'static str, String)| {

@@ -46,6 +46,24 @@ fn list(v: &[IpNet]) -> String {
     format!("[{}]", items.join(", "))
 }
 
+/// The rules as written: one each, or (`merge`) the rules with ports that
+/// share protocol, sources and destinations together, in the order of each
+/// group's first rule.
+fn groups(rules: &[CsRule], merge: bool) -> Vec<Vec<&CsRule>> {
+    let mut out: Vec<Vec<&CsRule>> = Vec::new();
+    for r in rules {
+        let same = |g: &Vec<&CsRule>| {
+            let f = g[0];
+            f.ports.is_some() && r.ports.is_some() && f.protocol == r.protocol && f.src == r.src && f.dst == r.dst
+        };
+        match out.iter_mut().find(|g| merge && same(g)) {
+            Some(g) => g.push(r),
+            None => out.push(vec![r]),
+        }
+    }
+    out
+}
+
 pub(super) fn write(
     file: &str,
     policy: Action,
@@ -79,10 +97,15 @@ pub(super) fn write(
     }
     let _ = writeln!(s, "default_policy = \"{}\"", policy.as_str());
     let mut used = std::collections::HashSet::new();
-    for r in rules {
+    for group in groups(rules, o.merge_ports) {
+        let r = group[0];
+        let ports: Option<Vec<(u16, u16)>> = r.ports.as_ref().map(|_| {
+            crate::rules::merge_intervals(group.iter().flat_map(|g| g.ports.iter().flatten().copied()).collect())
+        });
         let mut what = r.protocol.to_string();
-        if let Some((a, b)) = r.ports {
-            what += &if a == b { format!(" port {a}") } else { format!(" ports {a}-{b}") };
+        if let Some(p) = &ports {
+            let many = p.len() > 1 || p[0].0 != p[0].1;
+            what += &format!(" port{} {}", if many { "s" } else { "" }, crate::rules::ports_text(p));
         }
         if let Some((t, c)) = r.icmp {
             what += &format!(" type {t}{}", c.map(|c| format!(" code {c}")).unwrap_or_default());
@@ -90,8 +113,10 @@ pub(super) fn write(
         let to = if r.dst.is_empty() { "any".to_string() } else { r.dst.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",") };
         let from = r.src.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
         s.push('\n');
-        comment(&mut s, &format!("CloudStack rule {}: {what} from {from} to {to}", r.id));
-        for n in &r.notes {
+        let ids: Vec<&str> = group.iter().map(|g| g.id.as_str()).collect();
+        let which = if ids.len() == 1 { format!("rule {}", ids[0]) } else { format!("rules {} (merged: --merge-ports)", ids.join(", ")) };
+        comment(&mut s, &format!("CloudStack {which}: {what} from {from} to {to}"));
+        for n in group.iter().flat_map(|g| &g.notes) {
             comment(&mut s, &format!("({n})"));
         }
         let _ = writeln!(s, "[[rule]]\nname = \"{}\"\naction = \"{}\"", name_for(&r.id, &mut used), action.as_str());
@@ -100,8 +125,15 @@ pub(super) fn write(
             let _ = writeln!(s, "dst = {}", list(&r.dst));
         }
         let _ = writeln!(s, "protocol = \"{}\"", r.protocol);
-        if let Some((a, b)) = r.ports {
-            let _ = writeln!(s, "ports = \"{}\"", if a == b { a.to_string() } else { format!("{a}-{b}") });
+        match ports.as_deref() {
+            Some([(a, b)]) => {
+                let _ = writeln!(s, "ports = \"{}\"", if a == b { a.to_string() } else { format!("{a}-{b}") });
+            }
+            Some(p) => {
+                let items: Vec<String> = p.iter().map(|&(a, b)| if a == b { a.to_string() } else { format!("\"{a}-{b}\"") }).collect();
+                let _ = writeln!(s, "ports = [{}]", items.join(", "));
+            }
+            None => {}
         }
         if let Some((t, c)) = r.icmp {
             let _ = writeln!(s, "icmp_type = {t}");
