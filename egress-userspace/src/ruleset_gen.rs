@@ -158,6 +158,23 @@ pub fn source_fan(n: usize) -> String {
     s
 }
 
+/// The `k`-th address of the benchmark's blocklist: distinct /32s spread over
+/// 10.0.0.0/8 (an odd multiplier permutes the 2^24 host numbers).
+pub fn blocklist_addr(k: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(0x0a00_0000 | (k.wrapping_mul(2_654_435_761) & 0x00ff_ffff))
+}
+
+/// A set file of `n` distinct /32s (at most 2^24), one a line after a
+/// FireHOL-style header: the benchmark's large blocklist.
+pub fn blocklist(n: usize) -> String {
+    let mut s = String::with_capacity(n * 14 + 64);
+    let _ = writeln!(s, "#\n# benchmark blocklist: {n} addresses\n#");
+    for k in 0..n.min(1 << 24) as u32 {
+        let _ = writeln!(s, "{}", blocklist_addr(k));
+    }
+    s
+}
+
 /// A generator of `n` rules.
 pub type Generator = fn(usize) -> String;
 

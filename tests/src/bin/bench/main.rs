@@ -30,6 +30,7 @@ use egress::{
 };
 use egress_tests::{A4, A6, B4, B6, is_root};
 
+mod adversarial;
 mod firewalls;
 mod flood;
 mod plots;
@@ -40,7 +41,8 @@ mod testrun;
 mod traffic;
 
 use report::{TestRunAdded, targets};
-use testrun::{adversarial_part, hooks_part, lint_part, testrun_part};
+use adversarial::adversarial_part;
+use testrun::{hooks_part, lint_part, testrun_part};
 use traffic::{Case, traffic_part};
 
 const FLOWS: usize = 4096;
@@ -97,7 +99,7 @@ fn main() -> ExitCode {
                 // Internal (part 1b): a small process between the benchmark and
                 // the command measured, so that its peak RSS is its own.
                 let cmd: Vec<String> = args.collect();
-                return match testrun::peak_rss(&cmd) {
+                return match adversarial::peak_rss(&cmd) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("error: {e:#}");
@@ -111,6 +113,7 @@ fn main() -> ExitCode {
                 let n: usize = args.next().and_then(|v| v.parse().ok()).unwrap_or(100_000);
                 match args.next() {
                     None => print!("{}", ruleset_gen::realistic(n, flows_for(n), 7)),
+                    Some(shape) if shape == "blocklist" => print!("{}", ruleset_gen::blocklist(n)),
                     Some(shape) => match ruleset_gen::ADVERSARIAL.iter().find(|(name, _)| *name == shape) {
                         Some((_, generate)) => print!("{}", generate(n)),
                         None => {
@@ -124,7 +127,7 @@ fn main() -> ExitCode {
             }
             "-h" | "--help" => {
                 println!(
-                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only | --testrun-only | --flood-only | --lint-only | --adversarial-only] [--out FILE] | --generate N [pairs|nested|ports|fan]\n\
+                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only | --testrun-only | --flood-only | --lint-only | --adversarial-only] [--out FILE] | --generate N [pairs|nested|ports|fan|blocklist]\n\
                      see `cargo xtask bench --help`; --sizes, --traffic-only, --reload-only and --testrun-only are for exploring, not for BENCHMARKS.md"
                 );
                 return ExitCode::SUCCESS;
@@ -182,6 +185,12 @@ fn flow_packet(v6: bool, flow: usize) -> Vec<u8> {
     packet::build(&m, &Shape { payload: 18, ..Shape::default() })
 }
 
+/// Entries of the blocklist shape (part 1b): the million a set may hold; a
+/// tenth of it in a quick run.
+fn blocklist_entries(o: &Opts) -> usize {
+    if o.quick { 100_000 } else { egress::sets::MAX_SET_ENTRIES }
+}
+
 fn env_line() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -212,7 +221,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         return Ok(());
     }
     if o.adversarial_only {
-        adversarial_part(*sizes.last().unwrap_or(&100_000), tr_rounds, &mut body)?;
+        adversarial_part(*sizes.last().unwrap_or(&100_000), blocklist_entries(o), tr_rounds, &mut body)?;
         println!("\n{body}");
         return Ok(());
     }
@@ -230,7 +239,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
     }
     let tr = if o.traffic_only { TestRunAdded::default() } else { testrun_part(sizes, tr_rounds, &mut body, &mut tr_plot)? };
     if !o.traffic_only {
-        adversarial_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
+        adversarial_part(*sizes.last().unwrap_or(&1_000), blocklist_entries(o), tr_rounds, &mut body)?;
         hooks_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
         body.push_str(&lint_md);
     }

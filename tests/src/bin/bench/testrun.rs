@@ -39,7 +39,7 @@ pub(crate) fn run_ns(prog: &mut Program, frame: &[u8], repeat: u32) -> anyhow::R
 }
 
 /// The named program of a loaded object.
-fn named<'a>(l: &'a mut Loaded, name: &str) -> anyhow::Result<&'a mut Program> {
+pub(crate) fn named<'a>(l: &'a mut Loaded, name: &str) -> anyhow::Result<&'a mut Program> {
     l.ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("no {name} in the object"))
 }
 
@@ -134,7 +134,7 @@ pub(crate) fn measure(prog: &mut Program, v6: bool, flows: usize, mode: Mode, fr
 /// The kernel memory of the maps this process created since `before` (the
 /// fds of `map_fds` then): `memlock` of /proc/self/fdinfo, which on kernels
 /// since 6.4 is what each map uses.
-fn map_memory_since(before: &std::collections::HashSet<String>) -> u64 {
+pub(crate) fn map_memory_since(before: &std::collections::HashSet<String>) -> u64 {
     map_fds().into_iter().filter(|(fd, _)| !before.contains(fd)).map(|(_, m)| m).sum()
 }
 
@@ -149,187 +149,6 @@ pub(crate) fn map_fds() -> Vec<(String, u64)> {
         Some((e.file_name().to_string_lossy().into_owned(), mem))
     })
     .collect()
-}
-
-/// Wall seconds and peak RSS (MiB) of `egress check --rules FILE`: parse, lint
-/// and compile as an operator runs them, in a process of their own. Through
-/// `egress-bench --peak-rss` (`peak_rss`): a child exec'd straight from this
-/// large process would inherit its peak RSS in the kernel's accounting.
-fn check_cost(text: &str) -> anyhow::Result<(f64, f64)> {
-    let file = egress_tests::temp_file("shape.toml", text);
-    let out = std::process::Command::new(std::env::current_exe()?)
-        .arg("--peak-rss")
-        .arg(egress_tests::egress_bin())
-        .args(["check", "--rules"])
-        .arg(&file)
-        .output()?;
-    let _ = std::fs::remove_file(&file);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut it = text.split_whitespace().map(str::parse::<f64>);
-    match (out.status.success(), it.next(), it.next()) {
-        (true, Some(Ok(secs)), Some(Ok(kib))) => Ok((secs, kib / 1024.0)),
-        _ => anyhow::bail!("egress check failed on the shape: {}{}", text, String::from_utf8_lossy(&out.stderr)),
-    }
-}
-
-/// `egress-bench --peak-rss CMD ARGS..`: runs the command (its output
-/// discarded) and prints its wall seconds and peak RSS in KiB; fails if it does.
-pub(crate) fn peak_rss(cmd: &[String]) -> anyhow::Result<()> {
-    let (prog, args) = cmd.split_first().ok_or_else(|| anyhow::anyhow!("--peak-rss needs a command"))?;
-    let t = Instant::now();
-    let child =
-        std::process::Command::new(prog).args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn()?;
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 reaps the child spawned above.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
-    let secs = t.elapsed().as_secs_f64();
-    anyhow::ensure!(pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{prog} failed (wait status {status})");
-    println!("{secs:.3} {}", ru.ru_maxrss);
-    Ok(())
-}
-
-type ShapeRow = (&'static str, String, Box<dyn Fn(u64) -> PacketMeta>);
-
-/// The realistic set and the adversarial shapes of `ruleset_gen` at `n` rules:
-/// what each costs to parse, lint, compile and load, `egress check`'s time and
-/// memory, the map entries and kernel memory, and what a packet costs when it
-/// hits the flow cache and when it misses.
-pub(crate) fn adversarial_part(n: usize, rounds: usize, md: &mut String) -> anyhow::Result<()> {
-    eprintln!("part 1b: adversarial rule sets");
-    let _ = writeln!(md, "## 1b. Adversarial rule sets ({n} rules, IPv4)\n");
-    let _ = writeln!(
-        md,
-        "| shape | parse s | lint s (rules unchecked) | compile s | load s | `egress check` s, peak RSS MiB | DST / PAIR / LISTS / RANGES entries | map memory MiB | empty program ns | cache hit, added ns | new flow every packet, added ns |"
-    );
-    let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |");
-    let flows = crate::flows_for(n);
-    let k_of = |i: u64, m: u64| (i % m) as u32;
-    let shapes: Vec<ShapeRow> = vec![
-        (
-            "realistic (as part 1)",
-            ruleset_gen::realistic(n, flows, 7),
-            Box::new(move |i| PacketMeta {
-                src: new_flow_src(false, i),
-                dst: B4.into(),
-                proto: 17,
-                l4: L4::Ports { dport: FLOW_PORT_BASE + (i % flows as u64) as u16 },
-            }),
-        ),
-        (
-            "pairs: every rule a distinct /32 source x /32 destination",
-            ruleset_gen::src_dst_pairs(n),
-            Box::new(move |i| {
-                let k = k_of(i, 60_000);
-                PacketMeta {
-                    src: Ipv4Addr::new(10, 1, (k >> 8) as u8, k as u8).into(),
-                    dst: Ipv4Addr::new(10, 2, (k >> 8) as u8, k as u8).into(),
-                    proto: 17,
-                    l4: L4::Ports { dport: 1 },
-                }
-            }),
-        ),
-        (
-            "nested: /0 ... /32 chains, port ranges at every level",
-            ruleset_gen::nested(n),
-            Box::new(|i| PacketMeta {
-                src: new_flow_src(false, i),
-                dst: Ipv4Addr::from(0x0a00_0000u32 | ((i % 3000) as u32).wrapping_mul(2_654_435_761) & 0x00ff_ffff).into(),
-                proto: 6,
-                l4: L4::Ports { dport: 1500 },
-            }),
-        ),
-        (
-            "ports: overlapping ranges up to 4,000 wide on 4 destinations",
-            ruleset_gen::port_ranges(n),
-            Box::new(|i| PacketMeta {
-                src: new_flow_src(false, i),
-                dst: Ipv4Addr::new(10, 3, 0, (i % 4) as u8).into(),
-                proto: 6,
-                l4: L4::Ports { dport: 1 + (i.wrapping_mul(7919) % 64_000) as u16 },
-            }),
-        ),
-        (
-            "fan: distinct /32 sources to one destination",
-            ruleset_gen::source_fan(n),
-            Box::new(move |i| {
-                let k = k_of(i, n as u64);
-                PacketMeta {
-                    src: Ipv4Addr::new(10, (k >> 16) as u8, (k >> 8) as u8, k as u8).into(),
-                    dst: Ipv4Addr::new(10, 4, 0, 1).into(),
-                    proto: 6,
-                    l4: L4::Ports { dport: 443 },
-                }
-            }),
-        ),
-    ];
-    for (name, text, packet_of) in shapes {
-        eprintln!("  {name}");
-        let t = Instant::now();
-        let rs = rules::parse("adversarial.toml", &text)?;
-        let parse = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let unchecked = egress::lint::lint(&rs, 1)
-            .iter()
-            .find(|w| w.kind == "unchecked")
-            .and_then(|w| w.message.split(' ').next()?.parse::<usize>().ok())
-            .unwrap_or(0);
-        let lint = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let c = compile::compile(&rs)?;
-        let compile = t.elapsed().as_secs_f64();
-        let before: std::collections::HashSet<String> = map_fds().into_iter().map(|(fd, _)| fd).collect();
-        let t = Instant::now();
-        let mut l = Loaded::new(&c, true)?;
-        let load = t.elapsed().as_secs_f64();
-        let map_mib = map_memory_since(&before) as f64 / (1024.0 * 1024.0);
-        let (check_s, check_rss) = check_cost(&text)?;
-        {
-            let pass: &mut SchedClassifier = l.ebpf.program_mut(PASS_PROGRAM_NAME).ok_or_else(|| anyhow::anyhow!("no pass"))?.try_into()?;
-            pass.load()?;
-        }
-        let frame = |i: u64| packet::build(&packet_of(i), &Shape { payload: 18, ..Shape::default() });
-        let (mut empty, mut hit, mut miss) = (Vec::new(), Vec::new(), Vec::new());
-        let mut fresh = 1_000_000u64;
-        for _ in 0..rounds {
-            for eg in [false, true] {
-                let name = if eg { egress_common::PROGRAM_NAME } else { PASS_PROGRAM_NAME };
-                let prog = named(&mut l, name)?;
-                let h = run_ns(prog, &frame(7), 100_000)?;
-                let mut m = 0.0;
-                for _ in 0..2000 {
-                    fresh += 1;
-                    m += run_ns(prog, &frame(fresh), 1)?;
-                }
-                if eg {
-                    hit.push(h);
-                    miss.push(m / 2000.0);
-                } else {
-                    empty.push((h, m / 2000.0));
-                }
-            }
-        }
-        let mut eh: Vec<f64> = empty.iter().map(|e| e.0).collect();
-        let mut em: Vec<f64> = empty.iter().map(|e| e.1).collect();
-        let (eh, em) = (median(&mut eh), median(&mut em));
-        let counts = c.entry_counts();
-        let get = |m: &str| counts.iter().filter(|(k, _)| k.starts_with(m)).map(|(_, v)| v).sum::<usize>();
-        let _ = writeln!(
-            md,
-            "| {name} | {parse:.2} | {lint:.2} ({unchecked}) | {compile:.2} | {load:.2} | {check_s:.2}, {check_rss:.0} | {} / {} / {} / {} | {map_mib:.1} | {eh:.0} | {:.0} | {:.0} |",
-            get("DST"),
-            get("PAIR"),
-            get("LISTS"),
-            get("RANGES"),
-            median(&mut hit) - eh,
-            median(&mut miss) - em
-        );
-    }
-    let _ = writeln!(
-        md,
-        "\nGenerators: `ruleset_gen::{{realistic, src_dst_pairs, nested, port_ranges, source_fan}}` (`egress-bench --generate N SHAPE` writes one). Parse, lint, compile and load are timed in the benchmark's process (one run each; the lint runs on all CPUs); `egress check` is the whole command in a process of its own (parse, lint, compile), with its peak resident memory. Map memory is the kernel's own figure for the maps of the loaded rule set (`memlock` in /proc/self/fdinfo, with the flow cache and the other fixed maps). The program's cost does not depend on the shape: one DST lookup, at most one PAIR lookup and two interval searches on a miss. New-flow packets vary the source address (in the pairs and fan shapes they go to every rule in turn). The linter's work is bounded per file: \"rules unchecked\" are those whose share of the bound ran out (README, \"Linting\").\n"
-    );
-    Ok(())
 }
 
 pub(crate) fn testrun_part(sizes: &[usize], rounds: usize, md: &mut String, plot: &mut Vec<plots::Series>) -> anyhow::Result<TestRunAdded> {
