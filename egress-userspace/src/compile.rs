@@ -233,6 +233,7 @@ fn compile_family(rs: &RuleSet, v6: bool, lists: &mut Interner<'_>, classes: &mu
     let rules: Vec<&Rule> = rs.rules.iter().filter(|r| if v6 { r.families.v6 } else { r.families.v4 }).collect();
     // Destination prefix -> rules listing it (file order), and the lengths in use.
     let mut by_dst: HashMap<Prefix, Vec<u32>> = HashMap::default();
+    by_dst.reserve(rules.iter().map(|r| r.dst.as_ref().map_or(1, Vec::len)).sum());
     let mut src_of: HashMap<u32, Vec<Prefix>> = HashMap::default();
     for r in &rules {
         for p in prefixes(&r.dst, v6) {
@@ -245,7 +246,7 @@ fn compile_family(rs: &RuleSet, v6: bool, lists: &mut Interner<'_>, classes: &mu
     lens.dedup();
 
     let mut dst_keys: Vec<&Prefix> = by_dst.keys().collect();
-    dst_keys.sort();
+    dst_keys.sort_unstable();
     let mut dsts = Vec::with_capacity(dst_keys.len());
     let mut pairs = Vec::new();
     let mut emitted: HashSet<u32> = HashSet::default();
@@ -254,7 +255,13 @@ fn compile_family(rs: &RuleSet, v6: bool, lists: &mut Interner<'_>, classes: &mu
     // prefix before everything inside it), each with its candidate list pruned
     // to the rules that decide some packet (`decisive`), or None when a rule
     // with a source prefix is among its candidates (those take the exact path).
-    let mut chain: Vec<(Prefix, Option<Vec<u32>>)> = Vec::new();
+    // Lists of the chain by id; destinations with the same parent list and the
+    // same own rules get the same lists (a set's million entries in one rule:
+    // one computation, not a million).
+    let mut rd_lists: Vec<Vec<u32>> = Vec::new();
+    let mut memo: HashMap<(u32, Vec<u32>), (u32, Lists)> = HashMap::default();
+    let src_any: HashSet<u32> = src_of.iter().filter(|(_, s)| s.contains(&any)).map(|(i, _)| *i).collect();
+    let mut chain: Vec<(Prefix, Option<u32>)> = Vec::new();
     for d in dst_keys {
         enclosing_only(&mut chain, d);
         let mut own: Vec<u32> = by_dst[d].clone();
@@ -264,15 +271,26 @@ fn compile_family(rs: &RuleSet, v6: bool, lists: &mut Interner<'_>, classes: &mu
         // no-L4 rule) can decide a packet; the others are dropped. Deep nesting
         // (a rule at every length of a chain, many chains) made R(d) tens of
         // thousands of rules long for every d without this.
-        let parent = chain.last().map(|(_, r)| r.as_ref());
-        if parent.is_none_or(|p| p.is_some()) && own.iter().all(|i| src_of[i].contains(&any)) {
-            let mut rd: Vec<u32> = parent.flatten().map(|p| p.to_vec()).unwrap_or_default();
-            rd.extend(&own);
-            rd.sort_unstable();
-            rd.dedup();
-            let rd = decisive(&rs.rules, rd, v6);
-            dsts.push((*d, DstValue { lists: lists.split(&rd, &own, v6), flags: DST_SRC_ANY }));
-            chain.push((*d, Some(rd)));
+        let parent = chain.last().map(|(_, r)| *r);
+        if parent.is_none_or(|p| p.is_some()) && own.iter().all(|i| src_any.contains(i)) {
+            let key = (parent.flatten().unwrap_or(u32::MAX), own);
+            let (id, l) = match memo.get(&key) {
+                Some(v) => *v,
+                None => {
+                    let mut rd: Vec<u32> = rd_lists.get(key.0 as usize).cloned().unwrap_or_default();
+                    rd.extend(&key.1);
+                    rd.sort_unstable();
+                    rd.dedup();
+                    let rd = decisive(&rs.rules, rd, v6);
+                    let l = lists.split(&rd, &key.1, v6);
+                    rd_lists.push(rd);
+                    let v = (rd_lists.len() as u32 - 1, l);
+                    memo.insert(key, v);
+                    v
+                }
+            };
+            dsts.push((*d, DstValue { lists: l, flags: DST_SRC_ANY }));
+            chain.push((*d, Some(id)));
             continue;
         }
         chain.push((*d, None));
@@ -285,7 +303,7 @@ fn compile_family(rs: &RuleSet, v6: bool, lists: &mut Interner<'_>, classes: &mu
         }
         rd.sort_unstable();
         rd.dedup();
-        if rd.iter().all(|i| src_of[i].contains(&any)) {
+        if rd.iter().all(|i| src_any.contains(i)) {
             dsts.push((*d, DstValue { lists: lists.split(&rd, &own, v6), flags: DST_SRC_ANY }));
             continue;
         }
