@@ -224,8 +224,18 @@ impl FsLoader {
 
     /// The files tried, in order, with the digests of the bytes read (None:
     /// it could not be read).
+    /// A file read twice (a large rule file's chunked parse gave way to the
+    /// one-piece parse) is listed once, with what was read last.
     pub fn inputs(&self) -> Vec<(std::path::PathBuf, Option<String>)> {
-        self.read.lock().map(|r| r.clone()).unwrap_or_default()
+        let all = self.read.lock().map(|r| r.clone()).unwrap_or_default();
+        let mut out: Vec<(std::path::PathBuf, Option<String>)> = Vec::with_capacity(all.len());
+        for (p, d) in all {
+            match out.iter_mut().find(|(q, _)| *q == p) {
+                Some(e) => e.1 = d,
+                None => out.push((p, d)),
+            }
+        }
+        out
     }
 }
 

@@ -281,3 +281,20 @@ fn lint_warns_about_empty_unused_and_covered_sets() {
     );
     assert!(!covered.contains("203.0.113.0/24"), "half of it is not covered: {covered}");
 }
+
+#[test]
+fn lint_sees_a_rule_shadowed_by_the_union_of_earlier_port_lists() {
+    let rs = egress::rules::parse(
+        "p.toml",
+        "default_policy = \"deny\"\n\
+         [[rule]]\nname = \"edges\"\naction = \"allow\"\nprotocol = \"tcp\"\nports = [80, 443]\n\
+         [[rule]]\nname = \"middle\"\naction = \"allow\"\nprotocol = \"tcp\"\nports = \"81-442\"\n\
+         [[rule]]\nname = \"all-web\"\naction = \"allow\"\nprotocol = \"tcp\"\nports = \"80-443\"\n\
+         [[rule]]\nname = \"more\"\naction = \"allow\"\nprotocol = \"tcp\"\nports = \"80-444,22\"\n",
+    )
+    .unwrap();
+    let w = egress::lint::lint(&rs, 1);
+    let shadowed: Vec<&str> = w.iter().filter(|w| w.kind == "shadowed").filter_map(|w| w.rule.as_deref()).collect();
+    assert_eq!(shadowed, vec!["all-web"], "{w:#?}");
+    assert!(w.iter().any(|w| w.message.contains("rule 'edges' (line 2), rule 'middle' (line 7) together cover it")), "{w:#?}");
+}
