@@ -153,9 +153,7 @@ impl Interner<'_> {
     fn split(&mut self, cands: &[u32], own: &[u32], v6: bool) -> Lists {
         let (mine, inherited): (Vec<u32>, Vec<u32>) = cands.iter().partition(|i| own.binary_search(i).is_ok());
         let (own, inline) = match mine.as_slice() {
-            [one] if self.rules[*one as usize - 1].l4_ranges().len() == 1 => {
-                (INLINE_LIST, inline_rule(&self.rules[*one as usize - 1]))
-            }
+            [one] if self.rules[*one as usize - 1].l4_ranges().len() == 1 => (INLINE_LIST, inline_rule(&self.rules[*one as usize - 1])),
             _ => (self.id_or_none(mine, v6), InlineRule::default()),
         };
         Lists { own, inherited_first: inherited.first().copied().unwrap_or(u32::MAX), inherited: self.id_or_none(inherited, v6), inline }

@@ -147,11 +147,8 @@ impl Answer {
     }
 
     pub fn json(&self) -> Value {
-        let sets: Vec<Value> = self
-            .sets
-            .iter()
-            .map(|s| json!({"field": s.field, "set": s.set, "entry": s.entry.to_string(), "origin": s.origin}))
-            .collect();
+        let sets: Vec<Value> =
+            self.sets.iter().map(|s| json!({"field": s.field, "set": s.set, "entry": s.entry.to_string(), "origin": s.origin})).collect();
         json!({"rule": self.rule.as_ref().map(|r| &r.0), "line": self.rule.as_ref().map(|r| r.1),
                "action": self.action.as_str(), "audit": self.audit, "decided_by": self.decided_by, "sets": sets})
     }
@@ -219,7 +216,8 @@ pub fn live(t: &Target, q: &Query, m: &PacketMeta) -> anyhow::Result<Live> {
         )
     };
     let loader = crate::input::FsLoader::for_rules(path);
-    let rs = crate::rules::parse_with(&st.rules_file, &text, &loader).map_err(|e| if crate::digest(text.as_bytes()) != st.digest { changed() } else { anyhow::anyhow!("{e}") })?;
+    let rs = crate::rules::parse_with(&st.rules_file, &text, &loader)
+        .map_err(|e| if crate::digest(text.as_bytes()) != st.digest { changed() } else { anyhow::anyhow!("{e}") })?;
     let read: Vec<(std::path::PathBuf, String)> = loader.inputs().into_iter().filter_map(|(p, d)| Some((p, d?))).collect();
     if crate::input::inputs_digest(&crate::digest(text.as_bytes()), &read) != st.digest {
         return Err(changed());

@@ -180,7 +180,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let text = egress::input::read_text(&rules, "rule file").map_err(|e| anyhow::Error::new(InputError(e)))?;
             if json {
                 // Problems as JSON too, for CI pipelines; still exit 2.
-                if let Err(e) = egress::rules::parse_with(&rules.display().to_string(), &text, &egress::input::FsLoader::for_rules(&rules)) {
+                if let Err(e) = egress::rules::parse_with(&rules.display().to_string(), &text, &egress::input::FsLoader::for_rules(&rules))
+                {
                     println!("{}", json!({"file": rules.display().to_string(), "valid": false, "problems": e.problems}));
                     return Err(anyhow::Error::new(InputError(e.to_string())));
                 }

@@ -35,10 +35,13 @@ pub fn country_db(networks: &[(&str, &str, Layout)]) -> Vec<u8> {
             None => {
                 let o = data.len();
                 match layout {
-                    Layout::Country => map(&mut data, &[("country", &|d: &mut Vec<u8>| map(d, &[("iso_code", &|d: &mut Vec<u8>| string(d, code))]))]),
-                    Layout::RegisteredCountry => {
-                        map(&mut data, &[("registered_country", &|d: &mut Vec<u8>| map(d, &[("iso_code", &|d: &mut Vec<u8>| string(d, code))]))])
+                    Layout::Country => {
+                        map(&mut data, &[("country", &|d: &mut Vec<u8>| map(d, &[("iso_code", &|d: &mut Vec<u8>| string(d, code))]))])
                     }
+                    Layout::RegisteredCountry => map(
+                        &mut data,
+                        &[("registered_country", &|d: &mut Vec<u8>| map(d, &[("iso_code", &|d: &mut Vec<u8>| string(d, code))]))],
+                    ),
                     Layout::CountryCode => map(&mut data, &[("country_code", &|d: &mut Vec<u8>| string(d, code))]),
                 }
                 offsets.push((key, o));

@@ -305,7 +305,11 @@ fn merge_ports_writes_one_rule_with_a_port_list() {
     assert_eq!(rs.rules.len(), 2, "{}", merged.toml);
     assert_eq!(rs.rules[0].name, "cs-w1");
     assert_eq!(rs.rules[0].ports, Some(vec![(80, 80), (443, 443), (8000, 8101)]));
-    assert!(merged.toml.contains("# CloudStack rules w1, w2, w3, w4 (merged: --merge-ports): tcp ports 80,443,8000-8101"), "{}", merged.toml);
+    assert!(
+        merged.toml.contains("# CloudStack rules w1, w2, w3, w4 (merged: --merge-ports): tcp ports 80,443,8000-8101"),
+        "{}",
+        merged.toml
+    );
     assert_eq!(rs.rules[1].ports, Some(vec![(22, 22)]));
     // The same verdict for every packet (one action for all rules).
     let plain_rs = rules::parse("i.toml", &plain.toml).unwrap();

@@ -141,8 +141,11 @@ fn lint_agrees_with_the_reference_on_random_rule_sets() {
     for seed in 0..sets {
         let mut rng = StdRng::seed_from_u64(0x11a7 + seed);
         let n = *[2usize, 4, 8, 16, 30].choose(&mut rng).unwrap();
-        let (text, files) =
-            if seed % 3 == 2 { egress_tests::random::rules_with_sets(&mut rng, n) } else { (egress_tests::random::rules(&mut rng, n), Default::default()) };
+        let (text, files) = if seed % 3 == 2 {
+            egress_tests::random::rules_with_sets(&mut rng, n)
+        } else {
+            (egress_tests::random::rules(&mut rng, n), Default::default())
+        };
         let rs = rules::parse_with("random.toml", &text, &files).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{text}"));
         for (i, reach) in lint::reach(&rs).into_iter().enumerate() {
             let r = &rs.rules[i];

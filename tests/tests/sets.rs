@@ -24,7 +24,9 @@ fn port_lists_allow_exactly_their_ports() {
          [[rule]]\nname = \"dns\"\naction = \"allow\"\nprotocol = \"udp\"\nports = \"53,5353\"\n",
     );
     assert!(out.contains("applied"), "{out}");
-    for (port, want) in [(80, 3), (443, 3), (8000, 3), (8050, 3), (8101, 3), (53, 3), (5353, 3), (81, 0), (442, 0), (7999, 0), (8102, 0), (54, 0)] {
+    for (port, want) in
+        [(80, 3), (443, 3), (8000, 3), (8050, 3), (8101, 3), (53, 3), (5353, 3), (81, 0), (442, 0), (7999, 0), (8102, 0), (54, 0)]
+    {
         assert_eq!(p.udp(false, port, 3), want, "udp/{port}");
     }
     assert_eq!(p.udp(true, 8100, 2), 2);
@@ -131,7 +133,20 @@ fn a_set_of_100000_entries_blocks_its_entry_and_not_the_neighbour() {
     assert_eq!(rules_c, vec![4], "{v}");
     assert_eq!(v["rules"][0]["match"], "all any -> @blocklist", "{v}");
     // explain names the entry and its line.
-    let e = p.egress_ok(&["explain", "--iface", &p.a_if, "--proto", "udp", "--src", "192.0.2.1", "--dst", "192.0.2.2", "--dport", "9", "--json"]);
+    let e = p.egress_ok(&[
+        "explain",
+        "--iface",
+        &p.a_if,
+        "--proto",
+        "udp",
+        "--src",
+        "192.0.2.1",
+        "--dst",
+        "192.0.2.2",
+        "--dport",
+        "9",
+        "--json",
+    ]);
     let e: serde_json::Value = serde_json::from_str(&e).unwrap();
     assert_eq!(e["agree"], true, "{e}");
     assert_eq!(e["sets"][0]["entry"], "192.0.2.2/32", "{e}");
@@ -170,7 +185,9 @@ fn a_bad_set_line_changes_nothing() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("writable by its group or by everyone") && err.contains("set file"), "{err}");
     std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    for (what, path, msg) in [("a directory", d.display().to_string(), "a directory, not a file"), ("/dev/zero", "/dev/zero".to_string(), "more than the")] {
+    for (what, path, msg) in
+        [("a directory", d.display().to_string(), "a directory, not a file"), ("/dev/zero", "/dev/zero".to_string(), "more than the")]
+    {
         std::fs::write(d.join("r2.toml"), BLOCK_RULES.replace("block.netset", &path)).unwrap();
         let o = p.egress(&["check", "--rules", &d.join("r2.toml").display().to_string(), "--max-file-size", "1M"]);
         let err = String::from_utf8_lossy(&o.stderr);
@@ -189,7 +206,10 @@ fn a_set_file_changed_under_egress_run_is_enforced_with_counters_kept() {
     let set = d.join("block.netset");
     std::fs::write(&set, "192.0.2.2\n").unwrap();
     std::fs::write(d.join("rules.toml"), BLOCK_RULES).unwrap();
-    let cfg = egress_tests::temp_file("egress.toml", &format!("[[interface]]\nname = \"{}\"\nrules = \"{}\"\n", p.a_if, d.join("rules.toml").display()));
+    let cfg = egress_tests::temp_file(
+        "egress.toml",
+        &format!("[[interface]]\nname = \"{}\"\nrules = \"{}\"\n", p.a_if, d.join("rules.toml").display()),
+    );
     let dmn = egress_tests::Daemon::start(&p.a, &cfg, &[]);
     let is = |v: &serde_json::Value, m: &str| v["message"].as_str().is_some_and(|s| s.contains(m)) && v["iface"] == p.a_if.as_str();
     dmn.wait_for("applied", 1, |v| is(v, "rules applied"));

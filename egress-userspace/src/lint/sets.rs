@@ -135,7 +135,8 @@ impl Linter<'_> {
             if !in_class(r, c, v6) {
                 continue;
             }
-            let shapes: Vec<&Shape> = cands.iter().filter(|&&j| f.classes[j] & (1 << c as u8) != 0).filter_map(|&j| f.shapes[j].as_ref()).collect();
+            let shapes: Vec<&Shape> =
+                cands.iter().filter(|&&j| f.classes[j] & (1 << c as u8) != 0).filter_map(|&j| f.shapes[j].as_ref()).collect();
             let cl = class_l4(c);
             for &mine in me.l4.iter().filter(|&&m| l4_overlaps(cl, m)) {
                 let l = (mine.0.max(cl.0), mine.1.min(cl.1));

@@ -69,7 +69,9 @@ pub(super) fn parse_chunked(
                 let mine: Vec<(usize, Range<usize>)> = chunks.iter().skip(w).step_by(workers).cloned().collect();
                 let sets = &sets;
                 sc.spawn(move || -> Option<Vec<Chunk>> {
-                    mine.into_iter().map(|(first, range)| parse_chunk(file, text, starts, first, range, default_policy, audit, sets)).collect()
+                    mine.into_iter()
+                        .map(|(first, range)| parse_chunk(file, text, starts, first, range, default_policy, audit, sets))
+                        .collect()
                 })
             })
             .collect();

@@ -450,7 +450,10 @@ ports = "1000-2000"
 
     #[test]
     fn port_lists_merge_and_name_the_bad_entry() {
-        let ports = |v: &str| parse("p.toml", &format!("default_policy = \"deny\"\n[[rule]]\nprotocol = \"tcp\"\nports = {v}\n")).map(|rs| rs.rules[0].ports.clone().unwrap());
+        let ports = |v: &str| {
+            parse("p.toml", &format!("default_policy = \"deny\"\n[[rule]]\nprotocol = \"tcp\"\nports = {v}\n"))
+                .map(|rs| rs.rules[0].ports.clone().unwrap())
+        };
         assert_eq!(ports("[80, 443, \"8000-8100\"]").unwrap(), vec![(80, 80), (443, 443), (8000, 8100)]);
         assert_eq!(ports("\"80,443\"").unwrap(), vec![(80, 80), (443, 443)]);
         assert_eq!(ports("\" 443 , 80 \"").unwrap(), vec![(80, 80), (443, 443)]);
@@ -460,9 +463,18 @@ ports = "1000-2000"
         assert_eq!(ports("[\"80,81\", 82]").unwrap(), vec![(80, 82)]);
         let e = |v: &str| ports(v).unwrap_err().problems[0].to_string();
         assert_eq!(e("[80, 70000]"), "p.toml:4: rule 'rule-1', field 'ports': entry 2: 70000 is not a port number from 0 to 65535");
-        assert_eq!(e("[80, \"90-85\"]"), "p.toml:4: rule 'rule-1', field 'ports': entry 2: range '90-85' is empty: the first port is greater than the last");
-        assert_eq!(e("\"80,,443\""), "p.toml:4: rule 'rule-1', field 'ports': entry 2: empty entry (two commas in a row, or a comma at an end)");
-        assert_eq!(e("\"80,\""), "p.toml:4: rule 'rule-1', field 'ports': entry 2: empty entry (two commas in a row, or a comma at an end)");
+        assert_eq!(
+            e("[80, \"90-85\"]"),
+            "p.toml:4: rule 'rule-1', field 'ports': entry 2: range '90-85' is empty: the first port is greater than the last"
+        );
+        assert_eq!(
+            e("\"80,,443\""),
+            "p.toml:4: rule 'rule-1', field 'ports': entry 2: empty entry (two commas in a row, or a comma at an end)"
+        );
+        assert_eq!(
+            e("\"80,\""),
+            "p.toml:4: rule 'rule-1', field 'ports': entry 2: empty entry (two commas in a row, or a comma at an end)"
+        );
         assert_eq!(e("[]"), "p.toml:4: rule 'rule-1', field 'ports': an empty list matches no port; omit 'ports' to match every port");
         assert!(e("[80, true]").contains("entry 2 must be a port (80)"), "{}", e("[80, true]"));
         assert!(e("[80, -1]").ends_with("entry 2: -1 is not a port number from 0 to 65535"), "{}", e("[80, -1]"));
@@ -518,7 +530,8 @@ ports = "1000-2000"
         // The file-wide audit mode reaches every chunk.
         let audit = format!("mode = \"audit\"\n{text}");
         let starts_a = line_starts(&audit);
-        let chunked = parse_chunked("big.toml", &audit, &starts_a, &rule_headers(&audit, &starts_a), &crate::sets::NoFiles).expect("chunked with mode");
+        let chunked = parse_chunked("big.toml", &audit, &starts_a, &rule_headers(&audit, &starts_a), &crate::sets::NoFiles)
+            .expect("chunked with mode");
         assert_eq!(chunked, parse_whole("big.toml", &audit, &starts_a, max, &crate::sets::NoFiles).unwrap());
         assert!(chunked.audit && chunked.rules.iter().any(|r| r.audit));
         // A problem in a late chunk: the one-piece parse reports it, with its line.
@@ -545,14 +558,19 @@ ports = "1000-2000"
         let first_over = text.match_indices("[[rule]]").nth(limit).map(|(i, _)| i).unwrap();
         let line = text[..first_over].lines().count() + 1;
         let Err(pre) = parse_limited("big.toml", &text, limit, &crate::sets::NoFiles) else { panic!("over the limit must be refused") };
-        let Err(whole) = parse_whole("big.toml", &text, &starts, limit, &crate::sets::NoFiles) else { panic!("over the limit must be refused") };
+        let Err(whole) = parse_whole("big.toml", &text, &starts, limit, &crate::sets::NoFiles) else {
+            panic!("over the limit must be refused")
+        };
         assert_eq!(pre.to_string(), whole.to_string());
         assert_eq!(pre.problems.len(), 1, "{pre}");
         assert_eq!(pre.problems[0].line, line);
         let msg = format!("{n} rules, more than the {limit} a rule file may hold (this is rule {})", limit + 1);
         assert_eq!(pre.problems[0].message, msg);
         // At the limit: accepted by both paths, equal.
-        assert_eq!(parse_limited("big.toml", &text, n, &crate::sets::NoFiles).unwrap(), parse_whole("big.toml", &text, &starts, n, &crate::sets::NoFiles).unwrap());
+        assert_eq!(
+            parse_limited("big.toml", &text, n, &crate::sets::NoFiles).unwrap(),
+            parse_whole("big.toml", &text, &starts, n, &crate::sets::NoFiles).unwrap()
+        );
         // Inline rule tables (no header lines) meet the one-piece parse's count.
         let inline = "default_policy = \"allow\"\nrule = [{ name = \"a\" , action = \"deny\" }, { name = \"b\", action = \"deny\" }]\n";
         let Err(e) = parse_limited("i.toml", inline, 1, &crate::sets::NoFiles) else { panic!("two inline rules over a limit of one") };

@@ -105,7 +105,11 @@ pub(super) fn parse_sets(cx: &mut Ctx<'_>, root: &Table, loader: &dyn Loader) ->
                     kspan("name"),
                     None,
                     Some("set.name"),
-                    format!("must be a string of letters, digits, '_', '-' or '.' (at most {} bytes), not {}", super::MAX_NAME_LEN, show(item)),
+                    format!(
+                        "must be a string of letters, digits, '_', '-' or '.' (at most {} bytes), not {}",
+                        super::MAX_NAME_LEN,
+                        show(item)
+                    ),
                 );
                 continue;
             }
@@ -118,7 +122,12 @@ pub(super) fn parse_sets(cx: &mut Ctx<'_>, root: &Table, loader: &dyn Loader) ->
         table.names.insert(name.clone(), None);
         let source = match (t.get("file"), t.get("country")) {
             (Some(_), Some(_)) => {
-                cx.push(kspan("country"), None, Some("set.country"), at("has both 'file' and 'country'; a set takes its entries from one".into()));
+                cx.push(
+                    kspan("country"),
+                    None,
+                    Some("set.country"),
+                    at("has both 'file' and 'country'; a set takes its entries from one".into()),
+                );
                 continue;
             }
             (None, None) => {
@@ -158,7 +167,12 @@ pub(super) fn parse_sets(cx: &mut Ctx<'_>, root: &Table, loader: &dyn Loader) ->
             },
             Ok(codes) => {
                 let Some(path) = &database else {
-                    cx.push(kspan("country"), None, Some("set.country"), at("needs a GeoIP database: add [geoip] database = \"/path/to/GeoLite2-Country.mmdb\"".into()));
+                    cx.push(
+                        kspan("country"),
+                        None,
+                        Some("set.country"),
+                        at("needs a GeoIP database: add [geoip] database = \"/path/to/GeoLite2-Country.mmdb\"".into()),
+                    );
                     continue;
                 };
                 let db = db.get_or_insert_with(|| loader.database(path));
@@ -266,7 +280,8 @@ mod tests {
 
     #[test]
     fn references_expand_and_keep_their_names() {
-        let fs = files(&[("bl.netset", "# list\n192.0.2.0/24\n192.0.2.9\n2001:db8::/48 ; six\n"), ("more.txt", "198.51.100.7\n192.0.2.0/25\n")]);
+        let fs =
+            files(&[("bl.netset", "# list\n192.0.2.0/24\n192.0.2.9\n2001:db8::/48 ; six\n"), ("more.txt", "198.51.100.7\n192.0.2.0/25\n")]);
         let rs = parse_with(
             "r.toml",
             "default_policy = \"allow\"\n[[set]]\nname = \"bl\"\nfile = \"bl.netset\"\n[[set]]\nname = \"more\"\nfile = \"more.txt\"\n\
@@ -302,7 +317,8 @@ mod tests {
         assert_eq!(rs.rules[0].families, Families { v4: true, v6: false });
         // An empty set: the rule matches nothing (lint says so), not an error.
         let fs = files(&[("e.txt", "# nothing yet\n")]);
-        let rs = parse_with("r.toml", "default_policy = \"allow\"\n[[set]]\nname = \"e\"\nfile = \"e.txt\"\n[[rule]]\ndst = \"@e\"\n", &fs).unwrap();
+        let rs = parse_with("r.toml", "default_policy = \"allow\"\n[[set]]\nname = \"e\"\nfile = \"e.txt\"\n[[rule]]\ndst = \"@e\"\n", &fs)
+            .unwrap();
         assert_eq!(rs.rules[0].families, Families::default());
     }
 

@@ -68,7 +68,11 @@ pub fn networks(db: &[u8], codes: &[String]) -> Result<Vec<(IpNet, u32)>, String
             Some(i) => *i,
             None => {
                 let rec: Option<Record<'_>> = item.decode().map_err(|e| format!("corrupt database record: {e}"))?;
-                let i = rec.as_ref().and_then(Record::code).and_then(|c| codes.iter().position(|k| k.eq_ignore_ascii_case(c))).map(|i| i as u32);
+                let i = rec
+                    .as_ref()
+                    .and_then(Record::code)
+                    .and_then(|c| codes.iter().position(|k| k.eq_ignore_ascii_case(c)))
+                    .map(|i| i as u32);
                 by_offset.insert(offset, i);
                 i
             }

@@ -72,7 +72,8 @@ impl Set {
     /// `egress check`'s line for the set: its size after merging.
     pub fn summary(&self) -> String {
         let (v4, v6) = self.family_counts();
-        let merged = if self.read != self.entries.len() { format!(" ({} read, equal or contained ones merged)", self.read) } else { String::new() };
+        let merged =
+            if self.read != self.entries.len() { format!(" ({} read, equal or contained ones merged)", self.read) } else { String::new() };
         format!("set @{}: {} entries, {v4} IPv4 + {v6} IPv6{merged}, from {}", self.name, self.entries.len(), self.describe())
     }
 

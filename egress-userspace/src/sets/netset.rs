@@ -48,7 +48,8 @@ pub fn parse_entry(s: &str) -> Result<Vec<IpNet>, String> {
         return Err(format!("'{s}': one entry a line (an address, a CIDR or a range a-b), then an optional # or ; comment"));
     }
     if let Some((a, b)) = s.split_once('-') {
-        let addr = |t: &str| t.trim().parse::<IpAddr>().map_err(|_| format!("'{}' in range '{s}' is not an IPv4 or IPv6 address", t.trim()));
+        let addr =
+            |t: &str| t.trim().parse::<IpAddr>().map_err(|_| format!("'{}' in range '{s}' is not an IPv4 or IPv6 address", t.trim()));
         let (a, b) = (addr(a)?, addr(b)?);
         return match (a, b) {
             (IpAddr::V4(a), IpAddr::V4(b)) if a <= b => Ok(Ipv4Subnets::new(a, b, 0).map(IpNet::V4).collect()),

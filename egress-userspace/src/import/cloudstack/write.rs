@@ -99,9 +99,8 @@ pub(super) fn write(
     let mut used = std::collections::HashSet::new();
     for group in groups(rules, o.merge_ports) {
         let r = group[0];
-        let ports: Option<Vec<(u16, u16)>> = r.ports.as_ref().map(|_| {
-            crate::rules::merge_intervals(group.iter().flat_map(|g| g.ports.iter().flatten().copied()).collect())
-        });
+        let ports: Option<Vec<(u16, u16)>> =
+            r.ports.as_ref().map(|_| crate::rules::merge_intervals(group.iter().flat_map(|g| g.ports.iter().flatten().copied()).collect()));
         let mut what = r.protocol.to_string();
         if let Some(p) = &ports {
             let many = p.len() > 1 || p[0].0 != p[0].1;

@@ -249,4 +249,3 @@ pub(crate) fn adversarial_part(n: usize, entries: usize, rounds: usize, md: &mut
     );
     Ok(())
 }
-

@@ -102,7 +102,8 @@ pub fn nft_linear(rs: &rules::RuleSet) -> String {
                         Some([(a, b)]) if a == b => line.push_str(&format!(" {p} dport {a}")),
                         Some([(a, b)]) => line.push_str(&format!(" {p} dport {a}-{b}")),
                         Some(list) => {
-                            let l: Vec<String> = list.iter().map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
+                            let l: Vec<String> =
+                                list.iter().map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
                             line.push_str(&format!(" {p} dport {{ {} }}", l.join(", ")));
                         }
                         None => line.push_str(&format!(" meta l4proto {p}")),

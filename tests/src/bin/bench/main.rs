@@ -40,8 +40,8 @@ mod sender;
 mod testrun;
 mod traffic;
 
-use report::{TestRunAdded, targets};
 use adversarial::adversarial_part;
+use report::{TestRunAdded, targets};
 use testrun::{hooks_part, lint_part, testrun_part};
 use traffic::{Case, traffic_part};
 

@@ -157,7 +157,8 @@ pub(crate) fn distinct_targets(rs: &rules::RuleSet, v6: bool, n: usize) -> Vec<(
         })
         .filter_map(|r| {
             let d = *r.dst.as_ref()?.first()?;
-            (d.addr().is_ipv6() == v6 && !flow_dst.contains(&d.addr())).then(|| (d.network(), r.ports.as_ref().map(|p| p[0].0).unwrap_or(1)))
+            (d.addr().is_ipv6() == v6 && !flow_dst.contains(&d.addr()))
+                .then(|| (d.network(), r.ports.as_ref().map(|p| p[0].0).unwrap_or(1)))
         })
         .filter(|t| seen.insert(t.0))
         .take(n)
