@@ -133,9 +133,10 @@ pub const GLOBAL_FLOW_MASK: &str = "FLOW_MASK";
 /// Most rules a rule file may hold (counter slots are 1..=MAX_RULES; slot 0 is the
 /// default policy).
 pub const MAX_RULES: u32 = 262_144;
-/// Capacity of DST_V4 and DST_V6 (distinct destination prefixes per family). The
-/// LPM tries are not preallocated, so a capacity costs nothing until used.
-pub const MAX_DST_ENTRIES: u32 = 1 << 20;
+/// Capacity of DST_V4 and DST_V6 (distinct destination prefixes per family):
+/// room for a set of a million entries beside a full rule file. The LPM tries
+/// are not preallocated, so a capacity costs nothing until used.
+pub const MAX_DST_ENTRIES: u32 = 1 << 21;
 /// Capacity of PAIR_V4 and PAIR_V6 ((destination class, source prefix) pairs).
 pub const MAX_PAIR_ENTRIES: u32 = 1 << 21;
 /// Most entries of RANGES (disjoint port intervals over all candidate lists and

@@ -111,12 +111,18 @@ impl Compiled {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
-    #[error(
-        "the rule set compiles to {count} {map} entries, more than its capacity of {cap}; \
-         the usual cause is many rules with a specific source combined with many rules with a \
-         specific destination (their cross product is precomputed, see ARCHITECTURE.md)"
-    )]
+    #[error("the rule set compiles to {count} {map} entries, more than its capacity of {cap}; {}", why_too_large(map))]
     TooLarge { map: &'static str, count: usize, cap: u32 },
+}
+
+/// What usually fills a map past its capacity.
+fn why_too_large(map: &str) -> &'static str {
+    if map.starts_with("DST") {
+        "each distinct destination prefix is an entry, every entry of the sets the rules name included: split the sets across interfaces, or list covering prefixes"
+    } else {
+        "the usual cause is many rules with a specific source combined with many rules with a \
+         specific destination (their cross product is precomputed, see ARCHITECTURE.md)"
+    }
 }
 
 /// The protocol classes a packet of a family can have.

@@ -189,8 +189,12 @@ pub fn rules_with_sets(rng: &mut StdRng, n: usize) -> (String, egress::sets::InM
     let mut header = String::new();
     for k in 0..2 {
         let mut f = String::from("# random set\n");
-        for _ in 0..rng.gen_range(0..6) {
-            match rng.gen_range(0..4) {
+        // Now and then a larger set (more than the linter scans: it searches those).
+        let n = if rng.gen_bool(0.3) { rng.gen_range(20..40) } else { rng.gen_range(0..6) };
+        for _ in 0..n {
+            match rng.gen_range(0..6) {
+                4 => f.push_str(&format!("192.0.2.{}\n", rng.gen_range(0..256))),
+                5 => f.push_str(&format!("192.0.2.{}/31\n", rng.gen_range(0..128) * 2)),
                 0 => f.push_str(&format!("{}\n", pick(rng, V4_NETS))),
                 1 => f.push_str(&format!("{} ; six\n", pick(rng, V6_NETS))),
                 2 => {

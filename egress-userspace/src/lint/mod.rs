@@ -154,7 +154,11 @@ impl<'a> Linter<'a> {
                 && exact(j)
                 && (any_src
                     || tag & SRC_ANY != 0
-                    || f.shapes[j].as_ref().is_some_and(|e| e.src.iter().any(|p| me.src.iter().any(|q| p.overlaps(*q)))));
+                    || f.shapes[j].as_ref().is_some_and(|e| {
+                        // The shorter list asks the other (a set's sorted list answers by search).
+                        let (few, many) = if e.src.len() <= me.src.len() { (&e.src, &me.src) } else { (&me.src, &e.src) };
+                        few.iter().any(|&q| many.any_overlaps(q))
+                    }));
             !hit || visit(j, tag)
         };
         f.index.nodes_of(i).iter().all(|&n| f.index.overlapping(n, me.l4.hull(), budget, &mut check))
