@@ -146,11 +146,17 @@ impl Answer {
         }
     }
 
+    /// `"sets"` only when the packet met a set (the shape is otherwise the one
+    /// it always was).
     pub fn json(&self) -> Value {
-        let sets: Vec<Value> =
-            self.sets.iter().map(|s| json!({"field": s.field, "set": s.set, "entry": s.entry.to_string(), "origin": s.origin})).collect();
-        json!({"rule": self.rule.as_ref().map(|r| &r.0), "line": self.rule.as_ref().map(|r| r.1),
-               "action": self.action.as_str(), "audit": self.audit, "decided_by": self.decided_by, "sets": sets})
+        let mut v = json!({"rule": self.rule.as_ref().map(|r| &r.0), "line": self.rule.as_ref().map(|r| r.1),
+               "action": self.action.as_str(), "audit": self.audit, "decided_by": self.decided_by});
+        if !self.sets.is_empty() {
+            let sets: Vec<Value> =
+                self.sets.iter().map(|s| json!({"field": s.field, "set": s.set, "entry": s.entry.to_string(), "origin": s.origin})).collect();
+            v["sets"] = json!(sets);
+        }
+        v
     }
 
     pub fn text(&self) -> String {

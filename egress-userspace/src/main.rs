@@ -198,13 +198,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 let counts: serde_json::Map<String, serde_json::Value> =
                     p.compiled.entry_counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
-                println!(
-                    "{}",
-                    json!({"file": p.file, "valid": true, "rules": p.rules.rules.len(),
-                           "default": p.rules.default_policy.as_str(), "stateful": p.rules.state.is_some(), "state": p.rules.state,
-                           "digest": p.digest, "map_entries": counts, "warnings": p.warnings,
-                           "sets": p.rules.sets.iter().map(|s| s.json()).collect::<Vec<_>>()})
-                );
+                let mut v = json!({"file": p.file, "valid": true, "rules": p.rules.rules.len(),
+                       "default": p.rules.default_policy.as_str(), "stateful": p.rules.state.is_some(), "state": p.rules.state,
+                       "digest": p.digest, "map_entries": counts, "warnings": p.warnings});
+                // Only for a file with sets: the shape is otherwise the one it always was.
+                if !p.rules.sets.is_empty() {
+                    v["sets"] = json!(p.rules.sets.iter().map(|s| s.json()).collect::<Vec<_>>());
+                }
+                println!("{v}");
                 if strict {
                     p.strict().map_err(input)?;
                 }
