@@ -152,8 +152,11 @@ impl Answer {
         let mut v = json!({"rule": self.rule.as_ref().map(|r| &r.0), "line": self.rule.as_ref().map(|r| r.1),
                "action": self.action.as_str(), "audit": self.audit, "decided_by": self.decided_by});
         if !self.sets.is_empty() {
-            let sets: Vec<Value> =
-                self.sets.iter().map(|s| json!({"field": s.field, "set": s.set, "entry": s.entry.to_string(), "origin": s.origin})).collect();
+            let sets: Vec<Value> = self
+                .sets
+                .iter()
+                .map(|s| json!({"field": s.field, "set": s.set, "entry": s.entry.to_string(), "origin": s.origin}))
+                .collect();
             v["sets"] = json!(sets);
         }
         v
@@ -224,8 +227,7 @@ pub fn live(t: &Target, q: &Query, m: &PacketMeta) -> anyhow::Result<Live> {
     let loader = crate::input::FsLoader::for_rules(path);
     let rs = crate::rules::parse_with(&st.rules_file, &text, &loader)
         .map_err(|e| if crate::digest(text.as_bytes()) != st.digest { changed() } else { anyhow::anyhow!("{e}") })?;
-    let read: Vec<(std::path::PathBuf, String)> = loader.inputs().into_iter().filter_map(|(p, d)| Some((p, d?))).collect();
-    if crate::input::inputs_digest(&crate::digest(text.as_bytes()), &read) != st.digest {
+    if loader.digest(text.as_bytes()) != st.digest {
         return Err(changed());
     }
     let action = if d.deny { Action::Deny } else { Action::Allow };

@@ -224,6 +224,13 @@ impl FsLoader {
 
     /// The files tried, in order, with the digests of the bytes read (None:
     /// it could not be read).
+    /// The digest of a rule set built from the rule file's `bytes` and the
+    /// files read through this loader ([`inputs_digest`]).
+    pub fn digest(&self, rules: &[u8]) -> String {
+        let read: Vec<(std::path::PathBuf, String)> = self.inputs().into_iter().filter_map(|(p, d)| Some((p, d?))).collect();
+        inputs_digest(&crate::digest(rules), &read)
+    }
+
     /// A file read twice (a large rule file's chunked parse gave way to the
     /// one-piece parse) is listed once, with what was read last.
     pub fn inputs(&self) -> Vec<(std::path::PathBuf, Option<String>)> {

@@ -35,8 +35,6 @@ pub struct Prepared {
     pub compiled: Compiled,
     /// Of the rule file and every file it names (`input::inputs_digest`).
     pub digest: String,
-    /// The files the rule file names (sets, the GeoIP database), as read.
-    pub inputs: Vec<std::path::PathBuf>,
     /// The linter's warnings (lint.rs), in file order.
     pub warnings: Vec<crate::lint::Warning>,
 }
@@ -85,10 +83,7 @@ fn prepare_loaded(path: &Path, text: &str, loader: &crate::input::FsLoader) -> R
     let compiled = compile::compile(&rs).map_err(|e| ReloadError::Input(format!("{shown}: {e}")))?;
     let canonical = fs::canonicalize(path).map(|p| p.display().to_string()).unwrap_or_else(|_| shown.clone());
     let warnings = crate::lint::lint(&rs, crate::lint::default_policy_line(text));
-    let read: Vec<(std::path::PathBuf, String)> = loader.inputs().into_iter().filter_map(|(p, d)| Some((p, d?))).collect();
-    let digest = crate::input::inputs_digest(&crate::digest(bytes), &read);
-    let inputs = read.into_iter().map(|(p, _)| p).collect();
-    Ok(Prepared { file: shown, canonical, rules: rs, compiled, digest, inputs, warnings })
+    Ok(Prepared { file: shown, canonical, rules: rs, compiled, digest: loader.digest(bytes), warnings })
 }
 
 /// Applies a prepared rule set to an interface (attach, or replace atomically).

@@ -133,21 +133,7 @@ fn a_set_of_100000_entries_blocks_its_entry_and_not_the_neighbour() {
     assert_eq!(rules_c, vec![4], "{v}");
     assert_eq!(v["rules"][0]["match"], "all any -> @blocklist", "{v}");
     // explain names the entry and its line.
-    let e = p.egress_ok(&[
-        "explain",
-        "--iface",
-        &p.a_if,
-        "--proto",
-        "udp",
-        "--src",
-        "192.0.2.1",
-        "--dst",
-        "192.0.2.2",
-        "--dport",
-        "9",
-        "--json",
-    ]);
-    let e: serde_json::Value = serde_json::from_str(&e).unwrap();
+    let e = p.explain_udp(9, None);
     assert_eq!(e["agree"], true, "{e}");
     assert_eq!(e["sets"][0]["entry"], "192.0.2.2/32", "{e}");
     let origin = format!("{}:100003", d.join("block.netset").display());

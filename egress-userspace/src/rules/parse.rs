@@ -220,7 +220,7 @@ pub(super) fn parse_whole(
     Ok(RuleSet { default_policy, audit, rules, state, events, sets: sets.sets })
 }
 
-fn show(item: &Item) -> String {
+pub(super) fn show(item: &Item) -> String {
     match item.as_value() {
         Some(v) => format!("{} `{}`", v.type_name(), v.to_string().trim()),
         None => item.type_name().to_string(),

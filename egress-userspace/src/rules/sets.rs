@@ -20,7 +20,7 @@ use std::{collections::HashMap, ops::Range};
 use toml_edit::{Item, Key, Table, TableLike, Value};
 
 use super::{
-    parse::Ctx,
+    parse::{Ctx, show},
     toml_diag::{item_span, suggest},
 };
 use crate::sets::{self, Loader, Set, SetSource, geoip};
@@ -251,13 +251,6 @@ fn country_codes(item: &Item) -> Result<Vec<String>, String> {
         }
     }
     Ok(out)
-}
-
-fn show(item: &Item) -> String {
-    match item.as_value() {
-        Some(v) => format!("{} `{}`", v.type_name(), v.to_string().trim()),
-        None => item.type_name().to_string(),
-    }
 }
 
 #[cfg(test)]
