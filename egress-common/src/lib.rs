@@ -9,6 +9,9 @@
 
 use core::mem::size_of;
 
+mod dns;
+pub use dns::*;
+
 // ---------------------------------------------------------------------------
 // Verdicts
 // ---------------------------------------------------------------------------
@@ -645,4 +648,13 @@ mod pod {
     unsafe impl aya::Pod for ConnValue {}
     unsafe impl aya::Pod for EventLimit {}
     unsafe impl aya::Pod for DenyEvent {}
+    unsafe impl aya::Pod for PatKey {}
+    unsafe impl aya::Pod for PatValue {}
+    unsafe impl aya::Pod for ResolverKey {}
+    unsafe impl aya::Pod for LearnWay {}
+    unsafe impl aya::Pod for LearnBucket {}
+    unsafe impl aya::Pod for QueryKey {}
+    unsafe impl aya::Pod for QueryValue {}
+    unsafe impl aya::Pod for DnsName {}
+    unsafe impl aya::Pod for DnsClass {}
 }

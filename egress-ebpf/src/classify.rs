@@ -15,7 +15,7 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use egress_common::{
-    DST_SRC_ANY, INLINE_LIST, InlineRule, Lists, NO_LIST, PCLASS_COUNT, PCLASS_NO_L4, PairKeyV4, PairKeyV6, RANGE_SEARCH_STEPS, Verdict,
+    DST_SRC_ANY, DstValue, INLINE_LIST, InlineRule, Lists, NO_LIST, PCLASS_COUNT, PCLASS_NO_L4, PairKeyV4, PairKeyV6, RANGE_SEARCH_STEPS, Verdict,
 };
 
 use crate::{
@@ -42,28 +42,44 @@ fn lists_call(pkt: &Packet, out: &mut Lists) -> bool {
 #[inline(always)]
 fn lists(pkt: &Packet) -> Option<Lists> {
     if pkt.v6 {
-        let d = DST_V6.get(Key::new(128, pkt.dst))?;
-        if d.flags & DST_SRC_ANY != 0 {
-            return Some(d.lists);
-        }
+        lists_of(DST_V6.get(Key::new(128, pkt.dst))?, pkt)
+    } else {
+        let dst = [pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]];
+        lists_of(DST_V4.get(Key::new(32, dst))?, pkt)
+    }
+}
+
+/// Stage 2: the candidate lists of destination class `d` for the packet's source.
+#[inline(always)]
+fn lists_of(d: &DstValue, pkt: &Packet) -> Option<Lists> {
+    if d.flags & DST_SRC_ANY != 0 {
+        return Some(d.lists);
+    }
+    if pkt.v6 {
         let k = PairKeyV6 { dst_class: d.lists.own.to_be_bytes(), src: pkt.src };
         PAIR_V6.get(Key::new(32 + 128, k)).copied()
     } else {
-        let dst = [pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]];
-        let d = DST_V4.get(Key::new(32, dst))?;
-        if d.flags & DST_SRC_ANY != 0 {
-            return Some(d.lists);
-        }
         let src = [pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]];
         let k = PairKeyV4 { dst_class: d.lists.own.to_be_bytes(), src };
         PAIR_V4.get(Key::new(32 + 32, k)).copied()
     }
 }
 
+/// Stages 2-3 for a destination class found another way (a learned name's,
+/// dns.rs): the first of its rules that matches the packet, or a verdict whose
+/// rule is `u32::MAX`.
+#[inline(always)]
+pub fn from_dst(d: &DstValue, pkt: &Packet) -> Verdict {
+    match lists_of(d, pkt) {
+        Some(l) => in_lists(&l, pkt),
+        None => NONE,
+    }
+}
+
 /// "No rule of this list matches": sorts after every rule slot, so the earlier of
 /// two answers is simply the smaller. Plain values rather than `Option`: LLVM may
 /// leave an `Option`'s unused payload in a register the verifier sees as unread.
-const NONE: Verdict = Verdict { rule: u32::MAX, action: 0 };
+pub const NONE: Verdict = Verdict { rule: u32::MAX, action: 0 };
 
 /// The first rule of candidate list `list` that matches the packet's protocol
 /// class and port: a binary search over the list's disjoint intervals.
@@ -137,13 +153,19 @@ pub fn lookup<const SPLIT: bool>(pkt: &Packet) -> Option<Verdict> {
     } else {
         lists(pkt)?
     };
+    let best = in_lists(&l, pkt);
+    if best.rule == NONE.rule { None } else { Some(best) }
+}
+
+/// Stage 3 over both lists.
+#[inline(always)]
+fn in_lists(l: &Lists, pkt: &Packet) -> Verdict {
     let own = if l.own == INLINE_LIST { inline_match(&l.inline, pkt) } else { first_in(l.own, pkt) };
     // The own answer precedes every inherited rule: no second search.
-    let best = if own.rule < l.inherited_first {
+    if own.rule < l.inherited_first {
         own
     } else {
         let inherited = first_in(l.inherited, pkt);
         if inherited.rule < own.rule { inherited } else { own }
-    };
-    if best.rule == NONE.rule { None } else { Some(best) }
+    }
 }

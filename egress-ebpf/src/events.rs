@@ -8,7 +8,7 @@
 //! 40 ns, measured), a BPF function of its own in the stateful one (stack).
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use egress_common::{DenyEvent, ES_LOST, ES_SENT, ES_SUPPRESSED};
+use egress_common::{DenyEvent, DnsDenyEvent, DnsName, ES_LOST, ES_SENT, ES_SUPPRESSED};
 
 use crate::{
     frame::Frame,
@@ -42,45 +42,78 @@ fn denied_call<C: Frame>(ctx: &C, pkt: &Packet, slot: u32, action: u32) {
     report(ctx, pkt, slot, action)
 }
 
+/// The rate limit: Some((now, events held back before this one)) when the
+/// rule in `slot` may report now.
 #[inline(always)]
-fn report<C: Frame>(ctx: &C, pkt: &Packet, slot: u32, action: u32) {
+fn admit(slot: u32) -> Option<(u64, u64)> {
     // read_volatile: keep the loader-patched value instead of the compiled-in one.
     let interval = unsafe { core::ptr::read_volatile(&EVENT_INTERVAL) };
     if interval == 0 {
-        return;
+        return None;
     }
     let tolerance = unsafe { core::ptr::read_volatile(&EVENT_TOLERANCE) };
-    let Some(l) = EVENT_LIMITS.get_ptr_mut(slot) else { return };
+    let l = EVENT_LIMITS.get_ptr_mut(slot)?;
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     // Shared by the CPUs without a lock: a race lets one extra event through.
     let (tat, suppressed) = unsafe { ((*l).tat, (*l).suppressed) };
     if now.saturating_add(tolerance) < tat {
         unsafe { (*l).suppressed = suppressed + 1 };
         bump(ES_SUPPRESSED);
-        return;
+        return None;
     }
     unsafe {
         (*l).tat = if tat > now { tat } else { now } + interval;
         (*l).suppressed = 0;
     }
+    Some((now, suppressed))
+}
+
+/// Writes a packet's event in place (no copy on the stack).
+#[inline(always)]
+fn event<C: Frame>(e: *mut DenyEvent, ctx: &C, pkt: &Packet, slot: u32, action: u32, now: u64, suppressed: u64) {
+    unsafe {
+        (*e).time_ns = now;
+        (*e).slot = slot;
+        (*e).action = action;
+        (*e).len = ctx.bytes() as u32;
+        (*e).suppressed = suppressed as u32;
+        (*e).v6 = pkt.v6 as u8;
+        (*e).pclass = pkt.pclass;
+        (*e).port = pkt.port;
+        (*e).sport = pkt.sport;
+        (*e)._pad = [0; 2];
+        (*e).src = pkt.src;
+        (*e).dst = pkt.dst;
+    }
+}
+
+#[inline(always)]
+fn report<C: Frame>(ctx: &C, pkt: &Packet, slot: u32, action: u32) {
+    let Some((now, suppressed)) = admit(slot) else { return };
     let Some(mut e) = EVENTS.reserve::<DenyEvent>(0) else {
         bump(ES_LOST);
         return;
     };
-    e.write(DenyEvent {
-        time_ns: now,
-        slot,
-        action,
-        len: ctx.bytes() as u32,
-        suppressed: suppressed as u32,
-        v6: pkt.v6 as u8,
-        pclass: pkt.pclass,
-        port: pkt.port,
-        sport: pkt.sport,
-        _pad: [0; 2],
-        src: pkt.src,
-        dst: pkt.dst,
-    });
+    event(e.as_mut_ptr(), ctx, pkt, slot, action, now, suppressed);
+    e.submit(0);
+    bump(ES_SENT);
+}
+
+/// Reports a DNS query denied (or audited) by the rule in `slot`, with its
+/// question name (a longer record than a packet's; user space tells them apart
+/// by size).
+#[inline(never)]
+pub fn denied_dns<C: Frame>(ctx: &C, pkt: &Packet, slot: u32, action: u32, name: &DnsName) {
+    let Some((now, suppressed)) = admit(slot) else { return };
+    let Some(mut e) = EVENTS.reserve::<DnsDenyEvent>(0) else {
+        bump(ES_LOST);
+        return;
+    };
+    let p = e.as_mut_ptr();
+    unsafe {
+        event(&mut (*p).event, ctx, pkt, slot, action, now, suppressed);
+        core::ptr::copy_nonoverlapping(name, &mut (*p).name, 1);
+    }
     e.submit(0);
     bump(ES_SENT);
 }

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::bpf_xdp_load_bytes,
+    helpers::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
 };
 
@@ -15,6 +15,9 @@ pub trait Frame {
     /// Copies `size_of::<T>()` bytes at `off`, wherever they sit (linear or paged);
     /// `Err` when the packet is shorter.
     fn load<T>(&self, off: usize) -> Result<T, ()>;
+    /// Copies `len` bytes at `off` to `dst` (1..=`cap` bytes; the caller
+    /// bounds `len` so that the verifier sees it): false when the packet is shorter.
+    fn load_into(&self, off: usize, dst: *mut u8, len: u32) -> bool;
     /// Wire packets this frame stands for (a GSO packet: its segments).
     fn packets(&self) -> u64;
     /// Bytes as seen at the hook, L2 header included.
@@ -33,6 +36,11 @@ impl Frame for TcContext {
     #[inline(always)]
     fn load<T>(&self, off: usize) -> Result<T, ()> {
         TcContext::load::<T>(self, off).map_err(|_| ())
+    }
+    #[inline(always)]
+    fn load_into(&self, off: usize, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: the helper writes at most `len` bytes into `dst`, which the caller sized.
+        unsafe { bpf_skb_load_bytes(self.as_ptr().cast(), off as u32, dst.cast(), len) == 0 }
     }
     #[inline(always)]
     fn packets(&self) -> u64 {
@@ -60,6 +68,11 @@ impl Frame for XdpContext {
         // SAFETY: the helper writes exactly size_of::<T>() bytes into `v` or fails.
         let rc = unsafe { bpf_xdp_load_bytes(self.as_ptr().cast(), off as u32, v.as_mut_ptr().cast(), core::mem::size_of::<T>() as u32) };
         if rc < 0 { Err(()) } else { Ok(unsafe { v.assume_init() }) }
+    }
+    #[inline(always)]
+    fn load_into(&self, off: usize, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: as for the TC frame.
+        unsafe { bpf_xdp_load_bytes(self.as_ptr().cast(), off as u32, dst.cast(), len) == 0 }
     }
     #[inline(always)]
     fn packets(&self) -> u64 {

@@ -28,6 +28,8 @@ mod classify;
 #[cfg(target_arch = "bpf")]
 mod conn;
 #[cfg(target_arch = "bpf")]
+mod dns;
+#[cfg(target_arch = "bpf")]
 mod events;
 #[cfg(target_arch = "bpf")]
 mod frame;
@@ -47,14 +49,14 @@ mod program {
     };
     use aya_log_ebpf::info;
     use egress_common::{
-        ACTION_ALLOW, ACTION_DENY, DEFAULT_COUNTER_SLOT, PCLASS_NO_L4, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP, STAT_TOO_MANY_HDRS,
+        ACTION_ALLOW, ACTION_DENY, DEFAULT_COUNTER_SLOT, PCLASS_NO_L4, PCLASS_UDP, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP, STAT_TOO_MANY_HDRS,
         STAT_TRUNCATED, TC_ACT_SHOT, TC_ACT_UNSPEC,
     };
 
     use crate::{
         cache, classify,
         conn::{self, Seen},
-        events,
+        dns, events,
         frame::Frame,
         parse::{self, ParseError},
         stats,
@@ -72,6 +74,16 @@ mod program {
     /// Load-time global (set by user space): flow-cache slot mask, u32::MAX = off.
     #[unsafe(no_mangle)]
     static FLOW_MASK: u32 = u32::MAX;
+    /// Load-time global (set by user space): 1 when the connection table is in
+    /// use. The split body also serves stateless rule sets that name domains.
+    #[unsafe(no_mangle)]
+    static CONN_ON: u32 = 1;
+
+    /// Or-ed into a full lookup's action: the verdict depends on learned
+    /// names, so it is not cached (learning or expiry would change it).
+    const NO_CACHE: u32 = 0x100;
+    /// DNS's port, network order.
+    const DNS_PORT: [u8; 2] = 53u16.to_be_bytes();
 
     #[classifier]
     pub fn egress_classify(ctx: TcContext) -> i32 {
@@ -123,14 +135,20 @@ mod program {
         if decide::<_, true, true>(&ctx) { XDP_PASS } else { XDP_DROP }
     }
 
-    /// Stateful mode's companion, on the other direction of the interface (TC):
-    /// follows replies and connections opened from that side. Never drops.
+    /// The companion, on the other direction of the interface (TC). Stateful
+    /// mode: follows replies and connections opened from that side. Rules by
+    /// name: learns from DNS answers before they are handed on. Never drops.
     #[classifier]
     pub fn egress_track(ctx: TcContext) -> i32 {
         let has_eth = unsafe { core::ptr::read_volatile(&HAS_ETH) } != 0;
         let mut pkt = parse::Packet::default();
         if parse::parse::<_, true>(&ctx, has_eth, &mut pkt).is_ok() {
-            conn::other_side(&ctx, &pkt);
+            if unsafe { core::ptr::read_volatile(&CONN_ON) } != 0 {
+                conn::other_side(&ctx, &pkt);
+            }
+            if dns::on() && pkt.pclass == PCLASS_UDP && pkt.sport == DNS_PORT {
+                dns::answer(&ctx, &pkt);
+            }
         }
         TC_ACT_UNSPEC
     }
@@ -147,7 +165,7 @@ mod program {
         if parse::parse::<_, true>(&ctx, has_eth, &mut pkt).is_err() {
             return -1;
         }
-        if conn::peek(&ctx, &pkt) {
+        if unsafe { core::ptr::read_volatile(&CONN_ON) } != 0 && conn::peek(&ctx, &pkt) {
             return 1 << 2;
         }
         let (slot, action) = full_call(&pkt);
@@ -193,11 +211,21 @@ mod program {
         if pkt.pclass & PCLASS_NO_L4 != 0 {
             stats::bump(STAT_FRAGMENTS);
         }
-        if SPLIT {
+        let conn_on = SPLIT && unsafe { core::ptr::read_volatile(&CONN_ON) } != 0;
+        if conn_on {
             match conn::filtered(ctx, &pkt) {
                 Seen::Established => return Ok(true),
                 Seen::Untracked if conn::related(ctx, &pkt) => return Ok(true),
                 Seen::Untracked | Seen::New => {}
+            }
+        }
+        if SPLIT && dns::on() && pkt.pclass == PCLASS_UDP && pkt.port == DNS_PORT {
+            // A query: decided by the first rule naming its question, if that denies.
+            let d = dns::query(ctx, &pkt);
+            if d != u64::MAX {
+                let (slot, action) = ((d >> 32) as u32, d as u32);
+                stats::count_rule(ctx, slot);
+                return Ok(action != ACTION_DENY);
             }
         }
         let mask = unsafe { core::ptr::read_volatile(&FLOW_MASK) };
@@ -213,11 +241,11 @@ mod program {
         let (slot, action) = match cached {
             Some(d) => d,
             None => {
-                let d = if SPLIT { full_call(&pkt) } else { full::<false>(&pkt) };
-                if mask != u32::MAX {
-                    cache::put::<SPLIT>(&pkt, mask, generation, d);
+                let (slot, action) = if SPLIT { full_call(&pkt) } else { full::<false>(&pkt) };
+                if mask != u32::MAX && action & NO_CACHE == 0 {
+                    cache::put::<SPLIT>(&pkt, mask, generation, (slot, action));
                 }
-                d
+                (slot, action & !NO_CACHE)
             }
         };
         stats::count_rule(ctx, slot);
@@ -228,7 +256,7 @@ mod program {
                 return Ok(false);
             }
         }
-        if SPLIT {
+        if conn_on {
             conn::track_new(ctx, &pkt, slot);
         }
         Ok(true)
@@ -249,13 +277,22 @@ mod program {
         full::<true>(pkt)
     }
 
-    /// The full lookup (a cache miss).
+    /// The full lookup (a cache miss). With rules by name (the split body
+    /// only), the learned destinations' rules too; a verdict that depends on
+    /// them carries [`NO_CACHE`].
     #[inline(always)]
     fn full<const SPLIT: bool>(pkt: &parse::Packet) -> (u32, u32) {
-        match classify::lookup::<SPLIT>(pkt) {
-            Some(v) => (v.rule, v.action),
-            None => (DEFAULT_COUNTER_SLOT, unsafe { core::ptr::read_volatile(&DEFAULT_ACTION) }),
+        let mut v = classify::lookup::<SPLIT>(pkt).unwrap_or(classify::NONE);
+        let mut no_cache = 0;
+        if SPLIT && dns::on() {
+            let (best, dependent) = dns::verdict(pkt, v);
+            v = best;
+            no_cache = if dependent { NO_CACHE } else { 0 };
         }
+        if v.rule == classify::NONE.rule {
+            return (DEFAULT_COUNTER_SLOT, unsafe { core::ptr::read_volatile(&DEFAULT_ACTION) } | no_cache);
+        }
+        (v.rule, v.action | no_cache)
     }
 
     /// Whether a packet that could not be parsed passes (only non-IP frames do).

@@ -5,13 +5,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egress_common::{
     CONN_STATS_LEN, ConnKeyV4, ConnKeyV6, ConnValue, Counter, DEFAULT_MAX_FLOWS, DstValue, EVENT_STATS_LEN, EVENTS_RING_BYTES, EventLimit,
     FLOW_CACHE_ENTRIES, FlowEntryV4, FlowEntryV6, ListSlot, Lists, MAX_DST_ENTRIES, MAX_LIST_SLOTS, MAX_PAIR_ENTRIES, MAX_RANGES,
     MAX_RULES, PairKeyV4, PairKeyV6, PortRange, STATS_LEN,
 };
+use egress_common::{DNS_MAX_RESOLVERS, DNS_QUERY_ENTRIES, DNS_STATS_LEN, DnsClass, DnsName, LearnBucket, PatKey, PatValue, QueryKey, QueryValue, ResolverKey};
 
 /// Stage 1, IPv4. Key: destination prefix (network order). Value: the destination
 /// class of the longest matching rule prefix, or directly a candidate list when no
@@ -97,6 +98,45 @@ pub static EVENT_LIMITS: Array<EventLimit> = Array::with_max_entries(MAX_RULES +
 /// Connection-table counters (`CS_*` slots), per CPU; shared like the table.
 #[map]
 pub static CONN_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CONN_STATS_LEN, 0);
+
+/// Rules by domain name (dns.rs): the patterns of the rule set by (hash,
+/// kind), sized to the rule set at load; written by user space.
+#[map]
+pub static DNS_PATTERNS: HashMap<PatKey, PatValue> = HashMap::with_max_entries(1, 0);
+
+/// Each pattern's stage-1 answer per family (by pattern id; id 0: every
+/// pattern's rules together). Sized at load; written by user space.
+#[map]
+pub static DNS_CLASSES: HashMap<u64, DnsClass> = HashMap::with_max_entries(1, 0);
+
+/// The resolvers whose answers may teach (`[dns] resolvers`).
+#[map]
+pub static DNS_RESOLVERS: HashMap<ResolverKey, u32> = HashMap::with_max_entries(DNS_MAX_RESOLVERS, 0);
+
+/// Learned addresses, IPv4: a set-associative table of buckets shared by every
+/// generation and the companion program (pinned). Sized by `max_addresses`.
+#[map]
+pub static DNS_LEARN_V4: Array<LearnBucket> = Array::with_max_entries(1, 0);
+
+/// Learned addresses, IPv6; as [`DNS_LEARN_V4`].
+#[map]
+pub static DNS_LEARN_V6: Array<LearnBucket> = Array::with_max_entries(1, 0);
+
+/// Queries seen leaving toward a resolver, until their answer (pinned).
+#[map]
+pub static DNS_QUERIES: LruHashMap<QueryKey, QueryValue> = LruHashMap::with_max_entries(DNS_QUERY_ENTRIES, 0);
+
+/// The question names addresses were learned from (pinned; read by `egress dns`).
+#[map]
+pub static DNS_NAMES: LruHashMap<u64, DnsName> = LruHashMap::with_max_entries(1, 0);
+
+/// DNS counters (`DS_*` slots), per CPU (pinned).
+#[map]
+pub static DNS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DNS_STATS_LEN, 0);
+
+/// The DNS parser's working memory, per CPU (a message is 2 KiB: not for the stack).
+#[map]
+pub static DNS_SCRATCH: PerCpuArray<crate::dns::Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 // Keep the key types referenced so a rename in egress-common breaks the build here.
 const _: Option<(PairKeyV4, PairKeyV6)> = None;

@@ -217,6 +217,20 @@ pub enum Command {
         #[arg(long, value_name = "NAME", requires = "reset")]
         rule: Vec<String>,
     },
+    /// List what rules by name (dst_fqdn) learned from DNS answers: each
+    /// address with the question name it answered, the pattern and rule it was
+    /// learned for, and the seconds until it expires.
+    ///
+    /// Addresses are learned in the kernel, from answers of the [dns] resolvers
+    /// to queries seen leaving through the same attachment, before the answer
+    /// reaches the application.
+    Dns {
+        #[command(flatten)]
+        at: HookedIface,
+        /// Print JSON: [{"name", "address", "pattern", "rule", "expires_in"}].
+        #[arg(long)]
+        json: bool,
+    },
     /// List every attachment: namespace, interface, hook (and how it is attached:
     /// tcx/clsact, XDP native/generic), link health, rule count, rule file.
     ///

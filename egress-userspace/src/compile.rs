@@ -22,7 +22,7 @@
 use foldhash::{HashMap, HashSet};
 
 use egress_common::{
-    DST_SRC_ANY, DstValue, INLINE_LIST, InlineRule, ListSlot, Lists, MAX_DST_ENTRIES, MAX_LIST_SLOTS, MAX_PAIR_ENTRIES, MAX_RANGES,
+    DST_SRC_ANY, DnsClass, DstValue, INLINE_LIST, InlineRule, ListSlot, Lists, MAX_DST_ENTRIES, MAX_LIST_SLOTS, MAX_PAIR_ENTRIES, MAX_RANGES,
     NO_LIST, PCLASS_COUNT, PCLASS_ICMP, PCLASS_ICMPV6, PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP, PortRange,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -94,6 +94,21 @@ pub struct Compiled {
     /// Size of the COUNTERS map: rules + 1 (slot 0 = default policy).
     pub counter_slots: u32,
     pub default_action: u32,
+    /// Rules by name: the union of every pattern's rules (pattern "", id 0)
+    /// first, then each pattern in order of first appearance.
+    pub fqdn: Vec<FqdnClass>,
+}
+
+/// A pattern's entries: DNS_PATTERNS (by its keyed hash, written at load,
+/// since the key belongs to the attachment) and DNS_CLASSES (by `id`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FqdnClass {
+    pub pattern: String,
+    pub id: u64,
+    /// The first rule naming the pattern and its action code.
+    pub first_rule: u32,
+    pub first_action: u32,
+    pub class: DnsClass,
 }
 
 impl Compiled {
@@ -185,7 +200,24 @@ pub fn compile(rs: &RuleSet) -> Result<Compiled, CompileError> {
     // Destination classes are interned by (R(d), own rules) too: same rules, same PAIR table.
     let mut classes: HashMap<(Vec<u32>, Vec<u32>), u32> = HashMap::default();
     for v6 in [false, true] {
-        let (dsts, pairs) = compile_family(rs, v6, &mut lists, &mut classes);
+        let (dsts, pairs, fqdn) = compile_family(rs, v6, &mut lists, &mut classes);
+        for (k, (p, v)) in fqdn.into_iter().enumerate() {
+            if out.fqdn.len() <= k {
+                let id = if p.is_empty() { 0 } else { crate::rules::pattern_id(&p) };
+                let first = rs.rules.iter().find(|r| r.fqdn.contains(&p));
+                let (first_rule, first_action) = first.map_or((0, 0), |r| (r.index, r.code()));
+                let none = DstValue {
+                    lists: Lists { own: NO_LIST, inherited: NO_LIST, inherited_first: u32::MAX, inline: InlineRule::default() },
+                    flags: DST_SRC_ANY,
+                };
+                out.fqdn.push(FqdnClass { pattern: p, id, first_rule, first_action, class: DnsClass { v4: none, v6: none } });
+            }
+            if v6 {
+                out.fqdn[k].class.v6 = v;
+            } else {
+                out.fqdn[k].class.v4 = v;
+            }
+        }
         if v6 {
             out.dst_v6 = dsts;
             out.pair_v6 = pairs;
@@ -231,9 +263,9 @@ fn prefixes(nets: &Option<Vec<IpNet>>, v6: bool) -> Vec<Prefix> {
     }
 }
 
-type Family = (Vec<(Prefix, DstValue)>, Vec<(u32, Prefix, Lists)>);
+type Family = (Vec<(Prefix, DstValue)>, Vec<(u32, Prefix, Lists)>, Vec<(String, DstValue)>);
 
-fn compile_family(rs: &RuleSet, v6: bool, lists: &mut Interner<'_>, classes: &mut HashMap<(Vec<u32>, Vec<u32>), u32>) -> Family {
+fn compile_family<'a>(rs: &'a RuleSet, v6: bool, lists: &mut Interner<'a>, classes: &mut HashMap<(Vec<u32>, Vec<u32>), u32>) -> Family {
     let rules: Vec<&Rule> = rs.rules.iter().filter(|r| if v6 { r.families.v6 } else { r.families.v4 }).collect();
     // Destination prefix -> rules listing it (file order), and the lengths in use.
     let mut by_dst: HashMap<Prefix, Vec<u32>> = HashMap::default();
@@ -307,17 +339,58 @@ fn compile_family(rs: &RuleSet, v6: bool, lists: &mut Interner<'_>, classes: &mu
         }
         rd.sort_unstable();
         rd.dedup();
-        if rd.iter().all(|i| src_any.contains(i)) {
-            dsts.push((*d, DstValue { lists: lists.split(&rd, &own, v6), flags: DST_SRC_ANY }));
-            continue;
+        let mut cx = ClassCx { rs, v6, src_of: &src_of, src_any: &src_any, lists: &mut *lists, classes: &mut *classes, emitted: &mut emitted };
+        let v = cx.dst_value(rd, &own, &mut pairs);
+        dsts.push((*d, v));
+        if pairs.len() > MAX_PAIR_ENTRIES as usize {
+            // Said by `compile` with the map's name; no need to build the rest.
+            return (dsts, pairs, Vec::new());
         }
-        let n = classes.len() as u32;
-        let class = *classes.entry((rd.clone(), own.clone())).or_insert(n);
+    }
+    // Rules by name: each pattern is a destination class of its own, holding
+    // the rules that name it (id 0: every rule by name, for the program's
+    // "could a rule by name come first?" probe).
+    let mut fqdn = Vec::new();
+    let mut cx = ClassCx { rs, v6, src_of: &src_of, src_any: &src_any, lists, classes, emitted: &mut emitted };
+    if rules.iter().any(|r| !r.fqdn.is_empty()) {
+        let all: Vec<u32> = rules.iter().filter(|r| !r.fqdn.is_empty()).map(|r| r.index).collect();
+        fqdn.push(("".to_string(), cx.dst_value(all.clone(), &all, &mut pairs)));
+        for p in rs.patterns() {
+            let mine: Vec<u32> = rules.iter().filter(|r| r.fqdn.iter().any(|q| q == p)).map(|r| r.index).collect();
+            fqdn.push((p.to_string(), cx.dst_value(mine.clone(), &mine, &mut pairs)));
+        }
+    }
+    (dsts, pairs, fqdn)
+}
+
+/// What [`ClassCx::dst_value`] shares across destinations of a family.
+struct ClassCx<'a, 'b> {
+    rs: &'a RuleSet,
+    v6: bool,
+    src_of: &'b HashMap<u32, Vec<Prefix>>,
+    src_any: &'b HashSet<u32>,
+    lists: &'b mut Interner<'a>,
+    classes: &'b mut HashMap<(Vec<u32>, Vec<u32>), u32>,
+    emitted: &'b mut HashSet<u32>,
+}
+
+impl ClassCx<'_, '_> {
+    /// The stage-1 value of a destination whose candidate rules are `rd`
+    /// (sorted), `own` of them its own: the candidate lists directly when every
+    /// candidate matches any source, else a class whose PAIR entries (appended
+    /// to `pairs` the first time the class is seen) hold them per source.
+    fn dst_value(&mut self, rd: Vec<u32>, own: &[u32], pairs: &mut Vec<(u32, Prefix, Lists)>) -> DstValue {
+        let (rs, v6) = (self.rs, self.v6);
+        if rd.iter().all(|i| self.src_any.contains(i)) {
+            return DstValue { lists: self.lists.split(&rd, own, v6), flags: DST_SRC_ANY };
+        }
+        let n = self.classes.len() as u32;
+        let class = *self.classes.entry((rd.clone(), own.to_vec())).or_insert(n);
         let class_value = Lists { own: class, inherited: NO_LIST, inherited_first: u32::MAX, inline: InlineRule::default() };
-        dsts.push((*d, DstValue { lists: class_value, flags: 0 }));
+        let v = DstValue { lists: class_value, flags: 0 };
         // Same R(d) as an earlier class of this family: its PAIR entries serve this one too.
-        if !emitted.insert(class) {
-            continue;
+        if !self.emitted.insert(class) {
+            return v;
         }
         // S(d) and, per s, the rules of R(d) whose source contains s: as for
         // destinations, in sorted order with the chain of enclosing sources, so
@@ -327,7 +400,7 @@ fn compile_family(rs: &RuleSet, v6: bool, lists: &mut Interner<'_>, classes: &mu
         // candidate matches the packet's addresses, so only L4 decides.
         let mut by_src: HashMap<Prefix, Vec<u32>> = HashMap::default();
         for &i in &rd {
-            for s in &src_of[&i] {
+            for s in &self.src_of[&i] {
                 by_src.entry(*s).or_default().push(i);
             }
         }
@@ -341,15 +414,14 @@ fn compile_family(rs: &RuleSet, v6: bool, lists: &mut Interner<'_>, classes: &mu
             cands.sort_unstable();
             cands.dedup();
             let cands = decisive(&rs.rules, cands, v6);
-            pairs.push((class, s, lists.split(&cands, &own, v6)));
+            pairs.push((class, s, self.lists.split(&cands, own, v6)));
             if pairs.len() > MAX_PAIR_ENTRIES as usize {
-                // Said by `compile` with the map's name; no need to build the rest.
-                return (dsts, pairs);
+                return v;
             }
             schain.push((s, cands));
         }
+        v
     }
-    (dsts, pairs)
 }
 
 /// Drops the prefixes of a chain (outermost first, visited in sorted order)
@@ -532,5 +604,35 @@ mod tests {
         let c = compile(&rs).unwrap();
         let spans: Vec<(u16, u16, u32)> = c.ranges.iter().map(|r| (r.lo, r.hi, r.rule)).collect();
         assert_eq!(spans, vec![(70, 79, 2), (80, 80, 1), (81, 89, 2), (90, 90, 1), (91, 100, 2)]);
+    }
+}
+
+#[cfg(test)]
+mod fqdn_tests {
+    use super::*;
+
+    #[test]
+    fn each_pattern_is_a_class_of_its_rules() {
+        let rs = crate::rules::parse(
+            "r.toml",
+            "default_policy = \"deny\"\n[dns]\nresolvers = [\"192.0.2.2\"]\n[[rule]]\nname = \"dns\"\nprotocol = \"udp\"\ndst = \"192.0.2.2\"\nports = \"53\"\n\
+             [[rule]]\nname = \"no-bad\"\naction = \"deny\"\ndst_fqdn = \"bad.example\"\n\
+             [[rule]]\nname = \"web\"\nprotocol = \"tcp\"\nports = \"80\"\ndst_fqdn = [\"ok.example\", \"*.cdn.example\"]\n",
+        )
+        .unwrap();
+        let c = compile(&rs).unwrap();
+        // Rules by name add no destination prefix.
+        assert_eq!(c.dst_v4.len(), 1);
+        let names: Vec<&str> = c.fqdn.iter().map(|f| f.pattern.as_str()).collect();
+        assert_eq!(names, ["", "bad.example", "ok.example", "*.cdn.example"]);
+        assert_eq!(c.fqdn[0].id, 0);
+        assert_eq!((c.fqdn[1].first_rule, c.fqdn[1].first_action), (2, egress_common::ACTION_DENY));
+        assert_eq!((c.fqdn[3].first_rule, c.fqdn[3].first_action), (3, egress_common::ACTION_ALLOW));
+        // "web" alone, checked in place, both families.
+        for v in [c.fqdn[2].class.v4, c.fqdn[2].class.v6] {
+            assert_eq!(v.flags, DST_SRC_ANY);
+            assert_eq!(v.lists.own, INLINE_LIST);
+            assert_eq!((v.lists.inline.rule, v.lists.inline.lo, v.lists.inline.hi), (3, 80, 80));
+        }
     }
 }

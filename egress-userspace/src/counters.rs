@@ -61,7 +61,7 @@ pub fn counters_json(r: &Readout) -> Value {
     let (packets, bytes) = counter(r, DEFAULT_COUNTER_SLOT as usize);
     let stats: serde_json::Map<String, Value> =
         STAT_NAMES.iter().zip(r.stats.iter().chain(std::iter::repeat(&0))).map(|(n, v)| (n.to_string(), json!(v))).collect();
-    json!({
+    let mut v = json!({
         "iface": r.state.iface,
         "netns": r.state.netns,
         "hook": r.state.hook,
@@ -76,7 +76,12 @@ pub fn counters_json(r: &Readout) -> Value {
         "stateful": r.state.stateful.is_some(),
         "state": state_json(r),
         "events": {"sent": ev(r, 0), "suppressed": ev(r, 1), "lost": ev(r, 2)},
-    })
+    });
+    // Rules by name: the DNS counters (the key only when the rules name domains).
+    if let Some(d) = &r.dns {
+        v["dns"] = crate::observe::dns::stats_json(d);
+    }
+    v
 }
 
 /// Stateful mode's part of `counters --json` (null when stateless).
@@ -194,6 +199,9 @@ pub fn counters_table(r: &Readout) -> String {
             c.evicted(),
             if c.stat(CS_INSERT_FAILED) > 0 { format!(", {} insert failures", c.stat(CS_INSERT_FAILED)) } else { String::new() }
         ));
+    }
+    if let Some(d) = &r.dns {
+        out.push_str(&crate::observe::dns::stats_line(d));
     }
     if r.events.iter().any(|v| *v > 0) {
         out.push_str(&format!(

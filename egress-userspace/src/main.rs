@@ -330,6 +330,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Dns { at, json } => {
+            enter("dns", &cli.netns)?;
+            let t = dataplane::resolve_or_state(&at.iface, at.hook)?;
+            let (st, r) = dataplane::read_dns(&t)?;
+            if json {
+                println!("{}", egress::observe::dns::learned_json(&st, &r));
+            } else {
+                print!("{}", egress::observe::dns::learned_table(&st, &r));
+            }
+        }
         Command::Status { json, prune } => {
             enter("status", &cli.netns)?;
             let pruned = if prune { dataplane::prune()? } else { Vec::new() };

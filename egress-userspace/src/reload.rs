@@ -116,6 +116,7 @@ pub fn apply(target: &Target, p: &Prepared, flow_cache: u32, debug: bool) -> Res
         state: p.rules.state,
         events: p.rules.events,
         debug,
+        dns: p.rules.dns.clone(),
     })?)
 }
 

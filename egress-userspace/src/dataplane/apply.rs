@@ -28,7 +28,7 @@ use super::{
     load::{LoadOptions, Loaded, flow_cache_slots, read_pinned},
     pin_err,
     readout::{count, statuses},
-    state::{self, Count, Pending, RuleInfo, State, companion_pin, conn_dir, events_dir, gen_dir, link_pin, now_unix, pin_dir},
+    state::{self, Count, Pending, RuleInfo, State, companion_pin, conn_dir, dns_dir, events_dir, gen_dir, link_pin, now_unix, pin_dir},
 };
 use crate::{compile::Compiled, hook::Hook, rules::StateConfig};
 
@@ -51,6 +51,8 @@ pub struct ApplyRequest<'a> {
     pub events: crate::rules::EventsConfig,
     /// Debug mode: the classifier that logs why it drops what it cannot parse.
     pub debug: bool,
+    /// `[dns]` (used when the rule set names domains).
+    pub dns: Option<crate::rules::DnsConfig>,
 }
 
 /// A rule that the replacement removed (or changed under its name), with its final counts.
@@ -145,6 +147,17 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         }
     }
 
+    // Rules by name: the attachment's hash key outlives its generations.
+    let dns = match &req.dns {
+        Some(config) if !req.compiled.fqdn.is_empty() => {
+            let hk = match prev.as_ref().and_then(|p| p.dns_key) {
+                Some(k) => k,
+                None => super::dns::new_key()?,
+            };
+            Some(super::dns::DnsLoad { config: config.clone(), key: hk, dir: dns_dir(&key) })
+        }
+        _ => None,
+    };
     let opts = LoadOptions {
         has_eth: has_ethernet(&t.iface)?,
         // Wraps after 4 billion applies; 0 is skipped because the program reserves it.
@@ -155,6 +168,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         events: req.events,
         events_dir: Some(events_dir(&key)),
         debug: req.debug,
+        dns: dns.clone(),
     };
     let mut loaded = Loaded::with_options(req.compiled, &opts)?;
     // A resized connection table is a new table: carry the live connections over.
@@ -189,20 +203,21 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
     let comp_path = companion_pin(&key);
     let comp_ingress = t.hook == Hook::TcEgress;
     let prev_comp_nl = prev.as_ref().and_then(|p| p.companion_nl);
-    if req.state.is_some() && comp_path.exists() && link::health(&comp_path, t.ifindex, false) != LinkHealth::Attached {
+    let needs_companion = req.state.is_some() || dns.is_some();
+    if needs_companion && comp_path.exists() && link::health(&comp_path, t.ifindex, false) != LinkHealth::Attached {
         // The companion's link lost its interface or was detached: attach afresh.
         let _ = fs::remove_file(&comp_path);
     }
     let comp_fresh = !comp_path.exists() && prev_comp_nl.is_none();
-    let companion = match req.state {
-        Some(_) => match loaded.track_program().and_then(|prog| link::switch_tc(prog, &t.iface, comp_ingress, &comp_path, prev_comp_nl)) {
+    let companion = match needs_companion {
+        true => match loaded.track_program().and_then(|prog| link::switch_tc(prog, &t.iface, comp_ingress, &comp_path, prev_comp_nl)) {
             Ok(a) => Some(a),
             Err(e) => {
                 let _ = fs::remove_dir_all(&gdir);
                 return Err(e);
             }
         },
-        None => None,
+        false => None,
     };
     let companion_nl = companion.as_ref().and_then(|a| Some((a.nl_priority?, a.nl_handle?)));
     let companion_name =
@@ -225,9 +240,11 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         }
     };
     drop(loaded);
-    if req.state.is_none() && (comp_path.exists() || prev_comp_nl.is_some()) {
-        // No longer stateful: the companion and the table go.
+    if !needs_companion && (comp_path.exists() || prev_comp_nl.is_some()) {
+        // Neither stateful nor naming domains: the companion goes.
         let _ = link::unlink(&t.iface, &comp_path, prev_comp_nl, comp_ingress);
+    }
+    if req.state.is_none() {
         let _ = fs::remove_dir_all(conn_dir(&key));
     } else if let (Some(old), Some(new)) = (&prev_table, &new_table)
         && old != new
@@ -235,6 +252,16 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         let _ = fs::remove_dir_all(old);
     }
 
+    let patterns: Vec<state::PatternInfo> = req
+        .compiled
+        .fqdn
+        .iter()
+        .filter(|f| !f.pattern.is_empty() && dns.is_some())
+        .map(|f| state::PatternInfo {
+            pattern: f.pattern.clone(),
+            rule: rules.get((f.first_rule as usize).saturating_sub(1)).map(|r| r.name.clone()).unwrap_or_default(),
+        })
+        .collect();
     let mut st = State {
         key: key.clone(),
         iface: t.iface.clone(),
@@ -262,7 +289,11 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         companion: companion_name,
         companion_nl,
         debug: req.debug,
+        dns: dns.as_ref().map(|d| d.config.clone()),
+        dns_key: dns.as_ref().map(|d| d.key),
+        patterns,
     };
+    settle_dns(&key, prev.as_ref(), &st);
     state::write_state(&st)?;
     let old_final = fold_pending(&mut st)?;
     let mut removed = Vec::new();
@@ -283,6 +314,28 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
     }
     let kept = carried.iter().filter(|c| **c).count();
     Ok(Applied { state: st, replaced, kept, removed })
+}
+
+/// After a swap: what a removed pattern taught goes (and everything when no
+/// rule names a domain any more); tables of an old size go.
+fn settle_dns(key: &str, prev: Option<&State>, st: &State) {
+    let dir = dns_dir(key);
+    let Some(config) = &st.dns else {
+        let _ = fs::remove_dir_all(&dir);
+        return;
+    };
+    let b = super::dns::buckets(config.max_addresses);
+    if let Some(old) = prev.and_then(|p| p.dns.as_ref()).map(|c| super::dns::buckets(c.max_addresses))
+        && old != b
+    {
+        super::dns::remove_table(&dir, old);
+    }
+    let keep: std::collections::HashSet<u64> = st.patterns.iter().map(|p| crate::rules::pattern_id(&p.pattern)).collect();
+    match super::dns::sweep(&super::dns::table_dir(&dir, b), &keep) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(key, addresses = n, "learned addresses of removed patterns dropped"),
+        Err(e) => tracing::warn!(key, error = %e, "could not drop the learned addresses of removed patterns"),
+    }
 }
 
 /// Finishes a replacement: waits until no CPU runs the previous program, adds its

@@ -13,7 +13,7 @@ use aya::{
     programs::{ProgramError, SchedClassifier, Xdp},
 };
 use egress_common::{
-    Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_DEFAULT_ACTION, GLOBAL_EVENT_INTERVAL, GLOBAL_EVENT_TOLERANCE, GLOBAL_FLOW_MASK,
+    Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_CONN_ON, GLOBAL_DEFAULT_ACTION, GLOBAL_EVENT_INTERVAL, GLOBAL_EVENT_TOLERANCE, GLOBAL_FLOW_MASK,
     GLOBAL_GENERATION, GLOBAL_HAS_ETH, GLOBAL_TO_ICMP, GLOBAL_TO_TCP_CLOSING, GLOBAL_TO_TCP_EST, GLOBAL_TO_UDP, ListSlot, Lists,
     MAP_CONN_STATS, MAP_CONN_V4, MAP_CONN_V6, MAP_COUNTERS, MAP_DEBUG_LOG, MAP_DST_V4, MAP_DST_V6, MAP_EVENT_LIMITS, MAP_EVENT_STATS,
     MAP_EVENTS, MAP_FLOW_V4, MAP_FLOW_V6, MAP_LISTS, MAP_PAIR_V4, MAP_PAIR_V6, MAP_RANGES, MAP_STATS, MAX_FLOW_CACHE_ENTRIES,
@@ -104,6 +104,9 @@ pub struct LoadOptions {
     /// Debug mode: the classifier's `_dbg` twin, which logs through aya-log why
     /// it drops a packet it cannot parse.
     pub debug: bool,
+    /// Rules by name: `[dns]`, the hash key and where the learned tables are
+    /// pinned (reused if there). The split program and the companion are loaded.
+    pub dns: Option<super::dns::DnsLoad>,
 }
 
 impl Default for LoadOptions {
@@ -117,6 +120,7 @@ impl Default for LoadOptions {
             events: EventsConfig::default(),
             events_dir: None,
             debug: false,
+            dns: None,
         }
     }
 }
@@ -142,11 +146,18 @@ impl Loaded {
         // An array needs at least one slot even when the cache is off.
         let cache_entries = slots.max(1);
         let mask: u32 = if slots == 0 { u32::MAX } else { slots - 1 };
-        let stateful = o.state.is_some();
+        // The split body: stateful mode, or rules by name (both need the companion).
+        let stateful = o.state.is_some() || o.dns.is_some();
+        let conn_on = o.state.is_some() as u32;
         let debug = o.debug;
         let sc = o.state.as_ref().map(|(c, _)| *c).unwrap_or_default();
         let globals = Globals::new(c.default_action, has_eth, generation, mask, &sc, &o.events);
         let mut loader = globals.loader();
+        loader.override_global(GLOBAL_CONN_ON, &conn_on, true);
+        let dns_globals = super::dns::DnsGlobals::new(o.dns.as_ref());
+        let dns_paths = super::dns::pin_paths(o.dns.as_ref())?;
+        let patterns = c.fqdn.len().saturating_sub(1) as u32;
+        super::dns::configure(&mut loader, o.dns.as_ref(), &dns_globals, &dns_paths, patterns);
         loader.map_max_entries(MAP_EVENT_LIMITS, c.counter_slots);
         let (pev, pes, plog);
         if let Some(dir) = &o.events_dir {
@@ -190,18 +201,21 @@ impl Loaded {
             source => DataplaneError::Ebpf { op: "load the eBPF object (create maps)".into(), source: Box::new(source) },
         })?;
         fill(&mut ebpf, c)?;
+        if let Some(d) = &o.dns {
+            super::dns::fill(&mut ebpf, &c.fqdn, d)?;
+        }
         let loaded = match o.hook {
             Hook::TcEgress | Hook::TcIngress => classifier(&mut ebpf, stateful, debug)?.load(),
             Hook::Xdp => xdp(&mut ebpf, stateful, debug)?.load(),
         };
-        let loaded = loaded.and_then(|()| match o.state {
-            Some(_) => track(&mut ebpf)?.load(),
-            None => Ok(()),
-        });
+        let loaded = loaded.and_then(|()| if stateful { track(&mut ebpf)?.load() } else { Ok(()) });
         if let Err(e) = loaded {
             return Err(match e {
                 ProgramError::LoadError { io_error, verifier_log } => {
                     let log = verifier_log.to_string();
+                    if let Ok(path) = std::env::var("EGRESS_VERIFIER_LOG") {
+                        let _ = std::fs::write(path, &log);
+                    }
                     let lines: Vec<&str> = log.lines().collect();
                     let tail = lines[lines.len().saturating_sub(25)..].join("\n");
                     DataplaneError::Verifier { source: io_error, log: tail }

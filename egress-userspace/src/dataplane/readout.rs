@@ -38,6 +38,22 @@ pub struct Readout {
     pub conn: Option<ConnReadout>,
     /// Deny events: sent, suppressed by the rate limit, lost (`ES_*` slots).
     pub events: Vec<u64>,
+    /// Rules by name: what was learned and the DNS counters.
+    pub dns: Option<super::dns::DnsReadout>,
+}
+
+/// `egress dns`: what an attachment learned from DNS answers.
+pub fn read_dns(t: &Target) -> Result<(State, super::dns::DnsReadout)> {
+    ensure_bpffs()?;
+    let st = state::read_state(&t.key())?.ok_or_else(|| no_state(t))?;
+    let Some(c) = &st.dns else {
+        return Err(DataplaneError::Other(format!(
+            "the rules on {} ({}) name no domain (no dst_fqdn): nothing is learned from DNS there",
+            t.iface, t.hook
+        )));
+    };
+    let r = super::dns::read(&super::state::dns_dir(&st.key), super::dns::buckets(c.max_addresses))?;
+    Ok((st, r))
 }
 
 pub fn read_counters(t: &Target) -> Result<Readout> {
@@ -96,7 +112,11 @@ fn raw_readout(st: State) -> Result<Readout> {
         None => None,
     };
     let events = super::events::event_stats(&st)?;
-    Ok(Readout { state: st, counters, stats, health, conn, events })
+    let dns = match &st.dns {
+        Some(c) => Some(super::dns::read(&super::state::dns_dir(&st.key), super::dns::buckets(c.max_addresses))?),
+        None => None,
+    };
+    Ok(Readout { state: st, counters, stats, health, conn, events, dns })
 }
 
 /// `egress counters --reset`: each chosen row (rule names; `None`: every rule

@@ -39,6 +39,11 @@ pub(super) fn companion_pin(key: &str) -> PathBuf {
 pub(super) fn conn_dir(key: &str) -> PathBuf {
     pin_dir(key).join("conn")
 }
+/// Rules by name: the learned tables (`bN/DNS_LEARN_V4`, `bN/DNS_LEARN_V6` for
+/// tables of N buckets), queries, names and counters, shared by every generation.
+pub(super) fn dns_dir(key: &str) -> PathBuf {
+    pin_dir(key).join("dns")
+}
 pub(super) fn gen_dir(key: &str, generation: u64) -> PathBuf {
     pin_dir(key).join(format!("g{generation}"))
 }
@@ -120,6 +125,20 @@ pub struct Pending {
     pub slots: Vec<(u32, u32)>,
 }
 
+/// A pattern of a rule by name and the first rule that names it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PatternInfo {
+    pub pattern: String,
+    pub rule: String,
+}
+
+impl PatternInfo {
+    /// The pattern of a learned entry's id, if still applied.
+    pub fn of_id(all: &[PatternInfo], id: u64) -> Option<&PatternInfo> {
+        all.iter().find(|p| crate::rules::pattern_id(&p.pattern) == id)
+    }
+}
+
 /// One attachment's state, in /run/egress/KEY.json.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct State {
@@ -181,6 +200,16 @@ pub struct State {
     /// Debug mode: the classifier's `_dbg` twin is attached (`egress log` reads it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub debug: bool,
+    /// Rules by name: `[dns]` as applied, and the attachment's hash key
+    /// (chosen at its first rule set by name, kept while it has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<crate::rules::DnsConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_key: Option<[u64; 2]>,
+    /// The patterns as applied, in order, each with the first rule naming it
+    /// (for `egress dns` and explain).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<PatternInfo>,
 }
 
 fn tcx() -> String {

@@ -1,7 +1,9 @@
 //! What egress shows the outside: Prometheus metrics (`metrics`, served by
 //! `egress run`), deny events (`events`: `egress events`, `egress run`'s log)
-//! and debug mode's log (`debug_log`: `egress log`).
+//! debug mode's log (`debug_log`: `egress log`) and what rules by name
+//! learned (`dns`: `egress dns`, the counters' DNS section).
 
 pub mod debug_log;
+pub mod dns;
 pub mod events;
 pub mod metrics;

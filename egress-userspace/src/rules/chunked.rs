@@ -90,7 +90,12 @@ pub(super) fn parse_chunked(
         }
         rules.extend(part);
     }
-    (rules.len() == headers.len()).then_some(RuleSet { default_policy, audit, rules, state, events, sets: sets.sets })
+    // Rules by name need [dns], which the preamble never holds here: the
+    // one-piece parse says so.
+    if rules.iter().any(|r| !r.fqdn.is_empty()) {
+        return None;
+    }
+    (rules.len() == headers.len()).then_some(RuleSet { default_policy, audit, rules, state, events, sets: sets.sets, dns: None })
 }
 
 /// One chunk: exactly its `[[rule]]` tables, every one valid.

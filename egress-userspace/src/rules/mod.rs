@@ -9,6 +9,7 @@
 
 mod chunked;
 mod events;
+mod fqdn;
 mod parse;
 mod sets;
 mod state;
@@ -19,6 +20,7 @@ use std::fmt;
 use ipnet::IpNet;
 
 pub use events::EventsConfig;
+pub use fqdn::{DnsConfig, normalize_pattern, pattern_id, pattern_matches};
 pub use parse::{MAX_NAME_LEN, merge_intervals, parse, parse_cidr, parse_ports, parse_with};
 pub use state::StateConfig;
 
@@ -116,8 +118,12 @@ pub struct Rule {
     pub action: Action,
     /// `None`: any source address.
     pub src: Option<Vec<IpNet>>,
-    /// `None`: any destination address.
+    /// `None`: any destination address. A rule by name (`dst_fqdn`) has
+    /// `Some(empty)`: no address matches it as such, only learned ones do.
     pub dst: Option<Vec<IpNet>>,
+    /// `dst_fqdn`: canonical patterns (`name` or `*.suffix`); empty for an
+    /// address rule.
+    pub fqdn: Vec<String>,
     pub protocol: Protocol,
     /// Destination ports (tcp/udp only): inclusive intervals, sorted, merged
     /// (no two overlap or touch), never empty.
@@ -182,7 +188,8 @@ impl Rule {
             Some(v) if sets.is_empty() => v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
             Some(v) => v[..own].iter().map(|n| n.to_string()).chain(sets.iter().map(|s| format!("@{s}"))).collect::<Vec<_>>().join(","),
         };
-        let (src, dst) = (nets(&self.src, self.sets.src_own, &self.sets.src), nets(&self.dst, self.sets.dst_own, &self.sets.dst));
+        let src = nets(&self.src, self.sets.src_own, &self.sets.src);
+        let dst = if self.fqdn.is_empty() { nets(&self.dst, self.sets.dst_own, &self.sets.dst) } else { self.fqdn.join(",") };
         let mut s = format!("{} {src} -> {dst}", self.protocol.as_str());
         if let Some(p) = &self.ports {
             s.push_str(" dport ");
@@ -233,12 +240,25 @@ pub struct RuleSet {
     pub events: EventsConfig,
     /// The `[[set]]`s, in file order.
     pub sets: Vec<crate::sets::Set>,
+    /// `[dns]` (rules by domain name).
+    pub dns: Option<DnsConfig>,
 }
 
 impl RuleSet {
     /// The set named `name`.
     pub fn set(&self, name: &str) -> Option<&crate::sets::Set> {
         self.sets.iter().find(|s| s.name == name)
+    }
+
+    /// Whether any rule names a domain (`dst_fqdn`).
+    pub fn has_fqdn(&self) -> bool {
+        self.rules.iter().any(|r| !r.fqdn.is_empty())
+    }
+
+    /// The distinct patterns of the rule set, in order of first appearance.
+    pub fn patterns(&self) -> Vec<&str> {
+        let mut seen = std::collections::HashSet::new();
+        self.rules.iter().flat_map(|r| r.fqdn.iter()).map(String::as_str).filter(|p| seen.insert(*p)).collect()
     }
 
     /// The default policy as the program stores it (audit included).

@@ -14,8 +14,8 @@ use super::{
     toml_diag::{item_span, line_starts, suggest},
 };
 
-const TOP_KEYS: [&str; 8] = ["default_policy", "mode", "stateful", "state", "events", "geoip", "set", "rule"];
-const RULE_KEYS: [&str; 9] = ["name", "action", "mode", "src", "dst", "protocol", "ports", "icmp_type", "icmp_code"];
+const TOP_KEYS: [&str; 9] = ["default_policy", "mode", "stateful", "state", "events", "geoip", "set", "dns", "rule"];
+const RULE_KEYS: [&str; 10] = ["name", "action", "mode", "src", "dst", "dst_fqdn", "protocol", "ports", "icmp_type", "icmp_code"];
 
 /// A `mode` value: Some(true) audit, Some(false) enforce, None when invalid
 /// (reported in `cx`).
@@ -170,6 +170,7 @@ pub(super) fn parse_whole(
     let state = parse_state(&mut cx, root);
     let events = super::events::parse_events(&mut cx, root);
     let sets = parse_sets(&mut cx, root, loader);
+    let dns = super::fqdn::parse_dns(&mut cx, root);
     let audit = match root.get("mode") {
         None => false,
         Some(item) => parse_mode(&mut cx, item, item_span(item), None).unwrap_or(false),
@@ -209,6 +210,7 @@ pub(super) fn parse_whole(
             rules.push(r);
         }
     }
+    super::fqdn::check_resolvers(&mut cx, &rules, &dns);
     if !cx.problems.is_empty() {
         // In file order (stable: problems of one line keep the order they were
         // found in); the rule file's first, then each set file's.
@@ -217,7 +219,7 @@ pub(super) fn parse_whole(
     }
     // Only reachable with a policy: a missing one is a problem above.
     let default_policy = default_policy.unwrap_or(Action::Allow);
-    Ok(RuleSet { default_policy, audit, rules, state, events, sets: sets.sets })
+    Ok(RuleSet { default_policy, audit, rules, state, events, sets: sets.sets, dns })
 }
 
 pub(super) fn show(item: &Item) -> String {
@@ -292,6 +294,20 @@ pub(super) fn parse_rule(
     let mut refs = SetRefs::default();
     let src = parse_nets(cx, t.get("src"), kspan("src"), rn, "src", sets, &mut refs.src, &mut refs.src_own);
     let dst = parse_nets(cx, t.get("dst"), kspan("dst"), rn, "dst", sets, &mut refs.dst, &mut refs.dst_own);
+    let fqdn = match t.get("dst_fqdn") {
+        None => Some(Vec::new()),
+        Some(item) => {
+            if t.get("dst").is_some() {
+                cx.push(
+                    kspan("dst_fqdn"),
+                    rn,
+                    Some("dst_fqdn"),
+                    "a rule names its destination either by address (dst) or by name (dst_fqdn), not both: split it in two".into(),
+                );
+            }
+            super::fqdn::parse_fqdn(cx, item, kspan("dst_fqdn"), rn)
+        }
+    };
     // Each (source, destination) pair of a rule can become a map entry.
     if let (Some(Some(s)), Some(Some(d))) = (&src, &dst)
         && s.len() * d.len() > MAX_PAIRS_PER_RULE
@@ -417,13 +433,16 @@ pub(super) fn parse_rule(
     if cx.problems.len() != before {
         return None;
     }
+    let fqdn = fqdn?;
     Some(Rule {
         index,
         name,
         line,
         action: action?,
         src: src?,
-        dst: dst?,
+        // A rule by name matches no address as such (only learned ones).
+        dst: if fqdn.is_empty() { dst? } else { Some(Vec::new()) },
+        fqdn,
         protocol: protocol?,
         ports,
         icmp_type,
