@@ -109,6 +109,8 @@ pub struct Answer {
     pub decided_by: &'static str,
     /// The set entries the packet's addresses matched (a rule naming sets).
     pub sets: Vec<SetMatch>,
+    /// The learned names a deciding rule by name matched through.
+    pub names: Vec<NameMatch>,
 }
 
 /// Where a packet's address met a set: `src` or `dst`, the set, the entry and
@@ -119,6 +121,15 @@ pub struct SetMatch {
     pub set: String,
     pub entry: ipnet::IpNet,
     pub origin: String,
+}
+
+/// A learned name through which a rule by name matched the destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NameMatch {
+    /// The question name the address was learned from.
+    pub name: String,
+    pub pattern: String,
+    pub expires_in: u64,
 }
 
 /// The set entries that hold the packet's addresses, for a rule naming sets: a
@@ -141,8 +152,10 @@ fn set_matches(rs: &RuleSet, r: &crate::rules::Rule, m: &PacketMeta) -> Vec<SetM
 impl Answer {
     fn of_slot(rs: &RuleSet, slot: u32, action: Action, audit: bool, m: &PacketMeta) -> Answer {
         match slot.checked_sub(1).and_then(|i| rs.rules.get(i as usize)) {
-            Some(r) => Answer { rule: Some((r.name.clone(), r.line)), action, audit, decided_by: "rule", sets: set_matches(rs, r, m) },
-            None => Answer { rule: None, action, audit, decided_by: "default", sets: Vec::new() },
+            Some(r) => {
+                Answer { rule: Some((r.name.clone(), r.line)), action, audit, decided_by: "rule", sets: set_matches(rs, r, m), names: Vec::new() }
+            }
+            None => Answer { rule: None, action, audit, decided_by: "default", sets: Vec::new(), names: Vec::new() },
         }
     }
 
@@ -159,6 +172,11 @@ impl Answer {
                 .collect();
             v["sets"] = json!(sets);
         }
+        if !self.names.is_empty() {
+            let names: Vec<Value> =
+                self.names.iter().map(|n| json!({"name": n.name, "pattern": n.pattern, "expires_in": n.expires_in})).collect();
+            v["names"] = json!(names);
+        }
         v
     }
 
@@ -172,18 +190,39 @@ impl Answer {
         for s in &self.sets {
             t.push_str(&format!(", {} in @{} entry {} ({})", s.field, s.set, s.entry, s.origin));
         }
+        for n in &self.names {
+            t.push_str(&format!(", dst learned for {} from {} (expires in {}s)", n.pattern, n.name, n.expires_in));
+        }
         t
     }
 }
 
 /// The reference classifier's answer.
 pub fn reference(rs: &RuleSet, m: &PacketMeta) -> Answer {
-    let (slot, action) = reference::classify(rs, m);
+    reference_learned(rs, m, &[])
+}
+
+/// The reference classifier's answer, with the names the destination is
+/// learned from (rules by name match through them; a deciding rule by name
+/// shows the names of its patterns).
+pub fn reference_learned(rs: &RuleSet, m: &PacketMeta, learned: &[NameMatch]) -> Answer {
+    let pats: Vec<&str> = learned.iter().map(|n| n.pattern.as_str()).collect();
+    let (slot, action) = reference::classify_learned(rs, m, &pats);
     let audit = match slot.checked_sub(1).and_then(|i| rs.rules.get(i as usize)) {
         Some(r) => r.audit,
         None => rs.default_code() == egress_common::ACTION_AUDIT,
     };
-    Answer::of_slot(rs, slot, action, audit, m)
+    let mut a = Answer::of_slot(rs, slot, action, audit, m);
+    a.names = names_of(rs, slot, learned);
+    a
+}
+
+/// The learned names of the rule in `slot`'s patterns.
+fn names_of(rs: &RuleSet, slot: u32, learned: &[NameMatch]) -> Vec<NameMatch> {
+    match slot.checked_sub(1).and_then(|i| rs.rules.get(i as usize)) {
+        Some(r) if !r.fqdn.is_empty() => learned.iter().filter(|n| r.fqdn.contains(&n.pattern)).cloned().collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// A live explanation: the kernel's answer, the reference's, and where.
@@ -207,6 +246,21 @@ impl Live {
 pub fn live(t: &Target, q: &Query, m: &PacketMeta) -> anyhow::Result<Live> {
     let has_eth = dataplane::has_ethernet(&t.iface)?;
     let (st, d) = dataplane::explain(t, &q.frame(m, has_eth))?;
+    // What the destination is learned for (rules by name), as the kernel saw it.
+    let learned: Vec<NameMatch> = match st.dns {
+        Some(_) => {
+            let (_, r) = dataplane::read_dns(t)?;
+            r.learned
+                .iter()
+                .filter(|l| l.address == m.dst)
+                .filter_map(|l| {
+                    let p = dataplane::PatternInfo::of_id(&st.patterns, l.pattern)?;
+                    Some(NameMatch { name: l.name.clone(), pattern: p.pattern.clone(), expires_in: l.expires_in })
+                })
+                .collect()
+        }
+        None => Vec::new(),
+    };
     let path = Path::new(&st.rules_file);
     if st.rules_file.starts_with("/dev/") || st.rules_file.starts_with("/proc/") {
         anyhow::bail!(
@@ -232,9 +286,11 @@ pub fn live(t: &Target, q: &Query, m: &PacketMeta) -> anyhow::Result<Live> {
     }
     let action = if d.deny { Action::Deny } else { Action::Allow };
     let kernel = if d.established {
-        Answer { rule: None, action: Action::Allow, audit: false, decided_by: "established", sets: Vec::new() }
+        Answer { rule: None, action: Action::Allow, audit: false, decided_by: "established", sets: Vec::new(), names: Vec::new() }
     } else {
-        Answer::of_slot(&rs, d.slot, action, d.audit, m)
+        let mut a = Answer::of_slot(&rs, d.slot, action, d.audit, m);
+        a.names = names_of(&rs, d.slot, &learned);
+        a
     };
-    Ok(Live { kernel, reference: reference(&rs, m), generation: st.generation, rules_file: st.rules_file })
+    Ok(Live { kernel, reference: reference_learned(&rs, m, &learned), generation: st.generation, rules_file: st.rules_file })
 }

@@ -31,7 +31,22 @@ pub fn classify(rs: &RuleSet, p: &PacketMeta) -> (u32, Action) {
     rs.rules.iter().find(|r| matches(r, p)).map(|r| (r.index, r.action)).unwrap_or((egress_common::DEFAULT_COUNTER_SLOT, rs.default_policy))
 }
 
+/// As [`classify`], with the patterns the packet's destination is learned
+/// for (rules by name match through them).
+pub fn classify_learned(rs: &RuleSet, p: &PacketMeta, learned: &[&str]) -> (u32, Action) {
+    rs.rules
+        .iter()
+        .find(|r| if r.fqdn.is_empty() { matches(r, p) } else { r.fqdn.iter().any(|f| learned.contains(&f.as_str())) && matches_but_dst(r, p) })
+        .map(|r| (r.index, r.action))
+        .unwrap_or((egress_common::DEFAULT_COUNTER_SLOT, rs.default_policy))
+}
+
 pub fn matches(r: &Rule, p: &PacketMeta) -> bool {
+    matches_but_dst(r, p) && r.dst.as_ref().is_none_or(|v| v.iter().any(|n| n.contains(&p.dst)))
+}
+
+/// Every field but the destination.
+fn matches_but_dst(r: &Rule, p: &PacketMeta) -> bool {
     let v6 = p.dst.is_ipv6();
     if v6 != p.src.is_ipv6() || !(if v6 { r.families.v6 } else { r.families.v4 }) {
         return false;
@@ -40,7 +55,7 @@ pub fn matches(r: &Rule, p: &PacketMeta) -> bool {
         None => true,
         Some(v) => v.iter().any(|n| n.contains(&a)),
     };
-    if !within(&r.src, p.src) || !within(&r.dst, p.dst) {
+    if !within(&r.src, p.src) {
         return false;
     }
     let proto_ok = match r.protocol {

@@ -184,7 +184,8 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
     // Pin the new maps before the switch so that readers can follow at once.
     let pin_maps = |ebpf: &Ebpf| -> Result<()> {
         state::private_dir(&gdir)?;
-        for name in ALL_MAPS {
+        let dns_maps: &[&str] = if dns.is_some() { &egress_common::DNS_GEN_MAPS } else { &[] };
+        for &name in ALL_MAPS.iter().chain(dns_maps) {
             let m = ebpf.map(name).ok_or_else(|| DataplaneError::Other(format!("map {name} missing")))?;
             let path = gdir.join(name);
             let _ = fs::remove_file(&path);

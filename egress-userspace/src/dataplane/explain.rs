@@ -13,7 +13,8 @@ use super::{
     env::{Target, has_ethernet},
     load::Globals,
     prog_err,
-    state::{State, conn_dir, gen_dir, read_state},
+    dns::{DnsGlobals, DnsLoad, pin_paths as dns_pin_paths},
+    state::{State, conn_dir, dns_dir, gen_dir, read_state},
 };
 
 /// What the live classifier decided.
@@ -47,7 +48,22 @@ pub fn explain(t: &Target, frame: &[u8]) -> Result<(State, Decision)> {
         &crate::rules::EventsConfig::default(),
     );
     let mut loader = globals.loader();
+    let conn_on = st.stateful.is_some() as u32;
+    loader.override_global(egress_common::GLOBAL_CONN_ON, &conn_on, true);
+    // Rules by name: the generation's patterns and the attachment's learned tables.
+    let dns = match (&st.dns, st.dns_key) {
+        (Some(config), Some(key)) => Some(DnsLoad { config: config.clone(), key, dir: dns_dir(&st.key) }),
+        _ => None,
+    };
+    let dns_globals = DnsGlobals::new(dns.as_ref());
+    let dns_paths = dns_pin_paths(dns.as_ref())?;
+    super::dns::configure(&mut loader, dns.as_ref(), &dns_globals, &dns_paths, st.patterns.len() as u32);
     let gdir = gen_dir(&st.key, st.generation);
+    if dns.is_some() {
+        for name in egress_common::DNS_GEN_MAPS {
+            loader.map_pin_path(name, gdir.join(name));
+        }
+    }
     for name in ALL_MAPS {
         let path = gdir.join(name);
         if !path.exists() {
