@@ -205,6 +205,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if !p.rules.sets.is_empty() {
                     v["sets"] = json!(p.rules.sets.iter().map(|s| s.json()).collect::<Vec<_>>());
                 }
+                // Likewise for a file with rules by name.
+                if let Some(d) = p.rules.dns.as_ref().filter(|_| p.rules.has_fqdn()) {
+                    v["dns"] = d.json(&p.rules);
+                }
                 println!("{v}");
                 if strict {
                     p.strict().map_err(input)?;
@@ -226,6 +230,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 for s in &p.rules.sets {
                     println!("  {}", s.summary());
+                }
+                if let Some(d) = p.rules.dns.as_ref().filter(|_| p.rules.has_fqdn()) {
+                    for line in d.summary(&p.rules) {
+                        println!("  {line}");
+                    }
                 }
             }
         }

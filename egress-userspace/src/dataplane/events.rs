@@ -4,7 +4,7 @@
 use std::{os::fd::AsRawFd as _, time::Duration};
 
 use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
-use egress_common::{DenyEvent, EVENT_STATS_LEN, MAP_EVENT_STATS, MAP_EVENTS};
+use egress_common::{DenyEvent, DnsDenyEvent, EVENT_STATS_LEN, MAP_EVENT_STATS, MAP_EVENTS};
 
 use super::{
     DataplaneError, Result,
@@ -12,6 +12,21 @@ use super::{
     map_err,
     state::{State, events_dir, read_state},
 };
+
+/// One event as read: the packet's, and for a DNS query denied by a rule by
+/// name its question name (a longer record).
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub event: DenyEvent,
+    pub qname: Option<String>,
+}
+
+impl std::ops::Deref for Received {
+    type Target = DenyEvent;
+    fn deref(&self) -> &DenyEvent {
+        &self.event
+    }
+}
 
 /// A reader of one attachment's deny events. One reader at a time: each event
 /// is handed to exactly one consumer of the ring buffer.
@@ -30,7 +45,7 @@ pub fn open_events(t: &Target) -> Result<(State, EventStream)> {
 
 impl EventStream {
     /// The events waiting now, after waiting up to `timeout` for the first.
-    pub fn next_batch(&mut self, timeout: Duration) -> Result<Vec<DenyEvent>> {
+    pub fn next_batch(&mut self, timeout: Duration) -> Result<Vec<Received>> {
         let mut out = self.drain();
         if out.is_empty() {
             let mut pfd = libc::pollfd { fd: self.rb.as_raw_fd(), events: libc::POLLIN, revents: 0 };
@@ -41,12 +56,17 @@ impl EventStream {
         Ok(out)
     }
 
-    fn drain(&mut self) -> Vec<DenyEvent> {
+    fn drain(&mut self) -> Vec<Received> {
         let mut out = Vec::new();
         while let Some(item) = self.rb.next() {
-            if item.len() >= size_of::<DenyEvent>() {
+            if item.len() >= size_of::<DnsDenyEvent>() {
+                // SAFETY: the program writes whole DnsDenyEvents (plain data); read unaligned.
+                let d = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DnsDenyEvent>()) };
+                let wire = &d.name.wire[..(d.name.len as usize).min(d.name.wire.len())];
+                out.push(Received { event: d.event, qname: Some(super::dns::wire_to_text(wire)) });
+            } else if item.len() >= size_of::<DenyEvent>() {
                 // SAFETY: the program writes whole DenyEvents (plain data); read unaligned.
-                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DenyEvent>()) });
+                out.push(Received { event: unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DenyEvent>()) }, qname: None });
             }
         }
         out

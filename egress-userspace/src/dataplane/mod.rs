@@ -44,7 +44,7 @@ pub use debug_log::{DebugLog, LogLine, open_debug_log};
 pub use env::{
     Target, closed_pipe_ends_process, ensure_bpffs, enter_host_mount_ns, enter_netns, has_ethernet, netns_cookie, resolve, resolve_or_state,
 };
-pub use events::{EventStream, event_stats, mono_ns_to_unix_ns, open_events};
+pub use events::{EventStream, Received, event_stats, mono_ns_to_unix_ns, open_events};
 pub use explain::{Decision, explain};
 pub use link::{LinkHealth, wait_for_running_programs};
 pub use load::{LoadOptions, Loaded, flow_cache_slots};

@@ -17,6 +17,10 @@
 //!   sets leave no address family), `set-entry-covered` (set entries an
 //!   earlier rule of the other action covers: a blocklist entry an earlier
 //!   allow lets through).
+//! - rules by name (`dns.rs`): `no-resolver` (a rule by name whose names no
+//!   resolver could ever answer: queries to every `[dns]` resolver are denied).
+//!   Rules by name take no part in the shadowing checks: what they match is
+//!   learned at run time.
 //! - `unchecked` (once per file): the rules whose share of the file's work
 //!   bound ran out before their check ended (`FILE_WORK`): the linter's cost is
 //!   bounded whatever the file holds.
@@ -26,6 +30,7 @@
 //! prefix, by L4 interval), so a rule is only compared with the rules whose
 //! destinations and ports overlap its own.
 
+mod dns;
 mod region;
 mod sets;
 
@@ -193,6 +198,9 @@ impl<'a> Linter<'a> {
         if let Some(j) = self.dup_of[i] {
             return Reach::Shadowed(vec![j]);
         }
+        if !self.rs.rules[i].fqdn.is_empty() {
+            return Reach::Unknown;
+        }
         // Its sets leave it no family: no packet can reach it.
         let r = &self.rs.rules[i];
         if !r.families.v4 && !r.families.v6 {
@@ -255,7 +263,7 @@ pub fn reach(rs: &RuleSet) -> Vec<Reach> {
 /// aside); prefix lists compared as sets. Borrowed: most lists are sorted
 /// already (one prefix), and are only copied when not.
 fn match_key(r: &Rule) -> impl std::hash::Hash + Eq + '_ {
-    (prefix_set(&r.src), prefix_set(&r.dst), r.protocol.as_str(), &r.ports, r.icmp_type, r.icmp_code, r.families.v4, r.families.v6)
+    (prefix_set(&r.src), prefix_set(&r.dst), &r.fqdn, r.protocol.as_str(), &r.ports, r.icmp_type, r.icmp_code, r.families.v4, r.families.v6)
 }
 
 fn prefix_set(n: &Option<Vec<IpNet>>) -> Option<std::borrow::Cow<'_, [IpNet]>> {
@@ -307,6 +315,7 @@ pub fn lint(rs: &RuleSet, default_line: usize) -> Vec<Warning> {
         });
     }
     out.extend(sets::set_warnings(rs));
+    out.extend(dns::dns_warnings(rs));
     // Duplicates first (in order), then every other rule on all CPUs: the
     // rules are independent once the index is built.
     let l = Linter::new(rs);
@@ -379,6 +388,11 @@ impl Linter<'_> {
         if let Some(w) = self.never_matches(i) {
             return (vec![w], false);
         }
+        // A rule by name: what it matches is learned at run time (dns.rs says
+        // what can be said about it).
+        if !r.fqdn.is_empty() {
+            return (Vec::new(), false);
+        }
         // A rule naming a large set gets steps for each of its prefixes (a
         // share of the file's bound at most).
         let prefixes = r.src.as_ref().map_or(1, Vec::len) * r.dst.as_ref().map_or(1, Vec::len);
@@ -403,6 +417,8 @@ impl Linter<'_> {
             return (vec![w("shadowed", format!("{} can never match: {who} {verb} it", named(r)))], false);
         }
         let mut out = Vec::new();
+        // A later rule by name of the other action may match any address it learns.
+        let shields = shields || rs.rules[i + 1..].iter().any(|l| !l.fqdn.is_empty() && l.action != r.action);
         if r.action == rs.default_policy && !shields {
             out.push(w(
                 "redundant",

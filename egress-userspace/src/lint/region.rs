@@ -179,7 +179,8 @@ impl Pfxs {
 }
 
 pub(super) fn shape(r: &Rule, v6: bool) -> Option<Shape> {
-    if !(if v6 { r.families.v6 } else { r.families.v4 }) {
+    // A rule by name matches what DNS teaches at run time: no fixed region.
+    if !(if v6 { r.families.v6 } else { r.families.v4 }) || !r.fqdn.is_empty() {
         return None;
     }
     let nets = |n: &Option<Vec<IpNet>>| -> Pfxs {

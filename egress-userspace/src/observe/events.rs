@@ -3,10 +3,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use egress_common::{ACTION_AUDIT, DenyEvent, PCLASS_ICMP, PCLASS_ICMPV6, PCLASS_NO_L4, PCLASS_TCP, PCLASS_UDP};
+use egress_common::{ACTION_AUDIT, PCLASS_ICMP, PCLASS_ICMPV6, PCLASS_NO_L4, PCLASS_TCP, PCLASS_UDP};
 use serde_json::{Value, json};
 
-use crate::dataplane::State;
+use crate::dataplane::{Received, State};
 
 /// One event, decoded.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,6 +26,8 @@ pub struct Event {
     pub icmp_code: Option<u8>,
     pub len: u32,
     pub suppressed: u32,
+    /// A DNS query denied by a rule by name: its question name.
+    pub qname: Option<String>,
 }
 
 fn addr(a: &[u8; 16], v6: bool) -> IpAddr {
@@ -41,7 +43,8 @@ fn rfc3339_ms(unix_ns: u128) -> String {
     format!("{}.{ms:03}Z", s.trim_end_matches('Z'))
 }
 
-pub fn decode(e: &DenyEvent, st: &State, unix_ns: u128) -> Event {
+pub fn decode(r: &Received, st: &State, unix_ns: u128) -> Event {
+    let e = &r.event;
     let v6 = e.v6 != 0;
     let fragment = e.pclass & PCLASS_NO_L4 != 0;
     let class = e.pclass & !PCLASS_NO_L4;
@@ -68,18 +71,23 @@ pub fn decode(e: &DenyEvent, st: &State, unix_ns: u128) -> Event {
         icmp_code: (icmp && has_l4).then_some(e.port[1]),
         len: e.len,
         suppressed: e.suppressed,
+        qname: r.qname.clone(),
     }
 }
 
 impl Event {
     /// `egress events --json`: one object per line (a contract).
     pub fn json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "time": self.time, "iface": self.iface, "rule": self.rule, "action": "deny", "audit": self.audit,
             "src": self.src.to_string(), "dst": self.dst.to_string(), "protocol": self.protocol,
             "sport": self.sport, "dport": self.dport, "icmp_type": self.icmp_type, "icmp_code": self.icmp_code,
             "len": self.len, "suppressed": self.suppressed,
-        })
+        });
+        if let Some(q) = &self.qname {
+            v["qname"] = json!(q);
+        }
+        v
     }
 
     /// One line for people.
@@ -91,6 +99,10 @@ impl Event {
         };
         let rule = self.rule.as_deref().map(|r| format!("rule '{r}'")).unwrap_or_else(|| "default policy".into());
         let action = if self.audit { "audit (would deny)" } else { "deny" };
+        let what = match &self.qname {
+            Some(q) => format!("DNS query for {q}, {what}"),
+            None => what,
+        };
         let more = if self.suppressed > 0 { format!(" (+{} more held back by the rate limit)", self.suppressed) } else { String::new() };
         format!("{} {} {action} by {rule}: {what}, {} bytes{more}", self.time, self.iface, self.len)
     }

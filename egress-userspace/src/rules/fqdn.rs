@@ -50,6 +50,40 @@ impl Default for DnsConfig {
     }
 }
 
+impl DnsConfig {
+    /// `egress check`'s lines for a rule set by name: the settings, then each
+    /// pattern with the rules naming it.
+    pub fn summary(&self, rs: &super::RuleSet) -> Vec<String> {
+        let res: Vec<String> = self.resolvers.iter().map(|a| a.to_string()).collect();
+        let mut out = vec![format!(
+            "dns: resolvers {}; addresses kept {}s to {}s; {} learned addresses per family",
+            res.join(", "),
+            self.min_ttl,
+            self.max_ttl,
+            self.max_addresses
+        )];
+        for p in rs.patterns() {
+            let rules: Vec<&str> = rs.rules.iter().filter(|r| r.fqdn.iter().any(|f| f == p)).map(|r| r.name.as_str()).collect();
+            out.push(format!("  name {p}: rule {}", rules.join(", ")));
+        }
+        out
+    }
+
+    /// `egress check --json`'s "dns" (only for a rule set that names domains).
+    pub fn json(&self, rs: &super::RuleSet) -> serde_json::Value {
+        let patterns: Vec<serde_json::Value> = rs
+            .patterns()
+            .iter()
+            .map(|p| {
+                let rules: Vec<&str> = rs.rules.iter().filter(|r| r.fqdn.iter().any(|f| f == p)).map(|r| r.name.as_str()).collect();
+                serde_json::json!({"pattern": p, "rules": rules})
+            })
+            .collect();
+        serde_json::json!({"resolvers": self.resolvers, "min_ttl": self.min_ttl, "max_ttl": self.max_ttl,
+                           "max_addresses": self.max_addresses, "patterns": patterns})
+    }
+}
+
 /// Reads `[dns]`; None when absent.
 pub(super) fn parse_dns(cx: &mut Ctx<'_>, root: &Table) -> Option<DnsConfig> {
     let item = root.get("dns")?;

@@ -233,6 +233,7 @@ impl Managed {
                 icmp_code = ev.icmp_code,
                 len = ev.len,
                 suppressed = ev.suppressed,
+                qname = ev.qname,
                 time = ev.time,
                 "{}",
                 if ev.audit { "audited (would deny)" } else { "denied" }
