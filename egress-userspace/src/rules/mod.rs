@@ -393,7 +393,7 @@ ports = "1000-2000"
         assert_eq!(e.len(), 2);
         assert_eq!(
             e[0],
-            "r.toml:2: field 'verbose': unknown key 'verbose' (known keys: default_policy, mode, stateful, state, events, geoip, set, rule)"
+            "r.toml:2: field 'verbose': unknown key 'verbose' (known keys: default_policy, mode, stateful, state, events, geoip, set, dns, rule)"
         );
         assert_eq!(e[1], "r.toml:4: rule 'rule-1', field 'protcol': unknown key 'protcol' (did you mean 'protocol'?)");
     }
