@@ -23,6 +23,7 @@ pub const A6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
 pub const B6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
 
 mod daemon;
+pub mod dns;
 pub mod mmdb;
 pub mod random;
 pub mod router;
