@@ -43,6 +43,25 @@ impl DnsServer {
     /// addresses (and 192.0.2.3, 192.0.2.4), routes them from a over the veth,
     /// points a's resolver at b, and accepts TCP on `ports` of every address of b.
     pub fn start(p: &Pair, records: &[Record<'_>], ports: &[u16]) -> Result<DnsServer> {
+        sh(&["ip", "-n", &p.a, "route", "add", "198.51.100.0/24", "dev", &p.a_if])?;
+        sh(&["ip", "-n", &p.a, "route", "add", "203.0.113.0/24", "dev", &p.a_if])?;
+        sh(&["ip", "-n", &p.a, "-6", "route", "add", "2001:db8:2::/64", "dev", &p.a_if])?;
+        let extra = [SILENT_RESOLVER, NOT_RESOLVER];
+        DnsServer::serve(&p.b, &p.b_if, RESOLVER, &extra, &p.a, records, ports)
+    }
+
+    /// dnsmasq in namespace `ns` on `listen` (an address of `iface` there),
+    /// with the records' addresses and `extra` added to `iface`; `client_ns`'s
+    /// resolver points at it; TCP accepted on `ports`.
+    pub fn serve(
+        ns: &str,
+        iface: &str,
+        listen: Ipv4Addr,
+        extra: &[Ipv4Addr],
+        client_ns: &str,
+        records: &[Record<'_>],
+        ports: &[u16],
+    ) -> Result<DnsServer> {
         let mut batch = String::new();
         let mut seen = std::collections::HashSet::new();
         for r in records {
@@ -50,20 +69,19 @@ impl DnsServer {
                 && seen.insert(*addr)
             {
                 let len = if addr.is_ipv6() { 128 } else { 32 };
-                batch.push_str(&format!("addr add {addr}/{len} dev {}{}\n", p.b_if, if addr.is_ipv6() { " nodad" } else { "" }));
+                batch.push_str(&format!("addr add {addr}/{len} dev {iface}{}\n", if addr.is_ipv6() { " nodad" } else { "" }));
             }
         }
-        for a in [SILENT_RESOLVER, NOT_RESOLVER] {
-            batch.push_str(&format!("addr add {a}/32 dev {}\n", p.b_if));
+        for a in extra {
+            batch.push_str(&format!("addr add {a}/32 dev {iface}\n"));
         }
-        let f = crate::temp_file("addrs.batch", &batch);
-        sh(&["ip", "-n", &p.b, "-batch", &f.to_string_lossy()])?;
-        sh(&["ip", "-n", &p.a, "route", "add", "198.51.100.0/24", "dev", &p.a_if])?;
-        sh(&["ip", "-n", &p.a, "route", "add", "203.0.113.0/24", "dev", &p.a_if])?;
-        sh(&["ip", "-n", &p.a, "-6", "route", "add", "2001:db8:2::/64", "dev", &p.a_if])?;
-        let netns_dir = PathBuf::from("/etc/netns").join(&p.a);
+        if !batch.is_empty() {
+            let f = crate::temp_file("addrs.batch", &batch);
+            sh(&["ip", "-n", ns, "-batch", &f.to_string_lossy()])?;
+        }
+        let netns_dir = PathBuf::from("/etc/netns").join(client_ns);
         std::fs::create_dir_all(&netns_dir)?;
-        std::fs::write(netns_dir.join("resolv.conf"), format!("nameserver {RESOLVER}\noptions timeout:1 attempts:1\n"))?;
+        std::fs::write(netns_dir.join("resolv.conf"), format!("nameserver {listen}\noptions timeout:1 attempts:1\n"))?;
         let mut args: Vec<String> = [
             "--keep-in-foreground",
             "--no-resolv",
@@ -71,7 +89,6 @@ impl DnsServer {
             "--no-daemon",
             "--bind-interfaces",
             "--except-interface=lo",
-            "--listen-address=192.0.2.2",
             "--port=53",
             "--user=root",
             "--pid-file=",
@@ -79,6 +96,7 @@ impl DnsServer {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.push(format!("--listen-address={listen}"));
         for r in records {
             match r {
                 Record::A(name, addr, ttl) => args.push(format!("--host-record={name},{addr},{ttl}")),
@@ -86,7 +104,7 @@ impl DnsServer {
             }
         }
         let child = Command::new("ip")
-            .args(["netns", "exec", &p.b, "dnsmasq"])
+            .args(["netns", "exec", ns, "dnsmasq"])
             .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -94,7 +112,7 @@ impl DnsServer {
             .context("start dnsmasq (Debian's dnsmasq-base; `cargo xtask setup` installs it)")?;
         let mut listeners = Vec::new();
         for &port in ports {
-            let l = in_ns_io(&p.b, move || TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))))?;
+            let l = in_ns_io(ns, move || TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))))?;
             listeners.push(std::thread::spawn(move || {
                 for s in l.incoming() {
                     drop(s);
@@ -106,7 +124,7 @@ impl DnsServer {
         let deadline = Instant::now() + Duration::from_secs(5);
         let probe = records.iter().find_map(|r| if let Record::A(n, _, _) = r { Some(*n) } else { None }).unwrap_or("localhost");
         while Instant::now() < deadline {
-            if udp_query(&p.b, RESOLVER, probe).is_some() {
+            if udp_query(ns, listen, probe).is_some() {
                 return Ok(s);
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -239,3 +239,35 @@ fn bad_names_are_errors_with_file_line_rule_and_field() {
     let e = egress::rules::parse("r.toml", no_dns).expect_err("no resolvers").to_string();
     assert!(e.contains("r.toml:2: rule 'web', field 'dst_fqdn'") && e.contains("[dns] resolvers"), "{e}");
 }
+
+#[test]
+fn a_router_learns_from_answers_leaving_toward_its_guests() {
+    use egress_tests::router::Router;
+    egress_tests::need_root!("network namespaces, eBPF, dnsmasq");
+    let r = Router::new("fqdnr").expect("namespaces");
+    let out = Ipv4Addr::new(203, 0, 113, 2);
+    let records = [Record::A("api.out.example", v4(203, 0, 113, 50), 300), Record::A("other.example", v4(203, 0, 113, 51), 300)];
+    let _dns = DnsServer::serve(&r.outside, "ow0", out, &[], &r.guest, &records, &[PORT]).expect("dnsmasq");
+    // On the guest-facing interface's ingress: queries arrive from the guests,
+    // answers leave toward them (seen by the companion on its egress).
+    let rules = format!(
+        "default_policy = \"deny\"\n[dns]\nresolvers = [\"{out}\"]\n\
+         [[rule]]\nname = \"dns\"\naction = \"allow\"\nprotocol = \"udp\"\ndst = \"{out}\"\nports = \"53\"\n\
+         [[rule]]\nname = \"api\"\naction = \"allow\"\nprotocol = \"tcp\"\nports = \"{PORT}\"\ndst_fqdn = \"*.out.example\"\n"
+    );
+    let f = egress_tests::temp_file("rules.toml", &rules);
+    r.egress_ok(&["apply", "--iface", &r.rg, "--hook", "tc-ingress", "--rules", &f.to_string_lossy()]);
+    let guest_connects = |a: IpAddr| connect_ms(&r.guest, a, PORT, Duration::from_millis(1500)).is_some();
+    assert!(!guest_connects(v4(203, 0, 113, 50)), "before the lookup");
+    assert_eq!(resolve(&r.guest, "api.out.example"), vec![v4(203, 0, 113, 50)]);
+    let ms = connect_ms(&r.guest, v4(203, 0, 113, 50), PORT, Duration::from_millis(900)).expect("first connection after the lookup");
+    assert!(ms < 900);
+    assert_eq!(resolve(&r.guest, "other.example"), vec![v4(203, 0, 113, 51)]);
+    assert!(!guest_connects(v4(203, 0, 113, 51)));
+    let v = r.counters(&r.rg, "tc-ingress");
+    assert_eq!(v["dns"]["answers_learned_from"], 1, "{v}");
+    let l: serde_json::Value =
+        serde_json::from_str(&r.egress_ok(&["dns", "--iface", &r.rg, "--hook", "tc-ingress", "--json"])).expect("dns json");
+    assert_eq!(l[0]["name"], "api.out.example", "{l}");
+    assert_eq!(l[0]["address"], "203.0.113.50", "{l}");
+}
