@@ -271,3 +271,32 @@ fn a_router_learns_from_answers_leaving_toward_its_guests() {
     assert_eq!(l[0]["name"], "api.out.example", "{l}");
     assert_eq!(l[0]["address"], "203.0.113.50", "{l}");
 }
+
+#[test]
+fn egress_run_keeps_learned_names_across_its_restart_and_follows_reloads() {
+    egress_tests::need_root!("network namespaces, eBPF, dnsmasq");
+    let p = Pair::new("fqdnrun").expect("namespaces");
+    let records = [Record::A("a.fresh.example", v4(198, 51, 100, 60), 300), Record::A("exact.example", v4(198, 51, 100, 61), 300)];
+    let _dns = DnsServer::start(&p, &records, &[PORT]).expect("dnsmasq");
+    let rules_file = egress_tests::temp_file("rules.toml", &rules(WEB));
+    let cfg = egress_tests::temp_file("egress.toml", &format!("[[interface]]\nname = \"{}\"\nrules = \"{}\"\n", p.a_if, rules_file.display()));
+    let is = |v: &serde_json::Value, m: &str| v["message"].as_str().is_some_and(|s| s.contains(m)) && v["iface"] == p.a_if.as_str();
+    let mut dmn = egress_tests::Daemon::start(&p.a, &cfg, &[]);
+    dmn.wait_for("applied", 1, |v| is(v, "rules applied"));
+    resolve(&p.a, "a.fresh.example");
+    resolve(&p.a, "exact.example");
+    assert!(connects(&p, v4(198, 51, 100, 60)));
+    // A restart of the service: what was learned is still enforced, no new lookup.
+    dmn.signal(libc::SIGTERM);
+    dmn.wait_exit();
+    let dmn = egress_tests::Daemon::start(&p.a, &cfg, &[]);
+    dmn.wait_for("up again", 1, |v| is(v, "rules"));
+    assert_eq!(learned(&p).len(), 2);
+    assert!(connects(&p, v4(198, 51, 100, 60)) && connects(&p, v4(198, 51, 100, 61)));
+    // A reload that removes exact.example: its address goes, the other stays.
+    egress_tests::replace_file(&rules_file, &rules(&WEB.replace(", \"exact.example\"", "")));
+    dmn.wait_for("replaced", 1, |v| is(v, "rules replaced"));
+    assert!(connects(&p, v4(198, 51, 100, 60)));
+    assert!(!connects(&p, v4(198, 51, 100, 61)));
+    assert_eq!(learned(&p).len(), 1);
+}
