@@ -272,6 +272,19 @@ fn a_router_learns_from_answers_leaving_toward_its_guests() {
     assert_eq!(l[0]["address"], "203.0.113.50", "{l}");
 }
 
+/// The metrics page served in namespace `ns` on 127.0.0.1:`port`.
+fn metrics(ns: &str, port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    egress_tests::in_ns(ns, move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
+        let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+    .unwrap_or_default()
+}
+
 #[test]
 fn egress_run_keeps_learned_names_across_its_restart_and_follows_reloads() {
     egress_tests::need_root!("network namespaces, eBPF, dnsmasq");
@@ -289,9 +302,15 @@ fn egress_run_keeps_learned_names_across_its_restart_and_follows_reloads() {
     // A restart of the service: what was learned is still enforced, no new lookup.
     dmn.signal(libc::SIGTERM);
     dmn.wait_exit();
-    let dmn = egress_tests::Daemon::start(&p.a, &cfg, &[]);
+    let dmn = egress_tests::Daemon::start(&p.a, &cfg, &["--metrics", "9464"]);
     dmn.wait_for("up again", 1, |v| is(v, "rules"));
     assert_eq!(learned(&p).len(), 2);
+    let body = metrics(&p.a, 9464);
+    let labels = format!("{{iface=\"{}\",hook=\"tc-egress\"}}", p.a_if);
+    for want in [format!("egress_dns_addresses{labels} 2.0"), format!("egress_dns_answers_total{labels} 2")] {
+        assert!(body.lines().any(|l| l == want), "{want} in\n{body}");
+    }
+    assert!(body.contains("egress_dns_answers_ignored_total{") && body.contains("reason=\"no_matching_query\""), "{body}");
     assert!(connects(&p, v4(198, 51, 100, 60)) && connects(&p, v4(198, 51, 100, 61)));
     // A reload that removes exact.example: its address goes, the other stays.
     egress_tests::replace_file(&rules_file, &rules(&WEB.replace(", \"exact.example\"", "")));

@@ -116,6 +116,11 @@ struct Families {
     established_packets: Family,
     established_bytes: Family,
     events: Family,
+    dns_addresses: Family,
+    dns_answers: Family,
+    dns_learned: Family,
+    dns_ignored: Family,
+    dns_queries: Family,
 }
 
 impl Families {
@@ -142,10 +147,23 @@ impl Families {
                 "Deny events by outcome: sent, suppressed (rate limit), lost (ring buffer full).",
                 true,
             ),
+            dns_addresses: Family::new("egress_dns_addresses", "Addresses learned from DNS answers and not expired (rules by name).", false),
+            dns_answers: Family::new("egress_dns_answers", "DNS answers that taught at least one address.", true),
+            dns_learned: Family::new(
+                "egress_dns_addresses_learned",
+                "Learned (address, pattern) pairs by outcome: new, refreshed, evicted (pushed out of a full table).",
+                true,
+            ),
+            dns_ignored: Family::new(
+                "egress_dns_answers_ignored",
+                "DNS answers (or addresses) that taught nothing, by reason: not_from_resolver, no_matching_query, malformed, table_full.",
+                true,
+            ),
+            dns_queries: Family::new("egress_dns_queries", "DNS queries naming a pattern, by outcome: seen (toward a resolver), denied.", true),
         }
     }
 
-    fn all(&self) -> [&Family; 17] {
+    fn all(&self) -> [&Family; 22] {
         [
             &self.rule_packets,
             &self.rule_bytes,
@@ -164,6 +182,11 @@ impl Families {
             &self.established_packets,
             &self.established_bytes,
             &self.events,
+            &self.dns_addresses,
+            &self.dns_answers,
+            &self.dns_learned,
+            &self.dns_ignored,
+            &self.dns_queries,
         ]
     }
 
@@ -207,6 +230,28 @@ impl Families {
                 let mut el = l.clone();
                 el.push(("outcome", outcome.to_string()));
                 self.events.series.push((el, v as f64));
+            }
+        }
+        if let Some(d) = &r.dns {
+            use egress_common::*;
+            let st = |i: u32| d.stats.get(i as usize).copied().unwrap_or(0) as f64;
+            let with = |k: &'static str, v: &str| {
+                let mut x = l.clone();
+                x.push((k, v.to_string()));
+                x
+            };
+            self.dns_addresses.series.push((l.clone(), d.learned.len() as f64));
+            self.dns_answers.series.push((l.clone(), st(DS_ANSWERS)));
+            for (o, i) in [("new", DS_LEARNED), ("refreshed", DS_REFRESHED), ("evicted", DS_EVICTED)] {
+                self.dns_learned.series.push((with("outcome", o), st(i)));
+            }
+            for (o, i) in
+                [("not_from_resolver", DS_NOT_RESOLVER), ("no_matching_query", DS_NO_QUERY), ("malformed", DS_MALFORMED), ("table_full", DS_TABLE_FULL)]
+            {
+                self.dns_ignored.series.push((with("reason", o), st(i)));
+            }
+            for (o, i) in [("seen", DS_QUERIES), ("denied", DS_QUERIES_DENIED)] {
+                self.dns_queries.series.push((with("outcome", o), st(i)));
             }
         }
         if let Some(c) = &r.conn {
