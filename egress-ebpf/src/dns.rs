@@ -73,7 +73,7 @@ pub struct Scratch {
     addrs: [[u8; 16]; DNS_MAX_RECORDS],
     ttls: [u32; DNS_MAX_RECORDS],
     v6: [u8; DNS_MAX_RECORDS],
-    /// The best verdict so far of [`verdict`].
+    /// The best verdict so far of [`learned`].
     best: Verdict,
     /// Map keys and values built here, not on the stack (BPF's 512 bytes).
     qk: QueryKey,
@@ -84,6 +84,9 @@ pub struct Scratch {
     n: u64,
     /// Always 0: the union class's key.
     zero: u64,
+    /// [`learned`]: the first rule by name that could match the packet.
+    any_rule: u32,
+    _pad2: u32,
     /// Walk position, and (question) the label's hash so far.
     i: u64,
     h: u64,
@@ -290,8 +293,9 @@ pub fn query<C: Frame>(ctx: &C, pkt: &Packet) -> u64 {
         return u64::MAX;
     }
     if s.first_action != ACTION_ALLOW {
+        // Reported by the caller ([`reported`]): a call from here would stack
+        // this frame and the event's (BPF's 512 bytes along a chain of calls).
         bump(DS_QUERIES_DENIED);
-        crate::events::denied_dns(ctx, pkt, s.first_rule, s.first_action, &s.name);
         if s.first_action == ACTION_DENY {
             return (s.first_rule as u64) << 32 | s.first_action as u64;
         }
@@ -305,6 +309,14 @@ pub fn query<C: Frame>(ctx: &C, pkt: &Packet) -> u64 {
         }
     }
     if s.first_action != ACTION_ALLOW { (s.first_rule as u64) << 32 | s.first_action as u64 } else { u64::MAX }
+}
+
+/// Reports the query [`query`] just denied (or audited), with its name.
+#[inline(never)]
+pub fn reported<C: Frame>(ctx: &C, pkt: &Packet, slot: u32, action: u32) {
+    if let Some(s) = scratch() {
+        crate::events::denied_dns(ctx, pkt, slot, action, &s.name);
+    }
 }
 
 /// One step of the answer walk: a label of an owner name (skipped, never
@@ -356,13 +368,9 @@ extern "C" fn record_step(_: u64, _: *mut c_void) -> i64 {
     let r = s.nrec as usize;
     if class == CLASS_IN && len != 0 && r < DNS_MAX_RECORDS {
         let r = r & (DNS_MAX_RECORDS - 1);
-        let mut a = [0u8; 16];
         for k in 0..16 {
-            if k < len {
-                a[k] = s.buf[(rd + k) & MASK];
-            }
+            s.addrs[r][k] = if k < len { s.buf[(rd + k) & MASK] } else { 0 };
         }
-        s.addrs[r] = a;
         s.ttls[r] = ttl;
         s.v6[r] = (len == 16) as u8;
         s.nrec += 1;
@@ -464,11 +472,20 @@ extern "C" fn learn_step(k: u64, _: *mut c_void) -> i64 {
     let (r, p) = (r & (DNS_MAX_RECORDS - 1), p & (DNS_MAX_NAME_PATTERNS - 1));
     let ttl = (s.ttls[r] as u64).clamp(global(&DNS_MIN_TTL), global(&DNS_MAX_TTL));
     let expires = s.now + ttl * 1_000_000_000;
-    let (addr, v6, pattern, name, t) = (s.addrs[r], s.v6[r] != 0, s.pats[p], s.name_hash, s.now);
-    if learn(&addr, v6, expires, pattern, name, t) {
+    let (v6, pattern, name, t) = (s.v6[r] != 0, s.pats[p], s.name_hash, s.now);
+    // The address stays in the scratch memory (BPF's stack is small).
+    let addr: &[u8; 16] = unsafe { &*core::ptr::addr_of!(s.addrs[r]) };
+    if learn(addr, v6, expires, pattern, name, t) {
         s.taught += 1;
     }
     0
+}
+
+/// Two addresses are equal: two word compares, in place (no copies, no bcmp call).
+#[inline(always)]
+fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let w = |x: &[u8; 16], i: usize| unsafe { core::ptr::read_unaligned(x.as_ptr().add(i).cast::<u64>()) };
+    w(a, 0) == w(b, 0) && w(a, 8) == w(b, 8)
 }
 
 /// Stores (address, pattern) until `expires`; true if stored.
@@ -485,9 +502,9 @@ fn learn(addr: &[u8; 16], v6: bool, expires: u64, pattern: u64, name: u64, t: u6
     let mut nearest = 0;
     let mut nearest_at = u64::MAX;
     for w in 0..DNS_WAYS {
-        let x = &b.ways[w];
+        let x: &LearnWay = &b.ways[w];
         let valid = x.expires != 0 && x.seal == learn_seal(&x.addr, x.expires, x.pattern, x.name);
-        if valid && x.addr == *addr && x.pattern == pattern {
+        if valid && same(&x.addr, addr) && x.pattern == pattern {
             pick = w;
             break;
         }
@@ -526,15 +543,26 @@ fn learn(addr: &[u8; 16], v6: bool, expires: u64, pattern: u64, name: u64, t: u6
     true
 }
 
-/// One way of the destination's bucket: a live entry for it makes its
-/// pattern's rules candidates.
-extern "C" fn way_step(w: u64, pkt: *mut c_void) -> i64 {
+/// Step 0: could any rule by name match this packet (its source, protocol
+/// and port)? Class id 0 holds every such rule; if none, nothing learned can
+/// matter. Steps 1..=`DNS_WAYS`: a way of the destination's bucket; a live
+/// entry for it makes its pattern's rules candidates.
+extern "C" fn class_step(k: u64, pkt: *mut c_void) -> i64 {
     let Some(s) = scratch() else { return 1 };
     let pkt = unsafe { &*(pkt as *const Packet) };
+    if k == 0 {
+        // The key in map memory: a constant's address may be a merged .rodata
+        // section's, which the loader does not relocate to the value written.
+        s.zero = 0;
+        let Some(any) = (unsafe { DNS_CLASSES.get(&s.zero) }) else { return 1 };
+        let v = classify::from_dst(if pkt.v6 { &any.v6 } else { &any.v4 }, pkt);
+        s.any_rule = v.rule;
+        return if v.rule == classify::NONE.rule { 1 } else { 0 };
+    }
     let b = if pkt.v6 { DNS_LEARN_V6.get_ptr(s.cur) } else { DNS_LEARN_V4.get_ptr(s.cur) };
     let Some(b) = b else { return 1 };
-    let x: &LearnWay = unsafe { &(*b).ways[w as usize & (DNS_WAYS - 1)] };
-    if x.expires <= s.now || x.addr != pkt.dst || x.seal != learn_seal(&x.addr, x.expires, x.pattern, x.name) {
+    let x: &LearnWay = unsafe { &(*b).ways[(k as usize - 1) & (DNS_WAYS - 1)] };
+    if x.expires <= s.now || !same(&x.addr, &pkt.dst) || x.seal != learn_seal(&x.addr, x.expires, x.pattern, x.name) {
         return 0;
     }
     // The pattern id as the key, from map memory (not the stack).
@@ -546,27 +574,27 @@ extern "C" fn way_step(w: u64, pkt: *mut c_void) -> i64 {
     0
 }
 
-/// The packet's verdict with the rules by name: the earlier of `addr` (the
-/// address rules' answer; rule u32::MAX for none) and the first rule of a
-/// pattern its destination is learned for. Returns the verdict and whether it
-/// depends on what is learned (then it must not be cached: learning or expiry
-/// would change it).
-#[inline(always)]
-pub fn verdict(pkt: &Packet, addr: Verdict) -> (Verdict, bool) {
-    let Some(s) = scratch() else { return (addr, false) };
-    // Could any rule by name come first for this packet (its source,
-    // protocol and port)? Id 0 holds every such rule.
-    // The key in map memory: a constant's address may be a merged .rodata
-    // section's, which the loader does not relocate to the value written.
-    s.zero = 0;
-    let Some(any) = (unsafe { DNS_CLASSES.get(&s.zero) }) else { return (addr, false) };
-    let v = classify::from_dst(if pkt.v6 { &any.v6 } else { &any.v4 }, pkt);
-    if v.rule >= addr.rule {
-        return (addr, false);
-    }
-    s.best = addr;
+/// The rules by name for the packet, before the address lookup (so that the
+/// verifier checks this once, not once for each of that lookup's outcomes):
+/// the first rule of a pattern its destination is learned for, and the first
+/// rule by name that could match it if learned. [`combine`] reads them.
+#[inline(never)]
+pub fn learned(pkt: &Packet) {
+    let Some(s) = scratch() else { return };
+    s.best = classify::NONE;
+    s.any_rule = u32::MAX;
     s.cur = learn_bucket(&pkt.dst) & global(&DNS_BUCKET_MASK);
     s.now = now();
-    unsafe { bpf_loop(DNS_WAYS as u32, way_step as *mut c_void, pkt as *const Packet as *mut c_void, 0) };
-    (s.best, true)
+    unsafe { bpf_loop(DNS_WAYS as u32 + 1, class_step as *mut c_void, pkt as *const Packet as *mut c_void, 0) };
+}
+
+/// The verdict with the rules by name: the earlier of `addr` (the address
+/// rules' answer; rule u32::MAX for none) and what [`learned`] found, and
+/// whether it depends on what is learned (then it must not be cached:
+/// learning or expiry would change it).
+#[inline(always)]
+pub fn combine(addr: Verdict) -> (Verdict, bool) {
+    let Some(s) = scratch() else { return (addr, false) };
+    let (best, any) = unsafe { (core::ptr::read_volatile(&s.best), core::ptr::read_volatile(&s.any_rule)) };
+    (if best.rule < addr.rule { best } else { addr }, any < addr.rule)
 }

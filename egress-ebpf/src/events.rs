@@ -102,7 +102,7 @@ fn report<C: Frame>(ctx: &C, pkt: &Packet, slot: u32, action: u32) {
 /// Reports a DNS query denied (or audited) by the rule in `slot`, with its
 /// question name (a longer record than a packet's; user space tells them apart
 /// by size).
-#[inline(never)]
+#[inline(always)]
 pub fn denied_dns<C: Frame>(ctx: &C, pkt: &Packet, slot: u32, action: u32, name: &DnsName) {
     let Some((now, suppressed)) = admit(slot) else { return };
     let Some(mut e) = EVENTS.reserve::<DnsDenyEvent>(0) else {

@@ -224,6 +224,7 @@ mod program {
             let d = dns::query(ctx, &pkt);
             if d != u64::MAX {
                 let (slot, action) = ((d >> 32) as u32, d as u32);
+                dns::reported(ctx, &pkt, slot, action);
                 stats::count_rule(ctx, slot);
                 return Ok(action != ACTION_DENY);
             }
@@ -282,10 +283,14 @@ mod program {
     /// them carries [`NO_CACHE`].
     #[inline(always)]
     fn full<const SPLIT: bool>(pkt: &parse::Packet) -> (u32, u32) {
+        let dns = SPLIT && dns::on();
+        if dns {
+            dns::learned(pkt);
+        }
         let mut v = classify::lookup::<SPLIT>(pkt).unwrap_or(classify::NONE);
         let mut no_cache = 0;
-        if SPLIT && dns::on() {
-            let (best, dependent) = dns::verdict(pkt, v);
+        if dns {
+            let (best, dependent) = dns::combine(v);
             v = best;
             no_cache = if dependent { NO_CACHE } else { 0 };
         }

@@ -151,8 +151,17 @@ pub fn applied_text(a: &Applied, p: &Prepared) -> String {
         st.generation
     );
     out.push_str(&format!("  default policy  {}{}\n", st.default_action, if st.default_audit { " (audit: counted, passes)" } else { "" }));
-    if let Some(c) = &st.companion {
+    if let (Some(c), Some(_)) = (&st.companion, &st.stateful) {
         out.push_str(&format!("  stateful        yes: connection table pinned, companion program on {c}\n"));
+    }
+    if let (Some(c), Some(d)) = (&st.companion, &st.dns) {
+        let res: Vec<String> = d.resolvers.iter().map(|a| a.to_string()).collect();
+        out.push_str(&format!(
+            "  by name         {} pattern(s), learned from DNS answers of {} (seen by the companion program on {c}); egress dns --iface {}\n",
+            st.patterns.len(),
+            res.join(", "),
+            st.iface
+        ));
     }
     let audit = p.rules.rules.iter().filter(|r| r.audit).count();
     let audited = if audit > 0 { format!(", {audit} of the denies in audit mode") } else { String::new() };

@@ -27,7 +27,20 @@ use anyhow::{Context as _, Result, bail};
 use crate::{cargo, egress_bin, quiet_ok, root, run};
 
 /// The checks `tests/vm/init` runs, each of which must say ok.
-const CHECKS: [&str; 9] = ["apply", "dropped", "counted", "nomem-refused", "nomem-kept", "debug", "stateful", "xdp", "full-capacity"];
+const CHECKS: [&str; 12] = [
+    "apply",
+    "dropped",
+    "counted",
+    "nomem-refused",
+    "nomem-kept",
+    "debug",
+    "stateful",
+    "xdp",
+    "dns",
+    "dns-stateful",
+    "dns-xdp",
+    "full-capacity",
+];
 
 pub(crate) fn old_kernel() -> Result<()> {
     let work = root().join("target/old-kernel");
