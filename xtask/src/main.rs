@@ -138,7 +138,7 @@ fn main() -> Result<()> {
     }
 }
 
-const FUZZ_TARGETS: [&str; 3] = ["rules", "cloudstack", "packet"];
+const FUZZ_TARGETS: [&str; 4] = ["rules", "cloudstack", "packet", "dns"];
 
 /// `cargo xtask fuzz`: regressions first, then each target for `seconds`.
 fn fuzz(seconds: u64, only: &[String]) -> Result<()> {
@@ -162,6 +162,7 @@ fn fuzz(seconds: u64, only: &[String]) -> Result<()> {
         let seeds: Vec<PathBuf> = match *t {
             "rules" => vec![root().join("examples"), dir.join("seeds/rules")],
             "cloudstack" => vec![root().join("tests/fixtures/cloudstack")],
+            "dns" => vec![dir.join("seeds/dns")],
             _ => vec![dir.join("seeds/packet")],
         };
         let regressions = dir.join("regressions").join(t);

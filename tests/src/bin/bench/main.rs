@@ -31,6 +31,7 @@ use egress::{
 use egress_tests::{A4, A6, B4, B6, is_root};
 
 mod adversarial;
+mod dns;
 mod firewalls;
 mod flood;
 mod plots;
@@ -67,6 +68,7 @@ struct Opts {
     /// Only part 5 (a flood of denied packets under `egress run`).
     flood_only: bool,
     lint_only: bool,
+    dns_only: bool,
     /// Only part 1b (adversarial rule-set shapes).
     adversarial_only: bool,
 }
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
         testrun_only: false,
         flood_only: false,
         lint_only: false,
+        dns_only: false,
         adversarial_only: false,
     };
     let mut args = std::env::args().skip(1);
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
             "--reload-only" => opts.reload_only = true,
             "--flood-only" => opts.flood_only = true,
             "--lint-only" => opts.lint_only = true,
+            "--dns-only" => opts.dns_only = true,
             "--adversarial-only" => opts.adversarial_only = true,
             "--testrun-only" => opts.testrun_only = true,
             "--sizes" => opts.sizes = args.next().map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect()),
@@ -127,7 +131,7 @@ fn main() -> ExitCode {
             }
             "-h" | "--help" => {
                 println!(
-                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only | --testrun-only | --flood-only | --lint-only | --adversarial-only] [--out FILE] | --generate N [pairs|nested|ports|fan|blocklist]\n\
+                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only | --testrun-only | --flood-only | --lint-only | --adversarial-only | --dns-only] [--out FILE] | --generate N [pairs|nested|ports|fan|blocklist]\n\
                      see `cargo xtask bench --help`; --sizes, --traffic-only, --reload-only and --testrun-only are for exploring, not for BENCHMARKS.md"
                 );
                 return ExitCode::SUCCESS;
@@ -215,6 +219,11 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         println!("\n{body}");
         return Ok(());
     }
+    if o.dns_only {
+        dns::dns_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
+        println!("\n{body}");
+        return Ok(());
+    }
     if o.lint_only {
         lint_part(sizes, tr_rounds, &mut body)?;
         println!("\n{body}");
@@ -241,6 +250,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
     if !o.traffic_only {
         adversarial_part(*sizes.last().unwrap_or(&1_000), blocklist_entries(o), tr_rounds, &mut body)?;
         hooks_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
+        dns::dns_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
         body.push_str(&lint_md);
     }
     if o.testrun_only {
