@@ -2,7 +2,8 @@
 //! - A query leaving through the hook (the classifier, `query`): its question
 //!   name is matched against the patterns. When the first rule naming a matching
 //!   pattern denies, the query is dropped. Otherwise a query to a listed
-//!   resolver is remembered (DNS_QUERIES) until its answer.
+//!   resolver is remembered (DNS_QUERIES) until its answer. UDP, or TCP where
+//!   one segment holds the whole message (after its 2-byte length).
 //! - An answer coming back (the companion program on the other direction,
 //!   `answer`): from a listed resolver, to a remembered query (transaction id,
 //!   client port, resolver and question), neither truncated nor malformed. Then
@@ -27,7 +28,7 @@ use aya_ebpf::{
 use egress_common::{
     ACTION_ALLOW, ACTION_DENY, DNS_BUF, DNS_MAX_LABELS, DNS_MAX_NAME_PATTERNS, DNS_MAX_RECORDS, DNS_QUERY_TIMEOUT_NS, DNS_WAYS,
     DS_ANSWERS, DS_EVICTED, DS_LEARNED, DS_MALFORMED, DS_NO_QUERY, DS_NOT_RESOLVER, DS_QUERIES, DS_QUERIES_DENIED, DS_REFRESHED,
-    DS_TABLE_FULL, DnsName, LearnBucket, LearnWay, PAT_EXACT, PAT_WILD, PatKey, QueryKey, QueryValue, ResolverKey, Verdict, dns_label_byte,
+    DS_TABLE_FULL, DnsName, PCLASS_TCP, LearnBucket, LearnWay, PAT_EXACT, PAT_WILD, PatKey, QueryKey, QueryValue, ResolverKey, Verdict, dns_label_byte,
     dns_label_end, dns_label_start, dns_lower, dns_question, dns_suffix, learn_bucket, learn_seal,
 };
 
@@ -157,14 +158,41 @@ fn run(n: u32, step: extern "C" fn(u64, *mut c_void) -> i64) {
     unsafe { bpf_loop(n, step as *mut c_void, core::ptr::null_mut(), 0) };
 }
 
-/// Copies the DNS message (from its header) into the scratch buffer; returns
-/// whether it was longer than the buffer. Sets `s.n`.
+/// What [`load_msg`] found.
+#[derive(PartialEq, Eq)]
+enum Msg {
+    /// No DNS payload at all (a TCP segment without data: nothing to say).
+    Empty,
+    /// A payload that cannot be one whole DNS message (too short; over TCP,
+    /// a message that does not fit this one segment).
+    Bad,
+    /// The message is in the scratch buffer (`s.n` bytes); `true`: it was
+    /// longer than the buffer.
+    Loaded(bool),
+}
+
+/// Copies the DNS message (from its header) into the scratch buffer. UDP: the
+/// datagram's payload. TCP: a segment holding exactly one whole message after
+/// its 2-byte length (the common case for an answer that fits one segment).
 #[inline(always)]
-fn load_msg<C: Frame>(ctx: &C, pkt: &Packet, s: &mut Scratch) -> Option<bool> {
-    let off = pkt.l4 as usize + UDP_HLEN;
+fn load_msg<C: Frame>(ctx: &C, pkt: &Packet, s: &mut Scratch) -> Msg {
     let total = ctx.bytes() as usize;
+    let off = if pkt.pclass == PCLASS_TCP {
+        let Ok(doff) = ctx.load::<u8>(pkt.l4 as usize + 12) else { return Msg::Empty };
+        let data = pkt.l4 as usize + ((doff >> 4) as usize) * 4;
+        if total <= data {
+            return Msg::Empty;
+        }
+        let Ok(len) = ctx.load::<[u8; 2]>(data) else { return Msg::Bad };
+        if u16::from_be_bytes(len) as usize != total - data - 2 {
+            return Msg::Bad;
+        }
+        data + 2
+    } else {
+        pkt.l4 as usize + UDP_HLEN
+    };
     if total < off + HDR + 5 {
-        return None;
+        return Msg::Bad;
     }
     let mut n = total - off;
     let longer = n > DNS_BUF;
@@ -174,10 +202,10 @@ fn load_msg<C: Frame>(ctx: &C, pkt: &Packet, s: &mut Scratch) -> Option<bool> {
     // 1..=DNS_BUF in a form the verifier follows (n >= HDR + 5 here).
     let len = ((n as u32 - 1) & (DNS_BUF as u32 - 1)) + 1;
     if !ctx.load_into(off, s.buf.as_mut_ptr(), len) {
-        return None;
+        return Msg::Bad;
     }
     s.n = len as u64;
-    Some(longer)
+    Msg::Loaded(longer)
 }
 
 /// One byte of the question name.
@@ -270,13 +298,13 @@ fn match_patterns(s: &mut Scratch) -> u64 {
     s.acc
 }
 
-/// A DNS query leaving (UDP, destination port 53). Returns `slot << 32 |
+/// A DNS query leaving (UDP or TCP, destination port 53). Returns `slot << 32 |
 /// action` when the first rule naming its question denies (or audits) it, and
 /// u64::MAX when the query is classified like any other packet.
 #[inline(never)]
 pub fn query<C: Frame>(ctx: &C, pkt: &Packet) -> u64 {
     let Some(s) = scratch() else { return u64::MAX };
-    if load_msg(ctx, pkt, s).is_none() {
+    if !matches!(load_msg(ctx, pkt, s), Msg::Loaded(_)) {
         return u64::MAX;
     }
     let n = s.n as usize;
@@ -395,17 +423,22 @@ fn records(s: &mut Scratch, start: usize, count: u16) -> bool {
     s.state == DONE
 }
 
-/// An answer coming back (UDP, source port 53), seen by the companion program
+/// An answer coming back (UDP or TCP, source port 53), seen by the companion program
 /// before it is handed on: learns what it may (see the module comment).
 #[inline(never)]
 pub fn answer<C: Frame>(ctx: &C, pkt: &Packet) {
     let Some(s) = scratch() else { return };
+    // First the message (a TCP segment without data is nobody's answer).
+    let msg = load_msg(ctx, pkt, s);
+    if msg == Msg::Empty {
+        return;
+    }
     s.rk = ResolverKey { addr: pkt.src, v6: pkt.v6 as u32 };
     if unsafe { DNS_RESOLVERS.get(&s.rk) }.is_none() {
         bump(DS_NOT_RESOLVER);
         return;
     }
-    let Some(longer) = load_msg(ctx, pkt, s) else {
+    let Msg::Loaded(longer) = msg else {
         bump(DS_MALFORMED);
         return;
     };

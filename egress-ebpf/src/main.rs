@@ -49,7 +49,7 @@ mod program {
     };
     use aya_log_ebpf::info;
     use egress_common::{
-        ACTION_ALLOW, ACTION_DENY, DEFAULT_COUNTER_SLOT, PCLASS_NO_L4, PCLASS_UDP, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP, STAT_TOO_MANY_HDRS,
+        ACTION_ALLOW, ACTION_DENY, DEFAULT_COUNTER_SLOT, PCLASS_NO_L4, PCLASS_TCP, PCLASS_UDP, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP, STAT_TOO_MANY_HDRS,
         STAT_TRUNCATED, TC_ACT_SHOT, TC_ACT_UNSPEC,
     };
 
@@ -146,7 +146,7 @@ mod program {
             if unsafe { core::ptr::read_volatile(&CONN_ON) } != 0 {
                 conn::other_side(&ctx, &pkt);
             }
-            if dns::on() && pkt.pclass == PCLASS_UDP && pkt.sport == DNS_PORT {
+            if dns::on() && (pkt.pclass == PCLASS_UDP || pkt.pclass == PCLASS_TCP) && pkt.sport == DNS_PORT {
                 dns::answer(&ctx, &pkt);
             }
         }
@@ -219,7 +219,7 @@ mod program {
                 Seen::Untracked | Seen::New => {}
             }
         }
-        if SPLIT && dns::on() && pkt.pclass == PCLASS_UDP && pkt.port == DNS_PORT {
+        if SPLIT && dns::on() && (pkt.pclass == PCLASS_UDP || pkt.pclass == PCLASS_TCP) && pkt.port == DNS_PORT {
             // A query: decided by the first rule naming its question, if that denies.
             let d = dns::query(ctx, &pkt);
             if d != u64::MAX {

@@ -36,6 +36,9 @@ pub enum Record<'a> {
     A(&'a str, IpAddr, u32),
     /// alias -> target (the target must have an address record).
     Cname(&'a str, &'a str),
+    /// Every name below a domain (and the domain) -> one address (dnsmasq's
+    /// `--address`; TTL 0).
+    Domain(&'a str, IpAddr),
 }
 
 impl DnsServer {
@@ -48,6 +51,15 @@ impl DnsServer {
         sh(&["ip", "-n", &p.a, "-6", "route", "add", "2001:db8:2::/64", "dev", &p.a_if])?;
         let extra = [SILENT_RESOLVER, NOT_RESOLVER];
         DnsServer::serve(&p.b, &p.b_if, RESOLVER, &extra, &p.a, records, ports)
+    }
+
+    /// Makes the libc resolver of namespace `client_ns` ask over TCP
+    /// (`options use-vc`).
+    pub fn use_tcp(&self) -> Result<()> {
+        let f = self.netns_dir.join("resolv.conf");
+        let text = std::fs::read_to_string(&f)?;
+        std::fs::write(&f, text.replace("options ", "options use-vc "))?;
+        Ok(())
     }
 
     /// dnsmasq in namespace `ns` on `listen` (an address of `iface` there),
@@ -65,7 +77,7 @@ impl DnsServer {
         let mut batch = String::new();
         let mut seen = std::collections::HashSet::new();
         for r in records {
-            if let Record::A(_, addr, _) = r
+            if let Record::A(_, addr, _) | Record::Domain(_, addr) = r
                 && seen.insert(*addr)
             {
                 let len = if addr.is_ipv6() { 128 } else { 32 };
@@ -101,6 +113,7 @@ impl DnsServer {
             match r {
                 Record::A(name, addr, ttl) => args.push(format!("--host-record={name},{addr},{ttl}")),
                 Record::Cname(alias, target) => args.push(format!("--cname={alias},{target}")),
+                Record::Domain(d, addr) => args.push(format!("--address=/{d}/{addr}")),
             }
         }
         let child = Command::new("ip")

@@ -76,6 +76,29 @@ fn first_connection_after_a_lookup_succeeds_on_its_first_syn() {
 }
 
 #[test]
+fn answers_over_tcp_teach_too() {
+    egress_tests::need_root!("network namespaces, eBPF, dnsmasq");
+    let p = Pair::new("fqdntcp").expect("namespaces");
+    let records = [Record::A("t.fresh.example", v4(198, 51, 100, 70), 300), Record::A("bad.example", v4(198, 51, 100, 71), 300)];
+    let dns = DnsServer::start(&p, &records, &[PORT]).expect("dnsmasq");
+    dns.use_tcp().expect("resolv.conf");
+    let deny = "[[rule]]\nname = \"no-bad\"\naction = \"deny\"\ndst_fqdn = \"bad.example\"\n";
+    let tcp_dns = "[[rule]]\nname = \"dns-tcp\"\naction = \"allow\"\nprotocol = \"tcp\"\ndst = \"192.0.2.2\"\nports = \"53\"\n";
+    p.apply_ok(&rules(&format!("{tcp_dns}{deny}{WEB}")));
+    assert!(!connects(&p, v4(198, 51, 100, 70)));
+    assert_eq!(resolve(&p.a, "t.fresh.example"), vec![v4(198, 51, 100, 70)]);
+    let ms = connect_ms(&p.a, v4(198, 51, 100, 70), PORT, Duration::from_millis(900)).expect("first connection after a lookup over TCP");
+    assert!(ms < 900);
+    // A query over TCP for a denied name gets no answer.
+    assert!(resolve(&p.a, "bad.example").is_empty());
+    let v = counters(&p);
+    assert_eq!(v["dns"]["answers_learned_from"], 1, "{v}");
+    assert!(v["dns"]["queries_denied"].as_u64().unwrap_or(0) >= 1, "{v}");
+    assert_eq!(v["dns"]["ignored_malformed"], 0, "{v}");
+    assert_eq!(v["dns"]["ignored_not_from_resolver"], 0, "{v}");
+}
+
+#[test]
 fn spoofed_answers_teach_nothing() {
     egress_tests::need_root!("network namespaces, eBPF, dnsmasq");
     let p = Pair::new("fqdn2").expect("namespaces");
