@@ -1,4 +1,4 @@
-//! Part 1d: rules by name (BPF_PROG_TEST_RUN). What a packet to a learned
+//! Part 1e: rules by name (BPF_PROG_TEST_RUN). What a packet to a learned
 //! address costs (its verdict depends on what is learned, so it is never
 //! cached: every packet runs the full lookup and the learned-name lookup),
 //! whether the cached path stays where it is with rules by name in the file,
@@ -212,7 +212,7 @@ pub(crate) fn dns_part(n: usize, rounds: usize, md: &mut String) -> anyhow::Resu
         };
         let _ = writeln!(
             out,
-            "\n### 1d. Rules by name ({n} realistic rules + 100 rules by name, IPv4, added over an empty program)\n\n\
+            "\n## 1e. Rules by name ({n} realistic rules + 100 rules by name, IPv4, BPF_PROG_TEST_RUN, added over an empty program)\n\n\
              | case | added ns/packet | spread |\n| --- | --- | --- |"
         );
         for (label, key) in [
