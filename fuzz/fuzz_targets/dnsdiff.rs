@@ -106,6 +106,21 @@ fn client(v6: bool) -> [u8; 16] {
     a
 }
 
+/// Whether a pattern matches a name given as labels: `*.suffix` any name with
+/// more labels whose last ones are the suffix's, an exact name the same labels
+/// (ASCII case ignored).
+fn pattern_matches_labels(pattern: &str, labels: &[&[u8]]) -> bool {
+    let (wild, name) = match pattern.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, pattern),
+    };
+    let want: Vec<&[u8]> = name.split('.').map(str::as_bytes).collect();
+    if labels.len() < want.len() + usize::from(wild) || (!wild && labels.len() != want.len()) {
+        return false;
+    }
+    labels[labels.len() - want.len()..].iter().zip(&want).all(|(a, b)| a.eq_ignore_ascii_case(b))
+}
+
 /// Whether the question name in the raw message is written without a
 /// compression pointer (the program accepts no pointer there).
 fn plain_question(msg: &[u8]) -> bool {
@@ -185,8 +200,8 @@ impl Diff {
             let m = self.loaded.ebpf.map_mut(MAP_DNS_QUERIES).unwrap_or_else(|| panic!("no DNS_QUERIES"));
             let mut queries: HashMap<&mut MapData, QueryKey, QueryValue> = HashMap::try_from(m).unwrap_or_else(|e| panic!("{e}"));
             let _ = queries.insert(qk, v, 0);
-            let text: String = labels.iter().map(|l| String::from_utf8_lossy(l).to_ascii_lowercase()).collect::<Vec<_>>().join(".");
-            matches = labels.iter().all(|l| !l.contains(&b'.')) && PATTERNS.iter().any(|p| rules::pattern_matches(p, &text));
+            // Label by label (a label may hold any byte, a dot included).
+            matches = PATTERNS.iter().any(|p| pattern_matches_labels(p, &labels));
         }
         // What the program should learn: the A/AAAA records of the answer
         // section (at most 16), with their longest TTL, of an answer it takes.
