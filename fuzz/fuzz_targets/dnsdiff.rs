@@ -139,7 +139,9 @@ impl Diff {
     pub fn new() -> Diff {
         let rs = rules::parse("dnsdiff.toml", RULES).unwrap_or_else(|e| panic!("{e}"));
         let c = compile::compile(&rs).unwrap_or_else(|e| panic!("{e}"));
-        let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/egress-dnsdiff-{}", std::process::id()));
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/egress-dnsdiff-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let dns = DnsLoad { config: rs.dns.clone().unwrap_or_default(), key: KEY, dir: dir.clone() };
         let opts = LoadOptions { flow_cache: 0, dns: Some(dns), ..LoadOptions::default() };
