@@ -8,6 +8,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
+use crate::maps::{DNS_TAIL_TC, DNS_TAIL_XDP};
+
 pub trait Frame {
     /// Start and end of the linear data (direct packet access).
     fn data(&self) -> usize;
@@ -22,6 +24,9 @@ pub trait Frame {
     fn packets(&self) -> u64;
     /// Bytes as seen at the hook, L2 header included.
     fn bytes(&self) -> u64;
+    /// Hands the packet on to the split program of its program type (a tail
+    /// call: no return when it succeeds).
+    fn split(&self);
 }
 
 impl Frame for TcContext {
@@ -50,6 +55,11 @@ impl Frame for TcContext {
     #[inline(always)]
     fn bytes(&self) -> u64 {
         self.len() as u64
+    }
+    #[inline(always)]
+    fn split(&self) {
+        // SAFETY: the split program is a TC program over the same maps.
+        unsafe { DNS_TAIL_TC.tail_call(self, 0) }
     }
 }
 
@@ -81,5 +91,10 @@ impl Frame for XdpContext {
     #[inline(always)]
     fn bytes(&self) -> u64 {
         (self.data_end() - self.data()) as u64
+    }
+    #[inline(always)]
+    fn split(&self) {
+        // SAFETY: as for the TC frame.
+        unsafe { DNS_TAIL_XDP.tail_call(self, 0) }
     }
 }

@@ -7,6 +7,11 @@
 //! and `egress_xdp_sf`, which ask the connection table (conn.rs) first; frame.rs
 //! hides the TC/XDP difference.
 //!
+//! A stateless rule set with rules by name attaches the call-free entry point
+//! too: a DNS query or a flow-cache miss goes on to the split body by a tail
+//! call (DNS_TAIL_TC / DNS_TAIL_XDP), so a cached flow costs what it costs
+//! without names.
+//!
 //! Why twins: BPF gives an entry point and every chain of calls 512 bytes of
 //! stack in all. The stateless body fits inlined into one frame (no BPF-to-BPF
 //! call on the per-packet path); with the connection table's keys added it does
@@ -196,19 +201,27 @@ mod program {
     /// `DEBUG`: log why an unparseable packet is dropped.
     #[inline(always)]
     fn decide<C: Frame, const SPLIT: bool, const DEBUG: bool>(ctx: &C) -> bool {
-        match try_classify::<C, SPLIT>(ctx) {
+        match try_classify::<C, SPLIT, DEBUG>(ctx) {
             Ok(pass) => pass,
             Err(e) => on_error::<C, DEBUG>(ctx, e),
         }
     }
 
     #[inline(always)]
-    fn try_classify<C: Frame, const SPLIT: bool>(ctx: &C) -> Result<bool, ParseError> {
+    fn try_classify<C: Frame, const SPLIT: bool, const DEBUG: bool>(ctx: &C) -> Result<bool, ParseError> {
         // read_volatile: keep the loader-patched value instead of the compiled-in one.
         let has_eth = unsafe { core::ptr::read_volatile(&HAS_ETH) } != 0;
         let mut pkt = parse::Packet::default();
         parse::parse::<C, SPLIT>(ctx, has_eth, &mut pkt)?;
-        if pkt.pclass & PCLASS_NO_L4 != 0 {
+        // A stateless rule set with rules by name runs this call-free body and
+        // hands a DNS query or a cache miss on to the split one (`to_split`), so
+        // that a cached flow pays what it pays without names. The loader keeps
+        // the branch out of every other rule set (DNS_ON is 0 there).
+        let names = !SPLIT && !DEBUG && dns::on();
+        if names && (pkt.pclass == PCLASS_UDP || pkt.pclass == PCLASS_TCP) && pkt.port == DNS_PORT {
+            return Ok(to_split(ctx));
+        }
+        if pkt.pclass & PCLASS_NO_L4 != 0 && !names {
             stats::bump(STAT_FRAGMENTS);
         }
         let conn_on = SPLIT && unsafe { core::ptr::read_volatile(&CONN_ON) } != 0;
@@ -240,7 +253,13 @@ mod program {
             (true, false) => cache::get(&pkt, mask, generation),
         };
         let (slot, action) = match cached {
-            Some(d) => d,
+            Some(d) => {
+                if names && pkt.pclass & PCLASS_NO_L4 != 0 {
+                    stats::bump(STAT_FRAGMENTS);
+                }
+                d
+            }
+            None if names => return Ok(to_split(ctx)),
             None => {
                 let (slot, action) = if SPLIT { full_call(&pkt) } else { full::<false>(&pkt) };
                 if mask != u32::MAX && action & NO_CACHE == 0 {
@@ -261,6 +280,16 @@ mod program {
             conn::track_new(ctx, &pkt, slot);
         }
         Ok(true)
+    }
+
+    /// Hands the packet on to the split program (a tail call, no return). The
+    /// loader fills the program array before it attaches this program, so
+    /// the call fails only if that went wrong: then the packet is dropped (a
+    /// policy that cannot run its rules by name must not let packets through).
+    #[inline(always)]
+    fn to_split<C: Frame>(ctx: &C) -> bool {
+        ctx.split();
+        false
     }
 
     /// The flow cache's verdict for the packet as a BPF call (the stateful body):

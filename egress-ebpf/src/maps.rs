@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use egress_common::{
     CONN_STATS_LEN, ConnKeyV4, ConnKeyV6, ConnValue, Counter, DEFAULT_MAX_FLOWS, DstValue, EVENT_STATS_LEN, EVENTS_RING_BYTES, EventLimit,
@@ -133,6 +133,14 @@ pub static DNS_NAMES: LruHashMap<u64, DnsName> = LruHashMap::with_max_entries(1,
 /// DNS counters (`DS_*` slots), per CPU (pinned).
 #[map]
 pub static DNS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DNS_STATS_LEN, 0);
+
+/// The split program (index 0) for the call-free entry point of a stateless
+/// rule set with rules by name: DNS queries and flow-cache misses go on to
+/// it (tail call). One per program type; per generation, pinned.
+#[map]
+pub static DNS_TAIL_TC: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+pub static DNS_TAIL_XDP: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// The DNS parser's working memory, per CPU (a message is 2 KiB: not for the stack).
 #[map]

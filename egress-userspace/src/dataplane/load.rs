@@ -9,13 +9,13 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Map, MapData, PerCpuArray},
+    maps::{Map, MapData, PerCpuArray, ProgramArray},
     programs::{ProgramError, SchedClassifier, Xdp},
 };
 use egress_common::{
     Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_CONN_ON, GLOBAL_DEFAULT_ACTION, GLOBAL_EVENT_INTERVAL, GLOBAL_EVENT_TOLERANCE, GLOBAL_FLOW_MASK,
     GLOBAL_GENERATION, GLOBAL_HAS_ETH, GLOBAL_TO_ICMP, GLOBAL_TO_TCP_CLOSING, GLOBAL_TO_TCP_EST, GLOBAL_TO_UDP, ListSlot, Lists,
-    MAP_CONN_STATS, MAP_CONN_V4, MAP_CONN_V6, MAP_COUNTERS, MAP_DEBUG_LOG, MAP_DST_V4, MAP_DST_V6, MAP_EVENT_LIMITS, MAP_EVENT_STATS,
+    MAP_CONN_STATS, MAP_CONN_V4, MAP_CONN_V6, MAP_COUNTERS, MAP_DEBUG_LOG, MAP_DNS_TAIL_TC, MAP_DNS_TAIL_XDP, MAP_DST_V4, MAP_DST_V6, MAP_EVENT_LIMITS, MAP_EVENT_STATS,
     MAP_EVENTS, MAP_FLOW_V4, MAP_FLOW_V6, MAP_LISTS, MAP_PAIR_V4, MAP_PAIR_V6, MAP_RANGES, MAP_STATS, MAX_FLOW_CACHE_ENTRIES,
     MIN_MAX_FLOWS, PairKeyV4, PairKeyV6, PortRange, STATS_LEN, TRACK_PROGRAM_NAME, classifier_program,
 };
@@ -146,10 +146,14 @@ impl Loaded {
         // An array needs at least one slot even when the cache is off.
         let cache_entries = slots.max(1);
         let mask: u32 = if slots == 0 { u32::MAX } else { slots - 1 };
-        // The split body: stateful mode, or rules by name (both need the companion).
-        let stateful = o.state.is_some() || o.dns.is_some();
-        let conn_on = o.state.is_some() as u32;
+        // The split body: stateful mode, or rules by name in debug mode. A
+        // stateless rule set by name attaches the call-free body, which hands
+        // DNS queries and cache misses on to the split one (`tail`).
         let debug = o.debug;
+        let stateful = o.state.is_some() || (o.dns.is_some() && debug);
+        let tail = o.dns.is_some() && !stateful;
+        let companion = o.state.is_some() || o.dns.is_some();
+        let conn_on = o.state.is_some() as u32;
         let sc = o.state.as_ref().map(|(c, _)| *c).unwrap_or_default();
         let globals = Globals::new(c.default_action, has_eth, generation, mask, &sc, &o.events);
         let mut loader = globals.loader();
@@ -204,11 +208,13 @@ impl Loaded {
         if let Some(d) = &o.dns {
             super::dns::fill(&mut ebpf, &c.fqdn, d)?;
         }
-        let loaded = match o.hook {
-            Hook::TcEgress | Hook::TcIngress => classifier(&mut ebpf, stateful, debug)?.load(),
-            Hook::Xdp => xdp(&mut ebpf, stateful, debug)?.load(),
+        let xdp_hook = o.hook == Hook::Xdp;
+        let loaded = match xdp_hook {
+            false => classifier(&mut ebpf, stateful, debug)?.load(),
+            true => xdp(&mut ebpf, stateful, debug)?.load(),
         };
-        let loaded = loaded.and_then(|()| if stateful { track(&mut ebpf)?.load() } else { Ok(()) });
+        let loaded = loaded.and_then(|()| if tail { load_split(&mut ebpf, xdp_hook) } else { Ok(()) });
+        let loaded = loaded.and_then(|()| if companion { track(&mut ebpf)?.load() } else { Ok(()) });
         if let Err(e) = loaded {
             return Err(match e {
                 ProgramError::LoadError { io_error, verifier_log } => {
@@ -259,6 +265,26 @@ fn classifier(ebpf: &mut Ebpf, stateful: bool, debug: bool) -> Result<&mut Sched
     let name = classifier_program(false, stateful, debug);
     let prog = ebpf.program_mut(name).ok_or_else(|| DataplaneError::Other(format!("program {name} missing from the eBPF object")))?;
     prog.try_into().map_err(prog_err("program is not a TC classifier"))
+}
+
+/// Loads the split program a stateless rule set by name hands packets on to,
+/// and puts it in the program array the entry point tail-calls through.
+fn load_split(ebpf: &mut Ebpf, xdp_hook: bool) -> std::result::Result<(), ProgramError> {
+    let name = classifier_program(xdp_hook, true, false);
+    let prog = ebpf.program_mut(name).ok_or(ProgramError::UnexpectedProgramType)?;
+    let fd = if xdp_hook {
+        let p: &mut Xdp = prog.try_into()?;
+        p.load()?;
+        p.fd()?.try_clone()?
+    } else {
+        let p: &mut SchedClassifier = prog.try_into()?;
+        p.load()?;
+        p.fd()?.try_clone()?
+    };
+    let map_name = if xdp_hook { MAP_DNS_TAIL_XDP } else { MAP_DNS_TAIL_TC };
+    let map = ebpf.map_mut(map_name).ok_or(ProgramError::UnexpectedProgramType)?;
+    let mut arr = ProgramArray::try_from(map)?;
+    Ok(arr.set(0, &fd, 0)?)
 }
 
 fn track(ebpf: &mut Ebpf) -> std::result::Result<&mut SchedClassifier, ProgramError> {
