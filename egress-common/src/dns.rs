@@ -138,8 +138,13 @@ const _: () = assert!(size_of::<LearnWay>() == 48);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LearnBucket {
     pub ways: [LearnWay; DNS_WAYS],
+    /// Changed whenever the bucket's set of live (address, pattern) pairs
+    /// grows or loses a pair before its expiry (a new pair, an eviction, a
+    /// sweep): the program writes the time in ns with the CPU's number. A cached verdict that depends on learned names carries the
+    /// epoch it was computed under (in its seal, see [`crate::flow_learned_tag`]).
+    pub epoch: u64,
 }
-const _: () = assert!(size_of::<LearnBucket>() == 192);
+const _: () = assert!(size_of::<LearnBucket>() == 200);
 
 /// The check word of a learned way.
 #[inline(always)]

@@ -342,13 +342,29 @@ pub struct FlowValue {
 }
 const _: () = assert!(size_of::<FlowValue>() == 16);
 
+/// Or-ed into [`FlowValue::action`]: the verdict depends on learned names
+/// (rules by name). Such a slot is valid until its `deadline` and while its
+/// learned bucket's epoch is the one it was computed under; both are in its
+/// seal (`generation ^ flow_learned_tag(..)`).
+pub const FLOW_LEARNED: u32 = 0x100;
+/// A deadline's unit: 2^24 ns (16.8 ms) of CLOCK_MONOTONIC_COARSE, rounded down.
+pub const FLOW_DEADLINE_SHIFT: u32 = 24;
+
+/// The part of a learned-name verdict's seal that ties it to its learned
+/// bucket's epoch and its deadline (never 0).
+#[inline(always)]
+pub fn flow_learned_tag(epoch: u64, deadline: u32) -> u32 {
+    fmix32((epoch as u32).wrapping_mul(0x9e37_79b1) ^ deadline ^ ((epoch >> 32) as u32).wrapping_mul(0x85eb_ca77)) | 1
+}
+
 /// FLOW_V4 slot: key and cached verdict, 32 bytes (two to a cache line).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntryV4 {
     pub key: FlowKeyV4,
     pub value: FlowValue,
-    pub _pad: u32,
+    /// A learned-name verdict's deadline ([`FLOW_LEARNED`]), else 0.
+    pub deadline: u32,
 }
 const _: () = assert!(size_of::<FlowEntryV4>() == 32);
 
@@ -358,7 +374,9 @@ const _: () = assert!(size_of::<FlowEntryV4>() == 32);
 pub struct FlowEntryV6 {
     pub key: FlowKeyV6,
     pub value: FlowValue,
-    pub _pad: [u32; 3],
+    /// As [`FlowEntryV4::deadline`].
+    pub deadline: u32,
+    pub _pad: [u32; 2],
 }
 const _: () = assert!(size_of::<FlowEntryV6>() == 64);
 

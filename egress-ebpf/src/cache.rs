@@ -11,10 +11,18 @@
 //! seal (a hash over key and verdict) rejects a torn slot (see `FlowValue`).
 //! Each apply loads fresh maps, so the cache starts empty with every rule set; the
 //! generation stamped into each slot also guards a shared cache.
+//!
+//! A verdict that depends on learned names ([`FLOW_LEARNED`], rules by name)
+//! is cached too, with a deadline (the earliest expiry of what was learned
+//! for its destination) and its learned bucket's epoch, which learning and
+//! eviction bump: a hit checks both (dns.rs `cache_tag`), so expiry takes
+//! effect at once and a newly learned address is never hidden by a verdict
+//! cached before.
 
-use egress_common::{FlowKeyV4, FlowKeyV6, FlowValue, flow_seal, flow_slot};
+use egress_common::{FLOW_LEARNED, FlowKeyV4, FlowKeyV6, FlowValue, flow_seal, flow_slot};
 
 use crate::{
+    dns,
     maps::{FLOW_V4, FLOW_V6},
     parse::Packet,
 };
@@ -28,11 +36,15 @@ fn v4(a: &[u8; 16]) -> [u8; 4] {
 }
 
 #[inline(always)]
-fn valid<const N: usize>(src: &[u8; N], dst: &[u8; N], pkt: &Packet, v: &FlowValue, generation: u32) -> Option<Decision> {
-    if v.generation != generation || v.seal != flow_seal(src, dst, pkt.pclass, pkt.port, v.rule, v.action, v.generation) {
+fn valid<const N: usize>(src: &[u8; N], dst: &[u8; N], pkt: &Packet, v: &FlowValue, deadline: u32, generation: u32) -> Option<Decision> {
+    if v.generation != generation {
         return None;
     }
-    Some((v.rule, v.action))
+    let tag = if v.action & FLOW_LEARNED != 0 { dns::cache_tag(pkt, deadline)? } else { 0 };
+    if v.seal != flow_seal(src, dst, pkt.pclass, pkt.port, v.rule, v.action, v.generation ^ tag) {
+        return None;
+    }
+    Some((v.rule, v.action & !FLOW_LEARNED))
 }
 
 /// The cached verdict for the packet's flow, if its slot holds it.
@@ -46,7 +58,8 @@ pub fn get(pkt: &Packet, mask: u32, generation: u32) -> Option<Decision> {
             return None;
         }
         let v = unsafe { core::ptr::read_volatile(&(*p).value) };
-        valid(&k.src, &k.dst, pkt, &v, generation)
+        let deadline = unsafe { core::ptr::read_volatile(&(*p).deadline) };
+        valid(&k.src, &k.dst, pkt, &v, deadline, generation)
     } else {
         let k = FlowKeyV4 { src: v4(&pkt.src), dst: v4(&pkt.dst), pclass: pkt.pclass, _pad: 0, port: pkt.port };
         let p = FLOW_V4.get_ptr(flow_slot(&k.src, &k.dst, k.pclass, k.port) & mask)?;
@@ -54,7 +67,8 @@ pub fn get(pkt: &Packet, mask: u32, generation: u32) -> Option<Decision> {
             return None;
         }
         let v = unsafe { core::ptr::read_volatile(&(*p).value) };
-        valid(&k.src, &k.dst, pkt, &v, generation)
+        let deadline = unsafe { core::ptr::read_volatile(&(*p).deadline) };
+        valid(&k.src, &k.dst, pkt, &v, deadline, generation)
     }
 }
 
@@ -84,8 +98,9 @@ fn put_v4_call(pkt: &Packet, mask: u32, generation: u32, d: Decision) {
 
 #[inline(always)]
 fn put_v6(pkt: &Packet, mask: u32, generation: u32, (rule, action): Decision) {
+    let (deadline, tag) = terms(action);
     // Straight from the packet into the slot: no key copy on the stack.
-    let seal = flow_seal(&pkt.src, &pkt.dst, pkt.pclass, pkt.port, rule, action, generation);
+    let seal = flow_seal(&pkt.src, &pkt.dst, pkt.pclass, pkt.port, rule, action, generation ^ tag);
     if let Some(p) = FLOW_V6.get_ptr_mut(flow_slot(&pkt.src, &pkt.dst, pkt.pclass, pkt.port) & mask) {
         unsafe {
             (*p).key.src = pkt.src;
@@ -93,6 +108,7 @@ fn put_v6(pkt: &Packet, mask: u32, generation: u32, (rule, action): Decision) {
             (*p).key.pclass = pkt.pclass;
             (*p).key._pad = 0;
             (*p).key.port = pkt.port;
+            (*p).deadline = deadline;
             core::ptr::write_volatile(&mut (*p).value, FlowValue { rule, action, generation, seal });
         }
     }
@@ -100,12 +116,21 @@ fn put_v6(pkt: &Packet, mask: u32, generation: u32, (rule, action): Decision) {
 
 #[inline(always)]
 fn put_v4(pkt: &Packet, mask: u32, generation: u32, (rule, action): Decision) {
+    let (deadline, tag) = terms(action);
     let key = FlowKeyV4 { src: v4(&pkt.src), dst: v4(&pkt.dst), pclass: pkt.pclass, _pad: 0, port: pkt.port };
-    let seal = flow_seal(&key.src, &key.dst, key.pclass, key.port, rule, action, generation);
+    let seal = flow_seal(&key.src, &key.dst, key.pclass, key.port, rule, action, generation ^ tag);
     if let Some(p) = FLOW_V4.get_ptr_mut(flow_slot(&key.src, &key.dst, key.pclass, key.port) & mask) {
         unsafe {
             (*p).key = key;
+            (*p).deadline = deadline;
             core::ptr::write_volatile(&mut (*p).value, FlowValue { rule, action, generation, seal });
         }
     }
+}
+
+/// A slot's deadline and seal tag: (0, 0) for a verdict that does not depend
+/// on learned names; else what the lookup that found it recorded.
+#[inline(always)]
+fn terms(action: u32) -> (u32, u32) {
+    if action & FLOW_LEARNED != 0 { dns::cache_terms() } else { (0, 0) }
 }

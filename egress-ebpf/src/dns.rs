@@ -23,13 +23,13 @@
 
 use aya_ebpf::{
     cty::c_void,
-    helpers::{bpf_ktime_get_coarse_ns, bpf_loop},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_loop},
 };
 use egress_common::{
     ACTION_ALLOW, ACTION_DENY, DNS_BUF, DNS_MAX_LABELS, DNS_MAX_NAME_PATTERNS, DNS_MAX_RECORDS, DNS_QUERY_TIMEOUT_NS, DNS_WAYS,
     DS_ANSWERS, DS_EVICTED, DS_LEARNED, DS_MALFORMED, DS_NO_QUERY, DS_NOT_RESOLVER, DS_QUERIES, DS_QUERIES_DENIED, DS_REFRESHED,
-    DS_TABLE_FULL, DnsName, PCLASS_TCP, LearnBucket, LearnWay, PAT_EXACT, PAT_WILD, PatKey, QueryKey, QueryValue, ResolverKey, Verdict, dns_label_byte,
-    dns_label_end, dns_label_start, dns_lower, dns_question, dns_suffix, learn_bucket, learn_seal,
+    DS_TABLE_FULL, DnsName, FLOW_DEADLINE_SHIFT, PCLASS_TCP, LearnBucket, LearnWay, PAT_EXACT, PAT_WILD, PatKey, QueryKey, QueryValue, ResolverKey, Verdict, dns_label_byte,
+    dns_label_end, dns_label_start, dns_lower, dns_question, dns_suffix, flow_learned_tag, learn_bucket, learn_seal,
 };
 
 use crate::{
@@ -87,7 +87,11 @@ pub struct Scratch {
     zero: u64,
     /// [`learned`]: the first rule by name that could match the packet.
     any_rule: u32,
+    /// [`learned`]: the destination bucket's epoch, read before its ways, and
+    /// the earliest expiry of what is learned for the destination (ns).
     _pad2: u32,
+    epoch: u64,
+    deadline: u64,
     /// Walk position, and (question) the label's hash so far.
     i: u64,
     h: u64,
@@ -550,9 +554,12 @@ fn learn(addr: &[u8; 16], v6: bool, expires: u64, pattern: u64, name: u64, t: u6
             nearest = w;
         }
     }
+    // A pair that was not live: verdicts cached for this bucket go stale.
+    let mut fresh = true;
     if pick != DNS_WAYS {
         let old = b.ways[pick & (DNS_WAYS - 1)].expires;
-        bump(if old > t { DS_REFRESHED } else { DS_LEARNED });
+        fresh = old <= t;
+        bump(if fresh { DS_LEARNED } else { DS_REFRESHED });
         if old > expires {
             return true;
         }
@@ -573,6 +580,12 @@ fn learn(addr: &[u8; 16], v6: bool, expires: u64, pattern: u64, name: u64, t: u6
     w.pattern = pattern;
     w.name = name;
     w.seal = learn_seal(addr, expires, pattern, name);
+    if fresh {
+        // After the way: a lookup that reads the new epoch sees the new way.
+        // Not a count: two CPUs learning at once would both write the same
+        // next value. The time in ns and the CPU's number never repeat.
+        b.epoch = unsafe { bpf_ktime_get_ns() ^ (u64::from(bpf_get_smp_processor_id()) << 56) };
+    }
     true
 }
 
@@ -598,6 +611,9 @@ extern "C" fn class_step(k: u64, pkt: *mut c_void) -> i64 {
     if x.expires <= s.now || !same(&x.addr, &pkt.dst) || x.seal != learn_seal(&x.addr, x.expires, x.pattern, x.name) {
         return 0;
     }
+    if x.expires < s.deadline {
+        s.deadline = x.expires;
+    }
     // The pattern id as the key, from map memory (not the stack).
     let Some(c) = (unsafe { DNS_CLASSES.get(&x.pattern) }) else { return 0 };
     let v = classify::from_dst(if pkt.v6 { &c.v6 } else { &c.v4 }, pkt);
@@ -618,13 +634,50 @@ pub fn learned(pkt: &Packet) {
     s.any_rule = u32::MAX;
     s.cur = learn_bucket(&pkt.dst) & global(&DNS_BUCKET_MASK);
     s.now = now();
+    s.deadline = s.now + HOLD_NS;
+    s.epoch = epoch(pkt.v6, s.cur).unwrap_or(0);
     unsafe { bpf_loop(DNS_WAYS as u32 + 1, class_step as *mut c_void, pkt as *const Packet as *mut c_void, 0) };
+}
+
+/// How long a verdict that depends on learned names is cached at most when
+/// nothing is learned for its destination (the bucket's epoch guards it).
+const HOLD_NS: u64 = 64_000_000_000;
+
+/// The epoch of a learned bucket (read before its ways).
+#[inline(always)]
+fn epoch(v6: bool, slot: u32) -> Option<u64> {
+    let b = if v6 { DNS_LEARN_V6.get_ptr(slot) } else { DNS_LEARN_V4.get_ptr(slot) }?;
+    Some(unsafe { core::ptr::read_volatile(&(*b).epoch) })
+}
+
+/// The deadline and seal tag of the verdict [`learned`] and [`combine`] just
+/// produced, for the flow cache.
+#[inline(always)]
+pub fn cache_terms() -> (u32, u32) {
+    let Some(s) = scratch() else { return (0, 0) };
+    let deadline = (s.deadline >> FLOW_DEADLINE_SHIFT) as u32;
+    (deadline, flow_learned_tag(s.epoch, deadline))
+}
+
+/// A cached learned-name verdict's seal tag, if it is still good: before its
+/// deadline, under the epoch its destination's bucket has now.
+#[inline(always)]
+pub fn cache_tag(pkt: &Packet, deadline: u32) -> Option<u32> {
+    if !on() {
+        return None;
+    }
+    let t = (now() >> FLOW_DEADLINE_SHIFT) as u32;
+    if deadline.wrapping_sub(t) as i32 <= 0 {
+        return None;
+    }
+    let e = epoch(pkt.v6, learn_bucket(&pkt.dst) & global(&DNS_BUCKET_MASK))?;
+    Some(flow_learned_tag(e, deadline))
 }
 
 /// The verdict with the rules by name: the earlier of `addr` (the address
 /// rules' answer; rule u32::MAX for none) and what [`learned`] found, and
-/// whether it depends on what is learned (then it must not be cached:
-/// learning or expiry would change it).
+/// whether it depends on what is learned (then it is cached with a deadline
+/// and its bucket's epoch, [`cache_terms`]: learning or expiry would change it).
 #[inline(always)]
 pub fn combine(addr: Verdict) -> (Verdict, bool) {
     let Some(s) = scratch() else { return (addr, false) };

@@ -54,7 +54,7 @@ mod program {
     };
     use aya_log_ebpf::info;
     use egress_common::{
-        ACTION_ALLOW, ACTION_DENY, DEFAULT_COUNTER_SLOT, PCLASS_NO_L4, PCLASS_TCP, PCLASS_UDP, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP, STAT_TOO_MANY_HDRS,
+        ACTION_ALLOW, ACTION_DENY, DEFAULT_COUNTER_SLOT, FLOW_LEARNED, PCLASS_NO_L4, PCLASS_TCP, PCLASS_UDP, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP, STAT_TOO_MANY_HDRS,
         STAT_TRUNCATED, TC_ACT_SHOT, TC_ACT_UNSPEC,
     };
 
@@ -84,9 +84,6 @@ mod program {
     #[unsafe(no_mangle)]
     static CONN_ON: u32 = 1;
 
-    /// Or-ed into a full lookup's action: the verdict depends on learned
-    /// names, so it is not cached (learning or expiry would change it).
-    const NO_CACHE: u32 = 0x100;
     /// DNS's port, network order.
     const DNS_PORT: [u8; 2] = 53u16.to_be_bytes();
 
@@ -262,10 +259,10 @@ mod program {
             None if names => return Ok(to_split(ctx)),
             None => {
                 let (slot, action) = if SPLIT { full_call(&pkt) } else { full::<false>(&pkt) };
-                if mask != u32::MAX && action & NO_CACHE == 0 {
+                if mask != u32::MAX {
                     cache::put::<SPLIT>(&pkt, mask, generation, (slot, action));
                 }
-                (slot, action & !NO_CACHE)
+                (slot, action & !FLOW_LEARNED)
             }
         };
         stats::count_rule(ctx, slot);
@@ -309,7 +306,7 @@ mod program {
 
     /// The full lookup (a cache miss). With rules by name (the split body
     /// only), the learned destinations' rules too; a verdict that depends on
-    /// them carries [`NO_CACHE`].
+    /// them carries [`FLOW_LEARNED`] (cached with a deadline and an epoch).
     #[inline(always)]
     fn full<const SPLIT: bool>(pkt: &parse::Packet) -> (u32, u32) {
         let dns = SPLIT && dns::on();
@@ -317,16 +314,16 @@ mod program {
             dns::learned(pkt);
         }
         let mut v = classify::lookup::<SPLIT>(pkt).unwrap_or(classify::NONE);
-        let mut no_cache = 0;
+        let mut learned = 0;
         if dns {
             let (best, dependent) = dns::combine(v);
             v = best;
-            no_cache = if dependent { NO_CACHE } else { 0 };
+            learned = if dependent { FLOW_LEARNED } else { 0 };
         }
         if v.rule == classify::NONE.rule {
-            return (DEFAULT_COUNTER_SLOT, unsafe { core::ptr::read_volatile(&DEFAULT_ACTION) } | no_cache);
+            return (DEFAULT_COUNTER_SLOT, unsafe { core::ptr::read_volatile(&DEFAULT_ACTION) } | learned);
         }
-        (v.rule, v.action | no_cache)
+        (v.rule, v.action | learned)
     }
 
     /// Whether a packet that could not be parsed passes (only non-IP frames do).

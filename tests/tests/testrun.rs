@@ -293,7 +293,7 @@ fn udp_key(dst: [u8; 4], port: u16) -> FlowKeyV4 {
 
 fn sealed(key: &FlowKeyV4, rule: u32, action: u32, generation: u32) -> FlowEntryV4 {
     let seal = flow_seal(&key.src, &key.dst, key.pclass, key.port, rule, action, generation);
-    FlowEntryV4 { key: *key, value: FlowValue { rule, action, generation, seal }, _pad: 0 }
+    FlowEntryV4 { key: *key, value: FlowValue { rule, action, generation, seal }, deadline: 0 }
 }
 
 /// The flow verdict cache is consulted, its hits count for the cached rule, and a

@@ -26,7 +26,8 @@ use crate::{compile::FqdnClass, rules::DnsConfig};
 /// Where an attachment's learned tables of `buckets` buckets are pinned
 /// (`KEY/dns/bN/`), beside the queries, names and counters (`KEY/dns/`).
 pub(super) fn table_dir(dns_dir: &Path, buckets: u32) -> PathBuf {
-    dns_dir.join(format!("b{buckets}"))
+    // The bucket's size too: a table of another layout is another table.
+    dns_dir.join(format!("b{buckets}-{}", size_of::<LearnBucket>()))
 }
 
 /// Buckets per family for `max_addresses` (a power of two).
@@ -174,6 +175,8 @@ pub(super) fn sweep(table: &Path, keep: &HashSet<u64>) -> Result<usize> {
                 }
             }
             if changed {
+                // Cached verdicts that relied on the swept ways go stale.
+                b.epoch = b.epoch.wrapping_add(1);
                 arr.set(i, b, 0).map_err(map_err(format!("clear {name}")))?;
             }
         }
