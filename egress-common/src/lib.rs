@@ -9,7 +9,9 @@
 
 use core::mem::size_of;
 
+mod cgroup;
 mod dns;
+pub use cgroup::*;
 pub use dns::*;
 
 // ---------------------------------------------------------------------------

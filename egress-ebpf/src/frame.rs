@@ -1,11 +1,14 @@
-//! The two kinds of packet the classifier runs on: a socket buffer (TC hooks,
-//! egress and ingress) and an XDP frame. Parsing, classification and counting are
-//! written once against [`Frame`]; only byte access and length differ.
+//! The kinds of packet the classifier runs on: a socket buffer (TC hooks,
+//! egress and ingress; a cgroup's egress, where it starts at the IP header) and
+//! an XDP frame. Parsing, classification and counting are written once against
+//! [`Frame`]; only byte access and length differ. A socket call (a cgroup's
+//! connect and sendmsg hooks) is a frame with no bytes: it is classified from
+//! the call's addresses, never parsed.
 
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
-    programs::{TcContext, XdpContext},
+    programs::{SkBuffContext, SockAddrContext, TcContext, XdpContext},
 };
 
 use crate::maps::{DNS_TAIL_TC, DNS_TAIL_XDP};
@@ -97,4 +100,65 @@ impl Frame for XdpContext {
         // SAFETY: as for the TC frame.
         unsafe { DNS_TAIL_XDP.tail_call(self, 0) }
     }
+}
+
+impl Frame for SkBuffContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        unsafe { (*self.skb.skb).data as usize }
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        unsafe { (*self.skb.skb).data_end as usize }
+    }
+    #[inline(always)]
+    fn load<T>(&self, off: usize) -> Result<T, ()> {
+        self.skb.load::<T>(off).map_err(|_| ())
+    }
+    #[inline(always)]
+    fn load_into(&self, off: usize, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: as for the TC frame.
+        unsafe { bpf_skb_load_bytes(self.as_ptr().cast(), off as u32, dst.cast(), len) == 0 }
+    }
+    #[inline(always)]
+    fn packets(&self) -> u64 {
+        let segs = unsafe { (*self.skb.skb).gso_segs };
+        if segs > 1 { segs as u64 } else { 1 }
+    }
+    #[inline(always)]
+    fn bytes(&self) -> u64 {
+        self.len() as u64
+    }
+    #[inline(always)]
+    fn split(&self) {}
+}
+
+impl Frame for SockAddrContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        0
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        0
+    }
+    #[inline(always)]
+    fn load<T>(&self, _off: usize) -> Result<T, ()> {
+        Err(())
+    }
+    #[inline(always)]
+    fn load_into(&self, _off: usize, _dst: *mut u8, _len: u32) -> bool {
+        false
+    }
+    /// A refused call counts as one packet of no bytes on its rule.
+    #[inline(always)]
+    fn packets(&self) -> u64 {
+        1
+    }
+    #[inline(always)]
+    fn bytes(&self) -> u64 {
+        0
+    }
+    #[inline(always)]
+    fn split(&self) {}
 }

@@ -29,6 +29,8 @@
 #[cfg(target_arch = "bpf")]
 mod cache;
 #[cfg(target_arch = "bpf")]
+mod cgroup;
+#[cfg(target_arch = "bpf")]
 mod classify;
 #[cfg(target_arch = "bpf")]
 mod conn;
@@ -46,7 +48,7 @@ mod parse;
 mod stats;
 
 #[cfg(target_arch = "bpf")]
-mod program {
+pub(crate) mod program {
     use aya_ebpf::{
         bindings::xdp_action::{XDP_DROP, XDP_PASS},
         macros::{classifier, xdp},
@@ -197,7 +199,7 @@ mod program {
     /// True: pass the packet; false: drop it. `SPLIT`: the stateful body;
     /// `DEBUG`: log why an unparseable packet is dropped.
     #[inline(always)]
-    fn decide<C: Frame, const SPLIT: bool, const DEBUG: bool>(ctx: &C) -> bool {
+    pub(crate) fn decide<C: Frame, const SPLIT: bool, const DEBUG: bool>(ctx: &C) -> bool {
         match try_classify::<C, SPLIT, DEBUG>(ctx) {
             Ok(pass) => pass,
             Err(e) => on_error::<C, DEBUG>(ctx, e),
@@ -308,7 +310,7 @@ mod program {
     /// only), the learned destinations' rules too; a verdict that depends on
     /// them carries [`FLOW_LEARNED`] (cached with a deadline and an epoch).
     #[inline(always)]
-    fn full<const SPLIT: bool>(pkt: &parse::Packet) -> (u32, u32) {
+    pub(crate) fn full<const SPLIT: bool>(pkt: &parse::Packet) -> (u32, u32) {
         let dns = SPLIT && dns::on();
         if dns {
             dns::learned(pkt);

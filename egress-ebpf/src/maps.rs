@@ -12,7 +12,7 @@ use egress_common::{
     FLOW_CACHE_ENTRIES, FlowEntryV4, FlowEntryV6, ListSlot, Lists, MAX_DST_ENTRIES, MAX_LIST_SLOTS, MAX_PAIR_ENTRIES, MAX_RANGES,
     MAX_RULES, PairKeyV4, PairKeyV6, PortRange, STATS_LEN,
 };
-use egress_common::{DNS_MAX_RESOLVERS, DNS_QUERY_ENTRIES, DNS_STATS_LEN, DnsClass, DnsName, LearnBucket, PatKey, PatValue, QueryKey, QueryValue, ResolverKey};
+use egress_common::{CG_MAX_OWNERS, DNS_MAX_RESOLVERS, DNS_QUERY_ENTRIES, DNS_STATS_LEN, DnsClass, DnsName, LearnBucket, PatKey, PatValue, QueryKey, QueryValue, ResolverKey};
 
 /// Stage 1, IPv4. Key: destination prefix (network order). Value: the destination
 /// class of the longest matching rule prefix, or directly a candidate list when no
@@ -148,3 +148,8 @@ pub static DNS_SCRATCH: PerCpuArray<crate::dns::Scratch> = PerCpuArray::with_max
 
 // Keep the key types referenced so a rename in egress-common breaks the build here.
 const _: Option<(PairKeyV4, PairKeyV6)> = None;
+
+/// The cgroups that have a rule set of egress's (id -> 1), pinned once for the
+/// host and shared by every cgroup attachment (cgroup.rs).
+#[map]
+pub static CG_OWNERS: HashMap<u64, u32> = HashMap::with_max_entries(CG_MAX_OWNERS, 0);

@@ -41,12 +41,16 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// An interface and one of its hooks, as the read-only commands name them.
+/// An interface and one of its hooks, or a cgroup, as the read-only commands name them.
 #[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("at").required(true).args(["iface", "cgroup"])))]
 pub struct HookedIface {
     /// The interface (e.g. eth0).
     #[arg(long, short = 'i', value_name = "IFACE")]
-    pub iface: String,
+    pub iface: Option<String>,
+    /// Instead of --iface: a cgroup's rule set (see `apply --cgroup`).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
     /// Which hook's rule set (see `apply --hook`).
     #[arg(long, value_enum, default_value_t = Hook::TcEgress)]
     pub hook: Hook,
@@ -139,10 +143,27 @@ pub enum Command {
     /// under /sys/fs/bpf/egress/). Run again on the same interface and hook to
     /// replace the rule set atomically: no packet passes unfiltered meanwhile, and if
     /// the new set fails to validate or load, the old one stays enforced. Needs root.
+    ///
+    /// With --cgroup (or --unit) instead of --iface: the rule set applies to the
+    /// processes of a cgroup v2 and its descendants (a systemd service, a
+    /// container). Every packet their sockets send is classified; a denied TCP
+    /// connect() or UDP sendto() fails at once with EPERM (counted on its rule,
+    /// reported with the caller's pid and command). Where several cgroups on a
+    /// path have rule sets, the nearest ancestor of the process decides.
+    #[command(group(clap::ArgGroup::new("at").required(true).args(["iface", "cgroup", "unit"])))]
     Apply {
         /// Interface whose traffic is filtered (e.g. eth0).
         #[arg(long, short = 'i', value_name = "IFACE")]
-        iface: String,
+        iface: Option<String>,
+        /// Instead of --iface: a cgroup v2 directory, e.g.
+        /// /sys/fs/cgroup/system.slice/nginx.service (found from /proc/mounts on
+        /// hosts where cgroup v2 is mounted elsewhere, e.g. /sys/fs/cgroup/unified).
+        #[arg(long, value_name = "PATH")]
+        cgroup: Option<PathBuf>,
+        /// Instead of --iface: a systemd unit (e.g. nginx.service), whose cgroup
+        /// systemd reports (`systemctl show -p ControlGroup`).
+        #[arg(long, value_name = "UNIT")]
+        unit: Option<String>,
         /// Where on the interface: tc-egress filters packets leaving it (after
         /// routing and SNAT: a host's own traffic); tc-ingress and xdp filter packets
         /// arriving on it (on a router's guest-facing interface: guest addresses,
@@ -286,9 +307,13 @@ pub enum Command {
         metrics: Option<String>,
     },
     /// Remove the classifier and its pins from an interface; traffic flows unfiltered.
+    #[command(group(clap::ArgGroup::new("at").required(true).args(["iface", "cgroup"])))]
     Detach {
         #[arg(long, short = 'i', value_name = "IFACE")]
-        iface: String,
+        iface: Option<String>,
+        /// Instead of --iface: the rule set of this cgroup (see `apply --cgroup`).
+        #[arg(long, value_name = "PATH")]
+        cgroup: Option<PathBuf>,
         /// Which hook's rule set (see `apply --hook`); the others stay.
         #[arg(long, value_enum, default_value_t = Hook::TcEgress)]
         hook: Hook,

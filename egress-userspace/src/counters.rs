@@ -62,8 +62,6 @@ pub fn counters_json(r: &Readout) -> Value {
     let stats: serde_json::Map<String, Value> =
         STAT_NAMES.iter().zip(r.stats.iter().chain(std::iter::repeat(&0))).map(|(n, v)| (n.to_string(), json!(v))).collect();
     let mut v = json!({
-        "iface": r.state.iface,
-        "netns": r.state.netns,
         "hook": r.state.hook,
         "mode": r.state.mode,
         "link": r.health.as_str(),
@@ -77,6 +75,10 @@ pub fn counters_json(r: &Readout) -> Value {
         "state": state_json(r),
         "events": {"sent": ev(r, 0), "suppressed": ev(r, 1), "lost": ev(r, 2)},
     });
+    if let Some(m) = v.as_object_mut() {
+        m.extend(r.state.at_json());
+        m.remove("ifindex");
+    }
     // Rules by name: the DNS counters (the key only when the rules name domains).
     if let Some(d) = &r.dns {
         v["dns"] = crate::observe::dns::stats_json(d);
@@ -167,13 +169,10 @@ pub fn counters_table(r: &Readout) -> String {
             "tracked connections and ICMP errors about them (stateful)".into(),
         ]);
     }
-    let ns = if r.state.netns == "host" { String::new() } else { format!(" in netns {}", r.state.netns) };
+    let ns = if r.state.netns == "host" || r.state.is_cgroup() { String::new() } else { format!(" in netns {}", r.state.netns) };
+    let at = if r.state.is_cgroup() { format!("{} (", r.state.place()) } else { format!("{}{ns} ({} hook ({}), ", r.state.iface, r.state.hook, r.state.mode) };
     let mut out = format!(
-        "egress on {}{} ({} hook ({}), generation {}, {} rules from {})\n",
-        r.state.iface,
-        ns,
-        r.state.hook,
-        r.state.mode,
+        "egress on {at}generation {}, {} rules from {})\n",
         r.state.generation,
         r.state.rules.len(),
         r.state.rules_file
@@ -243,9 +242,8 @@ pub fn watch_table(prev: Option<&Readout>, r: &Readout, secs: f64) -> String {
         rows.push([num, name, action, p.to_string(), human(b), pr, br]);
     }
     format!(
-        "egress on {} ({}, generation {}) at {} UTC, every {secs:.1} s; Ctrl-C stops\n{}",
-        r.state.iface,
-        r.state.hook,
+        "egress on {} (generation {}) at {} UTC, every {secs:.1} s; Ctrl-C stops\n{}",
+        r.state.place(),
         r.state.generation,
         utc(crate::dataplane::now_unix()),
         table(&rows)
@@ -271,6 +269,7 @@ pub fn reset_json(iface: &str, reset: &[(String, crate::dataplane::Count, u64)])
 pub fn status_json(states: &[(State, LinkHealth)]) -> Value {
     let ifs: Vec<Value> = states
         .iter()
+        .filter(|(s, _)| !s.is_cgroup())
         .map(|(s, h)| {
             json!({
                 "iface": s.iface, "netns": s.netns, "netns_cookie": s.netns_cookie, "ifindex": s.ifindex,
@@ -281,13 +280,56 @@ pub fn status_json(states: &[(State, LinkHealth)]) -> Value {
             })
         })
         .collect();
-    json!({ "interfaces": ifs })
+    let cgroups: Vec<Value> = states
+        .iter()
+        .filter(|(s, _)| s.is_cgroup())
+        .map(|(s, h)| {
+            json!({
+                "cgroup": s.iface, "cgroup_id": s.cgroup_id, "attached": *h == LinkHealth::Attached, "link": h.as_str(), "rules": s.rules.len(),
+                "default": s.default_action, "rules_file": s.rules_file, "digest": s.digest,
+                "loaded_at": s.loaded_at, "loaded_at_utc": utc(s.loaded_at), "generation": s.generation,
+                "pinned": pin_dir(&s.key).display().to_string(),
+            })
+        })
+        .collect();
+    let mut v = json!({ "interfaces": ifs });
+    if !cgroups.is_empty() {
+        v["cgroups"] = json!(cgroups);
+    }
+    v
 }
 
 pub fn status_table(states: &[(State, LinkHealth)]) -> String {
     if states.is_empty() {
-        return "no interface has egress rules loaded\n".into();
+        return "no interface or cgroup has egress rules loaded\n".into();
     }
+    let (cgroups, states): (Vec<_>, Vec<_>) = states.iter().cloned().partition(|(s, _)| s.is_cgroup());
+    let mut out = if states.is_empty() { String::new() } else { interface_table(&states) };
+    if !cgroups.is_empty() {
+        let mut rows: Vec<[String; 6]> =
+            vec![["CGROUP".into(), "LINK".into(), "RULES".into(), "LOADED (UTC)".into(), "DIGEST".into(), "RULE FILE".into()]];
+        for (s, h) in &cgroups {
+            rows.push([
+                s.iface.clone(),
+                h.as_str().into(),
+                s.rules.len().to_string(),
+                utc(s.loaded_at),
+                s.digest.chars().take(19).collect(),
+                s.rules_file.clone(),
+            ]);
+        }
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&table(&rows));
+        if cgroups.iter().any(|(_, h)| *h != LinkHealth::Attached) {
+            out.push_str("severed: the cgroup was removed; `egress status --prune` removes what is left\n");
+        }
+    }
+    out
+}
+
+fn interface_table(states: &[(State, LinkHealth)]) -> String {
     let mut rows: Vec<[String; 8]> = vec![[
         "NETNS".into(),
         "IFACE".into(),

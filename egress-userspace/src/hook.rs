@@ -15,6 +15,9 @@ pub enum Hook {
     /// Packets arriving on the interface, in the driver (XDP; native where the
     /// driver supports it, generic otherwise), before the stack allocates anything.
     Xdp,
+    /// Not an interface's: a cgroup's packets and socket calls (`--cgroup`).
+    #[value(skip)]
+    Cgroup,
 }
 
 impl Hook {
@@ -25,6 +28,7 @@ impl Hook {
             Hook::TcEgress => "tc-egress",
             Hook::TcIngress => "tc-ingress",
             Hook::Xdp => "xdp",
+            Hook::Cgroup => "cgroup",
         }
     }
 
@@ -34,13 +38,14 @@ impl Hook {
             Hook::TcEgress => "",
             Hook::TcIngress => "-tc-ingress",
             Hook::Xdp => "-xdp",
+            Hook::Cgroup => "",
         }
     }
 
     /// The direction a deny acts on, for messages: "leaving" or "arriving on".
     pub fn direction(self) -> &'static str {
         match self {
-            Hook::TcEgress => "leaving",
+            Hook::TcEgress | Hook::Cgroup => "leaving",
             Hook::TcIngress | Hook::Xdp => "arriving on",
         }
     }
@@ -57,6 +62,7 @@ impl std::str::FromStr for Hook {
     fn from_str(s: &str) -> Result<Hook, String> {
         Hook::ALL
             .into_iter()
+            .chain([Hook::Cgroup])
             .find(|h| h.as_str() == s)
             .ok_or_else(|| format!("unknown hook '{s}' (expected one of: tc-egress, tc-ingress, xdp)"))
     }

@@ -14,6 +14,8 @@ use egress::{
 };
 use serde_json::json;
 
+use egress::hook::Hook;
+
 use crate::cli::{Cli, Command, LogFormat};
 
 /// mimalloc: parsing and compiling a large rule file makes millions of small
@@ -238,7 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Apply { iface, hook, rules, cloudstack, cs, flow_cache, json, strict, events_rate, debug } => {
+        Command::Apply { iface, cgroup, unit, hook, rules, cloudstack, cs, flow_cache, json, strict, events_rate, debug } => {
             // Validated completely (and a CloudStack export imported) before anything is touched.
             let (mut p, imported) = match (rules, cloudstack) {
                 (Some(r), _) => (reload::prepare(&r).map_err(input)?, None),
@@ -262,7 +264,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 p.strict().map_err(input)?;
             }
             enter("apply", &cli.netns)?;
-            let target = dataplane::resolve(&iface, hook)?;
+            let target = match (iface, cgroup, unit) {
+                (Some(iface), _, _) => dataplane::resolve(&iface, hook)?,
+                (None, Some(path), _) => dataplane::resolve_cgroup(&path)?,
+                (None, None, Some(unit)) => dataplane::resolve_cgroup(&dataplane::unit_cgroup(&unit)?)?,
+                (None, None, None) => anyhow::bail!("give --iface, --cgroup or --unit"),
+            };
             if let Some(toml) = imported {
                 let kept = dataplane::save_imported(&target.key(), &p.digest, &toml)?;
                 p.canonical = kept.display().to_string();
@@ -281,7 +288,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Events { at, json, count } => {
             enter("events", &cli.netns)?;
-            let t = dataplane::resolve_or_state(&at.iface, at.hook)?;
+            let t = target_at(&at)?;
             let (mut st, mut events) = dataplane::open_events(&t)?;
             stream(count, || {
                 let batch = events.next_batch(std::time::Duration::from_millis(500))?;
@@ -302,13 +309,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Log { at, json, count } => {
             enter("log", &cli.netns)?;
-            let t = dataplane::resolve_or_state(&at.iface, at.hook)?;
+            let t = target_at(&at)?;
             let (_, mut log) = dataplane::open_debug_log(&t)?;
             stream(count, || {
                 Ok(log
                     .next_batch(std::time::Duration::from_millis(500))
                     .iter()
-                    .map(|line| egress::observe::debug_log::format(line, &t.iface, at.hook, json))
+                    .map(|line| egress::observe::debug_log::format(line, &t.iface, t.hook, json))
                     .collect())
             })?;
         }
@@ -319,7 +326,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Counters { at, json, watch, interval, count, reset, rule } => {
             enter("counters", &cli.netns)?;
-            let t = dataplane::resolve_or_state(&at.iface, at.hook)?;
+            let t = target_at(&at)?;
             if reset {
                 let only = (!rule.is_empty()).then_some(rule.as_slice());
                 let done = dataplane::reset_counters(&t, only)?;
@@ -341,7 +348,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Dns { at, json } => {
             enter("dns", &cli.netns)?;
-            let t = dataplane::resolve_or_state(&at.iface, at.hook)?;
+            let t = target_at(&at)?;
             let (st, r) = dataplane::read_dns(&t)?;
             if json {
                 println!("{}", egress::observe::dns::learned_json(&st, &r));
@@ -366,13 +373,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", counters::status_table(&states));
             }
         }
-        Command::Detach { iface, hook } => {
+        Command::Detach { iface, cgroup, hook } => {
             enter("detach", &cli.netns)?;
-            let target = dataplane::resolve_or_state(&iface, hook)?;
+            let target = target_at(&cli::HookedIface { iface, cgroup, hook })?;
+            let what = target.describe();
             if dataplane::detach(&target)? {
-                println!("detached egress from {iface} ({hook}); packets {} it there are no longer filtered", hook.direction());
+                match target.hook {
+                    Hook::Cgroup => println!("detached egress from {what}; its processes' traffic is no longer filtered"),
+                    h => println!("detached egress from {what}; packets {} it there are no longer filtered", h.direction()),
+                }
+            } else if target.hook == Hook::Cgroup {
+                anyhow::bail!("no rules loaded on {what}")
             } else {
-                anyhow::bail!("no rules loaded on {iface} ({hook}) in network namespace {}", target.netns)
+                anyhow::bail!("no rules loaded on {what} in network namespace {}", target.netns)
             }
         }
         Command::Run { config, detach_on_exit, log_format: _, recheck, metrics } => {
@@ -389,6 +402,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The attachment a read-only command names: an interface's hook, or a cgroup.
+fn target_at(at: &cli::HookedIface) -> anyhow::Result<dataplane::Target> {
+    match (&at.iface, &at.cgroup) {
+        (_, Some(path)) => Ok(dataplane::resolve_cgroup_or_state(path)?),
+        (Some(iface), None) => Ok(dataplane::resolve_or_state(iface, at.hook)?),
+        (None, None) => anyhow::bail!("give --iface or --cgroup"),
+    }
 }
 
 /// Prints the lines each call of `next` returns (a call waits up to half a

@@ -117,6 +117,7 @@ pub fn apply(target: &Target, p: &Prepared, flow_cache: u32, debug: bool) -> Res
         events: p.rules.events,
         debug,
         dns: p.rules.dns.clone(),
+        src_any: p.rules.rules.iter().all(|r| r.src.is_none() && r.sets.src.is_empty()),
     })?)
 }
 
@@ -131,25 +132,26 @@ pub fn applied_json(a: &Applied) -> Value {
                    "since": rfc3339(r.since)})
         })
         .collect();
-    json!({"iface": st.iface, "netns": st.netns, "ifindex": st.ifindex, "hook": st.hook, "mode": st.mode, "replaced": a.replaced,
+    let mut v = json!({"hook": st.hook, "mode": st.mode, "replaced": a.replaced,
            "generation": st.generation, "rules": st.rules.len(), "kept": a.kept, "removed": removed,
            "default": st.default_action, "digest": st.digest, "flow_cache": st.flow_cache, "stateful": st.stateful.is_some(), "companion": st.companion, "debug": st.debug, "rules_file": st.rules_file,
-           "pinned": dataplane::pin_dir(&st.key).display().to_string()})
+           "pinned": dataplane::pin_dir(&st.key).display().to_string()});
+    if let Some(m) = v.as_object_mut() {
+        m.extend(st.at_json());
+    }
+    v
 }
 
 /// The human summary of `egress apply`.
 pub fn applied_text(a: &Applied, p: &Prepared) -> String {
     let st = &a.state;
     let deny = p.rules.rules.iter().filter(|r| r.action == rules::Action::Deny).count();
-    let mut out = format!(
-        "{} {} on {} ({} hook ({}), generation {})\n",
-        if a.replaced { "replaced rules" } else { "applied" },
-        p.file,
-        st.iface,
-        st.hook,
-        st.mode,
-        st.generation
-    );
+    let verb = if a.replaced { "replaced rules" } else { "applied" };
+    let mut out = if st.is_cgroup() {
+        format!("{verb} {} on cgroup {} (its processes' packets and connect/sendmsg calls, generation {})\n", p.file, st.iface, st.generation)
+    } else {
+        format!("{verb} {} on {} ({} hook ({}), generation {})\n", p.file, st.iface, st.hook, st.mode, st.generation)
+    };
     out.push_str(&format!("  default policy  {}{}\n", st.default_action, if st.default_audit { " (audit: counted, passes)" } else { "" }));
     if let (Some(c), Some(_)) = (&st.companion, &st.stateful) {
         out.push_str(&format!("  stateful        yes: connection table pinned, companion program on {c}\n"));
@@ -185,11 +187,11 @@ pub fn applied_text(a: &Applied, p: &Prepared) -> String {
     }
     out.push_str(&format!("  map entries     {}\n", entries(&p.compiled)));
     out.push_str(&format!("  digest          {}\n", st.digest));
-    if st.netns != "host" {
+    if st.netns != "host" && !st.is_cgroup() {
         out.push_str(&format!("  netns           {}\n", st.netns));
     }
     out.push_str(&format!("  pinned at       {}\n", dataplane::pin_dir(&st.key).display()));
-    out.push_str(&format!("  counters        egress counters --iface {}\n", st.iface));
+    out.push_str(&format!("  counters        egress counters {}\n", st.at_args()));
     if st.debug {
         out.push_str(&format!("  debug log       egress log --iface {} (why unparseable packets are dropped)\n", st.iface));
     }

@@ -27,7 +27,7 @@ use super::{
     link::{self, LinkHealth},
     load::{LoadOptions, Loaded, flow_cache_slots, read_pinned},
     pin_err,
-    readout::{count, statuses},
+    readout::{count, health_of, statuses},
     state::{self, Count, Pending, RuleInfo, State, companion_pin, conn_dir, dns_dir, events_dir, gen_dir, link_pin, now_unix, pin_dir},
 };
 use crate::{compile::Compiled, hook::Hook, rules::StateConfig};
@@ -53,6 +53,9 @@ pub struct ApplyRequest<'a> {
     pub debug: bool,
     /// `[dns]` (used when the rule set names domains).
     pub dns: Option<crate::rules::DnsConfig>,
+    /// No rule names a source (a cgroup's socket calls can then be decided
+    /// before their source address is chosen).
+    pub src_any: bool,
 }
 
 /// A rule that the replacement removed (or changed under its name), with its final counts.
@@ -94,6 +97,19 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
     ensure_bpffs()?;
     let t = req.target;
     let key = t.key();
+    let cgroup = t.hook == Hook::Cgroup;
+    if cgroup {
+        let no = |what: &str| DataplaneError::Other(format!("{what} is not available on a cgroup attachment yet; attach this rule set to an interface"));
+        if req.state.is_some() {
+            return Err(no("stateful mode (stateful = true)"));
+        }
+        if !req.compiled.fqdn.is_empty() {
+            return Err(no("a rule by name (dst_fqdn)"));
+        }
+        if req.debug {
+            return Err(no("debug mode (--debug)"));
+        }
+    }
     let _lock = state::attachment_lock(&key)?;
     let mut prev = state::read_state(&key)?;
     if let Some(p) = prev.as_mut() {
@@ -103,9 +119,12 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
     let lpath = link_pin(&key);
     if let Some(p) = &prev
         && p.nl_priority.is_none()
-        && link::health(&lpath, p.ifindex, false) != LinkHealth::Attached
+        && health_of(p) != LinkHealth::Attached
     {
         tracing::info!(iface = t.iface, key, "the previous link is severed or gone; attaching afresh");
+        if cgroup {
+            let _ = super::cgroup::unlink_all(&key, p.cgroup_id);
+        }
         let _ = link::unlink(&t.iface, &lpath, None, false);
         let _ = fs::remove_dir_all(pin_dir(&key));
         prev = None;
@@ -159,7 +178,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         _ => None,
     };
     let opts = LoadOptions {
-        has_eth: has_ethernet(&t.iface)?,
+        has_eth: !cgroup && has_ethernet(&t.iface)?,
         // Wraps after 4 billion applies; 0 is skipped because the program reserves it.
         generation: (generation % u64::from(u32::MAX)) as u32 + 1,
         flow_cache: req.flow_cache,
@@ -169,6 +188,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         events_dir: Some(events_dir(&key)),
         debug: req.debug,
         dns: dns.clone(),
+        cgroup: cgroup.then_some((t.cgroup_id, t.cgroup_level, req.src_any)),
     };
     let mut loaded = Loaded::with_options(req.compiled, &opts)?;
     // A resized connection table is a new table: carry the live connections over.
@@ -229,6 +249,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
             loaded.program().and_then(|prog| link::switch_tc(prog, &t.iface, t.hook == Hook::TcIngress, &lpath, prev_nl))
         }
         Hook::Xdp => loaded.xdp_program().and_then(|prog| link::switch_xdp(prog, &t.iface, t.ifindex, &lpath, prev_mode.as_deref())),
+        Hook::Cgroup => super::cgroup::switch(&mut loaded.ebpf, t, &key),
     };
     let attachment = match switched {
         Ok(a) => a,
@@ -293,6 +314,8 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         dns: dns.as_ref().map(|d| d.config.clone()),
         dns_key: dns.as_ref().map(|d| d.key),
         patterns,
+        cgroup_id: t.cgroup_id,
+        cgroup_level: t.cgroup_level,
     };
     settle_dns(&key, prev.as_ref(), &st);
     state::write_state(&st)?;
@@ -388,7 +411,11 @@ fn remove_attachment(key: &str, iface: &str, hook: Hook) -> Result<bool> {
     let _lock = state::attachment_lock(key)?;
     let st = state::read_state(key)?;
     let nl = st.as_ref().and_then(|s| Some((s.nl_priority?, s.nl_handle?)));
-    let mut found = link::unlink(iface, &link_pin(key), nl, hook == Hook::TcIngress)?;
+    let mut found = false;
+    if hook == Hook::Cgroup {
+        found |= super::cgroup::unlink_all(key, st.as_ref().map(|s| s.cgroup_id).unwrap_or(0))?;
+    }
+    found |= link::unlink(iface, &link_pin(key), nl, hook == Hook::TcIngress)?;
     if let Some(comp_nl) = st.as_ref().and_then(|s| s.companion_nl) {
         // A clsact companion (a tcx one goes with the pins below).
         found |= link::unlink(iface, &companion_pin(key), Some(comp_nl), hook == Hook::TcEgress)?;
@@ -412,7 +439,7 @@ pub fn prune() -> Result<Vec<State>> {
         }
         // Look again under the lock: an apply may be attaching afresh right now.
         let _lock = state::attachment_lock(&s.key)?;
-        let h = link::health(&link_pin(&s.key), s.ifindex, s.nl_priority.is_some());
+        let h = health_of(&s);
         drop(_lock);
         if h != LinkHealth::Attached && remove_attachment(&s.key, &s.iface, s.hook)? {
             out.push(s);

@@ -194,22 +194,50 @@ pub struct Target {
     pub netns_cookie: u64,
     /// Name of the namespace (see [`netns_name`]).
     pub netns: String,
-    /// Which of the interface's hooks.
+    /// Which of the interface's hooks ([`Hook::Cgroup`]: a cgroup, whose path
+    /// is in `iface`).
     pub hook: Hook,
+    /// A cgroup's id and level (0 = the hierarchy's root); 0 for interfaces.
+    pub cgroup_id: u64,
+    pub cgroup_level: u32,
 }
 
 impl Target {
     /// The attachment's key: pins under /sys/fs/bpf/egress/KEY, state in
     /// /run/egress/KEY.json. "COOKIE-IFINDEX" for tc-egress, with "-tc-ingress" or
-    /// "-xdp" appended for the other hooks.
+    /// "-xdp" appended for the other hooks; "cgroup-ID" for a cgroup.
     pub fn key(&self) -> String {
+        if self.hook == Hook::Cgroup {
+            return format!("cgroup-{}", self.cgroup_id);
+        }
         format!("{}-{}{}", self.netns_cookie, self.ifindex, self.hook.key_suffix())
+    }
+
+    /// A cgroup (v2) by canonical path, id and level.
+    pub fn cgroup(path: String, id: u64, level: u32) -> Target {
+        Target { iface: path, ifindex: 0, netns_cookie: 0, netns: String::new(), hook: Hook::Cgroup, cgroup_id: id, cgroup_level: level }
+    }
+
+    /// What people call it: "interface eth0 (tc-egress)" or "cgroup /sys/fs/...".
+    pub fn describe(&self) -> String {
+        match self.hook {
+            Hook::Cgroup => format!("cgroup {}", self.iface),
+            h => format!("{} ({h})", self.iface),
+        }
     }
 }
 
 /// The hook `hook` of the interface named `iface` in the calling thread's network namespace.
 pub fn resolve(iface: &str, hook: Hook) -> Result<Target> {
-    Ok(Target { iface: iface.to_string(), ifindex: ifindex(iface)?, netns_cookie: netns_cookie()?, netns: netns_name(), hook })
+    Ok(Target {
+        iface: iface.to_string(),
+        ifindex: ifindex(iface)?,
+        netns_cookie: netns_cookie()?,
+        netns: netns_name(),
+        hook,
+        cgroup_id: 0,
+        cgroup_level: 0,
+    })
 }
 
 /// As [`resolve`]; when the interface is gone, the attachment that state files
@@ -222,7 +250,9 @@ pub fn resolve_or_state(iface: &str, hook: Hook) -> Result<Target> {
             let cookie = netns_cookie()?;
             let found = state::all_states()?.into_iter().find(|s| s.iface == iface && s.netns_cookie == cookie && s.hook == hook);
             match found {
-                Some(s) => Ok(Target { iface: s.iface, ifindex: s.ifindex, netns_cookie: s.netns_cookie, netns: s.netns, hook }),
+                Some(s) => {
+                    Ok(Target { iface: s.iface, ifindex: s.ifindex, netns_cookie: s.netns_cookie, netns: s.netns, hook, cgroup_id: 0, cgroup_level: 0 })
+                }
                 None => Err(e),
             }
         }

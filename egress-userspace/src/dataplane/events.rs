@@ -4,7 +4,7 @@
 use std::{os::fd::AsRawFd as _, time::Duration};
 
 use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
-use egress_common::{DenyEvent, DnsDenyEvent, EVENT_STATS_LEN, MAP_EVENT_STATS, MAP_EVENTS};
+use egress_common::{DenyEvent, DnsDenyEvent, EVENT_STATS_LEN, MAP_EVENT_STATS, MAP_EVENTS, ProcDenyEvent};
 
 use super::{
     DataplaneError, Result,
@@ -19,6 +19,8 @@ use super::{
 pub struct Received {
     pub event: DenyEvent,
     pub qname: Option<String>,
+    /// A socket call refused on a cgroup: the caller's pid and command name.
+    pub caller: Option<(u32, String)>,
 }
 
 impl std::ops::Deref for Received {
@@ -63,10 +65,16 @@ impl EventStream {
                 // SAFETY: the program writes whole DnsDenyEvents (plain data); read unaligned.
                 let d = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DnsDenyEvent>()) };
                 let wire = &d.name.wire[..(d.name.len as usize).min(d.name.wire.len())];
-                out.push(Received { event: d.event, qname: Some(super::dns::wire_to_text(wire)) });
+                out.push(Received { event: d.event, qname: Some(super::dns::wire_to_text(wire)), caller: None });
+            } else if item.len() == size_of::<ProcDenyEvent>() {
+                // SAFETY: the program writes whole ProcDenyEvents (plain data); read unaligned.
+                let d = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ProcDenyEvent>()) };
+                let comm = String::from_utf8_lossy(d.comm.split(|b| *b == 0).next().unwrap_or(&[])).into_owned();
+                out.push(Received { event: d.event, qname: None, caller: Some((d.pid, comm)) });
             } else if item.len() >= size_of::<DenyEvent>() {
                 // SAFETY: the program writes whole DenyEvents (plain data); read unaligned.
-                out.push(Received { event: unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DenyEvent>()) }, qname: None });
+                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DenyEvent>()) };
+                out.push(Received { event, qname: None, caller: None });
             }
         }
         out

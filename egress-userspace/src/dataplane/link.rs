@@ -33,7 +33,7 @@ pub(super) struct Attachment {
 }
 
 impl Attachment {
-    fn link(mode: &str) -> Attachment {
+    pub(super) fn link(mode: &str) -> Attachment {
         Attachment { mode: mode.into(), nl_priority: None, nl_handle: None }
     }
 }
@@ -184,6 +184,26 @@ fn open_pinned(path: &Path) -> io::Result<Fd> {
     bpf_sys(BPF_OBJ_GET, &mut get).map(|fd| Fd(fd as i32))
 }
 
+/// Replaces the program of the link pinned at `lpath` (bpf_link_update: each
+/// packet or call runs the old program or the new one).
+pub(super) fn update_pinned(lpath: &Path, prog_fd: u32) -> io::Result<()> {
+    let link = open_pinned(lpath)?;
+    let mut u = LinkUpdateAttr { link_fd: link.0 as u32, new_prog_fd: prog_fd, ..LinkUpdateAttr::default() };
+    bpf_sys(BPF_LINK_UPDATE, &mut u).map(|_| ())
+}
+
+/// What the link pinned at `lpath` is attached to: the first word of
+/// `bpf_link_info`'s union (offset 16): a tcx or XDP link's ifindex, a cgroup
+/// link's cgroup id; 0 once that is gone. None: no link there.
+pub(super) fn link_target(lpath: &Path) -> Option<u64> {
+    let fd = open_pinned(lpath).ok()?;
+    // struct bpf_link_info: type, id, prog_id (u32 each), then a union aligned to 8 bytes.
+    let mut info = [0u64; 16];
+    let mut attr = InfoAttr { bpf_fd: fd.0 as u32, info_len: std::mem::size_of_val(&info) as u32, info: info.as_mut_ptr() as u64 };
+    bpf_sys(BPF_OBJ_GET_INFO_BY_FD, &mut attr).ok()?;
+    Some(info[2])
+}
+
 /// Whether TC programs are attached as tcx links (kernel 6.6 and later) or as
 /// clsact direct-action filters. `EGRESS_TC_ATTACH=clsact` forces the filters
 /// (for tools that only see clsact, and to test the older kernels' path).
@@ -284,17 +304,11 @@ pub(super) fn health(lpath: &Path, ifindex: u32, clsact: bool) -> LinkHealth {
     if clsact {
         return LinkHealth::Attached;
     }
-    let Ok(fd) = open_pinned(lpath) else {
+    // The tcx and xdp members of the link info's union start with the ifindex.
+    let Some(target) = link_target(lpath) else {
         return LinkHealth::Missing;
     };
-    // struct bpf_link_info: type, id, prog_id (u32 each), then a union aligned to
-    // 8 bytes whose tcx and xdp members start with the ifindex (offset 16).
-    let mut info = [0u64; 16];
-    let mut attr = InfoAttr { bpf_fd: fd.0 as u32, info_len: std::mem::size_of_val(&info) as u32, info: info.as_mut_ptr() as u64 };
-    if bpf_sys(BPF_OBJ_GET_INFO_BY_FD, &mut attr).is_err() {
-        return LinkHealth::Missing;
-    }
-    let link_ifindex = info[2] as u32;
+    let link_ifindex = target as u32;
     if link_ifindex == 0 || link_ifindex != ifindex { LinkHealth::Severed } else { LinkHealth::Attached }
 }
 

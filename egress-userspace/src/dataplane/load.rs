@@ -10,7 +10,10 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Map, MapData, PerCpuArray, ProgramArray},
-    programs::{ProgramError, SchedClassifier, Xdp},
+    programs::{CgroupSkb, CgroupSockAddr, ProgramError, SchedClassifier, Xdp},
+};
+use egress_common::{
+    CG_MAX_OWNERS, CGROUP_SKB_PROGRAM_NAME, GLOBAL_CG_ID, GLOBAL_CG_LEVEL, GLOBAL_SRC_ANY, MAP_CG_OWNERS,
 };
 use egress_common::{
     Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_CONN_ON, GLOBAL_DEFAULT_ACTION, GLOBAL_EVENT_INTERVAL, GLOBAL_EVENT_TOLERANCE, GLOBAL_FLOW_MASK,
@@ -64,7 +67,9 @@ impl Globals {
             .override_global(GLOBAL_TO_UDP, &self.to[2], true)
             .override_global(GLOBAL_TO_ICMP, &self.to[3], true)
             .override_global(GLOBAL_EVENT_INTERVAL, &self.event_interval, true)
-            .override_global(GLOBAL_EVENT_TOLERANCE, &self.event_tolerance, true);
+            .override_global(GLOBAL_EVENT_TOLERANCE, &self.event_tolerance, true)
+            // Only cgroup attachments use it (pinned for the host, see cgroup.rs).
+            .map_max_entries(MAP_CG_OWNERS, 1);
         loader
     }
 }
@@ -107,6 +112,10 @@ pub struct LoadOptions {
     /// Rules by name: `[dns]`, the hash key and where the learned tables are
     /// pinned (reused if there). The split program and the companion are loaded.
     pub dns: Option<super::dns::DnsLoad>,
+    /// A cgroup attachment (hook [`Hook::Cgroup`]): the cgroup's id and level,
+    /// and whether no rule names a source. The cgroup programs are loaded, with
+    /// the host's CG_OWNERS map.
+    pub cgroup: Option<(u64, u32, bool)>,
 }
 
 impl Default for LoadOptions {
@@ -121,6 +130,7 @@ impl Default for LoadOptions {
             events_dir: None,
             debug: false,
             dns: None,
+            cgroup: None,
         }
     }
 }
@@ -163,6 +173,17 @@ impl Loaded {
         let patterns = c.fqdn.len().saturating_sub(1) as u32;
         super::dns::configure(&mut loader, o.dns.as_ref(), &dns_globals, &dns_paths, patterns);
         loader.map_max_entries(MAP_EVENT_LIMITS, c.counter_slots);
+        let owners = super::cgroup::owners_path();
+        let cg = o.cgroup.map(|(id, level, src_any)| (id, level, src_any as u32));
+        if let Some((id, level, src_any)) = &cg {
+            super::state::private_dir(owners.parent().unwrap_or(Path::new("/")))?;
+            loader
+                .override_global(GLOBAL_CG_ID, id, true)
+                .override_global(GLOBAL_CG_LEVEL, level, true)
+                .override_global(GLOBAL_SRC_ANY, src_any, true)
+                .map_max_entries(MAP_CG_OWNERS, CG_MAX_OWNERS)
+                .map_pin_path(MAP_CG_OWNERS, owners.as_path());
+        }
         let (pev, pes, plog);
         if let Some(dir) = &o.events_dir {
             super::state::private_dir(dir)?;
@@ -209,9 +230,10 @@ impl Loaded {
             super::dns::fill(&mut ebpf, &c.fqdn, d)?;
         }
         let xdp_hook = o.hook == Hook::Xdp;
-        let loaded = match xdp_hook {
-            false => classifier(&mut ebpf, stateful, debug)?.load(),
-            true => xdp(&mut ebpf, stateful, debug)?.load(),
+        let loaded = match (cg.is_some(), xdp_hook) {
+            (true, _) => load_cgroup(&mut ebpf),
+            (false, false) => classifier(&mut ebpf, stateful, debug)?.load(),
+            (false, true) => xdp(&mut ebpf, stateful, debug)?.load(),
         };
         let loaded = loaded.and_then(|()| if tail { load_split(&mut ebpf, xdp_hook) } else { Ok(()) });
         let loaded = loaded.and_then(|()| if companion { track(&mut ebpf)?.load() } else { Ok(()) });
@@ -265,6 +287,17 @@ fn classifier(ebpf: &mut Ebpf, stateful: bool, debug: bool) -> Result<&mut Sched
     let name = classifier_program(false, stateful, debug);
     let prog = ebpf.program_mut(name).ok_or_else(|| DataplaneError::Other(format!("program {name} missing from the eBPF object")))?;
     prog.try_into().map_err(prog_err("program is not a TC classifier"))
+}
+
+/// Loads a cgroup attachment's programs: the packet hook and the four socket calls.
+fn load_cgroup(ebpf: &mut Ebpf) -> std::result::Result<(), ProgramError> {
+    let p: &mut CgroupSkb = ebpf.program_mut(CGROUP_SKB_PROGRAM_NAME).ok_or(ProgramError::UnexpectedProgramType)?.try_into()?;
+    p.load()?;
+    for (name, _) in super::cgroup::CALLS {
+        let p: &mut CgroupSockAddr = ebpf.program_mut(name).ok_or(ProgramError::UnexpectedProgramType)?.try_into()?;
+        p.load()?;
+    }
+    Ok(())
 }
 
 /// Loads the split program a stateless rule set by name hands packets on to,

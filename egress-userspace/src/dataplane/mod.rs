@@ -5,6 +5,8 @@
 //! - `load`: create maps, write a compiled rule set into them, load the program.
 //! - `link`: attach, replace (bpf_link_update) and detach; link health; the
 //!   RCU barrier that tells when no CPU still runs a replaced program.
+//! - `cgroup`: cgroup attachments (a cgroup v2 directory's packets and socket
+//!   calls): find and check the cgroup, attach by pinned links, CG_OWNERS.
 //! - `conn`: stateful mode's connection table (pins, resize, readout).
 //! - `state`: the state files and pins of each attachment, locks.
 //! - `events`: the deny events' ring buffer (shared by the generations) and counters.
@@ -16,12 +18,14 @@
 //!
 //! An attachment is identified by the network namespace's cookie (never reused
 //! while the machine runs) and the interface index, so any number of namespaces
-//! can use the same interface name. Layout, per attachment KEY = "COOKIE-IFINDEX":
+//! can use the same interface name; a cgroup by its id (KEY = "cgroup-ID").
+//! Layout, per attachment KEY = "COOKIE-IFINDEX":
 //!   /sys/fs/bpf/egress/KEY/link        the tcx link (keeps the program attached)
 //!   /sys/fs/bpf/egress/KEY/gN/MAP      the maps of rule-set generation N
 //!   /run/egress/KEY.json               rule names, file, digest, counter bases
 
 mod apply;
+mod cgroup;
 mod conn;
 mod debug_log;
 mod dns;
@@ -38,6 +42,7 @@ use std::io;
 use aya::programs::ProgramError;
 
 pub use apply::{Applied, ApplyRequest, Removed, apply, detach, prune};
+pub use cgroup::{cgroup2_mount, resolve_cgroup, resolve_cgroup_or_state, unit_cgroup};
 pub use conn::ConnReadout;
 pub use dns::{DnsLoad, DnsReadout, Learned, wire_to_text};
 pub use debug_log::{DebugLog, LogLine, open_debug_log};

@@ -179,7 +179,11 @@ pub fn status_of(t: &Target) -> Result<Option<(State, LinkHealth)>> {
 /// The health of an attachment: its classifier's link and, in stateful mode, its
 /// companion's (without the companion, replies and inbound connections are not
 /// seen, so the attachment is not whole: `egress run` re-applies it).
-fn health_of(s: &State) -> LinkHealth {
+/// The health of an attachment's links (interface hooks and companion, or a cgroup's).
+pub(super) fn health_of(s: &State) -> LinkHealth {
+    if s.hook == crate::hook::Hook::Cgroup {
+        return super::cgroup::health(&s.key, s.cgroup_id);
+    }
     let main = link::health(&link_pin(&s.key), s.ifindex, s.nl_priority.is_some());
     match &s.companion {
         Some(c) if main == LinkHealth::Attached => link::health(&companion_pin(&s.key), s.ifindex, c.contains("clsact")),

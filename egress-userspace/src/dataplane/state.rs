@@ -210,6 +210,54 @@ pub struct State {
     /// (for `egress dns` and explain).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patterns: Vec<PatternInfo>,
+    /// A cgroup attachment (hook "cgroup", its path in `iface`): the cgroup's
+    /// id and level.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cgroup_id: u64,
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub cgroup_level: u32,
+}
+
+impl State {
+    /// A cgroup's attachment (not an interface's).
+    pub fn is_cgroup(&self) -> bool {
+        self.hook == Hook::Cgroup
+    }
+
+    /// Where it is, for people: "eth0 (tc-egress)" or "cgroup /sys/fs/cgroup/...".
+    pub fn place(&self) -> String {
+        if self.is_cgroup() { format!("cgroup {}", self.iface) } else { format!("{} ({})", self.iface, self.hook) }
+    }
+
+    /// How commands name it: "--iface eth0" (with "--hook H" for other hooks) or "--cgroup PATH".
+    pub fn at_args(&self) -> String {
+        match self.hook {
+            Hook::Cgroup => format!("--cgroup {}", self.iface),
+            Hook::TcEgress => format!("--iface {}", self.iface),
+            h => format!("--iface {} --hook {h}", self.iface),
+        }
+    }
+
+    /// Its identity in JSON: {"iface","netns","ifindex"} or {"cgroup","cgroup_id"}.
+    pub fn at_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        let v = if self.is_cgroup() {
+            serde_json::json!({"cgroup": self.iface, "cgroup_id": self.cgroup_id})
+        } else {
+            serde_json::json!({"iface": self.iface, "netns": self.netns, "ifindex": self.ifindex})
+        };
+        match v {
+            serde_json::Value::Object(m) => m,
+            _ => Default::default(),
+        }
+    }
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
 }
 
 fn tcx() -> String {

@@ -438,7 +438,7 @@ mod tests {
             x ^= x << 17;
             x
         };
-        let mut pfx = |next: &mut dyn FnMut() -> u64| {
+        let pfx = |next: &mut dyn FnMut() -> u64| {
             let len = [0u8, 1, 8, 16, 20, 24, 28, 30, 31, 32][(next() % 10) as usize];
             // Addresses under a few /24s so that prefixes nest and meet.
             let addr = (0xc000_0200u32 | (next() as u32 & 0x0000_03ff)) as u128;

@@ -28,6 +28,11 @@ pub struct Event {
     pub suppressed: u32,
     /// A DNS query denied by a rule by name: its question name.
     pub qname: Option<String>,
+    /// A cgroup's rule set: `iface` is the cgroup's path.
+    pub cgroup: bool,
+    /// A socket call (connect, sendmsg) refused on a cgroup: the caller's pid
+    /// and command name.
+    pub caller: Option<(u32, String)>,
 }
 
 fn addr(a: &[u8; 16], v6: bool) -> IpAddr {
@@ -72,6 +77,8 @@ pub fn decode(r: &Received, st: &State, unix_ns: u128) -> Event {
         len: e.len,
         suppressed: e.suppressed,
         qname: r.qname.clone(),
+        cgroup: st.is_cgroup(),
+        caller: r.caller.clone(),
     }
 }
 
@@ -87,6 +94,16 @@ impl Event {
         if let Some(q) = &self.qname {
             v["qname"] = json!(q);
         }
+        if self.cgroup
+            && let Some(m) = v.as_object_mut()
+        {
+            m.remove("iface");
+            m.insert("cgroup".into(), json!(self.iface));
+        }
+        if let Some((pid, comm)) = &self.caller {
+            v["pid"] = json!(pid);
+            v["comm"] = json!(comm);
+        }
         v
     }
 
@@ -99,11 +116,13 @@ impl Event {
         };
         let rule = self.rule.as_deref().map(|r| format!("rule '{r}'")).unwrap_or_else(|| "default policy".into());
         let action = if self.audit { "audit (would deny)" } else { "deny" };
-        let what = match &self.qname {
-            Some(q) => format!("DNS query for {q}, {what}"),
-            None => what,
+        let what = match (&self.qname, &self.caller) {
+            (Some(q), _) => format!("DNS query for {q}, {what}"),
+            (None, Some((pid, comm))) => format!("{comm}[{pid}] refused (EPERM) {what}"),
+            (None, None) => what,
         };
         let more = if self.suppressed > 0 { format!(" (+{} more held back by the rate limit)", self.suppressed) } else { String::new() };
-        format!("{} {} {action} by {rule}: {what}, {} bytes{more}", self.time, self.iface, self.len)
+        let at = if self.cgroup { format!("cgroup {}", self.iface) } else { self.iface.clone() };
+        format!("{} {at} {action} by {rule}: {what}, {} bytes{more}", self.time, self.len)
     }
 }

@@ -1,0 +1,245 @@
+//! Cgroup attachments (workload scope), beside the interface hooks of link.rs:
+//! find and check a cgroup v2 directory, resolve a systemd unit's cgroup,
+//! attach the cgroup programs by pinned links or replace their programs,
+//! record the cgroup in the host's CG_OWNERS map, detach, health.
+//!
+//! An attachment is five links, pinned under its folder: `link` (cgroup_skb
+//! egress: every packet) and `connect4`, `connect6`, `sendmsg4`, `sendmsg6`
+//! (socket calls, refused with EPERM when denied). A replacement updates them
+//! one after the other (bpf_link_update each); between two updates a call and
+//! a packet may be judged by different generations, never by a mix within one.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io,
+    os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _, unix::fs::MetadataExt as _},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap, Map, MapData},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, links::FdLink},
+};
+use egress_common::{
+    CGROUP_SKB_PROGRAM_NAME, CONNECT4_PROGRAM_NAME, CONNECT6_PROGRAM_NAME, MAP_CG_OWNERS, SENDMSG4_PROGRAM_NAME, SENDMSG6_PROGRAM_NAME,
+};
+
+use super::{
+    DataplaneError, Result,
+    env::Target,
+    io_err,
+    link::{self, Attachment, LinkHealth},
+    map_err, pin_err, prog_err,
+    state::{self, pin_dir},
+};
+use crate::hook::Hook;
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
+
+/// The socket-call programs and the name of their link pins.
+pub(super) const CALLS: [(&str, &str); 4] = [
+    (CONNECT4_PROGRAM_NAME, "connect4"),
+    (CONNECT6_PROGRAM_NAME, "connect6"),
+    (SENDMSG4_PROGRAM_NAME, "sendmsg4"),
+    (SENDMSG6_PROGRAM_NAME, "sendmsg6"),
+];
+
+/// Where the host's CG_OWNERS map is pinned.
+pub(super) fn owners_path() -> PathBuf {
+    PathBuf::from(state::PIN_ROOT).join(MAP_CG_OWNERS)
+}
+
+/// The cgroup v2 hierarchy's mount point, from /proc/mounts (hosts differ:
+/// /sys/fs/cgroup on current distributions, /sys/fs/cgroup/unified on hybrid
+/// v1/v2 ones).
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(io_err("read /proc/self/mounts"))?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(dir.replace("\\040", " ")))
+        })
+        .next()
+        .ok_or_else(|| {
+            DataplaneError::Other(
+                "this host has no cgroup v2 hierarchy mounted (cgroup v1 only): egress attaches to cgroup v2 directories; \
+                 boot with systemd.unified_cgroup_hierarchy=1, or mount one (mount -t cgroup2 none /sys/fs/cgroup/unified)"
+                    .into(),
+            )
+        })
+}
+
+fn fs_type(path: &Path) -> io::Result<i64> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: statfs fills the zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64)
+}
+
+/// The cgroup at `path` as egress addresses it: its canonical path, id (the
+/// directory's inode number on cgroup2, which is what the kernel's helpers
+/// return) and level (0 = the hierarchy's root).
+pub fn resolve_cgroup(path: &Path) -> Result<Target> {
+    let shown = path.display();
+    let canon = std::fs::canonicalize(path).map_err(|e| {
+        DataplaneError::Other(format!("cgroup {shown}: {e} (give a cgroup v2 directory, e.g. /sys/fs/cgroup/system.slice/nginx.service)"))
+    })?;
+    let meta = std::fs::metadata(&canon).map_err(io_err(format!("stat {shown}")))?;
+    if !meta.is_dir() {
+        return Err(DataplaneError::Other(format!("{shown} is not a directory, so not a cgroup")));
+    }
+    match fs_type(&canon).map_err(io_err(format!("statfs {shown}")))? {
+        CGROUP2_SUPER_MAGIC => {}
+        CGROUP_SUPER_MAGIC => {
+            let v2 = cgroup2_mount().map(|m| format!(" (this host's cgroup v2 hierarchy is at {})", m.display())).unwrap_or_default();
+            return Err(DataplaneError::Other(format!(
+                "{shown} is a cgroup v1 directory; egress's hooks need cgroup v2{v2}"
+            )));
+        }
+        _ => return Err(DataplaneError::Other(format!("{shown} is not a cgroup v2 directory (not on a cgroup2 file system)"))),
+    }
+    let mount = cgroup2_mount()?;
+    let mount = std::fs::canonicalize(&mount).unwrap_or(mount);
+    let level = canon.strip_prefix(&mount).map(|r| r.components().count() as u32).map_err(|_| {
+        DataplaneError::Other(format!("{shown} is not below the cgroup v2 mount {} of this mount namespace", mount.display()))
+    })?;
+    Ok(Target::cgroup(canon.display().to_string(), meta.ino(), level))
+}
+
+/// A cgroup attachment that state files remember under `path` (its directory
+/// may be gone), else the live cgroup.
+pub fn resolve_cgroup_or_state(path: &Path) -> Result<Target> {
+    match resolve_cgroup(path) {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            let shown = path.display().to_string();
+            let found = state::all_states()?.into_iter().find(|s| s.hook == Hook::Cgroup && s.iface == shown);
+            match found {
+                Some(s) => Ok(Target::cgroup(s.iface, s.cgroup_id, s.cgroup_level)),
+                None => Err(e),
+            }
+        }
+    }
+}
+
+/// A systemd unit's cgroup: its ControlGroup as systemd reports it, below the
+/// cgroup v2 mount; without systemd, the convention (system.slice/UNIT).
+pub fn unit_cgroup(unit: &str) -> Result<PathBuf> {
+    let mount = cgroup2_mount()?;
+    let out = std::process::Command::new("systemctl").args(["show", "--property=ControlGroup", "--value", unit]).output();
+    let rel = match out {
+        Ok(o) if o.status.success() && !String::from_utf8_lossy(&o.stdout).trim().is_empty() => {
+            String::from_utf8_lossy(&o.stdout).trim().trim_start_matches('/').to_string()
+        }
+        Ok(o) if o.status.success() => {
+            return Err(DataplaneError::Other(format!(
+                "unit {unit} has no cgroup: it is not running (systemctl start {unit}), or not a service, scope or slice"
+            )));
+        }
+        _ => format!("system.slice/{unit}"),
+    };
+    Ok(mount.join(rel))
+}
+
+/// Attaches the loaded cgroup programs to the cgroup (or replaces the
+/// programs of its pinned links), then records it in CG_OWNERS.
+pub(super) fn switch(ebpf: &mut Ebpf, t: &Target, key: &str) -> Result<Attachment> {
+    let dir = pin_dir(key);
+    let cg = File::open(&t.iface).map_err(|e| DataplaneError::Other(format!("open cgroup {}: {e} (was it removed?)", t.iface)))?;
+    let mut created: Vec<PathBuf> = Vec::new();
+    let mut go = || -> Result<()> {
+        let skb_path = dir.join("link");
+        let prog: &mut CgroupSkb = program(ebpf, CGROUP_SKB_PROGRAM_NAME)?.try_into().map_err(prog_err("cgroup_skb program"))?;
+        if skb_path.exists() {
+            let fd = prog.fd().map_err(prog_err("program fd"))?.as_fd().as_raw_fd() as u32;
+            link::update_pinned(&skb_path, fd).map_err(io_err(format!("replace the cgroup_skb program on {} (bpf_link_update)", t.iface)))?;
+        } else {
+            let id = prog
+                .attach(&cg, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+                .map_err(prog_err(format!("attach to cgroup {} (cgroup_skb/egress)", t.iface)))?;
+            let l = prog.take_link(id).map_err(prog_err("take link"))?;
+            let fd = FdLink::try_from(l).map_err(|source| DataplaneError::Link { op: "cgroup link handle".into(), source })?;
+            fd.pin(&skb_path).map_err(pin_err(format!("pin the link at {}", skb_path.display())))?;
+            created.push(skb_path);
+        }
+        for (name, pin) in CALLS {
+            let path = dir.join(pin);
+            let prog: &mut CgroupSockAddr = program(ebpf, name)?.try_into().map_err(prog_err(format!("{name} program")))?;
+            if path.exists() {
+                let fd = prog.fd().map_err(prog_err("program fd"))?.as_fd().as_raw_fd() as u32;
+                link::update_pinned(&path, fd).map_err(io_err(format!("replace the {pin} program on {} (bpf_link_update)", t.iface)))?;
+                continue;
+            }
+            let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(prog_err(format!("attach to cgroup {} (cgroup/{pin})", t.iface)))?;
+            let l = prog.take_link(id).map_err(prog_err("take link"))?;
+            let fd = FdLink::try_from(l).map_err(|source| DataplaneError::Link { op: "cgroup link handle".into(), source })?;
+            fd.pin(&path).map_err(pin_err(format!("pin the link at {}", path.display())))?;
+            created.push(path);
+        }
+        set_owner(t.cgroup_id, true)
+    };
+    match go() {
+        Ok(()) => Ok(Attachment::link("cgroup")),
+        Err(e) => {
+            // Nothing left behind: the links made by this call go again.
+            for p in &created {
+                let _ = link::unlink("", p, None, false);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name).ok_or_else(|| DataplaneError::Other(format!("program {name} missing from the eBPF object")))
+}
+
+use std::os::fd::AsFd as _;
+
+/// Records (or forgets) the cgroup in the host's CG_OWNERS map.
+pub(super) fn set_owner(id: u64, on: bool) -> Result<()> {
+    let path = owners_path();
+    let Ok(data) = MapData::from_pin(&path) else {
+        if on {
+            return Err(DataplaneError::Other(format!("the cgroup owners map is not pinned at {}", path.display())));
+        }
+        return Ok(());
+    };
+    let mut m: HashMap<MapData, u64, u32> = HashMap::try_from(Map::HashMap(data)).map_err(map_err("open CG_OWNERS"))?;
+    if on {
+        m.insert(id, 1, 0).map_err(map_err("write CG_OWNERS"))
+    } else {
+        let _ = m.remove(&id);
+        Ok(())
+    }
+}
+
+/// Removes a cgroup attachment's links (its programs stop); true if there were any.
+pub(super) fn unlink_all(key: &str, id: u64) -> Result<bool> {
+    // First the record: ancestors' rule sets take over before the programs go.
+    set_owner(id, false)?;
+    let dir = pin_dir(key);
+    let mut found = false;
+    for pin in std::iter::once("link").chain(CALLS.iter().map(|(_, p)| *p)) {
+        found |= link::unlink("", &dir.join(pin), None, false)?;
+    }
+    Ok(found)
+}
+
+/// Whether the attachment's links still reach its cgroup (a deleted cgroup
+/// leaves them attached to nothing: its id reads 0).
+pub(super) fn health(key: &str, id: u64) -> LinkHealth {
+    match link::link_target(&pin_dir(key).join("link")) {
+        None => LinkHealth::Missing,
+        Some(c) if c == id => LinkHealth::Attached,
+        Some(_) => LinkHealth::Severed,
+    }
+}
