@@ -363,12 +363,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 let mut v = counters::status_json(&states);
                 if prune {
-                    v["pruned"] = pruned.iter().map(|s| json!({"iface": s.iface, "netns": s.netns, "ifindex": s.ifindex})).collect();
+                    v["pruned"] = pruned.iter().map(|s| serde_json::Value::Object(s.at_json())).collect();
                 }
                 println!("{v}");
             } else {
                 for s in &pruned {
-                    println!("pruned {} (netns {}, ifindex {}): its interface is gone", s.iface, s.netns, s.ifindex);
+                    if s.is_cgroup() {
+                        println!("pruned cgroup {}: the cgroup is gone", s.iface);
+                    } else {
+                        println!("pruned {} (netns {}, ifindex {}): its interface is gone", s.iface, s.netns, s.ifindex);
+                    }
                 }
                 print!("{}", counters::status_table(&states));
             }

@@ -22,6 +22,7 @@ pub const B4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 pub const A6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
 pub const B6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
 
+pub mod cgroup;
 mod daemon;
 pub mod dns;
 pub mod mmdb;
@@ -32,7 +33,12 @@ pub use daemon::{Daemon, cpu_ticks};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-pub(crate) fn sh(args: &[&str]) -> Result<()> {
+/// A number unique within this process (for names of namespaces, cgroups, files).
+pub fn next_seq() -> u64 {
+    SEQ.fetch_add(1, Ordering::SeqCst) as u64
+}
+
+pub fn sh(args: &[&str]) -> Result<()> {
     let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("run {args:?}"))?;
     if !out.status.success() {
         bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());

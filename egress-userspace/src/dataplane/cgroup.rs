@@ -234,12 +234,15 @@ pub(super) fn unlink_all(key: &str, id: u64) -> Result<bool> {
     Ok(found)
 }
 
-/// Whether the attachment's links still reach its cgroup (a deleted cgroup
-/// leaves them attached to nothing: its id reads 0).
-pub(super) fn health(key: &str, id: u64) -> LinkHealth {
+/// Whether the attachment's links still reach its cgroup. A removed cgroup:
+/// its directory is gone at once (or holds another cgroup, of another id),
+/// and its links read id 0 once the kernel has released it, which may be
+/// later (sockets keep a dying cgroup).
+pub(super) fn health(key: &str, id: u64, path: &str) -> LinkHealth {
+    let here = std::fs::metadata(path).map(|m| m.ino() == id).unwrap_or(false);
     match link::link_target(&pin_dir(key).join("link")) {
         None => LinkHealth::Missing,
-        Some(c) if c == id => LinkHealth::Attached,
+        Some(c) if c == id && here => LinkHealth::Attached,
         Some(_) => LinkHealth::Severed,
     }
 }

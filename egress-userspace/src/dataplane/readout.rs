@@ -182,7 +182,7 @@ pub fn status_of(t: &Target) -> Result<Option<(State, LinkHealth)>> {
 /// The health of an attachment's links (interface hooks and companion, or a cgroup's).
 pub(super) fn health_of(s: &State) -> LinkHealth {
     if s.hook == crate::hook::Hook::Cgroup {
-        return super::cgroup::health(&s.key, s.cgroup_id);
+        return super::cgroup::health(&s.key, s.cgroup_id, &s.iface);
     }
     let main = link::health(&link_pin(&s.key), s.ifindex, s.nl_priority.is_some());
     match &s.companion {

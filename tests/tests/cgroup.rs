@@ -1,0 +1,258 @@
+//! Workload scope: rule sets on cgroups, with real processes in cgroups made
+//! by the test (`egress-cgroup-client`) and real TCP and UDP to servers in
+//! another namespace.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
+
+use egress_tests::{
+    Pair,
+    cgroup::{Client, Servers, TestCgroup},
+    egress_bin, sh, temp_file,
+};
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_egress-cgroup-client");
+const WEB_DST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+const DB_DST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+
+/// The web profile: its API over TCP 80 and DNS-like UDP 53 at 192.0.2.2, nothing else.
+const WEB: &str = r#"default_policy = "deny"
+[[rule]]
+name = "api"
+action = "allow"
+protocol = "tcp"
+dst = "192.0.2.2"
+ports = "80"
+[[rule]]
+name = "lookups"
+action = "allow"
+protocol = "udp"
+dst = "192.0.2.2"
+ports = "53"
+"#;
+
+/// The database profile: its replicas over TCP 5432 and UDP 5353 at 198.51.100.2.
+const DB: &str = r#"default_policy = "deny"
+[[rule]]
+name = "replicas"
+action = "allow"
+protocol = "tcp"
+dst = "198.51.100.2"
+ports = "5432"
+[[rule]]
+name = "gossip"
+action = "allow"
+protocol = "udp"
+dst = "198.51.100.2"
+ports = "5353"
+"#;
+
+fn ip(a: Ipv4Addr) -> IpAddr {
+    a.into()
+}
+
+/// A pair whose server side also holds 198.51.100.2, with servers on every port the tests use.
+fn topology(tag: &str) -> (Pair, Servers) {
+    let p = Pair::new(tag).expect("namespaces");
+    sh(&["ip", "-n", &p.b, "addr", "add", "198.51.100.2/32", "dev", &p.b_if]).expect("second address");
+    sh(&["ip", "-n", &p.a, "route", "add", "198.51.100.0/24", "dev", &p.a_if]).expect("route");
+    p.settle(false);
+    let s = Servers::start(&p.b, &[80, 5432, 8080], &[53, 5353]).expect("servers");
+    (p, s)
+}
+
+fn apply_cgroup(cg: &std::path::Path, rules: &str) -> serde_json::Value {
+    let f = temp_file("cgroup.toml", rules);
+    let out = std::process::Command::new(egress_bin())
+        .args(["apply", "--cgroup", cg.to_str().unwrap(), "--rules", f.to_str().unwrap(), "--json"])
+        .output()
+        .expect("run egress");
+    assert!(out.status.success(), "apply --cgroup: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("apply JSON")
+}
+
+fn counters(cg: &std::path::Path) -> serde_json::Value {
+    let out = std::process::Command::new(egress_bin()).args(["counters", "--cgroup", cg.to_str().unwrap(), "--json"]).output().expect("run egress");
+    assert!(out.status.success(), "counters --cgroup: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("counters JSON")
+}
+
+/// (packets, bytes) of a rule by name, or of the default row.
+fn row(v: &serde_json::Value, name: &str) -> (u64, u64) {
+    let r = if name == "(default)" { &v["default"] } else { v["rules"].as_array().and_then(|a| a.iter().find(|r| r["name"] == name)).expect(name) };
+    (r["packets"].as_u64().unwrap_or(0), r["bytes"].as_u64().unwrap_or(0))
+}
+
+#[test]
+fn two_cgroups_each_reach_only_their_own_destinations() {
+    egress_tests::need_root!("cgroups, network namespaces, eBPF");
+    let (p, servers) = topology("cg2");
+    let root = TestCgroup::new("two").expect("cgroup");
+    let (web, db) = (root.child("web").unwrap(), root.child("db").unwrap());
+    let a = apply_cgroup(&web, WEB);
+    assert_eq!(a["cgroup"], web.to_str().unwrap(), "{a}");
+    assert_eq!(a["hook"], "cgroup", "{a}");
+    apply_cgroup(&db, DB);
+    let mut w = Client::start(CLIENT, &web, &p.a).expect("web client");
+    let mut d = Client::start(CLIENT, &db, &p.a).expect("db client");
+
+    // TCP: each reaches its own server; the other's is refused at once.
+    assert!(w.tcp(ip(WEB_DST), 80).is_ok());
+    assert!(d.tcp(ip(DB_DST), 5432).is_ok());
+    assert_eq!(w.tcp(ip(DB_DST), 5432).map_err(|e| e.0), Err("EPERM".into()));
+    assert_eq!(d.tcp(ip(WEB_DST), 80).map_err(|e| e.0), Err("EPERM".into()));
+    // UDP (sendto): all of its own arrive, none of the other's leave.
+    assert_eq!(w.udp(ip(WEB_DST), 53, 7), (7, "-".into()));
+    assert_eq!(d.udp(ip(DB_DST), 5353, 5), (5, "-".into()));
+    assert_eq!(w.udp(ip(DB_DST), 5353, 3), (0, "EPERM".into()));
+    assert_eq!(d.udp(ip(WEB_DST), 53, 2), (0, "EPERM".into()));
+    assert_eq!(servers.received(53), 7);
+    assert_eq!(servers.received(5353), 5);
+
+    // Exact counters: each datagram once on its rule; each refused call once,
+    // with no bytes, on the default policy (deny) of the caller's cgroup.
+    let (cw, cd) = (counters(&web), counters(&db));
+    assert_eq!(cw["cgroup"], web.to_str().unwrap());
+    assert_eq!(row(&cw, "lookups").0, 7, "{cw}");
+    assert_eq!(row(&cd, "gossip").0, 5, "{cd}");
+    assert_eq!(row(&cw, "(default)"), (1 + 3, 0), "{cw}");
+    assert_eq!(row(&cd, "(default)"), (1 + 2, 0), "{cd}");
+    assert!(row(&cw, "api").0 >= 3, "the handshake and the byte: {cw}");
+}
+
+#[test]
+fn a_denied_connect_fails_with_eperm_at_once_and_names_the_caller() {
+    egress_tests::need_root!("cgroups, network namespaces, eBPF");
+    let (p, _servers) = topology("cgperm");
+    let cg = TestCgroup::new("perm").expect("cgroup");
+    apply_cgroup(&cg.path, WEB);
+    let events = std::process::Command::new(egress_bin())
+        .args(["events", "--cgroup", cg.as_str(), "--json", "--count", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("egress events");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = Client::start(CLIENT, &cg.path, &p.a).expect("client");
+    // Warm: the first connect of a fresh process pays for its first socket.
+    let _ = c.tcp(ip(WEB_DST), 80);
+    let (e, ms) = c.tcp(ip(DB_DST), 5432).expect_err("refused");
+    assert_eq!(e, "EPERM");
+    assert!(ms < 10.0, "EPERM after {ms} ms (a dropped SYN would take a second or more)");
+    let out = events.wait_with_output().expect("events");
+    let ev: serde_json::Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap_or(&[])).expect("event JSON");
+    assert_eq!(ev["pid"], c.pid, "{ev}");
+    assert_eq!(ev["comm"], "egress-cgroup-c", "{ev}");
+    assert_eq!(ev["cgroup"], cg.as_str(), "{ev}");
+    assert_eq!(ev["dst"], "198.51.100.2", "{ev}");
+    assert_eq!(ev["dport"], 5432, "{ev}");
+    assert_eq!(ev["rule"], serde_json::Value::Null, "the default policy: {ev}");
+}
+
+#[test]
+fn a_moved_process_changes_profile_and_a_child_cgroup_inherits_unless_it_has_its_own() {
+    egress_tests::need_root!("cgroups, network namespaces, eBPF");
+    let (p, _servers) = topology("cgmove");
+    let root = TestCgroup::new("move").expect("cgroup");
+    let (web, db) = (root.child("web").unwrap(), root.child("db").unwrap());
+    apply_cgroup(&web, WEB);
+    apply_cgroup(&db, DB);
+    let mut c = Client::start(CLIENT, &web, &p.a).expect("client");
+    assert!(c.tcp(ip(WEB_DST), 80).is_ok());
+    assert!(c.tcp(ip(DB_DST), 5432).is_err());
+    c.move_to(&db);
+    assert!(c.tcp(ip(DB_DST), 5432).is_ok(), "moved to db: db's profile");
+    assert_eq!(c.tcp(ip(WEB_DST), 80).map_err(|e| e.0), Err("EPERM".into()));
+
+    // A child without a rule set of its own: the parent's profile.
+    let child = web.join("worker");
+    std::fs::create_dir(&child).unwrap();
+    c.move_to(&child);
+    assert!(c.tcp(ip(WEB_DST), 80).is_ok(), "child inherits web");
+    assert!(c.tcp(ip(DB_DST), 5432).is_err());
+    assert_eq!(c.udp(ip(WEB_DST), 53, 2), (2, "-".into()));
+    // Its own rule set: the nearest one decides, the parent's no longer applies.
+    apply_cgroup(&child, "default_policy = \"deny\"\n[[rule]]\nname = \"alt\"\naction = \"allow\"\nprotocol = \"tcp\"\nports = \"8080\"\n");
+    let cw = counters(&web);
+    assert!(c.tcp(ip(WEB_DST), 8080).is_ok(), "the child's own profile allows 8080 (web's does not)");
+    assert_eq!(c.tcp(ip(WEB_DST), 80).map_err(|e| e.0), Err("EPERM".into()), "the child's own profile denies 80");
+    assert_eq!(counters(&web)["default"]["packets"], cw["default"]["packets"], "web's rule set no longer judges the child");
+    assert!(row(&counters(&child), "alt").0 >= 3);
+    // Detached: the parent's profile again.
+    let out = std::process::Command::new(egress_bin()).args(["detach", "--cgroup", child.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(c.tcp(ip(WEB_DST), 80).is_ok(), "back to web's profile");
+    assert_eq!(c.tcp(ip(WEB_DST), 8080).map_err(|e| e.0), Err("EPERM".into()));
+}
+
+#[test]
+fn with_an_interface_hook_on_the_same_host_both_must_allow() {
+    egress_tests::need_root!("cgroups, network namespaces, eBPF");
+    let (p, servers) = topology("cgiface");
+    let cg = TestCgroup::new("iface").expect("cgroup");
+    apply_cgroup(&cg.path, DB);
+    // The interface denies UDP 5353; the cgroup allows it.
+    p.apply_ok("default_policy = \"allow\"\n[[rule]]\nname = \"no-gossip\"\naction = \"deny\"\nprotocol = \"udp\"\nports = \"5353\"\n");
+    let mut c = Client::start(CLIENT, &cg.path, &p.a).expect("client");
+    let (sent, _) = c.udp(ip(DB_DST), 5353, 4);
+    assert_eq!(servers.received(5353), 0, "the interface's deny holds ({sent} handed to the stack)");
+    assert_eq!(row(&counters(&cg.path), "gossip").0, 4, "the cgroup allowed them");
+    let (_, _, v) = p.counters();
+    assert_eq!(v["rules"][0]["packets"], 4, "and the interface denied them: {v}");
+    // Allowed by both: through.
+    assert!(c.tcp(ip(DB_DST), 5432).is_ok());
+    // Denied by the cgroup: refused before the interface sees anything.
+    assert_eq!(c.tcp(ip(WEB_DST), 80).map_err(|e| e.0), Err("EPERM".into()));
+}
+
+#[test]
+fn bad_cgroups_are_clear_errors_and_leave_nothing() {
+    egress_tests::need_root!("cgroups, eBPF");
+    let f = temp_file("cgroup.toml", WEB);
+    for (path, why) in [
+        ("/nonexistent/egress-cgroup", "No such file"),
+        ("/tmp", "not a cgroup v2 directory"),
+        ("/etc/hostname", "not a directory"),
+    ] {
+        let out = std::process::Command::new(egress_bin()).args(["apply", "--cgroup", path, "--rules", f.to_str().unwrap()]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{path}");
+        assert!(err.contains(why), "{path}: {err}");
+    }
+    // A cgroup v1 directory, where the host has one.
+    if let Some(v1) = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu"].into_iter().find(|p| std::path::Path::new(p).is_dir()) {
+        let out = std::process::Command::new(egress_bin()).args(["apply", "--cgroup", v1, "--rules", f.to_str().unwrap()]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            assert!(err.contains("cgroup v1") || err.contains("not a cgroup v2"), "{v1}: {err}");
+        }
+    }
+    let status = std::process::Command::new(egress_bin()).args(["status", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let bad = v["cgroups"].as_array().map(|a| a.iter().filter(|c| c["cgroup"] == "/tmp").count()).unwrap_or(0);
+    assert_eq!(bad, 0, "{v}");
+}
+
+#[test]
+fn a_deleted_cgroup_shows_severed_and_prune_removes_what_it_left() {
+    egress_tests::need_root!("cgroups, eBPF");
+    let root = TestCgroup::new("prune").expect("cgroup");
+    let gone = root.child("gone").unwrap();
+    let a = apply_cgroup(&gone, WEB);
+    let id = a["cgroup_id"].as_u64().expect("cgroup_id");
+    std::fs::remove_dir(&gone).expect("rmdir the cgroup");
+    let status = |args: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(egress_bin()).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let ours = |v: &serde_json::Value| v["cgroups"].as_array().cloned().unwrap_or_default().into_iter().filter(|c| c["cgroup_id"] == id).collect::<Vec<_>>();
+    let v = status(&["status", "--json"]);
+    assert_eq!(ours(&v).len(), 1, "{v}");
+    assert_eq!(ours(&v)[0]["link"], "severed", "{v}");
+    let v = status(&["status", "--json", "--prune"]);
+    assert!(ours(&v).is_empty(), "{v}");
+    assert!(v["pruned"].as_array().is_some_and(|p| p.iter().any(|c| c["cgroup"] == gone.to_str().unwrap())), "{v}");
+    assert!(!std::path::Path::new(&format!("/sys/fs/bpf/egress/cgroup-{id}")).exists());
+}
