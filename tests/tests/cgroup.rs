@@ -256,3 +256,30 @@ fn a_deleted_cgroup_shows_severed_and_prune_removes_what_it_left() {
     assert!(v["pruned"].as_array().is_some_and(|p| p.iter().any(|c| c["cgroup"] == gone.to_str().unwrap())), "{v}");
     assert!(!std::path::Path::new(&format!("/sys/fs/bpf/egress/cgroup-{id}")).exists());
 }
+
+#[test]
+fn egress_run_applies_a_cgroup_when_it_appears_and_again_when_it_is_recreated() {
+    egress_tests::need_root!("cgroups, network namespaces, eBPF");
+    let (p, _servers) = topology("cgrun");
+    let root = TestCgroup::new("run").expect("cgroup");
+    let svc = root.path.join("svc");
+    let rules = temp_file("svc.toml", WEB);
+    let cfg = temp_file("egress.toml", &format!("[[cgroup]]\npath = \"{}\"\nrules = \"{}\"\n", svc.display(), rules.display()));
+    let d = egress_tests::Daemon::start(&p.a, &cfg, &["--detach-on-exit"]);
+    d.wait_for("missing", 1, |v| v["level"] == "WARN" && v["iface"] == svc.to_str().unwrap());
+    // The service starts: its cgroup appears, and gets the rules.
+    std::fs::create_dir(&svc).unwrap();
+    d.wait_msg("rules applied", 1);
+    let mut c = Client::start(CLIENT, &svc, &p.a).expect("client");
+    assert!(c.tcp(ip(WEB_DST), 80).is_ok());
+    assert_eq!(c.tcp(ip(DB_DST), 5432).map_err(|e| e.0), Err("EPERM".into()));
+    drop(c);
+    // Restarted by its manager: a new cgroup (another id) at the same path.
+    std::fs::remove_dir(&svc).unwrap();
+    std::fs::create_dir(&svc).unwrap();
+    d.wait_msg("cgroup re-created", 1);
+    d.wait_msg("rules applied", 2);
+    let mut c = Client::start(CLIENT, &svc, &p.a).expect("client");
+    assert_eq!(c.tcp(ip(DB_DST), 5432).map_err(|e| e.0), Err("EPERM".into()), "the new cgroup has the rules");
+    assert_eq!(row(&counters(&svc), "(default)"), (1, 0));
+}

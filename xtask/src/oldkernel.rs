@@ -27,7 +27,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{cargo, egress_bin, quiet_ok, root, run};
 
 /// The checks `tests/vm/init` runs, each of which must say ok.
-const CHECKS: [&str; 12] = [
+const CHECKS: [&str; 13] = [
     "apply",
     "dropped",
     "counted",
@@ -39,6 +39,7 @@ const CHECKS: [&str; 12] = [
     "dns",
     "dns-stateful",
     "dns-xdp",
+    "cgroup",
     "full-capacity",
 ];
 

@@ -438,7 +438,9 @@ impl Drop for RunLock {
 
 impl RunLock {
     pub fn acquire(netns_cookie: u64, iface: &str, hook: Hook) -> Result<RunLock> {
-        let path = Path::new(STATE_DIR).join(format!("run-{netns_cookie}-{iface}{}.lock", hook.key_suffix()));
+        // A cgroup's path as one file name: '%' as "%25", then '/' as '%'.
+        let name = if hook == Hook::Cgroup { format!("cgroup{}", iface.replace('%', "%25").replace('/', "%")) } else { iface.to_string() };
+        let path = Path::new(STATE_DIR).join(format!("run-{netns_cookie}-{name}{}.lock", hook.key_suffix()));
         match flock(&path, false)? {
             Ok(mut lock) => {
                 // Say who holds it, for the message the next one prints.

@@ -11,6 +11,17 @@
 //!
 //! One interface may appear more than once with different hooks.
 //!
+//! ```toml
+//! [[cgroup]]
+//! path = "system.slice/nginx.service"  # required: a cgroup v2 directory, absolute
+//!                                      # or below the cgroup v2 mount
+//! rules = "/etc/egress/nginx.toml"     # required: a rule file
+//! flow_cache = 65536                   # optional, as `apply --flow-cache`
+//! ```
+//!
+//! A cgroup entry is managed like an interface (`IfaceConfig` with hook
+//! [`Hook::Cgroup`] and the path as its name).
+//!
 //! Pure: text in, validated config or every problem (file:line, interface, field) out.
 
 use std::{
@@ -25,7 +36,8 @@ use crate::{
     rules::toml_diag::{item_span, line_starts, suggest},
 };
 
-const TOP_KEYS: [&str; 1] = ["interface"];
+const TOP_KEYS: [&str; 2] = ["interface", "cgroup"];
+const CGROUP_KEYS: [&str; 3] = ["path", "rules", "flow_cache"];
 const IFACE_KEYS: [&str; 5] = ["name", "rules", "flow_cache", "hook", "debug"];
 
 /// One `[[interface]]`.
@@ -80,7 +92,8 @@ impl Config {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         match root.get("interface") {
-            None => problems.push(format!("{file}:1: no [[interface]] entries: nothing to run")),
+            None if root.get("cgroup").is_some() => {}
+            None => problems.push(format!("{file}:1: no [[interface]] or [[cgroup]] entries: nothing to run")),
             Some(Item::ArrayOfTables(arr)) => {
                 for (i, t) in arr.iter().enumerate() {
                     let line = line_of(t.span());
@@ -180,6 +193,64 @@ impl Config {
             }
             Some(other) => problems.push(format!("{file}:{}: 'interface' must be [[interface]] tables", line_of(item_span(other)))),
         }
+        match root.get("cgroup") {
+            None => {}
+            Some(Item::ArrayOfTables(arr)) => {
+                for (i, t) in arr.iter().enumerate() {
+                    let line = line_of(t.span());
+                    let label = t.get("path").and_then(|v| v.as_str()).map(str::to_string).unwrap_or_else(|| format!("#{}", i + 1));
+                    let mut bad = |span: Option<std::ops::Range<usize>>, field: &str, msg: String| {
+                        problems.push(format!("{file}:{}: cgroup '{label}', field '{field}': {msg}", span.map(|s| line_of(Some(s))).unwrap_or(line)));
+                    };
+                    for (k, item) in t.iter() {
+                        if !CGROUP_KEYS.contains(&k) {
+                            bad(t.key(k).and_then(|k| k.span()).or_else(|| item_span(item)), k, suggest(k, &CGROUP_KEYS));
+                        }
+                    }
+                    let path = match t.get("path").map(|i| (i.as_str(), item_span(i))) {
+                        Some((Some(s), _)) if !s.is_empty() && !s.contains('\0') => Some(s.trim_end_matches('/').to_string()),
+                        Some((_, span)) => {
+                            bad(span, "path", "must be a cgroup v2 directory (a string), e.g. \"system.slice/nginx.service\"".into());
+                            None
+                        }
+                        None => {
+                            bad(None, "path", "missing: the cgroup, e.g. path = \"/sys/fs/cgroup/system.slice/nginx.service\"".into());
+                            None
+                        }
+                    };
+                    let rules = match t.get("rules").map(|i| (i.as_str(), item_span(i))) {
+                        Some((Some(s), _)) if !s.is_empty() => Some(base.join(s)),
+                        Some((_, span)) => {
+                            bad(span, "rules", "must be the path of a rule file (a string)".into());
+                            None
+                        }
+                        None => {
+                            bad(None, "rules", "missing: the rule file for this cgroup, e.g. rules = \"/etc/egress/nginx.toml\"".into());
+                            None
+                        }
+                    };
+                    let flow_cache = match t.get("flow_cache") {
+                        None => Some(egress_common::FLOW_CACHE_ENTRIES),
+                        Some(item) => match item.as_integer() {
+                            Some(n) if (0..=i64::from(egress_common::MAX_FLOW_CACHE_ENTRIES)).contains(&n) => Some(n as u32),
+                            _ => {
+                                bad(item_span(item), "flow_cache", format!("must be an integer from 0 (off) to {}", egress_common::MAX_FLOW_CACHE_ENTRIES));
+                                None
+                            }
+                        },
+                    };
+                    if let Some(p) = &path
+                        && !seen.insert((p.clone(), Hook::Cgroup))
+                    {
+                        bad(t.get("path").and_then(item_span), "path", format!("cgroup '{p}' is listed twice"));
+                    }
+                    if let (Some(name), Some(rules), Some(flow_cache)) = (path, rules, flow_cache) {
+                        out.push(IfaceConfig { name, rules, flow_cache, hook: Hook::Cgroup, debug: false, line });
+                    }
+                }
+            }
+            Some(other) => problems.push(format!("{file}:{}: 'cgroup' must be [[cgroup]] tables", line_of(item_span(other)))),
+        }
         if problems.is_empty() {
             Ok(Config { interfaces: out })
         } else {
@@ -223,6 +294,24 @@ mod tests {
     }
 
     #[test]
+    fn cgroups_beside_interfaces() {
+        let c = Config::parse(
+            "c.toml",
+            "[[cgroup]]\npath = \"system.slice/nginx.service/\"\nrules = \"nginx.toml\"\n[[interface]]\nname = \"eth1\"\nrules = \"a.toml\"\n",
+            Path::new("/etc/egress"),
+        )
+        .unwrap();
+        let cg = c.interfaces.iter().find(|i| i.hook == Hook::Cgroup).expect("the cgroup");
+        assert_eq!((cg.name.as_str(), cg.rules.as_path(), cg.line), ("system.slice/nginx.service", Path::new("/etc/egress/nginx.toml"), 1));
+        let e = Config::parse("c.toml", "[[cgroup]]\npath = \"a\"\nrule = \"x\"\n", Path::new("/")).unwrap_err();
+        assert!(e.contains("c.toml:3: cgroup 'a', field 'rule': unknown key 'rule' (did you mean 'rules'?)"), "{e}");
+        assert!(e.contains("c.toml:1: cgroup 'a', field 'rules': missing"), "{e}");
+        let e = Config::parse("c.toml", "[[cgroup]]\npath = \"a\"\nrules = \"x\"\n[[cgroup]]\npath = \"a/\"\nrules = \"y\"\n", Path::new("/"))
+            .unwrap_err();
+        assert!(e.contains("c.toml:5: cgroup 'a/', field 'path': cgroup 'a' is listed twice"), "{e}");
+    }
+
+    #[test]
     fn debug_mode_per_interface() {
         let c = Config::parse("c.toml", "[[interface]]\nname = \"eth1\"\nrules = \"a\"\ndebug = true\n", Path::new("/")).unwrap();
         assert!(c.interfaces[0].debug);
@@ -246,7 +335,7 @@ mod tests {
         assert!(e.contains("c.toml:2: interface 'eth1', field 'rules': missing"), "{e}");
         assert!(e.contains("c.toml:8: interface 'eth1', field 'flow_cache': must be an integer"), "{e}");
         assert!(e.contains("c.toml:6: interface 'eth1', field 'name': interface 'eth1' is listed twice with hook tc-egress"), "{e}");
-        assert!(Config::parse("c.toml", "", Path::new("/")).unwrap_err().contains("no [[interface]]"));
+        assert!(Config::parse("c.toml", "", Path::new("/")).unwrap_err().contains("no [[interface]] or [[cgroup]]"));
         assert!(Config::parse("c.toml", "[[interface]\n", Path::new("/")).unwrap_err().contains("c.toml:1:"));
     }
 }

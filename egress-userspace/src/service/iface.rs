@@ -1,5 +1,5 @@
-//! One interface managed by `egress run`: make what is enforced match its rule
-//! file, through the same replacement path as `egress apply`.
+//! One interface (or cgroup) managed by `egress run`: make what is enforced
+//! match its rule file, through the same replacement path as `egress apply`.
 
 use std::path::Path;
 
@@ -10,6 +10,25 @@ use crate::{
 };
 
 use super::config::IfaceConfig;
+use crate::hook::Hook;
+
+/// A cgroup entry's directory: its path, or below the cgroup v2 mount when relative.
+pub fn cgroup_dir(cfg: &IfaceConfig) -> Option<std::path::PathBuf> {
+    if cfg.hook != Hook::Cgroup {
+        return None;
+    }
+    let p = Path::new(&cfg.name);
+    if p.is_absolute() { Some(p.to_path_buf()) } else { dataplane::cgroup2_mount().ok().map(|m| m.join(p)) }
+}
+
+/// Where the entry's rules go now: the interface's hook, or the cgroup.
+fn resolve(cfg: &IfaceConfig) -> dataplane::Result<Target> {
+    match cgroup_dir(cfg) {
+        Some(dir) => dataplane::resolve_cgroup(&dir),
+        None if cfg.hook == Hook::Cgroup => Err(dataplane::DataplaneError::Other(format!("cgroup {}: no cgroup v2 hierarchy mounted", cfg.name))),
+        None => dataplane::resolve(&cfg.name, cfg.hook),
+    }
+}
 
 /// What one reconciliation did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,11 +69,14 @@ pub struct Managed {
     /// The files the rule file named at the last attempt (sets, the GeoIP
     /// database): watched, and part of the digest.
     pub inputs: Vec<std::path::PathBuf>,
+    /// A cgroup entry's directory (its parent is watched).
+    pub cgroup: Option<std::path::PathBuf>,
 }
 
 impl Managed {
     pub fn new(cfg: IfaceConfig, lock: RunLock) -> Managed {
         Managed {
+            cgroup: cgroup_dir(&cfg),
             cfg,
             _lock: lock,
             target: None,
@@ -72,7 +94,7 @@ impl Managed {
     /// Whether the periodic check should reconcile: the interface appeared, was
     /// re-created (another index), or its link is no longer attached.
     pub fn needs_check(&self) -> bool {
-        let Ok(t) = dataplane::resolve(&self.cfg.name, self.cfg.hook) else {
+        let Ok(t) = resolve(&self.cfg) else {
             return false;
         };
         match &self.target {
@@ -89,7 +111,7 @@ impl Managed {
         let iface = self.cfg.name.clone();
         let file = self.cfg.rules.display().to_string();
         tracing::debug!(iface, why, "reconciling");
-        let t = match dataplane::resolve(&iface, self.cfg.hook) {
+        let t = match resolve(&self.cfg) {
             Ok(t) => t,
             Err(e) => {
                 if self.last != Some(Outcome::Missing) {
@@ -101,12 +123,16 @@ impl Managed {
         if let Some(old) = &self.target
             && old.key() != t.key()
         {
-            tracing::info!(
-                iface,
-                old_ifindex = old.ifindex,
-                ifindex = t.ifindex,
-                "interface re-created; applying its rules to the new one"
-            );
+            if t.hook == Hook::Cgroup {
+                tracing::info!(cgroup = iface, old_id = old.cgroup_id, id = t.cgroup_id, "cgroup re-created; applying its rules to the new one");
+            } else {
+                tracing::info!(
+                    iface,
+                    old_ifindex = old.ifindex,
+                    ifindex = t.ifindex,
+                    "interface re-created; applying its rules to the new one"
+                );
+            }
             // The old link is severed: remove what it left behind.
             if let Err(e) = dataplane::detach(old) {
                 tracing::debug!(iface, "clean up the old attachment: {e}");
@@ -259,15 +285,18 @@ impl Managed {
         o
     }
 
-    /// Whether `dir` holds this interface's rule file.
+    /// Whether `dir` holds this interface's rule file (or a file it names), or
+    /// this cgroup (a service restarted by systemd gets a new cgroup there).
     pub fn watches(&self, dir: &Path) -> bool {
-        self.cfg.rules.parent() == Some(dir) || self.inputs.iter().any(|p| p.parent() == Some(dir))
+        self.cfg.rules.parent() == Some(dir)
+            || self.inputs.iter().any(|p| p.parent() == Some(dir))
+            || self.cgroup.as_ref().is_some_and(|c| c.parent() == Some(dir))
     }
 
     /// `--detach-on-exit`, or the interface left the config.
     pub fn detach(&mut self, why: &str) {
         let iface = self.cfg.name.clone();
-        let target = self.target.take().or_else(|| dataplane::resolve(&iface, self.cfg.hook).ok());
+        let target = self.target.take().or_else(|| resolve(&self.cfg).ok());
         if let Some(t) = target {
             match dataplane::detach(&t) {
                 Ok(true) => tracing::info!(iface, why, "rules detached"),

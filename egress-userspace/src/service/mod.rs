@@ -89,7 +89,9 @@ impl Service {
 
     fn files(&self) -> Vec<&Path> {
         std::iter::once(self.opts.config_path.as_path())
-            .chain(self.ifaces.values().flat_map(|m| std::iter::once(m.cfg.rules.as_path()).chain(m.inputs.iter().map(|p| p.as_path()))))
+            .chain(self.ifaces.values().flat_map(|m| {
+                std::iter::once(m.cfg.rules.as_path()).chain(m.inputs.iter().map(|p| p.as_path())).chain(m.cgroup.as_deref())
+            }))
             .collect()
     }
 
