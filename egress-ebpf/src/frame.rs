@@ -32,39 +32,49 @@ pub trait Frame {
     fn split(&self);
 }
 
-impl Frame for TcContext {
-    #[inline(always)]
-    fn data(&self) -> usize {
-        TcContext::data(self)
-    }
-    #[inline(always)]
-    fn data_end(&self) -> usize {
-        TcContext::data_end(self)
-    }
-    #[inline(always)]
-    fn load<T>(&self, off: usize) -> Result<T, ()> {
-        TcContext::load::<T>(self, off).map_err(|_| ())
-    }
-    #[inline(always)]
-    fn load_into(&self, off: usize, dst: *mut u8, len: u32) -> bool {
-        // SAFETY: the helper writes at most `len` bytes into `dst`, which the caller sized.
-        unsafe { bpf_skb_load_bytes(self.as_ptr().cast(), off as u32, dst.cast(), len) == 0 }
-    }
-    #[inline(always)]
-    fn packets(&self) -> u64 {
-        let segs = unsafe { (*self.skb.skb).gso_segs };
-        if segs > 1 { segs as u64 } else { 1 }
-    }
-    #[inline(always)]
-    fn bytes(&self) -> u64 {
-        self.len() as u64
-    }
-    #[inline(always)]
-    fn split(&self) {
-        // SAFETY: the split program is a TC program over the same maps.
-        unsafe { DNS_TAIL_TC.tail_call(self, 0) }
-    }
+/// The socket-buffer frames, TC's and cgroup_skb's: the same `SkBuff`
+/// underneath; only where a packet is handed on for the rules by name differs.
+macro_rules! skb_frame {
+    ($ctx:ty, $split:expr) => {
+        impl Frame for $ctx {
+            #[inline(always)]
+            fn data(&self) -> usize {
+                unsafe { (*self.skb.skb).data as usize }
+            }
+            #[inline(always)]
+            fn data_end(&self) -> usize {
+                unsafe { (*self.skb.skb).data_end as usize }
+            }
+            #[inline(always)]
+            fn load<T>(&self, off: usize) -> Result<T, ()> {
+                self.skb.load::<T>(off).map_err(|_| ())
+            }
+            #[inline(always)]
+            fn load_into(&self, off: usize, dst: *mut u8, len: u32) -> bool {
+                // SAFETY: the helper writes at most `len` bytes into `dst`, which the caller sized.
+                unsafe { bpf_skb_load_bytes(self.as_ptr().cast(), off as u32, dst.cast(), len) == 0 }
+            }
+            #[inline(always)]
+            fn packets(&self) -> u64 {
+                let segs = unsafe { (*self.skb.skb).gso_segs };
+                if segs > 1 { segs as u64 } else { 1 }
+            }
+            #[inline(always)]
+            fn bytes(&self) -> u64 {
+                self.skb.len() as u64
+            }
+            #[inline(always)]
+            fn split(&self) {
+                $split(self)
+            }
+        }
+    };
 }
+
+// SAFETY (the tail call): the split program is a TC program over the same maps.
+skb_frame!(TcContext, |c: &TcContext| unsafe { DNS_TAIL_TC.tail_call(c, 0) });
+// A cgroup's rule set has no rules by name: nothing to hand on.
+skb_frame!(SkBuffContext, |_: &SkBuffContext| ());
 
 impl Frame for XdpContext {
     #[inline(always)]
@@ -100,37 +110,6 @@ impl Frame for XdpContext {
         // SAFETY: as for the TC frame.
         unsafe { DNS_TAIL_XDP.tail_call(self, 0) }
     }
-}
-
-impl Frame for SkBuffContext {
-    #[inline(always)]
-    fn data(&self) -> usize {
-        unsafe { (*self.skb.skb).data as usize }
-    }
-    #[inline(always)]
-    fn data_end(&self) -> usize {
-        unsafe { (*self.skb.skb).data_end as usize }
-    }
-    #[inline(always)]
-    fn load<T>(&self, off: usize) -> Result<T, ()> {
-        self.skb.load::<T>(off).map_err(|_| ())
-    }
-    #[inline(always)]
-    fn load_into(&self, off: usize, dst: *mut u8, len: u32) -> bool {
-        // SAFETY: as for the TC frame.
-        unsafe { bpf_skb_load_bytes(self.as_ptr().cast(), off as u32, dst.cast(), len) == 0 }
-    }
-    #[inline(always)]
-    fn packets(&self) -> u64 {
-        let segs = unsafe { (*self.skb.skb).gso_segs };
-        if segs > 1 { segs as u64 } else { 1 }
-    }
-    #[inline(always)]
-    fn bytes(&self) -> u64 {
-        self.len() as u64
-    }
-    #[inline(always)]
-    fn split(&self) {}
 }
 
 impl Frame for SockAddrContext {

@@ -381,7 +381,7 @@ pub enum Command {
     /// Examples:
     ///   egress explain --iface eth0 --proto tcp --src 192.0.2.1 --dst 198.51.100.7 --dport 443
     ///   egress explain --rules rules.toml --proto icmpv6 --src 2001:db8::1 --dst 2001:db8::2 --icmp-type 128
-    #[command(group(clap::ArgGroup::new("source").required(true).args(["iface", "rules"])))]
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["iface", "cgroup", "rules"])))]
     Explain {
         /// The interface whose loaded rules decide (see --hook).
         #[arg(long, short = 'i', value_name = "IFACE")]
@@ -389,6 +389,10 @@ pub enum Command {
         /// Which of the interface's hooks (see `apply --hook`).
         #[arg(long, value_enum, default_value_t = Hook::TcEgress)]
         hook: Hook,
+        /// Instead of --iface: the rules loaded on this cgroup (see `apply --cgroup`);
+        /// the packet is judged as the cgroup's packet hook judges it.
+        #[arg(long, value_name = "PATH")]
+        cgroup: Option<PathBuf>,
         /// A rule file instead of an interface: the reference classifier only.
         #[arg(long, short = 'r', value_name = "FILE")]
         rules: Option<PathBuf>,

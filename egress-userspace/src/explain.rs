@@ -244,7 +244,7 @@ impl Live {
 /// Runs the packet through the classifier enforced at `t` and the reference
 /// classifier on the rule file it was applied from (which must be unchanged).
 pub fn live(t: &Target, q: &Query, m: &PacketMeta) -> anyhow::Result<Live> {
-    let has_eth = dataplane::has_ethernet(&t.iface)?;
+    let has_eth = t.hook != crate::hook::Hook::Cgroup && dataplane::has_ethernet(&t.iface)?;
     let (st, d) = dataplane::explain(t, &q.frame(m, has_eth))?;
     // What the destination is learned for (rules by name), as the kernel saw it.
     let learned: Vec<NameMatch> = match st.dns {

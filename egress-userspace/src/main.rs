@@ -133,8 +133,7 @@ fn watch_counters(t: &dataplane::Target, interval: f64, count: Option<u64>, json
 /// reference alone (--rules). Exit 1 if the two ever disagree.
 fn explain_cmd(
     netns: &Option<String>,
-    iface: Option<String>,
-    hook: egress::hook::Hook,
+    at: cli::HookedIface,
     rules: Option<std::path::PathBuf>,
     q: &explain::Query,
     m: &egress::reference::PacketMeta,
@@ -150,22 +149,30 @@ fn explain_cmd(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let iface = iface.unwrap_or_default();
     enter("explain", netns)?;
-    let t = dataplane::resolve(&iface, hook)?;
+    let t = match (&at.iface, &at.cgroup) {
+        (_, Some(path)) => dataplane::resolve_cgroup(path)?,
+        (Some(iface), None) => dataplane::resolve(iface, at.hook)?,
+        (None, None) => anyhow::bail!("give --iface, --cgroup or --rules"),
+    };
     let l = explain::live(&t, q, m)?;
     if json {
         let mut v = l.kernel.json();
         v["reference"] = l.reference.json();
         v["agree"] = json!(l.agree());
-        v["iface"] = json!(t.iface);
+        if t.hook == Hook::Cgroup {
+            v["cgroup"] = json!(t.iface);
+        } else {
+            v["iface"] = json!(t.iface);
+        }
         v["hook"] = json!(t.hook);
         v["generation"] = json!(l.generation);
         v["rules_file"] = json!(l.rules_file);
         println!("{v}");
     } else {
         println!("packet     {}", q.describe(m));
-        println!("kernel     {}  ({} {}, generation {})", l.kernel.text(), t.iface, t.hook.as_str(), l.generation);
+        let at = if t.hook == Hook::Cgroup { t.describe() } else { format!("{} {}", t.iface, t.hook) };
+        println!("kernel     {}  ({at}, generation {})", l.kernel.text(), l.generation);
         println!("reference  {}  ({}){}", l.reference.text(), l.rules_file, if l.agree() { "" } else { "  DISAGREES" });
     }
     if !l.agree() {
@@ -319,10 +326,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .collect())
             })?;
         }
-        Command::Explain { iface, hook, rules, proto, src, dst, sport, dport, icmp_type, icmp_code, json } => {
+        Command::Explain { iface, hook, cgroup, rules, proto, src, dst, sport, dport, icmp_type, icmp_code, json } => {
             let q = explain::Query { proto, src, dst, sport, dport, icmp_type, icmp_code };
             let m = q.meta().map_err(|e| anyhow::Error::new(InputError(e)))?;
-            return explain_cmd(&cli.netns, iface, hook, rules, &q, &m, json);
+            return explain_cmd(&cli.netns, cli::HookedIface { iface, cgroup, hook }, rules, &q, &m, json);
         }
         Command::Counters { at, json, watch, interval, count, reset, rule } => {
             enter("counters", &cli.netns)?;

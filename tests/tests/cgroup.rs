@@ -113,6 +113,14 @@ fn two_cgroups_each_reach_only_their_own_destinations() {
 
     // Exact counters: each datagram once on its rule; each refused call once,
     // with no bytes, on the default policy (deny) of the caller's cgroup.
+    // explain: the live classifier of a cgroup, against the reference.
+    let out = std::process::Command::new(egress_bin())
+        .args(["explain", "--cgroup", web.to_str().unwrap(), "--proto", "tcp", "--src", "192.0.2.1", "--dst", "198.51.100.2", "--dport", "5432", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((e["action"].as_str(), e["agree"].as_bool(), e["cgroup"].as_str()), (Some("deny"), Some(true), web.to_str()), "{e}");
     let (cw, cd) = (counters(&web), counters(&db));
     assert_eq!(cw["cgroup"], web.to_str().unwrap());
     assert_eq!(row(&cw, "lookups").0, 7, "{cw}");
@@ -265,7 +273,8 @@ fn egress_run_applies_a_cgroup_when_it_appears_and_again_when_it_is_recreated() 
     let svc = root.path.join("svc");
     let rules = temp_file("svc.toml", WEB);
     let cfg = temp_file("egress.toml", &format!("[[cgroup]]\npath = \"{}\"\nrules = \"{}\"\n", svc.display(), rules.display()));
-    let d = egress_tests::Daemon::start(&p.a, &cfg, &["--detach-on-exit"]);
+    let port = 19_000 + (std::process::id() % 1000) as u16;
+    let d = egress_tests::Daemon::start(&p.a, &cfg, &["--detach-on-exit", "--metrics", &port.to_string()]);
     d.wait_for("missing", 1, |v| v["level"] == "WARN" && v["iface"] == svc.to_str().unwrap());
     // The service starts: its cgroup appears, and gets the rules.
     std::fs::create_dir(&svc).unwrap();
@@ -282,4 +291,40 @@ fn egress_run_applies_a_cgroup_when_it_appears_and_again_when_it_is_recreated() 
     let mut c = Client::start(CLIENT, &svc, &p.a).expect("client");
     assert_eq!(c.tcp(ip(DB_DST), 5432).map_err(|e| e.0), Err("EPERM".into()), "the new cgroup has the rules");
     assert_eq!(row(&counters(&svc), "(default)"), (1, 0));
+    // Metrics: the cgroup's series carry its path.
+    let body = egress_tests::in_ns(&p.a, move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+    .unwrap();
+    let series = format!("egress_default_packets_total{{cgroup=\"{}\",hook=\"cgroup\"", svc.display());
+    assert!(body.lines().any(|l| l.starts_with(&series) && l.ends_with(" 1")), "{series} 1 in:\n{body}");
+}
+
+#[test]
+fn apply_unit_finds_the_units_cgroup() {
+    egress_tests::need_root!("cgroups, eBPF");
+    // systemd's answer when it runs; here (no systemd as init) its convention:
+    // system.slice/UNIT below the cgroup v2 mount.
+    let mount = egress::dataplane::cgroup2_mount().expect("cgroup v2");
+    let slice = mount.join("system.slice");
+    let made_slice = !slice.exists() && std::fs::create_dir(&slice).is_ok();
+    let unit = format!("egress-test-{}.service", std::process::id());
+    let dir = slice.join(&unit);
+    std::fs::create_dir(&dir).expect("the unit's cgroup");
+    let f = temp_file("unit.toml", WEB);
+    let out = std::process::Command::new(egress_bin()).args(["apply", "--unit", &unit, "--rules", f.to_str().unwrap(), "--json"]).output().unwrap();
+    let detach = std::process::Command::new(egress_bin()).args(["detach", "--cgroup", dir.to_str().unwrap()]).output().unwrap();
+    let _ = std::fs::remove_dir(&dir);
+    if made_slice {
+        let _ = std::fs::remove_dir(&slice);
+    }
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cgroup"], dir.to_str().unwrap(), "{v}");
+    assert!(detach.status.success(), "{}", String::from_utf8_lossy(&detach.stderr));
 }

@@ -117,9 +117,11 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         fold_pending(p)?;
     }
     let lpath = link_pin(&key);
+    // The main link (a lost companion is re-attached below, without starting afresh).
+    let main_health = |p: &State| if p.is_cgroup() { health_of(p) } else { link::health(&lpath, p.ifindex, false) };
     if let Some(p) = &prev
         && p.nl_priority.is_none()
-        && health_of(p) != LinkHealth::Attached
+        && main_health(p) != LinkHealth::Attached
     {
         tracing::info!(iface = t.iface, key, "the previous link is severed or gone; attaching afresh");
         if cgroup {

@@ -41,7 +41,7 @@ pub fn explain(t: &Target, frame: &[u8]) -> Result<(State, Decision)> {
     let generation = st.generation.min(u32::MAX as u64) as u32;
     let globals = Globals::new(
         default_action,
-        has_ethernet(&t.iface)?,
+        t.hook != crate::hook::Hook::Cgroup && has_ethernet(&t.iface)?,
         generation,
         u32::MAX,
         &st.stateful.unwrap_or_default(),

@@ -269,8 +269,10 @@ impl Families {
     }
 }
 
+/// An interface's series: iface and hook; a cgroup's: cgroup (its path) and hook "cgroup".
 fn base(t: &Tracked) -> Labels {
-    vec![("iface", t.iface.clone()), ("hook", t.hook.to_string())]
+    let place = if t.hook == "cgroup" { "cgroup" } else { "iface" };
+    vec![(place, t.iface.clone()), ("hook", t.hook.to_string())]
 }
 
 /// The exposition text of one scrape.

@@ -139,24 +139,7 @@ impl Config {
                             None
                         }
                     };
-                    let flow_cache = match t.get("flow_cache") {
-                        None => Some(egress_common::FLOW_CACHE_ENTRIES),
-                        Some(Item::Value(v)) => match v.as_integer() {
-                            Some(n) if (0..=i64::from(egress_common::MAX_FLOW_CACHE_ENTRIES)).contains(&n) => Some(n as u32),
-                            _ => {
-                                bad(
-                                    v.span(),
-                                    "flow_cache",
-                                    format!("must be an integer from 0 (off) to {}", egress_common::MAX_FLOW_CACHE_ENTRIES),
-                                );
-                                None
-                            }
-                        },
-                        Some(other) => {
-                            bad(item_span(other), "flow_cache", "must be an integer".into());
-                            None
-                        }
-                    };
+                    let flow_cache = flow_cache(t.get("flow_cache")).map_err(|(span, m)| bad(span, "flow_cache", m)).ok();
                     let hook = match t.get("hook") {
                         None => Some(Hook::TcEgress),
                         Some(item) => match item.as_str().map(str::parse::<Hook>) {
@@ -229,16 +212,7 @@ impl Config {
                             None
                         }
                     };
-                    let flow_cache = match t.get("flow_cache") {
-                        None => Some(egress_common::FLOW_CACHE_ENTRIES),
-                        Some(item) => match item.as_integer() {
-                            Some(n) if (0..=i64::from(egress_common::MAX_FLOW_CACHE_ENTRIES)).contains(&n) => Some(n as u32),
-                            _ => {
-                                bad(item_span(item), "flow_cache", format!("must be an integer from 0 (off) to {}", egress_common::MAX_FLOW_CACHE_ENTRIES));
-                                None
-                            }
-                        },
-                    };
+                    let flow_cache = flow_cache(t.get("flow_cache")).map_err(|(span, m)| bad(span, "flow_cache", m)).ok();
                     if let Some(p) = &path
                         && !seen.insert((p.clone(), Hook::Cgroup))
                     {
@@ -257,6 +231,15 @@ impl Config {
             let n = problems.len();
             Err(format!("{file}: {n} problem{} found\n  {}", if n == 1 { "" } else { "s" }, problems.join("\n  ")))
         }
+    }
+}
+
+/// An entry's `flow_cache` (default when absent), or where and why it is wrong.
+fn flow_cache(item: Option<&Item>) -> Result<u32, (Option<std::ops::Range<usize>>, String)> {
+    let Some(item) = item else { return Ok(egress_common::FLOW_CACHE_ENTRIES) };
+    match item.as_integer() {
+        Some(n) if (0..=i64::from(egress_common::MAX_FLOW_CACHE_ENTRIES)).contains(&n) => Ok(n as u32),
+        _ => Err((item_span(item), format!("must be an integer from 0 (off) to {}", egress_common::MAX_FLOW_CACHE_ENTRIES))),
     }
 }
 
