@@ -286,6 +286,14 @@ pub enum Command {
     ///   flow_cache = 65536                # optional, as `apply --flow-cache`
     ///   hook = "tc-egress"                # optional, as `apply --hook`
     ///   debug = false                     # optional, as `apply --debug` (logged here)
+    ///
+    ///   [[cgroup]]                        # a service's or container's processes
+    ///   path = "system.slice/nginx.service"   # required: absolute, or below the cgroup v2 mount
+    ///   rules = "/etc/egress/nginx.toml"  # required: a rule file
+    ///   flow_cache = 65536                # optional
+    ///
+    /// A cgroup that does not exist yet is applied when it appears; one that is
+    /// removed and created again (a restarted service) gets its rules again.
     Run {
         /// The config file (TOML).
         #[arg(long, short = 'c', value_name = "FILE")]
