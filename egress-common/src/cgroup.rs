@@ -3,12 +3,17 @@
 
 /// `cgroup_skb/egress`: every packet a socket of the cgroup (or a descendant) sends.
 pub const CGROUP_SKB_PROGRAM_NAME: &str = "egress_cgroup";
+/// A stateful rule set's packet hook, and its companion on `cgroup_skb/ingress`.
+pub const CGROUP_SKB_SF_PROGRAM_NAME: &str = "egress_cgroup_sf";
+pub const CGROUP_TRACK_PROGRAM_NAME: &str = "egress_cgroup_track";
 /// `cgroup/connect4|6` and `cgroup/sendmsg4|6`: a connect() or an unconnected
 /// sendto() of the cgroup's processes, refused with EPERM when denied.
 pub const CONNECT4_PROGRAM_NAME: &str = "egress_connect4";
 pub const CONNECT6_PROGRAM_NAME: &str = "egress_connect6";
 pub const SENDMSG4_PROGRAM_NAME: &str = "egress_sendmsg4";
 pub const SENDMSG6_PROGRAM_NAME: &str = "egress_sendmsg6";
+/// Passes every packet: the benchmark's cgroup_skb baseline (never attached by `egress`).
+pub const CGROUP_PASS_PROGRAM_NAME: &str = "egress_cgroup_pass";
 
 /// Every cgroup that has a rule set of egress's, by cgroup id (value 1). One
 /// map for the host, pinned at `/sys/fs/bpf/egress/CG_OWNERS` and shared by

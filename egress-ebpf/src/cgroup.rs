@@ -2,6 +2,9 @@
 //! - `egress_cgroup` (cgroup_skb/egress): every packet a socket of the cgroup
 //!   sends, from its IP header (no link layer). The same call-free body as the
 //!   interface hook; 1 passes, 0 drops.
+//! - `egress_cgroup_sf` and `egress_cgroup_track` (cgroup_skb ingress): the
+//!   same for a stateful rule set: the connection table first, and the
+//!   companion that follows replies and connections opened from outside.
 //! - `egress_connect4|6`, `egress_sendmsg4|6` (cgroup/connect*, cgroup/sendmsg*):
 //!   a TCP or UDP connect(), or a UDP sendto() with an address, is classified
 //!   from the call's addresses before any packet exists. A deny refuses the
@@ -24,9 +27,9 @@ use aya_ebpf::{
 use egress_common::{ACTION_DENY, CG_MAX_NEST, PCLASS_TCP, PCLASS_UDP};
 
 use crate::{
-    events,
+    conn, events,
     maps::CG_OWNERS,
-    parse::Packet,
+    parse::{self, Packet},
     program::{decide, full},
     stats,
 };
@@ -48,18 +51,57 @@ fn global<T: Copy>(g: &T) -> T {
 
 #[cgroup_skb(egress)]
 pub fn egress_cgroup(ctx: SkBuffContext) -> i32 {
+    if nearer_for_socket(&ctx) {
+        return 1;
+    }
+    decide::<_, false, false>(&ctx) as i32
+}
+
+/// The packet hook of a stateful rule set: the connection table first.
+#[cgroup_skb(egress)]
+pub fn egress_cgroup_sf(ctx: SkBuffContext) -> i32 {
+    if nearer_for_socket(&ctx) {
+        return 1;
+    }
+    decide::<_, true, false>(&ctx) as i32
+}
+
+/// Stateful mode's companion on the cgroup's ingress: follows replies and
+/// connections opened from outside (a server in the cgroup answers its
+/// clients). Never drops.
+#[cgroup_skb(ingress)]
+pub fn egress_cgroup_track(ctx: SkBuffContext) -> i32 {
+    if !nearer_for_socket(&ctx) {
+        let mut pkt = Packet::default();
+        if parse::parse::<_, true>(&ctx, false, &mut pkt).is_ok() {
+            conn::other_side(&ctx, &pkt);
+        }
+    }
+    1
+}
+
+/// Whether a cgroup between this one and the socket's has a rule set of its own.
+#[inline(always)]
+fn nearer_for_socket(ctx: &SkBuffContext) -> bool {
     let level = global(&CG_LEVEL) as i32;
     // The socket's ancestors below this cgroup, nearest to this one first.
     for i in 1..=CG_MAX_NEST as i32 {
         let id = unsafe { bpf_skb_ancestor_cgroup_id(ctx.skb.skb, level + i) };
         if id == 0 {
-            break;
+            return false;
         }
         if unsafe { CG_OWNERS.get(&id) }.is_some() {
-            return 1;
+            return true;
         }
     }
-    decide::<_, false, false>(&ctx) as i32
+    false
+}
+
+/// Does nothing and passes every packet: the cgroup_skb baseline of the
+/// benchmark (never attached by `egress`).
+#[cgroup_skb(egress)]
+pub fn egress_cgroup_pass(_ctx: SkBuffContext) -> i32 {
+    1
 }
 
 #[cgroup_sock_addr(connect4)]

@@ -127,6 +127,12 @@ impl Client {
         }
     }
 
+    /// Serves a TCP echo on `port` from this process (so from its cgroup).
+    pub fn listen(&mut self, port: u16) {
+        let a = self.cmd(&format!("listen {port}"));
+        assert_eq!(a, "ok", "listen on {port}");
+    }
+
     /// Moves the process to another cgroup.
     pub fn move_to(&mut self, cgroup: &Path) {
         let a = self.cmd(&format!("move {}", cgroup.display()));

@@ -328,3 +328,40 @@ fn apply_unit_finds_the_units_cgroup() {
     assert_eq!(v["cgroup"], dir.to_str().unwrap(), "{v}");
     assert!(detach.status.success(), "{}", String::from_utf8_lossy(&detach.stderr));
 }
+
+#[test]
+fn a_server_in_a_stateful_cgroup_answers_its_clients_and_nothing_else() {
+    egress_tests::need_root!("cgroups, network namespaces, eBPF");
+    let (p, _servers) = topology("cgsf");
+    let cg = TestCgroup::new("sf").expect("cgroup");
+    let mut srv = Client::start(CLIENT, &cg.path, &p.a).expect("server process");
+    srv.listen(7070);
+    // A client in the other namespace, to the server in the cgroup.
+    let ask = || {
+        egress_tests::in_ns(&p.b, || {
+            use std::io::{Read, Write};
+            let Ok(mut s) = std::net::TcpStream::connect_timeout(&"192.0.2.1:7070".parse().unwrap(), Duration::from_millis(1200)) else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_millis(1200)));
+            let mut b = [0u8; 1];
+            s.write_all(b"y").is_ok() && s.read_exact(&mut b).is_ok() && b == *b"y"
+        })
+        .unwrap()
+    };
+    assert!(ask(), "no rules yet");
+    // Default deny, stateless: the server's answers (to the client's port) are denied.
+    apply_cgroup(&cg.path, "default_policy = \"deny\"\n");
+    assert!(!ask(), "stateless default deny drops the server's answers");
+    // Stateful: connections opened from outside are followed; the server answers.
+    let a = apply_cgroup(&cg.path, "default_policy = \"deny\"\nstateful = true\n");
+    assert_eq!((a["stateful"].as_bool(), a["companion"].as_str()), (Some(true), Some("cgroup_skb ingress")), "{a}");
+    assert!(ask(), "stateful: the server answers its clients");
+    assert!(ask());
+    // Its own outbound calls are still denied, at once.
+    assert_eq!(srv.tcp(ip(DB_DST), 5432).map_err(|e| e.0), Err("EPERM".into()));
+    // Back to stateless: the companion goes, answers are denied again.
+    apply_cgroup(&cg.path, "default_policy = \"deny\"\n");
+    assert!(!std::path::Path::new(a["pinned"].as_str().unwrap()).join("companion").exists());
+    assert!(!ask());
+}

@@ -153,6 +153,11 @@ fn one_interface_three_hooks_three_rule_sets() {
         .collect();
     hooks.sort();
     assert_eq!(hooks, vec!["tc-egress", "tc-ingress", "xdp"], "{st}");
+    // Replacing the XDP rule set (bpf_link_update on the XDP link) takes effect.
+    apply(&r, &r.rg, "xdp", &deny_udp(&[5314]));
+    assert_eq!(r.udp(false, 5314, 5), 0, "the new XDP rules deny 5314");
+    assert_eq!(r.udp(false, 5311, 5), 5, "and no longer 5311");
+    apply(&r, &r.rg, "xdp", &deny_udp(&[5311]));
     // Detaching one hook leaves the others.
     r.egress_ok(&["detach", "--iface", "rg", "--hook", "xdp"]);
     assert_eq!(r.udp(false, 5311, 5), 5);

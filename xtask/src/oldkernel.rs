@@ -27,7 +27,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{cargo, egress_bin, quiet_ok, root, run};
 
 /// The checks `tests/vm/init` runs, each of which must say ok.
-const CHECKS: [&str; 13] = [
+const CHECKS: [&str; 14] = [
     "apply",
     "dropped",
     "counted",
@@ -40,6 +40,7 @@ const CHECKS: [&str; 13] = [
     "dns-stateful",
     "dns-xdp",
     "cgroup",
+    "cgroup-stateful",
     "full-capacity",
 ];
 

@@ -100,9 +100,6 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
     let cgroup = t.hook == Hook::Cgroup;
     if cgroup {
         let no = |what: &str| DataplaneError::Other(format!("{what} is not available on a cgroup attachment yet; attach this rule set to an interface"));
-        if req.state.is_some() {
-            return Err(no("stateful mode (stateful = true)"));
-        }
         if !req.compiled.fqdn.is_empty() {
             return Err(no("a rule by name (dst_fqdn)"));
         }
@@ -226,7 +223,8 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
     let comp_path = companion_pin(&key);
     let comp_ingress = t.hook == Hook::TcEgress;
     let prev_comp_nl = prev.as_ref().and_then(|p| p.companion_nl);
-    let needs_companion = req.state.is_some() || dns.is_some();
+    // A cgroup's companion is one of its links (cgroup.rs), not a TC program.
+    let needs_companion = !cgroup && (req.state.is_some() || dns.is_some());
     if needs_companion && comp_path.exists() && link::health(&comp_path, t.ifindex, false) != LinkHealth::Attached {
         // The companion's link lost its interface or was detached: attach afresh.
         let _ = fs::remove_file(&comp_path);
@@ -243,15 +241,18 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         false => None,
     };
     let companion_nl = companion.as_ref().and_then(|a| Some((a.nl_priority?, a.nl_handle?)));
-    let companion_name =
-        companion.as_ref().map(|a| format!("{} ({})", if comp_ingress { Hook::TcIngress } else { Hook::TcEgress }, a.mode));
+    let companion_name = match companion.as_ref() {
+        Some(a) => Some(format!("{} ({})", if comp_ingress { Hook::TcIngress } else { Hook::TcEgress }, a.mode)),
+        None if cgroup && req.state.is_some() => Some("cgroup_skb ingress".to_string()),
+        None => None,
+    };
     let prev_mode = prev.as_ref().map(|p| p.mode.clone());
     let switched = match t.hook {
         Hook::TcEgress | Hook::TcIngress => {
             loaded.program().and_then(|prog| link::switch_tc(prog, &t.iface, t.hook == Hook::TcIngress, &lpath, prev_nl))
         }
         Hook::Xdp => loaded.xdp_program().and_then(|prog| link::switch_xdp(prog, &t.iface, t.ifindex, &lpath, prev_mode.as_deref())),
-        Hook::Cgroup => super::cgroup::switch(&mut loaded.ebpf, t, &key),
+        Hook::Cgroup => super::cgroup::switch(&mut loaded.ebpf, t, &key, req.state.is_some()),
     };
     let attachment = match switched {
         Ok(a) => a,
@@ -264,7 +265,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
         }
     };
     drop(loaded);
-    if !needs_companion && (comp_path.exists() || prev_comp_nl.is_some()) {
+    if !cgroup && !needs_companion && (comp_path.exists() || prev_comp_nl.is_some()) {
         // Neither stateful nor naming domains: the companion goes.
         let _ = link::unlink(&t.iface, &comp_path, prev_comp_nl, comp_ingress);
     }

@@ -5,7 +5,8 @@
 //!
 //! An attachment is five links, pinned under its folder: `link` (cgroup_skb
 //! egress: every packet) and `connect4`, `connect6`, `sendmsg4`, `sendmsg6`
-//! (socket calls, refused with EPERM when denied). A replacement updates them
+//! (socket calls, refused with EPERM when denied); a stateful one has a sixth,
+//! `companion` (cgroup_skb ingress). A replacement updates them
 //! one after the other (bpf_link_update each); between two updates a call and
 //! a packet may be judged by different generations, never by a mix within one.
 
@@ -23,7 +24,7 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, links::FdLink},
 };
 use egress_common::{
-    CGROUP_SKB_PROGRAM_NAME, CONNECT4_PROGRAM_NAME, CONNECT6_PROGRAM_NAME, MAP_CG_OWNERS, SENDMSG4_PROGRAM_NAME, SENDMSG6_PROGRAM_NAME,
+    CGROUP_SKB_PROGRAM_NAME, CGROUP_SKB_SF_PROGRAM_NAME, CGROUP_TRACK_PROGRAM_NAME, CONNECT4_PROGRAM_NAME, CONNECT6_PROGRAM_NAME, MAP_CG_OWNERS, SENDMSG4_PROGRAM_NAME, SENDMSG6_PROGRAM_NAME,
 };
 
 use super::{
@@ -46,6 +47,9 @@ pub(super) const CALLS: [(&str, &str); 4] = [
     (SENDMSG4_PROGRAM_NAME, "sendmsg4"),
     (SENDMSG6_PROGRAM_NAME, "sendmsg6"),
 ];
+
+/// Stateful mode's companion link (cgroup_skb ingress).
+const COMPANION: &str = "companion";
 
 /// Where the host's CG_OWNERS map is pinned.
 pub(super) fn owners_path() -> PathBuf {
@@ -151,24 +155,30 @@ pub fn unit_cgroup(unit: &str) -> Result<PathBuf> {
 
 /// Attaches the loaded cgroup programs to the cgroup (or replaces the
 /// programs of its pinned links), then records it in CG_OWNERS.
-pub(super) fn switch(ebpf: &mut Ebpf, t: &Target, key: &str) -> Result<Attachment> {
+pub(super) fn switch(ebpf: &mut Ebpf, t: &Target, key: &str, stateful: bool) -> Result<Attachment> {
     let dir = pin_dir(key);
     let cg = File::open(&t.iface).map_err(|e| DataplaneError::Other(format!("open cgroup {}: {e} (was it removed?)", t.iface)))?;
     let mut created: Vec<PathBuf> = Vec::new();
     let mut go = || -> Result<()> {
-        let skb_path = dir.join("link");
-        let prog: &mut CgroupSkb = program(ebpf, CGROUP_SKB_PROGRAM_NAME)?.try_into().map_err(prog_err("cgroup_skb program"))?;
-        if skb_path.exists() {
-            let fd = prog.fd().map_err(prog_err("program fd"))?.as_fd().as_raw_fd() as u32;
-            link::update_pinned(&skb_path, fd).map_err(io_err(format!("replace the cgroup_skb program on {} (bpf_link_update)", t.iface)))?;
-        } else {
-            let id = prog
-                .attach(&cg, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
-                .map_err(prog_err(format!("attach to cgroup {} (cgroup_skb/egress)", t.iface)))?;
+        // Stateful: the companion first, so that the packet hook finds the
+        // connections it follows.
+        let mut skb = vec![(if stateful { CGROUP_SKB_SF_PROGRAM_NAME } else { CGROUP_SKB_PROGRAM_NAME }, "link", CgroupSkbAttachType::Egress)];
+        if stateful {
+            skb.insert(0, (CGROUP_TRACK_PROGRAM_NAME, COMPANION, CgroupSkbAttachType::Ingress));
+        }
+        for (name, pin, kind) in skb {
+            let path = dir.join(pin);
+            let prog: &mut CgroupSkb = program(ebpf, name)?.try_into().map_err(prog_err(format!("{name} program")))?;
+            if path.exists() {
+                let fd = prog.fd().map_err(prog_err("program fd"))?.as_fd().as_raw_fd() as u32;
+                link::update_pinned(&path, fd).map_err(io_err(format!("replace the {name} program on {} (bpf_link_update)", t.iface)))?;
+                continue;
+            }
+            let id = prog.attach(&cg, kind, CgroupAttachMode::Single).map_err(prog_err(format!("attach {name} to cgroup {}", t.iface)))?;
             let l = prog.take_link(id).map_err(prog_err("take link"))?;
             let fd = FdLink::try_from(l).map_err(|source| DataplaneError::Link { op: "cgroup link handle".into(), source })?;
-            fd.pin(&skb_path).map_err(pin_err(format!("pin the link at {}", skb_path.display())))?;
-            created.push(skb_path);
+            fd.pin(&path).map_err(pin_err(format!("pin the link at {}", path.display())))?;
+            created.push(path);
         }
         for (name, pin) in CALLS {
             let path = dir.join(pin);
@@ -187,7 +197,13 @@ pub(super) fn switch(ebpf: &mut Ebpf, t: &Target, key: &str) -> Result<Attachmen
         set_owner(t.cgroup_id, true)
     };
     match go() {
-        Ok(()) => Ok(Attachment::link("cgroup")),
+        Ok(()) => {
+            if !stateful {
+                // No longer stateful: the companion goes.
+                let _ = link::unlink("", &dir.join(COMPANION), None, false);
+            }
+            Ok(Attachment::link("cgroup"))
+        }
         Err(e) => {
             // Nothing left behind: the links made by this call go again.
             for p in &created {
@@ -228,7 +244,7 @@ pub(super) fn unlink_all(key: &str, id: u64) -> Result<bool> {
     set_owner(id, false)?;
     let dir = pin_dir(key);
     let mut found = false;
-    for pin in std::iter::once("link").chain(CALLS.iter().map(|(_, p)| *p)) {
+    for pin in ["link", COMPANION].into_iter().chain(CALLS.iter().map(|(_, p)| *p)) {
         found |= link::unlink("", &dir.join(pin), None, false)?;
     }
     Ok(found)

@@ -13,7 +13,7 @@ use aya::{
     programs::{CgroupSkb, CgroupSockAddr, ProgramError, SchedClassifier, Xdp},
 };
 use egress_common::{
-    CG_MAX_OWNERS, CGROUP_SKB_PROGRAM_NAME, GLOBAL_CG_ID, GLOBAL_CG_LEVEL, GLOBAL_SRC_ANY, MAP_CG_OWNERS,
+    CG_MAX_OWNERS, CGROUP_SKB_PROGRAM_NAME, CGROUP_SKB_SF_PROGRAM_NAME, CGROUP_TRACK_PROGRAM_NAME, GLOBAL_CG_ID, GLOBAL_CG_LEVEL, GLOBAL_SRC_ANY, MAP_CG_OWNERS,
 };
 use egress_common::{
     Counter, DstValue, FLOW_CACHE_ENTRIES, GLOBAL_CONN_ON, GLOBAL_DEFAULT_ACTION, GLOBAL_EVENT_INTERVAL, GLOBAL_EVENT_TOLERANCE, GLOBAL_FLOW_MASK,
@@ -231,7 +231,7 @@ impl Loaded {
         }
         let xdp_hook = o.hook == Hook::Xdp;
         let loaded = match (cg.is_some(), xdp_hook) {
-            (true, _) => load_cgroup(&mut ebpf),
+            (true, _) => load_cgroup(&mut ebpf, o.state.is_some()),
             (false, false) => classifier(&mut ebpf, stateful, debug)?.load(),
             (false, true) => xdp(&mut ebpf, stateful, debug)?.load(),
         };
@@ -289,10 +289,14 @@ fn classifier(ebpf: &mut Ebpf, stateful: bool, debug: bool) -> Result<&mut Sched
     prog.try_into().map_err(prog_err("program is not a TC classifier"))
 }
 
-/// Loads a cgroup attachment's programs: the packet hook and the four socket calls.
-fn load_cgroup(ebpf: &mut Ebpf) -> std::result::Result<(), ProgramError> {
-    let p: &mut CgroupSkb = ebpf.program_mut(CGROUP_SKB_PROGRAM_NAME).ok_or(ProgramError::UnexpectedProgramType)?.try_into()?;
-    p.load()?;
+/// Loads a cgroup attachment's programs: the packet hook (stateful: its twin
+/// and the ingress companion) and the four socket calls.
+fn load_cgroup(ebpf: &mut Ebpf, stateful: bool) -> std::result::Result<(), ProgramError> {
+    let skb = if stateful { &[CGROUP_SKB_SF_PROGRAM_NAME, CGROUP_TRACK_PROGRAM_NAME][..] } else { &[CGROUP_SKB_PROGRAM_NAME][..] };
+    for name in skb {
+        let p: &mut CgroupSkb = ebpf.program_mut(name).ok_or(ProgramError::UnexpectedProgramType)?.try_into()?;
+        p.load()?;
+    }
     for (name, _) in super::cgroup::CALLS {
         let p: &mut CgroupSockAddr = ebpf.program_mut(name).ok_or(ProgramError::UnexpectedProgramType)?.try_into()?;
         p.load()?;

@@ -7,6 +7,10 @@
 //!   "sent K err ERRNO" (ERRNO of the last failure, "-" if none).
 //! - `udpc ADDR PORT`: connect a UDP socket, send one datagram: "ok MS" or "err ERRNO MS".
 //! - `move CGROUP`: join another cgroup: "ok".
+//! - `listen PORT`: a TCP echo server of this process (one byte per
+//!   connection), on every address: "ok".
+//! - `connects ADDR PORT N`: N TCP connect() calls (a port nobody listens on:
+//!   refused at once either way): "ns MEAN" per call.
 
 use std::{
     io::{BufRead, Read, Write},
@@ -81,6 +85,32 @@ fn run(line: &str) -> String {
             match r {
                 Ok(()) => format!("ok {ms:.3}"),
                 Err(e) => format!("err {} {ms:.3}", errno(&e)),
+            }
+        }
+        Some("connects") => {
+            let (Some(a), Some(n)) = (addr(1), w.get(3).and_then(|n| n.parse::<u32>().ok())) else { return "bad command".into() };
+            let t = Instant::now();
+            for _ in 0..n {
+                let _ = TcpStream::connect(a);
+            }
+            format!("ns {:.0}", t.elapsed().as_nanos() as f64 / f64::from(n.max(1)))
+        }
+        Some("listen") => {
+            let Some(port) = w.get(1).and_then(|p| p.parse::<u16>().ok()) else { return "bad command".into() };
+            match std::net::TcpListener::bind(SocketAddr::from(([0u16; 8], port))) {
+                Ok(l) => {
+                    std::thread::spawn(move || {
+                        for mut s in l.incoming().flatten() {
+                            let _ = s.set_read_timeout(Some(Duration::from_millis(1500)));
+                            let mut b = [0u8; 1];
+                            if s.read_exact(&mut b).is_ok() {
+                                let _ = s.write_all(&b);
+                            }
+                        }
+                    });
+                    "ok".into()
+                }
+                Err(e) => format!("err {}", errno(&e)),
             }
         }
         Some("move") => match w.get(1).map(|c| join(c)) {

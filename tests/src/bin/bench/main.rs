@@ -31,6 +31,7 @@ use egress::{
 use egress_tests::{A4, A6, B4, B6, is_root};
 
 mod adversarial;
+mod cgroup;
 mod dns;
 mod firewalls;
 mod flood;
@@ -69,6 +70,7 @@ struct Opts {
     flood_only: bool,
     lint_only: bool,
     dns_only: bool,
+    cgroup_only: bool,
     /// Only part 1b (adversarial rule-set shapes).
     adversarial_only: bool,
 }
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
         flood_only: false,
         lint_only: false,
         dns_only: false,
+        cgroup_only: false,
         adversarial_only: false,
     };
     let mut args = std::env::args().skip(1);
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
             "--flood-only" => opts.flood_only = true,
             "--lint-only" => opts.lint_only = true,
             "--dns-only" => opts.dns_only = true,
+            "--cgroup-only" => opts.cgroup_only = true,
             "--adversarial-only" => opts.adversarial_only = true,
             "--testrun-only" => opts.testrun_only = true,
             "--sizes" => opts.sizes = args.next().map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect()),
@@ -131,7 +135,7 @@ fn main() -> ExitCode {
             }
             "-h" | "--help" => {
                 println!(
-                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only | --testrun-only | --flood-only | --lint-only | --adversarial-only | --dns-only] [--out FILE] | --generate N [pairs|nested|ports|fan|blocklist]\n\
+                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only | --testrun-only | --flood-only | --lint-only | --adversarial-only | --dns-only | --cgroup-only] [--out FILE] | --generate N [pairs|nested|ports|fan|blocklist]\n\
                      see `cargo xtask bench --help`; --sizes, --traffic-only, --reload-only and --testrun-only are for exploring, not for BENCHMARKS.md"
                 );
                 return ExitCode::SUCCESS;
@@ -224,6 +228,11 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         println!("\n{body}");
         return Ok(());
     }
+    if o.cgroup_only {
+        cgroup::cgroup_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
+        println!("\n{body}");
+        return Ok(());
+    }
     if o.lint_only {
         lint_part(sizes, tr_rounds, &mut body)?;
         println!("\n{body}");
@@ -251,6 +260,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         adversarial_part(*sizes.last().unwrap_or(&1_000), blocklist_entries(o), tr_rounds, &mut body)?;
         hooks_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
         dns::dns_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
+        cgroup::cgroup_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
         body.push_str(&lint_md);
     }
     if o.testrun_only {
