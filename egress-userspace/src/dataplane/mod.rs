@@ -2,7 +2,8 @@
 //! or touches bpffs.
 //!
 //! - `env`: mount and network namespaces, bpffs, interface facts, netns cookies.
-//! - `load`: create maps, write a compiled rule set into them, load the program.
+//! - `load`: create maps, load the programs; `fill`: write a compiled rule set
+//!   into the fresh maps in batches.
 //! - `link`: attach, replace (bpf_link_update) and detach; link health; the
 //!   RCU barrier that tells when no CPU still runs a replaced program.
 //! - `cgroup`: cgroup attachments (a cgroup v2 directory's packets and socket
@@ -32,6 +33,7 @@ mod dns;
 mod env;
 mod events;
 mod explain;
+mod fill;
 mod link;
 mod load;
 mod readout;

@@ -260,6 +260,8 @@ impl Managed {
                 len = ev.len,
                 suppressed = ev.suppressed,
                 qname = ev.qname,
+                pid = ev.caller.as_ref().map(|c| c.0),
+                comm = ev.caller.as_ref().map(|c| c.1.clone()),
                 time = ev.time,
                 "{}",
                 if ev.audit { "audited (would deny)" } else { "denied" }
