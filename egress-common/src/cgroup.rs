@@ -6,6 +6,19 @@ pub const CGROUP_SKB_PROGRAM_NAME: &str = "egress_cgroup";
 /// A stateful rule set's packet hook, and its companion on `cgroup_skb/ingress`.
 pub const CGROUP_SKB_SF_PROGRAM_NAME: &str = "egress_cgroup_sf";
 pub const CGROUP_TRACK_PROGRAM_NAME: &str = "egress_cgroup_track";
+/// The packet hook for a mode (`split`: stateful, or rules by name in debug
+/// mode) and debug mode (the `_dbg` twins log why they drop a packet they
+/// cannot parse). A stateless rule set by name attaches the call-free one,
+/// which hands DNS queries and flow-cache misses on to `egress_cgroup_sf`
+/// (DNS_TAIL_CG).
+pub const fn cgroup_program(split: bool, debug: bool) -> &'static str {
+    match (split, debug) {
+        (false, false) => CGROUP_SKB_PROGRAM_NAME,
+        (true, false) => CGROUP_SKB_SF_PROGRAM_NAME,
+        (false, true) => "egress_cgroup_dbg",
+        (true, true) => "egress_cgroup_sf_dbg",
+    }
+}
 /// `cgroup/connect4|6` and `cgroup/sendmsg4|6`: a connect() or an unconnected
 /// sendto() of the cgroup's processes, refused with EPERM when denied.
 pub const CONNECT4_PROGRAM_NAME: &str = "egress_connect4";

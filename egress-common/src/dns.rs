@@ -40,13 +40,15 @@ pub const MAP_DNS_SCRATCH: &str = "DNS_SCRATCH";
 pub const DNS_SHARED_MAPS: [&str; 5] = [MAP_DNS_LEARN_V4, MAP_DNS_LEARN_V6, MAP_DNS_QUERIES, MAP_DNS_NAMES, MAP_DNS_STATS];
 /// The split program, for the call-free entry point to hand a packet on to
 /// (tail call) when the rules by name must see it: a DNS query or a flow-cache
-/// miss. One for TC, one for XDP (a program array holds one program type).
+/// miss. One for TC, one for XDP, one for cgroup_skb (a program array holds
+/// one program type).
 /// Per generation, pinned: the kernel empties a program array when no
 /// user-space reference to it remains.
 pub const MAP_DNS_TAIL_TC: &str = "DNS_TAIL_TC";
 pub const MAP_DNS_TAIL_XDP: &str = "DNS_TAIL_XDP";
+pub const MAP_DNS_TAIL_CG: &str = "DNS_TAIL_CG";
 /// The maps of one generation.
-pub const DNS_GEN_MAPS: [&str; 5] = [MAP_DNS_PATTERNS, MAP_DNS_CLASSES, MAP_DNS_RESOLVERS, MAP_DNS_TAIL_TC, MAP_DNS_TAIL_XDP];
+pub const DNS_GEN_MAPS: [&str; 6] = [MAP_DNS_PATTERNS, MAP_DNS_CLASSES, MAP_DNS_RESOLVERS, MAP_DNS_TAIL_TC, MAP_DNS_TAIL_XDP, MAP_DNS_TAIL_CG];
 
 /// Load-time globals: 1 when the rule set names domains; the hash key (two
 /// words); the TTL bounds (seconds); the learned tables' bucket mask.

@@ -2,9 +2,15 @@
 //! - `egress_cgroup` (cgroup_skb/egress): every packet a socket of the cgroup
 //!   sends, from its IP header (no link layer). The same call-free body as the
 //!   interface hook; 1 passes, 0 drops.
-//! - `egress_cgroup_sf` and `egress_cgroup_track` (cgroup_skb ingress): the
-//!   same for a stateful rule set: the connection table first, and the
-//!   companion that follows replies and connections opened from outside.
+//! - `egress_cgroup_sf`: the split body (stateful mode: the connection table
+//!   first; rules by name: DNS queries and the learned destinations). A
+//!   stateless rule set by name attaches `egress_cgroup`, which hands DNS
+//!   queries and flow-cache misses on to it (tail call, DNS_TAIL_CG).
+//! - `egress_cgroup_track` (cgroup_skb ingress): the companion; follows replies
+//!   and connections opened from outside (stateful), and learns from DNS
+//!   answers reaching the cgroup's processes (rules by name).
+//! - `egress_cgroup_dbg`, `egress_cgroup_sf_dbg`: debug mode's twins (log why
+//!   they drop a packet they cannot parse).
 //! - `egress_connect4|6`, `egress_sendmsg4|6` (cgroup/connect*, cgroup/sendmsg*):
 //!   a TCP or UDP connect(), or a UDP sendto() with an address, is classified
 //!   from the call's addresses before any packet exists. A deny refuses the
@@ -24,13 +30,13 @@ use aya_ebpf::{
     macros::{cgroup_skb, cgroup_sock_addr},
     programs::{SkBuffContext, SockAddrContext},
 };
-use egress_common::{ACTION_DENY, CG_MAX_NEST, PCLASS_TCP, PCLASS_UDP};
+use egress_common::{ACTION_DENY, CG_MAX_NEST, FLOW_LEARNED, PCLASS_TCP, PCLASS_UDP};
 
 use crate::{
-    conn, events,
+    conn, dns, events,
     maps::CG_OWNERS,
     parse::{self, Packet},
-    program::{decide, full},
+    program::{CONN_ON, DNS_PORT, decide, full},
     stats,
 };
 
@@ -66,15 +72,39 @@ pub fn egress_cgroup_sf(ctx: SkBuffContext) -> i32 {
     decide::<_, true, false>(&ctx) as i32
 }
 
-/// Stateful mode's companion on the cgroup's ingress: follows replies and
+/// Debug mode: logs why it drops a packet it cannot parse.
+#[cgroup_skb(egress)]
+pub fn egress_cgroup_dbg(ctx: SkBuffContext) -> i32 {
+    if nearer_for_socket(&ctx) {
+        return 1;
+    }
+    decide::<_, false, true>(&ctx) as i32
+}
+
+/// The split body in debug mode (stateful, or rules by name).
+#[cgroup_skb(egress)]
+pub fn egress_cgroup_sf_dbg(ctx: SkBuffContext) -> i32 {
+    if nearer_for_socket(&ctx) {
+        return 1;
+    }
+    decide::<_, true, true>(&ctx) as i32
+}
+
+/// The companion on the cgroup's ingress. Stateful mode: follows replies and
 /// connections opened from outside (a server in the cgroup answers its
-/// clients). Never drops.
+/// clients). Rules by name: learns from the DNS answers the cgroup's
+/// processes receive (so each cgroup learns only what it asked). Never drops.
 #[cgroup_skb(ingress)]
 pub fn egress_cgroup_track(ctx: SkBuffContext) -> i32 {
     if !nearer_for_socket(&ctx) {
         let mut pkt = Packet::default();
         if parse::parse::<_, true>(&ctx, false, &mut pkt).is_ok() {
-            conn::other_side(&ctx, &pkt);
+            if global(&CONN_ON) != 0 {
+                conn::other_side(&ctx, &pkt);
+            }
+            if dns::on() && (pkt.pclass == PCLASS_UDP || pkt.pclass == PCLASS_TCP) && pkt.sport == DNS_PORT {
+                dns::answer(&ctx, &pkt);
+            }
         }
     }
     1
@@ -202,7 +232,9 @@ fn call<const V6: bool, const SENDMSG: bool>(ctx: &SockAddrContext) -> i32 {
     if nearer_for_caller() {
         return 1;
     }
-    let (slot, action) = full::<false>(&pkt);
+    // Rules by name: the learned destinations too (the split lookup).
+    let (slot, action) = if dns::on() { full::<true>(&pkt) } else { full::<false>(&pkt) };
+    let action = action & !FLOW_LEARNED;
     if action != ACTION_DENY {
         return 1;
     }

@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext, TcContext, XdpContext},
 };
 
-use crate::maps::{DNS_TAIL_TC, DNS_TAIL_XDP};
+use crate::maps::{DNS_TAIL_CG, DNS_TAIL_TC, DNS_TAIL_XDP};
 
 pub trait Frame {
     /// Start and end of the linear data (direct packet access).
@@ -73,8 +73,8 @@ macro_rules! skb_frame {
 
 // SAFETY (the tail call): the split program is a TC program over the same maps.
 skb_frame!(TcContext, |c: &TcContext| unsafe { DNS_TAIL_TC.tail_call(c, 0) });
-// A cgroup's rule set has no rules by name: nothing to hand on.
-skb_frame!(SkBuffContext, |_: &SkBuffContext| ());
+// SAFETY: the split program is a cgroup_skb (egress) program over the same maps.
+skb_frame!(SkBuffContext, |c: &SkBuffContext| unsafe { DNS_TAIL_CG.tail_call(c, 0) });
 
 impl Frame for XdpContext {
     #[inline(always)]

@@ -84,10 +84,10 @@ pub(crate) mod program {
     /// Load-time global (set by user space): 1 when the connection table is in
     /// use. The split body also serves stateless rule sets that name domains.
     #[unsafe(no_mangle)]
-    static CONN_ON: u32 = 1;
+    pub(crate) static CONN_ON: u32 = 1;
 
     /// DNS's port, network order.
-    const DNS_PORT: [u8; 2] = 53u16.to_be_bytes();
+    pub(crate) const DNS_PORT: [u8; 2] = 53u16.to_be_bytes();
 
     #[classifier]
     pub fn egress_classify(ctx: TcContext) -> i32 {

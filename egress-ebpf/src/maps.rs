@@ -141,6 +141,8 @@ pub static DNS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DNS_STATS
 pub static DNS_TAIL_TC: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 pub static DNS_TAIL_XDP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+pub static DNS_TAIL_CG: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// The DNS parser's working memory, per CPU (a message is 2 KiB: not for the stack).
 #[map]

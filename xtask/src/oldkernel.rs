@@ -27,7 +27,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{cargo, egress_bin, quiet_ok, root, run};
 
 /// The checks `tests/vm/init` runs, each of which must say ok.
-const CHECKS: [&str; 14] = [
+const CHECKS: [&str; 16] = [
     "apply",
     "dropped",
     "counted",
@@ -41,6 +41,8 @@ const CHECKS: [&str; 14] = [
     "dns-xdp",
     "cgroup",
     "cgroup-stateful",
+    "cgroup-dns",
+    "cgroup-debug",
     "full-capacity",
 ];
 

@@ -98,15 +98,6 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
     let t = req.target;
     let key = t.key();
     let cgroup = t.hook == Hook::Cgroup;
-    if cgroup {
-        let no = |what: &str| DataplaneError::Other(format!("{what} is not available on a cgroup attachment yet; attach this rule set to an interface"));
-        if !req.compiled.fqdn.is_empty() {
-            return Err(no("a rule by name (dst_fqdn)"));
-        }
-        if req.debug {
-            return Err(no("debug mode (--debug)"));
-        }
-    }
     let _lock = state::attachment_lock(&key)?;
     let mut prev = state::read_state(&key)?;
     if let Some(p) = prev.as_mut() {
@@ -243,7 +234,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
     let companion_nl = companion.as_ref().and_then(|a| Some((a.nl_priority?, a.nl_handle?)));
     let companion_name = match companion.as_ref() {
         Some(a) => Some(format!("{} ({})", if comp_ingress { Hook::TcIngress } else { Hook::TcEgress }, a.mode)),
-        None if cgroup && req.state.is_some() => Some("cgroup_skb ingress".to_string()),
+        None if cgroup && (req.state.is_some() || dns.is_some()) => Some("cgroup_skb ingress".to_string()),
         None => None,
     };
     let prev_mode = prev.as_ref().map(|p| p.mode.clone());
@@ -252,7 +243,7 @@ pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
             loaded.program().and_then(|prog| link::switch_tc(prog, &t.iface, t.hook == Hook::TcIngress, &lpath, prev_nl))
         }
         Hook::Xdp => loaded.xdp_program().and_then(|prog| link::switch_xdp(prog, &t.iface, t.ifindex, &lpath, prev_mode.as_deref())),
-        Hook::Cgroup => super::cgroup::switch(&mut loaded.ebpf, t, &key, req.state.is_some()),
+        Hook::Cgroup => super::cgroup::switch(&mut loaded, t, &key),
     };
     let attachment = match switched {
         Ok(a) => a,

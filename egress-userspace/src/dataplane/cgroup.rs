@@ -5,8 +5,8 @@
 //!
 //! An attachment is five links, pinned under its folder: `link` (cgroup_skb
 //! egress: every packet) and `connect4`, `connect6`, `sendmsg4`, `sendmsg6`
-//! (socket calls, refused with EPERM when denied); a stateful one has a sixth,
-//! `companion` (cgroup_skb ingress). A replacement updates them
+//! (socket calls, refused with EPERM when denied); a stateful one, or one with
+//! rules by name, has a sixth, `companion` (cgroup_skb ingress). A replacement updates them
 //! one after the other (bpf_link_update each); between two updates a call and
 //! a packet may be judged by different generations, never by a mix within one.
 
@@ -19,12 +19,11 @@ use std::{
 };
 
 use aya::{
-    Ebpf,
     maps::{HashMap, Map, MapData},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, links::FdLink},
 };
 use egress_common::{
-    CGROUP_SKB_PROGRAM_NAME, CGROUP_SKB_SF_PROGRAM_NAME, CGROUP_TRACK_PROGRAM_NAME, CONNECT4_PROGRAM_NAME, CONNECT6_PROGRAM_NAME, MAP_CG_OWNERS, SENDMSG4_PROGRAM_NAME, SENDMSG6_PROGRAM_NAME,
+    CGROUP_TRACK_PROGRAM_NAME, CONNECT4_PROGRAM_NAME, CONNECT6_PROGRAM_NAME, MAP_CG_OWNERS, SENDMSG4_PROGRAM_NAME, SENDMSG6_PROGRAM_NAME,
 };
 
 use super::{
@@ -32,6 +31,7 @@ use super::{
     env::Target,
     io_err,
     link::{self, Attachment, LinkHealth},
+    load::Loaded,
     map_err, pin_err, prog_err,
     state::{self, pin_dir},
 };
@@ -155,15 +155,17 @@ pub fn unit_cgroup(unit: &str) -> Result<PathBuf> {
 
 /// Attaches the loaded cgroup programs to the cgroup (or replaces the
 /// programs of its pinned links), then records it in CG_OWNERS.
-pub(super) fn switch(ebpf: &mut Ebpf, t: &Target, key: &str, stateful: bool) -> Result<Attachment> {
+pub(super) fn switch(loaded: &mut Loaded, t: &Target, key: &str) -> Result<Attachment> {
+    let (packet, companion) = (loaded.cgroup_program(), loaded.companion);
+    let ebpf = &mut loaded.ebpf;
     let dir = pin_dir(key);
     let cg = File::open(&t.iface).map_err(|e| DataplaneError::Other(format!("open cgroup {}: {e} (was it removed?)", t.iface)))?;
     let mut created: Vec<PathBuf> = Vec::new();
     let mut go = || -> Result<()> {
-        // Stateful: the companion first, so that the packet hook finds the
-        // connections it follows.
-        let mut skb = vec![(if stateful { CGROUP_SKB_SF_PROGRAM_NAME } else { CGROUP_SKB_PROGRAM_NAME }, "link", CgroupSkbAttachType::Egress)];
-        if stateful {
+        // The companion first, so that the packet hook finds the connections
+        // it follows and the names it learned.
+        let mut skb = vec![(packet, "link", CgroupSkbAttachType::Egress)];
+        if companion {
             skb.insert(0, (CGROUP_TRACK_PROGRAM_NAME, COMPANION, CgroupSkbAttachType::Ingress));
         }
         for (name, pin, kind) in skb {
@@ -198,8 +200,8 @@ pub(super) fn switch(ebpf: &mut Ebpf, t: &Target, key: &str, stateful: bool) -> 
     };
     match go() {
         Ok(()) => {
-            if !stateful {
-                // No longer stateful: the companion goes.
+            if !companion {
+                // Neither stateful nor naming domains: the companion goes.
                 let _ = link::unlink("", &dir.join(COMPANION), None, false);
             }
             Ok(Attachment::link("cgroup"))
@@ -214,7 +216,7 @@ pub(super) fn switch(ebpf: &mut Ebpf, t: &Target, key: &str, stateful: bool) -> 
     }
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+fn program<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name).ok_or_else(|| DataplaneError::Other(format!("program {name} missing from the eBPF object")))
 }
 

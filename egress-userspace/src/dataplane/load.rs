@@ -10,7 +10,8 @@ use aya::{
     programs::{CgroupSkb, CgroupSockAddr, ProgramError, SchedClassifier, Xdp},
 };
 use egress_common::{
-    CG_MAX_OWNERS, CGROUP_SKB_PROGRAM_NAME, CGROUP_SKB_SF_PROGRAM_NAME, CGROUP_TRACK_PROGRAM_NAME, GLOBAL_CG_ID, GLOBAL_CG_LEVEL, GLOBAL_SRC_ANY, MAP_CG_OWNERS,
+    CG_MAX_OWNERS, CGROUP_SKB_SF_PROGRAM_NAME, CGROUP_TRACK_PROGRAM_NAME, GLOBAL_CG_ID, GLOBAL_CG_LEVEL, GLOBAL_SRC_ANY, MAP_CG_OWNERS, MAP_DNS_TAIL_CG,
+    cgroup_program,
 };
 use egress_common::{
     Counter, FLOW_CACHE_ENTRIES, GLOBAL_CONN_ON, GLOBAL_DEFAULT_ACTION, GLOBAL_EVENT_INTERVAL, GLOBAL_EVENT_TOLERANCE, GLOBAL_FLOW_MASK,
@@ -79,6 +80,8 @@ pub struct Loaded {
     stateful: bool,
     /// The debug twin (logs why it drops what it cannot parse).
     debug: bool,
+    /// The companion is loaded (stateful mode, or rules by name).
+    pub(super) companion: bool,
 }
 
 /// How to load a rule set besides the rules themselves.
@@ -228,12 +231,13 @@ impl Loaded {
         }
         let xdp_hook = o.hook == Hook::Xdp;
         let loaded = match (cg.is_some(), xdp_hook) {
-            (true, _) => load_cgroup(&mut ebpf, o.state.is_some()),
+            (true, _) => load_cgroup(&mut ebpf, stateful, debug, companion, tail),
             (false, false) => classifier(&mut ebpf, stateful, debug)?.load(),
             (false, true) => xdp(&mut ebpf, stateful, debug)?.load(),
         };
-        let loaded = loaded.and_then(|()| if tail { load_split(&mut ebpf, xdp_hook) } else { Ok(()) });
-        let loaded = loaded.and_then(|()| if companion { track(&mut ebpf)?.load() } else { Ok(()) });
+        let cgroup = cg.is_some();
+        let loaded = loaded.and_then(|()| if tail && !cgroup { load_split(&mut ebpf, xdp_hook) } else { Ok(()) });
+        let loaded = loaded.and_then(|()| if companion && !cgroup { track(&mut ebpf)?.load() } else { Ok(()) });
         if let Err(e) = loaded {
             return Err(match e {
                 ProgramError::LoadError { io_error, verifier_log } => {
@@ -248,12 +252,17 @@ impl Loaded {
                 other => DataplaneError::Program { op: "load the classifier".into(), source: other },
             });
         }
-        Ok(Loaded { ebpf, stateful, debug })
+        Ok(Loaded { ebpf, stateful, debug, companion })
     }
 
     /// The TC classifier (loaded when the hook is tc-egress or tc-ingress).
     pub fn program(&mut self) -> Result<&mut SchedClassifier> {
         classifier(&mut self.ebpf, self.stateful, self.debug)
+    }
+
+    /// A cgroup attachment's packet hook (cgroup_skb egress).
+    pub(super) fn cgroup_program(&self) -> &'static str {
+        cgroup_program(self.stateful, self.debug)
     }
 
     /// Stateful mode's companion program (loaded when the rule set is stateful).
@@ -286,13 +295,24 @@ fn classifier(ebpf: &mut Ebpf, stateful: bool, debug: bool) -> Result<&mut Sched
     prog.try_into().map_err(prog_err("program is not a TC classifier"))
 }
 
-/// Loads a cgroup attachment's programs: the packet hook (stateful: its twin
-/// and the ingress companion) and the four socket calls.
-fn load_cgroup(ebpf: &mut Ebpf, stateful: bool) -> std::result::Result<(), ProgramError> {
-    let skb = if stateful { &[CGROUP_SKB_SF_PROGRAM_NAME, CGROUP_TRACK_PROGRAM_NAME][..] } else { &[CGROUP_SKB_PROGRAM_NAME][..] };
+/// Loads a cgroup attachment's programs: the packet hook (for the mode and
+/// debug mode), the ingress companion, the split body the packet hook hands on
+/// to (`tail`: a stateless rule set by name) and the four socket calls.
+fn load_cgroup(ebpf: &mut Ebpf, split: bool, debug: bool, companion: bool, tail: bool) -> std::result::Result<(), ProgramError> {
+    let mut skb = vec![cgroup_program(split, debug)];
+    if companion {
+        skb.push(CGROUP_TRACK_PROGRAM_NAME);
+    }
     for name in skb {
         let p: &mut CgroupSkb = ebpf.program_mut(name).ok_or(ProgramError::UnexpectedProgramType)?.try_into()?;
         p.load()?;
+    }
+    if tail {
+        let p: &mut CgroupSkb = ebpf.program_mut(CGROUP_SKB_SF_PROGRAM_NAME).ok_or(ProgramError::UnexpectedProgramType)?.try_into()?;
+        p.load()?;
+        let fd = p.fd()?.try_clone()?;
+        let map = ebpf.map_mut(MAP_DNS_TAIL_CG).ok_or(ProgramError::UnexpectedProgramType)?;
+        ProgramArray::try_from(map)?.set(0, &fd, 0)?;
     }
     for (name, _) in super::cgroup::CALLS {
         let p: &mut CgroupSockAddr = ebpf.program_mut(name).ok_or(ProgramError::UnexpectedProgramType)?.try_into()?;

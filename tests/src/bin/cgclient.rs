@@ -11,6 +11,10 @@
 //!   connection), on every address: "ok".
 //! - `connects ADDR PORT N`: N TCP connect() calls (a port nobody listens on:
 //!   refused at once either way): "ns MEAN" per call.
+//! - `lookup SERVER NAME`: an A query over UDP to SERVER:53 (1 s timeout):
+//!   "ok ADDR..." (the answer's IPv4 addresses) or "err ERRNO".
+//! - `raw HEX`: sends the IPv4 packet HEX (header included) from a raw socket:
+//!   "ok" or "err ERRNO".
 
 use std::{
     io::{BufRead, Read, Write},
@@ -113,12 +117,90 @@ fn run(line: &str) -> String {
                 Err(e) => format!("err {}", errno(&e)),
             }
         }
+        Some("lookup") => {
+            let (Some(server), Some(name)) = (w.get(1).and_then(|a| a.parse::<IpAddr>().ok()), w.get(2)) else { return "bad command".into() };
+            match lookup(server, name) {
+                Ok(addrs) => format!("ok{}", addrs.iter().map(|a| format!(" {a}")).collect::<String>()),
+                Err(e) => format!("err {}", errno(&e)),
+            }
+        }
+        Some("raw") => {
+            let Some(bytes) = w.get(1).and_then(|h| unhex(h)) else { return "bad command".into() };
+            match raw(&bytes) {
+                Ok(()) => "ok".into(),
+                Err(e) => format!("err {}", errno(&e)),
+            }
+        }
         Some("move") => match w.get(1).map(|c| join(c)) {
             Some(Ok(())) => "ok".into(),
             Some(Err(e)) => format!("err {e}"),
             None => "bad command".into(),
         },
         _ => "bad command".into(),
+    }
+}
+
+/// An A query for `name` to `server`:53 from a connected UDP socket; the
+/// answer's IPv4 addresses.
+fn lookup(server: IpAddr, name: &str) -> std::io::Result<Vec<std::net::Ipv4Addr>> {
+    let mut q = vec![0x51, 0x5e, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let s = UdpSocket::bind(any(server.is_ipv6()))?;
+    s.set_read_timeout(Some(Duration::from_millis(1000)))?;
+    s.connect(SocketAddr::new(server, 53))?;
+    s.send(&q)?;
+    let mut b = [0u8; 1500];
+    let n = s.recv(&mut b)?;
+    let b = &b[..n];
+    // Header, the question (echoed), then the answer records.
+    let mut i = q.len();
+    let count = u16::from_be_bytes([b[6], b[7]]);
+    let mut out = Vec::new();
+    for _ in 0..count {
+        // The owner name: labels, or a compression pointer.
+        while i < b.len() && b[i] != 0 && b[i] & 0xc0 != 0xc0 {
+            i += 1 + b[i] as usize;
+        }
+        i += if i < b.len() && b[i] & 0xc0 == 0xc0 { 2 } else { 1 };
+        if i + 10 > b.len() {
+            break;
+        }
+        let (ty, len) = (u16::from_be_bytes([b[i], b[i + 1]]), u16::from_be_bytes([b[i + 8], b[i + 9]]) as usize);
+        i += 10;
+        if ty == 1 && len == 4 && i + 4 <= b.len() {
+            out.push(std::net::Ipv4Addr::new(b[i], b[i + 1], b[i + 2], b[i + 3]));
+        }
+        i += len;
+    }
+    Ok(out)
+}
+
+fn unhex(h: &str) -> Option<Vec<u8>> {
+    (0..h.len()).step_by(2).map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// Sends an IPv4 packet, header included (IPPROTO_RAW), to its destination.
+fn raw(p: &[u8]) -> std::io::Result<()> {
+    if p.len() < 20 {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: plain socket calls on a fd this function owns and closes.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as u16;
+        sa.sin_addr.s_addr = u32::from_ne_bytes([p[16], p[17], p[18], p[19]]);
+        let rc = libc::sendto(fd, p.as_ptr().cast(), p.len(), 0, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32);
+        let e = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc < 0 { Err(e) } else { Ok(()) }
     }
 }
 
