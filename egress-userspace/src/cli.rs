@@ -291,9 +291,11 @@ pub enum Command {
     ///   path = "system.slice/nginx.service"   # required: absolute, or below the cgroup v2 mount
     ///   rules = "/etc/egress/nginx.toml"  # required: a rule file
     ///   flow_cache = 65536                # optional
+    ///   debug = false                     # optional
     ///
     /// A cgroup that does not exist yet is applied when it appears; one that is
     /// removed and created again (a restarted service) gets its rules again.
+    #[command(verbatim_doc_comment)]
     Run {
         /// The config file (TOML).
         #[arg(long, short = 'c', value_name = "FILE")]
@@ -386,10 +388,19 @@ pub enum Command {
     /// two must agree: exit 1 if they ever do not. With --rules FILE: the
     /// reference classifier alone, no root.
     ///
+    /// With --pid: the rules that decide for that process's sockets (the nearest
+    /// cgroup at or above its own with rules of egress's), and the answer names
+    /// the process.
+    ///
+    /// Without --src: on an interface, its first address of the packet's family;
+    /// on a cgroup or a rule file, any source (only when no rule names one). The
+    /// output says which source it chose.
+    ///
     /// Examples:
-    ///   egress explain --iface eth0 --proto tcp --src 192.0.2.1 --dst 198.51.100.7 --dport 443
+    ///   egress explain --iface eth0 --proto tcp --dst 198.51.100.7 --dport 443
+    ///   egress explain --pid 4242 --proto udp --dst 192.0.2.53 --dport 53
     ///   egress explain --rules rules.toml --proto icmpv6 --src 2001:db8::1 --dst 2001:db8::2 --icmp-type 128
-    #[command(group(clap::ArgGroup::new("source").required(true).args(["iface", "cgroup", "rules"])))]
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["iface", "cgroup", "pid", "rules"])))]
     Explain {
         /// The interface whose loaded rules decide (see --hook).
         #[arg(long, short = 'i', value_name = "IFACE")]
@@ -401,13 +412,17 @@ pub enum Command {
         /// the packet is judged as the cgroup's packet hook judges it.
         #[arg(long, value_name = "PATH")]
         cgroup: Option<PathBuf>,
+        /// Instead of --iface: the rules that decide for this process (by its cgroup).
+        #[arg(long, value_name = "PID")]
+        pid: Option<u32>,
         /// A rule file instead of an interface: the reference classifier only.
         #[arg(long, short = 'r', value_name = "FILE")]
         rules: Option<PathBuf>,
         #[arg(long, value_enum)]
         proto: egress::explain::Proto,
+        /// The packet's source (default: see above).
         #[arg(long, value_name = "ADDR")]
-        src: std::net::IpAddr,
+        src: Option<std::net::IpAddr>,
         #[arg(long, value_name = "ADDR")]
         dst: std::net::IpAddr,
         /// TCP/UDP source port (only stateful mode's connection lookup uses it; default 0).

@@ -27,7 +27,8 @@ pub enum Proto {
 #[derive(Clone, Debug)]
 pub struct Query {
     pub proto: Proto,
-    pub src: IpAddr,
+    /// None: chosen (see [`Query::with_source`]).
+    pub src: Option<IpAddr>,
     pub dst: IpAddr,
     pub sport: Option<u16>,
     pub dport: Option<u16>,
@@ -39,8 +40,10 @@ impl Query {
     /// The packet, or what is wrong with the fields (a usage error).
     pub fn meta(&self) -> Result<PacketMeta, String> {
         let v6 = self.dst.is_ipv6();
-        if self.src.is_ipv6() != v6 {
-            return Err(format!("--src {} and --dst {} are of different address families", self.src, self.dst));
+        // Checked with the unspecified address when the source is still to be chosen.
+        let src = self.src.unwrap_or(if v6 { IpAddr::from([0u16; 8]) } else { IpAddr::from([0u8; 4]) });
+        if src.is_ipv6() != v6 {
+            return Err(format!("--src {} and --dst {} are of different address families", src, self.dst));
         }
         let l4 = match self.proto {
             Proto::Tcp | Proto::Udp => {
@@ -66,7 +69,34 @@ impl Query {
             Proto::Icmp => 1,
             Proto::Icmpv6 => 58,
         };
-        Ok(PacketMeta { src: self.src, dst: self.dst, proto, l4 })
+        Ok(PacketMeta { src, dst: self.dst, proto, l4 })
+    }
+
+    /// The packet with its source: --src, else the one egress chooses, and
+    /// why (a note for the output). On an interface: its first address of the
+    /// packet's family (a global one before a link-local one). Elsewhere, or
+    /// when the interface has none: the unspecified address, only when no rule
+    /// names a source (then any source is judged alike).
+    pub fn with_source(&self, rs: &RuleSet, iface: Option<&str>) -> anyhow::Result<(PacketMeta, Option<String>)> {
+        let m = self.meta().map_err(|e| anyhow::anyhow!(e))?;
+        if self.src.is_some() {
+            return Ok((m, None));
+        }
+        let v6 = self.dst.is_ipv6();
+        let family = if v6 { "IPv6" } else { "IPv4" };
+        if let Some(iface) = iface {
+            let mut addrs: Vec<IpAddr> = dataplane::iface_addresses(iface)?.into_iter().filter(|a| a.is_ipv6() == v6).collect();
+            addrs.sort_by_key(|a| matches!(a, IpAddr::V6(x) if x.is_unicast_link_local()));
+            if let Some(&src) = addrs.first() {
+                return Ok((PacketMeta { src, ..m }, Some(format!("--src not given: {src}, the first {family} address of {iface}"))));
+            }
+            if rs.names_sources() {
+                anyhow::bail!("{iface} has no {family} address and the rules name sources: give the packet's source with --src");
+            }
+        } else if rs.names_sources() {
+            anyhow::bail!("the rules name sources: give the packet's source with --src");
+        }
+        Ok((m, Some("--src not given: any source (no rule names one)".into())))
     }
 
     fn proto_name(&self) -> &'static str {
@@ -231,6 +261,10 @@ pub struct Live {
     pub reference: Answer,
     pub generation: u64,
     pub rules_file: String,
+    /// The packet asked about (its source chosen when --src was not given).
+    pub meta: PacketMeta,
+    /// How the source was chosen, when --src was not given.
+    pub src_note: Option<String>,
 }
 
 impl Live {
@@ -243,8 +277,13 @@ impl Live {
 
 /// Runs the packet through the classifier enforced at `t` and the reference
 /// classifier on the rule file it was applied from (which must be unchanged).
-pub fn live(t: &Target, q: &Query, m: &PacketMeta) -> anyhow::Result<Live> {
-    let has_eth = t.hook != crate::hook::Hook::Cgroup && dataplane::has_ethernet(&t.iface)?;
+pub fn live(t: &Target, q: &Query) -> anyhow::Result<Live> {
+    let cgroup = t.hook == crate::hook::Hook::Cgroup;
+    let has_eth = !cgroup && dataplane::has_ethernet(&t.iface)?;
+    let before = dataplane::read_state(&t.key())?.ok_or_else(|| anyhow::anyhow!("no rules on {}", t.describe()))?;
+    let rs = applied_rules(&before)?;
+    let (meta, src_note) = q.with_source(&rs, (!cgroup).then_some(t.iface.as_str()))?;
+    let m = &meta;
     let (st, d) = dataplane::explain(t, &q.frame(m, has_eth))?;
     // What the destination is learned for (rules by name), as the kernel saw it.
     let learned: Vec<NameMatch> = match st.dns {
@@ -261,6 +300,22 @@ pub fn live(t: &Target, q: &Query, m: &PacketMeta) -> anyhow::Result<Live> {
         }
         None => Vec::new(),
     };
+    // Replaced in between: the reference answers on the file the kernel ran.
+    let rs = if st.generation == before.generation { rs } else { applied_rules(&st)? };
+    let action = if d.deny { Action::Deny } else { Action::Allow };
+    let kernel = if d.established {
+        Answer { rule: None, action: Action::Allow, audit: false, decided_by: "established", sets: Vec::new(), names: Vec::new() }
+    } else {
+        let mut a = Answer::of_slot(&rs, d.slot, action, d.audit, m);
+        a.names = names_of(&rs, d.slot, &learned);
+        a
+    };
+    let reference = reference_learned(&rs, m, &learned);
+    Ok(Live { kernel, reference, generation: st.generation, rules_file: st.rules_file, meta, src_note })
+}
+
+/// The rule file a state was applied from, parsed again (it must be unchanged).
+fn applied_rules(st: &dataplane::State) -> anyhow::Result<RuleSet> {
     let path = Path::new(&st.rules_file);
     if st.rules_file.starts_with("/dev/") || st.rules_file.starts_with("/proc/") {
         anyhow::bail!(
@@ -284,13 +339,5 @@ pub fn live(t: &Target, q: &Query, m: &PacketMeta) -> anyhow::Result<Live> {
     if loader.digest(text.as_bytes()) != st.digest {
         return Err(changed());
     }
-    let action = if d.deny { Action::Deny } else { Action::Allow };
-    let kernel = if d.established {
-        Answer { rule: None, action: Action::Allow, audit: false, decided_by: "established", sets: Vec::new(), names: Vec::new() }
-    } else {
-        let mut a = Answer::of_slot(&rs, d.slot, action, d.audit, m);
-        a.names = names_of(&rs, d.slot, &learned);
-        a
-    };
-    Ok(Live { kernel, reference: reference_learned(&rs, m, &learned), generation: st.generation, rules_file: st.rules_file })
+    Ok(rs)
 }

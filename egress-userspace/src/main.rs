@@ -129,33 +129,43 @@ fn watch_counters(t: &dataplane::Target, interval: f64, count: Option<u64>, json
     Ok(())
 }
 
-/// `egress explain`: the live classifier and the reference (--iface), or the
-/// reference alone (--rules). Exit 1 if the two ever disagree.
-fn explain_cmd(
-    netns: &Option<String>,
-    at: cli::HookedIface,
-    rules: Option<std::path::PathBuf>,
-    q: &explain::Query,
-    m: &egress::reference::PacketMeta,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
+/// `egress explain`: the live classifier and the reference (--iface,
+/// --cgroup, --pid), or the reference alone (--rules). Exit 1 if the two ever
+/// disagree.
+fn explain_cmd(netns: &Option<String>, at: cli::HookedIface, pid: Option<u32>, rules: Option<std::path::PathBuf>, q: &explain::Query, json: bool) -> anyhow::Result<ExitCode> {
     if let Some(path) = rules {
         let p = reload::prepare(&path).map_err(input)?;
-        let a = explain::reference(&p.rules, m);
+        let (m, note) = q.with_source(&p.rules, None).map_err(|e| anyhow::Error::new(InputError(e.to_string())))?;
+        let a = explain::reference(&p.rules, &m);
         if json {
-            println!("{}", a.json());
+            let mut v = a.json();
+            if let Some(n) = note {
+                v["src"] = json!(m.src.to_string());
+                v["src_note"] = json!(n);
+            }
+            println!("{v}");
         } else {
-            println!("packet     {}\nreference  {}  ({})", q.describe(m), a.text(), p.file);
+            println!("packet     {}{}", q.describe(&m), note.map(|n| format!("  ({n})")).unwrap_or_default());
+            println!("reference  {}  ({})", a.text(), p.file);
         }
         return Ok(ExitCode::SUCCESS);
     }
     enter("explain", netns)?;
-    let t = match (&at.iface, &at.cgroup) {
-        (_, Some(path)) => dataplane::resolve_cgroup(path)?,
-        (Some(iface), None) => dataplane::resolve(iface, at.hook)?,
-        (None, None) => anyhow::bail!("give --iface, --cgroup or --rules"),
+    let process = pid.map(dataplane::process).transpose()?;
+    let t = match (&at.iface, &at.cgroup, &process) {
+        (_, _, Some(p)) => p.decided_by.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "process {} ({}) in cgroup {}: no cgroup at or above it has egress rules (`egress status` lists them); an interface's rules may still apply: explain --iface",
+                p.pid,
+                p.comm,
+                p.cgroup.display()
+            )
+        })?,
+        (_, Some(path), None) => dataplane::resolve_cgroup(path)?,
+        (Some(iface), None, None) => dataplane::resolve(iface, at.hook)?,
+        (None, None, None) => anyhow::bail!("give --iface, --cgroup, --pid or --rules"),
     };
-    let l = explain::live(&t, q, m)?;
+    let l = explain::live(&t, q)?;
     if json {
         let mut v = l.kernel.json();
         v["reference"] = l.reference.json();
@@ -168,9 +178,22 @@ fn explain_cmd(
         v["hook"] = json!(t.hook);
         v["generation"] = json!(l.generation);
         v["rules_file"] = json!(l.rules_file);
+        if let Some(n) = &l.src_note {
+            v["src"] = json!(l.meta.src.to_string());
+            v["src_note"] = json!(n);
+        }
+        if let Some(p) = &process {
+            v["pid"] = json!(p.pid);
+            v["comm"] = json!(p.comm);
+            v["process_cgroup"] = json!(p.cgroup.display().to_string());
+        }
         println!("{v}");
     } else {
-        println!("packet     {}", q.describe(m));
+        println!("packet     {}{}", q.describe(&l.meta), l.src_note.as_ref().map(|n| format!("  ({n})")).unwrap_or_default());
+        if let Some(p) = &process {
+            let own = if p.cgroup.as_os_str() == t.iface.as_str() { String::new() } else { format!("; decided by the rules of {}", t.iface) };
+            println!("process    {} ({}) in cgroup {}{own}", p.pid, p.comm, p.cgroup.display());
+        }
         let at = if t.hook == Hook::Cgroup { t.describe() } else { format!("{} {}", t.iface, t.hook) };
         println!("kernel     {}  ({at}, generation {})", l.kernel.text(), l.generation);
         println!("reference  {}  ({}){}", l.reference.text(), l.rules_file, if l.agree() { "" } else { "  DISAGREES" });
@@ -326,10 +349,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .collect())
             })?;
         }
-        Command::Explain { iface, hook, cgroup, rules, proto, src, dst, sport, dport, icmp_type, icmp_code, json } => {
+        Command::Explain { iface, hook, cgroup, pid, rules, proto, src, dst, sport, dport, icmp_type, icmp_code, json } => {
             let q = explain::Query { proto, src, dst, sport, dport, icmp_type, icmp_code };
-            let m = q.meta().map_err(|e| anyhow::Error::new(InputError(e)))?;
-            return explain_cmd(&cli.netns, cli::HookedIface { iface, cgroup, hook }, rules, &q, &m, json);
+            q.meta().map_err(|e| anyhow::Error::new(InputError(e)))?;
+            return explain_cmd(&cli.netns, cli::HookedIface { iface, cgroup, hook }, pid, rules, &q, json);
         }
         Command::Counters { at, json, watch, interval, count, reset, rule } => {
             enter("counters", &cli.netns)?;
@@ -406,6 +429,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = std::path::absolute(&config).unwrap_or(config);
             // The config is checked before anything else, so a bad one exits 2.
             let cfg = service::Config::load(&config).map_err(|e| anyhow::Error::new(InputError(e)))?;
+            need_root("run")?;
+            // Here, before --netns: --netns chooses the interfaces, not where a scraper connects.
+            let metrics = metrics.map(egress::observe::metrics::bind).transpose().map_err(|e| anyhow::anyhow!(e))?;
             enter("run", &cli.netns)?;
             let recheck = std::time::Duration::from_secs_f64(recheck.max(0.05));
             let opts = service::Options { config_path: config, detach_on_exit, recheck, metrics };

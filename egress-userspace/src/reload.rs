@@ -117,7 +117,7 @@ pub fn apply(target: &Target, p: &Prepared, flow_cache: u32, debug: bool) -> Res
         events: p.rules.events,
         debug,
         dns: p.rules.dns.clone(),
-        src_any: p.rules.rules.iter().all(|r| r.src.is_none() && r.sets.src.is_empty()),
+        src_any: !p.rules.names_sources(),
     })?)
 }
 

@@ -365,3 +365,42 @@ fn a_server_in_a_stateful_cgroup_answers_its_clients_and_nothing_else() {
     assert!(!std::path::Path::new(a["pinned"].as_str().unwrap()).join("companion").exists());
     assert!(!ask());
 }
+
+#[test]
+fn a_cgroup_removed_during_apply_is_a_clear_error_and_leaves_nothing() {
+    egress_tests::need_root!("cgroups, eBPF");
+    use std::os::unix::fs::MetadataExt as _;
+    let cg = TestCgroup::new("gone").expect("cgroup");
+    let id = std::fs::metadata(&cg.path).unwrap().ino();
+    // Large enough that loading the maps takes a while after the cgroup is resolved.
+    let mut text = String::from("default_policy = \"allow\"\n");
+    for i in 0..40_000u32 {
+        text.push_str(&format!("[[rule]]\nname = \"r{i}\"\naction = \"deny\"\nprotocol = \"tcp\"\ndst = \"2001:db8:{:x}:{:x}::/64\"\n", i >> 8, i & 0xff));
+    }
+    let f = temp_file("big.toml", &text);
+    let child = std::process::Command::new(egress_bin())
+        .args(["apply", "--cgroup", cg.as_str(), "--rules", f.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The attachment's folder appears once egress has resolved the cgroup and
+    // started loading; the cgroup goes then.
+    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/egress/cgroup-{id}"));
+    let t = std::time::Instant::now();
+    while !pins.exists() && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(pins.exists(), "egress never started loading");
+    std::fs::remove_dir(&cg.path).expect("rmdir the cgroup");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "applied to a removed cgroup");
+    assert!(err.contains(&format!("cgroup {} was removed during apply: nothing attached", cg.as_str())), "{err}");
+    // Nothing left: no pins, no state, not in status.
+    assert!(!pins.exists(), "{} left behind", pins.display());
+    let status = std::process::Command::new(egress_bin()).args(["status", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let left = v["cgroups"].as_array().map(|a| a.iter().filter(|c| c["cgroup"] == cg.as_str()).count()).unwrap_or(0);
+    assert_eq!(left, 0, "{v}");
+}

@@ -121,3 +121,33 @@ fn debug_mode_on_a_cgroup_logs_why_it_drops_what_it_cannot_parse() {
     let v = egress_json(&["counters", "--cgroup", cg.as_str(), "--json"]);
     assert_eq!(v["unclassified"]["truncated_dropped"], 1, "{v}");
 }
+
+#[test]
+fn explain_names_the_process_and_the_cgroup_whose_rules_decide_for_it() {
+    egress_tests::need_root!("cgroups, network namespaces, eBPF");
+    let p = Pair::new("cgexp").expect("namespaces");
+    let svc = TestCgroup::new("exsvc").expect("cgroup");
+    let worker = svc.child("worker").expect("child cgroup");
+    let bare = TestCgroup::new("exbare").expect("cgroup");
+    apply(&svc, "default_policy = \"allow\"\n[[rule]]\nname = \"no-smtp\"\naction = \"deny\"\nprotocol = \"tcp\"\nports = \"25\"\n", &[]);
+    let c = Client::start(CLIENT, &worker, &p.a).expect("client");
+    let pid = c.pid.to_string();
+    let ask = ["explain", "--pid", &pid, "--proto", "tcp", "--dst", "203.0.113.9", "--dport", "25"];
+    let v = egress_json(&[&ask[..], &["--json"]].concat());
+    assert_eq!((v["rule"].as_str(), v["action"].as_str(), v["agree"].as_bool()), (Some("no-smtp"), Some("deny"), Some(true)), "{v}");
+    assert_eq!(v["pid"], c.pid, "{v}");
+    assert_eq!(v["comm"], "egress-cgroup-c", "{v}");
+    assert_eq!(v["process_cgroup"], worker.display().to_string(), "{v}");
+    assert_eq!(v["cgroup"], svc.as_str(), "{v}");
+    let out = egress(&ask);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("process    {pid} (egress-cgroup-c) in cgroup {}; decided by the rules of {}", worker.display(), svc.as_str())),
+        "{text}"
+    );
+    // A process no cgroup rule set covers: said so, exit 1.
+    let d = Client::start(CLIENT, &bare.path, &p.a).expect("client");
+    let out = egress(&["explain", "--pid", &d.pid.to_string(), "--proto", "tcp", "--dst", "203.0.113.9", "--dport", "25"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no cgroup at or above it has egress rules"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -22,7 +22,7 @@ fn query(m: &PacketMeta) -> Option<Query> {
         (58, L4::Icmp { ty, code }) if v6 => (Proto::Icmpv6, None, Some((ty, code))),
         _ => return None,
     };
-    Some(Query { proto, src: m.src, dst: m.dst, sport: None, dport, icmp_type: icmp.map(|i| i.0), icmp_code: icmp.map(|i| i.1) })
+    Some(Query { proto, src: Some(m.src), dst: m.dst, sport: None, dport, icmp_type: icmp.map(|i| i.0), icmp_code: icmp.map(|i| i.1) })
 }
 
 #[test]
@@ -46,7 +46,7 @@ fn live_explain_agrees_with_the_reference_and_changes_nothing() {
         let before = p.egress_ok(&["counters", "--iface", &p.a_if, "--json"]);
         let results = in_ns(&ns, move || {
             let t = egress::dataplane::resolve(&iface, egress::hook::Hook::TcEgress).expect("resolve");
-            packets.iter().map(|(m, q)| (*m, explain::live(&t, q, m).map_err(|e| e.to_string()))).collect::<Vec<_>>()
+            packets.iter().map(|(m, q)| (*m, explain::live(&t, q).map_err(|e| e.to_string()))).collect::<Vec<_>>()
         })
         .unwrap();
         for (m, r) in results {
@@ -125,4 +125,33 @@ fn rules_only_explain_answers_in_the_json_contract_and_refuses_bad_fields() {
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {err}");
         assert!(err.contains(want), "{bad:?}: {err}");
     }
+}
+
+#[test]
+fn without_src_explain_chooses_the_source_and_says_which() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    // The rule file alone: any source, when no rule names one.
+    let o = explain_rules(&["--proto", "tcp", "--dst", "203.0.113.9", "--dport", "25", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["rule"].as_str(), v["src"].as_str()), (Some("no-smtp"), Some("0.0.0.0")), "{v}");
+    assert!(v["src_note"].as_str().unwrap_or_default().contains("no rule names one"), "{v}");
+    let by_src = temp_file("by-src.toml", "default_policy = \"allow\"\n[[rule]]\nname = \"lab\"\naction = \"deny\"\nsrc = \"192.0.2.0/28\"\n");
+    let o = std::process::Command::new(egress_bin())
+        .args(["explain", "--rules", by_src.to_str().unwrap(), "--proto", "udp", "--dst", "192.0.2.2", "--dport", "9"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("the rules name sources: give the packet's source with --src"));
+
+    // An interface: its first address of the packet's family, named in the output.
+    let p = Pair::new("exsrc").expect("namespaces");
+    let f = temp_file("by-src.toml", "default_policy = \"allow\"\n[[rule]]\nname = \"lab\"\naction = \"deny\"\nprotocol = \"udp\"\nsrc = \"192.0.2.0/28\"\n");
+    p.egress_ok(&["apply", "--iface", &p.a_if, "--rules", f.to_str().unwrap()]);
+    let out = p.egress_ok(&["explain", "--iface", &p.a_if, "--proto", "udp", "--dst", "192.0.2.2", "--dport", "9"]);
+    assert!(out.contains(&format!("(--src not given: 192.0.2.1, the first IPv4 address of {})", p.a_if)), "{out}");
+    assert!(out.contains("deny by rule 'lab'"), "{out}");
+    let v: Value =
+        serde_json::from_str(&p.egress_ok(&["explain", "--iface", &p.a_if, "--proto", "udp", "--dst", "2001:db8:1::2", "--dport", "9", "--json"])).unwrap();
+    assert_eq!((v["src"].as_str(), v["decided_by"].as_str()), (Some("2001:db8:1::1"), Some("default")), "{v}");
 }

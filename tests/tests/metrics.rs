@@ -118,3 +118,26 @@ fn a_port_in_use_is_an_error_at_start() {
     let v = d.wait_msg("serving Prometheus metrics", 1);
     assert_eq!(v["addr"], format!("127.0.0.1:{port}"), "{v}");
 }
+
+#[test]
+fn with_netns_the_listener_stays_where_egress_was_started() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    // egress starts in namespace `home` (standing in for the host) and
+    // enforces on an interface of another, chosen with --netns.
+    let home = Pair::new("meth").expect("namespaces");
+    let p = Pair::new("metn").expect("namespaces");
+    let rules = temp_file("rules.toml", &deny_udp(&[6421]));
+    let port = port(2);
+    let d = Daemon::start(&home.a, &config(&p.a_if, &rules), &["--netns", &p.a, "--metrics", &port.to_string()]);
+    let v = d.wait_msg("serving Prometheus metrics", 1);
+    let home_ns = in_ns(&home.a, || std::fs::read_link("/proc/thread-self/ns/net").unwrap().display().to_string()).unwrap();
+    assert_eq!(v["netns"], home_ns, "{v}");
+    assert!(v["message"].as_str().unwrap_or_default().contains("where egress was started"), "{v}");
+    d.wait_msg("rules applied", 1);
+    let (status, body) = get(&home.a, port, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert!(body.contains(&format!("iface=\"{}\"", p.a_if)), "{body}");
+    // Nothing listens in the enforced namespace.
+    let refused = in_ns(&p.a, move || TcpStream::connect(("127.0.0.1", port)).is_err()).unwrap();
+    assert!(refused, "the metrics port is open inside --netns");
+}

@@ -357,3 +357,18 @@ fn xdp_and_stateful_interfaces_and_a_lost_companion_is_reattached() {
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit(), Some(0), "{}", d.dump());
 }
+
+#[test]
+fn run_help_keeps_the_config_example_as_written() {
+    let out = std::process::Command::new(egress_tests::egress_bin()).args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "  [[interface]]",
+        "  name = \"eth1\"                     # required",
+        "  rules = \"/etc/egress/eth1.toml\"   # required: a rule file",
+        "  [[cgroup]]                        # a service's or container's processes",
+        "  debug = false                     # optional",
+    ] {
+        assert!(help.lines().any(|l| l == line), "missing line {line:?} in:\n{help}");
+    }
+}

@@ -92,9 +92,20 @@ pub(super) fn no_state(t: &Target) -> DataplaneError {
 
 /// Loads the rule set and attaches it to the target's hook, or replaces
 /// the rule set already there in one atomic step. Any failure before that step
-/// leaves the old rule set enforced and its state untouched.
+/// leaves the old rule set enforced and its state untouched; a first apply
+/// that fails leaves nothing behind.
 pub fn apply(req: ApplyRequest<'_>) -> Result<Applied> {
     ensure_bpffs()?;
+    let dir = pin_dir(&req.target.key());
+    let fresh = !dir.exists();
+    let r = apply_at(req);
+    if r.is_err() && fresh {
+        let _ = fs::remove_dir_all(&dir);
+    }
+    r
+}
+
+fn apply_at(req: ApplyRequest<'_>) -> Result<Applied> {
     let t = req.target;
     let key = t.key();
     let cgroup = t.hook == Hook::Cgroup;

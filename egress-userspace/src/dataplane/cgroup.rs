@@ -153,13 +153,52 @@ pub fn unit_cgroup(unit: &str) -> Result<PathBuf> {
     Ok(mount.join(rel))
 }
 
+/// A process as egress's cgroup hooks see it: its cgroup (v2) and the
+/// nearest cgroup at or above it with a rule set of egress's, which decides
+/// for its sockets.
+#[derive(Clone, Debug)]
+pub struct Process {
+    pub pid: u32,
+    pub comm: String,
+    /// The process's own cgroup (a path under the cgroup v2 mount).
+    pub cgroup: PathBuf,
+    /// The cgroup whose rule set decides, if any.
+    pub decided_by: Option<Target>,
+}
+
+/// Finds process `pid`'s cgroup (/proc/PID/cgroup, the v2 line "0::/...")
+/// and the nearest attachment at or above it.
+pub fn process(pid: u32) -> Result<Process> {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let text = std::fs::read_to_string(proc_dir.join("cgroup")).map_err(|e| DataplaneError::Other(format!("process {pid}: {e} (is it running?)")))?;
+    let comm = std::fs::read_to_string(proc_dir.join("comm")).unwrap_or_default().trim().to_string();
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::")).ok_or_else(|| {
+        DataplaneError::Other(format!("process {pid} ({comm}) is in no cgroup v2 (no \"0::\" line in /proc/{pid}/cgroup)"))
+    })?;
+    let cgroup = cgroup2_mount()?.join(rel.trim_start_matches('/'));
+    let attached: Vec<state::State> = state::all_states()?.into_iter().filter(|s| s.hook == Hook::Cgroup).collect();
+    let decided_by = cgroup.ancestors().find_map(|dir| {
+        let id = std::fs::metadata(dir).ok()?.ino();
+        attached.iter().find(|s| s.cgroup_id == id && Path::new(&s.iface) == dir).map(|s| Target::cgroup(s.iface.clone(), s.cgroup_id, s.cgroup_level))
+    });
+    Ok(Process { pid, comm, cgroup, decided_by })
+}
+
 /// Attaches the loaded cgroup programs to the cgroup (or replaces the
 /// programs of its pinned links), then records it in CG_OWNERS.
 pub(super) fn switch(loaded: &mut Loaded, t: &Target, key: &str) -> Result<Attachment> {
     let (packet, companion) = (loaded.cgroup_program(), loaded.companion);
     let ebpf = &mut loaded.ebpf;
     let dir = pin_dir(key);
-    let cg = File::open(&t.iface).map_err(|e| DataplaneError::Other(format!("open cgroup {}: {e} (was it removed?)", t.iface)))?;
+    let gone = |what: &str| DataplaneError::Other(format!("cgroup {} {what} during apply: nothing attached, the rules are not applied", t.iface));
+    let cg = File::open(&t.iface).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => gone("was removed"),
+        _ => DataplaneError::Other(format!("open cgroup {}: {e}", t.iface)),
+    })?;
+    // The directory must still be the cgroup resolved (and named in CG_ID).
+    if cg.metadata().map(|m| m.ino()).ok() != Some(t.cgroup_id) {
+        return Err(gone("was removed and made again"));
+    }
     let mut created: Vec<PathBuf> = Vec::new();
     let mut go = || -> Result<()> {
         // The companion first, so that the packet hook finds the connections
@@ -196,7 +235,14 @@ pub(super) fn switch(loaded: &mut Loaded, t: &Target, key: &str) -> Result<Attac
             fd.pin(&path).map_err(pin_err(format!("pin the link at {}", path.display())))?;
             created.push(path);
         }
-        set_owner(t.cgroup_id, true)
+        set_owner(t.cgroup_id, true)?;
+        // Removed meanwhile? The kernel attaches to a cgroup being removed
+        // without complaint; its links would hold nothing.
+        if std::fs::metadata(&t.iface).map(|m| m.ino()).ok() != Some(t.cgroup_id) {
+            let _ = set_owner(t.cgroup_id, false);
+            return Err(gone("was removed"));
+        }
+        Ok(())
     };
     match go() {
         Ok(()) => {

@@ -304,3 +304,42 @@ pub fn has_ethernet(iface: &str) -> Result<bool> {
         ))),
     }
 }
+
+/// The addresses of an interface in the current network namespace, in the
+/// kernel's order (an IPv4 interface's primary address first).
+pub fn iface_addresses(iface: &str) -> Result<Vec<std::net::IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list freed below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io_err("list the interfaces' addresses (getifaddrs)")(io::Error::last_os_error()));
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: a node of the list getifaddrs returned, alive until freeifaddrs.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: a NUL-terminated name.
+        if unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_bytes() != iface.as_bytes() {
+            continue;
+        }
+        // SAFETY: the family says which sockaddr it is.
+        match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
+            libc::AF_INET => {
+                let sa = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                out.push(std::net::IpAddr::from(sa.sin_addr.s_addr.to_ne_bytes()));
+            }
+            libc::AF_INET6 => {
+                let sa = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                out.push(std::net::IpAddr::from(sa.sin6_addr.s6_addr));
+            }
+            _ => {}
+        }
+    }
+    // SAFETY: the list from getifaddrs, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}

@@ -44,12 +44,12 @@ use std::io;
 use aya::programs::ProgramError;
 
 pub use apply::{Applied, ApplyRequest, Removed, apply, detach, prune};
-pub use cgroup::{cgroup2_mount, resolve_cgroup, resolve_cgroup_or_state, unit_cgroup};
+pub use cgroup::{Process, cgroup2_mount, process, resolve_cgroup, resolve_cgroup_or_state, unit_cgroup};
 pub use conn::ConnReadout;
 pub use dns::{DnsLoad, DnsReadout, Learned, wire_to_text};
 pub use debug_log::{DebugLog, LogLine, open_debug_log};
 pub use env::{
-    Target, closed_pipe_ends_process, ensure_bpffs, enter_host_mount_ns, enter_netns, has_ethernet, netns_cookie, resolve, resolve_or_state,
+    Target, closed_pipe_ends_process, ensure_bpffs, enter_host_mount_ns, enter_netns, has_ethernet, iface_addresses, netns_cookie, resolve, resolve_or_state,
 };
 pub use events::{EventStream, Received, event_stats, mono_ns_to_unix_ns, open_events};
 pub use explain::{Decision, explain};

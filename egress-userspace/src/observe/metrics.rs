@@ -47,6 +47,23 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse::<SocketAddr>().map_err(|_| format!("--metrics {s}: expected PORT (127.0.0.1 only) or ADDR:PORT, e.g. 9100 or [::]:9100"))
 }
 
+/// The metrics listener, bound in the network namespace egress was started
+/// in (before `--netns` is entered: a scraper on the host must reach it).
+#[derive(Debug)]
+pub struct Listener {
+    pub socket: std::net::TcpListener,
+    pub addr: SocketAddr,
+    /// That namespace, as the kernel names it (`net:[INODE]`).
+    pub netns: String,
+}
+
+/// Binds `addr`; a port in use is an error at start.
+pub fn bind(addr: SocketAddr) -> Result<Listener, String> {
+    let socket = std::net::TcpListener::bind(addr).map_err(|e| format!("--metrics: cannot listen on {addr}: {e}"))?;
+    let netns = std::fs::read_link("/proc/self/ns/net").map(|p| p.display().to_string()).unwrap_or_else(|_| "unknown".into());
+    Ok(Listener { socket, addr, netns })
+}
+
 #[derive(Debug)]
 struct EgressCollector(Arc<Shared>);
 

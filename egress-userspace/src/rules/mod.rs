@@ -245,6 +245,11 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
+    /// Whether any rule names a source (CIDRs or sets).
+    pub fn names_sources(&self) -> bool {
+        self.rules.iter().any(|r| r.src.is_some() || !r.sets.src.is_empty())
+    }
+
     /// The set named `name`.
     pub fn set(&self, name: &str) -> Option<&crate::sets::Set> {
         self.sets.iter().find(|s| s.name == name)

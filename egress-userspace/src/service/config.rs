@@ -37,7 +37,7 @@ use crate::{
 };
 
 const TOP_KEYS: [&str; 2] = ["interface", "cgroup"];
-const CGROUP_KEYS: [&str; 3] = ["path", "rules", "flow_cache"];
+const CGROUP_KEYS: [&str; 4] = ["path", "rules", "flow_cache", "debug"];
 const IFACE_KEYS: [&str; 5] = ["name", "rules", "flow_cache", "hook", "debug"];
 
 /// One `[[interface]]`.
@@ -154,16 +154,7 @@ impl Config {
                             }
                         },
                     };
-                    let debug = match t.get("debug") {
-                        None => Some(false),
-                        Some(item) => match item.as_bool() {
-                            Some(b) => Some(b),
-                            None => {
-                                bad(item_span(item), "debug", "must be true or false".into());
-                                None
-                            }
-                        },
-                    };
+                    let debug = debug_flag(t.get("debug")).map_err(|(span, m)| bad(span, "debug", m)).ok();
                     if let (Some(n), Some(h)) = (&name, hook)
                         && !seen.insert((n.clone(), h))
                     {
@@ -213,13 +204,14 @@ impl Config {
                         }
                     };
                     let flow_cache = flow_cache(t.get("flow_cache")).map_err(|(span, m)| bad(span, "flow_cache", m)).ok();
+                    let debug = debug_flag(t.get("debug")).map_err(|(span, m)| bad(span, "debug", m)).ok();
                     if let Some(p) = &path
                         && !seen.insert((p.clone(), Hook::Cgroup))
                     {
                         bad(t.get("path").and_then(item_span), "path", format!("cgroup '{p}' is listed twice"));
                     }
-                    if let (Some(name), Some(rules), Some(flow_cache)) = (path, rules, flow_cache) {
-                        out.push(IfaceConfig { name, rules, flow_cache, hook: Hook::Cgroup, debug: false, line });
+                    if let (Some(name), Some(rules), Some(flow_cache), Some(debug)) = (path, rules, flow_cache, debug) {
+                        out.push(IfaceConfig { name, rules, flow_cache, hook: Hook::Cgroup, debug, line });
                     }
                 }
             }
@@ -231,6 +223,14 @@ impl Config {
             let n = problems.len();
             Err(format!("{file}: {n} problem{} found\n  {}", if n == 1 { "" } else { "s" }, problems.join("\n  ")))
         }
+    }
+}
+
+/// An entry's `debug` (false when absent), or where and why it is wrong.
+fn debug_flag(item: Option<&Item>) -> Result<bool, (Option<std::ops::Range<usize>>, String)> {
+    match item {
+        None => Ok(false),
+        Some(item) => item.as_bool().ok_or_else(|| (item_span(item), "must be true or false".into())),
     }
 }
 

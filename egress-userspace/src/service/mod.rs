@@ -42,8 +42,8 @@ pub struct Options {
     pub detach_on_exit: bool,
     /// Period of the check for missing, re-created or severed interfaces.
     pub recheck: Duration,
-    /// Serve Prometheus metrics on this address (`--metrics`).
-    pub metrics: Option<std::net::SocketAddr>,
+    /// Serve Prometheus metrics on this listener (`--metrics`).
+    pub metrics: Option<metrics::Listener>,
 }
 
 /// Runs the service until SIGTERM/SIGINT. Returns the exit status: 0 after a
@@ -158,12 +158,13 @@ async fn service(cfg: Config, opts: Options) -> anyhow::Result<u8> {
     let mut sighup = signal(SignalKind::hangup())?;
     let (mut watch, mut events) = watch::Watch::new();
     let shared = Arc::new(metrics::Shared::default());
-    if let Some(addr) = opts.metrics {
-        // Bound before anything is applied: a port in use is an error at start.
-        let l = std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("--metrics: cannot listen on {addr}: {e}"))?;
-        l.set_nonblocking(true)?;
-        let l = tokio::net::TcpListener::from_std(l)?;
-        tracing::info!(%addr, "serving Prometheus metrics on http://{addr}/metrics");
+    let mut opts = opts;
+    if let Some(m) = opts.metrics.take() {
+        // Bound before anything is applied (main.rs), in the namespace egress started in.
+        m.socket.set_nonblocking(true)?;
+        let l = tokio::net::TcpListener::from_std(m.socket)?;
+        let addr = m.addr;
+        tracing::info!(%addr, netns = m.netns, "serving Prometheus metrics on http://{addr}/metrics (network namespace {}, where egress was started)", m.netns);
         tokio::spawn(metrics::serve(l, shared.clone()));
     }
 
