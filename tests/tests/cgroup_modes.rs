@@ -1,6 +1,6 @@
-//! Workload scope, continued: rules by name (`dst_fqdn`) and debug mode on a
-//! cgroup, with real processes in cgroups made by the test, a real DNS server
-//! (dnsmasq) in another namespace and real TCP.
+//! Workload scope, continued: rules by name (`dst_fqdn`), debug mode and audit
+//! mode on a cgroup, and `explain --pid`; real processes in cgroups made by the
+//! test, a real DNS server (dnsmasq) in another namespace, real TCP.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -150,4 +150,33 @@ fn explain_names_the_process_and_the_cgroup_whose_rules_decide_for_it() {
     let out = egress(&["explain", "--pid", &d.pid.to_string(), "--proto", "tcp", "--dst", "203.0.113.9", "--dport", "25"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no cgroup at or above it has egress rules"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn audit_mode_on_a_cgroup_counts_a_deny_and_lets_the_call_through() {
+    egress_tests::need_root!("cgroups, network namespaces, eBPF");
+    let p = Pair::new("cgaud").expect("namespaces");
+    p.settle(false);
+    let _servers = Servers::start(&p.b, &[PORT], &[]).expect("servers");
+    let cg = TestCgroup::new("audit").expect("cgroup");
+    let audit = format!(
+        "default_policy = \"allow\"\n[[rule]]\nname = \"no-{PORT}\"\naction = \"deny\"\nmode = \"audit\"\nprotocol = \"tcp\"\nports = \"{PORT}\"\n"
+    );
+    apply(&cg, &audit, &[]);
+    let mut c = Client::start(CLIENT, &cg.path, &p.a).expect("client");
+    let events = std::process::Command::new(egress_bin())
+        .args(["events", "--cgroup", cg.as_str(), "--json", "--count", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("egress events");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Not refused at connect(), not dropped: counted on the rule, reported as audit.
+    c.tcp("192.0.2.2".parse().unwrap(), PORT).expect("audit lets the connection through");
+    assert!(packets(&cg, &format!("no-{PORT}")) >= 3, "SYN, ACK, data counted");
+    let out = events.wait_with_output().expect("events");
+    let ev: serde_json::Value = serde_json::from_slice(&out.stdout).expect("an event");
+    assert_eq!((ev["audit"].as_bool(), ev["rule"].as_str()), (Some(true), Some(&*format!("no-{PORT}"))), "{ev}");
+    // Enforced: the same rule refuses the call.
+    apply(&cg, &audit.replace("mode = \"audit\"\n", ""), &[]);
+    assert_eq!(c.tcp("192.0.2.2".parse().unwrap(), PORT).map_err(|e| e.0), Err("EPERM".to_string()));
 }
