@@ -441,4 +441,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (generated from these definitions).
+    ///
+    /// Examples:
+    ///   egress completions bash > /usr/share/bash-completion/completions/egress
+    ///   egress completions zsh > /usr/local/share/zsh/site-functions/_egress
+    ///   egress completions fish > ~/.config/fish/completions/egress.fish
+    #[command(verbatim_doc_comment)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page egress(1) (roff; `egress man | man -l -`).
+    ///
+    /// With --dir, write egress.1 and a page per command (egress-apply.1, ...) there.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }

@@ -2,7 +2,7 @@
 //! 0 = success, 2 = invalid rule file, config or usage, 1 = anything else.
 
 mod cli;
-mod import_cmd;
+mod cmd;
 
 use std::process::ExitCode;
 
@@ -34,7 +34,7 @@ impl std::fmt::Display for InputError {
 }
 impl std::error::Error for InputError {}
 
-fn input(e: ReloadError) -> anyhow::Error {
+pub(crate) fn input(e: ReloadError) -> anyhow::Error {
     match e {
         ReloadError::Input(m) => anyhow::Error::new(InputError(m)),
         ReloadError::Dataplane(d) => anyhow::Error::new(d),
@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn need_root(what: &str) -> anyhow::Result<()> {
+pub(crate) fn need_root(what: &str) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!("{what} needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN); try sudo");
@@ -86,123 +86,13 @@ fn need_root(what: &str) -> anyhow::Result<()> {
 
 /// Root, the namespace asked for with --netns, and the host's bpffs; all before
 /// any thread starts (setns refuses multi-threaded callers for mount namespaces).
-fn enter(what: &str, netns: &Option<String>) -> anyhow::Result<()> {
+pub(crate) fn enter(what: &str, netns: &Option<String>) -> anyhow::Result<()> {
     need_root(what)?;
     if let Some(ns) = netns {
         dataplane::enter_netns(ns)?;
     }
     dataplane::enter_host_mount_ns()?;
     Ok(())
-}
-
-/// `egress counters --watch`: a frame every `interval` seconds (cleared screen on
-/// a terminal; JSON lines with --json), until Ctrl-C or `count` frames.
-fn watch_counters(t: &dataplane::Target, interval: f64, count: Option<u64>, json: bool) -> anyhow::Result<()> {
-    use std::io::{IsTerminal as _, Write as _};
-    let interval = std::time::Duration::from_secs_f64(interval.max(0.1));
-    let tty = std::io::stdout().is_terminal();
-    let mut prev: Option<(std::time::Instant, dataplane::Readout)> = None;
-    for frame in 0.. {
-        if count.is_some_and(|n| frame >= n) {
-            break;
-        }
-        if frame > 0 {
-            std::thread::sleep(interval);
-        }
-        let r = dataplane::read_counters(t)?;
-        let now = std::time::Instant::now();
-        let secs = prev.as_ref().map(|(at, _)| now.duration_since(*at).as_secs_f64()).unwrap_or(interval.as_secs_f64());
-        let mut out = std::io::stdout().lock();
-        if json {
-            writeln!(out, "{}", counters::counters_json(&r))?;
-        } else {
-            if tty {
-                write!(out, "\x1b[H\x1b[2J")?;
-            } else if frame > 0 {
-                writeln!(out)?;
-            }
-            write!(out, "{}", counters::watch_table(prev.as_ref().map(|p| &p.1), &r, secs))?;
-        }
-        out.flush()?;
-        prev = Some((now, r));
-    }
-    Ok(())
-}
-
-/// `egress explain`: the live classifier and the reference (--iface,
-/// --cgroup, --pid), or the reference alone (--rules). Exit 1 if the two ever
-/// disagree.
-fn explain_cmd(netns: &Option<String>, at: cli::HookedIface, pid: Option<u32>, rules: Option<std::path::PathBuf>, q: &explain::Query, json: bool) -> anyhow::Result<ExitCode> {
-    if let Some(path) = rules {
-        let p = reload::prepare(&path).map_err(input)?;
-        let (m, note) = q.with_source(&p.rules, None).map_err(|e| anyhow::Error::new(InputError(e.to_string())))?;
-        let a = explain::reference(&p.rules, &m);
-        if json {
-            let mut v = a.json();
-            if let Some(n) = note {
-                v["src"] = json!(m.src.to_string());
-                v["src_note"] = json!(n);
-            }
-            println!("{v}");
-        } else {
-            println!("packet     {}{}", q.describe(&m), note.map(|n| format!("  ({n})")).unwrap_or_default());
-            println!("reference  {}  ({})", a.text(), p.file);
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    enter("explain", netns)?;
-    let process = pid.map(dataplane::process).transpose()?;
-    let t = match (&at.iface, &at.cgroup, &process) {
-        (_, _, Some(p)) => p.decided_by.clone().ok_or_else(|| {
-            anyhow::anyhow!(
-                "process {} ({}) in cgroup {}: no cgroup at or above it has egress rules (`egress status` lists them); an interface's rules may still apply: explain --iface",
-                p.pid,
-                p.comm,
-                p.cgroup.display()
-            )
-        })?,
-        (_, Some(path), None) => dataplane::resolve_cgroup(path)?,
-        (Some(iface), None, None) => dataplane::resolve(iface, at.hook)?,
-        (None, None, None) => anyhow::bail!("give --iface, --cgroup, --pid or --rules"),
-    };
-    let l = explain::live(&t, q)?;
-    if json {
-        let mut v = l.kernel.json();
-        v["reference"] = l.reference.json();
-        v["agree"] = json!(l.agree());
-        if t.hook == Hook::Cgroup {
-            v["cgroup"] = json!(t.iface);
-        } else {
-            v["iface"] = json!(t.iface);
-        }
-        v["hook"] = json!(t.hook);
-        v["generation"] = json!(l.generation);
-        v["rules_file"] = json!(l.rules_file);
-        if let Some(n) = &l.src_note {
-            v["src"] = json!(l.meta.src.to_string());
-            v["src_note"] = json!(n);
-        }
-        if let Some(p) = &process {
-            v["pid"] = json!(p.pid);
-            v["comm"] = json!(p.comm);
-            v["process_cgroup"] = json!(p.cgroup.display().to_string());
-        }
-        println!("{v}");
-    } else {
-        println!("packet     {}{}", q.describe(&l.meta), l.src_note.as_ref().map(|n| format!("  ({n})")).unwrap_or_default());
-        if let Some(p) = &process {
-            let own = if p.cgroup.as_os_str() == t.iface.as_str() { String::new() } else { format!("; decided by the rules of {}", t.iface) };
-            println!("process    {} ({}) in cgroup {}{own}", p.pid, p.comm, p.cgroup.display());
-        }
-        let at = if t.hook == Hook::Cgroup { t.describe() } else { format!("{} {}", t.iface, t.hook) };
-        println!("kernel     {}  ({at}, generation {})", l.kernel.text(), l.generation);
-        println!("reference  {}  ({}){}", l.reference.text(), l.rules_file, if l.agree() { "" } else { "  DISAGREES" });
-    }
-    if !l.agree() {
-        eprintln!("error: the kernel classifier and the reference classifier disagree on this packet: please report it");
-        return Ok(ExitCode::from(1));
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -275,8 +165,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (mut p, imported) = match (rules, cloudstack) {
                 (Some(r), _) => (reload::prepare(&r).map_err(input)?, None),
                 (None, Some(file)) => {
-                    let i = import_cmd::import(&file, &cs)?;
-                    eprintln!("{}", import_cmd::summary(&file, &i));
+                    let i = cmd::import::import(&file, &cs)?;
+                    eprintln!("{}", cmd::import::summary(&file, &i));
                     let shown = std::path::PathBuf::from(format!("{} (imported)", file.display()));
                     (reload::prepare_text(&shown, &i.toml).map_err(input)?, Some(i.toml))
                 }
@@ -314,7 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Import { what: cli::ImportCommand::Cloudstack { rules, cs, output, json } } => {
-            import_cmd::run(&rules, &cs, output.as_deref(), json)?;
+            cmd::import::run(&rules, &cs, output.as_deref(), json)?;
         }
         Command::Events { at, json, count } => {
             enter("events", &cli.netns)?;
@@ -352,7 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Explain { iface, hook, cgroup, pid, rules, proto, src, dst, sport, dport, icmp_type, icmp_code, json } => {
             let q = explain::Query { proto, src, dst, sport, dport, icmp_type, icmp_code };
             q.meta().map_err(|e| anyhow::Error::new(InputError(e)))?;
-            return explain_cmd(&cli.netns, cli::HookedIface { iface, cgroup, hook }, pid, rules, &q, json);
+            return cmd::explain::explain_cmd(&cli.netns, cli::HookedIface { iface, cgroup, hook }, pid, rules, &q, json);
         }
         Command::Counters { at, json, watch, interval, count, reset, rule } => {
             enter("counters", &cli.netns)?;
@@ -366,7 +256,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     print!("{}", counters::reset_table(&t.iface, &done));
                 }
             } else if watch {
-                watch_counters(&t, interval, count, json)?;
+                cmd::watch::watch_counters(&t, interval, count, json)?;
             } else {
                 let r = dataplane::read_counters(&t)?;
                 if json {
@@ -422,6 +312,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("no rules loaded on {what} in network namespace {}", target.netns)
             }
         }
+        Command::Completions { shell } => cmd::docs::completions(shell),
+        Command::Man { dir } => cmd::docs::man(dir.as_deref())?,
         Command::Run { config, detach_on_exit, log_format: _, recheck, metrics } => {
             let metrics =
                 metrics.map(|m| egress::observe::metrics::parse_addr(&m)).transpose().map_err(|e| anyhow::Error::new(InputError(e)))?;

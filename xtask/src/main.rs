@@ -312,7 +312,7 @@ fn setup() -> Result<()> {
     }
 
     // 3. Debian packages the tests and demo use (only when missing).
-    apt_install(&[("ip", "iproute2"), ("nft", "nftables"), ("dnsmasq", "dnsmasq-base")])
+    apt_install(&[("ip", "iproute2"), ("nft", "nftables"), ("dnsmasq", "dnsmasq-base"), ("man", "man-db"), ("dpkg-deb", "dpkg")])
 }
 
 /// Installs the Debian packages whose command is missing: (command, package).
