@@ -466,3 +466,19 @@ pub fn send_frame(ns: &str, iface: &str, frame: Vec<u8>) -> Result<bool> {
         }
     })
 }
+
+/// GET `path` from 127.0.0.1:`port` inside namespace `ns`: (status line, body).
+pub fn http_get(ns: &str, port: u16, path: &str) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let path = path.to_string();
+    in_ns(ns, move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        (head.lines().next().unwrap_or_default().to_string(), body.to_string())
+    })
+    .unwrap()
+}

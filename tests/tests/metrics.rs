@@ -4,13 +4,9 @@
 //! already in use is an error at start; a bare port listens on 127.0.0.1 only.
 //! Needs root.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
-    time::Duration,
-};
+use std::{io::Write as _, net::TcpStream, time::Duration};
 
-use egress_tests::{Daemon, Pair, deny_udp, in_ns, replace_file, temp_file};
+use egress_tests::{Daemon, Pair, deny_udp, http_get as get, in_ns, replace_file, temp_file};
 
 /// A port for this test process (tests of one binary run in parallel).
 fn port(offset: u16) -> u16 {
@@ -19,21 +15,6 @@ fn port(offset: u16) -> u16 {
 
 fn config(iface: &str, rules: &std::path::Path) -> std::path::PathBuf {
     temp_file("egress.toml", &format!("[[interface]]\nname = \"{iface}\"\nrules = \"{}\"\n", rules.display()))
-}
-
-/// GET `path` from 127.0.0.1:`port` inside `ns`: (status line, body).
-fn get(ns: &str, port: u16, path: &str) -> (String, String) {
-    let path = path.to_string();
-    in_ns(ns, move || {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-        (head.lines().next().unwrap_or_default().to_string(), body.to_string())
-    })
-    .unwrap()
 }
 
 /// The value of the series whose line starts with `series` (name and labels).

@@ -1,5 +1,6 @@
 //! Prometheus metrics of `egress run --metrics ADDR:PORT`: the standard text
-//! exposition (prometheus-client) on `/metrics` only, served by axum. Every
+//! exposition (prometheus-client) on `/metrics`, served by axum beside the
+//! probes `/healthz` and `/readyz` (health.rs). Every
 //! scrape reads the counters of each managed attachment from its pinned maps,
 //! so the figures are the ones `egress counters` shows, never a cached copy.
 
@@ -31,6 +32,13 @@ pub struct Tracked {
     pub failures: u64,
     /// Unix seconds of the last successful reload (0: none).
     pub last_reload: u64,
+    /// The configured rule file.
+    pub rules_file: String,
+    /// Whether the rule file as it is now is what is enforced (false: the
+    /// running rules are older, or none; see `error`).
+    pub file_applied: bool,
+    /// Why the last attempt left the running rules in place (or found nothing to attach to).
+    pub error: Option<String>,
 }
 
 /// The service's side of the metrics: a snapshot it replaces as it works.
@@ -126,6 +134,8 @@ struct Families {
     reloads: Family,
     failures: Family,
     last_reload: Family,
+    file_applied: Family,
+    ruleset_info: Family,
     flows_tracked: Family,
     flows_inserted: Family,
     flows_expired: Family,
@@ -153,6 +163,12 @@ impl Families {
             reloads: Family::new("egress_reloads", "Rule sets applied or replaced by this service.", true),
             failures: Family::new("egress_reload_failures", "Reloads that left the running rules in place.", true),
             last_reload: Family::new("egress_last_reload_timestamp_seconds", "Unix time of the last successful reload.", false),
+            file_applied: Family::new(
+                "egress_rules_file_applied",
+                "1 when the configured rule file, as it is now, is what is enforced; 0 when the running rules are older (the file is invalid or the kernel refused it) or none are applied.",
+                false,
+            ),
+            ruleset_info: Family::new("egress_ruleset_info", "The enforced rule set: its digest (value 1).", false),
             flows_tracked: Family::new("egress_flows_tracked", "Live connections in the flow table (stateful mode).", false),
             flows_inserted: Family::new("egress_flows_inserted", "Connections inserted into the flow table.", true),
             flows_expired: Family::new("egress_flows_expired", "Connections removed after their idle timeout.", true),
@@ -180,7 +196,7 @@ impl Families {
         }
     }
 
-    fn all(&self) -> [&Family; 22] {
+    fn all(&self) -> [&Family; 24] {
         [
             &self.rule_packets,
             &self.rule_bytes,
@@ -192,6 +208,8 @@ impl Families {
             &self.reloads,
             &self.failures,
             &self.last_reload,
+            &self.file_applied,
+            &self.ruleset_info,
             &self.flows_tracked,
             &self.flows_inserted,
             &self.flows_expired,
@@ -211,6 +229,7 @@ impl Families {
         let l = base(t);
         self.reloads.series.push((l.clone(), t.reloads as f64));
         self.failures.series.push((l.clone(), t.failures as f64));
+        self.file_applied.series.push((l.clone(), if t.file_applied { 1.0 } else { 0.0 }));
         if t.last_reload > 0 {
             self.last_reload.series.push((l, t.last_reload as f64));
         }
@@ -242,6 +261,9 @@ impl Families {
             self.unclassified.series.push((ul, *v as f64));
         }
         self.generation.series.push((l.clone(), st.generation as f64));
+        let mut il = l.clone();
+        il.push(("digest", st.digest.clone()));
+        self.ruleset_info.series.push((il, 1.0));
         if let Ok(es) = dataplane::event_stats(st) {
             for (outcome, v) in ["sent", "suppressed", "lost"].iter().zip(es) {
                 let mut el = l.clone();
@@ -306,15 +328,29 @@ pub fn render(shared: &Arc<Shared>) -> String {
 /// Serves `/metrics` on `listener` until the runtime stops. Any other path is a 404.
 pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     use axum::{Router, http::header, response::IntoResponse, routing::get};
-    let app = Router::new().route(
-        "/metrics",
-        get(move || {
-            let shared = shared.clone();
-            async move {
-                ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], render(&shared)).into_response()
-            }
-        }),
-    );
+    let (m, r) = (shared.clone(), shared);
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let shared = m.clone();
+                async move {
+                    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], render(&shared)).into_response()
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let shared = r.clone();
+                async move {
+                    let (ready, body) = super::health::readiness(&shared);
+                    let code = if ready { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
+                    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string() + "\n").into_response()
+                }
+            }),
+        );
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!("metrics server stopped: {e}");
     }

@@ -61,6 +61,8 @@ pub struct Managed {
     pub failures: u64,
     /// Unix seconds of the last successful reload (0: none).
     pub last_reload: u64,
+    /// Why the last attempt left the running rules in place (`/readyz`).
+    pub last_error: Option<String>,
     /// The deny events of the attachment (opened once its rules are applied),
     /// with the key it was opened for.
     events: Option<(String, dataplane::EventStream)>,
@@ -86,6 +88,7 @@ impl Managed {
             reloads: 0,
             failures: 0,
             last_reload: 0,
+            last_error: None,
             events: None,
             debug_log: None,
         }
@@ -117,6 +120,7 @@ impl Managed {
                 if self.last != Some(Outcome::Missing) {
                     tracing::warn!(iface, "{e}; its rules are applied when it appears");
                 }
+                self.last_error = Some(format!("{e}; its rules are applied when it appears"));
                 return self.done(Outcome::Missing);
             }
         };
@@ -162,6 +166,7 @@ impl Managed {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(iface, file, "{e}\nthe running rules stay enforced");
+                self.last_error = Some(e.to_string());
                 self.bad_digest = reload::inputs_digest_now(&self.cfg.rules, &self.inputs);
                 self.failures += 1;
                 return self.done(Outcome::Invalid);
@@ -218,11 +223,13 @@ impl Managed {
             }
             Err(ReloadError::Input(m)) => {
                 tracing::error!(iface, file, "{m}\nthe running rules stay enforced");
+                self.last_error = Some(m.clone());
                 self.failures += 1;
                 self.done(Outcome::Invalid)
             }
             Err(ReloadError::Dataplane(e)) => {
                 tracing::error!(iface, file, "apply failed: {e}; the running rules stay enforced");
+                self.last_error = Some(format!("apply failed: {e}"));
                 self.failures += 1;
                 self.done(Outcome::Failed)
             }
@@ -283,8 +290,16 @@ impl Managed {
     }
 
     fn done(&mut self, o: Outcome) -> Outcome {
+        if matches!(o, Outcome::Applied | Outcome::Unchanged) {
+            self.last_error = None;
+        }
         self.last = Some(o);
         o
+    }
+
+    /// Whether the rule file, as it was at the last attempt, is what is enforced.
+    pub fn file_applied(&self) -> bool {
+        matches!(self.last, Some(Outcome::Applied | Outcome::Unchanged))
     }
 
     /// Whether `dir` holds this interface's rule file (or a file it names), or

@@ -80,6 +80,9 @@ impl Service {
                 reloads: m.reloads,
                 failures: m.failures,
                 last_reload: m.last_reload,
+                rules_file: m.cfg.rules.display().to_string(),
+                file_applied: m.file_applied(),
+                error: m.last_error.clone(),
             })
             .collect();
         if let Ok(mut t) = self.shared.tracked.lock() {
