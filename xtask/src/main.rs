@@ -8,6 +8,7 @@
 //!   classifier (frames through BPF_PROG_TEST_RUN), regressions first.
 //! - `old-kernel`: boot Debian 12's Linux 6.1 (the oldest kernel egress claims)
 //!   under qemu and run egress there on real packets (oldkernel.rs).
+//! - `package`: build, then the Debian package (package.rs).
 //! - `test`:  build, clippy on the product (its lints deny unwrap, expect and
 //!   panic), then run every test (unit, BPF_PROG_TEST_RUN, netns integration),
 //!   then the old-kernel checks (`EGRESS_OLD_KERNEL=0` skips them), then each
@@ -23,6 +24,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod oldkernel;
+mod package;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "egress project tasks")]
@@ -69,6 +71,10 @@ enum Task {
     /// kept, a rule set at full capacity. Installs qemu-system-x86 and
     /// busybox-static, downloads the kernel package. Root.
     OldKernel,
+    /// Build, then write the Debian package target/package/egress_VERSION_ARCH.deb
+    /// (dpkg-deb): the binary, the systemd unit, /etc/egress/egress.toml (a
+    /// conffile), manual pages, bash/zsh/fish completions, README and examples.
+    Package,
     /// Build, then run all tests (root-only tests need root; CI runs as root).
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
@@ -106,6 +112,10 @@ fn main() -> Result<()> {
             build()?;
             oldkernel::old_kernel()
         }
+        Task::Package => {
+            build()?;
+            package::package().map(|_| ())
+        }
         Task::Test { args } => {
             build()?;
             // The product's lints (no unwrap, expect or panic outside tests) are
@@ -115,9 +125,11 @@ fn main() -> Result<()> {
                 run(Command::new("rustup").args(["component", "add", "clippy"]))?;
             }
             run(Command::new(cargo()).args(["clippy", "--release", "-p", "egress-common", "-p", "egress-userspace", "--lib", "--bins"]))?;
+            // The package too: tests/tests/package.rs installs it.
+            let deb = package::package()?;
             let mut c = Command::new(cargo());
             c.args(["test", "--release", "--workspace", "--exclude", "egress-ebpf"]);
-            c.env("EGRESS_BIN", egress_bin());
+            c.env("EGRESS_BIN", egress_bin()).env("EGRESS_DEB", &deb);
             if !args.is_empty() {
                 c.arg("--").args(&args);
             }
@@ -312,7 +324,7 @@ fn setup() -> Result<()> {
     }
 
     // 3. Debian packages the tests and demo use (only when missing).
-    apt_install(&[("ip", "iproute2"), ("nft", "nftables"), ("dnsmasq", "dnsmasq-base"), ("man", "man-db"), ("dpkg-deb", "dpkg")])
+    apt_install(&[("ip", "iproute2"), ("nft", "nftables"), ("dnsmasq", "dnsmasq-base"), ("man", "man-db"), ("col", "bsdextrautils"), ("dpkg-deb", "dpkg")])
 }
 
 /// Installs the Debian packages whose command is missing: (command, package).
