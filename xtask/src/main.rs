@@ -324,7 +324,25 @@ fn setup() -> Result<()> {
     }
 
     // 3. Debian packages the tests and demo use (only when missing).
-    apt_install(&[("ip", "iproute2"), ("nft", "nftables"), ("dnsmasq", "dnsmasq-base"), ("man", "man-db"), ("col", "bsdextrautils"), ("dpkg-deb", "dpkg")])
+    apt_install(&[
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("dnsmasq", "dnsmasq-base"),
+        ("man", "man-db"),
+        ("col", "bsdextrautils"),
+        ("dpkg-deb", "dpkg"),
+        ("systemd-analyze", "systemd"),
+        // kubectl renders the kustomize base (tests/tests/deploy.rs): Debian's
+        // kubernetes-client when the machine has no kubectl.
+        ("kubectl", "kubernetes-client"),
+    ])?;
+
+    // 4. The Kubernetes manifests' validator (PyPI; it carries the API schemas).
+    if !quiet_ok(Command::new("sh").args(["-c", "command -v kubernetes-validate"])) {
+        eprintln!("xtask setup: installing kubernetes-validate (PyPI)");
+        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--root-user-action=ignore", "kubernetes-validate==1.37.0"]))?;
+    }
+    Ok(())
 }
 
 /// Installs the Debian packages whose command is missing: (command, package).
