@@ -62,10 +62,13 @@ fn the_manifests_fit_together() {
     let pod = &ds["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
     assert_eq!(pod["hostNetwork"], true);
+    // The image's entrypoint runs `egress run --config /etc/egress/egress.toml` (xtask/src/image.rs).
+    assert!(c["command"].is_null(), "the entrypoint stays");
+    let image = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../xtask/src/image.rs")).unwrap();
+    assert!(image.contains(r#"["/usr/sbin/egress","run","--config","/etc/egress/egress.toml"]"#));
     let args: Vec<&str> = c["args"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-    assert_eq!(args[0], "run");
-    assert!(args.contains(&"--config=/etc/egress/egress.toml"), "{args:?}");
-    assert!(args.contains(&"--metrics=0.0.0.0:9977"), "{args:?}");
+    assert_eq!(args, ["--metrics=0.0.0.0:9977", "--log-format=json"]);
+    assert!(c["image"].as_str().unwrap().starts_with("localhost/egress:"), "{}", c["image"]);
     assert_eq!(c["ports"][0]["containerPort"], 9977);
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         assert_eq!((c[probe]["httpGet"]["path"].as_str(), c[probe]["httpGet"]["port"].as_str()), (Some(path), Some("metrics")), "{probe}");

@@ -9,6 +9,7 @@
 //! - `old-kernel`: boot Debian 12's Linux 6.1 (the oldest kernel egress claims)
 //!   under qemu and run egress there on real packets (oldkernel.rs).
 //! - `package`: build, then the Debian package (package.rs).
+//! - `image`: build, then the OCI image (image.rs).
 //! - `test`:  build, clippy on the product (its lints deny unwrap, expect and
 //!   panic), then run every test (unit, BPF_PROG_TEST_RUN, netns integration),
 //!   then the old-kernel checks (`EGRESS_OLD_KERNEL=0` skips them), then each
@@ -23,6 +24,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod image;
 mod oldkernel;
 mod package;
 
@@ -75,6 +77,10 @@ enum Task {
     /// (dpkg-deb): the binary, the systemd unit, /etc/egress/egress.toml (a
     /// conffile), manual pages, bash/zsh/fish completions, README and examples.
     Package,
+    /// Build, then an OCI image of egress with buildah, from scratch (the binary
+    /// and the shared objects it links): localhost/egress:VERSION and
+    /// target/image/egress-VERSION.oci.tar. Installs buildah, podman and runc.
+    Image,
     /// Build, then run all tests (root-only tests need root; CI runs as root).
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
@@ -116,6 +122,10 @@ fn main() -> Result<()> {
             build()?;
             package::package().map(|_| ())
         }
+        Task::Image => {
+            build()?;
+            image::image().map(|_| ())
+        }
         Task::Test { args } => {
             build()?;
             // The product's lints (no unwrap, expect or panic outside tests) are
@@ -130,6 +140,11 @@ fn main() -> Result<()> {
             let mut c = Command::new(cargo());
             c.args(["test", "--release", "--workspace", "--exclude", "egress-ebpf"]);
             c.env("EGRESS_BIN", egress_bin()).env("EGRESS_DEB", &deb);
+            // And the image: tests/tests/image.rs runs it (or says why it cannot).
+            match image::image() {
+                Ok((name, _)) => c.env("EGRESS_IMAGE", name),
+                Err(e) => c.env("EGRESS_IMAGE_ERROR", format!("{e:#}")),
+            };
             if !args.is_empty() {
                 c.arg("--").args(&args);
             }
@@ -346,7 +361,7 @@ fn setup() -> Result<()> {
 }
 
 /// Installs the Debian packages whose command is missing: (command, package).
-fn apt_install(wanted: &[(&str, &str)]) -> Result<()> {
+pub(crate) fn apt_install(wanted: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = wanted
         .iter()
         .filter(|(cmd, _)| !quiet_ok(Command::new("sh").args(["-c", &format!("command -v {cmd}")])))

@@ -128,7 +128,7 @@ fn output(c: &mut Command) -> Result<String> {
 }
 
 /// The workspace's version (Cargo.toml, [workspace.package]).
-fn workspace_version() -> Result<String> {
+pub(crate) fn workspace_version() -> Result<String> {
     let text = fs::read_to_string(root().join("Cargo.toml"))?;
     text.lines()
         .find_map(|l| l.trim().strip_prefix("version = \"").and_then(|v| v.strip_suffix('"')).map(str::to_string))
