@@ -266,3 +266,17 @@ fn entangled_rules_are_said_unchecked_and_duplicates_stay_cheap() {
     let w = warnings(&text);
     assert_eq!(w.iter().filter(|w| w.2 == "duplicate").count(), 2999);
 }
+
+/// A later rule by name of the other action shields a rule that repeats the
+/// default policy (it may match any address it learns); an earlier one does not.
+#[test]
+fn a_later_rule_by_name_shields_a_rule_repeating_the_default() {
+    let head = "default_policy = \"allow\"\n[dns]\nresolvers = [\"192.0.2.53\"]\n";
+    let web = "[[rule]]\nname = \"web\"\naction = \"allow\"\nprotocol = \"tcp\"\ndst = \"198.51.100.0/24\"\nports = \"443\"\n";
+    let by_name = "[[rule]]\nname = \"no-bad\"\naction = \"deny\"\ndst_fqdn = \"bad.example\"\n";
+    let redundant = |text: &str| warnings(text).iter().any(|w| w.1.as_deref() == Some("web") && w.2 == "redundant");
+    assert!(!redundant(&format!("{head}{web}{by_name}")), "shielded by the later rule by name");
+    assert!(redundant(&format!("{head}{by_name}{web}")), "an earlier rule by name shields nothing");
+    let allow_by_name = by_name.replace("\"deny\"", "\"allow\"");
+    assert!(redundant(&format!("{head}{web}{allow_by_name}")), "a later rule by name of the same action shields nothing");
+}

@@ -112,11 +112,16 @@ struct Linter<'a> {
     /// original does not, so the index leaves duplicates out (thousands of copies
     /// of one broad rule made every neighbour walk quadratic).
     dup_of: Vec<Option<usize>>,
+    /// The index of the last rule by name (`dst_fqdn`) that allows, and of the
+    /// last that denies: a rule before it of the other action is shielded.
+    last_by_name: [Option<usize>; 2],
 }
 
 impl<'a> Linter<'a> {
     fn new(rs: &'a RuleSet) -> Linter<'a> {
         let dup_of = duplicates(rs);
+        let last = |a: Action| rs.rules.iter().rposition(|r| !r.fqdn.is_empty() && r.action == a);
+        let last_by_name = [last(Action::Allow), last(Action::Deny)];
         let skip: Vec<bool> = dup_of.iter().map(Option::is_some).collect();
         let fam = |v6| {
             let shapes: Vec<Option<Shape>> = rs.rules.iter().map(|r| shape(r, v6)).collect();
@@ -132,13 +137,13 @@ impl<'a> Linter<'a> {
             Family { v6, shapes, classes, index }
         };
         if rs.rules.len() < PARALLEL_FROM {
-            return Linter { rs, fams: [fam(false), fam(true)], dup_of };
+            return Linter { rs, fams: [fam(false), fam(true)], dup_of, last_by_name };
         }
         let (v4, v6) = std::thread::scope(|s| {
             let v6 = s.spawn(|| fam(true));
             (fam(false), v6.join())
         });
-        Linter { rs, fams: [v4, v6.unwrap_or_else(|_| fam(true))], dup_of }
+        Linter { rs, fams: [v4, v6.unwrap_or_else(|_| fam(true))], dup_of, last_by_name }
     }
 
     /// Calls `visit` with the rules (and their tags) that overlap rule `i` in
@@ -418,7 +423,8 @@ impl Linter<'_> {
         }
         let mut out = Vec::new();
         // A later rule by name of the other action may match any address it learns.
-        let shields = shields || rs.rules[i + 1..].iter().any(|l| !l.fqdn.is_empty() && l.action != r.action);
+        let other = if r.action.opposite() == Action::Allow { 0 } else { 1 };
+        let shields = shields || self.last_by_name[other].is_some_and(|j| j > i);
         if r.action == rs.default_policy && !shields {
             out.push(w(
                 "redundant",
