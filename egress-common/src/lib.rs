@@ -91,6 +91,10 @@ pub const MAP_DEBUG_LOG: &str = "AYA_LOGS";
 pub const EXPLAIN_PROGRAM_NAME: &str = "egress_explain";
 /// An empty XDP program (returns XDP_PASS): the XDP benchmark baseline.
 pub const XDP_PASS_PROGRAM_NAME: &str = "egress_xdp_pass";
+/// The throughput benchmark's programs (egress-ebpf's bench.rs): an empty XDP
+/// receiver that drops, and the generator (random IPv6 sources, XDP_TX).
+pub const XDP_DROP_PROGRAM_NAME: &str = "egress_xdp_drop";
+pub const GEN6_PROGRAM_NAME: &str = "egress_gen6";
 
 pub const MAP_DST_V4: &str = "DST_V4";
 pub const MAP_DST_V6: &str = "DST_V6";

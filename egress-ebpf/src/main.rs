@@ -27,6 +27,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod bench;
+#[cfg(target_arch = "bpf")]
 mod cache;
 #[cfg(target_arch = "bpf")]
 mod cgroup;

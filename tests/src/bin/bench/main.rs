@@ -36,6 +36,7 @@ mod dns;
 mod firewalls;
 mod flood;
 mod plots;
+mod pps;
 mod reload;
 mod report;
 mod sender;
@@ -71,6 +72,8 @@ struct Opts {
     lint_only: bool,
     dns_only: bool,
     cgroup_only: bool,
+    /// Only part 1g (packets per second on one core).
+    pps_only: bool,
     /// Only part 1b (adversarial rule-set shapes).
     adversarial_only: bool,
 }
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         lint_only: false,
         dns_only: false,
         cgroup_only: false,
+        pps_only: false,
         adversarial_only: false,
     };
     let mut args = std::env::args().skip(1);
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
             "--lint-only" => opts.lint_only = true,
             "--dns-only" => opts.dns_only = true,
             "--cgroup-only" => opts.cgroup_only = true,
+            "--pps-only" => opts.pps_only = true,
             "--adversarial-only" => opts.adversarial_only = true,
             "--testrun-only" => opts.testrun_only = true,
             "--sizes" => opts.sizes = args.next().map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect()),
@@ -135,7 +140,7 @@ fn main() -> ExitCode {
             }
             "-h" | "--help" => {
                 println!(
-                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only | --testrun-only | --flood-only | --lint-only | --adversarial-only | --dns-only | --cgroup-only] [--out FILE] | --generate N [pairs|nested|ports|fan|blocklist]\n\
+                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only | --testrun-only | --flood-only | --lint-only | --adversarial-only | --dns-only | --cgroup-only | --pps-only] [--out FILE] | --generate N [pairs|nested|ports|fan|blocklist]\n\
                      see `cargo xtask bench --help`; --sizes, --traffic-only, --reload-only and --testrun-only are for exploring, not for BENCHMARKS.md"
                 );
                 return ExitCode::SUCCESS;
@@ -233,6 +238,11 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         println!("\n{body}");
         return Ok(());
     }
+    if o.pps_only {
+        pps::pps_part(*sizes.last().unwrap_or(&1_000), tr_rounds, o.quick, &mut body)?;
+        println!("\n{body}");
+        return Ok(());
+    }
     if o.lint_only {
         lint_part(sizes, tr_rounds, &mut body)?;
         println!("\n{body}");
@@ -261,6 +271,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         hooks_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
         dns::dns_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
         cgroup::cgroup_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
+        pps::pps_part(*sizes.last().unwrap_or(&1_000), tr_rounds, o.quick, &mut body)?;
         body.push_str(&lint_md);
     }
     if o.testrun_only {
