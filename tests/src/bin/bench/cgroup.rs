@@ -39,7 +39,7 @@ fn client_bin() -> anyhow::Result<String> {
 /// the cgroup (None: no egress there).
 fn connect_ns(rules: Option<&str>, port: u16, n: u32) -> anyhow::Result<f64> {
     let ns = format!("egb-cg-{}", std::process::id());
-    let _ = std::process::Command::new("ip").args(["netns", "del", &ns]).status();
+    let _ = std::process::Command::new("ip").args(["netns", "del", &ns]).stderr(std::process::Stdio::null()).status();
     egress_tests::sh(&["ip", "netns", "add", &ns])?;
     let out = (|| -> anyhow::Result<f64> {
         egress_tests::sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
@@ -57,7 +57,7 @@ fn connect_ns(rules: Option<&str>, port: u16, n: u32) -> anyhow::Result<f64> {
         let a = c.cmd(&format!("connects 192.0.2.1 {port} {n}"));
         a.strip_prefix("ns ").and_then(|v| v.parse().ok()).ok_or_else(|| anyhow::anyhow!("client said {a:?}"))
     })();
-    let _ = std::process::Command::new("ip").args(["netns", "del", &ns]).status();
+    let _ = std::process::Command::new("ip").args(["netns", "del", &ns]).stderr(std::process::Stdio::null()).status();
     out
 }
 
