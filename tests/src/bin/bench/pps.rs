@@ -9,7 +9,8 @@
 //!
 //! Receivers, each dropping every packet:
 //! - the empty XDP program (XDP_DROP): the baseline;
-//! - egress on the XDP hook (`egress apply --hook xdp`), N rules, default deny;
+//! - egress on the XDP hook (`egress apply --hook xdp`), N rules, default
+//!   deny, with its flow cache and without (`--flow-cache 0`);
 //! - nftables' netdev ingress hook with interval sets of the same rules'
 //!   source and destination prefixes (XDP_PASS first: nftables runs on
 //!   socket buffers, after the driver allocated one).
@@ -135,7 +136,7 @@ pub(crate) fn pps_part(n: usize, rounds: usize, quick: bool, md: &mut String) ->
         anyhow::ensure!(o.status.success(), "egress {a:?}: {}", String::from_utf8_lossy(&o.stderr));
         Ok(())
     };
-    let mut res: [Vec<f64>; 3] = Default::default();
+    let mut res: [Vec<f64>; 4] = Default::default();
     let run = |gen_obj: &mut Option<Loaded>| -> anyhow::Result<f64> {
         let g = gen_obj.take().ok_or_else(|| anyhow::anyhow!("the generator was lost"))?;
         let (g, ns) = generate(g, &p.a, a_idx, &frame, repeat)?;
@@ -149,12 +150,19 @@ pub(crate) fn pps_part(n: usize, rounds: usize, quick: bool, md: &mut String) ->
             let _r = attach(&p.b, &p.b_if, XDP_DROP_PROGRAM_NAME)?;
             res[0].push(run(&mut gen_obj)?);
         }
-        // egress, as an operator attaches it.
-        egress_at(&["apply", "--iface", &p.b_if, "--hook", "xdp", "--rules", rules_file.to_str().unwrap_or_default()])?;
-        let before = default_packets(&p)?;
-        res[1].push(run(&mut gen_obj)?);
-        counted = counted.max(default_packets(&p)?.saturating_sub(before));
-        egress_at(&["detach", "--iface", &p.b_if, "--hook", "xdp"])?;
+        // egress, as an operator attaches it; then without its flow cache
+        // (which no packet here hits: what does keeping it cost?).
+        for (i, cache) in [(1, None), (3, Some("0"))] {
+            let mut args = vec!["apply", "--iface", &p.b_if, "--hook", "xdp", "--rules", rules_file.to_str().unwrap_or_default()];
+            if let Some(c) = cache {
+                args.extend_from_slice(&["--flow-cache", c]);
+            }
+            egress_at(&args)?;
+            let before = default_packets(&p)?;
+            res[i].push(run(&mut gen_obj)?);
+            counted = counted.max(default_packets(&p)?.saturating_sub(before));
+            egress_at(&["detach", "--iface", &p.b_if, "--hook", "xdp"])?;
+        }
         // nftables.
         {
             let _r = attach(&p.b, &p.b_if, XDP_PASS_PROGRAM_NAME)?;
@@ -164,7 +172,8 @@ pub(crate) fn pps_part(n: usize, rounds: usize, quick: bool, md: &mut String) ->
             sh(&["ip", "netns", "exec", &p.b, "nft", "delete", "table", "netdev", "egressbench"])?;
         }
     }
-    let (base, eg, nft) = (median(&mut res[0].clone()), median(&mut res[1].clone()), median(&mut res[2].clone()));
+    let (base, eg, nft, nocache) =
+        (median(&mut res[0].clone()), median(&mut res[1].clone()), median(&mut res[2].clone()), median(&mut res[3].clone()));
     let mpps = |ns: f64| 1000.0 / ns;
     let _ = writeln!(md, "## 1g. A router host's hook: packets per second on one core ({n} rules, XDP, live frames)\n");
     let _ = writeln!(md, "| receiver on the veth's XDP hook | ns/packet (spread) | Mpps | vs the empty program | added ns/packet |");
@@ -172,13 +181,14 @@ pub(crate) fn pps_part(n: usize, rounds: usize, quick: bool, md: &mut String) ->
     for (label, v, ns) in [
         ("empty XDP program (drops)", &res[0], base),
         ("egress, default deny (`apply --hook xdp`)", &res[1], eg),
+        ("egress, the same without its flow cache (`--flow-cache 0`)", &res[3], nocache),
         ("nftables netdev ingress, interval sets of the same prefixes (after XDP_PASS)", &res[2], nft),
     ] {
         let _ = writeln!(md, "| {label} | {ns:.1} ({}) | {:.2} | {:.2}x | {:+.1} |", spread_p(v, 1), mpps(ns), ns / base, ns - base);
     }
     let _ = writeln!(
         md,
-        "\negress handles {:.2}x the packets per second nftables does here. {repeat} packets per measurement, medians of {rounds} rounds; every packet has a random source address in 2001:db8::/32 (96 random bits), so egress's flow cache never hits: each packet pays the parse, the full lookup and a cache insert (the row a scan or a spoofed flood makes). The generator (`egress_gen6`, BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES, batches of 64, XDP_TX out of one veth end) and the receiving end's NAPI run on CPU 0, so each row is the whole path on one core; the empty program's row is the generator's and the veth's own cost. egress counted {counted} packets on its default row in its last round (of {repeat} sent). nftables runs on socket buffers, so its row includes the allocation XDP avoids: that is the point of an XDP hook on a router host.\n",
+        "\negress handles {:.2}x the packets per second nftables does here. {repeat} packets per measurement, medians of {rounds} rounds; every packet has a random source address in 2001:db8::/32 (96 random bits), so egress's flow cache never hits: each packet pays the parse, the full lookup and a cache insert (the row a scan or a spoofed flood makes); without the cache, the parse and the lookup only. The generator (`egress_gen6`, BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES, batches of 64, XDP_TX out of one veth end) and the receiving end's NAPI run on CPU 0, so each row is the whole path on one core; the empty program's row is the generator's and the veth's own cost. egress counted {counted} packets on its default row in its last round (of {repeat} sent). nftables runs on socket buffers, so its row includes the allocation XDP avoids: that is the point of an XDP hook on a router host.\n",
         nft / eg
     );
     Ok(())
