@@ -302,6 +302,11 @@ mod tests {
         assert!(!c.interfaces[0].debug);
         let e = Config::parse("c.toml", "[[interface]]\nname = \"eth1\"\nrules = \"a\"\ndebug = \"yes\"\n", Path::new("/")).unwrap_err();
         assert!(e.contains("c.toml:4: interface 'eth1', field 'debug': must be true or false"), "{e}");
+        // And per cgroup.
+        let c = Config::parse("c.toml", "[[cgroup]]\npath = \"web\"\nrules = \"a\"\ndebug = true\n", Path::new("/")).unwrap();
+        assert!(c.interfaces[0].debug && c.interfaces[0].hook == Hook::Cgroup);
+        let e = Config::parse("c.toml", "[[cgroup]]\npath = \"web\"\nrules = \"a\"\ndebug = 1\n", Path::new("/")).unwrap_err();
+        assert!(e.contains("c.toml:4: cgroup 'web', field 'debug': must be true or false"), "{e}");
     }
 
     #[test]
