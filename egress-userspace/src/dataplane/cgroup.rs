@@ -236,8 +236,8 @@ pub(super) fn switch(loaded: &mut Loaded, t: &Target, key: &str) -> Result<Attac
             created.push(path);
         }
         set_owner(t.cgroup_id, true)?;
-        // Removed meanwhile? The kernel attaches to a cgroup being removed
-        // without complaint; its links would hold nothing.
+        // Removed meanwhile (between the open and the attach)? Its links
+        // would hold nothing: undo.
         if std::fs::metadata(&t.iface).map(|m| m.ino()).ok() != Some(t.cgroup_id) {
             let _ = set_owner(t.cgroup_id, false);
             return Err(gone("was removed"));
