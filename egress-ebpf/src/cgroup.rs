@@ -33,7 +33,9 @@ use aya_ebpf::{
 use egress_common::{ACTION_DENY, CG_MAX_NEST, FLOW_LEARNED, PCLASS_TCP, PCLASS_UDP};
 
 use crate::{
-    conn, dns, events,
+    conn,
+    dns::{self, global},
+    events,
     maps::CG_OWNERS,
     parse::{self, Packet},
     program::{CONN_ON, DNS_PORT, decide, full},
@@ -49,45 +51,37 @@ static CG_LEVEL: u32 = 0;
 #[unsafe(no_mangle)]
 static SRC_ANY: u32 = 0;
 
-#[inline(always)]
-fn global<T: Copy>(g: &T) -> T {
-    // read_volatile: keep the loader-patched value instead of the compiled-in one.
-    unsafe { core::ptr::read_volatile(g) }
-}
 
 #[cgroup_skb(egress)]
 pub fn egress_cgroup(ctx: SkBuffContext) -> i32 {
-    if nearer_for_socket(&ctx) {
-        return 1;
-    }
-    decide::<_, false, false>(&ctx) as i32
+    packet::<false, false>(&ctx)
 }
 
-/// The packet hook of a stateful rule set: the connection table first.
+/// The split body: stateful mode, or a stateless rule set by name's misses.
 #[cgroup_skb(egress)]
 pub fn egress_cgroup_sf(ctx: SkBuffContext) -> i32 {
-    if nearer_for_socket(&ctx) {
-        return 1;
-    }
-    decide::<_, true, false>(&ctx) as i32
+    packet::<true, false>(&ctx)
 }
 
 /// Debug mode: logs why it drops a packet it cannot parse.
 #[cgroup_skb(egress)]
 pub fn egress_cgroup_dbg(ctx: SkBuffContext) -> i32 {
-    if nearer_for_socket(&ctx) {
-        return 1;
-    }
-    decide::<_, false, true>(&ctx) as i32
+    packet::<false, true>(&ctx)
 }
 
 /// The split body in debug mode (stateful, or rules by name).
 #[cgroup_skb(egress)]
 pub fn egress_cgroup_sf_dbg(ctx: SkBuffContext) -> i32 {
-    if nearer_for_socket(&ctx) {
+    packet::<true, true>(&ctx)
+}
+
+/// The packet hook's body: hand over to a nearer owner, else decide.
+#[inline(always)]
+fn packet<const SPLIT: bool, const DEBUG: bool>(ctx: &SkBuffContext) -> i32 {
+    if nearer_for_socket(ctx) {
         return 1;
     }
-    decide::<_, true, true>(&ctx) as i32
+    decide::<_, SPLIT, DEBUG>(ctx) as i32
 }
 
 /// The companion on the cgroup's ingress. Stateful mode: follows replies and

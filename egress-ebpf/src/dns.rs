@@ -123,7 +123,7 @@ const DONE: u32 = 1;
 const BAD: u32 = 2;
 
 #[inline(always)]
-fn global<T: Copy>(g: &T) -> T {
+pub(crate) fn global<T: Copy>(g: &T) -> T {
     // read_volatile: keep the loader-patched value instead of the compiled-in one.
     unsafe { core::ptr::read_volatile(g) }
 }

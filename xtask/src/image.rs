@@ -16,7 +16,7 @@ use std::{fs, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{apt_install, egress_bin, root, run};
+use crate::{apt_install, egress_bin, package::output, root, run};
 
 /// Builds the image; returns its name and the OCI archive's path.
 pub(crate) fn image() -> Result<(String, PathBuf)> {
@@ -84,12 +84,4 @@ pub(crate) fn image() -> Result<(String, PathBuf)> {
     run(Command::new("buildah").args(["push", &name]).arg(format!("oci-archive:{}", archive.display())))?;
     eprintln!("xtask image: {name} (local containers storage) and {}", archive.display());
     Ok((name, archive))
-}
-
-fn output(c: &mut Command) -> Result<String> {
-    let o = c.output().with_context(|| format!("run {c:?}"))?;
-    if !o.status.success() {
-        bail!("{c:?} failed: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }

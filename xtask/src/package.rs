@@ -119,7 +119,8 @@ fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
-fn output(c: &mut Command) -> Result<String> {
+/// A command's stdout; its stderr in the error when it fails.
+pub(crate) fn output(c: &mut Command) -> Result<String> {
     let o = c.output().with_context(|| format!("run {c:?}"))?;
     if !o.status.success() {
         bail!("{c:?} failed: {}", String::from_utf8_lossy(&o.stderr));
