@@ -48,7 +48,8 @@ pub const MAP_DNS_TAIL_TC: &str = "DNS_TAIL_TC";
 pub const MAP_DNS_TAIL_XDP: &str = "DNS_TAIL_XDP";
 pub const MAP_DNS_TAIL_CG: &str = "DNS_TAIL_CG";
 /// The maps of one generation.
-pub const DNS_GEN_MAPS: [&str; 6] = [MAP_DNS_PATTERNS, MAP_DNS_CLASSES, MAP_DNS_RESOLVERS, MAP_DNS_TAIL_TC, MAP_DNS_TAIL_XDP, MAP_DNS_TAIL_CG];
+pub const DNS_GEN_MAPS: [&str; 6] =
+    [MAP_DNS_PATTERNS, MAP_DNS_CLASSES, MAP_DNS_RESOLVERS, MAP_DNS_TAIL_TC, MAP_DNS_TAIL_XDP, MAP_DNS_TAIL_CG];
 
 /// Load-time globals: 1 when the rule set names domains; the hash key (two
 /// words); the TTL bounds (seconds); the learned tables' bucket mask.

@@ -11,8 +11,10 @@ use core::mem::size_of;
 
 mod cgroup;
 mod dns;
+mod flat;
 pub use cgroup::*;
 pub use dns::*;
+pub use flat::*;
 
 // ---------------------------------------------------------------------------
 // Verdicts
@@ -96,10 +98,6 @@ pub const XDP_PASS_PROGRAM_NAME: &str = "egress_xdp_pass";
 pub const XDP_DROP_PROGRAM_NAME: &str = "egress_xdp_drop";
 pub const GEN6_PROGRAM_NAME: &str = "egress_gen6";
 
-pub const MAP_DST_V4: &str = "DST_V4";
-pub const MAP_DST_V6: &str = "DST_V6";
-pub const MAP_PAIR_V4: &str = "PAIR_V4";
-pub const MAP_PAIR_V6: &str = "PAIR_V6";
 pub const MAP_LISTS: &str = "LISTS";
 pub const MAP_RANGES: &str = "RANGES";
 pub const MAP_COUNTERS: &str = "COUNTERS";
@@ -107,8 +105,24 @@ pub const MAP_STATS: &str = "STATS";
 pub const MAP_FLOW_V4: &str = "FLOW_V4";
 pub const MAP_FLOW_V6: &str = "FLOW_V6";
 /// Every map of one rule-set generation (pinned per generation).
-pub const ALL_MAPS: [&str; 10] =
-    [MAP_DST_V4, MAP_DST_V6, MAP_PAIR_V4, MAP_PAIR_V6, MAP_LISTS, MAP_RANGES, MAP_COUNTERS, MAP_STATS, MAP_FLOW_V4, MAP_FLOW_V6];
+pub const ALL_MAPS: [&str; 16] = [
+    MAP_DIR_V4,
+    MAP_DIR_V6,
+    MAP_SPAN_V4,
+    MAP_SPAN_V6,
+    MAP_DST_CLASSES,
+    MAP_SDIR_V4,
+    MAP_SDIR_V6,
+    MAP_SSPAN_V4,
+    MAP_SSPAN_V6,
+    MAP_PAIR_LISTS,
+    MAP_LISTS,
+    MAP_RANGES,
+    MAP_COUNTERS,
+    MAP_STATS,
+    MAP_FLOW_V4,
+    MAP_FLOW_V6,
+];
 /// The connection table (stateful mode), shared by every generation of an
 /// attachment and by its companion program; pinned beside the generations.
 pub const MAP_CONN_V4: &str = "CONN_V4";
@@ -142,11 +156,11 @@ pub const GLOBAL_FLOW_MASK: &str = "FLOW_MASK";
 /// Most rules a rule file may hold (counter slots are 1..=MAX_RULES; slot 0 is the
 /// default policy).
 pub const MAX_RULES: u32 = 262_144;
-/// Capacity of DST_V4 and DST_V6 (distinct destination prefixes per family):
-/// room for a set of a million entries beside a full rule file. The LPM tries
-/// are not preallocated, so a capacity costs nothing until used.
+/// Most distinct destination prefixes per family (the spans of SPAN_V4/SPAN_V6
+/// are at most twice as many): room for a set of a million entries beside a
+/// full rule file.
 pub const MAX_DST_ENTRIES: u32 = 1 << 21;
-/// Capacity of PAIR_V4 and PAIR_V6 ((destination class, source prefix) pairs).
+/// Most (destination class, source prefix) pairs per family (stage 2).
 pub const MAX_PAIR_ENTRIES: u32 = 1 << 21;
 /// Most entries of RANGES (disjoint port intervals over all candidate lists and
 /// protocol classes). LISTS and RANGES are arrays sized to the rule set at load.
@@ -216,12 +230,12 @@ pub const NO_LIST: u32 = u32::MAX;
 /// [`Lists::own`]: the own list is the single rule in [`Lists::inline`].
 pub const INLINE_LIST: u32 = u32::MAX - 1;
 
-/// DST_V4 / DST_V6 value: what the destination prefix lookup yields.
+/// DST_CLASSES value: what the destination lookup yields.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DstValue {
     /// With [`DST_SRC_ANY`]: the candidate lists. Otherwise `lists.own`
-    /// is the destination class, the first half of the PAIR_V4/PAIR_V6 key.
+    /// is the destination class: its entry in SDIR_V4/SDIR_V6.
     pub lists: Lists,
     /// [`DST_SRC_ANY`] or 0.
     pub flags: u32,
@@ -229,30 +243,8 @@ pub struct DstValue {
 const _: () = assert!(size_of::<DstValue>() == 28);
 
 /// Every rule that can match this destination class matches any source: skip the
-/// PAIR lookup, `lists` are already the candidate lists.
+/// source lookup (stage 2), `lists` are already the candidate lists.
 pub const DST_SRC_ANY: u32 = 1;
-
-/// PAIR_V4 key data: destination class, then the source address. The class is
-/// always matched in full (prefix length = 32 + source prefix length).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PairKeyV4 {
-    /// Destination class, big-endian so that the LPM bit order is well defined.
-    pub dst_class: [u8; 4],
-    /// Source address, network byte order.
-    pub src: [u8; 4],
-}
-const _: () = assert!(size_of::<PairKeyV4>() == 8);
-
-/// PAIR_V6 key data; see [`PairKeyV4`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PairKeyV6 {
-    pub dst_class: [u8; 4],
-    /// Source address, network byte order.
-    pub src: [u8; 16],
-}
-const _: () = assert!(size_of::<PairKeyV6>() == 20);
 
 /// Protocol classes (`PCLASS_*` without flags): LISTS has this many slots per list.
 pub const PCLASS_COUNT: u32 = 5;
@@ -656,8 +648,6 @@ mod pod {
     unsafe impl aya::Pod for DstValue {}
     unsafe impl aya::Pod for Lists {}
     unsafe impl aya::Pod for InlineRule {}
-    unsafe impl aya::Pod for PairKeyV4 {}
-    unsafe impl aya::Pod for PairKeyV6 {}
     unsafe impl aya::Pod for ListSlot {}
     unsafe impl aya::Pod for PortRange {}
     unsafe impl aya::Pod for Verdict {}
@@ -681,4 +671,7 @@ mod pod {
     unsafe impl aya::Pod for QueryValue {}
     unsafe impl aya::Pod for DnsName {}
     unsafe impl aya::Pod for DnsClass {}
+    unsafe impl aya::Pod for DirEntry {}
+    unsafe impl aya::Pod for SpanV4 {}
+    unsafe impl aya::Pod for SpanV6 {}
 }

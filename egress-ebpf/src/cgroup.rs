@@ -51,7 +51,6 @@ static CG_LEVEL: u32 = 0;
 #[unsafe(no_mangle)]
 static SRC_ANY: u32 = 0;
 
-
 #[cgroup_skb(egress)]
 pub fn egress_cgroup(ctx: SkBuffContext) -> i32 {
     packet::<false, false>(&ctx)

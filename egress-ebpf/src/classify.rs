@@ -1,10 +1,11 @@
 //! The full lookup (a flow-cache miss). Precedence (first match in file order) is
 //! resolved by the compiler, so the program never loops over rules:
-//!  1. DST_V4/DST_V6: longest destination prefix -> destination class. No entry:
-//!     no rule's destination contains the packet's -> default policy.
-//!  2. PAIR_V4/PAIR_V6 (skipped when the class says DST_SRC_ANY): (class, longest
-//!     source prefix among the rules that reach the class) -> candidate lists.
-//!     No entry -> default policy.
+//!  1. DIR_V4/DIR_V6, SPAN_V4/SPAN_V6, DST_CLASSES (flat.rs): longest
+//!     destination prefix -> destination class, in flat arrays. No class: no
+//!     rule's destination contains the packet's -> default policy.
+//!  2. SDIR_V4/SDIR_V6, SSPAN_V4/SSPAN_V6, PAIR_LISTS (flat.rs; skipped when
+//!     the class says DST_SRC_ANY): (class, longest source prefix among the
+//!     rules that reach the class) -> candidate lists. None -> default policy.
 //!  3. LISTS + RANGES, up to twice: (candidate list, protocol class) -> a sorted
 //!     run of disjoint port (or ICMP type/code) intervals, each holding the first
 //!     rule of the list that matches there; a binary search finds the packet's.
@@ -13,19 +14,19 @@
 //!     rule is checked in place.
 //!     No answer -> default policy.
 
-use aya_ebpf::maps::lpm_trie::Key;
 use egress_common::{
-    DST_SRC_ANY, DstValue, INLINE_LIST, InlineRule, Lists, NO_LIST, PCLASS_COUNT, PCLASS_NO_L4, PairKeyV4, PairKeyV6, RANGE_SEARCH_STEPS, Verdict,
+    DST_SRC_ANY, DstValue, INLINE_LIST, InlineRule, Lists, NO_LIST, PCLASS_COUNT, PCLASS_NO_L4, RANGE_SEARCH_STEPS, Verdict,
 };
 
 use crate::{
-    maps::{DST_V4, DST_V6, LISTS, PAIR_V4, PAIR_V6, RANGES},
+    flat,
+    maps::{LISTS, RANGES},
     parse::Packet,
 };
 
-/// Stages 1-2 in a BPF function of their own (the stateful program): the LPM
-/// keys get a frame of their own (BPF's 512 bytes are shared by the entry point
-/// and every chain of calls). Answers through `out` and a bool, not an
+/// Stages 1-2 in a BPF function of their own (the stateful program): their
+/// locals get a frame of their own (BPF's 512 bytes are shared by the entry
+/// point and every chain of calls). Answers through `out` and a bool, not an
 /// `Option`: the kernel rejects rustc's BTF for an enum with data in a signature.
 #[inline(never)]
 fn lists_call(pkt: &Packet, out: &mut Lists) -> bool {
@@ -42,10 +43,9 @@ fn lists_call(pkt: &Packet, out: &mut Lists) -> bool {
 #[inline(always)]
 fn lists(pkt: &Packet) -> Option<Lists> {
     if pkt.v6 {
-        lists_of(DST_V6.get(Key::new(128, pkt.dst))?, pkt)
+        lists_of(flat::dst_v6(&pkt.dst)?, pkt)
     } else {
-        let dst = [pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]];
-        lists_of(DST_V4.get(Key::new(32, dst))?, pkt)
+        lists_of(flat::dst_v4(u32::from_be_bytes([pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]]))?, pkt)
     }
 }
 
@@ -56,12 +56,9 @@ fn lists_of(d: &DstValue, pkt: &Packet) -> Option<Lists> {
         return Some(d.lists);
     }
     if pkt.v6 {
-        let k = PairKeyV6 { dst_class: d.lists.own.to_be_bytes(), src: pkt.src };
-        PAIR_V6.get(Key::new(32 + 128, k)).copied()
+        flat::src_v6(d.lists.own, &pkt.src).copied()
     } else {
-        let src = [pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]];
-        let k = PairKeyV4 { dst_class: d.lists.own.to_be_bytes(), src };
-        PAIR_V4.get(Key::new(32 + 32, k)).copied()
+        flat::src_v4(d.lists.own, u32::from_be_bytes([pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]])).copied()
     }
 }
 

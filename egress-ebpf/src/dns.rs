@@ -26,10 +26,11 @@ use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_loop},
 };
 use egress_common::{
-    ACTION_ALLOW, ACTION_DENY, DNS_BUF, DNS_MAX_LABELS, DNS_MAX_NAME_PATTERNS, DNS_MAX_RECORDS, DNS_QUERY_TIMEOUT_NS, DNS_WAYS,
-    DS_ANSWERS, DS_EVICTED, DS_LEARNED, DS_MALFORMED, DS_NO_QUERY, DS_NOT_RESOLVER, DS_QUERIES, DS_QUERIES_DENIED, DS_REFRESHED,
-    DS_TABLE_FULL, DnsName, FLOW_DEADLINE_SHIFT, PCLASS_TCP, LearnBucket, LearnWay, PAT_EXACT, PAT_WILD, PatKey, QueryKey, QueryValue, ResolverKey, Verdict, dns_label_byte,
-    dns_label_end, dns_label_start, dns_lower, dns_question, dns_suffix, flow_learned_tag, learn_bucket, learn_seal,
+    ACTION_ALLOW, ACTION_DENY, DNS_BUF, DNS_MAX_LABELS, DNS_MAX_NAME_PATTERNS, DNS_MAX_RECORDS, DNS_QUERY_TIMEOUT_NS, DNS_WAYS, DS_ANSWERS,
+    DS_EVICTED, DS_LEARNED, DS_MALFORMED, DS_NO_QUERY, DS_NOT_RESOLVER, DS_QUERIES, DS_QUERIES_DENIED, DS_REFRESHED, DS_TABLE_FULL,
+    DnsName, FLOW_DEADLINE_SHIFT, LearnBucket, LearnWay, PAT_EXACT, PAT_WILD, PCLASS_TCP, PatKey, QueryKey, QueryValue, ResolverKey,
+    Verdict, dns_label_byte, dns_label_end, dns_label_start, dns_lower, dns_question, dns_suffix, flow_learned_tag, learn_bucket,
+    learn_seal,
 };
 
 use crate::{

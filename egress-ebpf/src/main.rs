@@ -41,6 +41,8 @@ mod dns;
 #[cfg(target_arch = "bpf")]
 mod events;
 #[cfg(target_arch = "bpf")]
+mod flat;
+#[cfg(target_arch = "bpf")]
 mod frame;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -58,8 +60,8 @@ pub(crate) mod program {
     };
     use aya_log_ebpf::info;
     use egress_common::{
-        ACTION_ALLOW, ACTION_DENY, DEFAULT_COUNTER_SLOT, FLOW_LEARNED, PCLASS_NO_L4, PCLASS_TCP, PCLASS_UDP, STAT_BAD_HEADER, STAT_FRAGMENTS, STAT_NON_IP, STAT_TOO_MANY_HDRS,
-        STAT_TRUNCATED, TC_ACT_SHOT, TC_ACT_UNSPEC,
+        ACTION_ALLOW, ACTION_DENY, DEFAULT_COUNTER_SLOT, FLOW_LEARNED, PCLASS_NO_L4, PCLASS_TCP, PCLASS_UDP, STAT_BAD_HEADER,
+        STAT_FRAGMENTS, STAT_NON_IP, STAT_TOO_MANY_HDRS, STAT_TRUNCATED, TC_ACT_SHOT, TC_ACT_UNSPEC,
     };
 
     use crate::{

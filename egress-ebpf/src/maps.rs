@@ -5,35 +5,65 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use egress_common::{
-    CONN_STATS_LEN, ConnKeyV4, ConnKeyV6, ConnValue, Counter, DEFAULT_MAX_FLOWS, DstValue, EVENT_STATS_LEN, EVENTS_RING_BYTES, EventLimit,
-    FLOW_CACHE_ENTRIES, FlowEntryV4, FlowEntryV6, ListSlot, Lists, MAX_DST_ENTRIES, MAX_LIST_SLOTS, MAX_PAIR_ENTRIES, MAX_RANGES,
-    MAX_RULES, PairKeyV4, PairKeyV6, PortRange, STATS_LEN,
+    CG_MAX_OWNERS, DNS_MAX_RESOLVERS, DNS_QUERY_ENTRIES, DNS_STATS_LEN, DnsClass, DnsName, LearnBucket, PatKey, PatValue, QueryKey,
+    QueryValue, ResolverKey,
 };
-use egress_common::{CG_MAX_OWNERS, DNS_MAX_RESOLVERS, DNS_QUERY_ENTRIES, DNS_STATS_LEN, DnsClass, DnsName, LearnBucket, PatKey, PatValue, QueryKey, QueryValue, ResolverKey};
+use egress_common::{
+    CONN_STATS_LEN, ConnKeyV4, ConnKeyV6, ConnValue, Counter, DEFAULT_MAX_FLOWS, DirEntry, DstValue, EVENT_STATS_LEN, EVENTS_RING_BYTES,
+    EventLimit, FLOW_CACHE_ENTRIES, FlowEntryV4, FlowEntryV6, ListSlot, Lists, MAX_LIST_SLOTS, MAX_RANGES, MAX_RULES, PortRange, STATS_LEN,
+    SpanV4, SpanV6,
+};
 
-/// Stage 1, IPv4. Key: destination prefix (network order). Value: the destination
-/// class of the longest matching rule prefix, or directly a candidate list when no
-/// rule reaching that class constrains the source. Written by user space at apply.
+/// Stage 1, IPv4 (egress-common's flat.rs): the root table (top 16 address
+/// bits), then chunks of 256 entries (one per next address byte). Sized to the
+/// rule set at load; written by user space.
 #[map]
-pub static DST_V4: LpmTrie<[u8; 4], DstValue> = LpmTrie::with_max_entries(MAX_DST_ENTRIES, 0);
+pub static DIR_V4: Array<DirEntry> = Array::with_max_entries(1, 0);
 
-/// Stage 1, IPv6; as [`DST_V4`].
+/// Stage 1, IPv6; as [`DIR_V4`].
 #[map]
-pub static DST_V6: LpmTrie<[u8; 16], DstValue> = LpmTrie::with_max_entries(MAX_DST_ENTRIES, 0);
+pub static DIR_V6: Array<DirEntry> = Array::with_max_entries(1, 0);
 
-/// Stage 2, IPv4. Key: (destination class, source prefix). Value: the candidate
-/// lists for that pair: the rules, in file order, whose destination and source
-/// both contain the packet's, split into the destination's own and inherited ones. Only the source prefixes of rules that can reach the
-/// class are present. Written by user space at apply.
+/// Stage 1's buckets, IPv4: sorted runs of address spans, each with its
+/// destination class. Sized at load; written by user space.
 #[map]
-pub static PAIR_V4: LpmTrie<PairKeyV4, Lists> = LpmTrie::with_max_entries(MAX_PAIR_ENTRIES, 0);
+pub static SPAN_V4: Array<SpanV4> = Array::with_max_entries(1, 0);
 
-/// Stage 2, IPv6; as [`PAIR_V4`].
+/// Stage 1's buckets, IPv6; as [`SPAN_V4`].
 #[map]
-pub static PAIR_V6: LpmTrie<PairKeyV6, Lists> = LpmTrie::with_max_entries(MAX_PAIR_ENTRIES, 0);
+pub static SPAN_V6: Array<SpanV6> = Array::with_max_entries(1, 0);
+
+/// Stage 1's answers, both families: per destination class, the candidate
+/// lists (or the PAIR class). Index 0: no class. Sized at load.
+#[map]
+pub static DST_CLASSES: Array<DstValue> = Array::with_max_entries(1, 0);
+
+/// Stage 2, IPv4 (egress-common's flat.rs): one entry per destination class
+/// (its whole source space), then chunks of 256 entries. Sized at load.
+#[map]
+pub static SDIR_V4: Array<DirEntry> = Array::with_max_entries(1, 0);
+
+/// Stage 2, IPv6; as [`SDIR_V4`].
+#[map]
+pub static SDIR_V6: Array<DirEntry> = Array::with_max_entries(1, 0);
+
+/// Stage 2's buckets, IPv4: source spans, each with its PAIR_LISTS index.
+#[map]
+pub static SSPAN_V4: Array<SpanV4> = Array::with_max_entries(1, 0);
+
+/// Stage 2's buckets, IPv6; as [`SSPAN_V4`].
+#[map]
+pub static SSPAN_V6: Array<SpanV6> = Array::with_max_entries(1, 0);
+
+/// Stage 2's answers, both families: the candidate lists for a (class,
+/// source) pair: the rules, in file order, whose destination and source both
+/// contain the packet's, split into the destination's own and inherited ones.
+/// Index 0: none. Sized at load.
+#[map]
+pub static PAIR_LISTS: Array<Lists> = Array::with_max_entries(1, 0);
 
 /// Stage 3, index. At `list * PCLASS_COUNT + class`: the slice of RANGES holding
 /// that candidate list's port intervals for that protocol class, and the rule a
@@ -147,9 +177,6 @@ pub static DNS_TAIL_CG: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// The DNS parser's working memory, per CPU (a message is 2 KiB: not for the stack).
 #[map]
 pub static DNS_SCRATCH: PerCpuArray<crate::dns::Scratch> = PerCpuArray::with_max_entries(1, 0);
-
-// Keep the key types referenced so a rename in egress-common breaks the build here.
-const _: Option<(PairKeyV4, PairKeyV6)> = None;
 
 /// The cgroups that have a rule set of egress's (id -> 1), pinned once for the
 /// host and shared by every cgroup attachment (cgroup.rs).

@@ -170,13 +170,12 @@ pub fn counters_table(r: &Readout) -> String {
         ]);
     }
     let ns = if r.state.netns == "host" || r.state.is_cgroup() { String::new() } else { format!(" in netns {}", r.state.netns) };
-    let at = if r.state.is_cgroup() { format!("{} (", r.state.place()) } else { format!("{}{ns} ({} hook ({}), ", r.state.iface, r.state.hook, r.state.mode) };
-    let mut out = format!(
-        "egress on {at}generation {}, {} rules from {})\n",
-        r.state.generation,
-        r.state.rules.len(),
-        r.state.rules_file
-    );
+    let at = if r.state.is_cgroup() {
+        format!("{} (", r.state.place())
+    } else {
+        format!("{}{ns} ({} hook ({}), ", r.state.iface, r.state.hook, r.state.mode)
+    };
+    let mut out = format!("egress on {at}generation {}, {} rules from {})\n", r.state.generation, r.state.rules.len(), r.state.rules_file);
     if r.health != LinkHealth::Attached {
         out.push_str(&format!(
             "warning: the link is {}: the interface or its namespace is gone and nothing is filtered (`egress status --prune` cleans up)\n",

@@ -182,9 +182,14 @@ fn set_matches(rs: &RuleSet, r: &crate::rules::Rule, m: &PacketMeta) -> Vec<SetM
 impl Answer {
     fn of_slot(rs: &RuleSet, slot: u32, action: Action, audit: bool, m: &PacketMeta) -> Answer {
         match slot.checked_sub(1).and_then(|i| rs.rules.get(i as usize)) {
-            Some(r) => {
-                Answer { rule: Some((r.name.clone(), r.line)), action, audit, decided_by: "rule", sets: set_matches(rs, r, m), names: Vec::new() }
-            }
+            Some(r) => Answer {
+                rule: Some((r.name.clone(), r.line)),
+                action,
+                audit,
+                decided_by: "rule",
+                sets: set_matches(rs, r, m),
+                names: Vec::new(),
+            },
             None => Answer { rule: None, action, audit, decided_by: "default", sets: Vec::new(), names: Vec::new() },
         }
     }

@@ -36,7 +36,15 @@ pub fn classify(rs: &RuleSet, p: &PacketMeta) -> (u32, Action) {
 pub fn classify_learned(rs: &RuleSet, p: &PacketMeta, learned: &[&str]) -> (u32, Action) {
     rs.rules
         .iter()
-        .find(|r| if r.fqdn.is_empty() { matches(r, p) } else { r.fqdn.iter().any(|f| learned.contains(&f.as_str())) && matches_but_dst(r, p) })
+        .find(
+            |r| {
+                if r.fqdn.is_empty() {
+                    matches(r, p)
+                } else {
+                    r.fqdn.iter().any(|f| learned.contains(&f.as_str())) && matches_but_dst(r, p)
+                }
+            },
+        )
         .map(|r| (r.index, r.action))
         .unwrap_or((egress_common::DEFAULT_COUNTER_SLOT, rs.default_policy))
 }

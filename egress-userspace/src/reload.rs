@@ -148,7 +148,10 @@ pub fn applied_text(a: &Applied, p: &Prepared) -> String {
     let deny = p.rules.rules.iter().filter(|r| r.action == rules::Action::Deny).count();
     let verb = if a.replaced { "replaced rules" } else { "applied" };
     let mut out = if st.is_cgroup() {
-        format!("{verb} {} on cgroup {} (its processes' packets and connect/sendmsg calls, generation {})\n", p.file, st.iface, st.generation)
+        format!(
+            "{verb} {} on cgroup {} (its processes' packets and connect/sendmsg calls, generation {})\n",
+            p.file, st.iface, st.generation
+        )
     } else {
         format!("{verb} {} on {} ({} hook ({}), generation {})\n", p.file, st.iface, st.hook, st.mode, st.generation)
     };

@@ -190,7 +190,8 @@ impl Diff {
     pub fn check(&mut self, msg: &[u8], v6: bool) {
         let parsed = Message::from_vec(msg).ok();
         // The pending query, as hickory reads the question.
-        let mut qk = QueryKey { client: client(v6), resolver: resolver(v6), client_port: CLIENT_PORT.to_be_bytes(), id: [0; 2], v6: v6 as u32 };
+        let mut qk =
+            QueryKey { client: client(v6), resolver: resolver(v6), client_port: CLIENT_PORT.to_be_bytes(), id: [0; 2], v6: v6 as u32 };
         if msg.len() >= 2 {
             qk.id = [msg[0], msg[1]];
         }
@@ -266,9 +267,9 @@ pub fn answer_from(bytes: &[u8]) -> Vec<u8> {
     let names = ["a.example", "WWW.Sub.Example", "exact.test", "x.exact.test", "example", "other.org", "a-b.c.example."];
     let q = names[next() as usize % names.len()];
     let flags: u16 = match next() % 8 {
-        0 => 0x0180,             // not a response
-        1 => 0x8380,             // truncated
-        2 => 0x8183,             // NXDOMAIN
+        0 => 0x0180, // not a response
+        1 => 0x8380, // truncated
+        2 => 0x8183, // NXDOMAIN
         3 => u16::from_be_bytes([next(), next()]),
         _ => 0x8180,
     };

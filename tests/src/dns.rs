@@ -174,7 +174,8 @@ fn udp_query(ns: &str, server: Ipv4Addr, name: &str) -> Option<Vec<u8>> {
 pub fn resolve(ns: &str, name: &str) -> Vec<IpAddr> {
     let out = Command::new("ip").args(["netns", "exec", ns, "getent", "ahostsv4", name]).output();
     let Ok(out) = out else { return Vec::new() };
-    let mut v: Vec<IpAddr> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
+    let mut v: Vec<IpAddr> =
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
     v.dedup();
     v
 }

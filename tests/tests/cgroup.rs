@@ -74,14 +74,21 @@ fn apply_cgroup(cg: &std::path::Path, rules: &str) -> serde_json::Value {
 }
 
 fn counters(cg: &std::path::Path) -> serde_json::Value {
-    let out = std::process::Command::new(egress_bin()).args(["counters", "--cgroup", cg.to_str().unwrap(), "--json"]).output().expect("run egress");
+    let out = std::process::Command::new(egress_bin())
+        .args(["counters", "--cgroup", cg.to_str().unwrap(), "--json"])
+        .output()
+        .expect("run egress");
     assert!(out.status.success(), "counters --cgroup: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("counters JSON")
 }
 
 /// (packets, bytes) of a rule by name, or of the default row.
 fn row(v: &serde_json::Value, name: &str) -> (u64, u64) {
-    let r = if name == "(default)" { &v["default"] } else { v["rules"].as_array().and_then(|a| a.iter().find(|r| r["name"] == name)).expect(name) };
+    let r = if name == "(default)" {
+        &v["default"]
+    } else {
+        v["rules"].as_array().and_then(|a| a.iter().find(|r| r["name"] == name)).expect(name)
+    };
     (r["packets"].as_u64().unwrap_or(0), r["bytes"].as_u64().unwrap_or(0))
 }
 
@@ -115,7 +122,20 @@ fn two_cgroups_each_reach_only_their_own_destinations() {
     // with no bytes, on the default policy (deny) of the caller's cgroup.
     // explain: the live classifier of a cgroup, against the reference.
     let out = std::process::Command::new(egress_bin())
-        .args(["explain", "--cgroup", web.to_str().unwrap(), "--proto", "tcp", "--src", "192.0.2.1", "--dst", "198.51.100.2", "--dport", "5432", "--json"])
+        .args([
+            "explain",
+            "--cgroup",
+            web.to_str().unwrap(),
+            "--proto",
+            "tcp",
+            "--src",
+            "192.0.2.1",
+            "--dst",
+            "198.51.100.2",
+            "--dport",
+            "5432",
+            "--json",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -218,19 +238,19 @@ fn with_an_interface_hook_on_the_same_host_both_must_allow() {
 fn bad_cgroups_are_clear_errors_and_leave_nothing() {
     egress_tests::need_root!("cgroups, eBPF");
     let f = temp_file("cgroup.toml", WEB);
-    for (path, why) in [
-        ("/nonexistent/egress-cgroup", "No such file"),
-        ("/tmp", "not a cgroup v2 directory"),
-        ("/etc/hostname", "not a directory"),
-    ] {
-        let out = std::process::Command::new(egress_bin()).args(["apply", "--cgroup", path, "--rules", f.to_str().unwrap()]).output().unwrap();
+    for (path, why) in
+        [("/nonexistent/egress-cgroup", "No such file"), ("/tmp", "not a cgroup v2 directory"), ("/etc/hostname", "not a directory")]
+    {
+        let out =
+            std::process::Command::new(egress_bin()).args(["apply", "--cgroup", path, "--rules", f.to_str().unwrap()]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{path}");
         assert!(err.contains(why), "{path}: {err}");
     }
     // A cgroup v1 directory, where the host has one.
     if let Some(v1) = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu"].into_iter().find(|p| std::path::Path::new(p).is_dir()) {
-        let out = std::process::Command::new(egress_bin()).args(["apply", "--cgroup", v1, "--rules", f.to_str().unwrap()]).output().unwrap();
+        let out =
+            std::process::Command::new(egress_bin()).args(["apply", "--cgroup", v1, "--rules", f.to_str().unwrap()]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
             assert!(err.contains("cgroup v1") || err.contains("not a cgroup v2"), "{v1}: {err}");
@@ -255,7 +275,9 @@ fn a_deleted_cgroup_shows_severed_and_prune_removes_what_it_left() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     };
-    let ours = |v: &serde_json::Value| v["cgroups"].as_array().cloned().unwrap_or_default().into_iter().filter(|c| c["cgroup_id"] == id).collect::<Vec<_>>();
+    let ours = |v: &serde_json::Value| {
+        v["cgroups"].as_array().cloned().unwrap_or_default().into_iter().filter(|c| c["cgroup_id"] == id).collect::<Vec<_>>()
+    };
     let v = status(&["status", "--json"]);
     assert_eq!(ours(&v).len(), 1, "{v}");
     assert_eq!(ours(&v)[0]["link"], "severed", "{v}");
@@ -317,7 +339,10 @@ fn apply_unit_finds_the_units_cgroup() {
     let dir = slice.join(&unit);
     std::fs::create_dir(&dir).expect("the unit's cgroup");
     let f = temp_file("unit.toml", WEB);
-    let out = std::process::Command::new(egress_bin()).args(["apply", "--unit", &unit, "--rules", f.to_str().unwrap(), "--json"]).output().unwrap();
+    let out = std::process::Command::new(egress_bin())
+        .args(["apply", "--unit", &unit, "--rules", f.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
     let detach = std::process::Command::new(egress_bin()).args(["detach", "--cgroup", dir.to_str().unwrap()]).output().unwrap();
     let _ = std::fs::remove_dir(&dir);
     if made_slice {
@@ -375,7 +400,11 @@ fn a_cgroup_removed_during_apply_is_a_clear_error_and_leaves_nothing() {
     // Large enough that loading the maps takes a while after the cgroup is resolved.
     let mut text = String::from("default_policy = \"allow\"\n");
     for i in 0..40_000u32 {
-        text.push_str(&format!("[[rule]]\nname = \"r{i}\"\naction = \"deny\"\nprotocol = \"tcp\"\ndst = \"2001:db8:{:x}:{:x}::/64\"\n", i >> 8, i & 0xff));
+        text.push_str(&format!(
+            "[[rule]]\nname = \"r{i}\"\naction = \"deny\"\nprotocol = \"tcp\"\ndst = \"2001:db8:{:x}:{:x}::/64\"\n",
+            i >> 8,
+            i & 0xff
+        ));
     }
     let f = temp_file("big.toml", &text);
     let child = std::process::Command::new(egress_bin())

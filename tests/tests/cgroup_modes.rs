@@ -92,7 +92,18 @@ fn a_cgroup_learns_the_names_its_own_processes_resolve_and_nothing_else() {
 
     // explain sees the learned name on the cgroup too.
     let v = egress_json(&[
-        "explain", "--cgroup", web.as_str(), "--proto", "tcp", "--src", "192.0.2.1", "--dst", &API.to_string(), "--dport", "8080", "--json",
+        "explain",
+        "--cgroup",
+        web.as_str(),
+        "--proto",
+        "tcp",
+        "--src",
+        "192.0.2.1",
+        "--dst",
+        &API.to_string(),
+        "--dport",
+        "8080",
+        "--json",
     ]);
     assert_eq!((v["rule"].as_str(), v["action"].as_str(), v["agree"].as_bool()), (Some("api"), Some("allow"), Some(true)), "{v}");
     assert_eq!(v["names"][0]["name"], "api.example", "{v}");
@@ -104,7 +115,11 @@ fn debug_mode_on_a_cgroup_logs_why_it_drops_what_it_cannot_parse() {
     let p = Pair::new("cgdbg").expect("namespaces");
     p.settle(false);
     let cg = TestCgroup::new("dbg").expect("cgroup");
-    let v = apply(&cg, "default_policy = \"allow\"\n[[rule]]\nname = \"no-9\"\naction = \"deny\"\nprotocol = \"udp\"\nports = \"9\"\n", &["--debug"]);
+    let v = apply(
+        &cg,
+        "default_policy = \"allow\"\n[[rule]]\nname = \"no-9\"\naction = \"deny\"\nprotocol = \"udp\"\nports = \"9\"\n",
+        &["--debug"],
+    );
     assert_eq!(v["debug"], true, "{v}");
     let mut c = Client::start(CLIENT, &cg.path, &p.a).expect("client");
     // The debug twin enforces the same rules.
@@ -142,14 +157,22 @@ fn explain_names_the_process_and_the_cgroup_whose_rules_decide_for_it() {
     let out = egress(&ask);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains(&format!("process    {pid} (egress-cgroup-c) in cgroup {}; decided by the rules of {}", worker.display(), svc.as_str())),
+        text.contains(&format!(
+            "process    {pid} (egress-cgroup-c) in cgroup {}; decided by the rules of {}",
+            worker.display(),
+            svc.as_str()
+        )),
         "{text}"
     );
     // A process no cgroup rule set covers: said so, exit 1.
     let d = Client::start(CLIENT, &bare.path, &p.a).expect("client");
     let out = egress(&["explain", "--pid", &d.pid.to_string(), "--proto", "tcp", "--dst", "203.0.113.9", "--dport", "25"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no cgroup at or above it has egress rules"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no cgroup at or above it has egress rules"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -46,7 +46,11 @@ fn the_kustomize_base_renders_and_validates_against_the_claimed_versions() {
     let yaml = render();
     let file = egress_tests::temp_file("rendered.yaml", &yaml);
     for v in VERSIONS {
-        let out = Command::new("kubernetes-validate").args(["--strict", "-k", v]).arg(&file).output().expect("kubernetes-validate (cargo xtask setup installs it)");
+        let out = Command::new("kubernetes-validate")
+            .args(["--strict", "-k", v])
+            .arg(&file)
+            .output()
+            .expect("kubernetes-validate (cargo xtask setup installs it)");
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "{v}: {text}");
         for r in ["namespace/egress-system", "configmap/egress-config", "service/egress-metrics", "daemonset/egress"] {
@@ -82,7 +86,8 @@ fn the_manifests_fit_together() {
         .split_whitespace()
         .map(|c| c.trim_start_matches("CAP_").to_string())
         .collect();
-    let caps: Vec<String> = c["securityContext"]["capabilities"]["add"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let caps: Vec<String> =
+        c["securityContext"]["capabilities"]["add"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     assert_eq!(caps, unit_caps);
     assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
     // Mounts: the config from the ConfigMap, the node's bpffs and state.

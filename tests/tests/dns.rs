@@ -9,7 +9,10 @@ use std::{
 
 use egress_tests::{
     Pair,
-    dns::{DnsServer, NOT_RESOLVER, RESOLVER, Record, SILENT_RESOLVER, answer, connect_ms, open, query, resolve, send_from_53, send_query, still_open},
+    dns::{
+        DnsServer, NOT_RESOLVER, RESOLVER, Record, SILENT_RESOLVER, answer, connect_ms, open, query, resolve, send_from_53, send_query,
+        still_open,
+    },
 };
 
 const PORT: u16 = 8080;
@@ -185,7 +188,18 @@ fn wildcards_cnames_and_query_filtering() {
     assert!(names.iter().any(|n| n == "bad.example") || names.iter().any(|n| n == "www.bad.example"), "{ev}");
     // explain names the learned name of a verdict.
     let e: serde_json::Value = serde_json::from_str(&p.egress_ok(&[
-        "explain", "--iface", &p.a_if, "--proto", "tcp", "--src", "192.0.2.1", "--dst", "198.51.100.22", "--dport", "8080", "--json",
+        "explain",
+        "--iface",
+        &p.a_if,
+        "--proto",
+        "tcp",
+        "--src",
+        "192.0.2.1",
+        "--dst",
+        "198.51.100.22",
+        "--dport",
+        "8080",
+        "--json",
     ]))
     .expect("explain json");
     assert_eq!(e["rule"], "web", "{e}");
@@ -315,7 +329,8 @@ fn egress_run_keeps_learned_names_across_its_restart_and_follows_reloads() {
     let records = [Record::A("a.fresh.example", v4(198, 51, 100, 60), 300), Record::A("exact.example", v4(198, 51, 100, 61), 300)];
     let _dns = DnsServer::start(&p, &records, &[PORT]).expect("dnsmasq");
     let rules_file = egress_tests::temp_file("rules.toml", &rules(WEB));
-    let cfg = egress_tests::temp_file("egress.toml", &format!("[[interface]]\nname = \"{}\"\nrules = \"{}\"\n", p.a_if, rules_file.display()));
+    let cfg =
+        egress_tests::temp_file("egress.toml", &format!("[[interface]]\nname = \"{}\"\nrules = \"{}\"\n", p.a_if, rules_file.display()));
     let is = |v: &serde_json::Value, m: &str| v["message"].as_str().is_some_and(|s| s.contains(m)) && v["iface"] == p.a_if.as_str();
     let mut dmn = egress_tests::Daemon::start(&p.a, &cfg, &[]);
     dmn.wait_for("applied", 1, |v| is(v, "rules applied"));

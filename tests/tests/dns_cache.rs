@@ -113,7 +113,12 @@ fn case(tag: &str) -> Case {
     let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/egress-test-dnscache-{tag}-{}", std::process::id()));
     let dns = DnsLoad { config: rs.dns.clone().expect("[dns]"), key: [1, 2], dir: pins.clone() };
     let loaded = Loaded::with_options(&c, &LoadOptions { dns: Some(dns), flow_cache: 64, ..LoadOptions::default() }).expect("load");
-    let meta = PacketMeta { src: "192.0.2.1".parse().unwrap(), dst: std::net::Ipv4Addr::from(ADDR).into(), proto: 6, l4: L4::Ports { dport: 443 } };
+    let meta = PacketMeta {
+        src: "192.0.2.1".parse().unwrap(),
+        dst: std::net::Ipv4Addr::from(ADDR).into(),
+        proto: 6,
+        l4: L4::Ports { dport: 443 },
+    };
     Case { loaded, frame: packet::build(&meta, &Shape::default()), pins }
 }
 

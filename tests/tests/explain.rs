@@ -136,7 +136,8 @@ fn without_src_explain_chooses_the_source_and_says_which() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!((v["rule"].as_str(), v["src"].as_str()), (Some("no-smtp"), Some("0.0.0.0")), "{v}");
     assert!(v["src_note"].as_str().unwrap_or_default().contains("no rule names one"), "{v}");
-    let by_src = temp_file("by-src.toml", "default_policy = \"allow\"\n[[rule]]\nname = \"lab\"\naction = \"deny\"\nsrc = \"192.0.2.0/28\"\n");
+    let by_src =
+        temp_file("by-src.toml", "default_policy = \"allow\"\n[[rule]]\nname = \"lab\"\naction = \"deny\"\nsrc = \"192.0.2.0/28\"\n");
     let o = std::process::Command::new(egress_bin())
         .args(["explain", "--rules", by_src.to_str().unwrap(), "--proto", "udp", "--dst", "192.0.2.2", "--dport", "9"])
         .output()
@@ -146,12 +147,26 @@ fn without_src_explain_chooses_the_source_and_says_which() {
 
     // An interface: its first address of the packet's family, named in the output.
     let p = Pair::new("exsrc").expect("namespaces");
-    let f = temp_file("by-src.toml", "default_policy = \"allow\"\n[[rule]]\nname = \"lab\"\naction = \"deny\"\nprotocol = \"udp\"\nsrc = \"192.0.2.0/28\"\n");
+    let f = temp_file(
+        "by-src.toml",
+        "default_policy = \"allow\"\n[[rule]]\nname = \"lab\"\naction = \"deny\"\nprotocol = \"udp\"\nsrc = \"192.0.2.0/28\"\n",
+    );
     p.egress_ok(&["apply", "--iface", &p.a_if, "--rules", f.to_str().unwrap()]);
     let out = p.egress_ok(&["explain", "--iface", &p.a_if, "--proto", "udp", "--dst", "192.0.2.2", "--dport", "9"]);
     assert!(out.contains(&format!("(--src not given: 192.0.2.1, the first IPv4 address of {})", p.a_if)), "{out}");
     assert!(out.contains("deny by rule 'lab'"), "{out}");
-    let v: Value =
-        serde_json::from_str(&p.egress_ok(&["explain", "--iface", &p.a_if, "--proto", "udp", "--dst", "2001:db8:1::2", "--dport", "9", "--json"])).unwrap();
+    let v: Value = serde_json::from_str(&p.egress_ok(&[
+        "explain",
+        "--iface",
+        &p.a_if,
+        "--proto",
+        "udp",
+        "--dst",
+        "2001:db8:1::2",
+        "--dport",
+        "9",
+        "--json",
+    ]))
+    .unwrap();
     assert_eq!((v["src"].as_str(), v["decided_by"].as_str()), (Some("2001:db8:1::1"), Some("default")), "{v}");
 }

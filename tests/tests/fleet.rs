@@ -76,9 +76,8 @@ fn a_configmap_update_is_followed_and_readyz_says_what_is_enforced() {
     egress_tests::need_root!("network namespaces, eBPF");
     let p = Pair::new("fleet").expect("namespaces");
     p.static_neighbours().unwrap();
-    let config = |ifaces: &[&str]| -> String {
-        ifaces.iter().map(|i| format!("[[interface]]\nname = \"{i}\"\nrules = \"rules.toml\"\n")).collect()
-    };
+    let config =
+        |ifaces: &[&str]| -> String { ifaces.iter().map(|i| format!("[[interface]]\nname = \"{i}\"\nrules = \"rules.toml\"\n")).collect() };
     let mut cm = ConfigMap::new("a", &[("egress.toml", &config(&[&p.a_if])), ("rules.toml", &deny_udp(&[6601]))]);
     let port = port();
     let d = Daemon::start(&p.a, &cm.path("egress.toml"), &["--metrics", &port.to_string()]);
@@ -91,7 +90,11 @@ fn a_configmap_update_is_followed_and_readyz_says_what_is_enforced() {
     let (code, v) = readyz(&p.a, port);
     assert_eq!(code, 200, "{v}");
     let e = &v["attachments"][0];
-    assert_eq!((e["iface"].as_str(), e["link"].as_str(), e["file_applied"].as_bool()), (Some(p.a_if.as_str()), Some("attached"), Some(true)), "{v}");
+    assert_eq!(
+        (e["iface"].as_str(), e["link"].as_str(), e["file_applied"].as_bool()),
+        (Some(p.a_if.as_str()), Some("attached"), Some(true)),
+        "{v}"
+    );
     let first = e["digest"].as_str().unwrap().to_string();
 
     // A ConfigMap update (the ..data swap): the new rules are enforced.
@@ -104,7 +107,10 @@ fn a_configmap_update_is_followed_and_readyz_says_what_is_enforced() {
 
     // An invalid rule file: the old rules stay, still ready, but the body and
     // the metric say the file is not applied, and why.
-    cm.update(&[("egress.toml", &config(&[&p.a_if])), ("rules.toml", "default_policy = \"allow\"\n[[rule]]\nname = \"x\"\nports = \"70000\"\n")]);
+    cm.update(&[
+        ("egress.toml", &config(&[&p.a_if])),
+        ("rules.toml", "default_policy = \"allow\"\n[[rule]]\nname = \"x\"\nports = \"70000\"\n"),
+    ]);
     d.wait_for("the invalid file logged", 1, |l| l["message"].as_str().is_some_and(|m| m.contains("the running rules stay enforced")));
     assert_eq!(p.udp(false, 6602, 3), 0, "the old rules stay");
     let (code, v) = readyz(&p.a, port);

@@ -74,7 +74,11 @@ fn the_image_enforces_on_a_test_namespace_with_the_units_capabilities() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
-    assert_eq!((v["attachments"][0]["iface"].as_str(), v["attachments"][0]["link"].as_str()), (Some(p.a_if.as_str()), Some("attached")), "{v}");
+    assert_eq!(
+        (v["attachments"][0]["iface"].as_str(), v["attachments"][0]["link"].as_str()),
+        (Some(p.a_if.as_str()), Some("attached")),
+        "{v}"
+    );
     assert_eq!(p.udp(false, 6801, 3), 0, "denied by the rules the container applied");
     assert_eq!(p.udp(false, 6802, 3), 3);
 

@@ -4,7 +4,7 @@
 //! already in use is an error at start; a bare port listens on 127.0.0.1 only.
 //! Needs root.
 
-use std::{io::Write as _, net::TcpStream, time::Duration};
+use std::{io::Write as _, net::TcpStream};
 
 use egress_tests::{Daemon, Pair, deny_udp, http_get as get, in_ns, replace_file, temp_file};
 

@@ -51,10 +51,8 @@ fn the_package_installs_verifies_documents_completes_and_leaves_enforcement_on_r
     assert!(ok("MANWIDTH=100 man egress-run | col -b").contains("[[interface]]"));
 
     // bash completion from the installed script.
-    let comp = ok(
-        "bash -c 'source /usr/share/bash-completion/completions/egress; COMP_WORDS=(egress app); COMP_CWORD=1; \
-         COMP_LINE=\"egress app\"; COMP_POINT=10; _egress egress app egress; printf \"%s\\n\" \"${COMPREPLY[@]}\"'",
-    );
+    let comp = ok("bash -c 'source /usr/share/bash-completion/completions/egress; COMP_WORDS=(egress app); COMP_CWORD=1; \
+         COMP_LINE=\"egress app\"; COMP_POINT=10; _egress egress app egress; printf \"%s\\n\" \"${COMPREPLY[@]}\"'");
     assert_eq!(comp.trim(), "apply");
 
     // Rules applied with the installed binary stay enforced after `dpkg -r`.

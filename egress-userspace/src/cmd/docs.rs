@@ -25,7 +25,9 @@ pub fn man(dir: Option<&Path>) -> anyhow::Result<()> {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(|e| anyhow::anyhow!("create {}: {e}", d.display()))?;
             clap_mangen::generate_to(cmd, d).map_err(|e| anyhow::anyhow!("write the manual pages to {}: {e}", d.display()))?;
-            let n = std::fs::read_dir(d).map(|r| r.filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "1")).count()).unwrap_or(0);
+            let n = std::fs::read_dir(d)
+                .map(|r| r.filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "1")).count())
+                .unwrap_or(0);
             eprintln!("{n} manual pages in {}", d.display());
         }
     }

@@ -11,7 +11,14 @@ use crate::{InputError, cli, enter, input};
 /// `egress explain`: the live classifier and the reference (--iface,
 /// --cgroup, --pid), or the reference alone (--rules). Exit 1 if the two ever
 /// disagree.
-pub fn explain_cmd(netns: &Option<String>, at: cli::HookedIface, pid: Option<u32>, rules: Option<std::path::PathBuf>, q: &explain::Query, json: bool) -> anyhow::Result<ExitCode> {
+pub fn explain_cmd(
+    netns: &Option<String>,
+    at: cli::HookedIface,
+    pid: Option<u32>,
+    rules: Option<std::path::PathBuf>,
+    q: &explain::Query,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     if let Some(path) = rules {
         let p = reload::prepare(&path).map_err(input)?;
         let (m, note) = q.with_source(&p.rules, None).map_err(|e| anyhow::Error::new(InputError(e.to_string())))?;
@@ -70,7 +77,8 @@ pub fn explain_cmd(netns: &Option<String>, at: cli::HookedIface, pid: Option<u32
     } else {
         println!("packet     {}{}", q.describe(&l.meta), l.src_note.as_ref().map(|n| format!("  ({n})")).unwrap_or_default());
         if let Some(p) = &process {
-            let own = if p.cgroup.as_os_str() == t.iface.as_str() { String::new() } else { format!("; decided by the rules of {}", t.iface) };
+            let own =
+                if p.cgroup.as_os_str() == t.iface.as_str() { String::new() } else { format!("; decided by the rules of {}", t.iface) };
             println!("process    {} ({}) in cgroup {}{own}", p.pid, p.comm, p.cgroup.display());
         }
         let at = if t.hook == Hook::Cgroup { t.describe() } else { format!("{} {}", t.iface, t.hook) };
@@ -83,4 +91,3 @@ pub fn explain_cmd(netns: &Option<String>, at: cli::HookedIface, pid: Option<u32
     }
     Ok(ExitCode::SUCCESS)
 }
-

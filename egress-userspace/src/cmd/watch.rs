@@ -35,4 +35,3 @@ pub fn watch_counters(t: &dataplane::Target, interval: f64, count: Option<u64>, 
     }
     Ok(())
 }
-

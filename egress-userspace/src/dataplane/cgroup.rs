@@ -104,9 +104,7 @@ pub fn resolve_cgroup(path: &Path) -> Result<Target> {
         CGROUP2_SUPER_MAGIC => {}
         CGROUP_SUPER_MAGIC => {
             let v2 = cgroup2_mount().map(|m| format!(" (this host's cgroup v2 hierarchy is at {})", m.display())).unwrap_or_default();
-            return Err(DataplaneError::Other(format!(
-                "{shown} is a cgroup v1 directory; egress's hooks need cgroup v2{v2}"
-            )));
+            return Err(DataplaneError::Other(format!("{shown} is a cgroup v1 directory; egress's hooks need cgroup v2{v2}")));
         }
         _ => return Err(DataplaneError::Other(format!("{shown} is not a cgroup v2 directory (not on a cgroup2 file system)"))),
     }
@@ -170,7 +168,8 @@ pub struct Process {
 /// and the nearest attachment at or above it.
 pub fn process(pid: u32) -> Result<Process> {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    let text = std::fs::read_to_string(proc_dir.join("cgroup")).map_err(|e| DataplaneError::Other(format!("process {pid}: {e} (is it running?)")))?;
+    let text = std::fs::read_to_string(proc_dir.join("cgroup"))
+        .map_err(|e| DataplaneError::Other(format!("process {pid}: {e} (is it running?)")))?;
     let comm = std::fs::read_to_string(proc_dir.join("comm")).unwrap_or_default().trim().to_string();
     let rel = text.lines().find_map(|l| l.strip_prefix("0::")).ok_or_else(|| {
         DataplaneError::Other(format!("process {pid} ({comm}) is in no cgroup v2 (no \"0::\" line in /proc/{pid}/cgroup)"))
@@ -179,7 +178,10 @@ pub fn process(pid: u32) -> Result<Process> {
     let attached: Vec<state::State> = state::all_states()?.into_iter().filter(|s| s.hook == Hook::Cgroup).collect();
     let decided_by = cgroup.ancestors().find_map(|dir| {
         let id = std::fs::metadata(dir).ok()?.ino();
-        attached.iter().find(|s| s.cgroup_id == id && Path::new(&s.iface) == dir).map(|s| Target::cgroup(s.iface.clone(), s.cgroup_id, s.cgroup_level))
+        attached
+            .iter()
+            .find(|s| s.cgroup_id == id && Path::new(&s.iface) == dir)
+            .map(|s| Target::cgroup(s.iface.clone(), s.cgroup_id, s.cgroup_level))
     });
     Ok(Process { pid, comm, cgroup, decided_by })
 }
@@ -190,7 +192,8 @@ pub(super) fn switch(loaded: &mut Loaded, t: &Target, key: &str) -> Result<Attac
     let (packet, companion) = (loaded.cgroup_program(), loaded.companion);
     let ebpf = &mut loaded.ebpf;
     let dir = pin_dir(key);
-    let gone = |what: &str| DataplaneError::Other(format!("cgroup {} {what} during apply: nothing attached, the rules are not applied", t.iface));
+    let gone =
+        |what: &str| DataplaneError::Other(format!("cgroup {} {what} during apply: nothing attached, the rules are not applied", t.iface));
     let cg = File::open(&t.iface).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => gone("was removed"),
         _ => DataplaneError::Other(format!("open cgroup {}: {e}", t.iface)),
@@ -229,7 +232,8 @@ pub(super) fn switch(loaded: &mut Loaded, t: &Target, key: &str) -> Result<Attac
                 link::update_pinned(&path, fd).map_err(io_err(format!("replace the {pin} program on {} (bpf_link_update)", t.iface)))?;
                 continue;
             }
-            let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(prog_err(format!("attach to cgroup {} (cgroup/{pin})", t.iface)))?;
+            let id =
+                prog.attach(&cg, CgroupAttachMode::Single).map_err(prog_err(format!("attach to cgroup {} (cgroup/{pin})", t.iface)))?;
             let l = prog.take_link(id).map_err(prog_err("take link"))?;
             let fd = FdLink::try_from(l).map_err(|source| DataplaneError::Link { op: "cgroup link handle".into(), source })?;
             fd.pin(&path).map_err(pin_err(format!("pin the link at {}", path.display())))?;

@@ -57,7 +57,13 @@ pub fn new_key() -> Result<[u64; 2]> {
 
 /// Sets the globals, sizes and pins of the DNS maps on a loader; the pin
 /// paths live in `paths` (the loader borrows them).
-pub(super) fn configure<'a>(loader: &mut EbpfLoader<'a>, d: Option<&'a DnsLoad>, globals: &'a DnsGlobals, paths: &'a [PathBuf; 5], patterns: u32) {
+pub(super) fn configure<'a>(
+    loader: &mut EbpfLoader<'a>,
+    d: Option<&'a DnsLoad>,
+    globals: &'a DnsGlobals,
+    paths: &'a [PathBuf; 5],
+    patterns: u32,
+) {
     loader
         .override_global(GLOBAL_DNS_ON, &globals.on, true)
         .override_global(GLOBAL_DNS_KEY0, &globals.key[0], true)
@@ -92,12 +98,9 @@ impl DnsGlobals {
     pub(super) fn new(d: Option<&DnsLoad>) -> DnsGlobals {
         match d {
             None => DnsGlobals { on: 0, key: [0; 2], ttl: [1, 1], mask: 0 },
-            Some(d) => DnsGlobals {
-                on: 1,
-                key: d.key,
-                ttl: [d.config.min_ttl, d.config.max_ttl],
-                mask: buckets(d.config.max_addresses) - 1,
-            },
+            Some(d) => {
+                DnsGlobals { on: 1, key: d.key, ttl: [d.config.min_ttl, d.config.max_ttl], mask: buckets(d.config.max_addresses) - 1 }
+            }
         }
     }
 }
@@ -108,7 +111,13 @@ pub(super) fn pin_paths(d: Option<&DnsLoad>) -> Result<[PathBuf; 5]> {
     let t = table_dir(&d.dir, buckets(d.config.max_addresses));
     super::state::private_dir(&d.dir)?;
     super::state::private_dir(&t)?;
-    Ok([t.join(MAP_DNS_LEARN_V4), t.join(MAP_DNS_LEARN_V6), d.dir.join(MAP_DNS_QUERIES), d.dir.join(MAP_DNS_NAMES), d.dir.join(MAP_DNS_STATS)])
+    Ok([
+        t.join(MAP_DNS_LEARN_V4),
+        t.join(MAP_DNS_LEARN_V6),
+        d.dir.join(MAP_DNS_QUERIES),
+        d.dir.join(MAP_DNS_NAMES),
+        d.dir.join(MAP_DNS_STATS),
+    ])
 }
 
 /// The labels of a canonical pattern and its kind.
@@ -247,17 +256,18 @@ pub(super) fn read(dir: &Path, buckets: u32) -> Result<DnsReadout> {
                 if w.expires <= now || w.seal != learn_seal(&w.addr, w.expires, w.pattern, w.name) {
                     continue;
                 }
-                let address = if v6 {
-                    IpAddr::from(w.addr)
-                } else {
-                    IpAddr::from([w.addr[0], w.addr[1], w.addr[2], w.addr[3]])
-                };
+                let address = if v6 { IpAddr::from(w.addr) } else { IpAddr::from([w.addr[0], w.addr[1], w.addr[2], w.addr[3]]) };
                 let qname = names
                     .as_ref()
                     .and_then(|n| n.get(&w.name, 0).ok())
                     .map(|n| wire_to_text(&n.wire[..(n.len as usize).min(256)]))
                     .unwrap_or_else(|| "?".into());
-                out.learned.push(Learned { name: qname, address, pattern: w.pattern, expires_in: (w.expires - now).div_ceil(1_000_000_000) });
+                out.learned.push(Learned {
+                    name: qname,
+                    address,
+                    pattern: w.pattern,
+                    expires_in: (w.expires - now).div_ceil(1_000_000_000),
+                });
             }
         }
     }

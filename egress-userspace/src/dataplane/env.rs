@@ -250,9 +250,15 @@ pub fn resolve_or_state(iface: &str, hook: Hook) -> Result<Target> {
             let cookie = netns_cookie()?;
             let found = state::all_states()?.into_iter().find(|s| s.iface == iface && s.netns_cookie == cookie && s.hook == hook);
             match found {
-                Some(s) => {
-                    Ok(Target { iface: s.iface, ifindex: s.ifindex, netns_cookie: s.netns_cookie, netns: s.netns, hook, cgroup_id: 0, cgroup_level: 0 })
-                }
+                Some(s) => Ok(Target {
+                    iface: s.iface,
+                    ifindex: s.ifindex,
+                    netns_cookie: s.netns_cookie,
+                    netns: s.netns,
+                    hook,
+                    cgroup_id: 0,
+                    cgroup_level: 0,
+                }),
                 None => Err(e),
             }
         }

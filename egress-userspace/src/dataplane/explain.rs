@@ -10,10 +10,10 @@ use egress_common::{ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, ALL_MAPS, EXPLAIN_P
 use super::{
     DataplaneError, EBPF_OBJECT, Result,
     conn::conn_table_dir,
+    dns::{DnsGlobals, DnsLoad, pin_paths as dns_pin_paths},
     env::{Target, has_ethernet},
     load::Globals,
     prog_err,
-    dns::{DnsGlobals, DnsLoad, pin_paths as dns_pin_paths},
     state::{State, conn_dir, dns_dir, gen_dir, read_state},
 };
 

@@ -9,22 +9,12 @@ use aya::{
     maps::{Map, MapData},
 };
 use egress_common::{
-    DstValue, ListSlot, Lists, MAP_DST_V4, MAP_DST_V6, MAP_LISTS, MAP_PAIR_V4, MAP_PAIR_V6, MAP_RANGES, PairKeyV4, PairKeyV6, PortRange,
+    MAP_DIR_V4, MAP_DIR_V6, MAP_DST_CLASSES, MAP_LISTS, MAP_PAIR_LISTS, MAP_RANGES, MAP_SDIR_V4, MAP_SDIR_V6, MAP_SPAN_V4, MAP_SPAN_V6,
+    MAP_SSPAN_V4, MAP_SSPAN_V6,
 };
 
 use super::{BPF_MAP_UPDATE_ELEM, DataplaneError, ElemAttr, Result};
-use crate::compile::{Compiled, Prefix};
-
-fn v4(p: &Prefix) -> [u8; 4] {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&p.addr[..4]);
-    a
-}
-fn v6(p: &Prefix) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&p.addr[..16]);
-    a
-}
+use crate::compile::Compiled;
 
 /// The bytes of a plain-old-data map key or value.
 fn pod_bytes<T: aya::Pod>(v: &T) -> &[u8] {
@@ -33,9 +23,8 @@ fn pod_bytes<T: aya::Pod>(v: &T) -> &[u8] {
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
 }
 
-/// Map entries laid out as the kernel reads them in a batch: keys in one buffer
-/// (for an LPM trie `u32 prefix length (host order) ‖ data`, for an array the u32
-/// index), values in another.
+/// Array entries laid out as the kernel reads them in a batch: keys (the u32
+/// indexes) in one buffer, values in another.
 struct Batch {
     keys: Vec<u8>,
     values: Vec<u8>,
@@ -49,12 +38,6 @@ impl Batch {
             values: Vec::with_capacity(n * std::mem::size_of::<V>()),
             count: 0,
         }
-    }
-    fn push<K: aya::Pod, V: aya::Pod>(&mut self, prefix_len: u32, key: &K, value: &V) {
-        self.keys.extend_from_slice(&prefix_len.to_ne_bytes());
-        self.keys.extend_from_slice(pod_bytes(key));
-        self.values.extend_from_slice(pod_bytes(value));
-        self.count += 1;
     }
     /// An array entry: the key is the index.
     fn push_index<V: aya::Pod>(&mut self, index: u32, value: &V) {
@@ -92,9 +75,9 @@ fn write_batch(ebpf: &mut Ebpf, name: &str, b: &Batch) -> Result<()> {
     let (ks, vs) = (b.keys.len() / b.count, b.values.len() / b.count);
     let map = ebpf.map_mut(name).ok_or_else(|| DataplaneError::Other(format!("map {name} missing from the eBPF object")))?;
     let data: &MapData = match map {
-        Map::LpmTrie(m) | Map::Array(m) => m,
+        Map::Array(m) => m,
         _ => {
-            return Err(DataplaneError::Other(format!("map {name} is neither an LPM trie nor an array")));
+            return Err(DataplaneError::Other(format!("map {name} is not an array")));
         }
     };
     let fd = {
@@ -149,34 +132,26 @@ fn write_one_by_one(fd: u32, name: &str, b: &Batch, ks: usize, vs: usize) -> Res
 
 /// Writes a compiled rule set into freshly created (empty) maps.
 pub(super) fn fill(ebpf: &mut Ebpf, c: &Compiled) -> Result<()> {
-    let mut b = Batch::with_capacity::<[u8; 4], DstValue>(c.dst_v4.len());
-    for (p, v) in &c.dst_v4 {
-        b.push(p.len as u32, &v4(p), v);
-    }
-    write_batch(ebpf, MAP_DST_V4, &b)?;
-    let mut b = Batch::with_capacity::<[u8; 16], DstValue>(c.dst_v6.len());
-    for (p, v) in &c.dst_v6 {
-        b.push(p.len as u32, &v6(p), v);
-    }
-    write_batch(ebpf, MAP_DST_V6, &b)?;
-    let mut b = Batch::with_capacity::<PairKeyV4, Lists>(c.pair_v4.len());
-    for (class, s, list) in &c.pair_v4 {
-        b.push(32 + s.len as u32, &PairKeyV4 { dst_class: class.to_be_bytes(), src: v4(s) }, list);
-    }
-    write_batch(ebpf, MAP_PAIR_V4, &b)?;
-    let mut b = Batch::with_capacity::<PairKeyV6, Lists>(c.pair_v6.len());
-    for (class, s, list) in &c.pair_v6 {
-        b.push(32 + s.len as u32, &PairKeyV6 { dst_class: class.to_be_bytes(), src: v6(s) }, list);
-    }
-    write_batch(ebpf, MAP_PAIR_V6, &b)?;
-    let mut b = Batch::with_capacity::<u32, ListSlot>(c.list_slots.len());
-    for (i, v) in c.list_slots.iter().enumerate() {
+    write_array(ebpf, MAP_DIR_V4, &c.flat_v4.dir)?;
+    write_array(ebpf, MAP_SPAN_V4, &c.flat_v4.spans)?;
+    write_array(ebpf, MAP_DIR_V6, &c.flat_v6.dir)?;
+    write_array(ebpf, MAP_SPAN_V6, &c.flat_v6.spans)?;
+    // Index 0 (no class) is never read.
+    write_array(ebpf, MAP_DST_CLASSES, &c.dst_classes)?;
+    write_array(ebpf, MAP_SDIR_V4, &c.src_v4.dir)?;
+    write_array(ebpf, MAP_SSPAN_V4, &c.src_v4.spans)?;
+    write_array(ebpf, MAP_SDIR_V6, &c.src_v6.dir)?;
+    write_array(ebpf, MAP_SSPAN_V6, &c.src_v6.spans)?;
+    write_array(ebpf, MAP_PAIR_LISTS, &c.pair_lists)?;
+    write_array(ebpf, MAP_LISTS, &c.list_slots)?;
+    write_array(ebpf, MAP_RANGES, &c.ranges)
+}
+
+/// Writes `values` at indexes 0.. of an array map.
+fn write_array<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, values: &[V]) -> Result<()> {
+    let mut b = Batch::with_capacity::<u32, V>(values.len());
+    for (i, v) in values.iter().enumerate() {
         b.push_index(i as u32, v);
     }
-    write_batch(ebpf, MAP_LISTS, &b)?;
-    let mut b = Batch::with_capacity::<u32, PortRange>(c.ranges.len());
-    for (i, v) in c.ranges.iter().enumerate() {
-        b.push_index(i as u32, v);
-    }
-    write_batch(ebpf, MAP_RANGES, &b)
+    write_batch(ebpf, name, &b)
 }

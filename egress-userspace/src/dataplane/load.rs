@@ -10,15 +10,16 @@ use aya::{
     programs::{CgroupSkb, CgroupSockAddr, ProgramError, SchedClassifier, Xdp},
 };
 use egress_common::{
-    CG_MAX_OWNERS, CGROUP_SKB_SF_PROGRAM_NAME, CGROUP_TRACK_PROGRAM_NAME, GLOBAL_CG_ID, GLOBAL_CG_LEVEL, GLOBAL_SRC_ANY, MAP_CG_OWNERS, MAP_DNS_TAIL_CG,
-    cgroup_program,
+    CG_MAX_OWNERS, CGROUP_SKB_SF_PROGRAM_NAME, CGROUP_TRACK_PROGRAM_NAME, GLOBAL_CG_ID, GLOBAL_CG_LEVEL, GLOBAL_SRC_ANY, MAP_CG_OWNERS,
+    MAP_DNS_TAIL_CG, cgroup_program,
 };
 use egress_common::{
     Counter, FLOW_CACHE_ENTRIES, GLOBAL_CONN_ON, GLOBAL_DEFAULT_ACTION, GLOBAL_EVENT_INTERVAL, GLOBAL_EVENT_TOLERANCE, GLOBAL_FLOW_MASK,
-    GLOBAL_GENERATION, GLOBAL_HAS_ETH, GLOBAL_TO_ICMP, GLOBAL_TO_TCP_CLOSING, GLOBAL_TO_TCP_EST, GLOBAL_TO_UDP,
-    MAP_CONN_STATS, MAP_CONN_V4, MAP_CONN_V6, MAP_COUNTERS, MAP_DEBUG_LOG, MAP_DNS_TAIL_TC, MAP_DNS_TAIL_XDP, MAP_EVENT_LIMITS, MAP_EVENT_STATS,
-    MAP_EVENTS, MAP_FLOW_V4, MAP_FLOW_V6, MAP_LISTS, MAP_RANGES, MAP_STATS, MAX_FLOW_CACHE_ENTRIES,
-    MIN_MAX_FLOWS, STATS_LEN, TRACK_PROGRAM_NAME, classifier_program,
+    GLOBAL_GENERATION, GLOBAL_HAS_ETH, GLOBAL_TO_ICMP, GLOBAL_TO_TCP_CLOSING, GLOBAL_TO_TCP_EST, GLOBAL_TO_UDP, MAP_CONN_STATS,
+    MAP_CONN_V4, MAP_CONN_V6, MAP_COUNTERS, MAP_DEBUG_LOG, MAP_DIR_V4, MAP_DIR_V6, MAP_DNS_TAIL_TC, MAP_DNS_TAIL_XDP, MAP_DST_CLASSES,
+    MAP_EVENT_LIMITS, MAP_EVENT_STATS, MAP_EVENTS, MAP_FLOW_V4, MAP_FLOW_V6, MAP_LISTS, MAP_PAIR_LISTS, MAP_RANGES, MAP_SDIR_V4,
+    MAP_SDIR_V6, MAP_SPAN_V4, MAP_SPAN_V6, MAP_SSPAN_V4, MAP_SSPAN_V6, MAP_STATS, MAX_FLOW_CACHE_ENTRIES, MIN_MAX_FLOWS, STATS_LEN,
+    TRACK_PROGRAM_NAME, classifier_program,
 };
 
 use super::{DataplaneError, EBPF_OBJECT, Result, map_err, prog_err};
@@ -196,6 +197,16 @@ impl Loaded {
         loader
             .map_max_entries(MAP_COUNTERS, c.counter_slots)
             // Arrays are preallocated: exactly the rule set's size (at least 1).
+            .map_max_entries(MAP_DIR_V4, (c.flat_v4.dir.len() as u32).max(1))
+            .map_max_entries(MAP_SPAN_V4, (c.flat_v4.spans.len() as u32).max(1))
+            .map_max_entries(MAP_DIR_V6, (c.flat_v6.dir.len() as u32).max(1))
+            .map_max_entries(MAP_SPAN_V6, (c.flat_v6.spans.len() as u32).max(1))
+            .map_max_entries(MAP_DST_CLASSES, (c.dst_classes.len() as u32).max(1))
+            .map_max_entries(MAP_SDIR_V4, (c.src_v4.dir.len() as u32).max(1))
+            .map_max_entries(MAP_SSPAN_V4, (c.src_v4.spans.len() as u32).max(1))
+            .map_max_entries(MAP_SDIR_V6, (c.src_v6.dir.len() as u32).max(1))
+            .map_max_entries(MAP_SSPAN_V6, (c.src_v6.spans.len() as u32).max(1))
+            .map_max_entries(MAP_PAIR_LISTS, (c.pair_lists.len() as u32).max(1))
             .map_max_entries(MAP_LISTS, (c.list_slots.len() as u32).max(1))
             .map_max_entries(MAP_RANGES, (c.ranges.len() as u32).max(1))
             .map_max_entries(MAP_FLOW_V4, cache_entries)
@@ -353,7 +364,6 @@ fn xdp(ebpf: &mut Ebpf, stateful: bool, debug: bool) -> Result<&mut Xdp> {
     let prog = ebpf.program_mut(name).ok_or_else(|| DataplaneError::Other(format!("program {name} missing from the eBPF object")))?;
     prog.try_into().map_err(prog_err("program is not an XDP program"))
 }
-
 
 pub(super) fn sum_counters<T: std::borrow::Borrow<MapData>>(arr: &PerCpuArray<T, Counter>) -> Result<Vec<Counter>> {
     let mut out = Vec::with_capacity(arr.len() as usize);

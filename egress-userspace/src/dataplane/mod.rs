@@ -46,17 +46,20 @@ use aya::programs::ProgramError;
 pub use apply::{Applied, ApplyRequest, Removed, apply, detach, prune};
 pub use cgroup::{Process, cgroup2_mount, process, resolve_cgroup, resolve_cgroup_or_state, unit_cgroup};
 pub use conn::ConnReadout;
-pub use dns::{DnsLoad, DnsReadout, Learned, wire_to_text};
 pub use debug_log::{DebugLog, LogLine, open_debug_log};
+pub use dns::{DnsLoad, DnsReadout, Learned, wire_to_text};
 pub use env::{
-    Target, closed_pipe_ends_process, ensure_bpffs, enter_host_mount_ns, enter_netns, has_ethernet, iface_addresses, netns_cookie, resolve, resolve_or_state,
+    Target, closed_pipe_ends_process, ensure_bpffs, enter_host_mount_ns, enter_netns, has_ethernet, iface_addresses, netns_cookie, resolve,
+    resolve_or_state,
 };
 pub use events::{EventStream, Received, event_stats, mono_ns_to_unix_ns, open_events};
 pub use explain::{Decision, explain};
 pub use link::{LinkHealth, wait_for_running_programs};
 pub use load::{LoadOptions, Loaded, flow_cache_slots};
 pub use readout::{Readout, read_counters, read_dns, reset_counters, status_of, statuses};
-pub use state::{Count, PatternInfo, Pending, RuleInfo, RunLock, STATE_DIR, State, all_states, now_unix, pin_dir, read_state, save_imported};
+pub use state::{
+    Count, PatternInfo, Pending, RuleInfo, RunLock, STATE_DIR, State, all_states, now_unix, pin_dir, read_state, save_imported,
+};
 
 /// The eBPF object, built by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress-ebpf"));

@@ -21,7 +21,10 @@ pub(super) fn dns_warnings(rs: &RuleSet) -> Vec<Warning> {
         let q = PacketMeta { src, dst: resolver, proto: 17, l4: L4::Ports { dport: 53 } };
         let (slot, action) = reference::classify(rs, &q);
         // Audited denies pass.
-        let audit = slot.checked_sub(1).and_then(|i| rs.rules.get(i as usize)).map_or(rs.default_code() == egress_common::ACTION_AUDIT, |r| r.audit);
+        let audit = slot
+            .checked_sub(1)
+            .and_then(|i| rs.rules.get(i as usize))
+            .map_or(rs.default_code() == egress_common::ACTION_AUDIT, |r| r.audit);
         action == Action::Allow || audit
     });
     if reachable {

@@ -59,7 +59,12 @@ pub fn learned_table(st: &State, r: &DnsReadout) -> String {
         return out;
     }
     let w = |f: &dyn Fn(&Row) -> usize, h: &str| rows.iter().map(f).max().unwrap_or(0).max(h.len());
-    let (wn, wa, wp, wr) = (w(&|x| x.name.len(), "NAME"), w(&|x| x.address.len(), "ADDRESS"), w(&|x| x.pattern.len(), "PATTERN"), w(&|x| x.rule.len(), "RULE"));
+    let (wn, wa, wp, wr) = (
+        w(&|x| x.name.len(), "NAME"),
+        w(&|x| x.address.len(), "ADDRESS"),
+        w(&|x| x.pattern.len(), "PATTERN"),
+        w(&|x| x.rule.len(), "RULE"),
+    );
     let _ = writeln!(out, "{:wn$}  {:wa$}  {:wp$}  {:wr$}  EXPIRES IN", "NAME", "ADDRESS", "PATTERN", "RULE");
     for x in &rows {
         let _ = writeln!(out, "{:wn$}  {:wa$}  {:wp$}  {:wr$}  {}s", x.name, x.address, x.pattern, x.rule, x.expires_in);

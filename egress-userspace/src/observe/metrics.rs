@@ -180,7 +180,11 @@ impl Families {
                 "Deny events by outcome: sent, suppressed (rate limit), lost (ring buffer full).",
                 true,
             ),
-            dns_addresses: Family::new("egress_dns_addresses", "Addresses learned from DNS answers and not expired (rules by name).", false),
+            dns_addresses: Family::new(
+                "egress_dns_addresses",
+                "Addresses learned from DNS answers and not expired (rules by name).",
+                false,
+            ),
             dns_answers: Family::new("egress_dns_answers", "DNS answers that taught at least one address.", true),
             dns_learned: Family::new(
                 "egress_dns_addresses_learned",
@@ -192,7 +196,11 @@ impl Families {
                 "DNS answers (or addresses) that taught nothing, by reason: not_from_resolver, no_matching_query, malformed, table_full.",
                 true,
             ),
-            dns_queries: Family::new("egress_dns_queries", "DNS queries naming a pattern, by outcome: seen (toward a resolver), denied.", true),
+            dns_queries: Family::new(
+                "egress_dns_queries",
+                "DNS queries naming a pattern, by outcome: seen (toward a resolver), denied.",
+                true,
+            ),
         }
     }
 
@@ -284,9 +292,12 @@ impl Families {
             for (o, i) in [("new", DS_LEARNED), ("refreshed", DS_REFRESHED), ("evicted", DS_EVICTED)] {
                 self.dns_learned.series.push((with("outcome", o), st(i)));
             }
-            for (o, i) in
-                [("not_from_resolver", DS_NOT_RESOLVER), ("no_matching_query", DS_NO_QUERY), ("malformed", DS_MALFORMED), ("table_full", DS_TABLE_FULL)]
-            {
+            for (o, i) in [
+                ("not_from_resolver", DS_NOT_RESOLVER),
+                ("no_matching_query", DS_NO_QUERY),
+                ("malformed", DS_MALFORMED),
+                ("table_full", DS_TABLE_FULL),
+            ] {
                 self.dns_ignored.series.push((with("reason", o), st(i)));
             }
             for (o, i) in [("seen", DS_QUERIES), ("denied", DS_QUERIES_DENIED)] {
@@ -335,7 +346,8 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
             get(move || {
                 let shared = m.clone();
                 async move {
-                    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], render(&shared)).into_response()
+                    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], render(&shared))
+                        .into_response()
                 }
             }),
         )

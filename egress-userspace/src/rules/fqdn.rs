@@ -259,7 +259,8 @@ pub(super) fn check_resolvers(cx: &mut Ctx<'_>, rules: &[Rule], dns: &Option<Dns
             at,
             Some(&r.name),
             Some("dst_fqdn"),
-            "names a domain, so the file needs [dns] resolvers = [\"ADDRESS\", ...]: answers teach addresses only from those resolvers".into(),
+            "names a domain, so the file needs [dns] resolvers = [\"ADDRESS\", ...]: answers teach addresses only from those resolvers"
+                .into(),
         );
     }
 }

@@ -174,7 +174,10 @@ impl Config {
                     let line = line_of(t.span());
                     let label = t.get("path").and_then(|v| v.as_str()).map(str::to_string).unwrap_or_else(|| format!("#{}", i + 1));
                     let mut bad = |span: Option<std::ops::Range<usize>>, field: &str, msg: String| {
-                        problems.push(format!("{file}:{}: cgroup '{label}', field '{field}': {msg}", span.map(|s| line_of(Some(s))).unwrap_or(line)));
+                        problems.push(format!(
+                            "{file}:{}: cgroup '{label}', field '{field}': {msg}",
+                            span.map(|s| line_of(Some(s))).unwrap_or(line)
+                        ));
                     };
                     for (k, item) in t.iter() {
                         if !CGROUP_KEYS.contains(&k) {
@@ -289,8 +292,9 @@ mod tests {
         let e = Config::parse("c.toml", "[[cgroup]]\npath = \"a\"\nrule = \"x\"\n", Path::new("/")).unwrap_err();
         assert!(e.contains("c.toml:3: cgroup 'a', field 'rule': unknown key 'rule' (did you mean 'rules'?)"), "{e}");
         assert!(e.contains("c.toml:1: cgroup 'a', field 'rules': missing"), "{e}");
-        let e = Config::parse("c.toml", "[[cgroup]]\npath = \"a\"\nrules = \"x\"\n[[cgroup]]\npath = \"a/\"\nrules = \"y\"\n", Path::new("/"))
-            .unwrap_err();
+        let e =
+            Config::parse("c.toml", "[[cgroup]]\npath = \"a\"\nrules = \"x\"\n[[cgroup]]\npath = \"a/\"\nrules = \"y\"\n", Path::new("/"))
+                .unwrap_err();
         assert!(e.contains("c.toml:5: cgroup 'a/', field 'path': cgroup 'a' is listed twice"), "{e}");
     }
 

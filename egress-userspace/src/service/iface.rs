@@ -25,7 +25,9 @@ pub fn cgroup_dir(cfg: &IfaceConfig) -> Option<std::path::PathBuf> {
 fn resolve(cfg: &IfaceConfig) -> dataplane::Result<Target> {
     match cgroup_dir(cfg) {
         Some(dir) => dataplane::resolve_cgroup(&dir),
-        None if cfg.hook == Hook::Cgroup => Err(dataplane::DataplaneError::Other(format!("cgroup {}: no cgroup v2 hierarchy mounted", cfg.name))),
+        None if cfg.hook == Hook::Cgroup => {
+            Err(dataplane::DataplaneError::Other(format!("cgroup {}: no cgroup v2 hierarchy mounted", cfg.name)))
+        }
         None => dataplane::resolve(&cfg.name, cfg.hook),
     }
 }
@@ -128,7 +130,12 @@ impl Managed {
             && old.key() != t.key()
         {
             if t.hook == Hook::Cgroup {
-                tracing::info!(cgroup = iface, old_id = old.cgroup_id, id = t.cgroup_id, "cgroup re-created; applying its rules to the new one");
+                tracing::info!(
+                    cgroup = iface,
+                    old_id = old.cgroup_id,
+                    id = t.cgroup_id,
+                    "cgroup re-created; applying its rules to the new one"
+                );
             } else {
                 tracing::info!(
                     iface,

@@ -118,7 +118,9 @@ fn run(line: &str) -> String {
             }
         }
         Some("lookup") => {
-            let (Some(server), Some(name)) = (w.get(1).and_then(|a| a.parse::<IpAddr>().ok()), w.get(2)) else { return "bad command".into() };
+            let (Some(server), Some(name)) = (w.get(1).and_then(|a| a.parse::<IpAddr>().ok()), w.get(2)) else {
+                return "bad command".into();
+            };
             match lookup(server, name) {
                 Ok(addrs) => format!("ok{}", addrs.iter().map(|a| format!(" {a}")).collect::<String>()),
                 Err(e) => format!("err {}", errno(&e)),
@@ -197,7 +199,14 @@ fn raw(p: &[u8]) -> std::io::Result<()> {
         let mut sa: libc::sockaddr_in = std::mem::zeroed();
         sa.sin_family = libc::AF_INET as u16;
         sa.sin_addr.s_addr = u32::from_ne_bytes([p[16], p[17], p[18], p[19]]);
-        let rc = libc::sendto(fd, p.as_ptr().cast(), p.len(), 0, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32);
+        let rc = libc::sendto(
+            fd,
+            p.as_ptr().cast(),
+            p.len(),
+            0,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
         let e = std::io::Error::last_os_error();
         libc::close(fd);
         if rc < 0 { Err(e) } else { Ok(()) }

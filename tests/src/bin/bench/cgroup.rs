@@ -92,7 +92,14 @@ pub(crate) fn cgroup_part(n: usize, rounds: usize, md: &mut String) -> anyhow::R
     for fam in ["IPv4", "IPv6"] {
         let mut a = s.remove(&format!("{fam} tc hot")).unwrap_or_default();
         let mut b = s.remove(&format!("{fam} cgroup hot")).unwrap_or_default();
-        let _ = writeln!(md, "| {fam} | 1 flow, hot | {:+.0} ns ({}) | {:+.0} ns ({}) |", median(&mut a), spread(&a), median(&mut b), spread(&b));
+        let _ = writeln!(
+            md,
+            "| {fam} | 1 flow, hot | {:+.0} ns ({}) | {:+.0} ns ({}) |",
+            median(&mut a),
+            spread(&a),
+            median(&mut b),
+            spread(&b)
+        );
     }
     // connect() latency: no egress on the cgroup; a rule set whose hooks judge
     // and allow the call; one that refuses it (EPERM).

@@ -20,8 +20,8 @@ use egress::{
     rules, ruleset_gen,
 };
 use egress_common::{
-    LearnBucket, LearnWay, MAP_DNS_LEARN_V4, MAP_DNS_QUERIES, PASS_PROGRAM_NAME, QueryKey, QueryValue, TRACK_PROGRAM_NAME, classifier_program,
-    dns_name_hash, dns_question, learn_bucket, learn_seal,
+    LearnBucket, LearnWay, MAP_DNS_LEARN_V4, MAP_DNS_QUERIES, PASS_PROGRAM_NAME, QueryKey, QueryValue, TRACK_PROGRAM_NAME,
+    classifier_program, dns_name_hash, dns_question, learn_bucket, learn_seal,
 };
 use egress_tests::A4;
 
@@ -156,7 +156,9 @@ pub(crate) fn dns_part(n: usize, rounds: usize, md: &mut String) -> anyhow::Resu
     eprintln!("part 1e: rules by name");
     let mut text = ruleset_gen::realistic(n, flows_for(n), 7);
     for i in 0..100 {
-        text.push_str(&format!("[[rule]]\nname = \"by-name-{i}\"\naction = \"allow\"\nprotocol = \"tcp\"\nports = \"443\"\ndst_fqdn = \"s{i}.names.example\"\n"));
+        text.push_str(&format!(
+            "[[rule]]\nname = \"by-name-{i}\"\naction = \"allow\"\nprotocol = \"tcp\"\nports = \"443\"\ndst_fqdn = \"s{i}.names.example\"\n"
+        ));
     }
     text.push_str("[dns]\nresolvers = [\"192.0.2.53\"]\n");
     let rs = rules::parse("bench.toml", &text)?;
@@ -221,7 +223,10 @@ pub(crate) fn dns_part(n: usize, rounds: usize, md: &mut String) -> anyhow::Resu
              | case | added ns/packet | spread |\n| --- | --- | --- |"
         );
         for (label, key) in [
-            ("a first packet to a learned address (flow cache off: hand-over to the split program, full lookup, learned names)", "learned-first"),
+            (
+                "a first packet to a learned address (flow cache off: hand-over to the split program, full lookup, learned names)",
+                "learned-first",
+            ),
             ("a cached flow to a learned address", "learned"),
             ("a cached flow, rule set with rules by name", "hot-dns"),
             ("a cached flow, the same rules without rules by name", "hot-plain"),

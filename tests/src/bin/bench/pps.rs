@@ -115,7 +115,8 @@ pub(crate) fn pps_part(n: usize, rounds: usize, quick: bool, md: &mut String) ->
     let rs = rules::parse("pps.toml", &text)?;
     // A destination port the rules deny (by the default or a rule): every packet is dropped.
     let meta = |dport| PacketMeta { src: IpAddr::V6(A6), dst: IpAddr::V6(B6), proto: 17, l4: L4::Ports { dport } };
-    let dport = (9..4000).find(|&p| reference::classify(&rs, &meta(p)).1 == Action::Deny).ok_or_else(|| anyhow::anyhow!("no denied port"))?;
+    let dport =
+        (9..4000).find(|&p| reference::classify(&rs, &meta(p)).1 == Action::Deny).ok_or_else(|| anyhow::anyhow!("no denied port"))?;
     let rules_file = egress_tests::temp_file("pps.toml", &text);
     let p = Pair::new("pps")?;
     let (a_idx, a_mac) = link(&p.a, &p.a_if)?;

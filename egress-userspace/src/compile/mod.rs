@@ -22,12 +22,14 @@
 use foldhash::{HashMap, HashSet};
 
 use egress_common::{
-    DST_SRC_ANY, DnsClass, DstValue, INLINE_LIST, InlineRule, ListSlot, Lists, MAX_DST_ENTRIES, MAX_LIST_SLOTS, MAX_PAIR_ENTRIES, MAX_RANGES,
-    NO_LIST, PCLASS_COUNT, PCLASS_ICMP, PCLASS_ICMPV6, PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP, PortRange,
+    DST_SRC_ANY, DnsClass, DstValue, INLINE_LIST, InlineRule, ListSlot, Lists, MAX_DST_ENTRIES, MAX_LIST_SLOTS, MAX_PAIR_ENTRIES,
+    MAX_RANGES, NO_LIST, PCLASS_COUNT, PCLASS_ICMP, PCLASS_ICMPV6, PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP, PortRange, SpanV4, SpanV6,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::rules::{Protocol, Rule, RuleSet};
+
+pub mod flat;
 
 /// A prefix as (address bytes, length): IPv4 in the first 4 bytes, the rest zero.
 /// Fixed-size so that the compiler's many truncations allocate nothing.
@@ -82,8 +84,20 @@ impl Prefix {
 /// Everything the dataplane writes into the maps for one rule set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
+    /// Stage 1 as the compiler resolves it: each distinct destination prefix
+    /// and its value. The program reads it flattened (below).
     pub dst_v4: Vec<(Prefix, DstValue)>,
     pub dst_v6: Vec<(Prefix, DstValue)>,
+    /// Stage 1 as the program reads it: DIR_V4/SPAN_V4, DIR_V6/SPAN_V6 and
+    /// DST_CLASSES (index 0 unused: no class).
+    pub flat_v4: flat::Table<SpanV4>,
+    pub flat_v6: flat::Table<SpanV6>,
+    pub dst_classes: Vec<DstValue>,
+    /// Stage 2 as the program reads it: SDIR_V4/SSPAN_V4, SDIR_V6/SSPAN_V6
+    /// and PAIR_LISTS (index 0 unused: no candidates).
+    pub src_v4: flat::Table<SpanV4>,
+    pub src_v6: flat::Table<SpanV6>,
+    pub pair_lists: Vec<Lists>,
     /// (destination class, source prefix, candidate lists)
     pub pair_v4: Vec<(u32, Prefix, Lists)>,
     pub pair_v6: Vec<(u32, Prefix, Lists)>,
@@ -112,12 +126,18 @@ pub struct FqdnClass {
 }
 
 impl Compiled {
-    pub fn entry_counts(&self) -> [(&'static str, usize); 6] {
+    pub fn entry_counts(&self) -> [(&'static str, usize); 12] {
         [
-            (egress_common::MAP_DST_V4, self.dst_v4.len()),
-            (egress_common::MAP_DST_V6, self.dst_v6.len()),
-            (egress_common::MAP_PAIR_V4, self.pair_v4.len()),
-            (egress_common::MAP_PAIR_V6, self.pair_v6.len()),
+            (egress_common::MAP_DIR_V4, self.flat_v4.dir.len()),
+            (egress_common::MAP_SPAN_V4, self.flat_v4.spans.len()),
+            (egress_common::MAP_DIR_V6, self.flat_v6.dir.len()),
+            (egress_common::MAP_SPAN_V6, self.flat_v6.spans.len()),
+            (egress_common::MAP_DST_CLASSES, self.dst_classes.len()),
+            (egress_common::MAP_SDIR_V4, self.src_v4.dir.len()),
+            (egress_common::MAP_SSPAN_V4, self.src_v4.spans.len()),
+            (egress_common::MAP_SDIR_V6, self.src_v6.dir.len()),
+            (egress_common::MAP_SSPAN_V6, self.src_v6.spans.len()),
+            (egress_common::MAP_PAIR_LISTS, self.pair_lists.len()),
             (egress_common::MAP_LISTS, self.list_slots.len()),
             (egress_common::MAP_RANGES, self.ranges.len()),
         ]
@@ -132,7 +152,7 @@ pub enum CompileError {
 
 /// What usually fills a map past its capacity.
 fn why_too_large(map: &str) -> &'static str {
-    if map.starts_with("DST") {
+    if map.ends_with("destination prefix") {
         "each distinct destination prefix is an entry, every entry of the sets the rules name included: split the sets across interfaces, or list covering prefixes"
     } else {
         "the usual cause is many rules with a specific source combined with many rules with a \
@@ -241,10 +261,10 @@ pub fn compile(rs: &RuleSet) -> Result<Compiled, CompileError> {
         }
     }
     for (map, count, cap) in [
-        (egress_common::MAP_DST_V4, out.dst_v4.len(), MAX_DST_ENTRIES),
-        (egress_common::MAP_DST_V6, out.dst_v6.len(), MAX_DST_ENTRIES),
-        (egress_common::MAP_PAIR_V4, out.pair_v4.len(), MAX_PAIR_ENTRIES),
-        (egress_common::MAP_PAIR_V6, out.pair_v6.len(), MAX_PAIR_ENTRIES),
+        ("IPv4 destination prefix", out.dst_v4.len(), MAX_DST_ENTRIES),
+        ("IPv6 destination prefix", out.dst_v6.len(), MAX_DST_ENTRIES),
+        ("IPv4 (destination class, source prefix)", out.pair_v4.len(), MAX_PAIR_ENTRIES),
+        ("IPv6 (destination class, source prefix)", out.pair_v6.len(), MAX_PAIR_ENTRIES),
         (egress_common::MAP_LISTS, out.list_slots.len(), MAX_LIST_SLOTS),
         (egress_common::MAP_RANGES, out.ranges.len(), MAX_RANGES),
     ] {
@@ -252,6 +272,14 @@ pub fn compile(rs: &RuleSet) -> Result<Compiled, CompileError> {
             return Err(CompileError::TooLarge { map, count, cap });
         }
     }
+    let mut ids = flat::ClassIds::new();
+    out.flat_v4 = flat::table_v4(&out.dst_v4, &mut ids);
+    out.flat_v6 = flat::table_v6(&out.dst_v6, &mut ids);
+    out.dst_classes = ids.values;
+    let mut ids = flat::ListIds::new();
+    out.src_v4 = flat::sources_v4(&out.pair_v4, classes.len() as u32, &mut ids);
+    out.src_v6 = flat::sources_v6(&out.pair_v6, classes.len() as u32, &mut ids);
+    out.pair_lists = ids.values;
     Ok(out)
 }
 
@@ -339,7 +367,8 @@ fn compile_family<'a>(rs: &'a RuleSet, v6: bool, lists: &mut Interner<'a>, class
         }
         rd.sort_unstable();
         rd.dedup();
-        let mut cx = ClassCx { rs, v6, src_of: &src_of, src_any: &src_any, lists: &mut *lists, classes: &mut *classes, emitted: &mut emitted };
+        let mut cx =
+            ClassCx { rs, v6, src_of: &src_of, src_any: &src_any, lists: &mut *lists, classes: &mut *classes, emitted: &mut emitted };
         let v = cx.dst_value(rd, &own, &mut pairs);
         dsts.push((*d, v));
         if pairs.len() > MAX_PAIR_ENTRIES as usize {
@@ -536,103 +565,4 @@ pub fn first_match_intervals(intervals: &[(u32, u32)]) -> Vec<(u16, u16, usize)>
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn first_match_paints_earliest() {
-        let iv = [(25, 25), (0, 65535), (20, 30)];
-        assert_eq!(first_match_intervals(&iv), vec![(0, 24, 1), (25, 25, 0), (26, 65535, 1)]);
-        let iv = [(100, 200), (150, 300)];
-        assert_eq!(first_match_intervals(&iv), vec![(100, 200, 0), (201, 300, 1)]);
-        assert_eq!(first_match_intervals(&[]), vec![]);
-    }
-
-    #[test]
-    fn shared_rule_lists_are_interned() {
-        let rs = crate::rules::parse(
-            "r.toml",
-            "default_policy = \"allow\"\n[[rule]]\ndst = [\"192.0.2.0/24\", \"198.51.100.0/24\"]\nprotocol = \"udp\"\nports = \"53\"\n",
-        )
-        .unwrap();
-        let c = compile(&rs).unwrap();
-        assert_eq!(c.dst_v4.len(), 2);
-        assert_eq!(c.dst_v4[0].1, c.dst_v4[1].1);
-        assert!(c.dst_v6.is_empty() && c.pair_v4.is_empty());
-        // One own rule: checked in place, no list at all.
-        assert_eq!(c.dst_v4[0].1.lists.own, INLINE_LIST);
-        let inline = c.dst_v4[0].1.lists.inline;
-        assert_eq!((inline.rule, inline.classes, inline.lo, inline.hi, inline.l4_any), (1, 1 << PCLASS_UDP, 53, 53, 0));
-        assert!(c.list_slots.is_empty() && c.ranges.is_empty());
-    }
-
-    #[test]
-    fn source_specific_rules_get_pair_entries() {
-        let rs = crate::rules::parse(
-            "r.toml",
-            "default_policy = \"deny\"\n[[rule]]\nsrc = \"192.0.2.0/25\"\ndst = \"198.51.100.0/24\"\n[[rule]]\ndst = \"198.51.100.0/24\"\nprotocol = \"tcp\"\n",
-        )
-        .unwrap();
-        let c = compile(&rs).unwrap();
-        assert_eq!(c.dst_v4.len(), 1);
-        assert_eq!(c.dst_v4[0].1.flags, 0);
-        // Both rules name the destination: all candidates are its own.
-        assert!(c.pair_v4.iter().all(|(_, _, l)| l.inherited == NO_LIST));
-        // S(d) = {192.0.2.0/25, 0.0.0.0/0}.
-        assert_eq!(c.pair_v4.len(), 2);
-    }
-
-    #[test]
-    fn port_lists_become_intervals_of_one_rule() {
-        let rs = crate::rules::parse(
-            "r.toml",
-            "default_policy = \"allow\"\n[[rule]]\ndst = \"192.0.2.0/24\"\nprotocol = \"tcp\"\nports = [80, 443, \"8000-8100\"]\n",
-        )
-        .unwrap();
-        let c = compile(&rs).unwrap();
-        // Not inline (three intervals): one list, three RANGES for tcp.
-        assert_eq!(c.dst_v4.len(), 1);
-        assert_ne!(c.dst_v4[0].1.lists.own, INLINE_LIST);
-        let spans: Vec<(u16, u16, u32)> = c.ranges.iter().map(|r| (r.lo, r.hi, r.rule)).collect();
-        assert_eq!(spans, vec![(80, 80, 1), (443, 443, 1), (8000, 8100, 1)]);
-        // A later rule's interval between the list's pieces keeps its own stretch.
-        let rs = crate::rules::parse(
-            "r.toml",
-            "default_policy = \"allow\"\n[[rule]]\nprotocol = \"tcp\"\nports = \"80,90\"\n[[rule]]\nprotocol = \"tcp\"\nports = \"70-100\"\n",
-        )
-        .unwrap();
-        let c = compile(&rs).unwrap();
-        let spans: Vec<(u16, u16, u32)> = c.ranges.iter().map(|r| (r.lo, r.hi, r.rule)).collect();
-        assert_eq!(spans, vec![(70, 79, 2), (80, 80, 1), (81, 89, 2), (90, 90, 1), (91, 100, 2)]);
-    }
-}
-
-#[cfg(test)]
-mod fqdn_tests {
-    use super::*;
-
-    #[test]
-    fn each_pattern_is_a_class_of_its_rules() {
-        let rs = crate::rules::parse(
-            "r.toml",
-            "default_policy = \"deny\"\n[dns]\nresolvers = [\"192.0.2.2\"]\n[[rule]]\nname = \"dns\"\nprotocol = \"udp\"\ndst = \"192.0.2.2\"\nports = \"53\"\n\
-             [[rule]]\nname = \"no-bad\"\naction = \"deny\"\ndst_fqdn = \"bad.example\"\n\
-             [[rule]]\nname = \"web\"\nprotocol = \"tcp\"\nports = \"80\"\ndst_fqdn = [\"ok.example\", \"*.cdn.example\"]\n",
-        )
-        .unwrap();
-        let c = compile(&rs).unwrap();
-        // Rules by name add no destination prefix.
-        assert_eq!(c.dst_v4.len(), 1);
-        let names: Vec<&str> = c.fqdn.iter().map(|f| f.pattern.as_str()).collect();
-        assert_eq!(names, ["", "bad.example", "ok.example", "*.cdn.example"]);
-        assert_eq!(c.fqdn[0].id, 0);
-        assert_eq!((c.fqdn[1].first_rule, c.fqdn[1].first_action), (2, egress_common::ACTION_DENY));
-        assert_eq!((c.fqdn[3].first_rule, c.fqdn[3].first_action), (3, egress_common::ACTION_ALLOW));
-        // "web" alone, checked in place, both families.
-        for v in [c.fqdn[2].class.v4, c.fqdn[2].class.v6] {
-            assert_eq!(v.flags, DST_SRC_ANY);
-            assert_eq!(v.lists.own, INLINE_LIST);
-            assert_eq!((v.lists.inline.rule, v.lists.inline.lo, v.lists.inline.hi), (3, 80, 80));
-        }
-    }
-}
+mod tests;

@@ -1,0 +1,364 @@
+//! Stages 1 and 2 in flat arrays (egress-common's `flat.rs`): the compiler's
+//! list of (destination prefix, value) per family, and of (class, source
+//! prefix, lists) per family, become disjoint address spans, and the spans a
+//! multibit trie of direct tables with short sorted buckets at the leaves. Pure.
+//!
+//! A DIR entry covers an aligned block of addresses. When one span covers the
+//! whole block, the entry is that span's class. When a few do (at most
+//! `bucket_max`), the entry is a bucket: those spans, the first clipped to the
+//! block's start, binary-searched by the program. Otherwise the block gets a
+//! chunk of 256 entries, one per value of its next address byte.
+
+use std::hash::Hash;
+
+use egress_common::{DIR_CHUNK_LEN, DIR_MAX_CHUNKS, DIR_ROOT_BITS, DIR_ROOT_LEN, DirEntry, DstValue, Lists, SpanV4, SpanV6};
+use foldhash::HashMap;
+
+use super::Prefix;
+
+/// Longest bucket left unsplit: one 64-byte cache line of IPv4 spans, four
+/// IPv6 spans (96 bytes). Past it, a chunk (2 KiB) answers in one access.
+const BUCKET_MAX_V4: usize = 8;
+const BUCKET_MAX_V6: usize = 4;
+
+/// The values of DST_CLASSES (or PAIR_LISTS), interned across both families;
+/// index 0 is "no rule's destination (source) contains the address" (its
+/// value is never read).
+pub struct Ids<T> {
+    pub values: Vec<T>,
+    ids: HashMap<T, u32>,
+}
+
+impl<T: Default + Copy + Hash + Eq> Default for Ids<T> {
+    fn default() -> Ids<T> {
+        Ids { values: vec![T::default()], ids: HashMap::default() }
+    }
+}
+
+impl<T: Default + Copy + Hash + Eq> Ids<T> {
+    pub fn new() -> Ids<T> {
+        Ids::default()
+    }
+    fn id(&mut self, v: &T) -> u32 {
+        let n = self.values.len() as u32;
+        let id = *self.ids.entry(*v).or_insert(n);
+        if id == n {
+            self.values.push(*v);
+        }
+        id
+    }
+}
+
+/// One family's DIR and SPAN entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Table<S> {
+    pub dir: Vec<DirEntry>,
+    pub spans: Vec<S>,
+    /// Chunks below the root (for the memory figures).
+    pub chunks: u32,
+}
+
+pub type ClassIds = Ids<DstValue>;
+pub type ListIds = Ids<Lists>;
+
+fn spans_v4(spans: Spans) -> Vec<SpanV4> {
+    spans.into_iter().map(|(s, class)| SpanV4 { start: s as u32, class }).collect()
+}
+
+fn spans_v6(spans: Spans) -> Vec<SpanV6> {
+    spans.into_iter().map(|(s, class)| SpanV6 { hi: (s >> 64) as u64, lo: s as u64, class, _pad: 0 }).collect()
+}
+
+/// Stage 1, IPv4: DIR_V4 and SPAN_V4.
+pub fn table_v4(dsts: &[(Prefix, DstValue)], ids: &mut ClassIds) -> Table<SpanV4> {
+    let (dir, spans, chunks) = build(dsts, 32, BUCKET_MAX_V4, ids);
+    Table { dir, spans: spans_v4(spans), chunks }
+}
+
+/// Stage 1, IPv6: DIR_V6 and SPAN_V6.
+pub fn table_v6(dsts: &[(Prefix, DstValue)], ids: &mut ClassIds) -> Table<SpanV6> {
+    let (dir, spans, chunks) = build(dsts, 128, BUCKET_MAX_V6, ids);
+    Table { dir, spans: spans_v6(spans), chunks }
+}
+
+/// Stage 2, IPv4: SDIR_V4 and SSPAN_V4, for destination classes `0..classes`.
+pub fn sources_v4(pairs: &[(u32, Prefix, Lists)], classes: u32, ids: &mut ListIds) -> Table<SpanV4> {
+    let (dir, spans, chunks) = build_sources(pairs, classes, 32, BUCKET_MAX_V4, ids);
+    Table { dir, spans: spans_v4(spans), chunks }
+}
+
+/// Stage 2, IPv6: SDIR_V6 and SSPAN_V6.
+pub fn sources_v6(pairs: &[(u32, Prefix, Lists)], classes: u32, ids: &mut ListIds) -> Table<SpanV6> {
+    let (dir, spans, chunks) = build_sources(pairs, classes, 128, BUCKET_MAX_V6, ids);
+    Table { dir, spans: spans_v6(spans), chunks }
+}
+
+/// One entry per destination class, covering its whole source space, then the
+/// chunks below them. Empty when the family has no source-specific class.
+fn build_sources(
+    pairs: &[(u32, Prefix, Lists)],
+    classes: u32,
+    width: u32,
+    bucket_max: usize,
+    ids: &mut ListIds,
+) -> (Vec<DirEntry>, Spans, u32) {
+    if pairs.is_empty() {
+        return (Vec::new(), Vec::new(), 0);
+    }
+    let mut by_class: Vec<Vec<(u128, u8, u32)>> = vec![Vec::new(); classes as usize];
+    for (class, p, l) in pairs {
+        by_class[*class as usize].push((start(p, width), p.len, ids.id(l)));
+    }
+    let mut b = Builder { dir: vec![DirEntry::default(); classes as usize], out: Vec::new(), chunks: 0, bucket_max };
+    for (class, mut ps) in by_class.into_iter().enumerate() {
+        if ps.is_empty() {
+            continue;
+        }
+        ps.sort_unstable();
+        let spans = spans(&ps, width);
+        b.dir[class] = b.entry(&spans, 0, width);
+    }
+    (b.dir, b.out, b.chunks)
+}
+
+/// The prefix as its first address, in a `width`-bit space.
+fn start(p: &Prefix, width: u32) -> u128 {
+    if width == 32 { u32::from_be_bytes([p.addr[0], p.addr[1], p.addr[2], p.addr[3]]) as u128 } else { u128::from_be_bytes(p.addr) }
+}
+
+/// All ones in the low `bits` bits.
+fn ones(bits: u32) -> u128 {
+    if bits >= 128 { u128::MAX } else { (1u128 << bits) - 1 }
+}
+
+type Spans = Vec<(u128, u32)>;
+
+fn build(dsts: &[(Prefix, DstValue)], width: u32, bucket_max: usize, ids: &mut ClassIds) -> (Vec<DirEntry>, Spans, u32) {
+    let mut ps: Vec<(u128, u8, u32)> = dsts.iter().map(|(p, v)| (start(p, width), p.len, ids.id(v))).collect();
+    ps.sort_unstable();
+    let spans = spans(&ps, width);
+    if spans.len() == 1 && spans[0].1 == 0 {
+        // No destination prefix in this family: an empty table (the map keeps
+        // one zero entry; every lookup answers class 0).
+        return (Vec::new(), Vec::new(), 0);
+    }
+    let mut b = Builder { dir: vec![DirEntry::default(); DIR_ROOT_LEN as usize], out: Vec::new(), chunks: 0, bucket_max };
+    let below = width - DIR_ROOT_BITS;
+    for j in 0..DIR_ROOT_LEN as usize {
+        b.dir[j] = b.entry(&spans, (j as u128) << below, below);
+    }
+    (b.dir, b.out, b.chunks)
+}
+
+/// Sorted (first address, prefix length, class) -> disjoint spans (first
+/// address, class of the longest prefix there), the first at address 0,
+/// neighbours of different classes. Nested prefixes sort parent first, so a
+/// stack of the open prefixes says which class resumes where one ends.
+fn spans(ps: &[(u128, u8, u32)], width: u32) -> Spans {
+    let last = ones(width);
+    let mut out: Spans = vec![(0, 0)];
+    let emit = |out: &mut Spans, at: u128, class: u32| {
+        let n = out.len();
+        if out[n - 1].0 == at {
+            out[n - 1].1 = class;
+            if n >= 2 && out[n - 2].1 == class {
+                out.pop();
+            }
+        } else if out[n - 1].1 != class {
+            out.push((at, class));
+        }
+    };
+    let mut open: Vec<(u128, u32)> = Vec::new(); // (last address, class)
+    for &(s, len, class) in ps {
+        while let Some(&(end, _)) = open.last() {
+            if end >= s {
+                break;
+            }
+            open.pop();
+            emit(&mut out, end + 1, open.last().map_or(0, |o| o.1));
+        }
+        emit(&mut out, s, class);
+        open.push((s | ones(width - len as u32), class));
+    }
+    while let Some((end, _)) = open.pop() {
+        if end != last {
+            emit(&mut out, end + 1, open.last().map_or(0, |o| o.1));
+        }
+    }
+    out
+}
+
+struct Builder {
+    dir: Vec<DirEntry>,
+    out: Spans,
+    chunks: u32,
+    bucket_max: usize,
+}
+
+impl Builder {
+    /// The entry for the block of `2^bits` addresses starting at `lo`.
+    fn entry(&mut self, spans: &[(u128, u32)], lo: u128, bits: u32) -> DirEntry {
+        let hi = lo | ones(bits);
+        let i0 = spans.partition_point(|s| s.0 <= lo) - 1;
+        let i1 = spans.partition_point(|s| s.0 <= hi);
+        let n = i1 - i0;
+        if n == 1 {
+            return DirEntry::class(spans[i0].1);
+        }
+        if n <= self.bucket_max || self.chunks >= DIR_MAX_CHUNKS || bits < 8 {
+            let at = self.out.len() as u32;
+            self.out.push((lo, spans[i0].1));
+            self.out.extend_from_slice(&spans[i0 + 1..i1]);
+            return DirEntry::bucket(at, n as u32);
+        }
+        self.chunks += 1;
+        let at = self.dir.len();
+        self.dir.resize(at + DIR_CHUNK_LEN as usize, DirEntry::default());
+        for k in 0..DIR_CHUNK_LEN as usize {
+            self.dir[at + k] = self.entry(spans, lo | (k as u128) << (bits - 8), bits - 8);
+        }
+        DirEntry::chunk(at as u32)
+    }
+}
+
+/// The class of an address as the program finds it (the tests): the same
+/// walk over the same entries. `class`: a stage-2 table's destination class;
+/// `None`: stage 1 (the root table).
+pub fn lookup(dir: &[DirEntry], spans: &[(u128, u32)], addr: u128, width: u32, class: Option<u32>) -> u32 {
+    use egress_common::{DIR_BUCKET, DIR_CHUNK, DIR_CLASS, DIR_COUNT_MASK};
+    let (top, mut shift) = match class {
+        Some(c) => (c as usize, width),
+        None => ((addr >> (width - DIR_ROOT_BITS)) as usize, width - DIR_ROOT_BITS),
+    };
+    let Some(mut e) = dir.get(top).copied() else { return 0 };
+    while e.kind() == DIR_CHUNK {
+        shift -= 8;
+        let Some(n) = dir.get(e.val as usize + ((addr >> shift) & 0xff) as usize) else { return 0 };
+        e = *n;
+    }
+    match e.kind() {
+        DIR_CLASS => e.val,
+        DIR_BUCKET => {
+            let run = &spans[e.val as usize..(e.val + (e.aux & DIR_COUNT_MASK)) as usize];
+            run[run.partition_point(|s| s.0 <= addr) - 1].1
+        }
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p4(a: [u8; 4], len: u8) -> Prefix {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&a);
+        Prefix { addr, len, v6: false }
+    }
+
+    fn value(n: u32) -> DstValue {
+        let mut v = DstValue::default();
+        v.lists.own = n;
+        v
+    }
+
+    /// The longest prefix's value, by brute force.
+    fn reference(dsts: &[(Prefix, DstValue)], a: u32) -> Option<DstValue> {
+        dsts.iter()
+            .filter(|(p, _)| {
+                let s = start(p, 32) as u32;
+                let m = if p.len == 0 { 0 } else { u32::MAX << (32 - p.len) };
+                a & m == s
+            })
+            .max_by_key(|(p, _)| p.len)
+            .map(|(_, v)| *v)
+    }
+
+    #[test]
+    fn nested_prefixes_give_the_innermost_class() {
+        let dsts = vec![
+            (p4([10, 0, 0, 0], 8), value(1)),
+            (p4([10, 1, 0, 0], 16), value(2)),
+            (p4([10, 1, 2, 0], 24), value(3)),
+            (p4([10, 1, 2, 3], 32), value(4)),
+            (p4([10, 1, 2, 255], 32), value(5)),
+            (p4([10, 255, 255, 0], 24), value(6)),
+            (p4([255, 255, 255, 255], 32), value(7)),
+        ];
+        let mut ids = ClassIds::new();
+        let t = table_v4(&dsts, &mut ids);
+        let spans: Spans = t.spans.iter().map(|s| (s.start as u128, s.class)).collect();
+        let mut rng = 0x1234_5678u32;
+        let mut probes: Vec<u32> =
+            vec![0, u32::MAX, 0x0a00_0000, 0x0a01_0203, 0x0a01_02ff, 0x0a01_0300, 0x0aff_ff00, 0x0aff_ffff, 0x0b00_0000];
+        for _ in 0..100_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 17;
+            rng ^= rng << 5;
+            probes.push(rng & 0x0fff_ffff | 0x0a00_0000);
+        }
+        for a in probes {
+            let got = lookup(&t.dir, &spans, a as u128, 32, None);
+            let want = reference(&dsts, a);
+            assert_eq!(got != 0, want.is_some(), "{a:#x}");
+            if let Some(w) = want {
+                assert_eq!(ids.values[got as usize], w, "{a:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn crowded_blocks_get_chunks_and_empty_families_nothing() {
+        // 300 /32s in one /24: the root entry and its /24 chunk split them.
+        let dsts: Vec<(Prefix, DstValue)> = (0..300u32).map(|i| (p4([10, 0, (i >> 8) as u8, i as u8], 32), value(i))).collect();
+        let mut ids = ClassIds::new();
+        let t = table_v4(&dsts, &mut ids);
+        assert!(t.chunks >= 2, "{}", t.chunks);
+        let spans: Spans = t.spans.iter().map(|s| (s.start as u128, s.class)).collect();
+        for i in 0..300u32 {
+            let got = lookup(&t.dir, &spans, (0x0a00_0000 | i) as u128, 32, None);
+            assert_eq!(ids.values[got as usize], value(i));
+        }
+        assert_eq!(lookup(&t.dir, &spans, 0x0a00_0200, 32, None), 0);
+        let t = table_v6(&[], &mut ids);
+        assert!(t.dir.is_empty() && t.spans.is_empty());
+    }
+
+    #[test]
+    fn sources_per_class_and_bounded_chunks() {
+        // Class 1: three nested sources; class 0: none (stays "no candidates").
+        let l = |n: u32| Lists { own: n, ..Lists::default() };
+        let pairs = vec![
+            (1, p4([0, 0, 0, 0], 0), l(1)),
+            (1, p4([192, 0, 2, 0], 24), l(2)),
+            (1, p4([192, 0, 2, 128], 25), l(3)),
+            (1, p4([192, 0, 2, 7], 32), l(4)),
+        ];
+        let mut ids = ListIds::new();
+        let t = sources_v4(&pairs, 2, &mut ids);
+        let sp: Spans = t.spans.iter().map(|s| (s.start as u128, s.class)).collect();
+        let at = |a: u32, c: u32| ids.values[lookup(&t.dir, &sp, a as u128, 32, Some(c)) as usize];
+        assert_eq!(at(0x0a00_0001, 1), l(1));
+        assert_eq!(at(0xc000_0201, 1), l(2));
+        assert_eq!(at(0xc000_0207, 1), l(4));
+        assert_eq!(at(0xc000_02ff, 1), l(3));
+        assert_eq!(at(0xc000_0300, 1), l(1));
+        assert_eq!(lookup(&t.dir, &sp, 0xc000_0207, 32, Some(0)), 0);
+        // Past the chunk budget, buckets grow instead (and still answer).
+        let dsts: Vec<(Prefix, DstValue)> = (0..5000u32).map(|i| (p4([10, (i >> 8) as u8, i as u8, 0], 24), value(i))).collect();
+        let mut ids = ClassIds::new();
+        let mut b =
+            Builder { dir: vec![DirEntry::default(); DIR_ROOT_LEN as usize], out: Vec::new(), chunks: DIR_MAX_CHUNKS, bucket_max: 8 };
+        let mut ps: Vec<(u128, u8, u32)> = dsts.iter().map(|(p, v)| (start(p, 32), p.len, ids.id(v))).collect();
+        ps.sort_unstable();
+        let sp = spans(&ps, 32);
+        for j in 0..DIR_ROOT_LEN as usize {
+            b.dir[j] = b.entry(&sp, (j as u128) << 16, 16);
+        }
+        assert_eq!(b.dir.len(), DIR_ROOT_LEN as usize);
+        for i in (0..5000u32).step_by(7) {
+            let a = 0x0a00_0000 | i << 8 | 0x42;
+            assert_eq!(ids.values[lookup(&b.dir, &b.out, a as u128, 32, None) as usize], value(i));
+        }
+    }
+}
