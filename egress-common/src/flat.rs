@@ -36,10 +36,13 @@ pub const DIR_ROOT_BITS: u32 = 16;
 pub const DIR_ROOT_LEN: u32 = 1 << DIR_ROOT_BITS;
 /// Entries of a chunk: one address byte.
 pub const DIR_CHUNK_LEN: u32 = 256;
-/// Most chunks per family: bounds a family's DIR map at
+/// Most chunks per table: bounds a DIR or SDIR map at
 /// `(DIR_ROOT_LEN + DIR_MAX_CHUNKS * DIR_CHUNK_LEN) * 8` bytes (32.5 MiB).
-/// Past it, buckets simply stay longer (more binary-search steps).
+/// When a rule set needs more, the compiler lets buckets grow (up to
+/// [`BUCKET_LIMIT`] spans) instead.
 pub const DIR_MAX_CHUNKS: u32 = 16_384;
+/// Most spans in a bucket.
+pub const BUCKET_LIMIT: u32 = 256;
 /// Chunk levels below the root: IPv4 has 2 address bytes left, IPv6 14.
 pub const DIR_LEVELS_V4: u32 = 2;
 pub const DIR_LEVELS_V6: u32 = 14;
@@ -104,6 +107,7 @@ pub struct SpanV6 {
 }
 const _: () = assert!(size_of::<SpanV6>() == 24);
 
-/// Longest binary search in a bucket: a family has at most
-/// 2 * MAX_DST_ENTRIES + 1 spans (every prefix opens one and closes one).
-pub const SPAN_SEARCH_STEPS: u32 = 23;
+/// Longest binary search in a bucket of at most [`BUCKET_LIMIT`] spans. Few
+/// steps keep the verifier's work small (6.1 explores every iteration).
+pub const SPAN_SEARCH_STEPS: u32 = 8;
+const _: () = assert!(1 << SPAN_SEARCH_STEPS >= BUCKET_LIMIT);

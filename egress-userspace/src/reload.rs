@@ -201,9 +201,9 @@ pub fn applied_text(a: &Applied, p: &Prepared) -> String {
     out
 }
 
-/// "DST_V4 3, DST_V6 2, ..." for summaries.
+/// "DIR_V4 65536, SPAN_V4 5, ..." for summaries: the maps with entries.
 pub fn entries(c: &Compiled) -> String {
-    c.entry_counts().iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+    c.entry_counts().iter().filter(|(_, v)| *v > 0).map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
 }
 
 /// The digest of a file's bytes as they are now (None when it cannot be read):

@@ -11,7 +11,7 @@
 
 use std::hash::Hash;
 
-use egress_common::{DIR_CHUNK_LEN, DIR_MAX_CHUNKS, DIR_ROOT_BITS, DIR_ROOT_LEN, DirEntry, DstValue, Lists, SpanV4, SpanV6};
+use egress_common::{BUCKET_LIMIT, DIR_CHUNK_LEN, DIR_MAX_CHUNKS, DIR_ROOT_BITS, DIR_ROOT_LEN, DirEntry, DstValue, Lists, SpanV4, SpanV6};
 use foldhash::HashMap;
 
 use super::Prefix;
@@ -69,28 +69,50 @@ fn spans_v6(spans: Spans) -> Vec<SpanV6> {
     spans.into_iter().map(|(s, class)| SpanV6 { hi: (s >> 64) as u64, lo: s as u64, class, _pad: 0 }).collect()
 }
 
+/// A table that needs more than [`DIR_MAX_CHUNKS`] chunks even with buckets
+/// of [`BUCKET_LIMIT`] spans: its name.
+#[derive(Debug)]
+pub struct TooCrowded(pub &'static str);
+
 /// Stage 1, IPv4: DIR_V4 and SPAN_V4.
-pub fn table_v4(dsts: &[(Prefix, DstValue)], ids: &mut ClassIds) -> Table<SpanV4> {
-    let (dir, spans, chunks) = build(dsts, 32, BUCKET_MAX_V4, ids);
-    Table { dir, spans: spans_v4(spans), chunks }
+pub fn table_v4(dsts: &[(Prefix, DstValue)], ids: &mut ClassIds) -> Result<Table<SpanV4>, TooCrowded> {
+    let (dir, spans, chunks) = build(dsts, 32, BUCKET_MAX_V4, ids).ok_or(TooCrowded(egress_common::MAP_DIR_V4))?;
+    Ok(Table { dir, spans: spans_v4(spans), chunks })
 }
 
 /// Stage 1, IPv6: DIR_V6 and SPAN_V6.
-pub fn table_v6(dsts: &[(Prefix, DstValue)], ids: &mut ClassIds) -> Table<SpanV6> {
-    let (dir, spans, chunks) = build(dsts, 128, BUCKET_MAX_V6, ids);
-    Table { dir, spans: spans_v6(spans), chunks }
+pub fn table_v6(dsts: &[(Prefix, DstValue)], ids: &mut ClassIds) -> Result<Table<SpanV6>, TooCrowded> {
+    let (dir, spans, chunks) = build(dsts, 128, BUCKET_MAX_V6, ids).ok_or(TooCrowded(egress_common::MAP_DIR_V6))?;
+    Ok(Table { dir, spans: spans_v6(spans), chunks })
 }
 
 /// Stage 2, IPv4: SDIR_V4 and SSPAN_V4, for destination classes `0..classes`.
-pub fn sources_v4(pairs: &[(u32, Prefix, Lists)], classes: u32, ids: &mut ListIds) -> Table<SpanV4> {
-    let (dir, spans, chunks) = build_sources(pairs, classes, 32, BUCKET_MAX_V4, ids);
-    Table { dir, spans: spans_v4(spans), chunks }
+pub fn sources_v4(pairs: &[(u32, Prefix, Lists)], classes: u32, ids: &mut ListIds) -> Result<Table<SpanV4>, TooCrowded> {
+    let (dir, spans, chunks) = build_sources(pairs, classes, 32, BUCKET_MAX_V4, ids).ok_or(TooCrowded(egress_common::MAP_SDIR_V4))?;
+    Ok(Table { dir, spans: spans_v4(spans), chunks })
 }
 
 /// Stage 2, IPv6: SDIR_V6 and SSPAN_V6.
-pub fn sources_v6(pairs: &[(u32, Prefix, Lists)], classes: u32, ids: &mut ListIds) -> Table<SpanV6> {
-    let (dir, spans, chunks) = build_sources(pairs, classes, 128, BUCKET_MAX_V6, ids);
-    Table { dir, spans: spans_v6(spans), chunks }
+pub fn sources_v6(pairs: &[(u32, Prefix, Lists)], classes: u32, ids: &mut ListIds) -> Result<Table<SpanV6>, TooCrowded> {
+    let (dir, spans, chunks) = build_sources(pairs, classes, 128, BUCKET_MAX_V6, ids).ok_or(TooCrowded(egress_common::MAP_SDIR_V6))?;
+    Ok(Table { dir, spans: spans_v6(spans), chunks })
+}
+
+/// Builds with buckets of at most `bucket_max` spans, doubling it while the
+/// table would need more than [`DIR_MAX_CHUNKS`] chunks; `None` past
+/// [`BUCKET_LIMIT`].
+fn with_budget(mut bucket_max: usize, mut build: impl FnMut(&mut Builder)) -> Option<(Vec<DirEntry>, Spans, u32)> {
+    loop {
+        let mut b = Builder { dir: Vec::new(), out: Vec::new(), chunks: 0, bucket_max, over: false };
+        build(&mut b);
+        if !b.over {
+            return Some((b.dir, b.out, b.chunks));
+        }
+        bucket_max *= 2;
+        if bucket_max > BUCKET_LIMIT as usize {
+            return None;
+        }
+    }
 }
 
 /// One entry per destination class, covering its whole source space, then the
@@ -101,24 +123,31 @@ fn build_sources(
     width: u32,
     bucket_max: usize,
     ids: &mut ListIds,
-) -> (Vec<DirEntry>, Spans, u32) {
+) -> Option<(Vec<DirEntry>, Spans, u32)> {
     if pairs.is_empty() {
-        return (Vec::new(), Vec::new(), 0);
+        return Some((Vec::new(), Vec::new(), 0));
     }
     let mut by_class: Vec<Vec<(u128, u8, u32)>> = vec![Vec::new(); classes as usize];
     for (class, p, l) in pairs {
         by_class[*class as usize].push((start(p, width), p.len, ids.id(l)));
     }
-    let mut b = Builder { dir: vec![DirEntry::default(); classes as usize], out: Vec::new(), chunks: 0, bucket_max };
-    for (class, mut ps) in by_class.into_iter().enumerate() {
-        if ps.is_empty() {
-            continue;
+    let spans_of: Vec<Option<Spans>> = by_class
+        .into_iter()
+        .map(|mut ps| {
+            (!ps.is_empty()).then(|| {
+                ps.sort_unstable();
+                spans(&ps, width)
+            })
+        })
+        .collect();
+    with_budget(bucket_max, |b| {
+        b.dir = vec![DirEntry::default(); classes as usize];
+        for (class, sp) in spans_of.iter().enumerate() {
+            if let Some(sp) = sp {
+                b.dir[class] = b.entry(sp, 0, width);
+            }
         }
-        ps.sort_unstable();
-        let spans = spans(&ps, width);
-        b.dir[class] = b.entry(&spans, 0, width);
-    }
-    (b.dir, b.out, b.chunks)
+    })
 }
 
 /// The prefix as its first address, in a `width`-bit space.
@@ -133,21 +162,22 @@ fn ones(bits: u32) -> u128 {
 
 type Spans = Vec<(u128, u32)>;
 
-fn build(dsts: &[(Prefix, DstValue)], width: u32, bucket_max: usize, ids: &mut ClassIds) -> (Vec<DirEntry>, Spans, u32) {
+fn build(dsts: &[(Prefix, DstValue)], width: u32, bucket_max: usize, ids: &mut ClassIds) -> Option<(Vec<DirEntry>, Spans, u32)> {
     let mut ps: Vec<(u128, u8, u32)> = dsts.iter().map(|(p, v)| (start(p, width), p.len, ids.id(v))).collect();
     ps.sort_unstable();
     let spans = spans(&ps, width);
     if spans.len() == 1 && spans[0].1 == 0 {
         // No destination prefix in this family: an empty table (the map keeps
         // one zero entry; every lookup answers class 0).
-        return (Vec::new(), Vec::new(), 0);
+        return Some((Vec::new(), Vec::new(), 0));
     }
-    let mut b = Builder { dir: vec![DirEntry::default(); DIR_ROOT_LEN as usize], out: Vec::new(), chunks: 0, bucket_max };
     let below = width - DIR_ROOT_BITS;
-    for j in 0..DIR_ROOT_LEN as usize {
-        b.dir[j] = b.entry(&spans, (j as u128) << below, below);
-    }
-    (b.dir, b.out, b.chunks)
+    with_budget(bucket_max, |b| {
+        b.dir = vec![DirEntry::default(); DIR_ROOT_LEN as usize];
+        for j in 0..DIR_ROOT_LEN as usize {
+            b.dir[j] = b.entry(&spans, (j as u128) << below, below);
+        }
+    })
 }
 
 /// Sorted (first address, prefix length, class) -> disjoint spans (first
@@ -193,6 +223,9 @@ struct Builder {
     out: Spans,
     chunks: u32,
     bucket_max: usize,
+    /// The chunk budget ran out: the table is discarded and built again
+    /// with longer buckets.
+    over: bool,
 }
 
 impl Builder {
@@ -205,7 +238,10 @@ impl Builder {
         if n == 1 {
             return DirEntry::class(spans[i0].1);
         }
-        if n <= self.bucket_max || self.chunks >= DIR_MAX_CHUNKS || bits < 8 {
+        if n > self.bucket_max && bits >= 8 && self.chunks >= DIR_MAX_CHUNKS {
+            self.over = true;
+        }
+        if n <= self.bucket_max || self.over || bits < 8 {
             let at = self.out.len() as u32;
             self.out.push((lo, spans[i0].1));
             self.out.extend_from_slice(&spans[i0 + 1..i1]);
@@ -286,7 +322,7 @@ mod tests {
             (p4([255, 255, 255, 255], 32), value(7)),
         ];
         let mut ids = ClassIds::new();
-        let t = table_v4(&dsts, &mut ids);
+        let t = table_v4(&dsts, &mut ids).unwrap();
         let spans: Spans = t.spans.iter().map(|s| (s.start as u128, s.class)).collect();
         let mut rng = 0x1234_5678u32;
         let mut probes: Vec<u32> =
@@ -312,7 +348,7 @@ mod tests {
         // 300 /32s in one /24: the root entry and its /24 chunk split them.
         let dsts: Vec<(Prefix, DstValue)> = (0..300u32).map(|i| (p4([10, 0, (i >> 8) as u8, i as u8], 32), value(i))).collect();
         let mut ids = ClassIds::new();
-        let t = table_v4(&dsts, &mut ids);
+        let t = table_v4(&dsts, &mut ids).unwrap();
         assert!(t.chunks >= 2, "{}", t.chunks);
         let spans: Spans = t.spans.iter().map(|s| (s.start as u128, s.class)).collect();
         for i in 0..300u32 {
@@ -320,7 +356,7 @@ mod tests {
             assert_eq!(ids.values[got as usize], value(i));
         }
         assert_eq!(lookup(&t.dir, &spans, 0x0a00_0200, 32, None), 0);
-        let t = table_v6(&[], &mut ids);
+        let t = table_v6(&[], &mut ids).unwrap();
         assert!(t.dir.is_empty() && t.spans.is_empty());
     }
 
@@ -335,7 +371,7 @@ mod tests {
             (1, p4([192, 0, 2, 7], 32), l(4)),
         ];
         let mut ids = ListIds::new();
-        let t = sources_v4(&pairs, 2, &mut ids);
+        let t = sources_v4(&pairs, 2, &mut ids).unwrap();
         let sp: Spans = t.spans.iter().map(|s| (s.start as u128, s.class)).collect();
         let at = |a: u32, c: u32| ids.values[lookup(&t.dir, &sp, a as u128, 32, Some(c)) as usize];
         assert_eq!(at(0x0a00_0001, 1), l(1));
@@ -344,21 +380,29 @@ mod tests {
         assert_eq!(at(0xc000_02ff, 1), l(3));
         assert_eq!(at(0xc000_0300, 1), l(1));
         assert_eq!(lookup(&t.dir, &sp, 0xc000_0207, 32, Some(0)), 0);
-        // Past the chunk budget, buckets grow instead (and still answer).
+        // Past the chunk budget, buckets grow instead (and still answer):
+        // 5000 /24s, and a budget of one chunk.
         let dsts: Vec<(Prefix, DstValue)> = (0..5000u32).map(|i| (p4([10, (i >> 8) as u8, i as u8, 0], 24), value(i))).collect();
         let mut ids = ClassIds::new();
-        let mut b =
-            Builder { dir: vec![DirEntry::default(); DIR_ROOT_LEN as usize], out: Vec::new(), chunks: DIR_MAX_CHUNKS, bucket_max: 8 };
         let mut ps: Vec<(u128, u8, u32)> = dsts.iter().map(|(p, v)| (start(p, 32), p.len, ids.id(v))).collect();
         ps.sort_unstable();
         let sp = spans(&ps, 32);
-        for j in 0..DIR_ROOT_LEN as usize {
-            b.dir[j] = b.entry(&sp, (j as u128) << 16, 16);
-        }
-        assert_eq!(b.dir.len(), DIR_ROOT_LEN as usize);
+        let mut budget_used = 0;
+        let (dir, out, chunks) = with_budget(8, |b| {
+            b.chunks = DIR_MAX_CHUNKS - 1;
+            b.dir = vec![DirEntry::default(); DIR_ROOT_LEN as usize];
+            for j in 0..DIR_ROOT_LEN as usize {
+                b.dir[j] = b.entry(&sp, (j as u128) << 16, 16);
+            }
+            budget_used += 1;
+        })
+        .unwrap();
+        assert!(budget_used > 1 && chunks < DIR_MAX_CHUNKS, "{budget_used} builds, {chunks} chunks");
         for i in (0..5000u32).step_by(7) {
             let a = 0x0a00_0000 | i << 8 | 0x42;
-            assert_eq!(ids.values[lookup(&b.dir, &b.out, a as u128, 32, None) as usize], value(i));
+            assert_eq!(ids.values[lookup(&dir, &out, a as u128, 32, None) as usize], value(i));
         }
+        // Nothing fits: refused.
+        assert!(with_budget(8, |b| b.over = true).is_none());
     }
 }

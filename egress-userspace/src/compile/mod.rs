@@ -148,6 +148,18 @@ impl Compiled {
 pub enum CompileError {
     #[error("the rule set compiles to {count} {map} entries, more than its capacity of {cap}; {}", why_too_large(map))]
     TooLarge { map: &'static str, count: usize, cap: u32 },
+    #[error(
+        "the rule set's prefixes crowd {0} past its bound ({chunks} chunks of 256 entries with buckets of {buckets} spans); split the sets across interfaces, or list covering prefixes",
+        chunks = egress_common::DIR_MAX_CHUNKS,
+        buckets = egress_common::BUCKET_LIMIT
+    )]
+    TooCrowded(&'static str),
+}
+
+impl From<flat::TooCrowded> for CompileError {
+    fn from(e: flat::TooCrowded) -> Self {
+        CompileError::TooCrowded(e.0)
+    }
 }
 
 /// What usually fills a map past its capacity.
@@ -273,12 +285,12 @@ pub fn compile(rs: &RuleSet) -> Result<Compiled, CompileError> {
         }
     }
     let mut ids = flat::ClassIds::new();
-    out.flat_v4 = flat::table_v4(&out.dst_v4, &mut ids);
-    out.flat_v6 = flat::table_v6(&out.dst_v6, &mut ids);
+    out.flat_v4 = flat::table_v4(&out.dst_v4, &mut ids)?;
+    out.flat_v6 = flat::table_v6(&out.dst_v6, &mut ids)?;
     out.dst_classes = ids.values;
     let mut ids = flat::ListIds::new();
-    out.src_v4 = flat::sources_v4(&out.pair_v4, classes.len() as u32, &mut ids);
-    out.src_v6 = flat::sources_v6(&out.pair_v6, classes.len() as u32, &mut ids);
+    out.src_v4 = flat::sources_v4(&out.pair_v4, classes.len() as u32, &mut ids)?;
+    out.src_v6 = flat::sources_v6(&out.pair_v6, classes.len() as u32, &mut ids)?;
     out.pair_lists = ids.values;
     Ok(out)
 }

@@ -19,6 +19,7 @@ use egress_tests::B4;
 
 use crate::{
     median,
+    report::SpeedResult,
     testrun::{map_fds, map_memory_since, named, new_flow_src, run_ns},
 };
 
@@ -88,12 +89,12 @@ const SET_FILE: &str = "blocklist.netset";
 /// what each costs to parse, lint, compile and load, `egress check`'s time and
 /// memory, the map entries and kernel memory, and what a packet costs when it
 /// hits the flow cache and when it misses.
-pub(crate) fn adversarial_part(n: usize, entries: usize, rounds: usize, md: &mut String) -> anyhow::Result<()> {
+pub(crate) fn adversarial_part(n: usize, entries: usize, rounds: usize, md: &mut String, sp: &mut SpeedResult) -> anyhow::Result<()> {
     eprintln!("part 1b: adversarial rule sets");
     let _ = writeln!(md, "## 1b. Adversarial rule sets ({n} rules, IPv4)\n");
     let _ = writeln!(
         md,
-        "| shape | parse s | lint s (rules unchecked) | compile s | load s | `egress check` s, peak RSS MiB | DST / PAIR / LISTS / RANGES entries | map memory MiB | empty program ns | cache hit, added ns | new flow every packet, added ns |"
+        "| shape | parse s | lint s (rules unchecked) | compile s | load s | `egress check` s, peak RSS MiB | stage 1 (DIR+SPAN / DST_CLASSES) / stage 2 (SDIR+SSPAN / PAIR_LISTS) / LISTS / RANGES entries | map memory MiB | empty program ns | cache hit, added ns | new flow every packet, added ns |"
     );
     let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |");
     let flows = crate::flows_for(n);
@@ -232,20 +233,26 @@ pub(crate) fn adversarial_part(n: usize, entries: usize, rounds: usize, md: &mut
         let (eh, em) = (median(&mut eh), median(&mut em));
         let counts = c.entry_counts();
         let get = |m: &str| counts.iter().filter(|(k, _)| k.starts_with(m)).map(|(_, v)| v).sum::<usize>();
+        let new_flow = median(&mut miss) - em;
         let _ = writeln!(
             md,
-            "| {name} | {parse:.2} | {lint:.2} ({unchecked}) | {compile:.2} | {load:.2} | {check_s:.2}, {check_rss:.0} | {} / {} / {} / {} | {map_mib:.1} | {eh:.0} | {:.0} | {:.0} |",
+            "| {name} | {parse:.2} | {lint:.2} ({unchecked}) | {compile:.2} | {load:.2} | {check_s:.2}, {check_rss:.0} | {} / {} / {} / {} / {} / {} | {map_mib:.1} | {eh:.0} | {:.0} | {new_flow:.0} |",
+            get("DIR") + get("SPAN"),
             get("DST"),
+            get("SDIR") + get("SSPAN"),
             get("PAIR"),
             get("LISTS"),
             get("RANGES"),
             median(&mut hit) - eh,
-            median(&mut miss) - em
         );
+        sp.shapes.push((name.split(':').next().unwrap_or(&name).to_string(), new_flow));
+        if name.starts_with("realistic") {
+            sp.flat_bytes = Some((n, crate::report::flat_bytes(&c)));
+        }
     }
     let _ = writeln!(
         md,
-        "\nGenerators: `ruleset_gen::{{realistic, src_dst_pairs, nested, port_ranges, source_fan, blocklist}}` (`egress-bench --generate N SHAPE` writes one; `blocklist` writes the set file, one /32 a line, FireHOL style). The blocklist row parses the set file too (its parse time is the rule file's and the set file's). Parse, lint, compile and load are timed in the benchmark's process (one run each; the lint runs on all CPUs); `egress check` is the whole command in a process of its own (parse, lint, compile), with its peak resident memory. Map memory is the kernel's own figure for the maps of the loaded rule set (`memlock` in /proc/self/fdinfo, with the flow cache and the other fixed maps). The program's cost does not depend on the shape: one DST lookup, at most one PAIR lookup and two interval searches on a miss. New-flow packets vary the source address (in the pairs and fan shapes they go to every rule in turn). The linter's work is bounded per file: \"rules unchecked\" are those whose share of the bound ran out (README, \"Linting\").\n"
+        "\nGenerators: `ruleset_gen::{{realistic, src_dst_pairs, nested, port_ranges, source_fan, blocklist}}` (`egress-bench --generate N SHAPE` writes one; `blocklist` writes the set file, one /32 a line, FireHOL style). The blocklist row parses the set file too (its parse time is the rule file's and the set file's). Parse, lint, compile and load are timed in the benchmark's process (one run each; the lint runs on all CPUs); `egress check` is the whole command in a process of its own (parse, lint, compile), with its peak resident memory. Map memory is the kernel's own figure for the maps of the loaded rule set (`memlock` in /proc/self/fdinfo, with the flow cache and the other fixed maps). On a miss the program does the stage-1 walk (a root entry, a chunk entry per crowded address byte, a short bucket search), at most one stage-2 walk of the same form and two interval searches; ARCHITECTURE.md, \"Stages 1 and 2 in flat arrays\". New-flow packets vary the source address (in the pairs and fan shapes they go to every rule in turn). The linter's work is bounded per file: \"rules unchecked\" are those whose share of the bound ran out (README, \"Linting\").\n"
     );
     Ok(())
 }

@@ -44,7 +44,7 @@ mod testrun;
 mod traffic;
 
 use adversarial::adversarial_part;
-use report::{TestRunAdded, targets};
+use report::{SpeedResult, TestRunAdded, targets};
 use testrun::{hooks_part, lint_part, testrun_part};
 use traffic::{Case, traffic_part};
 
@@ -239,7 +239,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         return Ok(());
     }
     if o.pps_only {
-        pps::pps_part(*sizes.last().unwrap_or(&1_000), tr_rounds, o.quick, &mut body)?;
+        pps::pps_part(*sizes.last().unwrap_or(&1_000), tr_rounds, o.quick, &mut body, &mut SpeedResult::default())?;
         println!("\n{body}");
         return Ok(());
     }
@@ -249,7 +249,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         return Ok(());
     }
     if o.adversarial_only {
-        adversarial_part(*sizes.last().unwrap_or(&100_000), blocklist_entries(o), tr_rounds, &mut body)?;
+        adversarial_part(*sizes.last().unwrap_or(&100_000), blocklist_entries(o), tr_rounds, &mut body, &mut SpeedResult::default())?;
         println!("\n{body}");
         return Ok(());
     }
@@ -266,12 +266,13 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         lint_part(sizes, tr_rounds, &mut lint_md)?;
     }
     let tr = if o.traffic_only { TestRunAdded::default() } else { testrun_part(sizes, tr_rounds, &mut body, &mut tr_plot)? };
+    let mut sp = SpeedResult::default();
     if !o.traffic_only {
-        adversarial_part(*sizes.last().unwrap_or(&1_000), blocklist_entries(o), tr_rounds, &mut body)?;
-        hooks_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
+        adversarial_part(*sizes.last().unwrap_or(&1_000), blocklist_entries(o), tr_rounds, &mut body, &mut sp)?;
+        hooks_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body, &mut sp)?;
         dns::dns_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
         cgroup::cgroup_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
-        pps::pps_part(*sizes.last().unwrap_or(&1_000), tr_rounds, o.quick, &mut body)?;
+        pps::pps_part(*sizes.last().unwrap_or(&1_000), tr_rounds, o.quick, &mut body, &mut sp)?;
         body.push_str(&lint_md);
     }
     if o.testrun_only {
@@ -290,6 +291,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         "Rule sets: `ruleset_gen::realistic(n, min(ceil(n/2), {FLOWS}), seed)` (mostly distinct destination prefixes of mixed lengths with ports and ranges, 2% source-specific, some ICMP, broad overlapping rules; the last min(ceil(n/2), {FLOWS}) rules each allow one UDP port to the benchmark server). BPF_PROG_TEST_RUN: medians of {tr_rounds} rounds; traffic: medians of {traffic_rounds} rounds, a fresh namespace pair per measurement; variants interleaved in shuffled order; spread = min-max over rounds.\n"
     );
     targets(&mut md, sizes, &tr, &tf);
+    report::speed_targets(&mut md, sizes, &tr, &tf, &sp);
     md.push_str(&body);
 
     let dir = o

@@ -109,7 +109,7 @@ fn nft_netdev(rs: &rules::RuleSet, dev: &str) -> String {
     )
 }
 
-pub(crate) fn pps_part(n: usize, rounds: usize, quick: bool, md: &mut String) -> anyhow::Result<()> {
+pub(crate) fn pps_part(n: usize, rounds: usize, quick: bool, md: &mut String, sp: &mut crate::report::SpeedResult) -> anyhow::Result<()> {
     eprintln!("part 1g: packets per second on one core (XDP, live frames)");
     let text = ruleset_gen::realistic(n, flows_for(n), 7).replacen("default_policy = \"allow\"", "default_policy = \"deny\"", 1);
     let rs = rules::parse("pps.toml", &text)?;
@@ -175,6 +175,7 @@ pub(crate) fn pps_part(n: usize, rounds: usize, quick: bool, md: &mut String) ->
     }
     let (base, eg, nft, nocache) =
         (median(&mut res[0].clone()), median(&mut res[1].clone()), median(&mut res[2].clone()), median(&mut res[3].clone()));
+    sp.pps = Some([base, eg, nocache, nft]);
     let mpps = |ns: f64| 1000.0 / ns;
     let _ = writeln!(md, "## 1g. A router host's hook: packets per second on one core ({n} rules, XDP, live frames)\n");
     let _ = writeln!(md, "| receiver on the veth's XDP hook | ns/packet (spread) | Mpps | vs the empty program | added ns/packet |");

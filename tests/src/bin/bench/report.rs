@@ -157,3 +157,114 @@ pub(crate) fn targets(md: &mut String, sizes: &[usize], tr: &TestRunAdded, tf: &
 pub(crate) fn ratio(a: f64, b: f64) -> String {
     if b <= 0.0 { "egress cost below the noise".into() } else { format!("{:.1}x", a / b) }
 }
+
+/// What the targets of "every packet at memory speed" need from parts 1b, 1c
+/// and 1g.
+#[derive(Default)]
+pub(crate) struct SpeedResult {
+    /// Part 1b: per shape (its short name), a new flow every packet, added ns (IPv4).
+    pub(crate) shapes: Vec<(String, f64)>,
+    /// Part 1b: (rules, bytes) of stages 1 and 2 for the realistic shape.
+    pub(crate) flat_bytes: Option<(usize, u64)>,
+    /// Part 1c: (v6, stateful) -> a new flow every packet on TC, added ns.
+    pub(crate) new_flow: std::collections::HashMap<(bool, bool), f64>,
+    /// Part 1g: ns/packet of the empty program, egress, egress without its
+    /// flow cache, nftables.
+    pub(crate) pps: Option<[f64; 4]>,
+}
+
+/// Bytes of the stage-1 and stage-2 arrays of a compiled rule set, as the
+/// kernel allocates them (array elements round up to 8 bytes).
+pub(crate) fn flat_bytes(c: &egress::compile::Compiled) -> u64 {
+    let elem = |size: usize| size.div_ceil(8) as u64 * 8;
+    let dir = elem(8);
+    let (s4, s6) = (elem(size_of::<egress_common::SpanV4>()), elem(size_of::<egress_common::SpanV6>()));
+    (c.flat_v4.dir.len() as u64 + c.flat_v6.dir.len() as u64 + c.src_v4.dir.len() as u64 + c.src_v6.dir.len() as u64) * dir
+        + (c.flat_v4.spans.len() as u64 + c.src_v4.spans.len() as u64) * s4
+        + (c.flat_v6.spans.len() as u64 + c.src_v6.spans.len() as u64) * s6
+        + c.dst_classes.len() as u64 * elem(size_of::<egress_common::DstValue>())
+        + c.pair_lists.len() as u64 * elem(size_of::<egress_common::Lists>())
+}
+
+/// The targets of "every packet at memory speed" (compiled classifier), from
+/// this run.
+pub(crate) fn speed_targets(md: &mut String, sizes: &[usize], tr: &TestRunAdded, tf: &TrafficResult, sp: &SpeedResult) {
+    let big = *sizes.last().unwrap_or(&1);
+    let _ = writeln!(md, "## Targets of the compiled classifier (rules = {big}; computed from this run)\n");
+    let _ = writeln!(md, "| target | measured | result |");
+    let _ = writeln!(md, "| --- | --- | --- |");
+    for v6 in [false, true] {
+        let fam = if v6 { "IPv6" } else { "IPv4" };
+        let limit = if v6 { 150.0 } else { 100.0 };
+        if let Some(x) = tr.get(&(big, v6, Mode::NewFlows)) {
+            let _ = writeln!(
+                md,
+                "| a new flow every packet <= {limit:.0} ns over an empty program ({fam}) | {x:.0} ns | {} |",
+                verdict(*x <= limit)
+            );
+        }
+        if let Some(x) = tr.get(&(big, v6, Mode::SpreadDsts)) {
+            let _ = writeln!(
+                md,
+                "| {FLOWS} flows to {FLOWS} destinations <= 200 ns over an empty program ({fam}) | {x:.0} ns | {} |",
+                verdict(*x <= 200.0)
+            );
+        }
+        let case = Case { v6, flows: FLOWS, distinct: false };
+        if let (Some(e), Some(n)) = (tf.over_none.get(&(Filter::Egress(big), case)), tf.over_none.get(&(Filter::NftSet(big), case))) {
+            let _ = writeln!(
+                md,
+                "| >= 3x below the nftables interval set, {FLOWS} flows ({fam}) | egress {e:.0} ns, nft set {n:.0} ns: {} | {} |",
+                ratio(*n, *e),
+                verdict(*n >= 3.0 * e.max(1.0))
+            );
+        }
+        if let (Some(s), Some(f)) = (sp.new_flow.get(&(v6, false)), sp.new_flow.get(&(v6, true))) {
+            let _ = writeln!(
+                md,
+                "| stateful new flow <= 1.5x the stateless new flow ({fam}, part 1c) | {f:.0} ns vs {s:.0} ns: {:.2}x | {} |",
+                f / s.max(1.0),
+                verdict(*f <= 1.5 * s.max(1.0))
+            );
+        }
+        if let Some(x) = tr.get(&(big, v6, Mode::Hot)) {
+            let _ = writeln!(md, "| the cache-hit path stays at +20-40 ns ({fam}) | {x:.0} ns | {} |", verdict(*x <= 40.0));
+        }
+    }
+    if let Some((_, real)) = sp.shapes.first() {
+        for (name, x) in sp.shapes.iter().skip(1) {
+            let _ = writeln!(
+                md,
+                "| adversarial shape `{name}`: a new flow <= 2x the realistic shape's (part 1b, IPv4) | {x:.0} ns vs {real:.0} ns: {:.2}x | {} |",
+                x / real.max(1.0),
+                verdict(*x <= 2.0 * real.max(1.0))
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "| one rule added, removed or changed under `egress run`: <= 100 ms at 100k rules, <= 20 ms at 1k | not yet: every change is a full reload (part 3) | **missed** |"
+    );
+    if let Some([base, eg, nocache, nft]) = sp.pps {
+        let mpps = |ns: f64| 1000.0 / ns;
+        let _ = writeln!(
+            md,
+            "| throughput on one core, XDP, random IPv6 sources (part 1g) | empty {:.2} Mpps, egress {:.2} Mpps ({:.2}x the empty program's time), without flow cache {:.2}, nftables {:.2}: egress {:.2}x nftables | stated |",
+            mpps(base),
+            mpps(eg),
+            eg / base,
+            mpps(nocache),
+            mpps(nft),
+            nft / eg
+        );
+    }
+    if let Some((n, bytes)) = sp.flat_bytes {
+        let _ = writeln!(
+            md,
+            "| memory of stages 1 and 2 (realistic shape, {n} rules) | {:.1} MiB, {:.0} bytes a rule | stated |",
+            bytes as f64 / (1024.0 * 1024.0),
+            bytes as f64 / n.max(1) as f64
+        );
+    }
+    let _ = writeln!(md);
+}

@@ -162,7 +162,13 @@ pub(crate) fn testrun_part(sizes: &[usize], rounds: usize, md: &mut String, plot
         let text = ruleset_gen::realistic(n, flows_for(n), 7);
         let rs = rules::parse("bench.toml", &text)?;
         let c = compile::compile(&rs)?;
-        let mut l = Loaded::new(&c, true)?;
+        // EGRESS_BENCH_FLOW_CACHE: the flow-cache slots for this part (an
+        // experiment knob; the default is egress's own default).
+        let flow_cache = std::env::var("EGRESS_BENCH_FLOW_CACHE").ok().and_then(|v| v.parse().ok());
+        let mut l = match flow_cache {
+            Some(slots) => Loaded::with_options(&c, &LoadOptions { flow_cache: slots, ..LoadOptions::default() })?,
+            None => Loaded::new(&c, true)?,
+        };
         let secs = t.elapsed().as_secs_f64();
         let pass: &mut SchedClassifier =
             l.ebpf.program_mut(PASS_PROGRAM_NAME).ok_or_else(|| anyhow::anyhow!("no {PASS_PROGRAM_NAME} in the object"))?.try_into()?;
@@ -247,7 +253,7 @@ pub(crate) fn testrun_part(sizes: &[usize], rounds: usize, md: &mut String, plot
 /// every packet (stateful: the rules, then a connection-table insert).
 /// tc-egress and tc-ingress run the same TC program; BPF_PROG_TEST_RUN does not
 /// know the hook, so the TC rows stand for both (part 2 has tc-ingress traffic).
-pub(crate) fn hooks_part(n: usize, rounds: usize, md: &mut String) -> anyhow::Result<()> {
+pub(crate) fn hooks_part(n: usize, rounds: usize, md: &mut String, sp: &mut crate::report::SpeedResult) -> anyhow::Result<()> {
     eprintln!("part 1c: hooks and stateful mode");
     let text = ruleset_gen::realistic(n, flows_for(n), 7);
     let rs = rules::parse("bench.toml", &text)?;
@@ -324,6 +330,9 @@ pub(crate) fn hooks_part(n: usize, rounds: usize, md: &mut String) -> anyhow::Re
                 };
                 let fam = if v6 { "IPv6" } else { "IPv4" };
                 let _ = writeln!(md, "| {label} | {fam} | {what} | {me:.1} ({}) | {mg:.1} ({}) | {:.1} |", spread(&e), spread(&g), mg - me);
+                if mode == Mode::NewFlows && label.starts_with("TC") {
+                    sp.new_flow.insert((v6, label.contains("stateful")), mg - me);
+                }
             }
         }
     }
