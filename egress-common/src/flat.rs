@@ -43,9 +43,10 @@ pub const DIR_CHUNK_LEN: u32 = 256;
 pub const DIR_MAX_CHUNKS: u32 = 16_384;
 /// Most spans in a bucket.
 pub const BUCKET_LIMIT: u32 = 256;
-/// Chunk levels below the root: IPv4 has 2 address bytes left, IPv6 14.
-pub const DIR_LEVELS_V4: u32 = 2;
-pub const DIR_LEVELS_V6: u32 = 14;
+/// Chunk levels below the root: one per address byte left.
+pub const DIR_LEVELS_V4: u32 = (32 - DIR_ROOT_BITS) / 8;
+pub const DIR_LEVELS_V6: u32 = (128 - DIR_ROOT_BITS) / 8;
+const _: () = assert!(DIR_ROOT_BITS % 8 == 0);
 /// Chunk levels below a class's entry in SDIR: every address byte.
 pub const SDIR_LEVELS_V4: u32 = 4;
 pub const SDIR_LEVELS_V6: u32 = 16;

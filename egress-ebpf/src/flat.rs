@@ -75,7 +75,7 @@ pub fn dst_v6(dst: &[u8; 16]) -> Option<&'static DstValue> {
         if e.kind() != DIR_CHUNK {
             break;
         }
-        e = *DIR_V6.get(e.val.wrapping_add(byte_of(hi, lo, 2 + i)))?;
+        e = *DIR_V6.get(e.val.wrapping_add(byte_of(hi, lo, DIR_ROOT_BITS / 8 + i)))?;
     }
     let class = match e.kind() {
         DIR_CLASS => e.val,

@@ -132,12 +132,13 @@ impl Compiled {
             (egress_common::MAP_SPAN_V4, self.flat_v4.spans.len()),
             (egress_common::MAP_DIR_V6, self.flat_v6.dir.len()),
             (egress_common::MAP_SPAN_V6, self.flat_v6.spans.len()),
-            (egress_common::MAP_DST_CLASSES, self.dst_classes.len()),
+            // DST_CLASSES and PAIR_LISTS: their values, not the unused index 0.
+            (egress_common::MAP_DST_CLASSES, self.dst_classes.len().saturating_sub(1)),
             (egress_common::MAP_SDIR_V4, self.src_v4.dir.len()),
             (egress_common::MAP_SSPAN_V4, self.src_v4.spans.len()),
             (egress_common::MAP_SDIR_V6, self.src_v6.dir.len()),
             (egress_common::MAP_SSPAN_V6, self.src_v6.spans.len()),
-            (egress_common::MAP_PAIR_LISTS, self.pair_lists.len()),
+            (egress_common::MAP_PAIR_LISTS, self.pair_lists.len().saturating_sub(1)),
             (egress_common::MAP_LISTS, self.list_slots.len()),
             (egress_common::MAP_RANGES, self.ranges.len()),
         ]
