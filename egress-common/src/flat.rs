@@ -46,7 +46,7 @@ pub const BUCKET_LIMIT: u32 = 256;
 /// Chunk levels below the root: one per address byte left.
 pub const DIR_LEVELS_V4: u32 = (32 - DIR_ROOT_BITS) / 8;
 pub const DIR_LEVELS_V6: u32 = (128 - DIR_ROOT_BITS) / 8;
-const _: () = assert!(DIR_ROOT_BITS % 8 == 0);
+const _: () = assert!(DIR_ROOT_BITS.is_multiple_of(8));
 /// Chunk levels below a class's entry in SDIR: every address byte.
 pub const SDIR_LEVELS_V4: u32 = 4;
 pub const SDIR_LEVELS_V6: u32 = 16;
