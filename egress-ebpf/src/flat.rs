@@ -6,8 +6,8 @@
 
 use aya_ebpf::maps::Array;
 use egress_common::{
-    DIR_BUCKET, DIR_CHUNK, DIR_CLASS, DIR_COUNT_MASK, DIR_LEVELS_V4, DIR_LEVELS_V6, DIR_ROOT_BITS, DstValue, Lists, SDIR_LEVELS_V4,
-    SDIR_LEVELS_V6, SPAN_SEARCH_STEPS, SpanV4, SpanV6,
+    DIR_BUCKET, DIR_CHUNK, DIR_CLASS, DIR_COUNT_MASK, DIR_LEVELS_V4, DIR_LEVELS_V6, DIR_ROOT_BITS, DirEntry, DstValue, Lists,
+    SDIR_LEVELS_V4, SDIR_LEVELS_V6, SPAN_SEARCH_STEPS, SpanV4, SpanV6,
 };
 
 use crate::maps::{DIR_V4, DIR_V6, DST_CLASSES, PAIR_LISTS, SDIR_V4, SDIR_V6, SPAN_V4, SPAN_V6, SSPAN_V4, SSPAN_V6};
@@ -16,20 +16,36 @@ use crate::maps::{DIR_V4, DIR_V6, DST_CLASSES, PAIR_LISTS, SDIR_V4, SDIR_V6, SPA
 /// destination contains it.
 #[inline(always)]
 pub fn dst_v4(a: u32) -> Option<&'static DstValue> {
-    let mut e = *DIR_V4.get(a >> (32 - DIR_ROOT_BITS))?;
-    for i in 0..DIR_LEVELS_V4 {
+    let e = *DIR_V4.get(a >> (32 - DIR_ROOT_BITS))?;
+    let class = walk_v4(&DIR_V4, &SPAN_V4, e, a, DIR_LEVELS_V4)?;
+    if class == 0 { None } else { DST_CLASSES.get(class) }
+}
+
+/// Stage 2, IPv4: the candidate lists of destination class `class` for source
+/// `a` (host order); `None`: no candidate rule's source contains it.
+#[inline(always)]
+pub fn src_v4(class: u32, a: u32) -> Option<&'static Lists> {
+    let e = *SDIR_V4.get(class)?;
+    let id = walk_v4(&SDIR_V4, &SSPAN_V4, e, a, SDIR_LEVELS_V4)?;
+    if id == 0 { None } else { PAIR_LISTS.get(id) }
+}
+
+/// From top entry `e`, down the chunks of the last `levels` address bytes of
+/// `a`, to the answer: a class (or list id), or a bucket's span.
+#[inline(always)]
+fn walk_v4(dir: &Array<DirEntry>, spans: &Array<SpanV4>, mut e: DirEntry, a: u32, levels: u32) -> Option<u32> {
+    for i in 0..levels {
         if e.kind() != DIR_CHUNK {
             break;
         }
-        let byte = (a >> (8 * (DIR_LEVELS_V4 - 1 - i))) & 0xff;
-        e = *DIR_V4.get(e.val.wrapping_add(byte))?;
+        let byte = (a >> (8 * (levels - 1 - i))) & 0xff;
+        e = *dir.get(e.val.wrapping_add(byte))?;
     }
-    let class = match e.kind() {
-        DIR_CLASS => e.val,
-        DIR_BUCKET => bucket_v4(&SPAN_V4, e.val, e.aux & DIR_COUNT_MASK, a)?,
-        _ => return None,
-    };
-    if class == 0 { None } else { DST_CLASSES.get(class) }
+    match e.kind() {
+        DIR_CLASS => Some(e.val),
+        DIR_BUCKET => bucket_v4(spans, e.val, e.aux & DIR_COUNT_MASK, a),
+        _ => None,
+    }
 }
 
 /// The last span of the bucket `[start, start + n)` that starts at or before
@@ -70,19 +86,34 @@ fn byte_of(hi: u64, lo: u64, b: u32) -> u32 {
 #[inline(always)]
 pub fn dst_v6(dst: &[u8; 16]) -> Option<&'static DstValue> {
     let (hi, lo) = halves(dst);
-    let mut e = *DIR_V6.get((hi >> (64 - DIR_ROOT_BITS)) as u32)?;
-    for i in 0..DIR_LEVELS_V6 {
+    let e = *DIR_V6.get((hi >> (64 - DIR_ROOT_BITS)) as u32)?;
+    let class = walk_v6(&DIR_V6, &SPAN_V6, e, hi, lo, DIR_ROOT_BITS / 8, DIR_LEVELS_V6)?;
+    if class == 0 { None } else { DST_CLASSES.get(class) }
+}
+
+/// Stage 2, IPv6; as [`src_v4`].
+#[inline(always)]
+pub fn src_v6(class: u32, src: &[u8; 16]) -> Option<&'static Lists> {
+    let (hi, lo) = halves(src);
+    let e = *SDIR_V6.get(class)?;
+    let id = walk_v6(&SDIR_V6, &SSPAN_V6, e, hi, lo, 0, SDIR_LEVELS_V6)?;
+    if id == 0 { None } else { PAIR_LISTS.get(id) }
+}
+
+/// As [`walk_v4`]: `levels` chunk levels from address byte `first`.
+#[inline(always)]
+fn walk_v6(dir: &Array<DirEntry>, spans: &Array<SpanV6>, mut e: DirEntry, hi: u64, lo: u64, first: u32, levels: u32) -> Option<u32> {
+    for i in 0..levels {
         if e.kind() != DIR_CHUNK {
             break;
         }
-        e = *DIR_V6.get(e.val.wrapping_add(byte_of(hi, lo, DIR_ROOT_BITS / 8 + i)))?;
+        e = *dir.get(e.val.wrapping_add(byte_of(hi, lo, first + i)))?;
     }
-    let class = match e.kind() {
-        DIR_CLASS => e.val,
-        DIR_BUCKET => bucket_v6(&SPAN_V6, e.val, e.aux & DIR_COUNT_MASK, hi, lo)?,
-        _ => return None,
-    };
-    if class == 0 { None } else { DST_CLASSES.get(class) }
+    match e.kind() {
+        DIR_CLASS => Some(e.val),
+        DIR_BUCKET => bucket_v6(spans, e.val, e.aux & DIR_COUNT_MASK, hi, lo),
+        _ => None,
+    }
 }
 
 /// As [`bucket_v4`], comparing 128-bit starts as two halves.
@@ -102,43 +133,4 @@ fn bucket_v6(spans: &Array<SpanV6>, start: u32, n: u32, hi: u64, lo: u64) -> Opt
         }
     }
     Some(spans.get(l)?.class)
-}
-
-/// Stage 2, IPv4: the candidate lists of destination class `class` for source
-/// `a` (host order); `None`: no candidate rule's source contains it.
-#[inline(always)]
-pub fn src_v4(class: u32, a: u32) -> Option<&'static Lists> {
-    let mut e = *SDIR_V4.get(class)?;
-    for i in 0..SDIR_LEVELS_V4 {
-        if e.kind() != DIR_CHUNK {
-            break;
-        }
-        let byte = (a >> (8 * (SDIR_LEVELS_V4 - 1 - i))) & 0xff;
-        e = *SDIR_V4.get(e.val.wrapping_add(byte))?;
-    }
-    let id = match e.kind() {
-        DIR_CLASS => e.val,
-        DIR_BUCKET => bucket_v4(&SSPAN_V4, e.val, e.aux & DIR_COUNT_MASK, a)?,
-        _ => return None,
-    };
-    if id == 0 { None } else { PAIR_LISTS.get(id) }
-}
-
-/// Stage 2, IPv6; as [`src_v4`].
-#[inline(always)]
-pub fn src_v6(class: u32, src: &[u8; 16]) -> Option<&'static Lists> {
-    let (hi, lo) = halves(src);
-    let mut e = *SDIR_V6.get(class)?;
-    for i in 0..SDIR_LEVELS_V6 {
-        if e.kind() != DIR_CHUNK {
-            break;
-        }
-        e = *SDIR_V6.get(e.val.wrapping_add(byte_of(hi, lo, i)))?;
-    }
-    let id = match e.kind() {
-        DIR_CLASS => e.val,
-        DIR_BUCKET => bucket_v6(&SSPAN_V6, e.val, e.aux & DIR_COUNT_MASK, hi, lo)?,
-        _ => return None,
-    };
-    if id == 0 { None } else { PAIR_LISTS.get(id) }
 }
