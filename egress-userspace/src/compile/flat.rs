@@ -262,7 +262,8 @@ impl Builder {
 /// The class of an address as the program finds it (the tests): the same
 /// walk over the same entries. `class`: a stage-2 table's destination class;
 /// `None`: stage 1 (the root table).
-pub fn lookup(dir: &[DirEntry], spans: &[(u128, u32)], addr: u128, width: u32, class: Option<u32>) -> u32 {
+#[cfg(test)]
+fn lookup(dir: &[DirEntry], spans: &[(u128, u32)], addr: u128, width: u32, class: Option<u32>) -> u32 {
     use egress_common::{DIR_BUCKET, DIR_CHUNK, DIR_CLASS, DIR_COUNT_MASK};
     let (top, mut shift) = match class {
         Some(c) => (c as usize, width),
