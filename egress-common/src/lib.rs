@@ -12,9 +12,11 @@ use core::mem::size_of;
 mod cgroup;
 mod dns;
 mod flat;
+mod halves;
 pub use cgroup::*;
 pub use dns::*;
 pub use flat::*;
+pub use halves::*;
 
 // ---------------------------------------------------------------------------
 // Verdicts
@@ -105,7 +107,7 @@ pub const MAP_STATS: &str = "STATS";
 pub const MAP_FLOW_V4: &str = "FLOW_V4";
 pub const MAP_FLOW_V6: &str = "FLOW_V6";
 /// Every map of one rule-set generation (pinned per generation).
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 17] = [
     MAP_DIR_V4,
     MAP_DIR_V6,
     MAP_SPAN_V4,
@@ -122,6 +124,7 @@ pub const ALL_MAPS: [&str; 16] = [
     MAP_STATS,
     MAP_FLOW_V4,
     MAP_FLOW_V6,
+    MAP_EPOCH,
 ];
 /// The connection table (stateful mode), shared by every generation of an
 /// attachment and by its companion program; pinned beside the generations.

@@ -185,6 +185,7 @@ fn call<const V6: bool, const SENDMSG: bool>(ctx: &SockAddrContext) -> i32 {
         _ => return 1,
     };
     let mut pkt = Packet::default();
+    pkt.epoch = crate::epoch::now();
     pkt.pclass = pclass;
     // The port's two bytes as they sit in memory: network order.
     pkt.port = (sa.user_port as u16).to_ne_bytes();
@@ -231,7 +232,7 @@ fn call<const V6: bool, const SENDMSG: bool>(ctx: &SockAddrContext) -> i32 {
     if action != ACTION_DENY {
         return 1;
     }
-    stats::count_rule(ctx, slot);
+    stats::count_rule(ctx, pkt.epoch, slot);
     events::denied_proc(ctx, &pkt, slot, action);
     0
 }

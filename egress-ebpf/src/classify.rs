@@ -19,7 +19,7 @@ use egress_common::{
 };
 
 use crate::{
-    flat,
+    epoch, flat,
     maps::{LISTS, RANGES},
     parse::Packet,
 };
@@ -43,9 +43,9 @@ fn lists_call(pkt: &Packet, out: &mut Lists) -> bool {
 #[inline(always)]
 fn lists(pkt: &Packet) -> Option<Lists> {
     if pkt.v6 {
-        lists_of(flat::dst_v6(&pkt.dst)?, pkt)
+        lists_of(flat::dst_v6(&pkt.dst, epoch::dir_v6(pkt.epoch))?, pkt)
     } else {
-        lists_of(flat::dst_v4(u32::from_be_bytes([pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]]))?, pkt)
+        lists_of(flat::dst_v4(u32::from_be_bytes([pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]]), epoch::dir_v4(pkt.epoch))?, pkt)
     }
 }
 

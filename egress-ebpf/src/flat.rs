@@ -12,11 +12,11 @@ use egress_common::{
 
 use crate::maps::{DIR_V4, DIR_V6, DST_CLASSES, PAIR_LISTS, SDIR_V4, SDIR_V6, SPAN_V4, SPAN_V6, SSPAN_V4, SSPAN_V6};
 
-/// The destination class of an IPv4 address (host order); `None`: no rule's
-/// destination contains it.
+/// The destination class of an IPv4 address (host order) in the half whose
+/// root starts at `root` (epoch.rs); `None`: no rule's destination contains it.
 #[inline(always)]
-pub fn dst_v4(a: u32) -> Option<&'static DstValue> {
-    let e = *DIR_V4.get(a >> (32 - DIR_ROOT_BITS))?;
+pub fn dst_v4(a: u32, root: u32) -> Option<&'static DstValue> {
+    let e = *DIR_V4.get(root.wrapping_add(a >> (32 - DIR_ROOT_BITS)))?;
     let class = walk_v4(&DIR_V4, &SPAN_V4, e, a, DIR_LEVELS_V4)?;
     if class == 0 { None } else { DST_CLASSES.get(class) }
 }
@@ -82,11 +82,11 @@ fn byte_of(hi: u64, lo: u64, b: u32) -> u32 {
     (if b < 8 { hi >> (8 * (7 - b)) } else { lo >> (8 * (15 - b)) }) as u32 & 0xff
 }
 
-/// The destination class of an IPv6 address (network order bytes).
+/// The destination class of an IPv6 address (network order bytes); as [`dst_v4`].
 #[inline(always)]
-pub fn dst_v6(dst: &[u8; 16]) -> Option<&'static DstValue> {
+pub fn dst_v6(dst: &[u8; 16], root: u32) -> Option<&'static DstValue> {
     let (hi, lo) = halves(dst);
-    let e = *DIR_V6.get((hi >> (64 - DIR_ROOT_BITS)) as u32)?;
+    let e = *DIR_V6.get(root.wrapping_add((hi >> (64 - DIR_ROOT_BITS)) as u32))?;
     let class = walk_v6(&DIR_V6, &SPAN_V6, e, hi, lo, DIR_ROOT_BITS / 8, DIR_LEVELS_V6)?;
     if class == 0 { None } else { DST_CLASSES.get(class) }
 }

@@ -39,6 +39,8 @@ mod conn;
 #[cfg(target_arch = "bpf")]
 mod dns;
 #[cfg(target_arch = "bpf")]
+mod epoch;
+#[cfg(target_arch = "bpf")]
 mod events;
 #[cfg(target_arch = "bpf")]
 mod flat;
@@ -241,12 +243,12 @@ pub(crate) mod program {
             if d != u64::MAX {
                 let (slot, action) = ((d >> 32) as u32, d as u32);
                 dns::reported(ctx, &pkt, slot, action);
-                stats::count_rule(ctx, slot);
+                stats::count_rule(ctx, pkt.epoch, slot);
                 return Ok(action != ACTION_DENY);
             }
         }
         let mask = unsafe { core::ptr::read_volatile(&FLOW_MASK) };
-        let generation = unsafe { core::ptr::read_volatile(&GENERATION) };
+        let generation = egress_common::cache_generation(unsafe { core::ptr::read_volatile(&GENERATION) }, pkt.epoch);
         let cached = match (mask != u32::MAX, SPLIT) {
             (false, _) => None,
             (true, true) => match cached_call(&pkt, mask, generation) {
@@ -271,7 +273,7 @@ pub(crate) mod program {
                 (slot, action & !FLOW_LEARNED)
             }
         };
-        stats::count_rule(ctx, slot);
+        stats::count_rule(ctx, pkt.epoch, slot);
         if action != ACTION_ALLOW {
             // Deny or audit: reported (rate-limited); the allow path pays nothing.
             events::denied::<C, SPLIT>(ctx, &pkt, slot, action);

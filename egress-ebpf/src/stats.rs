@@ -36,8 +36,8 @@ fn coarse_now() -> u64 {
 }
 
 #[inline(always)]
-pub fn count_rule(ctx: &impl Frame, slot: u32) {
-    if let Some(c) = COUNTERS.get_ptr_mut(slot) {
+pub fn count_rule(ctx: &impl Frame, epoch: u32, slot: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(crate::epoch::counters(epoch).wrapping_add(slot)) {
         unsafe {
             (*c).packets += ctx.packets();
             (*c).bytes += ctx.bytes();

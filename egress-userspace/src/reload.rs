@@ -132,12 +132,21 @@ pub fn applied_json(a: &Applied) -> Value {
                    "since": rfc3339(r.since)})
         })
         .collect();
-    let mut v = json!({"hook": st.hook, "mode": st.mode, "replaced": a.replaced,
+    let mut v = json!({"hook": st.hook, "mode": st.mode, "replaced": a.replaced, "path": a.path.name(),
            "generation": st.generation, "rules": st.rules.len(), "kept": a.kept, "removed": removed,
            "default": st.default_action, "digest": st.digest, "flow_cache": st.flow_cache, "stateful": st.stateful.is_some(), "companion": st.companion, "debug": st.debug, "rules_file": st.rules_file,
            "pinned": dataplane::pin_dir(&st.key).display().to_string()});
     if let Some(m) = v.as_object_mut() {
         m.extend(st.at_json());
+        match &a.path {
+            dataplane::ReloadPath::Hot { enforced } => {
+                m.insert("enforced_us".into(), json!(enforced.as_micros() as u64));
+            }
+            dataplane::ReloadPath::Full(why) => {
+                m.insert("full_because".into(), json!(why));
+            }
+            dataplane::ReloadPath::Load => {}
+        }
     }
     v
 }
@@ -171,6 +180,14 @@ pub fn applied_text(a: &Applied, p: &Prepared) -> String {
     let audit = p.rules.rules.iter().filter(|r| r.audit).count();
     let audited = if audit > 0 { format!(", {audit} of the denies in audit mode") } else { String::new() };
     out.push_str(&format!("  rules           {} ({} deny, {} allow{audited})\n", p.rules.rules.len(), deny, p.rules.rules.len() - deny));
+    match &a.path {
+        dataplane::ReloadPath::Hot { enforced } => out.push_str(&format!(
+            "  reload          hot: written into the loaded program's idle half, enforced in {:.1} ms\n",
+            enforced.as_secs_f64() * 1000.0
+        )),
+        dataplane::ReloadPath::Full(why) => out.push_str(&format!("  reload          full (new program and maps): {why}\n")),
+        dataplane::ReloadPath::Load => {}
+    }
     if a.replaced {
         out.push_str(&format!("  counters kept   {} rules (same name, match and action)\n", a.kept));
         for r in &a.removed {

@@ -28,6 +28,7 @@ pub mod dns;
 pub mod mmdb;
 pub mod random;
 pub mod router;
+pub mod traffic;
 
 pub use daemon::{Daemon, cpu_ticks};
 

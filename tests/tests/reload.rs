@@ -2,17 +2,9 @@
 //! number of replacements, and every packet is counted exactly once across them,
 //! with real traffic between namespaces. Needs root.
 
-use std::{
-    collections::HashMap,
-    net::{Ipv4Addr, UdpSocket},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
-use egress_tests::{B4, Pair, in_ns, in_ns_io, temp_file};
+use egress_tests::{Pair, temp_file, traffic::UdpLoad};
 use serde_json::Value;
 
 fn settle(p: &Pair) {
@@ -194,67 +186,7 @@ fn replacements_under_load_are_atomic_and_count_every_packet_once() {
     let b = temp_file("b.toml", SET_B);
     apply_json(&p, &a);
 
-    // Receivers in b: one socket per port, drained by one thread.
-    let socks: Vec<UdpSocket> = PORTS
-        .iter()
-        .map(|&port| {
-            in_ns_io(&p.b, move || {
-                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
-                s.set_recv_buffer_size(8 << 20)?;
-                s.bind(&std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
-                s.set_nonblocking(true)?;
-                Ok(UdpSocket::from(s))
-            })
-            .expect("bind in b")
-        })
-        .collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let received: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
-    let rx = {
-        let (stop, received) = (stop.clone(), received.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            let mut idle_after_stop = 0;
-            loop {
-                let mut got = false;
-                for (i, s) in socks.iter().enumerate() {
-                    while s.recv_from(&mut buf).is_ok() {
-                        received[i].fetch_add(1, Ordering::Relaxed);
-                        got = true;
-                    }
-                }
-                if !got {
-                    if stop.load(Ordering::Relaxed) {
-                        idle_after_stop += 1;
-                        if idle_after_stop > 200 {
-                            break;
-                        }
-                    }
-                    std::thread::sleep(Duration::from_micros(500));
-                }
-            }
-        })
-    };
-    // Sender in a: round robin over the four ports, paced so the receiver keeps up.
-    let sent: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
-    let tx = {
-        let (stop, sent, ns) = (stop.clone(), sent.clone(), p.a.clone());
-        std::thread::spawn(move || {
-            in_ns(&ns, move || {
-                let c = UdpSocket::bind("0.0.0.0:0").unwrap();
-                while !stop.load(Ordering::Relaxed) {
-                    for (i, port) in PORTS.iter().enumerate() {
-                        // A denied datagram fails with ENOBUFS: it passed the hook all the same.
-                        let _ = c.send_to(b"x", (B4, *port));
-                        sent[i].fetch_add(1, Ordering::Relaxed);
-                    }
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-            })
-            .unwrap()
-        })
-    };
-
+    let load = UdpLoad::start(&p, &PORTS);
     let mut removed: HashMap<String, u64> = HashMap::new();
     let swaps = 120;
     for i in 0..swaps {
@@ -264,11 +196,7 @@ fn replacements_under_load_are_atomic_and_count_every_packet_once() {
         }
         assert_eq!(v["kept"], 2, "z and w keep their counters: {v}");
     }
-    stop.store(true, Ordering::Relaxed);
-    tx.join().unwrap();
-    rx.join().unwrap();
-    let sent: Vec<u64> = sent.iter().map(|v| v.load(Ordering::Relaxed)).collect();
-    let got: Vec<u64> = received.iter().map(|v| v.load(Ordering::Relaxed)).collect();
+    let (sent, got) = load.stop();
     let (_, _, c) = p.counters();
     let live: HashMap<String, u64> =
         c["rules"].as_array().unwrap().iter().map(|r| (r["name"].as_str().unwrap().to_string(), r["packets"].as_u64().unwrap())).collect();

@@ -30,6 +30,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use crate::rules::{Protocol, Rule, RuleSet};
 
 pub mod flat;
+pub mod place;
 
 /// A prefix as (address bytes, length): IPv4 in the first 4 bytes, the rest zero.
 /// Fixed-size so that the compiler's many truncations allocate nothing.

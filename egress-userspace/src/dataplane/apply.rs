@@ -68,11 +68,36 @@ pub struct Removed {
     pub since: u64,
 }
 
+/// How an apply got its rule set into the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReloadPath {
+    /// Nothing was there: a first load.
+    Load,
+    /// The loaded program kept, the rule set written into its idle half
+    /// (hot.rs); `enforced`: from the start of the writes to the flip.
+    Hot { enforced: std::time::Duration },
+    /// A new program and maps, swapped in; why not a hot reload.
+    Full(String),
+}
+
+impl ReloadPath {
+    /// "hot", "full" or "load", as logs and --json say it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ReloadPath::Load => "load",
+            ReloadPath::Hot { .. } => "hot",
+            ReloadPath::Full(_) => "full",
+        }
+    }
+}
+
 /// Outcome of an apply.
 pub struct Applied {
     pub state: State,
     /// A rule set was there before and has been replaced.
     pub replaced: bool,
+    /// Which way it went in.
+    pub path: ReloadPath,
     /// Rules (not counting the default row) that kept their counters.
     pub kept: usize,
     pub removed: Vec<Removed>,
@@ -131,41 +156,19 @@ fn apply_at(req: ApplyRequest<'_>) -> Result<Applied> {
         prev = None;
     }
 
+    // The program stays when only the rules changed (hot.rs).
+    let path = match &prev {
+        None => ReloadPath::Load,
+        Some(p) => match super::hot::refusal(p, &req) {
+            Some(why) => ReloadPath::Full(why),
+            None => return super::hot::reload(p, req),
+        },
+    };
     let now = now_unix();
     let generation = prev.as_ref().map(|p| p.generation + 1).unwrap_or(1);
     let mut rules = req.rules;
-    let mut slots: Vec<(u32, u32)> = Vec::new();
-    let mut carried: Vec<bool> = prev.as_ref().map(|p| vec![false; p.rules.len()]).unwrap_or_default();
-    let (mut default_base, mut default_since, mut default_reset) = (Count::default(), now, Count::default());
-    if let Some(p) = &prev {
-        let by_name: HashMap<&str, usize> = p.rules.iter().enumerate().map(|(j, r)| (r.name.as_str(), j)).collect();
-        for (i, r) in rules.iter_mut().enumerate() {
-            match by_name.get(r.name.as_str()) {
-                Some(&j) if p.rules[j].same_rule(r) => {
-                    r.base = p.rules[j].base;
-                    r.since = p.rules[j].since;
-                    r.reset = p.rules[j].reset;
-                    slots.push((i as u32 + 1, j as u32 + 1));
-                    carried[j] = true;
-                }
-                _ => {
-                    r.base = Count::default();
-                    r.since = now;
-                    r.reset = Count::default();
-                }
-            }
-        }
-        if p.default_action == req.default_action {
-            (default_base, default_since, default_reset) = (p.default_base, p.default_since, p.default_reset);
-            slots.push((0, 0));
-        }
-    } else {
-        for r in &mut rules {
-            r.base = Count::default();
-            r.since = now;
-            r.reset = Count::default();
-        }
-    }
+    let Carry { slots, carried, default: (default_base, default_since, default_reset) } =
+        carry(prev.as_ref(), &mut rules, &req.default_action, now);
 
     // Rules by name: the attachment's hash key outlives its generations.
     let dns = match &req.dns {
@@ -266,6 +269,7 @@ fn apply_at(req: ApplyRequest<'_>) -> Result<Applied> {
             return Err(e);
         }
     };
+    let halves = state::Halves { caps: loaded.caps, epoch: 0, events: req.events };
     drop(loaded);
     if !cgroup && !needs_companion && (comp_path.exists() || prev_comp_nl.is_some()) {
         // Neither stateful nor naming domains: the companion goes.
@@ -309,7 +313,7 @@ fn apply_at(req: ApplyRequest<'_>) -> Result<Applied> {
         default_reset,
         stats_base: prev.as_ref().map(|p| p.stats_base.clone()).unwrap_or_default(),
         flow_cache: flow_cache_slots(req.flow_cache),
-        pending: prev.as_ref().map(|p| Pending { generation: p.generation, slots }),
+        pending: prev.as_ref().map(|p| Pending { generation: p.maps_generation(), slots, counter_base: p.counter_base() }),
         nl_priority: attachment.nl_priority,
         nl_handle: attachment.nl_handle,
         stateful: req.state,
@@ -321,28 +325,82 @@ fn apply_at(req: ApplyRequest<'_>) -> Result<Applied> {
         patterns,
         cgroup_id: t.cgroup_id,
         cgroup_level: t.cgroup_level,
+        halves: Some(halves),
+        maps: None,
     };
     settle_dns(&key, prev.as_ref(), &st);
     state::write_state(&st)?;
     let old_final = fold_pending(&mut st)?;
-    let mut removed = Vec::new();
-    if let Some(p) = &prev {
-        for (j, r) in p.rules.iter().enumerate() {
-            if carried[j] {
-                continue;
+    let removed = prev.as_ref().map(|p| removed(p, &carried, old_final.as_ref())).unwrap_or_default();
+    let kept = carried.iter().filter(|c| **c).count();
+    Ok(Applied { state: st, replaced, kept, removed, path })
+}
+
+/// How the counts of a previous rule set carry over to the next.
+pub(super) struct Carry {
+    /// (new counter slot, old counter slot) of every row carried over.
+    pub slots: Vec<(u32, u32)>,
+    /// Per previous rule: carried over.
+    pub carried: Vec<bool>,
+    /// The default row's base, since and reset snapshot.
+    pub default: (Count, u64, Count),
+}
+
+/// Gives each rule the base, start and reset of the previous rule it is (same
+/// name, match and action), or a fresh start; the default row keeps its counts
+/// while the default policy stays.
+pub(super) fn carry(prev: Option<&State>, rules: &mut [RuleInfo], default_action: &str, now: u64) -> Carry {
+    let mut c = Carry {
+        slots: Vec::new(),
+        carried: prev.map(|p| vec![false; p.rules.len()]).unwrap_or_default(),
+        default: (Count::default(), now, Count::default()),
+    };
+    let by_name: HashMap<&str, usize> =
+        prev.map(|p| p.rules.iter().enumerate().map(|(j, r)| (r.name.as_str(), j)).collect()).unwrap_or_default();
+    for (i, r) in rules.iter_mut().enumerate() {
+        match (prev, by_name.get(r.name.as_str())) {
+            (Some(p), Some(&j)) if p.rules[j].same_rule(r) => {
+                r.base = p.rules[j].base;
+                r.since = p.rules[j].since;
+                r.reset = p.rules[j].reset;
+                c.slots.push((i as u32 + 1, j as u32 + 1));
+                c.carried[j] = true;
             }
-            let last = old_final.as_ref().and_then(|(c, _)| c.get(j + 1)).map(count).unwrap_or_default();
-            removed.push(Removed {
-                name: r.name.clone(),
-                action: r.action.clone(),
-                summary: r.summary.clone(),
-                count: (r.base + last).since_reset(r.reset),
-                since: r.since,
-            });
+            _ => {
+                r.base = Count::default();
+                r.since = now;
+                r.reset = Count::default();
+            }
         }
     }
-    let kept = carried.iter().filter(|c| **c).count();
-    Ok(Applied { state: st, replaced, kept, removed })
+    if let Some(p) = prev
+        && p.default_action == default_action
+    {
+        c.default = (p.default_base, p.default_since, p.default_reset);
+        c.slots.push((0, 0));
+    }
+    c
+}
+
+/// The previous rules that were not carried over, with their final counts
+/// (`old_final`: the previous counters after the fold).
+pub(super) fn removed(p: &State, carried: &[bool], old_final: Option<&(Vec<Counter>, Vec<u64>)>) -> Vec<Removed> {
+    let base = p.counter_base() as usize;
+    let mut out = Vec::new();
+    for (j, r) in p.rules.iter().enumerate() {
+        if carried[j] {
+            continue;
+        }
+        let last = old_final.and_then(|(c, _)| c.get(base + j + 1)).map(count).unwrap_or_default();
+        out.push(Removed {
+            name: r.name.clone(),
+            action: r.action.clone(),
+            summary: r.summary.clone(),
+            count: (r.base + last).since_reset(r.reset),
+            since: r.since,
+        });
+    }
+    out
 }
 
 /// After a swap: what a removed pattern taught goes (and everything when no
@@ -370,11 +428,13 @@ fn settle_dns(key: &str, prev: Option<&State>, st: &State) {
 /// Finishes a replacement: waits until no CPU runs the previous program, adds its
 /// final counts to the bases, clears `pending`, removes its pins. Returns the
 /// previous generation's final counters and STATS (None when nothing was pending).
-fn fold_pending(st: &mut State) -> Result<Option<(Vec<Counter>, Vec<u64>)>> {
+pub(super) fn fold_pending(st: &mut State) -> Result<Option<(Vec<Counter>, Vec<u64>)>> {
     let Some(p) = st.pending.clone() else {
         return Ok(None);
     };
     link::wait_for_running_programs()?;
+    // A hot reload's old half: same maps, whose STATS stay live.
+    let hot = p.generation == st.maps_generation();
     let gdir = gen_dir(&st.key, p.generation);
     let old = match read_pinned(&gdir) {
         Ok(v) => Some(v),
@@ -385,23 +445,27 @@ fn fold_pending(st: &mut State) -> Result<Option<(Vec<Counter>, Vec<u64>)>> {
     };
     if let Some((c, s)) = &old {
         for &(new, old_slot) in &p.slots {
-            let add = c.get(old_slot as usize).map(count).unwrap_or_default();
+            let add = c.get((p.counter_base + old_slot) as usize).map(count).unwrap_or_default();
             if new == 0 {
                 st.default_base = st.default_base + add;
             } else if let Some(r) = st.rules.get_mut(new as usize - 1) {
                 r.base = r.base + add;
             }
         }
-        if st.stats_base.len() < s.len() {
-            st.stats_base.resize(s.len(), 0);
-        }
-        for (b, v) in st.stats_base.iter_mut().zip(s) {
-            *b += v;
+        if !hot {
+            if st.stats_base.len() < s.len() {
+                st.stats_base.resize(s.len(), 0);
+            }
+            for (b, v) in st.stats_base.iter_mut().zip(s) {
+                *b += v;
+            }
         }
     }
     st.pending = None;
     state::write_state(st)?;
-    let _ = fs::remove_dir_all(&gdir);
+    if !hot {
+        let _ = fs::remove_dir_all(&gdir);
+    }
     Ok(old)
 }
 

@@ -47,6 +47,11 @@ pub fn explain(t: &Target, frame: &[u8]) -> Result<(State, Decision)> {
         &st.stateful.unwrap_or_default(),
         &crate::rules::EventsConfig::default(),
     );
+    // The live half of the generation's maps (hot.rs).
+    let globals = match &st.halves {
+        Some(h) => globals.with_halves(&h.caps),
+        None => globals,
+    };
     let mut loader = globals.loader();
     let conn_on = st.stateful.is_some() as u32;
     loader.override_global(egress_common::GLOBAL_CONN_ON, &conn_on, true);
@@ -58,7 +63,7 @@ pub fn explain(t: &Target, frame: &[u8]) -> Result<(State, Decision)> {
     let dns_globals = DnsGlobals::new(dns.as_ref());
     let dns_paths = dns_pin_paths(dns.as_ref())?;
     super::dns::configure(&mut loader, dns.as_ref(), &dns_globals, &dns_paths, st.patterns.len() as u32);
-    let gdir = gen_dir(&st.key, st.generation);
+    let gdir = gen_dir(&st.key, st.maps_generation());
     if dns.is_some() {
         for name in egress_common::DNS_GEN_MAPS {
             loader.map_pin_path(name, gdir.join(name));
@@ -67,7 +72,11 @@ pub fn explain(t: &Target, frame: &[u8]) -> Result<(State, Decision)> {
     for name in ALL_MAPS {
         let path = gdir.join(name);
         if !path.exists() {
-            return Err(DataplaneError::Other(format!("map {name} of generation {} is not pinned at {}", st.generation, path.display())));
+            return Err(DataplaneError::Other(format!(
+                "map {name} of generation {} is not pinned at {}",
+                st.maps_generation(),
+                path.display()
+            )));
         }
         loader.map_pin_path(name, path);
     }

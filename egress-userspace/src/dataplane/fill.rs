@@ -1,4 +1,5 @@
-//! Writing a compiled rule set into the fresh maps of a load: batches laid out
+//! Writing a compiled rule set into the fresh maps of a load, through their
+//! memory mappings (mmap.rs); and zeroing per-CPU counters in batches laid out
 //! as the kernel reads them (BPF_MAP_UPDATE_BATCH), one element at a time
 //! where a kernel has no batch update for a map type.
 
@@ -16,35 +17,12 @@ use egress_common::{
 use super::{BPF_MAP_UPDATE_ELEM, DataplaneError, ElemAttr, Result};
 use crate::compile::Compiled;
 
-/// The bytes of a plain-old-data map key or value.
-fn pod_bytes<T: aya::Pod>(v: &T) -> &[u8] {
-    // SAFETY: `Pod` types are `Copy`, `#[repr(C)]` and have no padding (egress-common
-    // asserts their sizes), so every byte is initialised.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-}
-
 /// Array entries laid out as the kernel reads them in a batch: keys (the u32
 /// indexes) in one buffer, values in another.
 struct Batch {
     keys: Vec<u8>,
     values: Vec<u8>,
     count: usize,
-}
-
-impl Batch {
-    fn with_capacity<K, V>(n: usize) -> Batch {
-        Batch {
-            keys: Vec::with_capacity(n * (4 + std::mem::size_of::<K>())),
-            values: Vec::with_capacity(n * std::mem::size_of::<V>()),
-            count: 0,
-        }
-    }
-    /// An array entry: the key is the index.
-    fn push_index<V: aya::Pod>(&mut self, index: u32, value: &V) {
-        self.keys.extend_from_slice(&index.to_ne_bytes());
-        self.values.extend_from_slice(pod_bytes(value));
-        self.count += 1;
-    }
 }
 
 /// `union bpf_attr` as BPF_MAP_UPDATE_BATCH reads it.
@@ -68,22 +46,20 @@ const BATCH_CHUNK: usize = 65_536;
 /// Writes a batch into a map with BPF_MAP_UPDATE_BATCH, one syscall per
 /// [`BATCH_CHUNK`] entries. Kernels without batch support for the map type
 /// (EINVAL/ENOTSUPP before any entry is written) get one update per entry.
-fn write_batch(ebpf: &mut Ebpf, name: &str, b: &Batch) -> Result<()> {
+/// A map's file descriptor, as the bpf syscall takes it.
+pub(super) fn fd_of(data: &MapData) -> u32 {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    data.fd().as_fd().as_raw_fd() as u32
+}
+
+/// Writes a batch into the map behind `fd` with BPF_MAP_UPDATE_BATCH, one
+/// syscall per [`BATCH_CHUNK`] entries. Kernels without batch support for the
+/// map type (EINVAL/ENOTSUPP before any entry is written) get one update per entry.
+fn write_batch_fd(fd: u32, name: &str, b: &Batch) -> Result<()> {
     if b.count == 0 {
         return Ok(());
     }
     let (ks, vs) = (b.keys.len() / b.count, b.values.len() / b.count);
-    let map = ebpf.map_mut(name).ok_or_else(|| DataplaneError::Other(format!("map {name} missing from the eBPF object")))?;
-    let data: &MapData = match map {
-        Map::Array(m) => m,
-        _ => {
-            return Err(DataplaneError::Other(format!("map {name} is not an array")));
-        }
-    };
-    let fd = {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        data.fd().as_fd().as_raw_fd() as u32
-    };
     let mut done = 0;
     while done < b.count {
         let n = (b.count - done).min(BATCH_CHUNK);
@@ -147,11 +123,23 @@ pub(super) fn fill(ebpf: &mut Ebpf, c: &Compiled) -> Result<()> {
     write_array(ebpf, MAP_RANGES, &c.ranges)
 }
 
-/// Writes `values` at indexes 0.. of an array map.
-fn write_array<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, values: &[V]) -> Result<()> {
-    let mut b = Batch::with_capacity::<u32, V>(values.len());
-    for (i, v) in values.iter().enumerate() {
-        b.push_index(i as u32, v);
+/// Zeroes `n` entries from `start` of the per-CPU array behind `fd`, whose
+/// values are `size` bytes, on every CPU (hot.rs: a half's counters).
+pub(super) fn zero_per_cpu(fd: u32, name: &str, start: u32, n: u32, size: usize) -> Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io { op: "count the possible CPUs".into(), source: e })?;
+    let stride = size.next_multiple_of(8) * cpus;
+    let mut b = Batch { keys: Vec::with_capacity(n as usize * 4), values: vec![0; n as usize * stride], count: n as usize };
+    for i in 0..n {
+        b.keys.extend_from_slice(&(start + i).to_ne_bytes());
     }
-    write_batch(ebpf, name, &b)
+    write_batch_fd(fd, name, &b)
+}
+
+/// Writes `values` at indexes 0.. of an array map, through its memory mapping.
+fn write_array<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, values: &[V]) -> Result<()> {
+    let data: &MapData = match ebpf.map(name) {
+        Some(Map::Array(m)) => m,
+        _ => return Err(DataplaneError::Other(format!("map {name} missing from the eBPF object, or not an array"))),
+    };
+    super::mmap::Mapped::new(data, name)?.write(0, values)
 }

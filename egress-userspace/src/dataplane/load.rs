@@ -15,16 +15,16 @@ use egress_common::{
 };
 use egress_common::{
     Counter, FLOW_CACHE_ENTRIES, GLOBAL_CONN_ON, GLOBAL_DEFAULT_ACTION, GLOBAL_EVENT_INTERVAL, GLOBAL_EVENT_TOLERANCE, GLOBAL_FLOW_MASK,
-    GLOBAL_GENERATION, GLOBAL_HAS_ETH, GLOBAL_TO_ICMP, GLOBAL_TO_TCP_CLOSING, GLOBAL_TO_TCP_EST, GLOBAL_TO_UDP, MAP_CONN_STATS,
-    MAP_CONN_V4, MAP_CONN_V6, MAP_COUNTERS, MAP_DEBUG_LOG, MAP_DIR_V4, MAP_DIR_V6, MAP_DNS_TAIL_TC, MAP_DNS_TAIL_XDP, MAP_DST_CLASSES,
-    MAP_EVENT_LIMITS, MAP_EVENT_STATS, MAP_EVENTS, MAP_FLOW_V4, MAP_FLOW_V6, MAP_LISTS, MAP_PAIR_LISTS, MAP_RANGES, MAP_SDIR_V4,
-    MAP_SDIR_V6, MAP_SPAN_V4, MAP_SPAN_V6, MAP_SSPAN_V4, MAP_SSPAN_V6, MAP_STATS, MAX_FLOW_CACHE_ENTRIES, MIN_MAX_FLOWS, STATS_LEN,
-    TRACK_PROGRAM_NAME, classifier_program,
+    GLOBAL_GENERATION, GLOBAL_HALF_COUNTERS, GLOBAL_HALF_DIR_V4, GLOBAL_HALF_DIR_V6, GLOBAL_HAS_ETH, GLOBAL_TO_ICMP, GLOBAL_TO_TCP_CLOSING,
+    GLOBAL_TO_TCP_EST, GLOBAL_TO_UDP, MAP_CONN_STATS, MAP_CONN_V4, MAP_CONN_V6, MAP_COUNTERS, MAP_DEBUG_LOG, MAP_DIR_V4, MAP_DIR_V6,
+    MAP_DNS_TAIL_TC, MAP_DNS_TAIL_XDP, MAP_DST_CLASSES, MAP_EVENT_LIMITS, MAP_EVENT_STATS, MAP_EVENTS, MAP_FLOW_V4, MAP_FLOW_V6, MAP_LISTS,
+    MAP_PAIR_LISTS, MAP_RANGES, MAP_SDIR_V4, MAP_SDIR_V6, MAP_SPAN_V4, MAP_SPAN_V6, MAP_SSPAN_V4, MAP_SSPAN_V6, MAP_STATS,
+    MAX_FLOW_CACHE_ENTRIES, MIN_MAX_FLOWS, STATS_LEN, TRACK_PROGRAM_NAME, classifier_program,
 };
 
 use super::{DataplaneError, EBPF_OBJECT, Result, map_err, prog_err};
 use crate::{
-    compile::Compiled,
+    compile::{Compiled, place::Caps},
     hook::Hook,
     rules::{EventsConfig, StateConfig},
 };
@@ -42,6 +42,8 @@ pub(super) struct Globals {
     /// Deny events: ns between a rule's events (0 = off), burst tolerance ns.
     event_interval: u64,
     event_tolerance: u64,
+    /// Where half 1 starts in DIR_V4, DIR_V6 and COUNTERS (egress-common's halves.rs).
+    halves: [u32; 3],
 }
 
 impl Globals {
@@ -50,7 +52,13 @@ impl Globals {
         let to = [ns(sc.tcp_established), ns(sc.tcp_closing), ns(sc.udp), ns(sc.icmp)];
         let event_interval = if ev.rate == 0 { 0 } else { 1_000_000_000 / u64::from(ev.rate) };
         let event_tolerance = event_interval * u64::from(ev.burst.max(1) - 1);
-        Globals { default_action, has_eth: has_eth as u32, generation, mask, to, event_interval, event_tolerance }
+        Globals { default_action, has_eth: has_eth as u32, generation, mask, to, event_interval, event_tolerance, halves: [0; 3] }
+    }
+
+    /// The halves' sizes of maps loaded with `caps` (hot.rs).
+    pub(super) fn with_halves(mut self, caps: &Caps) -> Globals {
+        self.halves = [caps.dir_v4, caps.dir_v6, caps.counters];
+        self
     }
 
     /// A loader with the globals set (the maps and programs are up to the caller).
@@ -67,6 +75,9 @@ impl Globals {
             .override_global(GLOBAL_TO_ICMP, &self.to[3], true)
             .override_global(GLOBAL_EVENT_INTERVAL, &self.event_interval, true)
             .override_global(GLOBAL_EVENT_TOLERANCE, &self.event_tolerance, true)
+            .override_global(GLOBAL_HALF_DIR_V4, &self.halves[0], true)
+            .override_global(GLOBAL_HALF_DIR_V6, &self.halves[1], true)
+            .override_global(GLOBAL_HALF_COUNTERS, &self.halves[2], true)
             // Only cgroup attachments use it (pinned for the host, see cgroup.rs).
             .map_max_entries(MAP_CG_OWNERS, 1);
         loader
@@ -83,6 +94,10 @@ pub struct Loaded {
     debug: bool,
     /// The companion is loaded (stateful mode, or rules by name).
     pub(super) companion: bool,
+    /// Entries per half of each rule map (hot.rs writes the other half).
+    pub caps: Caps,
+    /// Counter slots of the rule set loaded (rules + 1).
+    slots: u32,
 }
 
 /// How to load a rule set besides the rules themselves.
@@ -166,14 +181,17 @@ impl Loaded {
         let companion = o.state.is_some() || o.dns.is_some();
         let conn_on = o.state.is_some() as u32;
         let sc = o.state.as_ref().map(|(c, _)| *c).unwrap_or_default();
-        let globals = Globals::new(c.default_action, has_eth, generation, mask, &sc, &o.events);
+        // Every rule map holds two halves (egress-common's halves.rs); the
+        // rule set goes into half 0, where indexes need no rewrite.
+        let caps = Caps::for_compiled(c);
+        let globals = Globals::new(c.default_action, has_eth, generation, mask, &sc, &o.events).with_halves(&caps);
         let mut loader = globals.loader();
         loader.override_global(GLOBAL_CONN_ON, &conn_on, true);
         let dns_globals = super::dns::DnsGlobals::new(o.dns.as_ref());
         let dns_paths = super::dns::pin_paths(o.dns.as_ref())?;
         let patterns = c.fqdn.len().saturating_sub(1) as u32;
         super::dns::configure(&mut loader, o.dns.as_ref(), &dns_globals, &dns_paths, patterns);
-        loader.map_max_entries(MAP_EVENT_LIMITS, c.counter_slots);
+        loader.map_max_entries(MAP_EVENT_LIMITS, caps.counters);
         let owners = super::cgroup::owners_path();
         let cg = o.cgroup.map(|(id, level, src_any)| (id, level, src_any as u32));
         if let Some((id, level, src_any)) = &cg {
@@ -195,20 +213,20 @@ impl Loaded {
                 .map_pin_path(MAP_DEBUG_LOG, plog.as_path());
         }
         loader
-            .map_max_entries(MAP_COUNTERS, c.counter_slots)
-            // Arrays are preallocated: exactly the rule set's size (at least 1).
-            .map_max_entries(MAP_DIR_V4, (c.flat_v4.dir.len() as u32).max(1))
-            .map_max_entries(MAP_SPAN_V4, (c.flat_v4.spans.len() as u32).max(1))
-            .map_max_entries(MAP_DIR_V6, (c.flat_v6.dir.len() as u32).max(1))
-            .map_max_entries(MAP_SPAN_V6, (c.flat_v6.spans.len() as u32).max(1))
-            .map_max_entries(MAP_DST_CLASSES, (c.dst_classes.len() as u32).max(1))
-            .map_max_entries(MAP_SDIR_V4, (c.src_v4.dir.len() as u32).max(1))
-            .map_max_entries(MAP_SSPAN_V4, (c.src_v4.spans.len() as u32).max(1))
-            .map_max_entries(MAP_SDIR_V6, (c.src_v6.dir.len() as u32).max(1))
-            .map_max_entries(MAP_SSPAN_V6, (c.src_v6.spans.len() as u32).max(1))
-            .map_max_entries(MAP_PAIR_LISTS, (c.pair_lists.len() as u32).max(1))
-            .map_max_entries(MAP_LISTS, (c.list_slots.len() as u32).max(1))
-            .map_max_entries(MAP_RANGES, (c.ranges.len() as u32).max(1))
+            .map_max_entries(MAP_COUNTERS, 2 * caps.counters)
+            // Arrays are preallocated: two halves of the rule set's size with room to grow.
+            .map_max_entries(MAP_DIR_V4, 2 * caps.dir_v4)
+            .map_max_entries(MAP_SPAN_V4, 2 * caps.span_v4)
+            .map_max_entries(MAP_DIR_V6, 2 * caps.dir_v6)
+            .map_max_entries(MAP_SPAN_V6, 2 * caps.span_v6)
+            .map_max_entries(MAP_DST_CLASSES, 2 * caps.dst_classes)
+            .map_max_entries(MAP_SDIR_V4, 2 * caps.sdir_v4)
+            .map_max_entries(MAP_SSPAN_V4, 2 * caps.sspan_v4)
+            .map_max_entries(MAP_SDIR_V6, 2 * caps.sdir_v6)
+            .map_max_entries(MAP_SSPAN_V6, 2 * caps.sspan_v6)
+            .map_max_entries(MAP_PAIR_LISTS, 2 * caps.pair_lists)
+            .map_max_entries(MAP_LISTS, 2 * caps.lists)
+            .map_max_entries(MAP_RANGES, 2 * caps.ranges)
             .map_max_entries(MAP_FLOW_V4, cache_entries)
             .map_max_entries(MAP_FLOW_V6, cache_entries);
         let table;
@@ -263,7 +281,7 @@ impl Loaded {
                 other => DataplaneError::Program { op: "load the classifier".into(), source: other },
             });
         }
-        Ok(Loaded { ebpf, stateful, debug, companion })
+        Ok(Loaded { ebpf, stateful, debug, companion, caps, slots: c.counter_slots })
     }
 
     /// The TC classifier (loaded when the hook is tc-egress or tc-ingress).
@@ -286,11 +304,13 @@ impl Loaded {
         xdp(&mut self.ebpf, self.stateful, self.debug)
     }
 
-    /// Summed counters (index 0 = default policy).
+    /// Summed counters of the rule set loaded (index 0 = default policy; half 0).
     pub fn counters(&self) -> Result<Vec<Counter>> {
         let map = self.ebpf.map(MAP_COUNTERS).ok_or_else(|| DataplaneError::Other("no COUNTERS map".into()))?;
         let arr: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(map).map_err(map_err("open COUNTERS"))?;
-        sum_counters(&arr)
+        let mut all = sum_counters(&arr)?;
+        all.truncate(self.slots as usize);
+        Ok(all)
     }
 
     pub fn stats(&self) -> Result<Vec<u64>> {

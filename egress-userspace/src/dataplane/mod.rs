@@ -14,6 +14,8 @@
 //! - `explain`: one synthetic packet through a live rule set's classifier
 //!   (BPF_PROG_TEST_RUN on its pinned maps; nothing changes).
 //! - `readout`: counters as they stand, `--reset`, link health and status.
+//! - `hot`: a replacement that keeps the loaded program: the rule set into the
+//!   idle half of its maps, then one EPOCH write (egress-common's halves.rs).
 //! - `apply`: one atomic replacement with counters carried over by rule identity,
 //!   counter readout, detach, prune. `egress apply` and `egress run` both use it.
 //!
@@ -34,8 +36,10 @@ mod env;
 mod events;
 mod explain;
 mod fill;
+mod hot;
 mod link;
 mod load;
+mod mmap;
 mod readout;
 mod state;
 
@@ -43,7 +47,7 @@ use std::io;
 
 use aya::programs::ProgramError;
 
-pub use apply::{Applied, ApplyRequest, Removed, apply, detach, prune};
+pub use apply::{Applied, ApplyRequest, ReloadPath, Removed, apply, detach, prune};
 pub use cgroup::{Process, cgroup2_mount, process, resolve_cgroup, resolve_cgroup_or_state, unit_cgroup};
 pub use conn::ConnReadout;
 pub use debug_log::{DebugLog, LogLine, open_debug_log};

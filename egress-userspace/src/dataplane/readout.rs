@@ -85,17 +85,20 @@ fn readout(st: State) -> Result<Readout> {
 
 /// Counters without the reset snapshots subtracted.
 fn raw_readout(st: State) -> Result<Readout> {
-    let (live, stats) = read_pinned(&gen_dir(&st.key, st.generation))?;
+    let (live, stats) = read_pinned(&gen_dir(&st.key, st.maps_generation()))?;
+    let base = st.counter_base() as usize;
     let mut counters: Vec<Count> = Vec::with_capacity(st.rules.len() + 1);
-    counters.push(st.default_base + live.first().map(count).unwrap_or_default());
+    counters.push(st.default_base + live.get(base).map(count).unwrap_or_default());
     for (i, r) in st.rules.iter().enumerate() {
-        counters.push(r.base + live.get(i + 1).map(count).unwrap_or_default());
+        counters.push(r.base + live.get(base + i + 1).map(count).unwrap_or_default());
     }
     let mut stats: Vec<u64> = stats.iter().enumerate().map(|(i, v)| v + st.stats_base.get(i).copied().unwrap_or(0)).collect();
     if let Some(p) = &st.pending {
-        let (old, old_stats) = read_pinned(&gen_dir(&st.key, p.generation))?;
+        // A hot reload's pending half is in the live generation's maps (its STATS are live too).
+        let same = p.generation == st.maps_generation();
+        let (old, old_stats) = if same { (live, Vec::new()) } else { read_pinned(&gen_dir(&st.key, p.generation))? };
         for &(new, old_slot) in &p.slots {
-            if let (Some(c), Some(o)) = (counters.get_mut(new as usize), old.get(old_slot as usize)) {
+            if let (Some(c), Some(o)) = (counters.get_mut(new as usize), old.get((p.counter_base + old_slot) as usize)) {
                 *c = *c + count(o);
             }
         }

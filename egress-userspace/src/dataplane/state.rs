@@ -123,6 +123,29 @@ pub struct Pending {
     /// (new counter slot, old counter slot) for every row carried over, the default
     /// row (0, 0) included when the default policy did not change.
     pub slots: Vec<(u32, u32)>,
+    /// Where the old counter slots start in that generation's COUNTERS (its
+    /// live half's base). After a hot reload the generation is the same and
+    /// this is the other half.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub counter_base: u32,
+}
+
+/// Hot reloads (hot.rs): the rule maps' halves as loaded, and what else the
+/// loaded program was built for that the State does not say.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Halves {
+    pub caps: crate::compile::place::Caps,
+    /// EPOCH as last written: its low bit is the live half.
+    pub epoch: u32,
+    /// The deny events' rate limit the program was loaded with.
+    pub events: crate::rules::EventsConfig,
+}
+
+impl Halves {
+    /// Where the live half's counter slots start.
+    pub fn counter_base(&self) -> u32 {
+        self.caps.bases(egress_common::half_of(self.epoch)).counters
+    }
 }
 
 /// A pattern of a rule by name and the first rule that names it.
@@ -216,9 +239,25 @@ pub struct State {
     pub cgroup_id: u64,
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub cgroup_level: u32,
+    /// The generation whose pinned maps hold this rule set, when not its own:
+    /// a hot reload keeps the maps (and program) of an earlier generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maps: Option<u64>,
+    /// Hot reloads: the halves of the rule maps (None: written by a version
+    /// without them; the next reload is a full one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halves: Option<Halves>,
 }
 
 impl State {
+    /// The generation whose pinned maps (`gN`) hold this rule set.
+    pub fn maps_generation(&self) -> u64 {
+        self.maps.unwrap_or(self.generation)
+    }
+    /// Where the live counter slots start in COUNTERS.
+    pub fn counter_base(&self) -> u32 {
+        self.halves.as_ref().map_or(0, Halves::counter_base)
+    }
     /// A cgroup's attachment (not an interface's).
     pub fn is_cgroup(&self) -> bool {
         self.hook == Hook::Cgroup

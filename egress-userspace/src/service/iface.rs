@@ -209,6 +209,15 @@ impl Managed {
                     kept = a.kept,
                     removed = a.removed.len(),
                     ms = started.elapsed().as_millis() as u64,
+                    path = a.path.name(),
+                    enforced_us = match &a.path {
+                        dataplane::ReloadPath::Hot { enforced } => Some(enforced.as_micros() as u64),
+                        _ => None,
+                    },
+                    full_because = match &a.path {
+                        dataplane::ReloadPath::Full(why) => Some(why.as_str()),
+                        _ => None,
+                    },
                     "{}",
                     if a.replaced { "rules replaced" } else { "rules applied" }
                 );

@@ -7,7 +7,8 @@
 //! - `watch`: inotify on the folders of the config and rule files.
 //! - `sd`: systemd's readiness notifications.
 //!
-//! Events: a change in a watched folder (debounced) reloads the config if its
+//! Events: a change in a watched folder (at once when a write ends, else
+//! debounced) reloads the config if its
 //! content changed and reconciles the interfaces whose rule file lives there
 //! (a file whose digest equals the enforced one costs a read, never a compile);
 //! SIGHUP reloads the config and reconciles every interface; a periodic check
@@ -215,11 +216,23 @@ async fn service(cfg: Config, opts: Options) -> anyhow::Result<u8> {
                 svc.publish();
                 sd::notify("READY=1");
             }
-            Some(dir) = events.recv() => {
-                // Let a burst of events (write, rename, chmod) settle, then handle each folder once.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            Some((dir, done)) = events.recv() => {
+                // A write still under way (data, a new file): wait for the event
+                // that ends it (close, rename), at most 50 ms. Then handle each
+                // folder of the burst once.
                 let mut dirs = vec![dir];
-                while let Ok(d) = events.try_recv() {
+                if !done {
+                    let until = tokio::time::Instant::now() + Duration::from_millis(50);
+                    while let Ok(Some((d, done))) = tokio::time::timeout_at(until, events.recv()).await {
+                        if !dirs.contains(&d) {
+                            dirs.push(d);
+                        }
+                        if done {
+                            break;
+                        }
+                    }
+                }
+                while let Ok((d, _)) = events.try_recv() {
                     if !dirs.contains(&d) {
                         dirs.push(d);
                     }

@@ -1,8 +1,11 @@
 //! Watches the folders of the config and rule files (inotify through `notify`).
 //! Folders, not files: editors and config managers write a new file and rename it
 //! over the old one, and a watch on the old file would follow the old inode.
-//! Any event in a watched folder is reported as that folder; the service then
-//! compares file digests, so unrelated files cost a read, never a reload.
+//! Any event in a watched folder is reported as that folder, with whether the
+//! event ends a write (a close after writing, a rename into place, a removal):
+//! the service reloads at once after those and lets others (data written, a
+//! file created) settle first. It then compares file digests, so unrelated
+//! files cost a read, never a reload.
 
 use std::{
     collections::BTreeSet,
@@ -12,24 +15,35 @@ use std::{
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
+/// A folder where something happened, and whether the event ends a write.
+pub type Change = (PathBuf, bool);
+
+/// Whether an event ends a write: the file is complete now.
+fn ends_write(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    matches!(kind, EventKind::Access(AccessKind::Close(AccessMode::Write)) | EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_))
+}
+
 pub struct Watch {
     watcher: Option<notify::RecommendedWatcher>,
-    tx: UnboundedSender<PathBuf>,
+    tx: UnboundedSender<Change>,
     watched: BTreeSet<PathBuf>,
 }
 
 impl Watch {
-    pub fn new() -> (Watch, UnboundedReceiver<PathBuf>) {
+    pub fn new() -> (Watch, UnboundedReceiver<Change>) {
         let (tx, rx) = unbounded_channel();
         let cb_tx = tx.clone();
         let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| match ev {
             // Reading a file (ours included: every reconcile reads the rule file) is
-            // an access event; reacting to those would loop.
-            Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => {}
+            // an access event; reacting to those would loop. A close after
+            // writing is one too, and the one that says a write is complete.
+            Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) && !ends_write(&ev.kind) => {}
             Ok(ev) => {
+                let done = ends_write(&ev.kind);
                 for p in ev.paths {
                     if let Some(dir) = p.parent() {
-                        let _ = cb_tx.send(dir.to_path_buf());
+                        let _ = cb_tx.send((dir.to_path_buf(), done));
                     }
                 }
             }
@@ -63,7 +77,7 @@ impl Watch {
             match w.watch(&d, RecursiveMode::NonRecursive) {
                 Ok(()) => {
                     // Files may have changed while the folder was not watched.
-                    let _ = self.tx.send(d.clone());
+                    let _ = self.tx.send((d.clone(), true));
                     self.watched.insert(d);
                 }
                 Err(e) => tracing::debug!(dir = %d.display(), "not watched yet: {e}"),

@@ -254,7 +254,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         return Ok(());
     }
     if o.reload_only {
-        reload::reload_part(&reload_sizes, tr_rounds, &mut body)?;
+        reload::reload_part(&reload_sizes, tr_rounds, &mut body, &mut SpeedResult::default())?;
         println!("\n{body}");
         return Ok(());
     }
@@ -280,7 +280,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         return Ok(());
     }
     let tf = traffic_part(o, sizes, traffic_rounds, &mut body, &mut sys_plot)?;
-    reload::reload_part(&reload_sizes, tr_rounds, &mut body)?;
+    reload::reload_part(&reload_sizes, tr_rounds, &mut body, &mut sp)?;
     flood::flood_part(if o.quick { 3 } else { 10 }, &mut body)?;
 
     let mut md = String::new();

@@ -1,0 +1,153 @@
+//! Hot reloads (egress-common's halves.rs): a replacement that keeps the
+//! loaded program. The new rule set is written into the idle half of the live
+//! maps, then one write of EPOCH makes it the live half. No program load, no
+//! verifier, no link update: what a reload costs is writing the rule set.
+//!
+//! Readers never see a mix: a packet reads EPOCH once and is classified and
+//! counted by one half; the idle half is written while no packet reads it (the
+//! previous reload waited for an RCU grace period after its flip, so no CPU
+//! still runs with the old EPOCH). The rule maps are written through their
+//! memory mappings (mmap.rs), and EPOCH by one aligned 4-byte store, which no
+//! reader sees torn. Counters carry over as in a full replacement (apply.rs):
+//! the old half is the pending one.
+//!
+//! Anything the program was built for (hook, default policy, flow cache,
+//! stateful mode, events, debug, rules by name) or a rule set that outgrows a
+//! half takes the full path; [`refusal`] says why.
+
+use std::time::Instant;
+
+use aya::maps::{Array, Map, MapData};
+use egress_common::{
+    Counter, MAP_COUNTERS, MAP_DIR_V4, MAP_DIR_V6, MAP_DST_CLASSES, MAP_EPOCH, MAP_LISTS, MAP_PAIR_LISTS, MAP_RANGES, MAP_SDIR_V4,
+    MAP_SDIR_V6, MAP_SPAN_V4, MAP_SPAN_V6, MAP_SSPAN_V4, MAP_SSPAN_V6, half_of,
+};
+
+use super::{
+    DataplaneError, Result,
+    apply::{Applied, ApplyRequest, Carry, ReloadPath, carry, fold_pending, removed},
+    fill::{fd_of, zero_per_cpu},
+    link::{self, LinkHealth},
+    load::flow_cache_slots,
+    map_err,
+    mmap::Mapped,
+    state::{self, Pending, State, companion_pin, gen_dir, now_unix},
+};
+use crate::{compile::place::place, hook::Hook};
+
+/// Why `req` cannot be hot reloaded over `p`; None: it can.
+pub(super) fn refusal(p: &State, req: &ApplyRequest<'_>) -> Option<String> {
+    let Some(h) = &p.halves else {
+        return Some("the loaded maps have no second half (loaded by an earlier egress)".into());
+    };
+    let why = if p.hook == Hook::Cgroup {
+        "a cgroup attachment".to_string()
+    } else if p.dns.is_some() || !req.compiled.fqdn.is_empty() {
+        "rules by name (dst_fqdn)".to_string()
+    } else if p.default_action != req.default_action || p.default_audit != req.default_audit {
+        "the default policy changed".to_string()
+    } else if p.flow_cache != flow_cache_slots(req.flow_cache) {
+        "the flow cache's size changed".to_string()
+    } else if p.stateful != req.state {
+        "the [state] settings changed".to_string()
+    } else if h.events != req.events {
+        "the [events] settings changed".to_string()
+    } else if p.debug != req.debug {
+        "debug mode changed".to_string()
+    } else if let Some(m) = h.caps.overflow(req.compiled) {
+        format!("the rule set outgrew its half of {m}")
+    } else if p.stateful.is_some()
+        && p.companion_nl.is_none()
+        && link::health(&companion_pin(&p.key), p.ifindex, false) != LinkHealth::Attached
+    {
+        "the companion program's link is gone".to_string()
+    } else {
+        // A reload that stopped between its flip and its state file.
+        match open(&p.key, p.maps_generation(), MAP_EPOCH).and_then(read_epoch) {
+            Ok(e) if e == h.epoch => return None,
+            Ok(_) => "EPOCH differs from the state file".to_string(),
+            Err(e) => format!("EPOCH unreadable: {e}"),
+        }
+    };
+    Some(why)
+}
+
+/// An array map of generation `g` of attachment `key`, from its pin.
+fn open(key: &str, generation: u64, name: &str) -> Result<MapData> {
+    let p = gen_dir(key, generation).join(name);
+    MapData::from_pin(&p).map_err(map_err(format!("open pinned map {}", p.display())))
+}
+
+/// EPOCH as the kernel holds it.
+fn read_epoch(m: MapData) -> Result<u32> {
+    let a: Array<MapData, u32> = Array::try_from(Map::Array(m)).map_err(map_err("open EPOCH"))?;
+    a.get(&0, 0).map_err(map_err("read EPOCH"))
+}
+
+/// Writes `req`'s rule set into the idle half of `prev`'s maps, makes it live,
+/// and carries the counters over. Only after [`refusal`] said None.
+pub(super) fn reload(prev: &State, req: ApplyRequest<'_>) -> Result<Applied> {
+    let start = Instant::now();
+    let h = prev.halves.clone().ok_or_else(|| DataplaneError::Other("no halves to reload into".into()))?;
+    let (key, g) = (prev.key.as_str(), prev.maps_generation());
+    let next = h.epoch.wrapping_add(1);
+    let b = h.caps.bases(half_of(next));
+    let c = req.compiled;
+    let placed = place(c, &b);
+    let counters = open(key, g, MAP_COUNTERS)?;
+    zero_per_cpu(fd_of(&counters), MAP_COUNTERS, b.counters, c.counter_slots, size_of::<Counter>())?;
+    fn put<V: aya::Pod>(key: &str, g: u64, name: &str, at: u32, values: &[V]) -> Result<()> {
+        Mapped::new(&open(key, g, name)?, name)?.write(at, values)
+    }
+    put(key, g, MAP_DIR_V4, b.dir_v4, &placed.dir_v4)?;
+    put(key, g, MAP_SPAN_V4, b.span_v4, &placed.span_v4)?;
+    put(key, g, MAP_DIR_V6, b.dir_v6, &placed.dir_v6)?;
+    put(key, g, MAP_SPAN_V6, b.span_v6, &placed.span_v6)?;
+    put(key, g, MAP_DST_CLASSES, b.dst_classes, &placed.dst_classes)?;
+    put(key, g, MAP_SDIR_V4, b.sdir_v4, &placed.sdir_v4)?;
+    put(key, g, MAP_SSPAN_V4, b.sspan_v4, &placed.sspan_v4)?;
+    put(key, g, MAP_SDIR_V6, b.sdir_v6, &placed.sdir_v6)?;
+    put(key, g, MAP_SSPAN_V6, b.sspan_v6, &placed.sspan_v6)?;
+    put(key, g, MAP_PAIR_LISTS, b.pair_lists, &placed.pair_lists)?;
+    put(key, g, MAP_LISTS, b.lists, &placed.lists)?;
+    put(key, g, MAP_RANGES, b.ranges, &c.ranges)?;
+    // The flip: from here on every packet that reads EPOCH gets the new half.
+    Mapped::new(&open(key, g, MAP_EPOCH)?, MAP_EPOCH)?.store_u32(0, next)?;
+    let enforced = start.elapsed();
+
+    let now = now_unix();
+    let mut rules = req.rules;
+    let Carry { slots, carried, default: (default_base, default_since, default_reset) } =
+        carry(Some(prev), &mut rules, &req.default_action, now);
+    let mut st = State {
+        // A new rule-set generation, in the maps of the loaded one.
+        generation: prev.generation + 1,
+        maps: Some(g),
+        rules_file: req.rules_file,
+        digest: req.digest,
+        loaded_at: now,
+        rules,
+        default_base,
+        default_since,
+        default_reset,
+        pending: Some(Pending { generation: g, slots, counter_base: prev.counter_base() }),
+        halves: Some(state::Halves { epoch: next, ..h }),
+        ..prev.clone()
+    };
+    state::write_state(&st)?;
+    let old_final = fold_pending(&mut st)?;
+    let removed = removed(prev, &carried, old_final.as_ref());
+    let kept = carried.iter().filter(|c| **c).count();
+    Ok(Applied { state: st, replaced: true, kept, removed, path: ReloadPath::Hot { enforced } })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn epoch_bumps_alternate_halves() {
+        assert_eq!(egress_common::half_of(7), 1);
+        assert_eq!(egress_common::half_of(8), 0);
+        assert_ne!(egress_common::cache_generation(3, 1), egress_common::cache_generation(3, 3));
+        assert_ne!(egress_common::cache_generation(u32::MAX, 0), 0);
+    }
+}

@@ -1,0 +1,90 @@
+//! The rule maps mapped into user space (BPF_F_MMAPABLE arrays): writing a
+//! rule set is a memory copy instead of one kernel update per entry, and
+//! EPOCH's flip is one aligned 4-byte store, which no reader can see torn.
+
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use aya::maps::MapData;
+
+use super::{DataplaneError, Result, map_err};
+
+/// BPF_F_MMAPABLE.
+const MMAPABLE: u32 = 1 << 10;
+
+/// An array map's values, mapped: entry `i` at `i * elem` bytes.
+pub(super) struct Mapped {
+    ptr: *mut u8,
+    len: usize,
+    elem: usize,
+    entries: u32,
+    name: String,
+}
+
+impl Mapped {
+    /// Maps the whole array behind `data` (read and write, shared with the kernel).
+    pub(super) fn new(data: &MapData, name: &str) -> Result<Mapped> {
+        let info = data.info().map_err(map_err(format!("read map {name}'s info")))?;
+        if info.map_flags() & MMAPABLE == 0 {
+            return Err(DataplaneError::Other(format!("map {name} is not memory-mappable (loaded by an earlier egress)")));
+        }
+        let elem = (info.value_size() as usize).next_multiple_of(8);
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let len = (elem * info.max_entries() as usize).next_multiple_of(page);
+        let fd = data.fd().as_fd().as_raw_fd();
+        // SAFETY: a shared mapping of the map's value area, which the kernel
+        // sizes to at least `len` bytes; unmapped in Drop.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(DataplaneError::MapMemory { op: format!("map {name} into memory"), error: io::Error::last_os_error() });
+        }
+        Ok(Mapped { ptr: ptr.cast(), len, elem, entries: info.max_entries(), name: name.to_string() })
+    }
+
+    /// Writes `values` at entries `start..`.
+    pub(super) fn write<V: aya::Pod>(&mut self, start: u32, values: &[V]) -> Result<()> {
+        let size = size_of::<V>();
+        if size > self.elem || start as usize + values.len() > self.entries as usize {
+            return Err(DataplaneError::Other(format!(
+                "map {}: {} entries of {size} bytes at {start} do not fit its {} entries of {} bytes",
+                self.name,
+                values.len(),
+                self.entries,
+                self.elem
+            )));
+        }
+        // SAFETY: bounds checked above; `Pod` values are plain bytes.
+        unsafe {
+            let at = self.ptr.add(start as usize * self.elem);
+            if size == self.elem {
+                std::ptr::copy_nonoverlapping(values.as_ptr().cast::<u8>(), at, std::mem::size_of_val(values));
+            } else {
+                for (i, v) in values.iter().enumerate() {
+                    std::ptr::copy_nonoverlapping((v as *const V).cast::<u8>(), at.add(i * self.elem), size);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One aligned 4-byte store at entry `index` (EPOCH's flip).
+    pub(super) fn store_u32(&mut self, index: u32, v: u32) -> Result<()> {
+        if index >= self.entries || self.elem < 4 {
+            return Err(DataplaneError::Other(format!("map {}: no u32 entry {index}", self.name)));
+        }
+        // SAFETY: in bounds, and entries are 8-byte aligned in a page-aligned mapping.
+        unsafe { std::ptr::write_volatile(self.ptr.add(index as usize * self.elem).cast::<u32>(), v) };
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
