@@ -16,6 +16,13 @@
 /// bytes, so a reader never sees a torn value.
 pub const MAP_EPOCH: &str = "EPOCH";
 
+/// Load-time global: 1 when the program reads EPOCH (a stateless rule set
+/// without rules by name, on an interface hook: the rule sets hot reloads
+/// serve); 0: it reads half 0 only and never touches EPOCH, so the stateful,
+/// rules-by-name and cgroup programs verify as without halves (the 6.1
+/// verifier's instruction limit leaves them no room).
+pub const GLOBAL_HOT: &str = "HOT";
+
 /// Load-time globals: where half 1 starts in DIR_V4, DIR_V6 and COUNTERS (half
 /// 0 starts at 0). 0 when the maps hold one half only.
 pub const GLOBAL_HALF_DIR_V4: &str = "HALF_DIR_V4";
@@ -29,9 +36,10 @@ pub const fn half_of(epoch: u32) -> u32 {
 }
 
 /// The flow cache's generation for a load-time generation and an EPOCH value
-/// (never 0: an empty slot's generation).
+/// (never 0: an empty slot's generation). Branch-free: a branch here would
+/// give the verifier two states to carry through the whole lookup (the 6.1
+/// verifier then passes its 1,000,000-instruction limit).
 #[inline(always)]
 pub const fn cache_generation(generation: u32, epoch: u32) -> u32 {
-    let g = generation ^ epoch.wrapping_mul(0x9e37_79b9);
-    if g == 0 { 1 } else { g }
+    (generation ^ epoch.wrapping_mul(0x9e37_79b9)) | 1
 }

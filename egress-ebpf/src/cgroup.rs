@@ -185,7 +185,6 @@ fn call<const V6: bool, const SENDMSG: bool>(ctx: &SockAddrContext) -> i32 {
         _ => return 1,
     };
     let mut pkt = Packet::default();
-    pkt.epoch = crate::epoch::now();
     pkt.pclass = pclass;
     // The port's two bytes as they sit in memory: network order.
     pkt.port = (sa.user_port as u16).to_ne_bytes();
@@ -227,12 +226,12 @@ fn call<const V6: bool, const SENDMSG: bool>(ctx: &SockAddrContext) -> i32 {
         return 1;
     }
     // Rules by name: the learned destinations too (the split lookup).
-    let (slot, action) = if dns::on() { full::<true>(&pkt) } else { full::<false>(&pkt) };
+    let (slot, action) = if dns::on() { full::<true>(&pkt, 0) } else { full::<false>(&pkt, 0) };
     let action = action & !FLOW_LEARNED;
     if action != ACTION_DENY {
         return 1;
     }
-    stats::count_rule(ctx, pkt.epoch, slot);
+    stats::count_rule(ctx, 0, slot);
     events::denied_proc(ctx, &pkt, slot, action);
     0
 }

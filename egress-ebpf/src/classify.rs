@@ -30,7 +30,7 @@ use crate::{
 /// `Option`: the kernel rejects rustc's BTF for an enum with data in a signature.
 #[inline(never)]
 fn lists_call(pkt: &Packet, out: &mut Lists) -> bool {
-    match lists(pkt) {
+    match lists(pkt, 0) {
         Some(l) => {
             *out = l;
             true
@@ -39,13 +39,14 @@ fn lists_call(pkt: &Packet, out: &mut Lists) -> bool {
     }
 }
 
-/// Stages 1-2.
+/// Stages 1-2 in the half of EPOCH value `epoch` (epoch.rs; 0 in the split
+/// body, which never reads EPOCH).
 #[inline(always)]
-fn lists(pkt: &Packet) -> Option<Lists> {
+fn lists(pkt: &Packet, epoch: u32) -> Option<Lists> {
     if pkt.v6 {
-        lists_of(flat::dst_v6(&pkt.dst, epoch::dir_v6(pkt.epoch))?, pkt)
+        lists_of(flat::dst_v6(&pkt.dst, epoch::dir_v6(epoch))?, pkt)
     } else {
-        lists_of(flat::dst_v4(u32::from_be_bytes([pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]]), epoch::dir_v4(pkt.epoch))?, pkt)
+        lists_of(flat::dst_v4(u32::from_be_bytes([pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]]), epoch::dir_v4(epoch))?, pkt)
     }
 }
 
@@ -137,10 +138,10 @@ fn inline_match(r: &InlineRule, pkt: &Packet) -> Verdict {
     if fits { Verdict { rule: r.rule, action: r.action as u32 } } else { NONE }
 }
 
-/// The full lookup. `SPLIT`: stages 1-2 run as a BPF call (see [`lists_call`]);
-/// without it, no call.
+/// The full lookup. `SPLIT`: stages 1-2 run as a BPF call (see [`lists_call`])
+/// in half 0; without it, no call, in the half of `epoch`.
 #[inline(always)]
-pub fn lookup<const SPLIT: bool>(pkt: &Packet) -> Option<Verdict> {
+pub fn lookup<const SPLIT: bool>(pkt: &Packet, epoch: u32) -> Option<Verdict> {
     let l = if SPLIT {
         let mut l = Lists::default();
         if !lists_call(pkt, &mut l) {
@@ -148,7 +149,7 @@ pub fn lookup<const SPLIT: bool>(pkt: &Packet) -> Option<Verdict> {
         }
         l
     } else {
-        lists(pkt)?
+        lists(pkt, epoch)?
     };
     let best = in_lists(&l, pkt);
     if best.rule == NONE.rule { None } else { Some(best) }

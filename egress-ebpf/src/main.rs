@@ -69,7 +69,7 @@ pub(crate) mod program {
     use crate::{
         cache, classify,
         conn::{self, Seen},
-        dns, events,
+        dns, epoch, events,
         frame::Frame,
         parse::{self, ParseError},
         stats,
@@ -178,7 +178,14 @@ pub(crate) mod program {
         if unsafe { core::ptr::read_volatile(&CONN_ON) } != 0 && conn::peek(&ctx, &pkt) {
             return 1 << 2;
         }
-        let (slot, action) = full_call(&pkt);
+        // A rule set hot reloads serve: its live half (never by name, so the
+        // call-free lookup); any other: the split one, in half 0.
+        let (slot, action) = if epoch::hot() {
+            let Some(e) = epoch::now() else { return -1 };
+            full::<false>(&pkt, e)
+        } else {
+            full_call(&pkt)
+        };
         ((slot << 3) | (action & 3)) as i32
     }
 
@@ -229,6 +236,18 @@ pub(crate) mod program {
         if pkt.pclass & PCLASS_NO_L4 != 0 && !names {
             stats::bump(STAT_FRAGMENTS);
         }
+        // The half of the rule maps this packet is classified and counted by:
+        // EPOCH, read once, in the call-free body of a rule set hot reloads
+        // serve (epoch.rs); 0 (half 0) in the split body.
+        let epoch = if SPLIT {
+            0
+        } else {
+            match epoch::now() {
+                Some(e) => e,
+                None => return Err(ParseError::BadHeader),
+            }
+        };
+        let counters = epoch::counters(epoch);
         let conn_on = SPLIT && unsafe { core::ptr::read_volatile(&CONN_ON) } != 0;
         if conn_on {
             match conn::filtered(ctx, &pkt) {
@@ -243,12 +262,12 @@ pub(crate) mod program {
             if d != u64::MAX {
                 let (slot, action) = ((d >> 32) as u32, d as u32);
                 dns::reported(ctx, &pkt, slot, action);
-                stats::count_rule(ctx, pkt.epoch, slot);
+                stats::count_rule(ctx, 0, slot);
                 return Ok(action != ACTION_DENY);
             }
         }
         let mask = unsafe { core::ptr::read_volatile(&FLOW_MASK) };
-        let generation = egress_common::cache_generation(unsafe { core::ptr::read_volatile(&GENERATION) }, pkt.epoch);
+        let generation = egress_common::cache_generation(unsafe { core::ptr::read_volatile(&GENERATION) }, epoch);
         let cached = match (mask != u32::MAX, SPLIT) {
             (false, _) => None,
             (true, true) => match cached_call(&pkt, mask, generation) {
@@ -266,14 +285,14 @@ pub(crate) mod program {
             }
             None if names => return Ok(to_split(ctx)),
             None => {
-                let (slot, action) = if SPLIT { full_call(&pkt) } else { full::<false>(&pkt) };
+                let (slot, action) = if SPLIT { full_call(&pkt) } else { full::<false>(&pkt, epoch) };
                 if mask != u32::MAX {
                     cache::put::<SPLIT>(&pkt, mask, generation, (slot, action));
                 }
                 (slot, action & !FLOW_LEARNED)
             }
         };
-        stats::count_rule(ctx, pkt.epoch, slot);
+        stats::count_rule(ctx, counters, slot);
         if action != ACTION_ALLOW {
             // Deny or audit: reported (rate-limited); the allow path pays nothing.
             events::denied::<C, SPLIT>(ctx, &pkt, slot, action);
@@ -309,19 +328,19 @@ pub(crate) mod program {
     /// The full lookup as a BPF call (the stateful body).
     #[inline(never)]
     fn full_call(pkt: &parse::Packet) -> (u32, u32) {
-        full::<true>(pkt)
+        full::<true>(pkt, 0)
     }
 
     /// The full lookup (a cache miss). With rules by name (the split body
     /// only), the learned destinations' rules too; a verdict that depends on
     /// them carries [`FLOW_LEARNED`] (cached with a deadline and an epoch).
     #[inline(always)]
-    pub(crate) fn full<const SPLIT: bool>(pkt: &parse::Packet) -> (u32, u32) {
+    pub(crate) fn full<const SPLIT: bool>(pkt: &parse::Packet, epoch: u32) -> (u32, u32) {
         let dns = SPLIT && dns::on();
         if dns {
             dns::learned(pkt);
         }
-        let mut v = classify::lookup::<SPLIT>(pkt).unwrap_or(classify::NONE);
+        let mut v = classify::lookup::<SPLIT>(pkt, epoch).unwrap_or(classify::NONE);
         let mut learned = 0;
         if dns {
             let (best, dependent) = dns::combine(v);

@@ -62,9 +62,6 @@ pub struct Packet {
     pub sport: [u8; 2],
     /// Offset of the L4 header in the frame (meaningless for a non-first fragment).
     pub l4: u16,
-    /// EPOCH when the packet was parsed: the half of the rule maps that
-    /// classifies and counts it (epoch.rs).
-    pub epoch: u32,
 }
 
 #[inline(always)]
@@ -96,8 +93,7 @@ fn fast<C: Frame>(ctx: &C, has_eth: bool) -> Option<Packet> {
         data
     };
     let first = unsafe { *(l3 as *const u8) };
-    let mut pkt =
-        Packet { v6: false, src: [0; 16], dst: [0; 16], pclass: 0, port: [0; 2], sport: [0; 2], l4: 0, epoch: crate::epoch::now() };
+    let mut pkt = Packet { v6: false, src: [0; 16], dst: [0; 16], pclass: 0, port: [0; 2], sport: [0; 2], l4: 0 };
     let (l4, proto) = match first {
         // Version 4, IHL 5 (no options). Fields are read in place (no copy of
         // the header onto the stack, whose 512 bytes the entry point shares).
@@ -241,8 +237,7 @@ fn parse_ipv4<C: Frame>(ctx: &C, l3: usize) -> Result<Packet, ParseError> {
     if ihl < IPV4_MIN_HLEN {
         return Err(ParseError::BadHeader);
     }
-    let mut pkt =
-        Packet { v6: false, src: [0; 16], dst: [0; 16], pclass: 0, port: [0; 2], sport: [0; 2], l4: 0, epoch: crate::epoch::now() };
+    let mut pkt = Packet { v6: false, src: [0; 16], dst: [0; 16], pclass: 0, port: [0; 2], sport: [0; 2], l4: 0 };
     pkt.src[..4].copy_from_slice(&h[12..16]);
     pkt.dst[..4].copy_from_slice(&h[16..20]);
     let proto = h[9];
@@ -270,8 +265,7 @@ fn parse_ipv6<C: Frame>(ctx: &C, l3: usize) -> Result<Packet, ParseError> {
     if h[0] >> 4 != 6 {
         return Err(ParseError::BadHeader);
     }
-    let mut pkt =
-        Packet { v6: true, src: [0; 16], dst: [0; 16], pclass: 0, port: [0; 2], sport: [0; 2], l4: 0, epoch: crate::epoch::now() };
+    let mut pkt = Packet { v6: true, src: [0; 16], dst: [0; 16], pclass: 0, port: [0; 2], sport: [0; 2], l4: 0 };
     pkt.src.copy_from_slice(&h[8..24]);
     pkt.dst.copy_from_slice(&h[24..40]);
     let mut nh = h[6];

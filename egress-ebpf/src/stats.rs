@@ -36,8 +36,10 @@ fn coarse_now() -> u64 {
 }
 
 #[inline(always)]
-pub fn count_rule(ctx: &impl Frame, epoch: u32, slot: u32) {
-    if let Some(c) = COUNTERS.get_ptr_mut(crate::epoch::counters(epoch).wrapping_add(slot)) {
+/// Counts a packet for rule `slot` in the half whose counters start at `base`
+/// (epoch.rs; 0 in the programs that never read EPOCH).
+pub fn count_rule(ctx: &impl Frame, base: u32, slot: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(base.wrapping_add(slot)) {
         unsafe {
             (*c).packets += ctx.packets();
             (*c).bytes += ctx.bytes();

@@ -269,7 +269,7 @@ fn apply_at(req: ApplyRequest<'_>) -> Result<Applied> {
             return Err(e);
         }
     };
-    let halves = state::Halves { caps: loaded.caps, epoch: 0, events: req.events };
+    let halves = loaded.hot.then(|| state::Halves { caps: loaded.caps, epoch: 0, events: req.events });
     drop(loaded);
     if !cgroup && !needs_companion && (comp_path.exists() || prev_comp_nl.is_some()) {
         // Neither stateful nor naming domains: the companion goes.
@@ -325,7 +325,7 @@ fn apply_at(req: ApplyRequest<'_>) -> Result<Applied> {
         patterns,
         cgroup_id: t.cgroup_id,
         cgroup_level: t.cgroup_level,
-        halves: Some(halves),
+        halves,
         maps: None,
     };
     settle_dns(&key, prev.as_ref(), &st);

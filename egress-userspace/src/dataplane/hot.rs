@@ -11,9 +11,11 @@
 //! reader sees torn. Counters carry over as in a full replacement (apply.rs):
 //! the old half is the pending one.
 //!
-//! Anything the program was built for (hook, default policy, flow cache,
-//! stateful mode, events, debug, rules by name) or a rule set that outgrows a
-//! half takes the full path; [`refusal`] says why.
+//! Hot reloads serve stateless rule sets without rules by name on an
+//! interface hook (their program reads EPOCH: egress-common's `GLOBAL_HOT`).
+//! Stateful mode, rules by name and cgroups, anything else the program was
+//! built for (default policy, flow cache, events, debug) and a rule set that
+//! outgrows a half take the full path; [`refusal`] says why.
 
 use std::time::Instant;
 
@@ -27,44 +29,37 @@ use super::{
     DataplaneError, Result,
     apply::{Applied, ApplyRequest, Carry, ReloadPath, carry, fold_pending, removed},
     fill::{fd_of, zero_per_cpu},
-    link::{self, LinkHealth},
     load::flow_cache_slots,
     map_err,
     mmap::Mapped,
-    state::{self, Pending, State, companion_pin, gen_dir, now_unix},
+    state::{self, Pending, State, gen_dir, now_unix},
 };
 use crate::{compile::place::place, hook::Hook};
 
 /// Why `req` cannot be hot reloaded over `p`; None: it can.
 pub(super) fn refusal(p: &State, req: &ApplyRequest<'_>) -> Option<String> {
-    let Some(h) = &p.halves else {
-        return Some("the loaded maps have no second half (loaded by an earlier egress)".into());
-    };
     let why = if p.hook == Hook::Cgroup {
         "a cgroup attachment".to_string()
     } else if p.dns.is_some() || !req.compiled.fqdn.is_empty() {
         "rules by name (dst_fqdn)".to_string()
+    } else if p.stateful.is_some() || req.state.is_some() {
+        "stateful mode".to_string()
     } else if p.default_action != req.default_action || p.default_audit != req.default_audit {
         "the default policy changed".to_string()
     } else if p.flow_cache != flow_cache_slots(req.flow_cache) {
         "the flow cache's size changed".to_string()
-    } else if p.stateful != req.state {
-        "the [state] settings changed".to_string()
-    } else if h.events != req.events {
+    } else if p.halves.is_none() {
+        "the loaded maps have one half".to_string()
+    } else if p.halves.as_ref().is_some_and(|h| h.events != req.events) {
         "the [events] settings changed".to_string()
     } else if p.debug != req.debug {
         "debug mode changed".to_string()
-    } else if let Some(m) = h.caps.overflow(req.compiled) {
+    } else if let Some(m) = p.halves.as_ref().and_then(|h| h.caps.overflow(req.compiled)) {
         format!("the rule set outgrew its half of {m}")
-    } else if p.stateful.is_some()
-        && p.companion_nl.is_none()
-        && link::health(&companion_pin(&p.key), p.ifindex, false) != LinkHealth::Attached
-    {
-        "the companion program's link is gone".to_string()
     } else {
         // A reload that stopped between its flip and its state file.
         match open(&p.key, p.maps_generation(), MAP_EPOCH).and_then(read_epoch) {
-            Ok(e) if e == h.epoch => return None,
+            Ok(e) if p.halves.as_ref().is_some_and(|h| h.epoch == e) => return None,
             Ok(_) => "EPOCH differs from the state file".to_string(),
             Err(e) => format!("EPOCH unreadable: {e}"),
         }

@@ -15,11 +15,11 @@ use egress_common::{
 };
 use egress_common::{
     Counter, FLOW_CACHE_ENTRIES, GLOBAL_CONN_ON, GLOBAL_DEFAULT_ACTION, GLOBAL_EVENT_INTERVAL, GLOBAL_EVENT_TOLERANCE, GLOBAL_FLOW_MASK,
-    GLOBAL_GENERATION, GLOBAL_HALF_COUNTERS, GLOBAL_HALF_DIR_V4, GLOBAL_HALF_DIR_V6, GLOBAL_HAS_ETH, GLOBAL_TO_ICMP, GLOBAL_TO_TCP_CLOSING,
-    GLOBAL_TO_TCP_EST, GLOBAL_TO_UDP, MAP_CONN_STATS, MAP_CONN_V4, MAP_CONN_V6, MAP_COUNTERS, MAP_DEBUG_LOG, MAP_DIR_V4, MAP_DIR_V6,
-    MAP_DNS_TAIL_TC, MAP_DNS_TAIL_XDP, MAP_DST_CLASSES, MAP_EVENT_LIMITS, MAP_EVENT_STATS, MAP_EVENTS, MAP_FLOW_V4, MAP_FLOW_V6, MAP_LISTS,
-    MAP_PAIR_LISTS, MAP_RANGES, MAP_SDIR_V4, MAP_SDIR_V6, MAP_SPAN_V4, MAP_SPAN_V6, MAP_SSPAN_V4, MAP_SSPAN_V6, MAP_STATS,
-    MAX_FLOW_CACHE_ENTRIES, MIN_MAX_FLOWS, STATS_LEN, TRACK_PROGRAM_NAME, classifier_program,
+    GLOBAL_GENERATION, GLOBAL_HALF_COUNTERS, GLOBAL_HALF_DIR_V4, GLOBAL_HALF_DIR_V6, GLOBAL_HAS_ETH, GLOBAL_HOT, GLOBAL_TO_ICMP,
+    GLOBAL_TO_TCP_CLOSING, GLOBAL_TO_TCP_EST, GLOBAL_TO_UDP, MAP_CONN_STATS, MAP_CONN_V4, MAP_CONN_V6, MAP_COUNTERS, MAP_DEBUG_LOG,
+    MAP_DIR_V4, MAP_DIR_V6, MAP_DNS_TAIL_TC, MAP_DNS_TAIL_XDP, MAP_DST_CLASSES, MAP_EVENT_LIMITS, MAP_EVENT_STATS, MAP_EVENTS, MAP_FLOW_V4,
+    MAP_FLOW_V6, MAP_LISTS, MAP_PAIR_LISTS, MAP_RANGES, MAP_SDIR_V4, MAP_SDIR_V6, MAP_SPAN_V4, MAP_SPAN_V6, MAP_SSPAN_V4, MAP_SSPAN_V6,
+    MAP_STATS, MAX_FLOW_CACHE_ENTRIES, MIN_MAX_FLOWS, STATS_LEN, TRACK_PROGRAM_NAME, classifier_program,
 };
 
 use super::{DataplaneError, EBPF_OBJECT, Result, map_err, prog_err};
@@ -44,6 +44,8 @@ pub(super) struct Globals {
     event_tolerance: u64,
     /// Where half 1 starts in DIR_V4, DIR_V6 and COUNTERS (egress-common's halves.rs).
     halves: [u32; 3],
+    /// 1: the program reads EPOCH (hot reloads).
+    hot: u32,
 }
 
 impl Globals {
@@ -52,12 +54,13 @@ impl Globals {
         let to = [ns(sc.tcp_established), ns(sc.tcp_closing), ns(sc.udp), ns(sc.icmp)];
         let event_interval = if ev.rate == 0 { 0 } else { 1_000_000_000 / u64::from(ev.rate) };
         let event_tolerance = event_interval * u64::from(ev.burst.max(1) - 1);
-        Globals { default_action, has_eth: has_eth as u32, generation, mask, to, event_interval, event_tolerance, halves: [0; 3] }
+        Globals { default_action, has_eth: has_eth as u32, generation, mask, to, event_interval, event_tolerance, halves: [0; 3], hot: 0 }
     }
 
-    /// The halves' sizes of maps loaded with `caps` (hot.rs).
+    /// The halves' sizes of maps loaded with `caps`, read through EPOCH (hot.rs).
     pub(super) fn with_halves(mut self, caps: &Caps) -> Globals {
         self.halves = [caps.dir_v4, caps.dir_v6, caps.counters];
+        self.hot = 1;
         self
     }
 
@@ -78,6 +81,7 @@ impl Globals {
             .override_global(GLOBAL_HALF_DIR_V4, &self.halves[0], true)
             .override_global(GLOBAL_HALF_DIR_V6, &self.halves[1], true)
             .override_global(GLOBAL_HALF_COUNTERS, &self.halves[2], true)
+            .override_global(GLOBAL_HOT, &self.hot, true)
             // Only cgroup attachments use it (pinned for the host, see cgroup.rs).
             .map_max_entries(MAP_CG_OWNERS, 1);
         loader
@@ -96,6 +100,9 @@ pub struct Loaded {
     pub(super) companion: bool,
     /// Entries per half of each rule map (hot.rs writes the other half).
     pub caps: Caps,
+    /// The maps have two halves and the program reads EPOCH: a stateless
+    /// rule set without rules by name on an interface hook (hot.rs).
+    pub hot: bool,
     /// Counter slots of the rule set loaded (rules + 1).
     slots: u32,
 }
@@ -181,10 +188,14 @@ impl Loaded {
         let companion = o.state.is_some() || o.dns.is_some();
         let conn_on = o.state.is_some() as u32;
         let sc = o.state.as_ref().map(|(c, _)| *c).unwrap_or_default();
-        // Every rule map holds two halves (egress-common's halves.rs); the
-        // rule set goes into half 0, where indexes need no rewrite.
+        // Every rule map of a rule set that hot reloads can serve holds two
+        // halves (egress-common's halves.rs); the rule set goes into half 0,
+        // where indexes need no rewrite. Others have half 0 only.
         let caps = Caps::for_compiled(c);
-        let globals = Globals::new(c.default_action, has_eth, generation, mask, &sc, &o.events).with_halves(&caps);
+        let hot = o.state.is_none() && o.dns.is_none() && o.cgroup.is_none();
+        let halves: u32 = if hot { 2 } else { 1 };
+        let globals = Globals::new(c.default_action, has_eth, generation, mask, &sc, &o.events);
+        let globals = if hot { globals.with_halves(&caps) } else { globals };
         let mut loader = globals.loader();
         loader.override_global(GLOBAL_CONN_ON, &conn_on, true);
         let dns_globals = super::dns::DnsGlobals::new(o.dns.as_ref());
@@ -213,20 +224,20 @@ impl Loaded {
                 .map_pin_path(MAP_DEBUG_LOG, plog.as_path());
         }
         loader
-            .map_max_entries(MAP_COUNTERS, 2 * caps.counters)
-            // Arrays are preallocated: two halves of the rule set's size with room to grow.
-            .map_max_entries(MAP_DIR_V4, 2 * caps.dir_v4)
-            .map_max_entries(MAP_SPAN_V4, 2 * caps.span_v4)
-            .map_max_entries(MAP_DIR_V6, 2 * caps.dir_v6)
-            .map_max_entries(MAP_SPAN_V6, 2 * caps.span_v6)
-            .map_max_entries(MAP_DST_CLASSES, 2 * caps.dst_classes)
-            .map_max_entries(MAP_SDIR_V4, 2 * caps.sdir_v4)
-            .map_max_entries(MAP_SSPAN_V4, 2 * caps.sspan_v4)
-            .map_max_entries(MAP_SDIR_V6, 2 * caps.sdir_v6)
-            .map_max_entries(MAP_SSPAN_V6, 2 * caps.sspan_v6)
-            .map_max_entries(MAP_PAIR_LISTS, 2 * caps.pair_lists)
-            .map_max_entries(MAP_LISTS, 2 * caps.lists)
-            .map_max_entries(MAP_RANGES, 2 * caps.ranges)
+            .map_max_entries(MAP_COUNTERS, halves * caps.counters)
+            // Arrays are preallocated: one or two halves of the rule set's size with room to grow.
+            .map_max_entries(MAP_DIR_V4, halves * caps.dir_v4)
+            .map_max_entries(MAP_SPAN_V4, halves * caps.span_v4)
+            .map_max_entries(MAP_DIR_V6, halves * caps.dir_v6)
+            .map_max_entries(MAP_SPAN_V6, halves * caps.span_v6)
+            .map_max_entries(MAP_DST_CLASSES, halves * caps.dst_classes)
+            .map_max_entries(MAP_SDIR_V4, halves * caps.sdir_v4)
+            .map_max_entries(MAP_SSPAN_V4, halves * caps.sspan_v4)
+            .map_max_entries(MAP_SDIR_V6, halves * caps.sdir_v6)
+            .map_max_entries(MAP_SSPAN_V6, halves * caps.sspan_v6)
+            .map_max_entries(MAP_PAIR_LISTS, halves * caps.pair_lists)
+            .map_max_entries(MAP_LISTS, halves * caps.lists)
+            .map_max_entries(MAP_RANGES, halves * caps.ranges)
             .map_max_entries(MAP_FLOW_V4, cache_entries)
             .map_max_entries(MAP_FLOW_V6, cache_entries);
         let table;
@@ -281,7 +292,7 @@ impl Loaded {
                 other => DataplaneError::Program { op: "load the classifier".into(), source: other },
             });
         }
-        Ok(Loaded { ebpf, stateful, debug, companion, caps, slots: c.counter_slots })
+        Ok(Loaded { ebpf, stateful, debug, companion, caps, hot, slots: c.counter_slots })
     }
 
     /// The TC classifier (loaded when the hook is tc-egress or tc-ingress).
