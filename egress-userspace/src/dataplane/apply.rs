@@ -269,7 +269,7 @@ fn apply_at(req: ApplyRequest<'_>) -> Result<Applied> {
             return Err(e);
         }
     };
-    let halves = loaded.hot.then(|| state::Halves { caps: loaded.caps, epoch: 0, events: req.events });
+    let halves = loaded.hot.then_some(state::Halves { caps: loaded.caps, epoch: 0, events: req.events });
     drop(loaded);
     if !cgroup && !needs_companion && (comp_path.exists() || prev_comp_nl.is_some()) {
         // Neither stateful nor naming domains: the companion goes.
