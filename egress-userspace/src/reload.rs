@@ -139,8 +139,9 @@ pub fn applied_json(a: &Applied) -> Value {
     if let Some(m) = v.as_object_mut() {
         m.extend(st.at_json());
         match &a.path {
-            dataplane::ReloadPath::Hot { enforced } => {
+            dataplane::ReloadPath::Hot { enforced, written } => {
                 m.insert("enforced_us".into(), json!(enforced.as_micros() as u64));
+                m.insert("entries_written".into(), json!(written));
             }
             dataplane::ReloadPath::Full(why) => {
                 m.insert("full_because".into(), json!(why));
@@ -181,8 +182,8 @@ pub fn applied_text(a: &Applied, p: &Prepared) -> String {
     let audited = if audit > 0 { format!(", {audit} of the denies in audit mode") } else { String::new() };
     out.push_str(&format!("  rules           {} ({} deny, {} allow{audited})\n", p.rules.rules.len(), deny, p.rules.rules.len() - deny));
     match &a.path {
-        dataplane::ReloadPath::Hot { enforced } => out.push_str(&format!(
-            "  reload          hot: written into the loaded program's idle half, enforced in {:.1} ms\n",
+        dataplane::ReloadPath::Hot { enforced, written } => out.push_str(&format!(
+            "  reload          hot: {written} map entries written into the loaded program's idle half, enforced in {:.1} ms\n",
             enforced.as_secs_f64() * 1000.0
         )),
         dataplane::ReloadPath::Full(why) => out.push_str(&format!("  reload          full (new program and maps): {why}\n")),

@@ -67,9 +67,10 @@ impl Daemon {
     pub fn wait_for(&self, what: &str, count: usize, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let hits: Vec<serde_json::Value> = self.log().into_iter().filter(|v| pred(v)).collect();
-            if hits.len() >= count {
-                return hits[count - 1].clone();
+            // Searched in place: a long run's log is too big to copy every 20 ms.
+            let hit = self.log.lock().ok().and_then(|g| g.iter().filter(|v| pred(v)).nth(count - 1).cloned());
+            if let Some(v) = hit {
+                return v;
             }
             if Instant::now() > deadline {
                 panic!("egress run: no {count}x '{what}' within 10 s; log:\n{}", self.dump());

@@ -3,11 +3,13 @@
 //! 1,000 random single-rule changes (insert, remove, change, at random positions
 //! of a 1,000-rule set) under continuous UDP traffic: every change takes the
 //! hot path, no packet sees a mix of rule sets, and every packet is counted
-//! once. Needs root.
+//! once. The first changes come from `egress apply` (a new process each time:
+//! it writes the whole idle half), the rest from `egress run`, which adopts
+//! the attachment and then writes only the entries that differ. Needs root.
 
 use std::collections::HashMap;
 
-use egress_tests::{Pair, temp_file, traffic::UdpLoad};
+use egress_tests::{Daemon, Pair, replace_file, temp_file, traffic::UdpLoad};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::Value;
 
@@ -69,7 +71,11 @@ fn a_thousand_single_rule_changes_under_traffic_are_hot_atomic_and_exact() {
     // Final counts of removed (or changed) flip rules, by action.
     let mut gone: HashMap<String, u64> = HashMap::new();
     let mut enforced_us: Vec<u64> = Vec::new();
-    let changes = 1000;
+    // Entries written by each change: by `egress apply`, then by `egress run`.
+    let (mut whole, mut diff): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
+    let (changes, by_apply) = (1000, 200);
+    let cfg = temp_file("hot-run.toml", &format!("[[interface]]\nname = \"{}\"\nrules = \"{}\"\n", p.a_if, f.display()));
+    let mut daemon: Option<Daemon> = None;
     for i in 0..changes {
         flip = match flip {
             None => Some((rng.gen_range(0..=FILLERS), "deny")),
@@ -77,17 +83,53 @@ fn a_thousand_single_rule_changes_under_traffic_are_hot_atomic_and_exact() {
             Some((at, "deny")) => Some((at, "allow")),
             Some((at, _)) => Some((at, "deny")),
         };
-        std::fs::write(&f, text(&fillers, flip)).unwrap();
-        let v = apply();
+        let v = if i < by_apply {
+            std::fs::write(&f, text(&fillers, flip)).unwrap();
+            let v = apply();
+            for r in v["removed"].as_array().unwrap() {
+                assert_eq!(r["name"], "flip", "change {i}: only the flip rule changes: {v}");
+                *gone.entry(r["action"].as_str().unwrap().to_string()).or_default() += r["packets"].as_u64().unwrap();
+            }
+            whole.push(v["entries_written"].as_u64().unwrap_or_else(|| panic!("change {i}: {v}")));
+            v
+        } else {
+            let d = daemon.get_or_insert_with(|| {
+                let d = Daemon::start(&p.a, &cfg, &[]);
+                d.wait_msg("rules already enforced; adopted", 1);
+                d
+            });
+            replace_file(&f, &text(&fillers, flip));
+            let v = d.wait_for("replaced", i + 1 - by_apply, |v| v["message"] == "rules replaced");
+            diff.push(v["entries_written"].as_u64().unwrap_or_else(|| panic!("change {i}: {v}")));
+            v
+        };
         assert_eq!(v["path"], "hot", "change {i}: {v}");
         enforced_us.push(v["enforced_us"].as_u64().unwrap_or_else(|| panic!("change {i}: {v}")));
-        for r in v["removed"].as_array().unwrap() {
-            assert_eq!(r["name"], "flip", "change {i}: only the flip rule changes: {v}");
-            *gone.entry(r["action"].as_str().unwrap().to_string()).or_default() += r["packets"].as_u64().unwrap();
-        }
         assert_eq!(v["kept"].as_u64(), Some(FILLERS as u64 + 3), "change {i}: every other rule keeps its counters: {v}");
     }
+    // `egress run` remembers what it wrote into each half: after the two
+    // halves it adopted (written whole), a change rewrites only the entries
+    // that differ (none when it restores the rule set of two changes ago; the
+    // port ranges after an inserted rule's lists when it inserts one).
+    whole.sort_unstable();
+    let mut diff = diff[2..].to_vec();
+    diff.sort_unstable();
+    let (median, most) = (diff[diff.len() / 2], diff[diff.len() - 1]);
+    eprintln!("entries written per change: egress apply {} (least); egress run {median} (median), {most} (most)", whole[0]);
+    assert!(
+        median * 10 < whole[0] && most * 3 < whole[0],
+        "egress run rewrote {median} (median), {most} (most) entries; a whole half is {}",
+        whole[0]
+    );
     let (sent, got) = load.stop();
+    let d = daemon.expect("egress run made changes");
+    // The last change's final counts are logged just after its "rules replaced".
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for r in d.log().iter().filter(|v| v["message"] == "rule removed; final counts") {
+        assert_eq!(r["rule"], "flip", "only the flip rule changes: {r}");
+        *gone.entry(r["action"].as_str().unwrap().to_string()).or_default() += r["packets"].as_u64().unwrap();
+    }
+    assert!(d.log().iter().all(|v| v["level"] != "ERROR"), "egress run logged an error:\n{}", d.dump());
     let (_, _, c) = p.counters();
     let live: HashMap<String, u64> =
         c["rules"].as_array().unwrap().iter().map(|r| (r["name"].as_str().unwrap().to_string(), r["packets"].as_u64().unwrap())).collect();

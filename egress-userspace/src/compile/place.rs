@@ -84,6 +84,27 @@ impl Caps {
         .map(|(m, _, _)| m)
     }
 
+    /// The twelve rule maps, each with its entries per half, in the order of
+    /// [`Placed`]'s fields (load.rs sizes the maps by it, the dataplane's
+    /// fill.rs writes them by it).
+    pub fn rule_maps(&self) -> [(&'static str, u32); 12] {
+        use egress_common::*;
+        [
+            (MAP_DIR_V4, self.dir_v4),
+            (MAP_SPAN_V4, self.span_v4),
+            (MAP_DIR_V6, self.dir_v6),
+            (MAP_SPAN_V6, self.span_v6),
+            (MAP_DST_CLASSES, self.dst_classes),
+            (MAP_SDIR_V4, self.sdir_v4),
+            (MAP_SSPAN_V4, self.sspan_v4),
+            (MAP_SDIR_V6, self.sdir_v6),
+            (MAP_SSPAN_V6, self.sspan_v6),
+            (MAP_PAIR_LISTS, self.pair_lists),
+            (MAP_LISTS, self.lists),
+            (MAP_RANGES, self.ranges),
+        ]
+    }
+
     /// Where half `half` (0 or 1) starts in each map.
     pub fn bases(&self, half: u32) -> Caps {
         let h = half & 1;
@@ -105,7 +126,8 @@ impl Caps {
     }
 }
 
-/// The rule maps' entries for one half, indexes absolute.
+/// The rule maps' entries for one half, indexes absolute, in the order of
+/// [`Caps::rule_maps`].
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Placed {
     pub dir_v4: Vec<DirEntry>,
@@ -119,6 +141,8 @@ pub struct Placed {
     pub sspan_v6: Vec<egress_common::SpanV6>,
     pub pair_lists: Vec<Lists>,
     pub lists: Vec<ListSlot>,
+    /// As compiled: rule numbers are relative (the program adds the counters' base).
+    pub ranges: Vec<egress_common::PortRange>,
 }
 
 /// Entries a destination table takes in its half: at least the whole root,
@@ -160,8 +184,9 @@ fn lists(l: &Lists, base: u32) -> Lists {
 }
 
 /// `c`'s entries as they sit in the half whose bases are `b` (from
-/// [`Caps::bases`]). RANGES needs no rewrite: rule numbers are relative (the
-/// program adds the counters' base).
+/// [`Caps::bases`]; all 0: a load's half 0, as compiled, with DIR roots
+/// complete). RANGES needs no rewrite: rule numbers are relative (the program
+/// adds the counters' base).
 pub fn place(c: &Compiled, b: &Caps) -> Placed {
     let list_base = b.lists / PCLASS_COUNT;
     Placed {
@@ -188,5 +213,6 @@ pub fn place(c: &Compiled, b: &Caps) -> Placed {
         sspan_v6: c.src_v6.spans.iter().map(|s| egress_common::SpanV6 { class: answer(s.class, b.pair_lists), ..*s }).collect(),
         pair_lists: c.pair_lists.iter().map(|l| lists(l, list_base)).collect(),
         lists: c.list_slots.iter().map(|s| if s.count == 0 { *s } else { ListSlot { start: s.start + b.ranges, ..*s } }).collect(),
+        ranges: c.ranges.clone(),
     }
 }

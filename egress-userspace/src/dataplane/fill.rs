@@ -1,7 +1,8 @@
-//! Writing a compiled rule set into the fresh maps of a load, through their
-//! memory mappings (mmap.rs); and zeroing per-CPU counters in batches laid out
-//! as the kernel reads them (BPF_MAP_UPDATE_BATCH), one element at a time
-//! where a kernel has no batch update for a map type.
+//! Writing rule maps: a compiled rule set into the fresh maps of a load, and
+//! the entries of a hot reload that differ from what the idle half holds
+//! (hot.rs); and zeroing per-CPU counters. All in batches laid out as the
+//! kernel reads them (BPF_MAP_UPDATE_BATCH), one element at a time where a
+//! kernel has no batch update for a map type.
 
 use std::io;
 
@@ -9,13 +10,12 @@ use aya::{
     Ebpf,
     maps::{Map, MapData},
 };
-use egress_common::{
-    MAP_DIR_V4, MAP_DIR_V6, MAP_DST_CLASSES, MAP_LISTS, MAP_PAIR_LISTS, MAP_RANGES, MAP_SDIR_V4, MAP_SDIR_V6, MAP_SPAN_V4, MAP_SPAN_V6,
-    MAP_SSPAN_V4, MAP_SSPAN_V6,
-};
 
 use super::{BPF_MAP_UPDATE_ELEM, DataplaneError, ElemAttr, Result};
-use crate::compile::Compiled;
+use crate::compile::{
+    Compiled,
+    place::{Caps, Placed, place},
+};
 
 /// Array entries laid out as the kernel reads them in a batch: keys (the u32
 /// indexes) in one buffer, values in another.
@@ -43,9 +43,6 @@ const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 /// enough that a failing entry is found quickly.
 const BATCH_CHUNK: usize = 65_536;
 
-/// Writes a batch into a map with BPF_MAP_UPDATE_BATCH, one syscall per
-/// [`BATCH_CHUNK`] entries. Kernels without batch support for the map type
-/// (EINVAL/ENOTSUPP before any entry is written) get one update per entry.
 /// A map's file descriptor, as the bpf syscall takes it.
 pub(super) fn fd_of(data: &MapData) -> u32 {
     use std::os::fd::{AsFd as _, AsRawFd as _};
@@ -106,21 +103,75 @@ fn write_one_by_one(fd: u32, name: &str, b: &Batch, ks: usize, vs: usize) -> Res
     Ok(())
 }
 
-/// Writes a compiled rule set into freshly created (empty) maps.
-pub(super) fn fill(ebpf: &mut Ebpf, c: &Compiled) -> Result<()> {
-    write_array(ebpf, MAP_DIR_V4, &c.flat_v4.dir)?;
-    write_array(ebpf, MAP_SPAN_V4, &c.flat_v4.spans)?;
-    write_array(ebpf, MAP_DIR_V6, &c.flat_v6.dir)?;
-    write_array(ebpf, MAP_SPAN_V6, &c.flat_v6.spans)?;
-    // Index 0 (no class) is never read.
-    write_array(ebpf, MAP_DST_CLASSES, &c.dst_classes)?;
-    write_array(ebpf, MAP_SDIR_V4, &c.src_v4.dir)?;
-    write_array(ebpf, MAP_SSPAN_V4, &c.src_v4.spans)?;
-    write_array(ebpf, MAP_SDIR_V6, &c.src_v6.dir)?;
-    write_array(ebpf, MAP_SSPAN_V6, &c.src_v6.spans)?;
-    write_array(ebpf, MAP_PAIR_LISTS, &c.pair_lists)?;
-    write_array(ebpf, MAP_LISTS, &c.list_slots)?;
-    write_array(ebpf, MAP_RANGES, &c.ranges)
+/// Writes a compiled rule set into freshly created (zeroed) maps, as half 0;
+/// returns it as placed there (idle.rs remembers it for hot reloads).
+pub(super) fn fill(ebpf: &mut Ebpf, c: &Compiled) -> Result<Placed> {
+    let placed = place(c, &Caps::default());
+    for ((name, _), (elem, bytes)) in Caps::default().rule_maps().into_iter().zip(tables(&placed)) {
+        let data: &MapData = match ebpf.map(name) {
+            Some(Map::Array(m)) => m,
+            _ => return Err(DataplaneError::Other(format!("map {name} missing from the eBPF object, or not an array"))),
+        };
+        write_table(fd_of(data), name, 0, elem, bytes, Old::Zero)?;
+    }
+    Ok(placed)
+}
+
+/// Each rule map's entries in `p` as the kernel stores them (value size,
+/// bytes), in the order of [`Caps::rule_maps`].
+pub(super) fn tables(p: &Placed) -> [(usize, &[u8]); 12] {
+    fn bytes<V: aya::Pod>(v: &[V]) -> (usize, &[u8]) {
+        // SAFETY: the rule maps' value types are repr(C) with no padding
+        // (egress-common asserts their sizes), so every byte is initialised.
+        (size_of::<V>(), unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) })
+    }
+    [
+        bytes(&p.dir_v4),
+        bytes(&p.span_v4),
+        bytes(&p.dir_v6),
+        bytes(&p.span_v6),
+        bytes(&p.dst_classes),
+        bytes(&p.sdir_v4),
+        bytes(&p.sspan_v4),
+        bytes(&p.sdir_v6),
+        bytes(&p.sspan_v6),
+        bytes(&p.pair_lists),
+        bytes(&p.lists),
+        bytes(&p.ranges),
+    ]
+}
+
+/// What a map's entries hold before a write.
+#[derive(Clone, Copy)]
+pub(super) enum Old<'a> {
+    /// Zeros (a fresh map, or a fresh load's idle half).
+    Zero,
+    /// These entries (of the same size), and unknown beyond them.
+    Known(&'a [u8]),
+    Unknown,
+}
+
+/// Writes `new` (entries of `elem` bytes) at entries `base..` of the array
+/// behind `fd`, skipping each entry `old` already holds; returns how many were
+/// written.
+pub(super) fn write_table(fd: u32, name: &str, base: u32, elem: usize, new: &[u8], old: Old<'_>) -> Result<u64> {
+    let n = new.len() / elem;
+    let mut b = Batch { keys: Vec::new(), values: Vec::new(), count: 0 };
+    for (i, v) in new.chunks_exact(elem).enumerate() {
+        let held = match old {
+            Old::Zero => v.iter().all(|x| *x == 0),
+            Old::Known(o) => o.get(i * elem..(i + 1) * elem) == Some(v),
+            Old::Unknown => false,
+        };
+        if !held {
+            b.keys.extend_from_slice(&(base + i as u32).to_ne_bytes());
+            b.values.extend_from_slice(v);
+            b.count += 1;
+        }
+    }
+    debug_assert!(b.count <= n);
+    write_batch_fd(fd, name, &b)?;
+    Ok(b.count as u64)
 }
 
 /// Zeroes `n` entries from `start` of the per-CPU array behind `fd`, whose
@@ -133,13 +184,4 @@ pub(super) fn zero_per_cpu(fd: u32, name: &str, start: u32, n: u32, size: usize)
         b.keys.extend_from_slice(&(start + i).to_ne_bytes());
     }
     write_batch_fd(fd, name, &b)
-}
-
-/// Writes `values` at indexes 0.. of an array map, through its memory mapping.
-fn write_array<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, values: &[V]) -> Result<()> {
-    let data: &MapData = match ebpf.map(name) {
-        Some(Map::Array(m)) => m,
-        _ => return Err(DataplaneError::Other(format!("map {name} missing from the eBPF object, or not an array"))),
-    };
-    super::mmap::Mapped::new(data, name)?.write(0, values)
 }

@@ -17,14 +17,16 @@ use egress_common::{
     Counter, FLOW_CACHE_ENTRIES, GLOBAL_CONN_ON, GLOBAL_DEFAULT_ACTION, GLOBAL_EVENT_INTERVAL, GLOBAL_EVENT_TOLERANCE, GLOBAL_FLOW_MASK,
     GLOBAL_GENERATION, GLOBAL_HALF_COUNTERS, GLOBAL_HALF_DIR_V4, GLOBAL_HALF_DIR_V6, GLOBAL_HAS_ETH, GLOBAL_HOT, GLOBAL_TO_ICMP,
     GLOBAL_TO_TCP_CLOSING, GLOBAL_TO_TCP_EST, GLOBAL_TO_UDP, MAP_CONN_STATS, MAP_CONN_V4, MAP_CONN_V6, MAP_COUNTERS, MAP_DEBUG_LOG,
-    MAP_DIR_V4, MAP_DIR_V6, MAP_DNS_TAIL_TC, MAP_DNS_TAIL_XDP, MAP_DST_CLASSES, MAP_EVENT_LIMITS, MAP_EVENT_STATS, MAP_EVENTS, MAP_FLOW_V4,
-    MAP_FLOW_V6, MAP_LISTS, MAP_PAIR_LISTS, MAP_RANGES, MAP_SDIR_V4, MAP_SDIR_V6, MAP_SPAN_V4, MAP_SPAN_V6, MAP_SSPAN_V4, MAP_SSPAN_V6,
-    MAP_STATS, MAX_FLOW_CACHE_ENTRIES, MIN_MAX_FLOWS, STATS_LEN, TRACK_PROGRAM_NAME, classifier_program,
+    MAP_DNS_TAIL_TC, MAP_DNS_TAIL_XDP, MAP_EVENT_LIMITS, MAP_EVENT_STATS, MAP_EVENTS, MAP_FLOW_V4, MAP_FLOW_V6, MAP_STATS,
+    MAX_FLOW_CACHE_ENTRIES, MIN_MAX_FLOWS, STATS_LEN, TRACK_PROGRAM_NAME, classifier_program,
 };
 
 use super::{DataplaneError, EBPF_OBJECT, Result, map_err, prog_err};
 use crate::{
-    compile::{Compiled, place::Caps},
+    compile::{
+        Compiled,
+        place::{Caps, Placed},
+    },
     hook::Hook,
     rules::{EventsConfig, StateConfig},
 };
@@ -105,6 +107,8 @@ pub struct Loaded {
     pub hot: bool,
     /// Counter slots of the rule set loaded (rules + 1).
     slots: u32,
+    /// With [`Loaded::hot`]: the rule set as written into half 0 (idle.rs).
+    pub(super) placed: Option<Placed>,
 }
 
 /// How to load a rule set besides the rules themselves.
@@ -223,21 +227,12 @@ impl Loaded {
                 .map_pin_path(MAP_EVENT_STATS, pes.as_path())
                 .map_pin_path(MAP_DEBUG_LOG, plog.as_path());
         }
+        // Arrays are preallocated: one or two halves of the rule set's size with room to grow.
+        for (name, cap) in caps.rule_maps() {
+            loader.map_max_entries(name, halves * cap);
+        }
         loader
             .map_max_entries(MAP_COUNTERS, halves * caps.counters)
-            // Arrays are preallocated: one or two halves of the rule set's size with room to grow.
-            .map_max_entries(MAP_DIR_V4, halves * caps.dir_v4)
-            .map_max_entries(MAP_SPAN_V4, halves * caps.span_v4)
-            .map_max_entries(MAP_DIR_V6, halves * caps.dir_v6)
-            .map_max_entries(MAP_SPAN_V6, halves * caps.span_v6)
-            .map_max_entries(MAP_DST_CLASSES, halves * caps.dst_classes)
-            .map_max_entries(MAP_SDIR_V4, halves * caps.sdir_v4)
-            .map_max_entries(MAP_SSPAN_V4, halves * caps.sspan_v4)
-            .map_max_entries(MAP_SDIR_V6, halves * caps.sdir_v6)
-            .map_max_entries(MAP_SSPAN_V6, halves * caps.sspan_v6)
-            .map_max_entries(MAP_PAIR_LISTS, halves * caps.pair_lists)
-            .map_max_entries(MAP_LISTS, halves * caps.lists)
-            .map_max_entries(MAP_RANGES, halves * caps.ranges)
             .map_max_entries(MAP_FLOW_V4, cache_entries)
             .map_max_entries(MAP_FLOW_V6, cache_entries);
         let table;
@@ -265,7 +260,7 @@ impl Loaded {
             }
             source => DataplaneError::Ebpf { op: "load the eBPF object (create maps)".into(), source: Box::new(source) },
         })?;
-        super::fill::fill(&mut ebpf, c)?;
+        let placed = super::fill::fill(&mut ebpf, c)?;
         if let Some(d) = &o.dns {
             super::dns::fill(&mut ebpf, &c.fqdn, d)?;
         }
@@ -292,7 +287,8 @@ impl Loaded {
                 other => DataplaneError::Program { op: "load the classifier".into(), source: other },
             });
         }
-        Ok(Loaded { ebpf, stateful, debug, companion, caps, hot, slots: c.counter_slots })
+        let placed = if hot { Some(placed) } else { None };
+        Ok(Loaded { ebpf, stateful, debug, companion, caps, hot, slots: c.counter_slots, placed })
     }
 
     /// The TC classifier (loaded when the hook is tc-egress or tc-ingress).

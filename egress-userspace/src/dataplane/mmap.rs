@@ -1,6 +1,7 @@
-//! The rule maps mapped into user space (BPF_F_MMAPABLE arrays): writing a
-//! rule set is a memory copy instead of one kernel update per entry, and
-//! EPOCH's flip is one aligned 4-byte store, which no reader can see torn.
+//! EPOCH mapped into user space (a BPF_F_MMAPABLE array): its flip is one
+//! aligned 4-byte store, which no reader can see torn (a map update copies
+//! bytes with memcpy, which promises no such thing). The rule maps are plain
+//! arrays, written in batches (fill.rs).
 
 use std::{
     io,
@@ -44,30 +45,17 @@ impl Mapped {
         Ok(Mapped { ptr: ptr.cast(), len, elem, entries: info.max_entries(), name: name.to_string() })
     }
 
-    /// Writes `values` at entries `start..`.
-    pub(super) fn write<V: aya::Pod>(&mut self, start: u32, values: &[V]) -> Result<()> {
-        let size = size_of::<V>();
-        if size > self.elem || start as usize + values.len() > self.entries as usize {
-            return Err(DataplaneError::Other(format!(
-                "map {}: {} entries of {size} bytes at {start} do not fit its {} entries of {} bytes",
-                self.name,
-                values.len(),
-                self.entries,
-                self.elem
-            )));
-        }
-        // SAFETY: bounds checked above; `Pod` values are plain bytes.
-        unsafe {
-            let at = self.ptr.add(start as usize * self.elem);
-            if size == self.elem {
-                std::ptr::copy_nonoverlapping(values.as_ptr().cast::<u8>(), at, std::mem::size_of_val(values));
-            } else {
-                for (i, v) in values.iter().enumerate() {
-                    std::ptr::copy_nonoverlapping((v as *const V).cast::<u8>(), at.add(i * self.elem), size);
-                }
-            }
-        }
-        Ok(())
+    /// Entries of the array.
+    pub(super) fn entries(&self) -> u32 {
+        self.entries
+    }
+
+    /// Entry `index` as a u32, if there is one.
+    pub(super) fn load_u32(&self, index: u32) -> Option<u32> {
+        (index < self.entries && self.elem >= 4).then(|| {
+            // SAFETY: in bounds, and entries are 8-byte aligned in a page-aligned mapping.
+            unsafe { std::ptr::read_volatile(self.ptr.add(index as usize * self.elem).cast::<u32>()) }
+        })
     }
 
     /// One aligned 4-byte store at entry `index` (EPOCH's flip).

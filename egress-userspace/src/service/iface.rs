@@ -211,7 +211,11 @@ impl Managed {
                     ms = started.elapsed().as_millis() as u64,
                     path = a.path.name(),
                     enforced_us = match &a.path {
-                        dataplane::ReloadPath::Hot { enforced } => Some(enforced.as_micros() as u64),
+                        dataplane::ReloadPath::Hot { enforced, .. } => Some(enforced.as_micros() as u64),
+                        _ => None,
+                    },
+                    entries_written = match &a.path {
+                        dataplane::ReloadPath::Hot { written, .. } => Some(*written),
                         _ => None,
                     },
                     full_because = match &a.path {
