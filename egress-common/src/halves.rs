@@ -16,13 +16,6 @@
 /// bytes, so a reader never sees a torn value.
 pub const MAP_EPOCH: &str = "EPOCH";
 
-/// EPOCH's entries: 0, the live epoch (above); [`EPOCH_WRITTEN`], user space's
-/// own: the epoch whose half it started writing last. Equal to entry 0 after a
-/// finished reload; a write that stopped half-way leaves them different, and
-/// the next reload then trusts nothing it remembers of the idle half.
-pub const EPOCH_ENTRIES: u32 = 2;
-pub const EPOCH_WRITTEN: u32 = 1;
-
 /// Load-time global: 1 when the program reads EPOCH (a stateless rule set
 /// without rules by name, on an interface hook: the rule sets hot reloads
 /// serve); 0: it reads half 0 only and never touches EPOCH, so the stateful,

@@ -12,82 +12,80 @@ use egress_common::{
     QueryValue, ResolverKey,
 };
 use egress_common::{
-    CONN_STATS_LEN, ConnKeyV4, ConnKeyV6, ConnValue, Counter, DEFAULT_MAX_FLOWS, DirEntry, DstValue, EPOCH_ENTRIES, EVENT_STATS_LEN,
-    EVENTS_RING_BYTES, EventLimit, FLOW_CACHE_ENTRIES, FlowEntryV4, FlowEntryV6, ListSlot, Lists, MAX_LIST_SLOTS, MAX_RANGES, MAX_RULES,
-    PortRange, STATS_LEN, SpanV4, SpanV6,
+    CONN_STATS_LEN, ConnKeyV4, ConnKeyV6, ConnValue, Counter, DEFAULT_MAX_FLOWS, DirEntry, DstValue, EVENT_STATS_LEN, EVENTS_RING_BYTES,
+    EventLimit, FLOW_CACHE_ENTRIES, FlowEntryV4, FlowEntryV6, ListSlot, Lists, MAX_LIST_SLOTS, MAX_RANGES, MAX_RULES, PortRange, STATS_LEN,
+    SpanV4, SpanV6,
 };
 
-/// BPF_F_MMAPABLE, for EPOCH only: user space flips it by one aligned store
-/// through a memory mapping (egress-userspace's dataplane/mmap.rs). The rule
-/// maps stay plain arrays: a mappable array lives in 4 KiB vmalloc pages,
-/// which cost a new flow up to ~100 ns more in TLB misses (ARCHITECTURE.md).
+/// BPF_F_MMAPABLE: user space writes the rule maps (and flips EPOCH) through
+/// a memory mapping, at memory speed (egress-userspace's dataplane/mmap.rs).
+/// The program reads them as any array.
 const MMAPABLE: u32 = 1 << 10;
 
 /// Stage 1, IPv4 (egress-common's flat.rs): the root table (top 16 address
 /// bits), then chunks of 256 entries (one per next address byte). Sized to the
 /// rule set at load; written by user space.
 #[map]
-pub static DIR_V4: Array<DirEntry> = Array::with_max_entries(1, 0);
+pub static DIR_V4: Array<DirEntry> = Array::with_max_entries(1, MMAPABLE);
 
 /// Stage 1, IPv6; as [`DIR_V4`].
 #[map]
-pub static DIR_V6: Array<DirEntry> = Array::with_max_entries(1, 0);
+pub static DIR_V6: Array<DirEntry> = Array::with_max_entries(1, MMAPABLE);
 
 /// Stage 1's buckets, IPv4: sorted runs of address spans, each with its
 /// destination class. Sized at load; written by user space.
 #[map]
-pub static SPAN_V4: Array<SpanV4> = Array::with_max_entries(1, 0);
+pub static SPAN_V4: Array<SpanV4> = Array::with_max_entries(1, MMAPABLE);
 
 /// Stage 1's buckets, IPv6; as [`SPAN_V4`].
 #[map]
-pub static SPAN_V6: Array<SpanV6> = Array::with_max_entries(1, 0);
+pub static SPAN_V6: Array<SpanV6> = Array::with_max_entries(1, MMAPABLE);
 
 /// Stage 1's answers, both families: per destination class, the candidate
 /// lists (or the PAIR class). Index 0: no class. Sized at load.
 #[map]
-pub static DST_CLASSES: Array<DstValue> = Array::with_max_entries(1, 0);
+pub static DST_CLASSES: Array<DstValue> = Array::with_max_entries(1, MMAPABLE);
 
 /// Stage 2, IPv4 (egress-common's flat.rs): one entry per destination class
 /// (its whole source space), then chunks of 256 entries. Sized at load.
 #[map]
-pub static SDIR_V4: Array<DirEntry> = Array::with_max_entries(1, 0);
+pub static SDIR_V4: Array<DirEntry> = Array::with_max_entries(1, MMAPABLE);
 
 /// Stage 2, IPv6; as [`SDIR_V4`].
 #[map]
-pub static SDIR_V6: Array<DirEntry> = Array::with_max_entries(1, 0);
+pub static SDIR_V6: Array<DirEntry> = Array::with_max_entries(1, MMAPABLE);
 
 /// Stage 2's buckets, IPv4: source spans, each with its PAIR_LISTS index.
 #[map]
-pub static SSPAN_V4: Array<SpanV4> = Array::with_max_entries(1, 0);
+pub static SSPAN_V4: Array<SpanV4> = Array::with_max_entries(1, MMAPABLE);
 
 /// Stage 2's buckets, IPv6; as [`SSPAN_V4`].
 #[map]
-pub static SSPAN_V6: Array<SpanV6> = Array::with_max_entries(1, 0);
+pub static SSPAN_V6: Array<SpanV6> = Array::with_max_entries(1, MMAPABLE);
 
 /// Stage 2's answers, both families: the candidate lists for a (class,
 /// source) pair: the rules, in file order, whose destination and source both
 /// contain the packet's, split into the destination's own and inherited ones.
 /// Index 0: none. Sized at load.
 #[map]
-pub static PAIR_LISTS: Array<Lists> = Array::with_max_entries(1, 0);
+pub static PAIR_LISTS: Array<Lists> = Array::with_max_entries(1, MMAPABLE);
 
 /// Stage 3, index. At `list * PCLASS_COUNT + class`: the slice of RANGES holding
 /// that candidate list's port intervals for that protocol class, and the rule a
 /// non-first fragment matches. Sized to the rule set at load; written by user space.
 #[map]
-pub static LISTS: Array<ListSlot> = Array::with_max_entries(MAX_LIST_SLOTS, 0);
+pub static LISTS: Array<ListSlot> = Array::with_max_entries(MAX_LIST_SLOTS, MMAPABLE);
 
 /// Stage 3, intervals: per (list, class) a sorted run of disjoint port intervals,
 /// each with the first rule of the list that matches there (first match resolved
 /// by the compiler). Binary-searched. Sized at load; written by user space.
 #[map]
-pub static RANGES: Array<PortRange> = Array::with_max_entries(MAX_RANGES, 0);
+pub static RANGES: Array<PortRange> = Array::with_max_entries(MAX_RANGES, MMAPABLE);
 
-/// Which half of the rule maps is live (epoch.rs; egress-common's halves.rs):
-/// entry 0, read once per packet. Entry 1 is user space's (the epoch whose
-/// half it wrote last); the program never reads it. Written by user space.
+/// Which half of the rule maps is live (epoch.rs; egress-common's halves.rs).
+/// Written by user space, read once per packet.
 #[map]
-pub static EPOCH: Array<u32> = Array::with_max_entries(EPOCH_ENTRIES, MMAPABLE);
+pub static EPOCH: Array<u32> = Array::with_max_entries(1, MMAPABLE);
 
 /// Per-rule counters, per CPU. Index: 0 = default policy, i = rule i (file order).
 /// Written by the program; read (and summed over CPUs) by `egress counters`. User

@@ -271,16 +271,6 @@ fn apply_at(req: ApplyRequest<'_>) -> Result<Applied> {
         }
     };
     let halves = loaded.hot.then_some(state::Halves { caps: loaded.caps, epoch: 0, events: req.events });
-    if let Some(placed) = loaded.placed.take() {
-        // What the halves hold, for the next hot reload to write only what differs.
-        let epoch_id = match loaded.ebpf.map(egress_common::MAP_EPOCH) {
-            Some(aya::maps::Map::Array(m)) => m.info().ok().map(|i| i.id()),
-            _ => None,
-        };
-        if let Some(id) = epoch_id {
-            super::idle::loaded(&key, id, placed);
-        }
-    }
     drop(loaded);
     if !cgroup && !needs_companion && (comp_path.exists() || prev_comp_nl.is_some()) {
         // Neither stateful nor naming domains: the companion goes.

@@ -1,8 +1,8 @@
-//! Writing rule maps: a compiled rule set into the fresh maps of a load, and
-//! the entries of a hot reload that differ from what the idle half holds
-//! (hot.rs); and zeroing per-CPU counters. All in batches laid out as the
-//! kernel reads them (BPF_MAP_UPDATE_BATCH), one element at a time where a
-//! kernel has no batch update for a map type.
+//! Writing a compiled rule set into the fresh maps of a load, through their
+//! memory mappings (mmap.rs), and the rule maps' entries as bytes (hot.rs
+//! writes a reload's the same way); zeroing per-CPU counters in batches laid
+//! out as the kernel reads them (BPF_MAP_UPDATE_BATCH), one element at a time
+//! where a kernel has no batch update for a map type.
 
 use std::io;
 
@@ -103,18 +103,18 @@ fn write_one_by_one(fd: u32, name: &str, b: &Batch, ks: usize, vs: usize) -> Res
     Ok(())
 }
 
-/// Writes a compiled rule set into freshly created (zeroed) maps, as half 0;
-/// returns it as placed there (idle.rs remembers it for hot reloads).
-pub(super) fn fill(ebpf: &mut Ebpf, c: &Compiled) -> Result<Placed> {
+/// Writes a compiled rule set into freshly created (zeroed) maps, as half 0,
+/// through their memory mappings.
+pub(super) fn fill(ebpf: &mut Ebpf, c: &Compiled) -> Result<()> {
     let placed = place(c, &Caps::default());
     for ((name, _), (elem, bytes)) in Caps::default().rule_maps().into_iter().zip(tables(&placed)) {
         let data: &MapData = match ebpf.map(name) {
             Some(Map::Array(m)) => m,
             _ => return Err(DataplaneError::Other(format!("map {name} missing from the eBPF object, or not an array"))),
         };
-        write_table(fd_of(data), name, 0, elem, bytes, Old::Zero)?;
+        super::mmap::Mapped::new(data, name)?.write_diff(0, elem, bytes)?;
     }
-    Ok(placed)
+    Ok(())
 }
 
 /// Each rule map's entries in `p` as the kernel stores them (value size,
@@ -139,39 +139,6 @@ pub(super) fn tables(p: &Placed) -> [(usize, &[u8]); 12] {
         bytes(&p.lists),
         bytes(&p.ranges),
     ]
-}
-
-/// What a map's entries hold before a write.
-#[derive(Clone, Copy)]
-pub(super) enum Old<'a> {
-    /// Zeros (a fresh map, or a fresh load's idle half).
-    Zero,
-    /// These entries (of the same size), and unknown beyond them.
-    Known(&'a [u8]),
-    Unknown,
-}
-
-/// Writes `new` (entries of `elem` bytes) at entries `base..` of the array
-/// behind `fd`, skipping each entry `old` already holds; returns how many were
-/// written.
-pub(super) fn write_table(fd: u32, name: &str, base: u32, elem: usize, new: &[u8], old: Old<'_>) -> Result<u64> {
-    let n = new.len() / elem;
-    let mut b = Batch { keys: Vec::new(), values: Vec::new(), count: 0 };
-    for (i, v) in new.chunks_exact(elem).enumerate() {
-        let held = match old {
-            Old::Zero => v.iter().all(|x| *x == 0),
-            Old::Known(o) => o.get(i * elem..(i + 1) * elem) == Some(v),
-            Old::Unknown => false,
-        };
-        if !held {
-            b.keys.extend_from_slice(&(base + i as u32).to_ne_bytes());
-            b.values.extend_from_slice(v);
-            b.count += 1;
-        }
-    }
-    debug_assert!(b.count <= n);
-    write_batch_fd(fd, name, &b)?;
-    Ok(b.count as u64)
 }
 
 /// Zeroes `n` entries from `start` of the per-CPU array behind `fd`, whose

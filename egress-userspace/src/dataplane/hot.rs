@@ -6,11 +6,11 @@
 //! Readers never see a mix: a packet reads EPOCH once and is classified and
 //! counted by one half; the idle half is written while no packet reads it (the
 //! previous reload waited for an RCU grace period after its flip, so no CPU
-//! still runs with the old EPOCH). Only the entries that differ from what the
-//! idle half holds are written (idle.rs; the whole half when that is not
-//! known), in batches (fill.rs); EPOCH by one aligned 4-byte store through its
-//! memory mapping (mmap.rs), which no reader sees torn. Counters carry over as
-//! in a full replacement (apply.rs): the old half is the pending one.
+//! still runs with the old EPOCH). The rule maps are compared and written
+//! through their memory mappings (mmap.rs), only the entries that differ from
+//! what the idle half holds; EPOCH by one aligned 4-byte store, which no
+//! reader sees torn. Counters carry over as in a full replacement (apply.rs):
+//! the old half is the pending one.
 //!
 //! Hot reloads serve stateless rule sets without rules by name on an
 //! interface hook (their program reads EPOCH: egress-common's `GLOBAL_HOT`).
@@ -21,13 +21,12 @@
 use std::time::Instant;
 
 use aya::maps::{Array, Map, MapData};
-use egress_common::{Counter, EPOCH_WRITTEN, MAP_COUNTERS, MAP_EPOCH, half_of};
+use egress_common::{Counter, MAP_COUNTERS, MAP_EPOCH, half_of};
 
 use super::{
     DataplaneError, Result,
     apply::{Applied, ApplyRequest, Carry, ReloadPath, carry, fold_pending, removed},
-    fill::{Old, fd_of, tables, write_table, zero_per_cpu},
-    idle::{self, Held},
+    fill::{fd_of, tables, zero_per_cpu},
     load::flow_cache_slots,
     map_err,
     mmap::Mapped,
@@ -88,33 +87,16 @@ pub(super) fn reload(prev: &State, req: ApplyRequest<'_>) -> Result<Applied> {
     let b = h.caps.bases(half_of(next));
     let c = req.compiled;
     let placed = place(c, &b);
-    let epoch_map = open(key, g, MAP_EPOCH)?;
-    let maps = epoch_map.info().map_err(map_err("read EPOCH's info"))?.id();
-    let mut epoch = Mapped::new(&epoch_map, MAP_EPOCH)?;
-    // What the idle half holds: the rule set of the epoch before the live
-    // one, if this process wrote it and nothing wrote the half since (idle.rs).
-    let held = idle::take(maps, h.epoch.wrapping_sub(1)).filter(|_| epoch.load_u32(EPOCH_WRITTEN) == Some(h.epoch));
-    if epoch.entries() > EPOCH_WRITTEN {
-        epoch.store_u32(EPOCH_WRITTEN, next)?;
-    }
     let counters = open(key, g, MAP_COUNTERS)?;
     zero_per_cpu(fd_of(&counters), MAP_COUNTERS, b.counters, c.counter_slots, size_of::<Counter>())?;
-    let old_tables = match &held {
-        Some(Held::Set(p)) => Some(tables(p)),
-        _ => None,
-    };
+    // The idle half holds an older rule set (two reloads ago, or zeros after
+    // a load): compared in place, only the entries that differ are written.
     let mut written = 0;
-    for (i, ((name, base), (elem, bytes))) in b.rule_maps().into_iter().zip(tables(&placed)).enumerate() {
-        let old = match (&held, &old_tables) {
-            (Some(Held::Zero), _) => Old::Zero,
-            (_, Some(t)) => Old::Known(t[i].1),
-            _ => Old::Unknown,
-        };
-        written += write_table(fd_of(&open(key, g, name)?), name, base, elem, bytes, old)?;
+    for ((name, base), (size, bytes)) in b.rule_maps().into_iter().zip(tables(&placed)) {
+        written += Mapped::new(&open(key, g, name)?, name)?.write_diff(base, size, bytes)?;
     }
     // The flip: from here on every packet that reads EPOCH gets the new half.
-    epoch.store_u32(0, next)?;
-    idle::wrote(key, maps, next, placed);
+    Mapped::new(&open(key, g, MAP_EPOCH)?, MAP_EPOCH)?.store_u32(0, next)?;
     let enforced = start.elapsed();
 
     let now = now_unix();

@@ -23,10 +23,7 @@ use egress_common::{
 
 use super::{DataplaneError, EBPF_OBJECT, Result, map_err, prog_err};
 use crate::{
-    compile::{
-        Compiled,
-        place::{Caps, Placed},
-    },
+    compile::{Compiled, place::Caps},
     hook::Hook,
     rules::{EventsConfig, StateConfig},
 };
@@ -107,8 +104,6 @@ pub struct Loaded {
     pub hot: bool,
     /// Counter slots of the rule set loaded (rules + 1).
     slots: u32,
-    /// With [`Loaded::hot`]: the rule set as written into half 0 (idle.rs).
-    pub(super) placed: Option<Placed>,
 }
 
 /// How to load a rule set besides the rules themselves.
@@ -260,7 +255,7 @@ impl Loaded {
             }
             source => DataplaneError::Ebpf { op: "load the eBPF object (create maps)".into(), source: Box::new(source) },
         })?;
-        let placed = super::fill::fill(&mut ebpf, c)?;
+        super::fill::fill(&mut ebpf, c)?;
         if let Some(d) = &o.dns {
             super::dns::fill(&mut ebpf, &c.fqdn, d)?;
         }
@@ -287,8 +282,7 @@ impl Loaded {
                 other => DataplaneError::Program { op: "load the classifier".into(), source: other },
             });
         }
-        let placed = if hot { Some(placed) } else { None };
-        Ok(Loaded { ebpf, stateful, debug, companion, caps, hot, slots: c.counter_slots, placed })
+        Ok(Loaded { ebpf, stateful, debug, companion, caps, hot, slots: c.counter_slots })
     }
 
     /// The TC classifier (loaded when the hook is tc-egress or tc-ingress).

@@ -1,7 +1,9 @@
-//! EPOCH mapped into user space (a BPF_F_MMAPABLE array): its flip is one
-//! aligned 4-byte store, which no reader can see torn (a map update copies
-//! bytes with memcpy, which promises no such thing). The rule maps are plain
-//! arrays, written in batches (fill.rs).
+//! The rule maps mapped into user space (BPF_F_MMAPABLE arrays): writing a
+//! rule set is a memory compare and copy instead of one kernel update per
+//! entry, and a hot reload reads what the idle half holds in place, so it
+//! writes only the entries that differ. EPOCH's flip is one aligned 4-byte
+//! store, which no reader can see torn (a map update copies bytes with
+//! memcpy, which promises no such thing).
 
 use std::{
     io,
@@ -45,17 +47,28 @@ impl Mapped {
         Ok(Mapped { ptr: ptr.cast(), len, elem, entries: info.max_entries(), name: name.to_string() })
     }
 
-    /// Entries of the array.
-    pub(super) fn entries(&self) -> u32 {
-        self.entries
-    }
-
-    /// Entry `index` as a u32, if there is one.
-    pub(super) fn load_u32(&self, index: u32) -> Option<u32> {
-        (index < self.entries && self.elem >= 4).then(|| {
-            // SAFETY: in bounds, and entries are 8-byte aligned in a page-aligned mapping.
-            unsafe { std::ptr::read_volatile(self.ptr.add(index as usize * self.elem).cast::<u32>()) }
-        })
+    /// Writes `new` (entries of `size` bytes) at entries `start..`, skipping
+    /// each entry that holds those bytes already; returns how many it wrote.
+    /// Only for entries no program reads meanwhile (a fresh map, an idle half).
+    pub(super) fn write_diff(&mut self, start: u32, size: usize, new: &[u8]) -> Result<u64> {
+        let n = new.len() / size.max(1);
+        if size == 0 || size > self.elem || !new.len().is_multiple_of(size) || start as usize + n > self.entries as usize {
+            return Err(DataplaneError::Other(format!(
+                "map {}: {n} entries of {size} bytes at {start} do not fit its {} entries of {} bytes",
+                self.name, self.entries, self.elem
+            )));
+        }
+        // SAFETY: bounds checked above: entries start..start + n lie in the
+        // mapping, each `elem` >= `size` bytes apart; nothing else writes them.
+        let area = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start as usize * self.elem), n * self.elem) };
+        let mut written = 0;
+        for (held, v) in area.chunks_exact_mut(self.elem).zip(new.chunks_exact(size)) {
+            if held[..size] != *v {
+                held[..size].copy_from_slice(v);
+                written += 1;
+            }
+        }
+        Ok(written)
     }
 
     /// One aligned 4-byte store at entry `index` (EPOCH's flip).

@@ -3,7 +3,7 @@
 //!
 //! - `env`: mount and network namespaces, bpffs, interface facts, netns cookies.
 //! - `load`: create maps, load the programs; `fill`: write a compiled rule set
-//!   into the fresh maps, or the entries of a hot reload that changed, in batches.
+//!   into the fresh maps.
 //! - `link`: attach, replace (bpf_link_update) and detach; link health; the
 //!   RCU barrier that tells when no CPU still runs a replaced program.
 //! - `cgroup`: cgroup attachments (a cgroup v2 directory's packets and socket
@@ -15,9 +15,9 @@
 //!   (BPF_PROG_TEST_RUN on its pinned maps; nothing changes).
 //! - `readout`: counters as they stand, `--reset`, link health and status.
 //! - `hot`: a replacement that keeps the loaded program: the rule set into the
-//!   idle half of its maps, then one EPOCH write (egress-common's halves.rs);
-//!   `idle`: what this process wrote into each half, so that a hot reload
-//!   writes only the entries that differ; `mmap`: EPOCH mapped into memory.
+//!   idle half of its maps (only the entries that differ from what it holds),
+//!   then one EPOCH write (egress-common's halves.rs); `mmap`: the rule maps
+//!   and EPOCH mapped into memory.
 //! - `apply`: one atomic replacement with counters carried over by rule identity,
 //!   counter readout, detach, prune. `egress apply` and `egress run` both use it.
 //!
@@ -39,7 +39,6 @@ mod events;
 mod explain;
 mod fill;
 mod hot;
-mod idle;
 mod link;
 mod load;
 mod mmap;
