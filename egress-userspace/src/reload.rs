@@ -79,11 +79,26 @@ pub fn prepare_text(path: &Path, text: &str) -> Result<Prepared, ReloadError> {
 fn prepare_loaded(path: &Path, text: &str, loader: &crate::input::FsLoader) -> Result<Prepared, ReloadError> {
     let shown = path.display().to_string();
     let bytes = text.as_bytes();
+    let t0 = std::time::Instant::now();
     let rs = rules::parse_with(&shown, text, loader).map_err(|e| ReloadError::Input(e.to_string()))?;
+    let t1 = std::time::Instant::now();
     let compiled = compile::compile(&rs).map_err(|e| ReloadError::Input(format!("{shown}: {e}")))?;
+    let t2 = std::time::Instant::now();
     let canonical = fs::canonicalize(path).map(|p| p.display().to_string()).unwrap_or_else(|_| shown.clone());
     let warnings = crate::lint::lint(&rs, crate::lint::default_policy_line(text));
-    Ok(Prepared { file: shown, canonical, rules: rs, compiled, digest: loader.digest(bytes), warnings })
+    let t3 = std::time::Instant::now();
+    let digest = loader.digest(bytes);
+    let us = |a: std::time::Instant, b: std::time::Instant| (b - a).as_micros() as u64;
+    tracing::debug!(
+        file = shown,
+        rules = rs.rules.len(),
+        parse_us = us(t0, t1),
+        compile_us = us(t1, t2),
+        lint_us = us(t2, t3),
+        digest_us = us(t3, std::time::Instant::now()),
+        "rule file prepared"
+    );
+    Ok(Prepared { file: shown, canonical, rules: rs, compiled, digest, warnings })
 }
 
 /// Applies a prepared rule set to an interface (attach, or replace atomically).

@@ -102,6 +102,9 @@ pub struct Applied {
     /// Rules (not counting the default row) that kept their counters.
     pub kept: usize,
     pub removed: Vec<Removed>,
+    /// When the new rule set took over (the EPOCH flip, or the program
+    /// attached or swapped); the state file and the counter fold come after.
+    pub enforced_at: std::time::Instant,
 }
 
 pub(super) fn no_state(t: &Target) -> DataplaneError {
@@ -261,7 +264,7 @@ fn apply_at(req: ApplyRequest<'_>) -> Result<Applied> {
         Hook::Cgroup => super::cgroup::switch(&mut loaded, t, &key),
     };
     let attachment = match switched {
-        Ok(a) => a,
+        Ok(a) => (a, std::time::Instant::now()),
         Err(e) => {
             let _ = fs::remove_dir_all(&gdir);
             if companion.is_some() && comp_fresh {
@@ -270,6 +273,7 @@ fn apply_at(req: ApplyRequest<'_>) -> Result<Applied> {
             return Err(e);
         }
     };
+    let (attachment, enforced_at) = attachment;
     let halves = loaded.hot.then_some(state::Halves { caps: loaded.caps, epoch: 0, events: req.events });
     drop(loaded);
     if !cgroup && !needs_companion && (comp_path.exists() || prev_comp_nl.is_some()) {
@@ -334,7 +338,7 @@ fn apply_at(req: ApplyRequest<'_>) -> Result<Applied> {
     let old_final = fold_pending(&mut st)?;
     let removed = prev.as_ref().map(|p| removed(p, &carried, old_final.as_ref())).unwrap_or_default();
     let kept = carried.iter().filter(|c| **c).count();
-    Ok(Applied { state: st, replaced, kept, removed, path })
+    Ok(Applied { state: st, replaced, kept, removed, path, enforced_at })
 }
 
 /// How the counts of a previous rule set carry over to the next.

@@ -97,6 +97,7 @@ pub(super) fn reload(prev: &State, req: ApplyRequest<'_>) -> Result<Applied> {
     }
     // The flip: from here on every packet that reads EPOCH gets the new half.
     Mapped::new(&open(key, g, MAP_EPOCH)?, MAP_EPOCH)?.store_u32(0, next)?;
+    let enforced_at = Instant::now();
     let enforced = start.elapsed();
 
     let now = now_unix();
@@ -118,11 +119,20 @@ pub(super) fn reload(prev: &State, req: ApplyRequest<'_>) -> Result<Applied> {
         halves: Some(state::Halves { epoch: next, ..h }),
         ..prev.clone()
     };
+    let t = Instant::now();
     state::write_state(&st)?;
+    let stated = t.elapsed();
     let old_final = fold_pending(&mut st)?;
+    tracing::debug!(
+        key,
+        enforced_us = enforced.as_micros() as u64,
+        state_us = stated.as_micros() as u64,
+        fold_us = (t.elapsed() - stated).as_micros() as u64,
+        "hot reload done"
+    );
     let removed = removed(prev, &carried, old_final.as_ref());
     let kept = carried.iter().filter(|c| **c).count();
-    Ok(Applied { state: st, replaced: true, kept, removed, path: ReloadPath::Hot { enforced, written } })
+    Ok(Applied { state: st, replaced: true, kept, removed, path: ReloadPath::Hot { enforced, written }, enforced_at })
 }
 
 #[cfg(test)]

@@ -209,6 +209,7 @@ impl Managed {
                     kept = a.kept,
                     removed = a.removed.len(),
                     ms = started.elapsed().as_millis() as u64,
+                    after_enforced_us = a.enforced_at.elapsed().as_micros() as u64,
                     path = a.path.name(),
                     enforced_us = match &a.path {
                         dataplane::ReloadPath::Hot { enforced, .. } => Some(enforced.as_micros() as u64),

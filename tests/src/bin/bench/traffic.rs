@@ -423,7 +423,7 @@ pub(crate) fn traffic_part(
     }
     let _ = writeln!(
         md,
-        "\nA replace builds the new rule set completely beside the old one and switches with one bpf_link_update; there is no incremental single-rule update.\n"
+        "\nA replace of a stateless rule set on the same hook and settings is a hot reload (ARCHITECTURE.md, \"Hot reloads\"): the new rule set is compared with the idle half of the loaded maps, the entries that differ are written, and EPOCH flips. Anything else builds the new rule set completely beside the old one and switches with one bpf_link_update. Either way the command reads, parses and compiles the whole file.\n"
     );
 
     // Plot: added ns over no filter vs rules, per system.
