@@ -26,7 +26,8 @@ use egress_common::{Counter, MAP_COUNTERS, MAP_EPOCH, half_of};
 use super::{
     DataplaneError, Result,
     apply::{Applied, ApplyRequest, Carry, ReloadPath, carry, fold_pending, removed},
-    fill::{fd_of, tables, zero_per_cpu},
+    batch::{fd_of, zero_per_cpu},
+    fill::tables,
     load::flow_cache_slots,
     map_err,
     mmap::Mapped,

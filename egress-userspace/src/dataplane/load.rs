@@ -307,17 +307,13 @@ impl Loaded {
 
     /// Summed counters of the rule set loaded (index 0 = default policy; half 0).
     pub fn counters(&self) -> Result<Vec<Counter>> {
-        let map = self.ebpf.map(MAP_COUNTERS).ok_or_else(|| DataplaneError::Other("no COUNTERS map".into()))?;
-        let arr: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(map).map_err(map_err("open COUNTERS"))?;
-        let mut all = sum_counters(&arr)?;
+        let mut all = sum_counters(map_of(&self.ebpf, MAP_COUNTERS)?)?;
         all.truncate(self.slots as usize);
         Ok(all)
     }
 
     pub fn stats(&self) -> Result<Vec<u64>> {
-        let map = self.ebpf.map(MAP_STATS).ok_or_else(|| DataplaneError::Other("no STATS map".into()))?;
-        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(map_err("open STATS"))?;
-        sum_stats(&arr)
+        stats_of(map_of(&self.ebpf, MAP_STATS)?)
     }
 }
 
@@ -386,7 +382,35 @@ fn xdp(ebpf: &mut Ebpf, stateful: bool, debug: bool) -> Result<&mut Xdp> {
     prog.try_into().map_err(prog_err("program is not an XDP program"))
 }
 
-pub(super) fn sum_counters<T: std::borrow::Borrow<MapData>>(arr: &PerCpuArray<T, Counter>) -> Result<Vec<Counter>> {
+/// A map of `Loaded`'s object.
+fn map_of<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Map> {
+    ebpf.map(name).ok_or_else(|| DataplaneError::Other(format!("no map {name}")))
+}
+
+/// COUNTERS summed over CPUs, every entry (batched: one syscall per 65,536).
+pub(super) fn sum_counters(map: &Map) -> Result<Vec<Counter>> {
+    let Map::PerCpuArray(data) = map else {
+        return Err(DataplaneError::Other("COUNTERS is not a per-CPU array".into()));
+    };
+    let n = data.info().map_err(map_err("read COUNTERS' info"))?.max_entries();
+    if let Some((values, stride)) = super::batch::read_per_cpu(data, MAP_COUNTERS, n, size_of::<Counter>())? {
+        let each = size_of::<Counter>().next_multiple_of(8);
+        return Ok(values
+            .chunks_exact(stride)
+            .map(|per_cpu| {
+                let mut c = Counter::default();
+                for v in per_cpu.chunks_exact(each) {
+                    // SAFETY: `each` >= size_of::<Counter>() bytes, a plain-data value as the kernel stores it.
+                    let v: Counter = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
+                    c.packets += v.packets;
+                    c.bytes += v.bytes;
+                    c.last = c.last.max(v.last);
+                }
+                c
+            })
+            .collect());
+    }
+    let arr: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(map).map_err(map_err("open COUNTERS"))?;
     let mut out = Vec::with_capacity(arr.len() as usize);
     for i in 0..arr.len() {
         let per_cpu = arr.get(&i, 0).map_err(map_err("read COUNTERS"))?;
@@ -401,6 +425,7 @@ pub(super) fn sum_counters<T: std::borrow::Borrow<MapData>>(arr: &PerCpuArray<T,
     Ok(out)
 }
 
+/// A per-CPU u64 array (STATS and the like) summed over CPUs.
 pub(super) fn sum_stats<T: std::borrow::Borrow<MapData>>(arr: &PerCpuArray<T, u64>) -> Result<Vec<u64>> {
     let mut out = Vec::with_capacity(STATS_LEN as usize);
     for i in 0..arr.len() {
@@ -410,20 +435,18 @@ pub(super) fn sum_stats<T: std::borrow::Borrow<MapData>>(arr: &PerCpuArray<T, u6
     Ok(out)
 }
 
+/// STATS summed over CPUs.
+fn stats_of(map: &Map) -> Result<Vec<u64>> {
+    sum_stats(&PerCpuArray::<&MapData, u64>::try_from(map).map_err(map_err("open STATS"))?)
+}
+
 /// Counters (summed over CPUs) and STATS of a generation whose maps are pinned in `gdir`.
 pub(super) fn read_pinned(gdir: &Path) -> Result<(Vec<Counter>, Vec<u64>)> {
     let open = |name: &str| -> Result<MapData> {
         let p = gdir.join(name);
         MapData::from_pin(&p).map_err(map_err(format!("open pinned map {}", p.display())))
     };
-    let counters = {
-        let arr: PerCpuArray<MapData, Counter> =
-            PerCpuArray::try_from(Map::PerCpuArray(open(MAP_COUNTERS)?)).map_err(map_err("open COUNTERS"))?;
-        sum_counters(&arr)?
-    };
-    let stats = {
-        let arr: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(open(MAP_STATS)?)).map_err(map_err("open STATS"))?;
-        sum_stats(&arr)?
-    };
+    let counters = sum_counters(&Map::PerCpuArray(open(MAP_COUNTERS)?))?;
+    let stats = stats_of(&Map::PerCpuArray(open(MAP_STATS)?))?;
     Ok((counters, stats))
 }

@@ -3,7 +3,8 @@
 //!
 //! - `env`: mount and network namespaces, bpffs, interface facts, netns cookies.
 //! - `load`: create maps, load the programs; `fill`: write a compiled rule set
-//!   into the fresh maps.
+//!   into the fresh maps; `batch`: array entries written and read many to a
+//!   syscall (counters zeroed, summed).
 //! - `link`: attach, replace (bpf_link_update) and detach; link health; the
 //!   RCU barrier that tells when no CPU still runs a replaced program.
 //! - `cgroup`: cgroup attachments (a cgroup v2 directory's packets and socket
@@ -30,6 +31,7 @@
 //!   /run/egress/KEY.json               rule names, file, digest, counter bases
 
 mod apply;
+mod batch;
 mod cgroup;
 mod conn;
 mod debug_log;
