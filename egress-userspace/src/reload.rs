@@ -35,11 +35,23 @@ pub struct Prepared {
     pub compiled: Compiled,
     /// Of the rule file and every file it names (`input::inputs_digest`).
     pub digest: String,
-    /// The linter's warnings (lint.rs), in file order.
+    /// The linter's warnings (lint.rs), in file order (after [`Prepared::lint`]
+    /// for a rule file prepared unlinted).
     pub warnings: Vec<crate::lint::Warning>,
+    /// The `default_policy` line, for the linter.
+    default_line: usize,
+    linted: bool,
 }
 
 impl Prepared {
+    /// Runs the linter if it has not run (`egress run` lints after enforcing).
+    pub fn lint(&mut self) {
+        if !self.linted {
+            self.warnings = crate::lint::lint(&self.rules, self.default_line);
+            self.linted = true;
+        }
+    }
+
     /// The warnings as text lines: `warning: FILE:LINE: MESSAGE`.
     pub fn warning_lines(&self) -> Vec<String> {
         self.warnings.iter().map(|w| format!("warning: {}:{}: {}", self.file, w.line, w.message)).collect()
@@ -62,6 +74,16 @@ pub fn prepare(path: &Path) -> Result<Prepared, ReloadError> {
 /// [`prepare`], and the files the rule file named (sets, the GeoIP database),
 /// also when it failed: `egress run` watches them.
 pub fn prepare_tracked(path: &Path) -> (Result<Prepared, ReloadError>, Vec<std::path::PathBuf>) {
+    let (mut p, inputs) = prepare_tracked_unlinted(path);
+    if let Ok(p) = p.as_mut() {
+        p.lint();
+    }
+    (p, inputs)
+}
+
+/// [`prepare_tracked`] without the linter: `egress run` enforces first and
+/// lints after ([`Prepared::lint`]).
+pub fn prepare_tracked_unlinted(path: &Path) -> (Result<Prepared, ReloadError>, Vec<std::path::PathBuf>) {
     let text = match crate::input::read_text(path, "rule file") {
         Ok(t) => t,
         Err(e) => return (Err(ReloadError::Input(e)), Vec::new()),
@@ -73,7 +95,9 @@ pub fn prepare_tracked(path: &Path) -> (Result<Prepared, ReloadError>, Vec<std::
 
 /// [`prepare`] on a rule file's text already read (a pipe can be read once).
 pub fn prepare_text(path: &Path, text: &str) -> Result<Prepared, ReloadError> {
-    prepare_loaded(path, text, &crate::input::FsLoader::for_rules(path))
+    let mut p = prepare_loaded(path, text, &crate::input::FsLoader::for_rules(path))?;
+    p.lint();
+    Ok(p)
 }
 
 fn prepare_loaded(path: &Path, text: &str, loader: &crate::input::FsLoader) -> Result<Prepared, ReloadError> {
@@ -85,7 +109,7 @@ fn prepare_loaded(path: &Path, text: &str, loader: &crate::input::FsLoader) -> R
     let compiled = compile::compile(&rs).map_err(|e| ReloadError::Input(format!("{shown}: {e}")))?;
     let t2 = std::time::Instant::now();
     let canonical = fs::canonicalize(path).map(|p| p.display().to_string()).unwrap_or_else(|_| shown.clone());
-    let warnings = crate::lint::lint(&rs, crate::lint::default_policy_line(text));
+    let default_line = crate::lint::default_policy_line(text);
     let t3 = std::time::Instant::now();
     let digest = loader.digest(bytes);
     let us = |a: std::time::Instant, b: std::time::Instant| (b - a).as_micros() as u64;
@@ -94,11 +118,10 @@ fn prepare_loaded(path: &Path, text: &str, loader: &crate::input::FsLoader) -> R
         rules = rs.rules.len(),
         parse_us = us(t0, t1),
         compile_us = us(t1, t2),
-        lint_us = us(t2, t3),
         digest_us = us(t3, std::time::Instant::now()),
         "rule file prepared"
     );
-    Ok(Prepared { file: shown, canonical, rules: rs, compiled, digest, warnings })
+    Ok(Prepared { file: shown, canonical, rules: rs, compiled, digest, warnings: Vec::new(), default_line, linted: false })
 }
 
 /// Applies a prepared rule set to an interface (attach, or replace atomically).

@@ -176,8 +176,20 @@ fn build(dsts: &[(Prefix, DstValue)], width: u32, bucket_max: usize, ids: &mut C
     let below = width - DIR_ROOT_BITS;
     with_budget(bucket_max, |b| {
         b.dir = vec![DirEntry::default(); DIR_ROOT_LEN as usize];
+        // The root's blocks in address order: the spans each one overlaps
+        // (spans[i0..i1]) found by one sweep, not a search per block.
+        let (mut i0, mut i1) = (0, 1);
         for j in 0..DIR_ROOT_LEN as usize {
-            b.dir[j] = b.entry(&spans, (j as u128) << below, below);
+            let lo = (j as u128) << below;
+            let hi = lo | ones(below);
+            while i0 + 1 < spans.len() && spans[i0 + 1].0 <= lo {
+                i0 += 1;
+            }
+            i1 = i1.max(i0 + 1);
+            while i1 < spans.len() && spans[i1].0 <= hi {
+                i1 += 1;
+            }
+            b.dir[j] = if i1 - i0 == 1 { DirEntry::class(spans[i0].1) } else { b.entry(&spans[i0..i1], lo, below) };
         }
     })
 }
@@ -231,7 +243,9 @@ struct Builder {
 }
 
 impl Builder {
-    /// The entry for the block of `2^bits` addresses starting at `lo`.
+    /// The entry for the block of `2^bits` addresses starting at `lo`;
+    /// `spans` holds (at least) the spans it overlaps, the first starting at
+    /// or before `lo`.
     fn entry(&mut self, spans: &[(u128, u32)], lo: u128, bits: u32) -> DirEntry {
         let hi = lo | ones(bits);
         let i0 = spans.partition_point(|s| s.0 <= lo) - 1;
@@ -252,8 +266,9 @@ impl Builder {
         self.chunks += 1;
         let at = self.dir.len();
         self.dir.resize(at + DIR_CHUNK_LEN as usize, DirEntry::default());
+        let inside = &spans[i0..i1];
         for k in 0..DIR_CHUNK_LEN as usize {
-            self.dir[at + k] = self.entry(spans, lo | (k as u128) << (bits - 8), bits - 8);
+            self.dir[at + k] = self.entry(inside, lo | (k as u128) << (bits - 8), bits - 8);
         }
         DirEntry::chunk(at as u32)
     }

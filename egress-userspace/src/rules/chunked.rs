@@ -1,5 +1,6 @@
-//! Large rule files parsed in chunks on all CPUs; any doubt falls back to the
-//! one-piece parse (`parse::parse_whole`), so messages are always its messages.
+//! Rule files parsed in chunks on all CPUs (from 512 rules: one chunk per CPU
+//! up to 4,096 rules each); any doubt falls back to the one-piece parse
+//! (`parse::parse_whole`), so messages are always its messages.
 
 use std::{collections::HashSet, ops::Range};
 
@@ -14,6 +15,9 @@ use super::{
 
 /// Rules per chunk when a large file is parsed in pieces.
 pub(super) const CHUNK_RULES: usize = 4096;
+/// The fewest rules per chunk: a file of fewer than two such chunks, or on one
+/// CPU of fewer than two full chunks, is parsed in one piece.
+const MIN_CHUNK_RULES: usize = 256;
 
 /// A parsed chunk: its first rule's position, its rules, the names they use.
 type Chunk = (usize, Vec<Rule>, HashSet<String>);
@@ -32,9 +36,14 @@ pub(super) fn parse_chunked(
     if text.contains("\"\"\"") || text.contains("'''") {
         return None;
     }
-    if headers.len() < 2 * CHUNK_RULES {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let size = if headers.len() >= 2 * CHUNK_RULES {
+        CHUNK_RULES
+    } else if cpus >= 2 && headers.len() >= 2 * MIN_CHUNK_RULES {
+        headers.len().div_ceil(cpus).max(MIN_CHUNK_RULES)
+    } else {
         return None;
-    }
+    };
     // The preamble: default_policy and the stateful-mode keys, nothing else.
     let pre = ImDocument::parse(&text[..headers[0]]).ok()?;
     if pre.as_table().iter().any(|(k, _)| k != "default_policy" && k != "mode" && k != "events" && !is_state_key(k) && !is_sets_key(k)) {
@@ -58,11 +67,11 @@ pub(super) fn parse_chunked(
     };
     // (first rule index, byte range) of each chunk.
     let mut chunks: Vec<(usize, Range<usize>)> = Vec::new();
-    for (k, group) in headers.chunks(CHUNK_RULES).enumerate() {
-        let end = headers.get((k + 1) * CHUNK_RULES).copied().unwrap_or(text.len());
-        chunks.push((k * CHUNK_RULES, group[0]..end));
+    for (k, group) in headers.chunks(size).enumerate() {
+        let end = headers.get((k + 1) * size).copied().unwrap_or(text.len());
+        chunks.push((k * size, group[0]..end));
     }
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(chunks.len());
+    let workers = cpus.min(chunks.len());
     let per_worker: Vec<Option<Vec<Chunk>>> = std::thread::scope(|sc| {
         let handles: Vec<_> = (0..workers)
             .map(|w| {

@@ -545,6 +545,20 @@ ports = "1000-2000"
     }
 
     #[test]
+    fn chunked_parse_equals_the_one_piece_parse_for_mid_sized_files() {
+        // One chunk per CPU (on a machine with more than one).
+        let text = crate::ruleset_gen::realistic(1000, 100, 5);
+        let starts = line_starts(&text);
+        let chunked = parse_chunked("mid.toml", &text, &starts, &rule_headers(&text, &starts), &crate::sets::NoFiles);
+        let whole = parse_whole("mid.toml", &text, &starts, egress_common::MAX_RULES as usize, &crate::sets::NoFiles).unwrap();
+        if std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2 {
+            assert_eq!(chunked.expect("1,000 rules take the chunked path on 2 CPUs"), whole);
+        } else {
+            assert!(chunked.is_none());
+        }
+    }
+
+    #[test]
     fn chunked_parse_equals_the_one_piece_parse() {
         let text = crate::ruleset_gen::realistic(3 * CHUNK_RULES + 17, 100, 3);
         let starts = line_starts(&text);

@@ -166,10 +166,11 @@ impl Managed {
             self.target = Some(t);
             return self.done(Outcome::Unchanged);
         }
-        let (prepared, inputs) = reload::prepare_tracked(&self.cfg.rules);
+        // Linted after enforcement: a warning never delays a reload.
+        let (prepared, inputs) = reload::prepare_tracked_unlinted(&self.cfg.rules);
         let inputs_changed = inputs != self.inputs;
         self.inputs = inputs;
-        let prepared = match prepared {
+        let mut prepared = match prepared {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(iface, file, "{e}\nthe running rules stay enforced");
@@ -191,11 +192,15 @@ impl Managed {
             self.target = Some(t);
             return self.done(Outcome::Unchanged);
         }
+        let started = std::time::Instant::now();
+        let applied = reload::apply(&t, &prepared, self.cfg.flow_cache, self.cfg.debug);
+        let linted = std::time::Instant::now();
+        prepared.lint();
         for w in &prepared.warnings {
             tracing::warn!(iface, file, line = w.line, rule = w.rule, kind = w.kind, "{}", w.message);
         }
-        let started = std::time::Instant::now();
-        match reload::apply(&t, &prepared, self.cfg.flow_cache, self.cfg.debug) {
+        tracing::debug!(iface, file, lint_us = linted.elapsed().as_micros() as u64, "rule file linted");
+        match applied {
             Ok(a) => {
                 let st = &a.state;
                 tracing::info!(
