@@ -39,7 +39,7 @@ pub fn reload_part(sizes: &[usize], rounds: usize, md: &mut String, sp: &mut cra
     let _ = writeln!(md, "## 4. `egress run`: from a rule file change to the new rules enforced\n");
     let _ = writeln!(
         md,
-        "| rules | 1 rule changed: ms to enforcement (spread) | path | of which the idle half's write and flip ms | ms to the log line (state file, counter fold) | of which apply ms (after parse + compile) |"
+        "| rules | 1 rule changed: ms to enforcement (spread) | path | of which the idle half's write and flip ms | ms to the log line (state file, counter fold, lint) | of which apply ms (after parse + compile) |"
     );
     let _ = writeln!(md, "| ---: | ---: | --- | ---: | ---: | ---: |");
     for &n in sizes {
@@ -81,7 +81,7 @@ pub fn reload_part(sizes: &[usize], rounds: usize, md: &mut String, sp: &mut cra
     }
     let _ = writeln!(
         md,
-        "\nMedians of {rounds} changes, alternating one rule's ports between two values (so that rule restarts its counters and the other n-1 keep theirs). To enforcement: from the rename into place (the watcher reacts at once to it) to the swap, which the service's log line places (`after_enforced_us`); it includes reading, hashing, parsing, linting and compiling the whole file. A hot reload (path `hot`) compares the new rule set with the idle half of the loaded program's maps, writes the entries that differ and flips EPOCH: no program load, no verifier. The log line comes after the state file and the counter fold (an RCU grace period); the old rule set stays in force until the swap, so enforcement never stalls. Parse and compile are still of the whole file: there is no incremental compile yet.\n"
+        "\nMedians of {rounds} changes, alternating one rule's ports between two values (so that rule restarts its counters and the other n-1 keep theirs). To enforcement: from the rename into place (the watcher reacts at once to it) to the swap, which the service's log line places (`after_enforced_us`); it includes reading, hashing, parsing and compiling the whole file. A hot reload (path `hot`) compares the new rule set with the idle half of the loaded program's maps, writes the entries that differ and flips EPOCH: no program load, no verifier. The log line comes after the state file, the counter fold (an RCU grace period) and the linter, which the service runs after the swap; the old rule set stays in force until the swap, so enforcement never stalls. Parse and compile are still of the whole file: there is no incremental compile yet.\n"
     );
     Ok(())
 }
