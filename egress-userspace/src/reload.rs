@@ -74,7 +74,7 @@ pub fn prepare(path: &Path) -> Result<Prepared, ReloadError> {
 /// [`prepare`], and the files the rule file named (sets, the GeoIP database),
 /// also when it failed: `egress run` watches them.
 pub fn prepare_tracked(path: &Path) -> (Result<Prepared, ReloadError>, Vec<std::path::PathBuf>) {
-    let (mut p, inputs) = prepare_tracked_unlinted(path);
+    let (mut p, inputs) = prepare_tracked_unlinted(path, None);
     if let Ok(p) = p.as_mut() {
         p.lint();
     }
@@ -82,29 +82,42 @@ pub fn prepare_tracked(path: &Path) -> (Result<Prepared, ReloadError>, Vec<std::
 }
 
 /// [`prepare_tracked`] without the linter: `egress run` enforces first and
-/// lints after ([`Prepared::lint`]).
-pub fn prepare_tracked_unlinted(path: &Path) -> (Result<Prepared, ReloadError>, Vec<std::path::PathBuf>) {
+/// lints after ([`Prepared::lint`]). With `cache`, the parse reuses the rules
+/// of the file's last parse that did not change (rules/incremental.rs).
+pub fn prepare_tracked_unlinted(
+    path: &Path,
+    cache: Option<&mut Option<rules::ParseCache>>,
+) -> (Result<Prepared, ReloadError>, Vec<std::path::PathBuf>) {
     let text = match crate::input::read_text(path, "rule file") {
         Ok(t) => t,
         Err(e) => return (Err(ReloadError::Input(e)), Vec::new()),
     };
     let loader = crate::input::FsLoader::for_rules(path);
-    let p = prepare_loaded(path, &text, &loader);
+    let p = prepare_loaded(path, &text, &loader, cache);
     (p, loader.inputs().into_iter().map(|(p, _)| p).collect())
 }
 
 /// [`prepare`] on a rule file's text already read (a pipe can be read once).
 pub fn prepare_text(path: &Path, text: &str) -> Result<Prepared, ReloadError> {
-    let mut p = prepare_loaded(path, text, &crate::input::FsLoader::for_rules(path))?;
+    let mut p = prepare_loaded(path, text, &crate::input::FsLoader::for_rules(path), None)?;
     p.lint();
     Ok(p)
 }
 
-fn prepare_loaded(path: &Path, text: &str, loader: &crate::input::FsLoader) -> Result<Prepared, ReloadError> {
+fn prepare_loaded(
+    path: &Path,
+    text: &str,
+    loader: &crate::input::FsLoader,
+    cache: Option<&mut Option<rules::ParseCache>>,
+) -> Result<Prepared, ReloadError> {
     let shown = path.display().to_string();
     let bytes = text.as_bytes();
     let t0 = std::time::Instant::now();
-    let rs = rules::parse_with(&shown, text, loader).map_err(|e| ReloadError::Input(e.to_string()))?;
+    let (rs, reuse) = match cache {
+        Some(c) => rules::parse_incremental(&shown, text, loader, c),
+        None => (rules::parse_with(&shown, text, loader), rules::Reuse::default()),
+    };
+    let rs = rs.map_err(|e| ReloadError::Input(e.to_string()))?;
     let t1 = std::time::Instant::now();
     let compiled = compile::compile(&rs).map_err(|e| ReloadError::Input(format!("{shown}: {e}")))?;
     let t2 = std::time::Instant::now();
@@ -117,6 +130,7 @@ fn prepare_loaded(path: &Path, text: &str, loader: &crate::input::FsLoader) -> R
         file = shown,
         rules = rs.rules.len(),
         parse_us = us(t0, t1),
+        reused = reuse.reused,
         compile_us = us(t1, t2),
         digest_us = us(t3, std::time::Instant::now()),
         "rule file prepared"

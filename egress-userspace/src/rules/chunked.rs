@@ -20,32 +20,28 @@ pub(super) const CHUNK_RULES: usize = 4096;
 const MIN_CHUNK_RULES: usize = 256;
 
 /// A parsed chunk: its first rule's position, its rules, the names they use.
-type Chunk = (usize, Vec<Rule>, HashSet<String>);
+pub(super) type Chunk = (usize, Vec<Rule>, HashSet<String>);
 
-/// The chunked parse of a valid large file; `None`: use the one-piece parse.
-/// `headers`: the byte offsets of the `[[rule]]` header lines (already within
-/// the rule-count limit).
-pub(super) fn parse_chunked(
-    file: &str,
-    text: &str,
-    starts: &[usize],
-    headers: &[usize],
-    loader: &dyn crate::sets::Loader,
-) -> Option<RuleSet> {
+/// What a file says before its first `[[rule]]`, when it says nothing else
+/// than a chunked parse can take.
+#[derive(Clone, PartialEq)]
+pub(super) struct Preamble {
+    pub(super) default_policy: Action,
+    pub(super) audit: bool,
+    pub(super) state: Option<super::state::StateConfig>,
+    pub(super) events: super::events::EventsConfig,
+    pub(super) sets: SetTable,
+}
+
+/// The preamble (default_policy, mode, events, the stateful-mode keys and
+/// sets, nothing else), valid; `None`: use the one-piece parse.
+pub(super) fn preamble(file: &str, text: &str, starts: &[usize], headers: &[usize], loader: &dyn crate::sets::Loader) -> Option<Preamble> {
     // Multi-line strings could hide a header line; such files take the safe path.
     if text.contains("\"\"\"") || text.contains("'''") {
         return None;
     }
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let size = if headers.len() >= 2 * CHUNK_RULES {
-        CHUNK_RULES
-    } else if cpus >= 2 && headers.len() >= 2 * MIN_CHUNK_RULES {
-        headers.len().div_ceil(cpus).max(MIN_CHUNK_RULES)
-    } else {
-        return None;
-    };
-    // The preamble: default_policy and the stateful-mode keys, nothing else.
-    let pre = ImDocument::parse(&text[..headers[0]]).ok()?;
+    let first = *headers.first()?;
+    let pre = ImDocument::parse(&text[..first]).ok()?;
     if pre.as_table().iter().any(|(k, _)| k != "default_policy" && k != "mode" && k != "events" && !is_state_key(k) && !is_sets_key(k)) {
         return None;
     }
@@ -65,6 +61,28 @@ pub(super) fn parse_chunked(
         "deny" => Action::Deny,
         _ => return None,
     };
+    Some(Preamble { default_policy, audit, state, events, sets })
+}
+
+/// The chunked parse of a valid large file; `None`: use the one-piece parse.
+/// `headers`: the byte offsets of the `[[rule]]` header lines (already within
+/// the rule-count limit).
+pub(super) fn parse_chunked(
+    file: &str,
+    text: &str,
+    starts: &[usize],
+    headers: &[usize],
+    loader: &dyn crate::sets::Loader,
+) -> Option<RuleSet> {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let size = if headers.len() >= 2 * CHUNK_RULES {
+        CHUNK_RULES
+    } else if cpus >= 2 && headers.len() >= 2 * MIN_CHUNK_RULES {
+        headers.len().div_ceil(cpus).max(MIN_CHUNK_RULES)
+    } else {
+        return None;
+    };
+    let Preamble { default_policy, audit, state, events, sets } = preamble(file, text, starts, headers, loader)?;
     // (first rule index, byte range) of each chunk.
     let mut chunks: Vec<(usize, Range<usize>)> = Vec::new();
     for (k, group) in headers.chunks(size).enumerate() {
@@ -109,7 +127,7 @@ pub(super) fn parse_chunked(
 
 /// One chunk: exactly its `[[rule]]` tables, every one valid.
 #[allow(clippy::too_many_arguments)]
-fn parse_chunk(
+pub(super) fn parse_chunk(
     file: &str,
     text: &str,
     starts: &[usize],

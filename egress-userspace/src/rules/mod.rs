@@ -10,6 +10,7 @@
 mod chunked;
 mod events;
 mod fqdn;
+mod incremental;
 mod parse;
 mod sets;
 mod state;
@@ -21,6 +22,7 @@ use ipnet::IpNet;
 
 pub use events::EventsConfig;
 pub use fqdn::{DnsConfig, normalize_pattern, pattern_id, pattern_matches};
+pub use incremental::{ParseCache, Reuse, parse_incremental};
 pub use parse::{MAX_NAME_LEN, merge_intervals, parse, parse_cidr, parse_ports, parse_with};
 pub use state::StateConfig;
 

@@ -30,7 +30,7 @@ const GEOIP_KEYS: [&str; 1] = ["database"];
 
 /// The sets of a rule file, by name. A name whose set could not be loaded maps
 /// to `None` (its problem is reported once, at the set).
-#[derive(Default)]
+#[derive(Clone, Default, PartialEq)]
 pub(super) struct SetTable {
     pub(super) sets: Vec<Set>,
     pub(super) names: HashMap<String, Option<usize>>,

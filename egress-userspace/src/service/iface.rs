@@ -75,6 +75,8 @@ pub struct Managed {
     pub inputs: Vec<std::path::PathBuf>,
     /// A cgroup entry's directory (its parent is watched).
     pub cgroup: Option<std::path::PathBuf>,
+    /// The rule file's last parse: the next one parses only the rules that changed.
+    parse_cache: Option<crate::rules::ParseCache>,
 }
 
 impl Managed {
@@ -86,6 +88,7 @@ impl Managed {
             target: None,
             last: None,
             bad_digest: None,
+            parse_cache: None,
             inputs: Vec::new(),
             reloads: 0,
             failures: 0,
@@ -167,7 +170,7 @@ impl Managed {
             return self.done(Outcome::Unchanged);
         }
         // Linted after enforcement: a warning never delays a reload.
-        let (prepared, inputs) = reload::prepare_tracked_unlinted(&self.cfg.rules);
+        let (prepared, inputs) = reload::prepare_tracked_unlinted(&self.cfg.rules, Some(&mut self.parse_cache));
         let inputs_changed = inputs != self.inputs;
         self.inputs = inputs;
         let mut prepared = match prepared {

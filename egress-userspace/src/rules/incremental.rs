@@ -1,0 +1,193 @@
+//! The parse of a rule file that changed a little since its last parse
+//! (`egress run` keeps a [`ParseCache`] per file): the rule blocks (from one
+//! `[[rule]]` header line to the next) it shares with the last parse at its
+//! start and at its end are taken from there, and only the blocks between are
+//! parsed. A rule taken over keeps what it parsed to, with its position and
+//! line moved (one named after its position, `rule-N`, is parsed again).
+//! Anything this cannot take (a changed preamble or set, a file the chunked
+//! parse would not take, any problem) is the one-piece parse's: messages are
+//! always its messages, and the result always equals it (unit test).
+
+use std::collections::HashSet;
+
+use super::{
+    RuleFileError, RuleSet,
+    chunked::{Preamble, parse_chunk, parse_chunked, preamble},
+    parse::{parse_with, rule_headers},
+    toml_diag::line_starts,
+};
+
+/// What the last parse of a file left for the next one.
+pub struct ParseCache {
+    file: String,
+    text: String,
+    headers: Vec<usize>,
+    /// The line of each header (1-based).
+    lines: Vec<usize>,
+    pre: Preamble,
+    rules: Vec<super::Rule>,
+}
+
+/// How many rules the last [`parse_incremental`] took over unparsed (tests, logs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reuse {
+    pub reused: usize,
+    pub parsed: usize,
+}
+
+/// [`parse_with`], reusing what `cache` holds of the file's last parse, and
+/// leaving there what the next parse can reuse (nothing after a one-piece parse).
+pub fn parse_incremental(
+    file: &str,
+    text: &str,
+    loader: &dyn crate::sets::Loader,
+    cache: &mut Option<ParseCache>,
+) -> (Result<RuleSet, RuleFileError>, Reuse) {
+    match incremental(file, text, loader, cache.take()) {
+        Some((rs, c, reuse)) => {
+            *cache = Some(c);
+            (Ok(rs), reuse)
+        }
+        None => {
+            let rs = parse_with(file, text, loader);
+            let parsed = rs.as_ref().map_or(0, |r| r.rules.len());
+            (rs, Reuse { reused: 0, parsed })
+        }
+    }
+}
+
+/// The line of byte `at` (1-based), as the parser counts it.
+fn line_of(starts: &[usize], at: usize) -> usize {
+    starts.partition_point(|&s| s <= at).max(1)
+}
+
+fn incremental(file: &str, text: &str, loader: &dyn crate::sets::Loader, prev: Option<ParseCache>) -> Option<(RuleSet, ParseCache, Reuse)> {
+    let starts = line_starts(text);
+    let headers = rule_headers(text, &starts);
+    let n = headers.len();
+    if n == 0 || n > egress_common::MAX_RULES as usize {
+        return None;
+    }
+    let pre = preamble(file, text, &starts, &headers, loader)?;
+    let end = |h: &[usize], t: &str, i: usize| h.get(i + 1).copied().unwrap_or(t.len());
+    let prev = prev.filter(|p| p.file == file && p.pre == pre);
+    // Blocks shared with the last parse: `a` at the start, `b` at the end.
+    let (a, b) = match &prev {
+        None => (0, 0),
+        Some(p) => {
+            let m = p.headers.len();
+            let same = |i: usize, j: usize| text[headers[i]..end(&headers, text, i)] == p.text[p.headers[j]..end(&p.headers, &p.text, j)];
+            let mut a = 0;
+            while a < n.min(m) && same(a, a) {
+                a += 1;
+            }
+            let mut b = 0;
+            while b < (n - a).min(m - a) && same(n - 1 - b, m - 1 - b) {
+                b += 1;
+            }
+            (a, b)
+        }
+    };
+    let mut rules = Vec::with_capacity(n);
+    match &prev {
+        Some(p) if a + b > 0 => {
+            rules.extend_from_slice(&p.rules[..a]);
+            if a < n - b {
+                let range = headers[a]..if b == 0 { text.len() } else { headers[n - b] };
+                rules.extend(parse_chunk(file, text, &starts, a, range, pre.default_policy, pre.audit, &pre.sets)?.1);
+            }
+            let m = p.headers.len();
+            for k in 0..b {
+                let (i, j) = (n - b + k, m - b + k);
+                let mut r = p.rules[j].clone();
+                let old = r.index;
+                r.index = i as u32 + 1;
+                if r.index != old && r.name == format!("rule-{old}") {
+                    // Named after its position: parsed again at the new one.
+                    let range = headers[i]..end(&headers, text, i);
+                    r = parse_chunk(file, text, &starts, i, range, pre.default_policy, pre.audit, &pre.sets)?.1.pop()?;
+                } else {
+                    r.line = (r.line + line_of(&starts, headers[i])).checked_sub(p.lines[j])?;
+                }
+                rules.push(r);
+            }
+        }
+        // Nothing to reuse: every CPU on a large file, else one piece of rules.
+        _ => match parse_chunked(file, text, &starts, &headers, loader) {
+            Some(rs) => rules = rs.rules,
+            None => rules.extend(parse_chunk(file, text, &starts, 0, headers[0]..text.len(), pre.default_policy, pre.audit, &pre.sets)?.1),
+        },
+    }
+    // What the one-piece parse checks across rules: unique names, no names
+    // by domain (they need [dns], which the preamble here never holds).
+    let mut names = HashSet::with_capacity(n);
+    if rules.len() != n || !rules.iter().all(|r| names.insert(r.name.as_str()) && r.fqdn.is_empty()) {
+        return None;
+    }
+    let reuse = Reuse { reused: if prev.is_some() { a + b } else { 0 }, parsed: n - if prev.is_some() { a + b } else { 0 } };
+    let rs = RuleSet {
+        default_policy: pre.default_policy,
+        audit: pre.audit,
+        rules,
+        state: pre.state,
+        events: pre.events,
+        sets: pre.sets.sets.clone(),
+        dns: None,
+    };
+    let lines = headers.iter().map(|&h| line_of(&starts, h)).collect();
+    let cache = ParseCache { file: file.to_string(), text: text.to_string(), headers, lines, pre, rules: rs.rules.clone() };
+    Some((rs, cache, reuse))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    fn whole(text: &str) -> Result<RuleSet, RuleFileError> {
+        parse_with("r.toml", text, &crate::sets::NoFiles)
+    }
+
+    #[test]
+    fn incremental_parses_equal_the_one_piece_parse() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let base = crate::ruleset_gen::realistic(700, 50, 2);
+        let starts = line_starts(&base);
+        let heads = rule_headers(&base, &starts);
+        let pre = base[..heads[0]].to_string();
+        let mut blocks: Vec<String> =
+            (0..heads.len()).map(|i| base[heads[i]..heads.get(i + 1).copied().unwrap_or(base.len())].to_string()).collect();
+        let mut cache = None;
+        let mut reused = 0;
+        for step in 0..60 {
+            let at = rng.gen_range(0..blocks.len());
+            match step % 5 {
+                // Insert a named rule, an unnamed one, remove, change ports, a bad rule.
+                0 => blocks.insert(
+                    at,
+                    format!("[[rule]]\nname = \"new{step}\"\naction = \"deny\"\nprotocol = \"tcp\"\nports = \"{}\"\n\n", 100 + step),
+                ),
+                1 => blocks.insert(at, "[[rule]]\naction = \"allow\"\nprotocol = \"udp\"\n\n".to_string()),
+                2 => {
+                    blocks.remove(at);
+                }
+                3 => blocks[at] = blocks[at].replacen("action = \"deny\"", "action = \"allow\"", 1),
+                _ => {
+                    let bad = format!("[[rule]]\nname = \"bad{step}\"\nports = \"99999\"\nprotocol = \"tcp\"\n\n");
+                    let text = format!("{pre}{}{bad}", blocks.concat());
+                    let (got, _) = parse_incremental("r.toml", &text, &crate::sets::NoFiles, &mut cache);
+                    assert_eq!(got.unwrap_err().to_string(), whole(&text).unwrap_err().to_string(), "step {step}");
+                }
+            }
+            let text = format!("{pre}{}", blocks.concat());
+            let (got, reuse) = parse_incremental("r.toml", &text, &crate::sets::NoFiles, &mut cache);
+            assert_eq!(got.unwrap(), whole(&text).unwrap(), "step {step}");
+            reused += reuse.reused;
+        }
+        assert!(reused > 60 * 500, "most rules were taken over: {reused}");
+        // A changed preamble: parsed whole, equal again.
+        let text = format!("default_policy = \"deny\"\n{}", blocks.concat());
+        let (got, reuse) = parse_incremental("r.toml", &text, &crate::sets::NoFiles, &mut cache);
+        assert_eq!((got.unwrap(), reuse.reused), (whole(&text).unwrap(), 0));
+    }
+}
