@@ -264,7 +264,7 @@ fn apply_at(req: ApplyRequest<'_>) -> Result<Applied> {
         Hook::Cgroup => super::cgroup::switch(&mut loaded, t, &key),
     };
     let attachment = match switched {
-        Ok(a) => (a, std::time::Instant::now()),
+        Ok(a) => a,
         Err(e) => {
             let _ = fs::remove_dir_all(&gdir);
             if companion.is_some() && comp_fresh {
@@ -273,7 +273,7 @@ fn apply_at(req: ApplyRequest<'_>) -> Result<Applied> {
             return Err(e);
         }
     };
-    let (attachment, enforced_at) = attachment;
+    let enforced_at = std::time::Instant::now();
     let halves = loaded.hot.then_some(state::Halves { caps: loaded.caps, epoch: 0, events: req.events });
     drop(loaded);
     if !cgroup && !needs_companion && (comp_path.exists() || prev_comp_nl.is_some()) {

@@ -99,7 +99,7 @@ pub(super) fn reload(prev: &State, req: ApplyRequest<'_>) -> Result<Applied> {
     // The flip: from here on every packet that reads EPOCH gets the new half.
     Mapped::new(&open(key, g, MAP_EPOCH)?, MAP_EPOCH)?.store_u32(0, next)?;
     let enforced_at = Instant::now();
-    let enforced = start.elapsed();
+    let enforced = enforced_at - start;
 
     let now = now_unix();
     let mut rules = req.rules;

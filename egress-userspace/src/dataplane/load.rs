@@ -387,6 +387,11 @@ fn map_of<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Map> {
     ebpf.map(name).ok_or_else(|| DataplaneError::Other(format!("no map {name}")))
 }
 
+/// One counter's values on every CPU, summed (the latest `last`).
+fn sum_cpus(values: impl Iterator<Item = Counter>) -> Counter {
+    values.fold(Counter::default(), |c, v| Counter { packets: c.packets + v.packets, bytes: c.bytes + v.bytes, last: c.last.max(v.last) })
+}
+
 /// COUNTERS summed over CPUs, every entry (batched: one syscall per 65,536).
 pub(super) fn sum_counters(map: &Map) -> Result<Vec<Counter>> {
     let Map::PerCpuArray(data) = map else {
@@ -398,15 +403,8 @@ pub(super) fn sum_counters(map: &Map) -> Result<Vec<Counter>> {
         return Ok(values
             .chunks_exact(stride)
             .map(|per_cpu| {
-                let mut c = Counter::default();
-                for v in per_cpu.chunks_exact(each) {
-                    // SAFETY: `each` >= size_of::<Counter>() bytes, a plain-data value as the kernel stores it.
-                    let v: Counter = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
-                    c.packets += v.packets;
-                    c.bytes += v.bytes;
-                    c.last = c.last.max(v.last);
-                }
-                c
+                // SAFETY: `each` >= size_of::<Counter>() bytes, a plain-data value as the kernel stores it.
+                sum_cpus(per_cpu.chunks_exact(each).map(|v| unsafe { std::ptr::read_unaligned(v.as_ptr().cast::<Counter>()) }))
             })
             .collect());
     }
@@ -414,13 +412,7 @@ pub(super) fn sum_counters(map: &Map) -> Result<Vec<Counter>> {
     let mut out = Vec::with_capacity(arr.len() as usize);
     for i in 0..arr.len() {
         let per_cpu = arr.get(&i, 0).map_err(map_err("read COUNTERS"))?;
-        let mut c = Counter::default();
-        for v in per_cpu.iter() {
-            c.packets += v.packets;
-            c.bytes += v.bytes;
-            c.last = c.last.max(v.last);
-        }
-        out.push(c);
+        out.push(sum_cpus(per_cpu.iter().copied()));
     }
     Ok(out)
 }

@@ -22,6 +22,8 @@ pub(super) struct Mapped {
     ptr: *mut u8,
     len: usize,
     elem: usize,
+    /// The map's value size (entries are `elem`, this rounded up to 8, apart).
+    value_size: usize,
     entries: u32,
     name: String,
 }
@@ -44,7 +46,14 @@ impl Mapped {
         if ptr == libc::MAP_FAILED {
             return Err(DataplaneError::MapMemory { op: format!("map {name} into memory"), error: io::Error::last_os_error() });
         }
-        Ok(Mapped { ptr: ptr.cast(), len, elem, entries: info.max_entries(), name: name.to_string() })
+        Ok(Mapped {
+            ptr: ptr.cast(),
+            len,
+            elem,
+            value_size: info.value_size() as usize,
+            entries: info.max_entries(),
+            name: name.to_string(),
+        })
     }
 
     /// Writes `new` (entries of `size` bytes) at entries `start..`, skipping
@@ -52,10 +61,11 @@ impl Mapped {
     /// Only for entries no program reads meanwhile (a fresh map, an idle half).
     pub(super) fn write_diff(&mut self, start: u32, size: usize, new: &[u8]) -> Result<u64> {
         let n = new.len() / size.max(1);
-        if size == 0 || size > self.elem || !new.len().is_multiple_of(size) || start as usize + n > self.entries as usize {
+        // The exact value size: entries written to the wrong map never fit.
+        if size != self.value_size || !new.len().is_multiple_of(size) || start as usize + n > self.entries as usize {
             return Err(DataplaneError::Other(format!(
                 "map {}: {n} entries of {size} bytes at {start} do not fit its {} entries of {} bytes",
-                self.name, self.entries, self.elem
+                self.name, self.entries, self.value_size
             )));
         }
         // SAFETY: bounds checked above: entries start..start + n lie in the

@@ -124,7 +124,8 @@ fn incremental(file: &str, text: &str, loader: &dyn crate::sets::Loader, prev: O
     if rules.len() != n || !rules.iter().all(|r| names.insert(r.name.as_str()) && r.fqdn.is_empty()) {
         return None;
     }
-    let reuse = Reuse { reused: if prev.is_some() { a + b } else { 0 }, parsed: n - if prev.is_some() { a + b } else { 0 } };
+    let reused = if prev.is_some() { a + b } else { 0 };
+    let reuse = Reuse { reused, parsed: n - reused };
     let rs = RuleSet {
         default_policy: pre.default_policy,
         audit: pre.audit,
