@@ -611,7 +611,21 @@ pub const MAX_MAX_FLOWS: u32 = 1 << 22;
 /// Longest idle timeout accepted, seconds (30 days).
 pub const MAX_TIMEOUT_S: u64 = 30 * 86_400;
 
-/// COUNTERS value (per CPU; user space sums the CPUs).
+/// Load-time global: COUNTERS' entries per CPU ([`counter_stride`]); CPU
+/// `c`'s slots start at entry `c * stride`.
+pub const GLOBAL_COUNTER_STRIDE: &str = "COUNTER_STRIDE";
+
+/// COUNTERS' entries per CPU for `slots` counter slots (every half's). COUNTERS
+/// is one flat array, a run of `stride` entries per possible CPU: a packet's
+/// counter is one array read away (a per-CPU array reads a pointer first, then
+/// the CPU's value: two cold cache lines a packet when many rules count). A
+/// run is a whole number of 64-byte lines (8 entries of 24 bytes), so no two
+/// CPUs write one line.
+pub const fn counter_stride(slots: u32) -> u32 {
+    slots.div_ceil(8) * 8
+}
+
+/// COUNTERS value (one per CPU and slot; user space sums the CPUs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counter {

@@ -87,11 +87,12 @@ pub static RANGES: Array<PortRange> = Array::with_max_entries(MAX_RANGES, MMAPAB
 #[map]
 pub static EPOCH: Array<u32> = Array::with_max_entries(1, MMAPABLE);
 
-/// Per-rule counters, per CPU. Index: 0 = default policy, i = rule i (file order).
+/// Per-rule counters, a run of slots per CPU (egress-common's `counter_stride`):
+/// entry `cpu * stride + slot`, slot 0 = default policy, i = rule i (file order).
 /// Written by the program; read (and summed over CPUs) by `egress counters`. User
-/// space sizes it to the rule count + 1 at load.
+/// space sizes it to the possible CPUs times the stride at load.
 #[map]
-pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_RULES + 1, 0);
+pub static COUNTERS: Array<Counter> = Array::with_max_entries(MAX_RULES + 1, MMAPABLE);
 
 /// Packets the rules never saw, per CPU, indexed by the `STAT_*` consts. Written by
 /// the program; read by `egress counters`.

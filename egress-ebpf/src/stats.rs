@@ -1,8 +1,8 @@
 //! Counters: per-rule packets/bytes, the time of the latest packet, and the
-//! STATS slots. Per-CPU maps, so plain adds are race-free; user space sums the
-//! CPUs (and takes the latest time).
+//! STATS slots. Each CPU writes only its own values, so plain adds are
+//! race-free; user space sums the CPUs (and takes the latest time).
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns};
 
 use crate::{
     frame::Frame,
@@ -35,11 +35,19 @@ fn coarse_now() -> u64 {
     }
 }
 
+/// Load-time global (set by user space): COUNTERS' entries per CPU
+/// (egress-common's `GLOBAL_COUNTER_STRIDE`).
+#[unsafe(no_mangle)]
+static COUNTER_STRIDE: u32 = 0;
+
 #[inline(always)]
 /// Counts a packet for rule `slot` in the half whose counters start at `base`
-/// (epoch.rs; 0 in the programs that never read EPOCH).
+/// (epoch.rs; 0 in the programs that never read EPOCH), in this CPU's run of
+/// COUNTERS: no other CPU writes it, so plain adds are race-free.
 pub fn count_rule(ctx: &impl Frame, base: u32, slot: u32) {
-    if let Some(c) = COUNTERS.get_ptr_mut(base.wrapping_add(slot)) {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let stride = unsafe { core::ptr::read_volatile(&COUNTER_STRIDE) };
+    if let Some(c) = COUNTERS.get_ptr_mut(cpu.wrapping_mul(stride).wrapping_add(base).wrapping_add(slot)) {
         unsafe {
             (*c).packets += ctx.packets();
             (*c).bytes += ctx.bytes();

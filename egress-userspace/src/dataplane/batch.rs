@@ -1,24 +1,15 @@
-//! Batched array access: entries written (BPF_MAP_UPDATE_BATCH) and read
-//! (BPF_MAP_LOOKUP_BATCH) many to a syscall, laid out as the kernel reads
-//! them. Per-CPU counters are zeroed for a hot reload's idle half and read for
-//! the counter fold and `egress counters` this way. Kernels without batch
-//! support for a map type get one syscall per entry.
+//! Batched reads of a per-CPU array (BPF_MAP_LOOKUP_BATCH), many entries to a
+//! syscall, laid out as the kernel reads them: an earlier egress's per-CPU
+//! COUNTERS (counters.rs). Kernels without batch support for the map type
+//! get one syscall per entry.
 
 use std::io;
 
 use aya::maps::MapData;
 
-use super::{BPF_MAP_UPDATE_ELEM, DataplaneError, ElemAttr, Result};
+use super::{DataplaneError, Result};
 
-/// Array entries laid out as the kernel reads them in a batch: keys (the u32
-/// indexes) in one buffer, values in another.
-struct Batch {
-    keys: Vec<u8>,
-    values: Vec<u8>,
-    count: usize,
-}
-
-/// `union bpf_attr` as BPF_MAP_UPDATE_BATCH and BPF_MAP_LOOKUP_BATCH read it.
+/// `union bpf_attr` as BPF_MAP_LOOKUP_BATCH reads it.
 #[repr(C)]
 #[derive(Default)]
 struct BatchAttr {
@@ -32,7 +23,6 @@ struct BatchAttr {
     flags: u64,
 }
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 /// Entries per batch syscall: big enough that the syscall cost vanishes, small
 /// enough that a failing entry is found quickly.
 const BATCH_CHUNK: usize = 65_536;
@@ -43,82 +33,12 @@ pub(super) fn fd_of(data: &MapData) -> u32 {
     data.fd().as_fd().as_raw_fd() as u32
 }
 
-/// Writes a batch into the map behind `fd` with BPF_MAP_UPDATE_BATCH, one
-/// syscall per [`BATCH_CHUNK`] entries. Kernels without batch support for the
-/// map type (EINVAL/ENOTSUPP before any entry is written) get one update per entry.
-fn write_batch_fd(fd: u32, name: &str, b: &Batch) -> Result<()> {
-    if b.count == 0 {
-        return Ok(());
-    }
-    let (ks, vs) = (b.keys.len() / b.count, b.values.len() / b.count);
-    let mut done = 0;
-    while done < b.count {
-        let n = (b.count - done).min(BATCH_CHUNK);
-        let mut attr = BatchAttr {
-            keys: b.keys[done * ks..].as_ptr() as u64,
-            values: b.values[done * vs..].as_ptr() as u64,
-            count: n as u32,
-            map_fd: fd,
-            ..BatchAttr::default()
-        };
-        // SAFETY: attr points at live buffers holding `n` keys and values of the
-        // map's sizes; the kernel only reads them (and writes attr.count).
-        let rc =
-            unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>()) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            let unsupported = matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(524 /* ENOTSUPP */));
-            if done == 0 && attr.count == 0 && unsupported {
-                return write_one_by_one(fd, name, b, ks, vs);
-            }
-            let at = done + attr.count as usize;
-            return Err(DataplaneError::MapMemory { op: format!("write map {name}: entry {at} of {}", b.count), error: e });
-        }
-        done += n;
-    }
-    Ok(())
-}
-
-fn write_one_by_one(fd: u32, name: &str, b: &Batch, ks: usize, vs: usize) -> Result<()> {
-    for i in 0..b.count {
-        let mut attr = ElemAttr {
-            map_fd: fd,
-            key: b.keys[i * ks..].as_ptr() as u64,
-            value: b.values[i * vs..].as_ptr() as u64,
-            ..ElemAttr::default()
-        };
-        // SAFETY: as in write_batch, for one entry.
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_ELEM, &mut attr as *mut ElemAttr, std::mem::size_of::<ElemAttr>()) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            return Err(DataplaneError::MapMemory { op: format!("write map {name}: entry {i} of {}", b.count), error: e });
-        }
-    }
-    Ok(())
-}
-
-/// Zeroes `n` entries from `start` of the per-CPU array behind `fd`, whose
-/// values are `size` bytes, on every CPU (hot.rs: a half's counters).
-pub(super) fn zero_per_cpu(fd: u32, name: &str, start: u32, n: u32, size: usize) -> Result<()> {
-    let stride = size.next_multiple_of(8) * possible_cpus()?;
-    let mut b = Batch { keys: Vec::with_capacity(n as usize * 4), values: vec![0; n as usize * stride], count: n as usize };
-    for i in 0..n {
-        b.keys.extend_from_slice(&(start + i).to_ne_bytes());
-    }
-    write_batch_fd(fd, name, &b)
-}
-
-/// The CPUs a per-CPU map holds a value for.
-fn possible_cpus() -> Result<usize> {
-    aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io { op: "count the possible CPUs".into(), source: e })
-}
-
 /// Entries `0..n` of the per-CPU array behind `data`, whose values are `size`
 /// bytes: each entry's values on every CPU, `size` rounded up to 8 bytes apart
 /// (as the kernel lays them out). None: the kernel has no batch lookup for
 /// the map (read it entry by entry).
 pub(super) fn read_per_cpu(data: &MapData, name: &str, n: u32, size: usize) -> Result<Option<(Vec<u8>, usize)>> {
-    let stride = size.next_multiple_of(8) * possible_cpus()?;
+    let stride = size.next_multiple_of(8) * super::counters::possible_cpus()?;
     let fd = fd_of(data);
     let mut values = vec![0u8; n as usize * stride];
     let mut keys = vec![0u8; n as usize * 4];

@@ -21,12 +21,11 @@
 use std::time::Instant;
 
 use aya::maps::{Array, Map, MapData};
-use egress_common::{Counter, MAP_COUNTERS, MAP_EPOCH, half_of};
+use egress_common::{MAP_COUNTERS, MAP_EPOCH, half_of};
 
 use super::{
     DataplaneError, Result,
     apply::{Applied, ApplyRequest, Carry, ReloadPath, carry, fold_pending, removed},
-    batch::{fd_of, zero_per_cpu},
     fill::tables,
     load::flow_cache_slots,
     map_err,
@@ -49,6 +48,11 @@ pub(super) fn refusal(p: &State, req: &ApplyRequest<'_>) -> Option<String> {
         "the flow cache's size changed".to_string()
     } else if p.halves.is_none() {
         "the loaded maps have one half".to_string()
+    } else if open(&p.key, p.maps_generation(), MAP_COUNTERS)
+        .and_then(super::counters::as_map)
+        .is_ok_and(|m| matches!(m, Map::PerCpuArray(_)))
+    {
+        "the loaded maps count per CPU (an earlier egress)".to_string()
     } else if p.halves.as_ref().is_some_and(|h| h.events != req.events) {
         "the [events] settings changed".to_string()
     } else if p.debug != req.debug {
@@ -88,8 +92,7 @@ pub(super) fn reload(prev: &State, req: ApplyRequest<'_>) -> Result<Applied> {
     let b = h.caps.bases(half_of(next));
     let c = req.compiled;
     let placed = place(c, &b);
-    let counters = open(key, g, MAP_COUNTERS)?;
-    zero_per_cpu(fd_of(&counters), MAP_COUNTERS, b.counters, c.counter_slots, size_of::<Counter>())?;
+    super::counters::zero(&open(key, g, MAP_COUNTERS)?, b.counters, c.counter_slots)?;
     // The idle half holds an older rule set (two reloads ago, or zeros after
     // a load): compared in place, only the entries that differ are written.
     let mut written = 0;

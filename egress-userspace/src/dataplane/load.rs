@@ -1,6 +1,6 @@
 //! Loading: create the maps of one rule-set generation, have the compiled rule
 //! set written into them (fill.rs), load the programs through the verifier.
-//! Also reads the per-CPU counters of a generation (live or pinned).
+//! Also reads the counters of a generation (live or pinned; counters.rs).
 
 use std::path::{Path, PathBuf};
 
@@ -14,11 +14,11 @@ use egress_common::{
     MAP_DNS_TAIL_CG, cgroup_program,
 };
 use egress_common::{
-    Counter, FLOW_CACHE_ENTRIES, GLOBAL_CONN_ON, GLOBAL_DEFAULT_ACTION, GLOBAL_EVENT_INTERVAL, GLOBAL_EVENT_TOLERANCE, GLOBAL_FLOW_MASK,
-    GLOBAL_GENERATION, GLOBAL_HALF_COUNTERS, GLOBAL_HALF_DIR_V4, GLOBAL_HALF_DIR_V6, GLOBAL_HAS_ETH, GLOBAL_HOT, GLOBAL_TO_ICMP,
-    GLOBAL_TO_TCP_CLOSING, GLOBAL_TO_TCP_EST, GLOBAL_TO_UDP, MAP_CONN_STATS, MAP_CONN_V4, MAP_CONN_V6, MAP_COUNTERS, MAP_DEBUG_LOG,
-    MAP_DNS_TAIL_TC, MAP_DNS_TAIL_XDP, MAP_EVENT_LIMITS, MAP_EVENT_STATS, MAP_EVENTS, MAP_FLOW_V4, MAP_FLOW_V6, MAP_STATS,
-    MAX_FLOW_CACHE_ENTRIES, MIN_MAX_FLOWS, STATS_LEN, TRACK_PROGRAM_NAME, classifier_program,
+    Counter, FLOW_CACHE_ENTRIES, GLOBAL_CONN_ON, GLOBAL_COUNTER_STRIDE, GLOBAL_DEFAULT_ACTION, GLOBAL_EVENT_INTERVAL,
+    GLOBAL_EVENT_TOLERANCE, GLOBAL_FLOW_MASK, GLOBAL_GENERATION, GLOBAL_HALF_COUNTERS, GLOBAL_HALF_DIR_V4, GLOBAL_HALF_DIR_V6,
+    GLOBAL_HAS_ETH, GLOBAL_HOT, GLOBAL_TO_ICMP, GLOBAL_TO_TCP_CLOSING, GLOBAL_TO_TCP_EST, GLOBAL_TO_UDP, MAP_CONN_STATS, MAP_CONN_V4,
+    MAP_CONN_V6, MAP_COUNTERS, MAP_DEBUG_LOG, MAP_DNS_TAIL_TC, MAP_DNS_TAIL_XDP, MAP_EVENT_LIMITS, MAP_EVENT_STATS, MAP_EVENTS,
+    MAP_FLOW_V4, MAP_FLOW_V6, MAP_STATS, MAX_FLOW_CACHE_ENTRIES, MIN_MAX_FLOWS, STATS_LEN, TRACK_PROGRAM_NAME, classifier_program,
 };
 
 use super::{DataplaneError, EBPF_OBJECT, Result, map_err, prog_err};
@@ -45,6 +45,8 @@ pub(super) struct Globals {
     halves: [u32; 3],
     /// 1: the program reads EPOCH (hot reloads).
     hot: u32,
+    /// COUNTERS' entries per CPU (egress-common's `counter_stride`).
+    counter_stride: u32,
 }
 
 impl Globals {
@@ -53,13 +55,30 @@ impl Globals {
         let to = [ns(sc.tcp_established), ns(sc.tcp_closing), ns(sc.udp), ns(sc.icmp)];
         let event_interval = if ev.rate == 0 { 0 } else { 1_000_000_000 / u64::from(ev.rate) };
         let event_tolerance = event_interval * u64::from(ev.burst.max(1) - 1);
-        Globals { default_action, has_eth: has_eth as u32, generation, mask, to, event_interval, event_tolerance, halves: [0; 3], hot: 0 }
+        Globals {
+            default_action,
+            has_eth: has_eth as u32,
+            generation,
+            mask,
+            to,
+            event_interval,
+            event_tolerance,
+            halves: [0; 3],
+            hot: 0,
+            counter_stride: 0,
+        }
     }
 
     /// The halves' sizes of maps loaded with `caps`, read through EPOCH (hot.rs).
     pub(super) fn with_halves(mut self, caps: &Caps) -> Globals {
         self.halves = [caps.dir_v4, caps.dir_v6, caps.counters];
         self.hot = 1;
+        self
+    }
+
+    /// COUNTERS' entries per CPU in the maps loaded (0 in a program that counts nothing).
+    pub(super) fn with_counter_stride(mut self, stride: u32) -> Globals {
+        self.counter_stride = stride;
         self
     }
 
@@ -81,6 +100,7 @@ impl Globals {
             .override_global(GLOBAL_HALF_DIR_V6, &self.halves[1], true)
             .override_global(GLOBAL_HALF_COUNTERS, &self.halves[2], true)
             .override_global(GLOBAL_HOT, &self.hot, true)
+            .override_global(GLOBAL_COUNTER_STRIDE, &self.counter_stride, true)
             // Only cgroup attachments use it (pinned for the host, see cgroup.rs).
             .map_max_entries(MAP_CG_OWNERS, 1);
         loader
@@ -195,6 +215,8 @@ impl Loaded {
         let halves: u32 = if hot { 2 } else { 1 };
         let globals = Globals::new(c.default_action, has_eth, generation, mask, &sc, &o.events);
         let globals = if hot { globals.with_halves(&caps) } else { globals };
+        let (stride, counter_entries) = super::counters::layout(halves * caps.counters)?;
+        let globals = globals.with_counter_stride(stride);
         let mut loader = globals.loader();
         loader.override_global(GLOBAL_CONN_ON, &conn_on, true);
         let dns_globals = super::dns::DnsGlobals::new(o.dns.as_ref());
@@ -227,7 +249,7 @@ impl Loaded {
             loader.map_max_entries(name, halves * cap);
         }
         loader
-            .map_max_entries(MAP_COUNTERS, halves * caps.counters)
+            .map_max_entries(MAP_COUNTERS, counter_entries)
             .map_max_entries(MAP_FLOW_V4, cache_entries)
             .map_max_entries(MAP_FLOW_V6, cache_entries);
         let table;
@@ -307,7 +329,7 @@ impl Loaded {
 
     /// Summed counters of the rule set loaded (index 0 = default policy; half 0).
     pub fn counters(&self) -> Result<Vec<Counter>> {
-        let mut all = sum_counters(map_of(&self.ebpf, MAP_COUNTERS)?)?;
+        let mut all = super::counters::sum(map_of(&self.ebpf, MAP_COUNTERS)?)?;
         all.truncate(self.slots as usize);
         Ok(all)
     }
@@ -387,36 +409,6 @@ fn map_of<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Map> {
     ebpf.map(name).ok_or_else(|| DataplaneError::Other(format!("no map {name}")))
 }
 
-/// One counter's values on every CPU, summed (the latest `last`).
-fn sum_cpus(values: impl Iterator<Item = Counter>) -> Counter {
-    values.fold(Counter::default(), |c, v| Counter { packets: c.packets + v.packets, bytes: c.bytes + v.bytes, last: c.last.max(v.last) })
-}
-
-/// COUNTERS summed over CPUs, every entry (batched: one syscall per 65,536).
-pub(super) fn sum_counters(map: &Map) -> Result<Vec<Counter>> {
-    let Map::PerCpuArray(data) = map else {
-        return Err(DataplaneError::Other("COUNTERS is not a per-CPU array".into()));
-    };
-    let n = data.info().map_err(map_err("read COUNTERS' info"))?.max_entries();
-    if let Some((values, stride)) = super::batch::read_per_cpu(data, MAP_COUNTERS, n, size_of::<Counter>())? {
-        let each = size_of::<Counter>().next_multiple_of(8);
-        return Ok(values
-            .chunks_exact(stride)
-            .map(|per_cpu| {
-                // SAFETY: `each` >= size_of::<Counter>() bytes, a plain-data value as the kernel stores it.
-                sum_cpus(per_cpu.chunks_exact(each).map(|v| unsafe { std::ptr::read_unaligned(v.as_ptr().cast::<Counter>()) }))
-            })
-            .collect());
-    }
-    let arr: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(map).map_err(map_err("open COUNTERS"))?;
-    let mut out = Vec::with_capacity(arr.len() as usize);
-    for i in 0..arr.len() {
-        let per_cpu = arr.get(&i, 0).map_err(map_err("read COUNTERS"))?;
-        out.push(sum_cpus(per_cpu.iter().copied()));
-    }
-    Ok(out)
-}
-
 /// A per-CPU u64 array (STATS and the like) summed over CPUs.
 pub(super) fn sum_stats<T: std::borrow::Borrow<MapData>>(arr: &PerCpuArray<T, u64>) -> Result<Vec<u64>> {
     let mut out = Vec::with_capacity(STATS_LEN as usize);
@@ -438,7 +430,7 @@ pub(super) fn read_pinned(gdir: &Path) -> Result<(Vec<Counter>, Vec<u64>)> {
         let p = gdir.join(name);
         MapData::from_pin(&p).map_err(map_err(format!("open pinned map {}", p.display())))
     };
-    let counters = sum_counters(&Map::PerCpuArray(open(MAP_COUNTERS)?))?;
+    let counters = super::counters::sum(&super::counters::as_map(open(MAP_COUNTERS)?)?)?;
     let stats = stats_of(&Map::PerCpuArray(open(MAP_STATS)?))?;
     Ok((counters, stats))
 }

@@ -1,4 +1,4 @@
-//! The rule maps mapped into user space (BPF_F_MMAPABLE arrays): writing a
+//! The rule maps and COUNTERS mapped into user space (BPF_F_MMAPABLE arrays): writing a
 //! rule set is a memory compare and copy instead of one kernel update per
 //! entry, and a hot reload reads what the idle half holds in place, so it
 //! writes only the entries that differ. EPOCH's flip is one aligned 4-byte
@@ -79,6 +79,29 @@ impl Mapped {
             }
         }
         Ok(written)
+    }
+
+    /// Every entry as a `T` (plain data of the map's value size), each read
+    /// once while programs may be writing it (COUNTERS' sums).
+    pub(super) fn read_all<T: Copy>(&self) -> Result<Vec<T>> {
+        if size_of::<T>() != self.value_size || align_of::<T>() > 8 {
+            return Err(DataplaneError::Other(format!("map {}: values of {} bytes, not {}", self.name, self.value_size, size_of::<T>())));
+        }
+        // SAFETY: entries 0..entries lie in the mapping, `elem` bytes apart from
+        // its page-aligned start, so each is aligned for T (at most 8) and
+        // holds size_of::<T>() bytes; volatile, as the kernel writes them.
+        Ok((0..self.entries as usize).map(|i| unsafe { std::ptr::read_volatile(self.ptr.add(i * self.elem).cast::<T>()) }).collect())
+    }
+
+    /// Zeroes `n` entries from `start`. Only for entries no program writes
+    /// meanwhile (an idle half's counters).
+    pub(super) fn zero(&mut self, start: u32, n: u32) -> Result<()> {
+        if start as usize + n as usize > self.entries as usize {
+            return Err(DataplaneError::Other(format!("map {}: entries {start}..+{n} past its {}", self.name, self.entries)));
+        }
+        // SAFETY: bounds checked above.
+        unsafe { std::ptr::write_bytes(self.ptr.add(start as usize * self.elem), 0, n as usize * self.elem) };
+        Ok(())
     }
 
     /// One aligned 4-byte store at entry `index` (EPOCH's flip).

@@ -4,7 +4,7 @@
 //! - `env`: mount and network namespaces, bpffs, interface facts, netns cookies.
 //! - `load`: create maps, load the programs; `fill`: write a compiled rule set
 //!   into the fresh maps; `batch`: array entries written and read many to a
-//!   syscall (counters zeroed, summed).
+//!   syscall; `counters`: COUNTERS, a run of slots per CPU, summed and zeroed.
 //! - `link`: attach, replace (bpf_link_update) and detach; link health; the
 //!   RCU barrier that tells when no CPU still runs a replaced program.
 //! - `cgroup`: cgroup attachments (a cgroup v2 directory's packets and socket
@@ -34,6 +34,7 @@ mod apply;
 mod batch;
 mod cgroup;
 mod conn;
+mod counters;
 mod debug_log;
 mod dns;
 mod env;

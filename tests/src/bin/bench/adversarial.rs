@@ -11,8 +11,7 @@ use egress::{
     dataplane::Loaded,
     packet::{self, Shape},
     reference::{L4, PacketMeta},
-    rules,
-    ruleset_gen::{self, FLOW_PORT_BASE},
+    rules, ruleset_gen,
 };
 use egress_common::PASS_PROGRAM_NAME;
 use egress_tests::B4;
@@ -20,7 +19,7 @@ use egress_tests::B4;
 use crate::{
     median,
     report::SpeedResult,
-    testrun::{map_fds, map_memory_since, named, new_flow_src, run_ns},
+    testrun::{map_fds, map_memory_since, named, new_flow, new_flow_src, run_ns},
 };
 
 /// 1000000 -> "1,000,000".
@@ -111,11 +110,9 @@ pub(crate) fn adversarial_part(n: usize, entries: usize, rounds: usize, md: &mut
             "realistic (as part 1)".into(),
             realistic,
             None,
-            Box::new(move |i| PacketMeta {
-                src: new_flow_src(false, i),
-                dst: B4.into(),
-                proto: 17,
-                l4: L4::Ports { dport: FLOW_PORT_BASE + (i % flows as u64) as u16 },
+            Box::new(move |i| {
+                let (src, dport) = new_flow(false, i, flows);
+                PacketMeta { src, dst: B4.into(), proto: 17, l4: L4::Ports { dport } }
             }),
         ),
         (
@@ -210,6 +207,7 @@ pub(crate) fn adversarial_part(n: usize, entries: usize, rounds: usize, md: &mut
         let frame = |i: u64| packet::build(&packet_of(i), &Shape { payload: 18, ..Shape::default() });
         let (mut empty, mut hit, mut miss) = (Vec::new(), Vec::new(), Vec::new());
         let mut fresh = 1_000_000u64;
+        let pin = crate::PinnedCpu::last();
         for _ in 0..rounds {
             for eg in [false, true] {
                 let name = if eg { egress_common::PROGRAM_NAME } else { PASS_PROGRAM_NAME };
@@ -228,6 +226,7 @@ pub(crate) fn adversarial_part(n: usize, entries: usize, rounds: usize, md: &mut
                 }
             }
         }
+        drop(pin);
         let mut eh: Vec<f64> = empty.iter().map(|e| e.0).collect();
         let mut em: Vec<f64> = empty.iter().map(|e| e.1).collect();
         let (eh, em) = (median(&mut eh), median(&mut em));

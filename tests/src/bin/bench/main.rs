@@ -31,6 +31,7 @@ use egress::{
 use egress_tests::{A4, A6, B4, B6, is_root};
 
 mod adversarial;
+mod cachesize;
 mod cgroup;
 mod dns;
 mod firewalls;
@@ -76,6 +77,8 @@ struct Opts {
     pps_only: bool,
     /// Only part 1b (adversarial rule-set shapes).
     adversarial_only: bool,
+    /// Only part 1h (the flow cache's size).
+    cache_only: bool,
 }
 
 fn main() -> ExitCode {
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         cgroup_only: false,
         pps_only: false,
         adversarial_only: false,
+        cache_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
             "--cgroup-only" => opts.cgroup_only = true,
             "--pps-only" => opts.pps_only = true,
             "--adversarial-only" => opts.adversarial_only = true,
+            "--cache-only" => opts.cache_only = true,
             "--testrun-only" => opts.testrun_only = true,
             "--sizes" => opts.sizes = args.next().map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect()),
             "--out" => opts.out = args.next(),
@@ -140,7 +145,7 @@ fn main() -> ExitCode {
             }
             "-h" | "--help" => {
                 println!(
-                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only | --testrun-only | --flood-only | --lint-only | --adversarial-only | --dns-only | --cgroup-only | --pps-only] [--out FILE] | --generate N [pairs|nested|ports|fan|blocklist]\n\
+                    "egress-bench [--quick] [--sizes N,N,..] [--traffic-only | --reload-only | --testrun-only | --flood-only | --lint-only | --adversarial-only | --cache-only | --dns-only | --cgroup-only | --pps-only] [--out FILE] | --generate N [pairs|nested|ports|fan|blocklist]\n\
                      see `cargo xtask bench --help`; --sizes, --traffic-only, --reload-only and --testrun-only are for exploring, not for BENCHMARKS.md"
                 );
                 return ExitCode::SUCCESS;
@@ -155,11 +160,54 @@ fn main() -> ExitCode {
         eprintln!("error: the benchmark loads eBPF and creates namespaces: run it as root");
         return ExitCode::from(1);
     }
+    // Parts 1c and 1g pin maps, as `egress` does: mount the bpf filesystem
+    // on a fresh machine where nothing has yet.
+    if let Err(e) = egress::dataplane::ensure_bpffs() {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(1);
+    }
     match run(&opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Keeps the calling thread on one CPU until dropped, then restores its
+/// mask. BPF_PROG_TEST_RUN runs the program on the caller's CPU: a thread
+/// that wanders between CPUs finds the maps warm in one CPU's caches and
+/// cold in the other's, and counts into two runs of COUNTERS, which is
+/// noise, not cost. Only around the test-run parts: processes and threads
+/// started meanwhile would inherit the mask.
+struct PinnedCpu(Option<libc::cpu_set_t>);
+
+impl PinnedCpu {
+    fn last() -> PinnedCpu {
+        // SAFETY: cpu_set_t is plain data; sched_getaffinity/sched_setaffinity
+        // read and write one for this thread (pid 0).
+        unsafe {
+            let mut old: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut old) != 0 {
+                return PinnedCpu(None);
+            }
+            let Some(cpu) = (0..libc::CPU_SETSIZE as usize).rev().find(|&c| libc::CPU_ISSET(c, &old)) else { return PinnedCpu(None) };
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one) != 0 {
+                return PinnedCpu(None);
+            }
+            PinnedCpu(Some(old))
+        }
+    }
+}
+
+impl Drop for PinnedCpu {
+    fn drop(&mut self) {
+        if let Some(old) = &self.0 {
+            // SAFETY: as in `last`, restoring the mask read there.
+            unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), old) };
         }
     }
 }
@@ -248,6 +296,11 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         println!("\n{body}");
         return Ok(());
     }
+    if o.cache_only {
+        cachesize::cache_part(*sizes.last().unwrap_or(&100_000), tr_rounds, &mut body)?;
+        println!("\n{body}");
+        return Ok(());
+    }
     if o.adversarial_only {
         adversarial_part(*sizes.last().unwrap_or(&100_000), blocklist_entries(o), tr_rounds, &mut body, &mut SpeedResult::default())?;
         println!("\n{body}");
@@ -273,6 +326,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         dns::dns_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
         cgroup::cgroup_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
         pps::pps_part(*sizes.last().unwrap_or(&1_000), tr_rounds, o.quick, &mut body, &mut sp)?;
+        cachesize::cache_part(*sizes.last().unwrap_or(&1_000), tr_rounds, &mut body)?;
         body.push_str(&lint_md);
     }
     if o.testrun_only {

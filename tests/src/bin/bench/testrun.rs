@@ -62,7 +62,7 @@ pub(crate) enum Mode {
 }
 
 impl Mode {
-    fn label(self, flows: usize) -> String {
+    pub(crate) fn label(self, flows: usize) -> String {
         match self {
             Mode::Hot => "1 flow, hot".into(),
             Mode::Spread => format!("{flows} flows, 1 rule each"),
@@ -81,6 +81,17 @@ pub(crate) fn new_flow_src(v6: bool, i: u64) -> std::net::IpAddr {
         let base = [[192u8, 0, 2], [198, 51, 100], [203, 0, 113]][(i / 256 % 3) as usize];
         Ipv4Addr::new(base[0], base[1], base[2], i as u8).into()
     }
+}
+
+/// The `i`-th new flow to one of `flows` ports: (source, destination port).
+/// IPv4's documentation ranges hold 768 sources, so the port moves with the
+/// source: no (source, port) pair repeats within 768 x `flows` flows
+/// (while `flows + 1` and 768 share no factor beyond 3), and every packet
+/// goes to another port's rule than the one before.
+pub(crate) fn new_flow(v6: bool, i: u64, flows: usize) -> (std::net::IpAddr, u16) {
+    let flows = flows.max(1) as u64;
+    let src = if v6 { new_flow_src(true, i) } else { new_flow_src(false, i + i / flows) };
+    (src, FLOW_PORT_BASE + (i % flows) as u16)
 }
 
 /// ns/packet of one measurement. `fresh` numbers new flows across calls.
@@ -119,11 +130,11 @@ pub(crate) fn measure(prog: &mut Program, v6: bool, flows: usize, mode: Mode, fr
         Mode::NewFlows => {
             let n = 3 * flows.max(1024);
             let mut total = 0.0;
-            for k in 0..n {
+            for _ in 0..n {
                 *fresh += 1;
-                let (dst, src) =
-                    if v6 { (std::net::IpAddr::from(B6), new_flow_src(true, *fresh)) } else { (B4.into(), new_flow_src(false, *fresh)) };
-                let m = PacketMeta { src, dst, proto: 17, l4: L4::Ports { dport: FLOW_PORT_BASE + (k % flows) as u16 } };
+                let dst: std::net::IpAddr = if v6 { B6.into() } else { B4.into() };
+                let (src, dport) = new_flow(v6, *fresh, flows);
+                let m = PacketMeta { src, dst, proto: 17, l4: L4::Ports { dport } };
                 total += run_ns(prog, &packet::build(&m, &Shape { payload: 18, ..Shape::default() }), 1)?;
             }
             Ok(total / n as f64)
@@ -199,6 +210,7 @@ pub(crate) fn testrun_part(sizes: &[usize], rounds: usize, md: &mut String, plot
     }
     let mut fresh = 0u64;
     let mut samples: std::collections::HashMap<(usize, bool, Mode, bool), Vec<f64>> = Default::default();
+    let pin = crate::PinnedCpu::last();
     for round in 0..rounds {
         shuffle(&mut keys, &mut rng);
         for &(i, v6, mode, eg) in &keys {
@@ -210,6 +222,7 @@ pub(crate) fn testrun_part(sizes: &[usize], rounds: usize, md: &mut String, plot
         }
         eprintln!("  round {}/{rounds} done", round + 1);
     }
+    drop(pin);
     let mut added = TestRunAdded::default();
     for v6 in [false, true] {
         for mode in modes {
@@ -299,6 +312,7 @@ pub(crate) fn hooks_part(n: usize, rounds: usize, md: &mut String, sp: &mut crat
     let mut samples: std::collections::HashMap<(usize, bool, Mode, bool), Vec<f64>> = Default::default();
     let labels: Vec<&str> = variants.iter().map(|v| v.label).collect();
     let measured = (|| -> anyhow::Result<()> {
+        let _pin = crate::PinnedCpu::last();
         for round in 0..rounds {
             shuffle(&mut keys, &mut rng);
             for &(i, v6, mode, eg) in &keys {
