@@ -84,9 +84,8 @@ impl Caps {
         .map(|(m, _, _)| m)
     }
 
-    /// The twelve rule maps, each with its entries per half, in the order of
-    /// [`Placed`]'s fields (load.rs sizes the maps by it, the dataplane's
-    /// fill.rs writes them by it).
+    /// The twelve rule maps, each with its entries per half (load.rs sizes
+    /// the maps by it; the dataplane's fill.rs pairs each map with its entries).
     pub fn rule_maps(&self) -> [(&'static str, u32); 12] {
         use egress_common::*;
         [
@@ -126,8 +125,8 @@ impl Caps {
     }
 }
 
-/// The rule maps' entries for one half, indexes absolute, in the order of
-/// [`Caps::rule_maps`].
+/// The rule maps' entries for one half, indexes absolute (the dataplane's
+/// fill.rs names each field's map).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Placed {
     pub dir_v4: Vec<DirEntry>,

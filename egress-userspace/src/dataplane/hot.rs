@@ -96,7 +96,7 @@ pub(super) fn reload(prev: &State, req: ApplyRequest<'_>) -> Result<Applied> {
     // The idle half holds an older rule set (two reloads ago, or zeros after
     // a load): compared in place, only the entries that differ are written.
     let mut written = 0;
-    for ((name, base), (size, bytes)) in b.rule_maps().into_iter().zip(tables(&placed)) {
+    for (name, base, size, bytes) in tables(&b, &placed) {
         written += Mapped::new(&open(key, g, name)?, name)?.write_diff(base, size, bytes)?;
     }
     // The flip: from here on every packet that reads EPOCH gets the new half.
