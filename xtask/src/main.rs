@@ -103,6 +103,9 @@ fn main() -> Result<()> {
             build()?;
             // The comparison needs iptables-legacy and nftables (Debian packages).
             apt_install(&[("iptables-legacy-restore", "iptables"), ("nft", "nftables")])?;
+            // Every binary of the tests crate: part 1f runs the cgroup client
+            // (egress-cgroup-client) beside the benchmark.
+            run(Command::new(cargo()).args(["build", "--release", "--quiet", "-p", "egress-tests", "--bins"]))?;
             let mut c = Command::new(cargo());
             c.args(["run", "--release", "--quiet", "-p", "egress-tests", "--bin", "egress-bench", "--"]);
             if quick {

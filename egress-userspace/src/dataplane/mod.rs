@@ -17,8 +17,8 @@
 //! - `readout`: counters as they stand, `--reset`, link health and status.
 //! - `hot`: a replacement that keeps the loaded program: the rule set into the
 //!   idle half of its maps (only the entries that differ from what it holds),
-//!   then one EPOCH write (egress-common's halves.rs); `mmap`: the rule maps
-//!   and EPOCH mapped into memory.
+//!   then one EPOCH write (egress-common's halves.rs); `mmap`: the rule maps,
+//!   COUNTERS and EPOCH mapped into memory.
 //! - `apply`: one atomic replacement with counters carried over by rule identity,
 //!   counter readout, detach, prune. `egress apply` and `egress run` both use it.
 //!

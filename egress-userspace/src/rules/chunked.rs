@@ -64,6 +64,18 @@ pub(super) fn preamble(file: &str, text: &str, starts: &[usize], headers: &[usiz
     Some(Preamble { default_policy, audit, state, events, sets })
 }
 
+/// Rules per chunk for a file of `n` rules; `None`: too few to split.
+fn chunk_size(n: usize) -> Option<(usize, usize)> {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if n >= 2 * CHUNK_RULES {
+        Some((CHUNK_RULES, cpus))
+    } else if cpus >= 2 && n >= 2 * MIN_CHUNK_RULES {
+        Some((n.div_ceil(cpus).max(MIN_CHUNK_RULES), cpus))
+    } else {
+        None
+    }
+}
+
 /// The chunked parse of a valid large file; `None`: use the one-piece parse.
 /// `headers`: the byte offsets of the `[[rule]]` header lines (already within
 /// the rule-count limit).
@@ -74,15 +86,18 @@ pub(super) fn parse_chunked(
     headers: &[usize],
     loader: &dyn crate::sets::Loader,
 ) -> Option<RuleSet> {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let size = if headers.len() >= 2 * CHUNK_RULES {
-        CHUNK_RULES
-    } else if cpus >= 2 && headers.len() >= 2 * MIN_CHUNK_RULES {
-        headers.len().div_ceil(cpus).max(MIN_CHUNK_RULES)
-    } else {
-        return None;
-    };
-    let Preamble { default_policy, audit, state, events, sets } = preamble(file, text, starts, headers, loader)?;
+    chunk_size(headers.len())?;
+    let pre = preamble(file, text, starts, headers, loader)?;
+    let rules = chunked_rules(file, text, starts, headers, &pre)?;
+    let Preamble { default_policy, audit, state, events, sets } = pre;
+    Some(RuleSet { default_policy, audit, rules, state, events, sets: sets.sets, dns: None })
+}
+
+/// The rules of a large file whose preamble `pre` says, parsed one chunk per
+/// CPU; `None`: use the one-piece parse.
+pub(super) fn chunked_rules(file: &str, text: &str, starts: &[usize], headers: &[usize], pre: &Preamble) -> Option<Vec<Rule>> {
+    let (size, cpus) = chunk_size(headers.len())?;
+    let (default_policy, audit, sets) = (pre.default_policy, pre.audit, &pre.sets);
     // (first rule index, byte range) of each chunk.
     let mut chunks: Vec<(usize, Range<usize>)> = Vec::new();
     for (k, group) in headers.chunks(size).enumerate() {
@@ -94,7 +109,6 @@ pub(super) fn parse_chunked(
         let handles: Vec<_> = (0..workers)
             .map(|w| {
                 let mine: Vec<(usize, Range<usize>)> = chunks.iter().skip(w).step_by(workers).cloned().collect();
-                let sets = &sets;
                 sc.spawn(move || -> Option<Vec<Chunk>> {
                     mine.into_iter()
                         .map(|(first, range)| parse_chunk(file, text, starts, first, range, default_policy, audit, sets))
@@ -122,7 +136,7 @@ pub(super) fn parse_chunked(
     if rules.iter().any(|r| !r.fqdn.is_empty()) {
         return None;
     }
-    (rules.len() == headers.len()).then_some(RuleSet { default_policy, audit, rules, state, events, sets: sets.sets, dns: None })
+    (rules.len() == headers.len()).then_some(rules)
 }
 
 /// One chunk: exactly its `[[rule]]` tables, every one valid.

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 
 use super::{
     RuleFileError, RuleSet,
-    chunked::{Preamble, parse_chunk, parse_chunked, preamble},
+    chunked::{Preamble, chunked_rules, parse_chunk, preamble},
     parse::{parse_with, rule_headers},
     toml_diag::line_starts,
 };
@@ -113,8 +113,8 @@ fn incremental(file: &str, text: &str, loader: &dyn crate::sets::Loader, prev: O
             }
         }
         // Nothing to reuse: every CPU on a large file, else one piece of rules.
-        _ => match parse_chunked(file, text, &starts, &headers, loader) {
-            Some(rs) => rules = rs.rules,
+        _ => match chunked_rules(file, text, &starts, &headers, &pre) {
+            Some(rs) => rules = rs,
             None => rules.extend(parse_chunk(file, text, &starts, 0, headers[0]..text.len(), pre.default_policy, pre.audit, &pre.sets)?.1),
         },
     }
