@@ -1,5 +1,7 @@
 //! The compiler's unit tests.
 
+use egress_common::{DST_SRC_ANY, INLINE_LIST, NO_LIST, PCLASS_UDP};
+
 use super::*;
 
 #[test]
