@@ -53,18 +53,28 @@ pub(super) fn prefixes(nets: &Option<Vec<IpNet>>, v6: bool) -> Vec<Prefix> {
 
 pub(super) type Family = (Vec<(Prefix, DstValue)>, Vec<(u32, Prefix, Lists)>, Vec<(String, DstValue)>);
 
+/// The rules of `rs` that can match a family's packets.
+pub(super) fn family_rules(rs: &RuleSet, v6: bool) -> Vec<&Rule> {
+    rs.rules.iter().filter(|r| if v6 { r.families.v6 } else { r.families.v4 }).collect()
+}
+
+/// Stages 1 and 2 of one family over `rules` (all of the family's, or, for a
+/// recompile, every rule whose destination nests with the edited ones: the
+/// destinations inside those get the values a whole compile would give).
+/// `fqdn`: the classes of the rules by name too.
 pub(super) fn compile_family<'a>(
     rs: &'a RuleSet,
+    rules: &[&'a Rule],
     v6: bool,
+    fqdn: bool,
     lists: &mut Interner<'a>,
     classes: &mut HashMap<(Vec<u32>, Vec<u32>), u32>,
 ) -> Family {
-    let rules: Vec<&Rule> = rs.rules.iter().filter(|r| if v6 { r.families.v6 } else { r.families.v4 }).collect();
     // Destination prefix -> rules listing it (file order), and the lengths in use.
     let mut by_dst: HashMap<Prefix, Vec<u32>> = HashMap::default();
     by_dst.reserve(rules.iter().map(|r| r.dst.as_ref().map_or(1, Vec::len)).sum());
     let mut src_of: HashMap<u32, Vec<Prefix>> = HashMap::default();
-    for r in &rules {
+    for r in rules {
         for p in prefixes(&r.dst, v6) {
             by_dst.entry(p).or_default().push(r.index);
         }
@@ -144,17 +154,17 @@ pub(super) fn compile_family<'a>(
     // Rules by name: each pattern is a destination class of its own, holding
     // the rules that name it (id 0: every rule by name, for the program's
     // "could a rule by name come first?" probe).
-    let mut fqdn = Vec::new();
+    let mut by_name = Vec::new();
     let mut cx = ClassCx { rs, v6, src_of: &src_of, src_any: &src_any, lists, classes, emitted: &mut emitted };
-    if rules.iter().any(|r| !r.fqdn.is_empty()) {
+    if fqdn && rules.iter().any(|r| !r.fqdn.is_empty()) {
         let all: Vec<u32> = rules.iter().filter(|r| !r.fqdn.is_empty()).map(|r| r.index).collect();
-        fqdn.push(("".to_string(), cx.dst_value(all.clone(), &all, &mut pairs)));
+        by_name.push(("".to_string(), cx.dst_value(all.clone(), &all, &mut pairs)));
         for p in rs.patterns() {
             let mine: Vec<u32> = rules.iter().filter(|r| r.fqdn.iter().any(|q| q == p)).map(|r| r.index).collect();
-            fqdn.push((p.to_string(), cx.dst_value(mine.clone(), &mine, &mut pairs)));
+            by_name.push((p.to_string(), cx.dst_value(mine.clone(), &mine, &mut pairs)));
         }
     }
-    (dsts, pairs, fqdn)
+    (dsts, pairs, by_name)
 }
 
 /// What [`ClassCx::dst_value`] shares across destinations of a family.

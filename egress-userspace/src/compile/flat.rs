@@ -41,6 +41,15 @@ impl<T: Default + Copy + Hash + Eq> Ids<T> {
     pub fn new() -> Ids<T> {
         Ids::default()
     }
+    /// Ids that keep `values`' (a recompile appends to the last compile's).
+    pub fn seeded(values: Vec<T>) -> Ids<T> {
+        let mut ids: HashMap<T, u32> = HashMap::default();
+        ids.reserve(values.len());
+        for (k, v) in values.iter().enumerate().skip(1) {
+            ids.entry(*v).or_insert(k as u32);
+        }
+        Ids { values, ids }
+    }
     fn id(&mut self, v: &T) -> u32 {
         let n = self.values.len() as u32;
         let id = *self.ids.entry(*v).or_insert(n);
@@ -278,7 +287,7 @@ impl Builder {
 /// walk over the same entries. `class`: a stage-2 table's destination class;
 /// `None`: stage 1 (the root table).
 #[cfg(test)]
-fn lookup(dir: &[DirEntry], spans: &[(u128, u32)], addr: u128, width: u32, class: Option<u32>) -> u32 {
+pub(super) fn lookup(dir: &[DirEntry], spans: &[(u128, u32)], addr: u128, width: u32, class: Option<u32>) -> u32 {
     use egress_common::{DIR_BUCKET, DIR_CHUNK, DIR_CLASS, DIR_COUNT_MASK};
     let (top, mut shift) = match class {
         Some(c) => (c as usize, width),

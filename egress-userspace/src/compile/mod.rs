@@ -31,10 +31,13 @@ use crate::rules::{Rule, RuleSet};
 
 mod family;
 pub mod flat;
+pub mod incremental;
+#[cfg(test)]
+mod model;
 pub mod place;
 mod ports;
 
-use family::{Interner, compile_family};
+use family::{Interner, compile_family, family_rules};
 pub use ports::first_match_intervals;
 use ports::{PCLASSES_V4, PCLASSES_V6, list_slot};
 
@@ -108,6 +111,8 @@ pub struct Compiled {
     /// (destination class, source prefix, candidate lists)
     pub pair_v4: Vec<(u32, Prefix, Lists)>,
     pub pair_v6: Vec<(u32, Prefix, Lists)>,
+    /// Destination classes with PAIR entries (ids `0..pair_classes`).
+    pub pair_classes: u32,
     /// LISTS, dense: index `list * PCLASS_COUNT + class`.
     pub list_slots: Vec<ListSlot>,
     /// RANGES: each list slot's sorted, disjoint intervals, one run after another.
@@ -133,6 +138,23 @@ pub struct FqdnClass {
 }
 
 impl Compiled {
+    /// Every table within its map's capacity.
+    fn within_caps(&self) -> Result<(), CompileError> {
+        for (map, count, cap) in [
+            ("IPv4 destination prefix", self.dst_v4.len(), MAX_DST_ENTRIES),
+            ("IPv6 destination prefix", self.dst_v6.len(), MAX_DST_ENTRIES),
+            ("IPv4 (destination class, source prefix)", self.pair_v4.len(), MAX_PAIR_ENTRIES),
+            ("IPv6 (destination class, source prefix)", self.pair_v6.len(), MAX_PAIR_ENTRIES),
+            (egress_common::MAP_LISTS, self.list_slots.len(), MAX_LIST_SLOTS),
+            (egress_common::MAP_RANGES, self.ranges.len(), MAX_RANGES),
+        ] {
+            if count > cap as usize {
+                return Err(CompileError::TooLarge { map, count, cap });
+            }
+        }
+        Ok(())
+    }
+
     pub fn entry_counts(&self) -> [(&'static str, usize); 12] {
         [
             (egress_common::MAP_DIR_V4, self.flat_v4.dir.len()),
@@ -187,7 +209,7 @@ pub fn compile(rs: &RuleSet) -> Result<Compiled, CompileError> {
     // Destination classes are interned by (R(d), own rules) too: same rules, same PAIR table.
     let mut classes: HashMap<(Vec<u32>, Vec<u32>), u32> = HashMap::default();
     for v6 in [false, true] {
-        let (dsts, pairs, fqdn) = compile_family(rs, v6, &mut lists, &mut classes);
+        let (dsts, pairs, fqdn) = compile_family(rs, &family_rules(rs, v6), v6, true, &mut lists, &mut classes);
         for (k, (p, v)) in fqdn.into_iter().enumerate() {
             if out.fqdn.len() <= k {
                 let id = if p.is_empty() { 0 } else { crate::rules::pattern_id(&p) };
@@ -213,8 +235,26 @@ pub fn compile(rs: &RuleSet) -> Result<Compiled, CompileError> {
             out.pair_v4 = pairs;
         }
     }
-    out.list_slots = vec![ListSlot::default(); lists.lists.len() * PCLASS_COUNT as usize];
-    for (id, (list, fams)) in lists.lists.iter().enumerate() {
+    append_list_slots(rs, &lists.lists, &mut out);
+    out.pair_classes = classes.len() as u32;
+    out.within_caps()?;
+    let mut ids = flat::ClassIds::new();
+    out.flat_v4 = flat::table_v4(&out.dst_v4, &mut ids)?;
+    out.flat_v6 = flat::table_v6(&out.dst_v6, &mut ids)?;
+    out.dst_classes = ids.values;
+    let mut ids = flat::ListIds::new();
+    out.src_v4 = flat::sources_v4(&out.pair_v4, out.pair_classes, &mut ids)?;
+    out.src_v6 = flat::sources_v6(&out.pair_v6, out.pair_classes, &mut ids)?;
+    out.pair_lists = ids.values;
+    Ok(out)
+}
+
+/// LISTS and RANGES for interned candidate lists, appended: list `k` of
+/// `lists` gets id `out.list_slots.len() / PCLASS_COUNT + k`.
+fn append_list_slots(rs: &RuleSet, lists: &[(Vec<u32>, [bool; 2])], out: &mut Compiled) {
+    let base = out.list_slots.len();
+    out.list_slots.resize(base + lists.len() * PCLASS_COUNT as usize, ListSlot::default());
+    for (id, (list, fams)) in lists.iter().enumerate() {
         let rules: Vec<&Rule> = list.iter().map(|&i| &rs.rules[i as usize - 1]).collect();
         let mut classes: Vec<u8> = Vec::new();
         if fams[0] {
@@ -224,30 +264,9 @@ pub fn compile(rs: &RuleSet) -> Result<Compiled, CompileError> {
             classes.extend(PCLASSES_V6.iter().filter(|c| !classes.contains(c)).collect::<Vec<_>>());
         }
         for c in classes {
-            out.list_slots[id * PCLASS_COUNT as usize + c as usize] = list_slot(c, &rules, &mut out.ranges);
+            out.list_slots[base + id * PCLASS_COUNT as usize + c as usize] = list_slot(c, &rules, &mut out.ranges);
         }
     }
-    for (map, count, cap) in [
-        ("IPv4 destination prefix", out.dst_v4.len(), MAX_DST_ENTRIES),
-        ("IPv6 destination prefix", out.dst_v6.len(), MAX_DST_ENTRIES),
-        ("IPv4 (destination class, source prefix)", out.pair_v4.len(), MAX_PAIR_ENTRIES),
-        ("IPv6 (destination class, source prefix)", out.pair_v6.len(), MAX_PAIR_ENTRIES),
-        (egress_common::MAP_LISTS, out.list_slots.len(), MAX_LIST_SLOTS),
-        (egress_common::MAP_RANGES, out.ranges.len(), MAX_RANGES),
-    ] {
-        if count > cap as usize {
-            return Err(CompileError::TooLarge { map, count, cap });
-        }
-    }
-    let mut ids = flat::ClassIds::new();
-    out.flat_v4 = flat::table_v4(&out.dst_v4, &mut ids)?;
-    out.flat_v6 = flat::table_v6(&out.dst_v6, &mut ids)?;
-    out.dst_classes = ids.values;
-    let mut ids = flat::ListIds::new();
-    out.src_v4 = flat::sources_v4(&out.pair_v4, classes.len() as u32, &mut ids)?;
-    out.src_v6 = flat::sources_v6(&out.pair_v6, classes.len() as u32, &mut ids)?;
-    out.pair_lists = ids.values;
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -95,3 +95,144 @@ fn each_pattern_is_a_class_of_its_rules() {
         assert_eq!((v.lists.inline.rule, v.lists.inline.lo, v.lists.inline.hi), (3, 80, 80));
     }
 }
+
+/// Random rule blocks over prefixes that nest and touch (both families, some
+/// source-specific, ports and port lists, ICMP), for the model tests.
+mod random {
+    use rand::{Rng, rngs::StdRng};
+
+    pub const V4: &[&str] = &[
+        "0.0.0.0/0",
+        "192.0.2.0/24",
+        "192.0.2.0/25",
+        "192.0.2.128/25",
+        "192.0.2.64/26",
+        "192.0.2.7/32",
+        "192.0.2.8/29",
+        "198.51.100.0/23",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "203.0.113.128/28",
+    ];
+    pub const V6: &[&str] = &["::/0", "2001:db8::/32", "2001:db8:1::/48", "2001:db8:1::/64", "2001:db8:1::7/128", "2001:db8:2::/48"];
+    pub const PORTS: &[u16] = &[0, 1, 53, 54, 80, 443, 1024, 8080, 65535];
+
+    fn pick<T: Copy>(rng: &mut StdRng, v: &[T]) -> T {
+        v[rng.gen_range(0..v.len())]
+    }
+
+    pub fn block(rng: &mut StdRng, name: &str) -> String {
+        let mut s = format!("[[rule]]\nname = \"{name}\"\naction = \"{}\"\n", if rng.gen_bool(0.5) { "allow" } else { "deny" });
+        let fam = rng.gen_range(0..3);
+        let pool = if fam == 1 { V4 } else { V6 };
+        if fam != 0 {
+            // Mostly destinations, sometimes a source too (a few /0s: every destination).
+            let dst = if rng.gen_bool(0.9) { pick(rng, &pool[1..]) } else { pick(rng, pool) };
+            s.push_str(&format!("dst = \"{dst}\"\n"));
+            if rng.gen_bool(0.2) {
+                s.push_str(&format!("src = \"{}\"\n", pick(rng, pool)));
+            }
+        }
+        let proto = pick(rng, &["all", "tcp", "udp", "tcp", "udp", "icmp"]);
+        let proto = if proto == "icmp" && fam == 2 { "icmpv6" } else { proto };
+        let proto = if proto == "icmp" && fam == 0 { "all" } else { proto };
+        s.push_str(&format!("protocol = \"{proto}\"\n"));
+        if matches!(proto, "tcp" | "udp") && rng.gen_bool(0.7) {
+            let (a, b) = (pick(rng, PORTS), pick(rng, PORTS));
+            if rng.gen_bool(0.3) {
+                s.push_str(&format!("ports = [{}, {}]\n", a, b.max(a)));
+            } else {
+                s.push_str(&format!("ports = \"{}-{}\"\n", a.min(b), a.max(b)));
+            }
+        }
+        if matches!(proto, "icmp" | "icmpv6") && rng.gen_bool(0.6) {
+            s.push_str(&format!("icmp_type = {}\n", pick(rng, &[0u8, 3, 8, 128])));
+        }
+        s
+    }
+}
+
+fn packets(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<crate::reference::PacketMeta> {
+    use crate::reference::{L4, PacketMeta};
+    use rand::Rng;
+    let hosts4 =
+        ["192.0.2.0", "192.0.2.7", "192.0.2.9", "192.0.2.64", "192.0.2.130", "198.51.100.1", "198.51.101.9", "203.0.113.129", "10.0.0.1"];
+    let hosts6 = ["2001:db8:1::7", "2001:db8:1::8", "2001:db8:1:1::1", "2001:db8:2::1", "2001:db8:3::1", "fd00::1"];
+    (0..n)
+        .map(|_| {
+            let v6 = rng.gen_bool(0.5);
+            let pool: &[&str] = if v6 { &hosts6 } else { &hosts4 };
+            let src = pool[rng.gen_range(0..pool.len())].parse().unwrap();
+            let dst = pool[rng.gen_range(0..pool.len())].parse().unwrap();
+            let proto = [6u8, 17, if v6 { 58 } else { 1 }, 47][rng.gen_range(0..4)];
+            let l4 = match proto {
+                6 | 17 => L4::Ports { dport: random::PORTS[rng.gen_range(0..random::PORTS.len())] },
+                1 | 58 => L4::Icmp { ty: [0u8, 3, 8, 128][rng.gen_range(0..4)], code: 0 },
+                _ => L4::None,
+            };
+            PacketMeta { src, dst, proto, l4 }
+        })
+        .collect()
+}
+
+fn agree(c: &Compiled, rs: &RuleSet, pkts: &[crate::reference::PacketMeta], what: &str) {
+    for p in pkts {
+        let want = crate::reference::classify(rs, p).0;
+        assert_eq!(model::classify(c, p), want, "{what}: {p:?}");
+    }
+}
+
+#[test]
+fn the_model_of_the_lookup_agrees_with_the_reference() {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(5);
+    for set in 0..60 {
+        let n = rng.gen_range(1..40);
+        let text: String = (0..n).map(|i| random::block(&mut rng, &format!("r{i}"))).collect();
+        let rs = crate::rules::parse("r.toml", &format!("default_policy = \"deny\"\n{text}")).unwrap();
+        let c = compile(&rs).unwrap();
+        agree(&c, &rs, &packets(&mut rng, 400), &format!("set {set}"));
+    }
+}
+
+/// Random edits (insert, remove, change, a few at once), each recompiled
+/// from the last recompile, held to the reference after every step.
+#[test]
+fn recompiles_after_edits_agree_with_the_reference() {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(9);
+    let (mut took, mut whole) = (0, 0);
+    for set in 0..12 {
+        let mut blocks: Vec<String> = (0..rng.gen_range(5..60)).map(|i| random::block(&mut rng, &format!("r{set}-{i}"))).collect();
+        let text = |b: &[String]| format!("default_policy = \"allow\"\n{}", b.concat());
+        let mut rs = crate::rules::parse("r.toml", &text(&blocks)).unwrap();
+        let mut c = compile(&rs).unwrap();
+        for step in 0..40 {
+            let at = rng.gen_range(0..=blocks.len());
+            let (gone, put) = match rng.gen_range(0..4) {
+                0 => (0, 1),
+                1 if at < blocks.len() => (1, 0),
+                _ if at < blocks.len() => (1, rng.gen_range(1..3)),
+                _ => (0, 1),
+            };
+            let fresh: Vec<String> = (0..put).map(|k| random::block(&mut rng, &format!("e{set}-{step}-{k}"))).collect();
+            blocks.splice(at..at + gone, fresh);
+            let next = crate::rules::parse("r.toml", &text(&blocks)).unwrap();
+            let edit = incremental::Edit { at, removed: &rs.rules[at..at + gone], added: put };
+            let what = format!("set {set} step {step}");
+            c = match incremental::recompile(&c, &next, &edit) {
+                Some((r, _)) => {
+                    took += 1;
+                    r
+                }
+                None => {
+                    whole += 1;
+                    compile(&next).unwrap()
+                }
+            };
+            agree(&c, &next, &packets(&mut rng, 300), &what);
+            rs = next;
+        }
+    }
+    assert!(took > 200, "most edits take the recompile: {took} of {}", took + whole);
+}
