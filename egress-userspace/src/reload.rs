@@ -25,6 +25,52 @@ pub enum ReloadError {
     Dataplane(#[from] DataplaneError),
 }
 
+/// What `egress run` keeps of a rule file's last prepare for the next one:
+/// its parse (the next parses only the rules that changed) and its compile
+/// (the next recompiles only what the changed rules reach).
+#[derive(Default)]
+pub struct ReloadCache {
+    parse: Option<rules::ParseCache>,
+    /// The compile of the parse above; put back by [`ReloadCache::keep`].
+    compiled: Option<Compiled>,
+    /// Recompiles since the last whole compile.
+    recompiles: u32,
+    /// The map sizes of the loaded program: a recompile that does not fit
+    /// them (what only old values used stays until a whole compile) is
+    /// compiled whole, so that it can still go in hot.
+    loaded_caps: Option<compile::place::Caps>,
+}
+
+impl ReloadCache {
+    /// Hands a prepared rule set's compile back for the next prepare, with
+    /// the map sizes of the program it went into (when it did).
+    pub fn keep(&mut self, p: &mut Prepared, caps: Option<compile::place::Caps>) {
+        self.compiled = Some(std::mem::take(&mut p.compiled));
+        self.loaded_caps = caps;
+    }
+}
+
+/// Recompiles in a row before a whole compile (which drops what they left unreachable).
+const MAX_RECOMPILES: u32 = 256;
+
+/// How a rule set was compiled (the service's log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompilePath {
+    /// The whole rule set.
+    Whole,
+    /// The last compile, brought up to the few rules that changed.
+    Incremental(compile::incremental::Recompiled),
+}
+
+impl CompilePath {
+    pub fn name(&self) -> &'static str {
+        match self {
+            CompilePath::Whole => "whole",
+            CompilePath::Incremental(_) => "incremental",
+        }
+    }
+}
+
 /// A validated, compiled rule file, ready to apply.
 pub struct Prepared {
     /// The file as given.
@@ -33,6 +79,9 @@ pub struct Prepared {
     pub canonical: String,
     pub rules: RuleSet,
     pub compiled: Compiled,
+    pub compile_path: CompilePath,
+    /// Microseconds the compile took.
+    pub compile_us: u64,
     /// Of the rule file and every file it names (`input::inputs_digest`).
     pub digest: String,
     /// The linter's warnings (lint.rs), in file order (after [`Prepared::lint`]
@@ -83,11 +132,9 @@ pub fn prepare_tracked(path: &Path) -> (Result<Prepared, ReloadError>, Vec<std::
 
 /// [`prepare_tracked`] without the linter: `egress run` enforces first and
 /// lints after ([`Prepared::lint`]). With `cache`, the parse reuses the rules
-/// of the file's last parse that did not change (rules/incremental.rs).
-pub fn prepare_tracked_unlinted(
-    path: &Path,
-    cache: Option<&mut Option<rules::ParseCache>>,
-) -> (Result<Prepared, ReloadError>, Vec<std::path::PathBuf>) {
+/// of the file's last parse that did not change (rules/incremental.rs), and
+/// the compile recompiles only what they reach (compile/incremental.rs).
+pub fn prepare_tracked_unlinted(path: &Path, cache: Option<&mut ReloadCache>) -> (Result<Prepared, ReloadError>, Vec<std::path::PathBuf>) {
     let text = match crate::input::read_text(path, "rule file") {
         Ok(t) => t,
         Err(e) => return (Err(ReloadError::Input(e)), Vec::new()),
@@ -108,34 +155,87 @@ fn prepare_loaded(
     path: &Path,
     text: &str,
     loader: &crate::input::FsLoader,
-    cache: Option<&mut Option<rules::ParseCache>>,
+    cache: Option<&mut ReloadCache>,
 ) -> Result<Prepared, ReloadError> {
     let shown = path.display().to_string();
     let bytes = text.as_bytes();
     let t0 = std::time::Instant::now();
-    let (rs, reuse) = match cache {
-        Some(c) => rules::parse_incremental(&shown, text, loader, c),
-        None => (rules::parse_with(&shown, text, loader), rules::Reuse::default()),
+    let (rs, reuse, last) = match cache {
+        Some(c) => {
+            // Taken: a prepare that fails leaves no compile behind to build on.
+            let last = c.compiled.take();
+            let (rs, reuse) = rules::parse_incremental(&shown, text, loader, &mut c.parse);
+            (rs, reuse, Some((c, last)))
+        }
+        None => (rules::parse_with(&shown, text, loader), rules::Reuse::default(), None),
     };
     let rs = rs.map_err(|e| ReloadError::Input(e.to_string()))?;
     let t1 = std::time::Instant::now();
-    let compiled = compile::compile(&rs).map_err(|e| ReloadError::Input(format!("{shown}: {e}")))?;
+    let (compiled, compile_path) = compile_cached(&shown, &rs, &reuse, last)?;
     let t2 = std::time::Instant::now();
     let canonical = fs::canonicalize(path).map(|p| p.display().to_string()).unwrap_or_else(|_| shown.clone());
     let default_line = crate::lint::default_policy_line(text);
     let t3 = std::time::Instant::now();
     let digest = loader.digest(bytes);
     let us = |a: std::time::Instant, b: std::time::Instant| (b - a).as_micros() as u64;
+    let (destinations, nesting) = match compile_path {
+        CompilePath::Incremental(r) => (Some(r.destinations), Some(r.rules)),
+        CompilePath::Whole => (None, None),
+    };
     tracing::debug!(
         file = shown,
         rules = rs.rules.len(),
         parse_us = us(t0, t1),
         reused = reuse.reused,
+        compile = compile_path.name(),
         compile_us = us(t1, t2),
+        recompiled_destinations = destinations,
+        recompiled_from_rules = nesting,
         digest_us = us(t3, std::time::Instant::now()),
         "rule file prepared"
     );
-    Ok(Prepared { file: shown, canonical, rules: rs, compiled, digest, warnings: Vec::new(), default_line, linted: false })
+    Ok(Prepared {
+        file: shown,
+        canonical,
+        rules: rs,
+        compiled,
+        compile_path,
+        compile_us: us(t1, t2),
+        digest,
+        warnings: Vec::new(),
+        default_line,
+        linted: false,
+    })
+}
+
+/// The compile of `rs`: the last one brought up to the parse's edit when there
+/// is one and the recompile takes it, else the whole rule set.
+fn compile_cached(
+    shown: &str,
+    rs: &RuleSet,
+    reuse: &rules::Reuse,
+    last: Option<(&mut ReloadCache, Option<Compiled>)>,
+) -> Result<(Compiled, CompilePath), ReloadError> {
+    let (mut cache, prev) = match last {
+        Some((c, p)) => (Some(c), p),
+        None => (None, None),
+    };
+    if let (Some(cache), Some(prev), Some(e)) = (cache.as_deref_mut(), prev.as_ref(), &reuse.edit)
+        && cache.recompiles < MAX_RECOMPILES
+    {
+        let edit = compile::incremental::Edit { at: e.at, removed: &e.removed, added: e.added };
+        if let Some((c, r)) = compile::incremental::recompile(prev, rs, &edit)
+            && cache.loaded_caps.as_ref().is_none_or(|caps| caps.overflow(&c).is_none())
+        {
+            cache.recompiles += 1;
+            return Ok((c, CompilePath::Incremental(r)));
+        }
+    }
+    let compiled = compile::compile(rs).map_err(|e| ReloadError::Input(format!("{shown}: {e}")))?;
+    if let Some(cache) = cache {
+        cache.recompiles = 0;
+    }
+    Ok((compiled, CompilePath::Whole))
 }
 
 /// Applies a prepared rule set to an interface (attach, or replace atomically).
@@ -288,4 +388,26 @@ pub fn file_digest(path: &Path) -> Option<String> {
 pub fn inputs_digest_now(rules: &Path, inputs: &[std::path::PathBuf]) -> Option<String> {
     let read: Option<Vec<(std::path::PathBuf, String)>> = inputs.iter().map(|p| file_digest(p).map(|d| (p.clone(), d))).collect();
     Some(crate::input::inputs_digest(&file_digest(rules)?, &read?))
+}
+
+#[cfg(test)]
+mod timing {
+    #[test]
+    #[ignore]
+    fn time_a_one_rule_reload_at_100k() {
+        let text = std::fs::read_to_string("/tmp/r100k.toml").unwrap();
+        let changed = std::fs::read_to_string("/tmp/r100k_b.toml").unwrap();
+        let dir = std::env::temp_dir().join("egress-timing");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rules.toml");
+        let mut cache = super::ReloadCache::default();
+        for (k, t) in [&text, &changed, &text, &changed, &text].iter().enumerate() {
+            std::fs::write(&path, t).unwrap();
+            let t0 = std::time::Instant::now();
+            let (p, _) = super::prepare_tracked_unlinted(&path, Some(&mut cache));
+            let mut p = p.unwrap();
+            eprintln!("{k}: prepare {:?} compile {:?} {} us", t0.elapsed(), p.compile_path, p.compile_us);
+            cache.keep(&mut p, None);
+        }
+    }
 }

@@ -25,6 +25,7 @@ use super::{
     Compiled, Prefix, append_list_slots,
     family::{Interner, compile_family},
     flat,
+    ports::{PCLASSES_V4, PCLASSES_V6, list_slot},
 };
 use crate::rules::{Rule, RuleSet};
 
@@ -35,6 +36,10 @@ pub struct Edit<'a> {
     pub removed: &'a [Rule],
     pub added: usize,
 }
+
+/// A recomputed destination, its value (the recompile's own ids), and its old
+/// value and its enclosing destination's (where its lists may be already).
+type Fresh = (Prefix, DstValue, [Option<DstValue>; 2]);
 
 /// Most rules an edit may take out and put in for this path.
 const MAX_EDIT_RULES: usize = 64;
@@ -71,7 +76,10 @@ pub fn recompile(prev: &Compiled, rs: &RuleSet, edit: &Edit<'_>) -> Option<(Comp
     let mut classes: HashMap<(Vec<u32>, Vec<u32>), u32> = HashMap::default();
     let mut done = Recompiled::default();
     let mut touched = [false; 2];
-    let mut new_pairs = false;
+    // Per family: the recomputed destinations (local list and class ids) with
+    // each one's old value, and the PAIR entries of their classes.
+    let mut fresh: [Vec<Fresh>; 2] = [Vec::new(), Vec::new()];
+    let mut fresh_pairs: [Vec<(u32, Prefix, Lists)>; 2] = [Vec::new(), Vec::new()];
     for v6 in [false, true] {
         let in_family = |r: &Rule| if v6 { r.families.v6 } else { r.families.v4 };
         let mut edited: Vec<Prefix> = edit.removed.iter().chain(added).filter(|r| in_family(r)).flat_map(|r| dst_prefixes(r, v6)).collect();
@@ -96,26 +104,97 @@ pub fn recompile(prev: &Compiled, rs: &RuleSet, edit: &Edit<'_>) -> Option<(Comp
                     }
             })
             .collect();
-        if related.len() > rs.rules.len() / 4 + 64 {
+        // Past half the rule set, a whole compile is about as quick.
+        if related.len() > rs.rules.len() / 2 + 64 {
             return None;
         }
         done.rules += related.len();
         let (dsts, pairs, _) = compile_family(rs, &related, v6, false, &mut lists, &mut classes);
         let inside = |k: &Prefix| edited.iter().any(|p| p.contains(k));
-        let fresh: Vec<(Prefix, DstValue)> =
-            dsts.into_iter().filter(|(k, _)| inside(k)).map(|(k, v)| (k, offset_dst(v, list_base, class_base))).collect();
-        let used: HashSet<u32> = fresh.iter().filter(|(_, v)| v.flags & DST_SRC_ANY == 0).map(|(_, v)| v.lists.own - class_base).collect();
-        done.destinations += fresh.len();
-        let (table, pair_table) = if v6 { (&mut out.dst_v6, &mut out.pair_v6) } else { (&mut out.dst_v4, &mut out.pair_v4) };
+        let table = if v6 { &mut out.dst_v6 } else { &mut out.dst_v4 };
+        let old = |k: &Prefix| table.binary_search_by(|(q, _)| q.cmp(k)).ok().map(|i| table[i].1);
+        // Each one's old value and its enclosing destination's: where its
+        // lists may be found already (a new destination under a broad rule
+        // inherits that rule's list).
+        let f: Vec<Fresh> = dsts
+            .into_iter()
+            .filter(|(k, _)| inside(k))
+            .map(|(k, v)| {
+                let parent = (0..k.len).rev().find_map(|l| old(&k.truncate(l)));
+                (k, v, [old(&k), parent])
+            })
+            .collect();
+        let used: HashSet<u32> = f.iter().filter(|(_, v, _)| v.flags & DST_SRC_ANY == 0).map(|(_, v, _)| v.lists.own).collect();
+        fresh_pairs[v6 as usize] = pairs.into_iter().filter(|(c, _, _)| used.contains(c)).collect();
         table.retain(|(k, _)| !inside(k));
-        *table = merge(std::mem::take(table), fresh);
-        for (c, s, l) in pairs.into_iter().filter(|(c, _, _)| used.contains(c)) {
-            pair_table.push((c + class_base, s, offset_lists(l, list_base)));
-            new_pairs = true;
-        }
+        done.destinations += f.len();
+        fresh[v6 as usize] = f;
         touched[v6 as usize] = true;
     }
-    append_list_slots(rs, &lists.lists, &mut out);
+    // Candidate lists: a recomputed destination whose list reads as its old
+    // one did keeps the old id (a changed rule's neighbours, the lists of
+    // broad rules above it); the others are appended.
+    let mut ids: HashMap<u32, u32> = HashMap::default();
+    for f in &fresh {
+        for (_, v, olds) in f {
+            if v.flags & DST_SRC_ANY == 0 {
+                continue;
+            }
+            let cands: Vec<u32> = olds
+                .iter()
+                .flatten()
+                .filter(|o| o.flags & DST_SRC_ANY != 0)
+                .flat_map(|o| [o.lists.own, o.lists.inherited])
+                .filter(|c| !sentinel(*c))
+                .collect();
+            for l in [v.lists.own, v.lists.inherited] {
+                if sentinel(l) || ids.contains_key(&l) {
+                    continue;
+                }
+                if let Some(&c) = cands.iter().find(|&&c| reads_as(rs, &lists.lists[l as usize], c, &out)) {
+                    ids.insert(l, c);
+                }
+            }
+        }
+    }
+    let mut wanted: Vec<u32> = fresh
+        .iter()
+        .flatten()
+        .filter(|(_, v, _)| v.flags & DST_SRC_ANY != 0)
+        .flat_map(|(_, v, _)| [v.lists.own, v.lists.inherited])
+        .chain(fresh_pairs.iter().flatten().flat_map(|(_, _, l)| [l.own, l.inherited]))
+        .filter(|l| !sentinel(*l) && !ids.contains_key(l))
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut appended = Vec::with_capacity(wanted.len());
+    for l in wanted {
+        ids.insert(l, list_base + appended.len() as u32);
+        appended.push(std::mem::take(&mut lists.lists[l as usize]));
+    }
+    append_list_slots(rs, &appended, &mut out);
+    let list = |l: u32| if sentinel(l) { l } else { ids[&l] };
+    let lists_of = |l: Lists| Lists { own: list(l.own), inherited: list(l.inherited), ..l };
+    for (v6, f) in fresh.into_iter().enumerate() {
+        let values = f.into_iter().map(|(k, v, _)| {
+            let v = if v.flags & DST_SRC_ANY != 0 {
+                DstValue { lists: lists_of(v.lists), ..v }
+            } else {
+                DstValue { lists: Lists { own: v.lists.own + class_base, ..v.lists }, ..v }
+            };
+            (k, v)
+        });
+        let table = if v6 == 1 { &mut out.dst_v6 } else { &mut out.dst_v4 };
+        *table = merge(std::mem::take(table), values.collect());
+    }
+    let mut new_pairs = false;
+    for (v6, pairs) in fresh_pairs.into_iter().enumerate() {
+        let table = if v6 == 1 { &mut out.pair_v6 } else { &mut out.pair_v4 };
+        for (c, s, l) in pairs {
+            table.push((c + class_base, s, lists_of(l)));
+            new_pairs = true;
+        }
+    }
     out.pair_classes += classes.len() as u32;
     out.within_caps().ok()?;
     let mut ids = flat::ClassIds::seeded(std::mem::take(&mut out.dst_classes));
@@ -162,21 +241,26 @@ fn merge(a: Vec<(Prefix, DstValue)>, b: Vec<(Prefix, DstValue)>) -> Vec<(Prefix,
     out
 }
 
-fn offset_list(id: u32, base: u32) -> u32 {
-    if id == NO_LIST || id == INLINE_LIST { id } else { id + base }
+/// Not a list id.
+fn sentinel(id: u32) -> bool {
+    id == NO_LIST || id == INLINE_LIST
 }
 
-fn offset_lists(l: Lists, base: u32) -> Lists {
-    Lists { own: offset_list(l.own, base), inherited: offset_list(l.inherited, base), ..l }
-}
-
-/// A value computed by the recompile, its ids moved past the last compile's.
-fn offset_dst(v: DstValue, list_base: u32, class_base: u32) -> DstValue {
-    if v.flags & DST_SRC_ANY != 0 {
-        DstValue { lists: offset_lists(v.lists, list_base), ..v }
-    } else {
-        DstValue { lists: Lists { own: v.lists.own + class_base, ..v.lists }, ..v }
-    }
+/// Whether an interned candidate list (rule slots, sorted; the families it
+/// serves) gives every packet of those families what list `id` of `c` gives:
+/// the same LISTS slots and RANGES runs.
+fn reads_as(rs: &RuleSet, (rules, fams): &(Vec<u32>, [bool; 2]), id: u32, c: &Compiled) -> bool {
+    let rules: Vec<&Rule> = rules.iter().map(|&i| &rs.rules[i as usize - 1]).collect();
+    let mut ranges = Vec::new();
+    let v4 = PCLASSES_V4.iter().filter(|_| fams[0]);
+    let v6 = PCLASSES_V6.iter().filter(|_| fams[1]);
+    v4.chain(v6).all(|&pc| {
+        ranges.clear();
+        let new = list_slot(pc, &rules, &mut ranges);
+        let Some(old) = c.list_slots.get((id * PCLASS_COUNT + pc as u32) as usize) else { return false };
+        let run = c.ranges.get(old.start as usize..(old.start + old.count) as usize).unwrap_or_default();
+        (new.count, new.no_l4_rule, new.no_l4_action) == (old.count, old.no_l4_rule, old.no_l4_action) && run == ranges.as_slice()
+    })
 }
 
 /// Every rule slot in `c` moved to the edited rule set's numbering; the

@@ -65,7 +65,7 @@ impl Prefix {
         Prefix { addr: [0; 16], len: 0, v6 }
     }
     /// This prefix cut to `len` bits.
-    fn truncate(&self, len: u8) -> Prefix {
+    pub(super) fn truncate(&self, len: u8) -> Prefix {
         let mut addr = self.addr;
         for (i, b) in addr.iter_mut().enumerate() {
             let bit = i * 8;

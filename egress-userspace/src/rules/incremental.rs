@@ -29,11 +29,26 @@ pub struct ParseCache {
 }
 
 /// How many rules the last [`parse_incremental`] took over unparsed (tests, logs).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reuse {
     pub reused: usize,
     pub parsed: usize,
+    /// What changed since the last parse, when it is a few rules in one
+    /// place (the compiler's recompile takes it).
+    pub edit: Option<Edited>,
 }
+
+/// The rules at positions `at..at + removed.len()` of the last parse were
+/// replaced by the new parse's `at..at + added`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Edited {
+    pub at: usize,
+    pub removed: Vec<super::Rule>,
+    pub added: usize,
+}
+
+/// Most rules an [`Edited`] describes (past it, the edit is not reported).
+const MAX_EDITED: usize = 64;
 
 /// [`parse_with`], reusing what `cache` holds of the file's last parse, and
 /// leaving there what the next parse can reuse (nothing after a one-piece parse).
@@ -51,7 +66,7 @@ pub fn parse_incremental(
         None => {
             let rs = parse_with(file, text, loader);
             let parsed = rs.as_ref().map_or(0, |r| r.rules.len());
-            (rs, Reuse { reused: 0, parsed })
+            (rs, Reuse { reused: 0, parsed, edit: None })
         }
     }
 }
@@ -125,7 +140,12 @@ fn incremental(file: &str, text: &str, loader: &dyn crate::sets::Loader, prev: O
         return None;
     }
     let reused = if prev.is_some() { a + b } else { 0 };
-    let reuse = Reuse { reused, parsed: n - reused };
+    let edit = prev.as_ref().and_then(|p| {
+        let removed = p.rules.len().checked_sub(a + b)?;
+        let added = n - a - b;
+        (removed + added <= MAX_EDITED).then(|| Edited { at: a, removed: p.rules[a..a + removed].to_vec(), added })
+    });
+    let reuse = Reuse { reused, parsed: n - reused, edit };
     let rs = RuleSet {
         default_policy: pre.default_policy,
         audit: pre.audit,

@@ -22,7 +22,7 @@ use ipnet::IpNet;
 
 pub use events::EventsConfig;
 pub use fqdn::{DnsConfig, normalize_pattern, pattern_id, pattern_matches};
-pub use incremental::{ParseCache, Reuse, parse_incremental};
+pub use incremental::{Edited, ParseCache, Reuse, parse_incremental};
 pub use parse::{MAX_NAME_LEN, merge_intervals, parse, parse_cidr, parse_ports, parse_with};
 pub use state::StateConfig;
 

@@ -75,8 +75,9 @@ pub struct Managed {
     pub inputs: Vec<std::path::PathBuf>,
     /// A cgroup entry's directory (its parent is watched).
     pub cgroup: Option<std::path::PathBuf>,
-    /// The rule file's last parse: the next one parses only the rules that changed.
-    parse_cache: Option<crate::rules::ParseCache>,
+    /// The rule file's last parse and compile: the next reload parses only
+    /// the rules that changed and recompiles only what they reach.
+    cache: reload::ReloadCache,
 }
 
 impl Managed {
@@ -88,7 +89,7 @@ impl Managed {
             target: None,
             last: None,
             bad_digest: None,
-            parse_cache: None,
+            cache: reload::ReloadCache::default(),
             inputs: Vec::new(),
             reloads: 0,
             failures: 0,
@@ -170,7 +171,7 @@ impl Managed {
             return self.done(Outcome::Unchanged);
         }
         // Linted after enforcement: a warning never delays a reload.
-        let (prepared, inputs) = reload::prepare_tracked_unlinted(&self.cfg.rules, Some(&mut self.parse_cache));
+        let (prepared, inputs) = reload::prepare_tracked_unlinted(&self.cfg.rules, Some(&mut self.cache));
         let inputs_changed = inputs != self.inputs;
         self.inputs = inputs;
         let mut prepared = match prepared {
@@ -192,6 +193,7 @@ impl Managed {
             && st.flow_cache == dataplane::flow_cache_slots(self.cfg.flow_cache)
         {
             tracing::info!(iface, file, generation = st.generation, rules = st.rules.len(), "rules already enforced; adopted");
+            self.cache.keep(&mut prepared, st.halves.as_ref().map(|h| h.caps));
             self.target = Some(t);
             return self.done(Outcome::Unchanged);
         }
@@ -203,6 +205,8 @@ impl Managed {
             tracing::warn!(iface, file, line = w.line, rule = w.rule, kind = w.kind, "{}", w.message);
         }
         tracing::debug!(iface, file, lint_us = linted.elapsed().as_micros() as u64, "rule file linted");
+        let (compile, compile_us) = (prepared.compile_path.name(), prepared.compile_us);
+        self.cache.keep(&mut prepared, applied.as_ref().ok().and_then(|a| a.state.halves.as_ref()).map(|h| h.caps));
         match applied {
             Ok(a) => {
                 let st = &a.state;
@@ -219,6 +223,8 @@ impl Managed {
                     ms = started.elapsed().as_millis() as u64,
                     after_enforced_us = a.enforced_at.elapsed().as_micros() as u64,
                     path = a.path.name(),
+                    compile,
+                    compile_us,
                     enforced_us = match &a.path {
                         dataplane::ReloadPath::Hot { enforced, .. } => Some(enforced.as_micros() as u64),
                         _ => None,
