@@ -389,25 +389,3 @@ pub fn inputs_digest_now(rules: &Path, inputs: &[std::path::PathBuf]) -> Option<
     let read: Option<Vec<(std::path::PathBuf, String)>> = inputs.iter().map(|p| file_digest(p).map(|d| (p.clone(), d))).collect();
     Some(crate::input::inputs_digest(&file_digest(rules)?, &read?))
 }
-
-#[cfg(test)]
-mod timing {
-    #[test]
-    #[ignore]
-    fn time_a_one_rule_reload_at_100k() {
-        let text = std::fs::read_to_string("/tmp/r100k.toml").unwrap();
-        let changed = std::fs::read_to_string("/tmp/r100k_b.toml").unwrap();
-        let dir = std::env::temp_dir().join("egress-timing");
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("rules.toml");
-        let mut cache = super::ReloadCache::default();
-        for (k, t) in [&text, &changed, &text, &changed, &text].iter().enumerate() {
-            std::fs::write(&path, t).unwrap();
-            let t0 = std::time::Instant::now();
-            let (p, _) = super::prepare_tracked_unlinted(&path, Some(&mut cache));
-            let mut p = p.unwrap();
-            eprintln!("{k}: prepare {:?} compile {:?} {} us", t0.elapsed(), p.compile_path, p.compile_us);
-            cache.keep(&mut p, None);
-        }
-    }
-}

@@ -104,17 +104,22 @@ fn incremental(file: &str, text: &str, loader: &dyn crate::sets::Loader, prev: O
         }
     };
     let mut rules = Vec::with_capacity(n);
-    match &prev {
-        Some(p) if a + b > 0 => {
-            rules.extend_from_slice(&p.rules[..a]);
+    // The last parse's rules between its shared blocks (the edit's).
+    let mut edited: Option<Vec<super::Rule>> = None;
+    match prev {
+        Some(mut p) if a + b > 0 && p.rules.len() == p.headers.len() => {
+            // Taken over, not copied: the cache is this parse's to consume.
+            let m = p.headers.len();
+            let tail = p.rules.split_off(m - b);
+            edited = Some(p.rules.split_off(a));
+            rules = p.rules;
+            rules.reserve(n.saturating_sub(a));
             if a < n - b {
                 let range = headers[a]..if b == 0 { text.len() } else { headers[n - b] };
                 rules.extend(parse_chunk(file, text, &starts, a, range, pre.default_policy, pre.audit, &pre.sets)?.1);
             }
-            let m = p.headers.len();
-            for k in 0..b {
+            for (k, mut r) in tail.into_iter().enumerate() {
                 let (i, j) = (n - b + k, m - b + k);
-                let mut r = p.rules[j].clone();
                 let old = r.index;
                 r.index = i as u32 + 1;
                 if r.index != old && r.name == format!("rule-{old}") {
@@ -139,11 +144,10 @@ fn incremental(file: &str, text: &str, loader: &dyn crate::sets::Loader, prev: O
     if rules.len() != n || !rules.iter().all(|r| names.insert(r.name.as_str()) && r.fqdn.is_empty()) {
         return None;
     }
-    let reused = if prev.is_some() { a + b } else { 0 };
-    let edit = prev.as_ref().and_then(|p| {
-        let removed = p.rules.len().checked_sub(a + b)?;
+    let reused = if edited.is_some() { a + b } else { 0 };
+    let edit = edited.and_then(|removed| {
         let added = n - a - b;
-        (removed + added <= MAX_EDITED).then(|| Edited { at: a, removed: p.rules[a..a + removed].to_vec(), added })
+        (removed.len() + added <= MAX_EDITED).then_some(Edited { at: a, removed, added })
     });
     let reuse = Reuse { reused, parsed: n - reused, edit };
     let rs = RuleSet {
@@ -180,6 +184,7 @@ mod tests {
             (0..heads.len()).map(|i| base[heads[i]..heads.get(i + 1).copied().unwrap_or(base.len())].to_string()).collect();
         let mut cache = None;
         let mut reused = 0;
+        let (mut last, mut edits): (Option<RuleSet>, usize) = (None, 0);
         for step in 0..60 {
             let at = rng.gen_range(0..blocks.len());
             match step % 5 {
@@ -202,10 +207,25 @@ mod tests {
             }
             let text = format!("{pre}{}", blocks.concat());
             let (got, reuse) = parse_incremental("r.toml", &text, &crate::sets::NoFiles, &mut cache);
-            assert_eq!(got.unwrap(), whole(&text).unwrap(), "step {step}");
+            let got = got.unwrap();
+            assert_eq!(got, whole(&text).unwrap(), "step {step}");
             reused += reuse.reused;
+            // The edit the recompile takes: what it says was taken out, and
+            // the rules around it unchanged (but for their position).
+            if let (Some(e), Some(prev)) = (&reuse.edit, &last) {
+                assert_eq!(prev.rules[e.at..e.at + e.removed.len()], e.removed[..], "step {step}");
+                assert_eq!(got.rules.len() + e.removed.len(), prev.rules.len() + e.added, "step {step}");
+                assert_eq!(got.rules[..e.at], prev.rules[..e.at], "step {step}");
+                let tail = |r: &[crate::rules::Rule]| r.iter().map(|r| (r.action, r.summary())).collect::<Vec<_>>();
+                let (n, m) = (got.rules.len(), prev.rules.len());
+                let k = m - e.at - e.removed.len();
+                assert_eq!(tail(&got.rules[n - k..]), tail(&prev.rules[m - k..]), "step {step}");
+                edits += 1;
+            }
+            last = Some(got);
         }
         assert!(reused > 60 * 500, "most rules were taken over: {reused}");
+        assert!(edits > 40, "most parses said what changed: {edits}");
         // A changed preamble: parsed whole, equal again.
         let text = format!("default_policy = \"deny\"\n{}", blocks.concat());
         let (got, reuse) = parse_incremental("r.toml", &text, &crate::sets::NoFiles, &mut cache);
