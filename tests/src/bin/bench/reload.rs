@@ -62,7 +62,7 @@ pub fn reload_part(sizes: &[usize], rounds: usize, md: &mut String, sp: &mut cra
             total.push((at - t0) * 1e3 - after / 1e3);
             apply.push(v["ms"].as_f64().unwrap_or(f64::NAN));
             flip.push(v["enforced_us"].as_f64().map_or(f64::NAN, |us| us / 1e3));
-            let path = v["path"].as_str().unwrap_or("?").to_string();
+            let path = format!("{}, {} compile", v["path"].as_str().unwrap_or("?"), v["compile"].as_str().unwrap_or("?"));
             if !paths.contains(&path) {
                 paths.push(path);
             }
@@ -81,7 +81,7 @@ pub fn reload_part(sizes: &[usize], rounds: usize, md: &mut String, sp: &mut cra
     }
     let _ = writeln!(
         md,
-        "\nMedians of {rounds} changes, alternating one rule's ports between two values (so that rule restarts its counters and the other n-1 keep theirs). To enforcement: from the rename into place (the watcher reacts at once to it) to the swap, which the service's log line places (`after_enforced_us`); it includes reading and hashing the whole file, parsing the rules that changed (the service takes the others over from the file's last parse) and compiling the whole rule set. A hot reload (path `hot`) compares the new rule set with the idle half of the loaded program's maps, writes the entries that differ and flips EPOCH: no program load, no verifier. The log line comes after the state file, the counter fold (an RCU grace period) and the linter, which the service runs after the swap; the old rule set stays in force until the swap, so enforcement never stalls. Compile is still of the whole rule set: there is no incremental compile yet.\n"
+        "\nMedians of {rounds} changes, alternating one rule's ports between two values (so that rule restarts its counters and the other n-1 keep theirs). To enforcement: from the rename into place (the watcher reacts at once to it) to the swap, which the service's log line places (`after_enforced_us`); it includes reading and hashing the whole file, parsing the rules that changed (the service takes the others over from the file's last parse) and compiling: `incremental` recompiles only the destinations inside the changed rule's prefixes (compile/incremental.rs), `whole` the whole rule set (the first reload, or a recompile that would not fit the loaded maps). A hot reload (path `hot`) compares the new rule set with the idle half of the loaded program's maps, writes the entries that differ and flips EPOCH: no program load, no verifier. The log line comes after the state file, the counter fold (an RCU grace period) and the linter, which the service runs after the swap; the old rule set stays in force until the swap, so enforcement never stalls.\n"
     );
     Ok(())
 }
