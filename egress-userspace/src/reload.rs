@@ -44,9 +44,13 @@ pub struct ReloadCache {
 impl ReloadCache {
     /// Hands a prepared rule set's compile back for the next prepare, with
     /// the map sizes of the program it went into (when it did).
+    /// The rules go back to the parse cache: `p` is spent.
     pub fn keep(&mut self, p: &mut Prepared, caps: Option<compile::place::Caps>) {
         self.compiled = Some(std::mem::take(&mut p.compiled));
         self.loaded_caps = caps;
+        if let Some(c) = self.parse.as_mut() {
+            c.restore(std::mem::take(&mut p.rules.rules));
+        }
     }
 }
 

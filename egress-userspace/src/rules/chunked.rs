@@ -37,7 +37,7 @@ pub(super) struct Preamble {
 /// sets, nothing else), valid; `None`: use the one-piece parse.
 pub(super) fn preamble(file: &str, text: &str, starts: &[usize], headers: &[usize], loader: &dyn crate::sets::Loader) -> Option<Preamble> {
     // Multi-line strings could hide a header line; such files take the safe path.
-    if text.contains("\"\"\"") || text.contains("'''") {
+    if memchr::memmem::find(text.as_bytes(), b"\"\"\"").is_some() || memchr::memmem::find(text.as_bytes(), b"'''").is_some() {
         return None;
     }
     let first = *headers.first()?;

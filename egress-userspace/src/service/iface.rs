@@ -75,6 +75,8 @@ pub struct Managed {
     pub inputs: Vec<std::path::PathBuf>,
     /// A cgroup entry's directory (its parent is watched).
     pub cgroup: Option<std::path::PathBuf>,
+    /// The digest of what this service last enforced (applied or adopted).
+    enforced_digest: Option<String>,
     /// The rule file's last parse and compile: the next reload parses only
     /// the rules that changed and recompiles only what they reach.
     cache: reload::ReloadCache,
@@ -90,6 +92,7 @@ impl Managed {
             last: None,
             bad_digest: None,
             cache: reload::ReloadCache::default(),
+            enforced_digest: None,
             inputs: Vec::new(),
             reloads: 0,
             failures: 0,
@@ -160,13 +163,19 @@ impl Managed {
         if !force && digest.is_some() && digest == self.bad_digest {
             return self.done(Outcome::Invalid);
         }
-        if let (Some(d), Ok(Some((st, LinkHealth::Attached)))) = (digest.clone(), dataplane::status_of(&t))
+        // The state is read only when it may hold this digest: not when the
+        // file differs from what this service last enforced (a 100k-rule
+        // state is tens of milliseconds to read, before every reload).
+        let maybe_enforced = self.target.is_none() || self.enforced_digest.is_none() || self.enforced_digest == digest;
+        if maybe_enforced
+            && let (Some(d), Ok(Some((st, LinkHealth::Attached)))) = (digest.clone(), dataplane::status_of(&t))
             && st.digest == d
             && st.flow_cache == dataplane::flow_cache_slots(self.cfg.flow_cache)
         {
             if self.target.is_none() {
                 tracing::info!(iface, file, generation = st.generation, rules = st.rules.len(), "rules already enforced; adopted");
             }
+            self.enforced_digest = Some(st.digest);
             self.target = Some(t);
             return self.done(Outcome::Unchanged);
         }
@@ -194,6 +203,7 @@ impl Managed {
         {
             tracing::info!(iface, file, generation = st.generation, rules = st.rules.len(), "rules already enforced; adopted");
             self.cache.keep(&mut prepared, st.halves.as_ref().map(|h| h.caps));
+            self.enforced_digest = Some(st.digest);
             self.target = Some(t);
             return self.done(Outcome::Unchanged);
         }
@@ -206,6 +216,7 @@ impl Managed {
         }
         tracing::debug!(iface, file, lint_us = linted.elapsed().as_micros() as u64, "rule file linted");
         let (compile, compile_us) = (prepared.compile_path.name(), prepared.compile_us);
+        let enforced_digest = prepared.digest.clone();
         self.cache.keep(&mut prepared, applied.as_ref().ok().and_then(|a| a.state.halves.as_ref()).map(|h| h.caps));
         match applied {
             Ok(a) => {
@@ -251,6 +262,7 @@ impl Managed {
                         "rule removed; final counts"
                     );
                 }
+                self.enforced_digest = Some(enforced_digest);
                 self.target = Some(t);
                 self.reloads += 1;
                 self.last_reload = dataplane::now_unix();

@@ -1,15 +1,19 @@
 //! Watches the folders of the config and rule files (inotify through `notify`).
 //! Folders, not files: editors and config managers write a new file and rename it
 //! over the old one, and a watch on the old file would follow the old inode.
-//! Any event in a watched folder is reported as that folder, with whether the
-//! event ends a write (a close after writing, a rename into place, a removal):
-//! the service reloads at once after those and lets others (data written, a
-//! file created) settle first. It then compares file digests, so unrelated
-//! files cost a read, never a reload.
+//! An event on a watched file (or folder) is reported as its folder, with
+//! whether the event ends a write (a close after writing, a rename into place,
+//! a removal): the service reloads at once after those and lets others (data
+//! written, a file created) settle first. Events on other files of the folder
+//! are dropped: an editor's temporary file, written before it is renamed over
+//! the rule file, would otherwise cost a reconcile (reading and hashing the
+//! rule file, the state) that the rename then waits behind. The service still
+//! compares digests, so a watched file that did not change costs a read.
 
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
 
 use notify::{RecursiveMode, Watcher as _};
@@ -28,12 +32,16 @@ pub struct Watch {
     watcher: Option<notify::RecommendedWatcher>,
     tx: UnboundedSender<Change>,
     watched: BTreeSet<PathBuf>,
+    /// The files (and their folders) whose events are reported.
+    wanted: Arc<Mutex<BTreeSet<PathBuf>>>,
 }
 
 impl Watch {
     pub fn new() -> (Watch, UnboundedReceiver<Change>) {
         let (tx, rx) = unbounded_channel();
         let cb_tx = tx.clone();
+        let wanted: Arc<Mutex<BTreeSet<PathBuf>>> = Arc::default();
+        let cb_wanted = wanted.clone();
         let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| match ev {
             // Reading a file (ours included: every reconcile reads the rule file) is
             // an access event; reacting to those would loop. A close after
@@ -41,7 +49,8 @@ impl Watch {
             Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) && !ends_write(&ev.kind) => {}
             Ok(ev) => {
                 let done = ends_write(&ev.kind);
-                for p in ev.paths {
+                let wanted = cb_wanted.lock().map(|w| w.clone()).unwrap_or_default();
+                for p in ev.paths.iter().filter(|p| wanted.contains(*p)) {
                     if let Some(dir) = p.parent() {
                         let _ = cb_tx.send((dir.to_path_buf(), done));
                     }
@@ -56,7 +65,7 @@ impl Watch {
                 None
             }
         };
-        (Watch { watcher, tx, watched: BTreeSet::new() }, rx)
+        (Watch { watcher, tx, watched: BTreeSet::new(), wanted }, rx)
     }
 
     /// Watches exactly the folders of `files` (adding new ones, dropping others).
@@ -66,6 +75,9 @@ impl Watch {
             return;
         };
         let want: BTreeSet<PathBuf> = files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
+        if let Ok(mut w) = self.wanted.lock() {
+            *w = files.iter().map(|f| f.to_path_buf()).chain(want.iter().cloned()).collect();
+        }
         for d in self.watched.difference(&want).cloned().collect::<Vec<_>>() {
             let _ = w.unwatch(&d);
             self.watched.remove(&d);
