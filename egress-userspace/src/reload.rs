@@ -224,7 +224,7 @@ fn compile_cached(
         Some((c, p)) => (Some(c), p),
         None => (None, None),
     };
-    if let (Some(cache), Some(prev), Some(e)) = (cache.as_deref_mut(), prev.as_ref(), &reuse.edit)
+    if let (Some(cache), Some(prev), Some(e)) = (cache.as_deref_mut(), prev, &reuse.edit)
         && cache.recompiles < MAX_RECOMPILES
     {
         let edit = compile::incremental::Edit { at: e.at, removed: &e.removed, added: e.added };
@@ -246,20 +246,21 @@ fn compile_cached(
 /// `debug`: attach the classifier's debug twin (`egress log` shows why it drops
 /// packets it cannot parse).
 pub fn apply(target: &Target, p: &Prepared, flow_cache: u32, debug: bool) -> Result<Applied, ReloadError> {
-    let infos = p
-        .rules
-        .rules
-        .iter()
-        .map(|r| RuleInfo {
-            name: r.name.clone(),
-            action: r.action.as_str().to_string(),
-            summary: r.summary(),
-            base: Default::default(),
-            since: 0,
-            reset: Default::default(),
-            audit: r.audit,
-        })
-        .collect();
+    let infos = || {
+        p.rules
+            .rules
+            .iter()
+            .map(|r| RuleInfo {
+                name: r.name.clone(),
+                action: r.action.as_str().to_string(),
+                summary: r.summary(),
+                base: Default::default(),
+                since: 0,
+                reset: Default::default(),
+                audit: r.audit,
+            })
+            .collect()
+    };
     Ok(dataplane::apply(dataplane::ApplyRequest {
         target,
         compiled: &p.compiled,
@@ -268,7 +269,7 @@ pub fn apply(target: &Target, p: &Prepared, flow_cache: u32, debug: bool) -> Res
         digest: p.digest.clone(),
         default_action: p.rules.default_policy.as_str().to_string(),
         default_audit: p.rules.default_code() == egress_common::ACTION_AUDIT,
-        rules: infos,
+        rules: Box::new(infos),
         state: p.rules.state,
         events: p.rules.events,
         debug,

@@ -220,7 +220,7 @@ fn recompiles_after_edits_agree_with_the_reference() {
             let next = crate::rules::parse("r.toml", &text(&blocks)).unwrap();
             let edit = incremental::Edit { at, removed: &rs.rules[at..at + gone], added: put };
             let what = format!("set {set} step {step}");
-            c = match incremental::recompile(&c, &next, &edit) {
+            c = match incremental::recompile(c, &next, &edit) {
                 Some((r, _)) => {
                     took += 1;
                     r

@@ -43,8 +43,10 @@ pub struct ApplyRequest<'a> {
     pub default_action: String,
     /// The default policy is a deny in audit mode (counted, the packet passes).
     pub default_audit: bool,
-    /// The rules in file order (their `base` and `since` are filled in here).
-    pub rules: Vec<RuleInfo>,
+    /// The rules in file order (their `base` and `since` are filled in
+    /// here). Made when needed: a hot reload makes them after the flip (at
+    /// 100k rules, their summaries take tens of milliseconds).
+    pub rules: Box<dyn FnOnce() -> Vec<RuleInfo> + 'a>,
     /// Stateful mode's settings (None: stateless).
     pub state: Option<StateConfig>,
     /// Deny events' rate limit.
@@ -139,7 +141,7 @@ fn apply_at(req: ApplyRequest<'_>) -> Result<Applied> {
     let key = t.key();
     let cgroup = t.hook == Hook::Cgroup;
     let _lock = state::attachment_lock(&key)?;
-    let mut prev = state::read_state(&key)?;
+    let mut prev = state::read_state_for_update(&key)?;
     if let Some(p) = prev.as_mut() {
         // An earlier replacement stopped before folding its counts: finish it.
         fold_pending(p)?;
@@ -170,7 +172,7 @@ fn apply_at(req: ApplyRequest<'_>) -> Result<Applied> {
     };
     let now = now_unix();
     let generation = prev.as_ref().map(|p| p.generation + 1).unwrap_or(1);
-    let mut rules = req.rules;
+    let mut rules = (req.rules)();
     let Carry { slots, carried, default: (default_base, default_since, default_reset) } =
         carry(prev.as_ref(), &mut rules, &req.default_action, now);
 

@@ -105,7 +105,7 @@ pub(super) fn reload(prev: &State, req: ApplyRequest<'_>) -> Result<Applied> {
     let enforced = enforced_at - start;
 
     let now = now_unix();
-    let mut rules = req.rules;
+    let mut rules = (req.rules)();
     let Carry { slots, carried, default: (default_base, default_since, default_reset) } =
         carry(Some(prev), &mut rules, &req.default_action, now);
     let mut st = State {

@@ -44,6 +44,8 @@ mod fill;
 mod hot;
 mod link;
 mod load;
+mod lock;
+mod memo;
 mod mmap;
 mod readout;
 mod state;

@@ -1,18 +1,20 @@
 //! What an attachment leaves behind for later commands: the state file (rule
 //! names, file, digest, counter bases, the generation whose counts are still being
-//! carried over) and the paths of its pins. Also the locks that keep two
-//! replacements of one attachment, or two `egress run` on one interface, apart.
+//! carried over) and the paths of its pins. The locks that keep two
+//! replacements of one attachment, or two `egress run` on one interface,
+//! apart are in lock.rs (re-exported here).
 
 use std::{
     fs, io,
-    io::Write as _,
-    os::{fd::AsRawFd as _, unix::fs::DirBuilderExt as _},
+    os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
 
+pub use super::lock::RunLock;
+pub(super) use super::lock::attachment_lock;
 use super::{DataplaneError, Result, io_err};
 use crate::{hook::Hook, rules::StateConfig};
 
@@ -312,7 +314,21 @@ fn hook_or_legacy<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result
 }
 
 pub fn read_state(key: &str) -> Result<Option<State>> {
+    read_state_memo(key, false)
+}
+
+/// [`read_state`] for a replacement (under the attachment's lock), which
+/// writes the next state: the memo of the last one written is taken, not
+/// copied (memo.rs).
+pub(super) fn read_state_for_update(key: &str) -> Result<Option<State>> {
+    read_state_memo(key, true)
+}
+
+fn read_state_memo(key: &str, take: bool) -> Result<Option<State>> {
     let p = state_path(key);
+    if let Some(st) = super::memo::get(&p, take) {
+        return Ok(Some(st));
+    }
     match fs::read_to_string(&p) {
         Ok(s) => serde_json::from_str(&s).map(Some).map_err(|e| DataplaneError::Other(format!("{}: corrupt state file: {e}", p.display()))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -334,7 +350,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 /// be root's and writable by nobody else (whoever can write it can forge what
 /// egress believes is enforced): an error, or a warning with
 /// `--allow-insecure-files`.
-fn ensure_state_dir() -> Result<()> {
+pub(super) fn ensure_state_dir() -> Result<()> {
     use std::os::unix::fs::MetadataExt as _;
     private_dir(Path::new(STATE_DIR))?;
     let meta = fs::metadata(STATE_DIR).map_err(io_err(format!("stat {STATE_DIR}")))?;
@@ -376,7 +392,10 @@ pub fn save_imported(key: &str, digest: &str, text: &str) -> Result<PathBuf> {
 pub(super) fn write_state(st: &State) -> Result<()> {
     ensure_state_dir()?;
     let body = serde_json::to_string(st).map_err(|e| DataplaneError::Other(e.to_string()))?;
-    write_private(&state_path(&st.key), body.as_bytes())
+    let path = state_path(&st.key);
+    write_private(&path, body.as_bytes())?;
+    super::memo::put(&path, st);
+    Ok(())
 }
 
 /// Removes the state file, and the attachment's lock file (call with the lock held).
@@ -412,90 +431,4 @@ pub fn all_states() -> Result<Vec<State>> {
 
 pub fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-/// An flock(2) held for as long as the value lives.
-pub struct FileLock {
-    _file: fs::File,
-}
-
-/// Locks `path` (created if needed). A holder may unlink its lock file; a waiter
-/// that then gets the lock on the unlinked inode notices (the path names another
-/// inode or none) and tries again, so two holders never coexist.
-fn flock(path: &Path, blocking: bool) -> Result<std::result::Result<FileLock, fs::File>> {
-    use std::os::unix::fs::MetadataExt as _;
-    ensure_state_dir()?;
-    loop {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io_err(format!("open lock {}", path.display())))?;
-        let op = if blocking { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                return Ok(Err(f));
-            }
-            return Err(io_err(format!("lock {}", path.display()))(e));
-        }
-        let held = f.metadata().map(|m| m.ino()).ok();
-        if held.is_some() && fs::metadata(path).map(|m| m.ino()).ok() == held {
-            return Ok(Ok(FileLock { _file: f }));
-        }
-    }
-}
-
-/// Serialises replacements, detach and prune of one attachment.
-pub(super) fn attachment_lock(key: &str) -> Result<FileLock> {
-    match flock(&Path::new(STATE_DIR).join(format!("{key}.lock")), true)? {
-        Ok(l) => Ok(l),
-        Err(_) => Err(DataplaneError::Other(format!("lock of {key} not granted"))),
-    }
-}
-
-/// Held by `egress run` for each interface it manages, keyed by namespace cookie
-/// and interface name (the interface may not exist yet), so a second `egress run`
-/// for the same interface refuses to start.
-pub struct RunLock {
-    _lock: FileLock,
-    path: PathBuf,
-}
-
-impl Drop for RunLock {
-    /// Unlinks the lock file while still holding it: a process waiting on the old
-    /// inode sees that the path no longer names it and starts over (see [`flock`]).
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
-    }
-}
-
-impl RunLock {
-    pub fn acquire(netns_cookie: u64, iface: &str, hook: Hook) -> Result<RunLock> {
-        // A cgroup's path as one file name: '%' as "%25", then '/' as '%'.
-        let name = if hook == Hook::Cgroup { format!("cgroup{}", iface.replace('%', "%25").replace('/', "%")) } else { iface.to_string() };
-        let path = Path::new(STATE_DIR).join(format!("run-{netns_cookie}-{name}{}.lock", hook.key_suffix()));
-        match flock(&path, false)? {
-            Ok(mut lock) => {
-                // Say who holds it, for the message the next one prints.
-                let f = &mut lock._file;
-                let _ = f.set_len(0);
-                let _ = writeln!(f, "{}", std::process::id());
-                Ok(RunLock { _lock: lock, path })
-            }
-            Err(_) => {
-                let pid = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
-                Err(DataplaneError::Busy(format!(
-                    "another `egress run` (pid {}) already manages interface {iface} ({hook}) in this network namespace (lock {})",
-                    if pid.is_empty() { "unknown".to_string() } else { pid },
-                    path.display()
-                )))
-            }
-        }
-    }
 }
