@@ -227,8 +227,13 @@ impl FsLoader {
     /// The digest of a rule set built from the rule file's `bytes` and the
     /// files read through this loader ([`inputs_digest`]).
     pub fn digest(&self, rules: &[u8]) -> String {
+        self.digest_of(&crate::digest(rules))
+    }
+
+    /// [`FsLoader::digest`] with the rule file's own digest already made.
+    pub fn digest_of(&self, rules_sha: &str) -> String {
         let read: Vec<(std::path::PathBuf, String)> = self.inputs().into_iter().filter_map(|(p, d)| Some((p, d?))).collect();
-        inputs_digest(&crate::digest(rules), &read)
+        inputs_digest(rules_sha, &read)
     }
 
     /// A file read twice (a large rule file's chunked parse gave way to the

@@ -134,6 +134,47 @@ pub fn prepare_tracked(path: &Path) -> (Result<Prepared, ReloadError>, Vec<std::
     (p, inputs)
 }
 
+/// A rule file read once for a reconcile (`egress run`): its text, or why it
+/// cannot be used, and the digest of its bytes (for the check whether it is
+/// what is enforced, and then for the prepare: a 10 MB file is read and
+/// hashed once, not twice).
+pub struct RuleText {
+    text: Result<String, String>,
+    sha: Option<String>,
+}
+
+impl RuleText {
+    pub fn read(path: &Path) -> RuleText {
+        let text = crate::input::read_text(path, "rule file");
+        let sha = match &text {
+            Ok(t) => Some(crate::digest(t.as_bytes())),
+            Err(_) => file_digest(path),
+        };
+        RuleText { text, sha }
+    }
+
+    /// [`inputs_digest_now`] with this text for the rule file.
+    pub fn inputs_digest(&self, inputs: &[std::path::PathBuf]) -> Option<String> {
+        let read: Option<Vec<(std::path::PathBuf, String)>> = inputs.iter().map(|p| file_digest(p).map(|d| (p.clone(), d))).collect();
+        Some(crate::input::inputs_digest(self.sha.as_deref()?, &read?))
+    }
+}
+
+/// [`prepare_tracked_unlinted`] on a rule file already read.
+pub fn prepare_read_unlinted(
+    path: &Path,
+    read: RuleText,
+    cache: Option<&mut ReloadCache>,
+) -> (Result<Prepared, ReloadError>, Vec<std::path::PathBuf>) {
+    let text = match read.text {
+        Ok(t) => t,
+        Err(e) => return (Err(ReloadError::Input(e)), Vec::new()),
+    };
+    let loader = crate::input::FsLoader::for_rules(path);
+    let p = prepare_loaded(path, &text, &loader, cache, read.sha.as_deref());
+    (p, loader.inputs().into_iter().map(|(p, _)| p).collect())
+}
+
 /// [`prepare_tracked`] without the linter: `egress run` enforces first and
 /// lints after ([`Prepared::lint`]). With `cache`, the parse reuses the rules
 /// of the file's last parse that did not change (rules/incremental.rs), and
@@ -144,13 +185,13 @@ pub fn prepare_tracked_unlinted(path: &Path, cache: Option<&mut ReloadCache>) ->
         Err(e) => return (Err(ReloadError::Input(e)), Vec::new()),
     };
     let loader = crate::input::FsLoader::for_rules(path);
-    let p = prepare_loaded(path, &text, &loader, cache);
+    let p = prepare_loaded(path, &text, &loader, cache, None);
     (p, loader.inputs().into_iter().map(|(p, _)| p).collect())
 }
 
 /// [`prepare`] on a rule file's text already read (a pipe can be read once).
 pub fn prepare_text(path: &Path, text: &str) -> Result<Prepared, ReloadError> {
-    let mut p = prepare_loaded(path, text, &crate::input::FsLoader::for_rules(path), None)?;
+    let mut p = prepare_loaded(path, text, &crate::input::FsLoader::for_rules(path), None, None)?;
     p.lint();
     Ok(p)
 }
@@ -160,6 +201,7 @@ fn prepare_loaded(
     text: &str,
     loader: &crate::input::FsLoader,
     cache: Option<&mut ReloadCache>,
+    rules_sha: Option<&str>,
 ) -> Result<Prepared, ReloadError> {
     let shown = path.display().to_string();
     let bytes = text.as_bytes();
@@ -180,7 +222,10 @@ fn prepare_loaded(
     let canonical = fs::canonicalize(path).map(|p| p.display().to_string()).unwrap_or_else(|_| shown.clone());
     let default_line = crate::lint::default_policy_line(text);
     let t3 = std::time::Instant::now();
-    let digest = loader.digest(bytes);
+    let digest = match rules_sha {
+        Some(sha) => loader.digest_of(sha),
+        None => loader.digest(bytes),
+    };
     let us = |a: std::time::Instant, b: std::time::Instant| (b - a).as_micros() as u64;
     let (destinations, nesting) = match compile_path {
         CompilePath::Incremental(r) => (Some(r.destinations), Some(r.rules)),

@@ -159,7 +159,8 @@ impl Managed {
         }
         // Nothing to do when the enforced set is this file's content already (this
         // also adopts what an earlier `egress run` left pinned, counters and all).
-        let digest = reload::inputs_digest_now(&self.cfg.rules, &self.inputs);
+        let read = reload::RuleText::read(&self.cfg.rules);
+        let digest = read.inputs_digest(&self.inputs);
         if !force && digest.is_some() && digest == self.bad_digest {
             return self.done(Outcome::Invalid);
         }
@@ -180,7 +181,7 @@ impl Managed {
             return self.done(Outcome::Unchanged);
         }
         // Linted after enforcement: a warning never delays a reload.
-        let (prepared, inputs) = reload::prepare_tracked_unlinted(&self.cfg.rules, Some(&mut self.cache));
+        let (prepared, inputs) = reload::prepare_read_unlinted(&self.cfg.rules, read, Some(&mut self.cache));
         let inputs_changed = inputs != self.inputs;
         self.inputs = inputs;
         let mut prepared = match prepared {

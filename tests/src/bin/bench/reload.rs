@@ -35,53 +35,84 @@ fn one_changed(text: &str) -> anyhow::Result<String> {
     Ok(format!("{}{}{}", &text[..start], new, &text[end..]))
 }
 
+/// The rule set with one rule added near the middle (a destination no other
+/// rule names, a port of its own); the base text is the same set with it removed.
+fn one_added(text: &str) -> anyhow::Result<String> {
+    let at = text[text.len() / 2..].find("[[rule]]").map(|i| i + text.len() / 2).ok_or_else(|| anyhow::anyhow!("no rule"))?;
+    let rule = "[[rule]]\nname = \"bench-added\"\naction = \"deny\"\ndst = \"10.255.254.0/24\"\nprotocol = \"tcp\"\nports = \"4444\"\n";
+    Ok(format!("{}{rule}{}", &text[..at], &text[at..]))
+}
+
+/// One kind of change, measured over several reloads.
+#[derive(Default)]
+struct Kind {
+    total: Vec<f64>,
+    logged: Vec<f64>,
+    apply: Vec<f64>,
+    flip: Vec<f64>,
+    paths: Vec<String>,
+}
+
 pub fn reload_part(sizes: &[usize], rounds: usize, md: &mut String, sp: &mut crate::report::SpeedResult) -> anyhow::Result<()> {
     let _ = writeln!(md, "## 4. `egress run`: from a rule file change to the new rules enforced\n");
     let _ = writeln!(
         md,
-        "| rules | 1 rule changed: ms to enforcement (spread) | path | of which the idle half's write and flip ms | ms to the log line (state file, counter fold, lint) | of which apply ms (after parse + compile) |"
+        "| rules | one rule | ms to enforcement (spread) | path | of which the idle half's write and flip ms | ms to the log line (state file, counter fold, lint) | of which apply ms (after parse + compile) |"
     );
-    let _ = writeln!(md, "| ---: | ---: | --- | ---: | ---: | ---: |");
+    let _ = writeln!(md, "| ---: | --- | ---: | --- | ---: | ---: | ---: |");
     for &n in sizes {
         let pair = Pair::new("rl")?;
         let text = ruleset_gen::realistic(n, flows_for(n), 7);
-        let changed = one_changed(&text)?;
+        let (changed, added) = (one_changed(&text)?, one_added(&text)?);
         let rules = temp_file("rules.toml", &text);
         let cfg = temp_file("egress.toml", &format!("[[interface]]\nname = \"{}\"\nrules = \"{}\"\n", pair.a_if, rules.display()));
         let d = Daemon::start(&pair.a, &cfg, &[]);
         d.wait_for("applied", 1, |v| v["message"] == "rules applied");
-        let (mut total, mut logged, mut apply, mut flip, mut paths) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for r in 0..rounds {
+        let mut kinds: Vec<(&str, Kind)> = vec![("changed", Kind::default()), ("added", Kind::default()), ("removed", Kind::default())];
+        // Alternating: the changed rule and back (both count as changed),
+        // then the added rule and its removal.
+        let steps: Vec<(&str, &String, usize)> = (0..2 * rounds)
+            .map(|r| if r % 2 == 0 { ("changed", &changed, n) } else { ("changed", &text, n) })
+            .chain((0..2 * rounds).map(|r| if r % 2 == 0 { ("added", &added, n + 1) } else { ("removed", &text, n) }))
+            .collect();
+        for (r, (kind, body, count)) in steps.iter().enumerate() {
             std::thread::sleep(Duration::from_millis(300));
             let t0 = now_day_secs();
-            replace_file(&rules, if r % 2 == 0 { &changed } else { &text });
+            replace_file(&rules, body);
             let v = d.wait_for("replaced", r + 1, |v| v["message"] == "rules replaced");
+            let k = &mut kinds.iter_mut().find(|(name, _)| name == kind).ok_or_else(|| anyhow::anyhow!("kind"))?.1;
             let at = v["timestamp"].as_str().and_then(day_secs).ok_or_else(|| anyhow::anyhow!("no timestamp in {v}"))?;
-            logged.push((at - t0) * 1e3);
+            k.logged.push((at - t0) * 1e3);
             let after = v["after_enforced_us"].as_f64().ok_or_else(|| anyhow::anyhow!("no after_enforced_us in {v}"))?;
-            total.push((at - t0) * 1e3 - after / 1e3);
-            apply.push(v["ms"].as_f64().unwrap_or(f64::NAN));
-            flip.push(v["enforced_us"].as_f64().map_or(f64::NAN, |us| us / 1e3));
+            k.total.push((at - t0) * 1e3 - after / 1e3);
+            k.apply.push(v["ms"].as_f64().unwrap_or(f64::NAN));
+            k.flip.push(v["enforced_us"].as_f64().map_or(f64::NAN, |us| us / 1e3));
             let path = format!("{}, {} compile", v["path"].as_str().unwrap_or("?"), v["compile"].as_str().unwrap_or("?"));
-            if !paths.contains(&path) {
-                paths.push(path);
+            if !k.paths.contains(&path) {
+                k.paths.push(path);
             }
-            if v["kept"].as_u64() != Some(n as u64 - 1) {
-                anyhow::bail!("expected {} rules kept: {v}", n - 1);
+            let kept = if *kind == "changed" { *count as u64 - 1 } else { n as u64 };
+            if v["kept"].as_u64() != Some(kept) || v["rules"].as_u64() != Some(*count as u64) {
+                anyhow::bail!("{kind}: expected {count} rules, {kept} kept: {v}");
             }
         }
-        let (t, a, f) = (median(&mut total.clone()), median(&mut apply.clone()), median(&mut flip.clone()));
-        let l = median(&mut logged.clone());
-        eprintln!(
-            "reload {n} rules, 1 changed: {t:.0} ms to enforcement, {l:.0} ms to the log line (apply {a:.0} ms, write and flip {f:.1} ms, {paths:?})"
-        );
-        let _ = writeln!(md, "| {n} | {t:.0} ({}) | {} | {f:.1} | {l:.0} | {a:.0} |", spread_p(&total, 0), paths.join(", "));
-        sp.reloads.push((n, t, paths.join(", ")));
+        for (kind, k) in &kinds {
+            let (t, a, f) = (median(&mut k.total.clone()), median(&mut k.apply.clone()), median(&mut k.flip.clone()));
+            let l = median(&mut k.logged.clone());
+            eprintln!(
+                "reload {n} rules, 1 {kind}: {t:.0} ms to enforcement, {l:.0} ms to the log line (apply {a:.0} ms, write and flip {f:.1} ms, {:?})",
+                k.paths
+            );
+            let _ =
+                writeln!(md, "| {n} | {kind} | {t:.0} ({}) | {} | {f:.1} | {l:.0} | {a:.0} |", spread_p(&k.total, 0), k.paths.join("; "));
+            sp.reloads.push((n, t, format!("{kind}: {}", k.paths.join("; "))));
+        }
         drop(d);
     }
     let _ = writeln!(
         md,
-        "\nMedians of {rounds} changes, alternating one rule's ports between two values (so that rule restarts its counters and the other n-1 keep theirs). To enforcement: from the rename into place (the watcher reacts at once to it) to the swap, which the service's log line places (`after_enforced_us`); it includes reading and hashing the whole file, parsing the rules that changed (the service takes the others over from the file's last parse) and compiling: `incremental` recompiles only the destinations inside the changed rule's prefixes (compile/incremental.rs), `whole` the whole rule set (the first reload, or a recompile that would not fit the loaded maps). A hot reload (path `hot`) compares the new rule set with the idle half of the loaded program's maps, writes the entries that differ and flips EPOCH: no program load, no verifier. The log line comes after the state file, the counter fold (an RCU grace period) and the linter, which the service runs after the swap; the old rule set stays in force until the swap, so enforcement never stalls.\n"
+        "\nMedians of {} reloads of each kind: `changed` alternates one rule's ports between two values (so that rule restarts its counters and the other n-1 keep theirs); `added` puts a rule with a destination of its own near the middle of the file (every later rule moves one slot), and `removed` takes it out again. To enforcement: from the rename into place (the watcher reacts at once to it) to the swap, which the service's log line places (`after_enforced_us`); it includes reading and hashing the whole file, parsing the rules that changed (the service takes the others over from the file's last parse) and compiling: `incremental` recompiles only the destinations inside the changed rule's prefixes (compile/incremental.rs), `whole` the whole rule set (the first reload, or a recompile that would not fit the loaded maps). A hot reload (path `hot`) compares the new rule set with the idle half of the loaded program's maps, writes the entries that differ and flips EPOCH: no program load, no verifier. The log line comes after the state file, the counter fold (an RCU grace period) and the linter, which the service runs after the swap; the old rule set stays in force until the swap, so enforcement never stalls.\n",
+        2 * rounds
     );
     Ok(())
 }
