@@ -41,6 +41,15 @@ impl<T: Default + Copy + Hash + Eq> Ids<T> {
     pub fn new() -> Ids<T> {
         Ids::default()
     }
+    /// The values and the index from value to id (kept by a compile for the
+    /// next recompile).
+    pub fn into_parts(self) -> (Vec<T>, HashMap<T, u32>) {
+        (self.values, self.ids)
+    }
+    /// Ids from [`Ids::into_parts`]; `None` when the index does not cover the values.
+    pub fn from_parts(values: Vec<T>, ids: HashMap<T, u32>) -> Result<Ids<T>, Vec<T>> {
+        if ids.len() + 1 == values.len() { Ok(Ids { values, ids }) } else { Err(values) }
+    }
     /// Ids that keep `values`' (a recompile appends to the last compile's).
     pub fn seeded(values: Vec<T>) -> Ids<T> {
         let mut ids: HashMap<T, u32> = HashMap::default();

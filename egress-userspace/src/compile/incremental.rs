@@ -198,14 +198,19 @@ pub fn recompile(prev: Compiled, rs: &RuleSet, edit: &Edit<'_>) -> Option<(Compi
     }
     out.pair_classes += classes.len() as u32;
     out.within_caps().ok()?;
-    let mut ids = flat::ClassIds::seeded(std::mem::take(&mut out.dst_classes));
+    // The index of DST_CLASSES' values still holds when no rule moved.
+    let index = std::mem::take(&mut out.class_index);
+    let mut ids = match flat::ClassIds::from_parts(std::mem::take(&mut out.dst_classes), index) {
+        Ok(ids) => ids,
+        Err(values) => flat::ClassIds::seeded(values),
+    };
     if touched[0] {
         out.flat_v4 = flat::table_v4(&out.dst_v4, &mut ids).ok()?;
     }
     if touched[1] {
         out.flat_v6 = flat::table_v6(&out.dst_v6, &mut ids).ok()?;
     }
-    out.dst_classes = ids.values;
+    (out.dst_classes, out.class_index) = ids.into_parts();
     if new_pairs {
         let mut ids = flat::ListIds::seeded(std::mem::take(&mut out.pair_lists));
         out.src_v4 = flat::sources_v4(&out.pair_v4, out.pair_classes, &mut ids).ok()?;
@@ -273,6 +278,8 @@ fn renumber(c: &mut Compiled, edit: &Edit<'_>) {
         // that name it are all recomputed.
         return;
     }
+    // The values change: their index is made again from them.
+    c.class_index = HashMap::default();
     let slot = |i: u32| -> u32 {
         if i == 0 || i == u32::MAX || i <= at {
             i

@@ -103,6 +103,9 @@ pub struct Compiled {
     pub flat_v4: flat::Table<SpanV4>,
     pub flat_v6: flat::Table<SpanV6>,
     pub dst_classes: Vec<DstValue>,
+    /// DST_CLASSES' values to their ids, for the next recompile (empty when
+    /// a recompile renumbered the values).
+    pub class_index: HashMap<DstValue, u32>,
     /// Stage 2 as the program reads it: SDIR_V4/SSPAN_V4, SDIR_V6/SSPAN_V6
     /// and PAIR_LISTS (index 0 unused: no candidates).
     pub src_v4: flat::Table<SpanV4>,
@@ -241,7 +244,7 @@ pub fn compile(rs: &RuleSet) -> Result<Compiled, CompileError> {
     let mut ids = flat::ClassIds::new();
     out.flat_v4 = flat::table_v4(&out.dst_v4, &mut ids)?;
     out.flat_v6 = flat::table_v6(&out.dst_v6, &mut ids)?;
-    out.dst_classes = ids.values;
+    (out.dst_classes, out.class_index) = ids.into_parts();
     let mut ids = flat::ListIds::new();
     out.src_v4 = flat::sources_v4(&out.pair_v4, out.pair_classes, &mut ids)?;
     out.src_v6 = flat::sources_v6(&out.pair_v6, out.pair_classes, &mut ids)?;

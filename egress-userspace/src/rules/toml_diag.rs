@@ -40,5 +40,10 @@ pub(crate) fn distance(a: &str, b: &str) -> usize {
 }
 
 pub(crate) fn line_starts(text: &str) -> Vec<usize> {
-    std::iter::once(0).chain(memchr::memchr_iter(b'\n', text.as_bytes()).map(|i| i + 1)).collect()
+    // Sized first: growing a vector of a large file's line starts by
+    // doubling copies it and faults its pages in again.
+    let mut starts = Vec::with_capacity(memchr::memchr_iter(b'\n', text.as_bytes()).count() + 1);
+    starts.push(0);
+    starts.extend(memchr::memchr_iter(b'\n', text.as_bytes()).map(|i| i + 1));
+    starts
 }
