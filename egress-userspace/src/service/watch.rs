@@ -7,8 +7,11 @@
 //! written, a file created) settle first. Events on other files of the folder
 //! are dropped: an editor's temporary file, written before it is renamed over
 //! the rule file, would otherwise cost a reconcile (reading and hashing the
-//! rule file, the state) that the rename then waits behind. The service still
-//! compares digests, so a watched file that did not change costs a read.
+//! rule file, the state) that the rename then waits behind. In a folder where
+//! a watched file is a symlink, every event counts: what it points at can
+//! change under other names (a Kubernetes ConfigMap swaps its `..data` link).
+//! The service still compares digests, so a watched file that did not change
+//! costs a read.
 
 use std::{
     collections::BTreeSet,
@@ -22,6 +25,18 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 /// A folder where something happened, and whether the event ends a write.
 pub type Change = (PathBuf, bool);
 
+#[derive(Default)]
+struct Wanted {
+    files: BTreeSet<PathBuf>,
+    every_event: BTreeSet<PathBuf>,
+}
+
+impl Wanted {
+    fn wants(&self, p: &Path) -> bool {
+        self.files.contains(p) || self.every_event.contains(p) || p.parent().is_some_and(|d| self.every_event.contains(d))
+    }
+}
+
 /// Whether an event ends a write: the file is complete now.
 fn ends_write(kind: &notify::EventKind) -> bool {
     use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
@@ -32,15 +47,16 @@ pub struct Watch {
     watcher: Option<notify::RecommendedWatcher>,
     tx: UnboundedSender<Change>,
     watched: BTreeSet<PathBuf>,
-    /// The files (and their folders) whose events are reported.
-    wanted: Arc<Mutex<BTreeSet<PathBuf>>>,
+    /// Whose events are reported: the watched files, and the folders where
+    /// any event is (one of their files is a symlink).
+    wanted: Arc<Mutex<Wanted>>,
 }
 
 impl Watch {
     pub fn new() -> (Watch, UnboundedReceiver<Change>) {
         let (tx, rx) = unbounded_channel();
         let cb_tx = tx.clone();
-        let wanted: Arc<Mutex<BTreeSet<PathBuf>>> = Arc::default();
+        let wanted: Arc<Mutex<Wanted>> = Arc::default();
         let cb_wanted = wanted.clone();
         let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| match ev {
             // Reading a file (ours included: every reconcile reads the rule file) is
@@ -49,8 +65,11 @@ impl Watch {
             Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) && !ends_write(&ev.kind) => {}
             Ok(ev) => {
                 let done = ends_write(&ev.kind);
-                let wanted = cb_wanted.lock().map(|w| w.clone()).unwrap_or_default();
-                for p in ev.paths.iter().filter(|p| wanted.contains(*p)) {
+                let paths: Vec<&PathBuf> = match cb_wanted.lock() {
+                    Ok(w) => ev.paths.iter().filter(|p| w.wants(p)).collect(),
+                    Err(_) => ev.paths.iter().collect(),
+                };
+                for p in paths {
                     if let Some(dir) = p.parent() {
                         let _ = cb_tx.send((dir.to_path_buf(), done));
                     }
@@ -76,7 +95,14 @@ impl Watch {
         };
         let want: BTreeSet<PathBuf> = files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
         if let Ok(mut w) = self.wanted.lock() {
-            *w = files.iter().map(|f| f.to_path_buf()).chain(want.iter().cloned()).collect();
+            w.files = files.iter().map(|f| f.to_path_buf()).collect();
+            // The folders themselves (removed, renamed) and those holding a symlink.
+            w.every_event = files
+                .iter()
+                .filter(|f| std::fs::symlink_metadata(f).is_ok_and(|m| m.file_type().is_symlink()))
+                .filter_map(|f| f.parent().map(Path::to_path_buf))
+                .collect();
+            w.files.extend(want.iter().cloned());
         }
         for d in self.watched.difference(&want).cloned().collect::<Vec<_>>() {
             let _ = w.unwatch(&d);
