@@ -30,6 +30,36 @@ impl Rng {
 /// First destination port of the flow rules: flow `i` goes to udp/`FLOW_PORT_BASE + i`.
 pub const FLOW_PORT_BASE: u16 = 10_000;
 
+/// Prefixes that nest and touch, for random rule sets (the kernel's and the
+/// compiler's differential tests): documentation ranges, the whole space, a
+/// half of it.
+pub const RANDOM_V4_NETS: &[&str] = &[
+    "0.0.0.0/0",
+    "192.0.2.0/24",
+    "192.0.2.0/25",
+    "192.0.2.128/25",
+    "192.0.2.64/26",
+    "192.0.2.7/32",
+    "192.0.2.8/29",
+    "198.51.100.0/23",
+    "198.51.100.0/24",
+    "198.51.101.0/24",
+    "203.0.113.0/24",
+    "203.0.113.128/28",
+    "128.0.0.0/1",
+];
+/// [`RANDOM_V4_NETS`] for IPv6.
+pub const RANDOM_V6_NETS: &[&str] = &[
+    "::/0",
+    "2001:db8::/32",
+    "2001:db8:1::/48",
+    "2001:db8:1::/64",
+    "2001:db8:1::7/128",
+    "2001:db8:2::/48",
+    "2001:db8:1:0:8000::/65",
+    "2001:db8:1:0:8000::/66",
+];
+
 /// A realistic rule set of `n` rules: the last `flows` (at most `n`) allow udp to
 /// 192.0.2.2 and 2001:db8:1::2 on one port each (so that benchmark flows each hit a
 /// different rule, behind every other rule, as a linear filter's worst case); the

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use egress::{
     packet::Shape,
     reference::{L4, PacketMeta},
+    ruleset_gen::{RANDOM_V4_NETS as V4_NETS, RANDOM_V6_NETS as V6_NETS},
 };
 use rand::{Rng, rngs::StdRng, seq::SliceRandom};
 
@@ -22,31 +23,6 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap_or_else(|_| panic!("the pool holds a bad address: {s}"))
 }
 
-const V4_NETS: &[&str] = &[
-    "0.0.0.0/0",
-    "192.0.2.0/24",
-    "192.0.2.0/25",
-    "192.0.2.128/25",
-    "192.0.2.64/26",
-    "192.0.2.7/32",
-    "192.0.2.8/29",
-    "198.51.100.0/23",
-    "198.51.100.0/24",
-    "198.51.101.0/24",
-    "203.0.113.0/24",
-    "203.0.113.128/28",
-    "128.0.0.0/1",
-];
-const V6_NETS: &[&str] = &[
-    "::/0",
-    "2001:db8::/32",
-    "2001:db8:1::/48",
-    "2001:db8:1::/64",
-    "2001:db8:1::7/128",
-    "2001:db8:2::/48",
-    "2001:db8:1:0:8000::/65",
-    "2001:db8:1:0:8000::/66",
-];
 const V4_HOSTS: &[&str] = &[
     "192.0.2.0",
     "192.0.2.7",

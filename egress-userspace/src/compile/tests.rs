@@ -101,20 +101,7 @@ fn each_pattern_is_a_class_of_its_rules() {
 mod random {
     use rand::{Rng, rngs::StdRng};
 
-    pub const V4: &[&str] = &[
-        "0.0.0.0/0",
-        "192.0.2.0/24",
-        "192.0.2.0/25",
-        "192.0.2.128/25",
-        "192.0.2.64/26",
-        "192.0.2.7/32",
-        "192.0.2.8/29",
-        "198.51.100.0/23",
-        "198.51.100.0/24",
-        "203.0.113.0/24",
-        "203.0.113.128/28",
-    ];
-    pub const V6: &[&str] = &["::/0", "2001:db8::/32", "2001:db8:1::/48", "2001:db8:1::/64", "2001:db8:1::7/128", "2001:db8:2::/48"];
+    pub use crate::ruleset_gen::{RANDOM_V4_NETS as V4, RANDOM_V6_NETS as V6};
     pub const PORTS: &[u16] = &[0, 1, 53, 54, 80, 443, 1024, 8080, 65535];
 
     fn pick<T: Copy>(rng: &mut StdRng, v: &[T]) -> T {
