@@ -44,6 +44,12 @@ type Fresh = (Prefix, DstValue, [Option<DstValue>; 2]);
 /// Most rules an edit may take out and put in for this path.
 const MAX_EDIT_RULES: usize = 64;
 
+/// Most destination prefixes those rules may have: every destination prefix
+/// of the rule set is checked against each of them (a set of a million
+/// entries elsewhere in the file: 16 million checks, some 100 ms), and a rule
+/// naming a large set reaches most destinations anyway.
+const MAX_EDIT_PREFIXES: usize = 16;
+
 /// What a recompile did (the service's log).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Recompiled {
@@ -65,6 +71,7 @@ pub fn recompile(prev: Compiled, rs: &RuleSet, edit: &Edit<'_>) -> Option<(Compi
         || prev.default_action != rs.default_code()
         || edit.removed.len() + edit.added > MAX_EDIT_RULES
         || edit.removed.iter().chain(added).any(|r| !r.fqdn.is_empty())
+        || edit.removed.iter().chain(added).map(|r| r.dst.as_ref().map_or(1, Vec::len)).sum::<usize>() > MAX_EDIT_PREFIXES
     {
         return None;
     }

@@ -297,3 +297,20 @@ fn recompiles_of_the_realistic_shape_agree_with_the_reference() {
     }
     assert!(took > 50, "most edits recompiled: {took} of 60");
 }
+
+/// An edit of a rule with many destination prefixes (a large set) compiles
+/// whole: checking every rule against each of its prefixes would cost more.
+#[test]
+fn an_edit_of_a_rule_with_many_destinations_compiles_whole() {
+    let nets: Vec<String> = (0..300).map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256)).collect();
+    let base = "default_policy = \"allow\"\n[[rule]]\nname = \"a\"\ndst = \"192.0.2.0/24\"\nprotocol = \"tcp\"\n";
+    let big = format!("[[rule]]\nname = \"big\"\naction = \"deny\"\ndst = [{}]\nprotocol = \"udp\"\n", nets.join(", "));
+    let small = "[[rule]]\nname = \"small\"\naction = \"deny\"\ndst = \"198.51.100.0/24\"\nprotocol = \"udp\"\n";
+    let before = crate::rules::parse("r.toml", base).unwrap();
+    let c = compile(&before).unwrap();
+    for (add, whole) in [(big.as_str(), true), (small, false)] {
+        let after = crate::rules::parse("r.toml", &format!("{base}{add}")).unwrap();
+        let edit = incremental::Edit { at: 1, removed: &[], added: 1 };
+        assert_eq!(incremental::recompile(c.clone(), &after, &edit).is_none(), whole, "{}", &add[..30]);
+    }
+}
