@@ -127,7 +127,7 @@ pub fn prepare(path: &Path) -> Result<Prepared, ReloadError> {
 /// [`prepare`], and the files the rule file named (sets, the GeoIP database),
 /// also when it failed: `egress run` watches them.
 pub fn prepare_tracked(path: &Path) -> (Result<Prepared, ReloadError>, Vec<std::path::PathBuf>) {
-    let (mut p, inputs) = prepare_tracked_unlinted(path, None);
+    let (mut p, inputs) = prepare_read_unlinted(path, RuleText::read(path), None);
     if let Ok(p) = p.as_mut() {
         p.lint();
     }
@@ -155,12 +155,15 @@ impl RuleText {
 
     /// [`inputs_digest_now`] with this text for the rule file.
     pub fn inputs_digest(&self, inputs: &[std::path::PathBuf]) -> Option<String> {
-        let read: Option<Vec<(std::path::PathBuf, String)>> = inputs.iter().map(|p| file_digest(p).map(|d| (p.clone(), d))).collect();
-        Some(crate::input::inputs_digest(self.sha.as_deref()?, &read?))
+        with_inputs(self.sha.as_deref()?, inputs)
     }
 }
 
-/// [`prepare_tracked_unlinted`] on a rule file already read.
+/// [`prepare_tracked`] on a rule file already read, without the linter:
+/// `egress run` enforces first and lints after ([`Prepared::lint`]). With
+/// `cache`, the parse reuses the rules of the file's last parse that did not
+/// change (rules/incremental.rs), and the compile recompiles only what they
+/// reach (compile/incremental.rs).
 pub fn prepare_read_unlinted(
     path: &Path,
     read: RuleText,
@@ -172,20 +175,6 @@ pub fn prepare_read_unlinted(
     };
     let loader = crate::input::FsLoader::for_rules(path);
     let p = prepare_loaded(path, &text, &loader, cache, read.sha.as_deref());
-    (p, loader.inputs().into_iter().map(|(p, _)| p).collect())
-}
-
-/// [`prepare_tracked`] without the linter: `egress run` enforces first and
-/// lints after ([`Prepared::lint`]). With `cache`, the parse reuses the rules
-/// of the file's last parse that did not change (rules/incremental.rs), and
-/// the compile recompiles only what they reach (compile/incremental.rs).
-pub fn prepare_tracked_unlinted(path: &Path, cache: Option<&mut ReloadCache>) -> (Result<Prepared, ReloadError>, Vec<std::path::PathBuf>) {
-    let text = match crate::input::read_text(path, "rule file") {
-        Ok(t) => t,
-        Err(e) => return (Err(ReloadError::Input(e)), Vec::new()),
-    };
-    let loader = crate::input::FsLoader::for_rules(path);
-    let p = prepare_loaded(path, &text, &loader, cache, None);
     (p, loader.inputs().into_iter().map(|(p, _)| p).collect())
 }
 
@@ -436,6 +425,11 @@ pub fn file_digest(path: &Path) -> Option<String> {
 /// names the files `inputs` (those of the last prepare): equal to the enforced
 /// digest when nothing it was built from changed. None when a file cannot be read.
 pub fn inputs_digest_now(rules: &Path, inputs: &[std::path::PathBuf]) -> Option<String> {
+    with_inputs(&file_digest(rules)?, inputs)
+}
+
+/// The digest of a rule file of digest `rules_sha` with the files `inputs` as they are now.
+fn with_inputs(rules_sha: &str, inputs: &[std::path::PathBuf]) -> Option<String> {
     let read: Option<Vec<(std::path::PathBuf, String)>> = inputs.iter().map(|p| file_digest(p).map(|d| (p.clone(), d))).collect();
-    Some(crate::input::inputs_digest(&file_digest(rules)?, &read?))
+    Some(crate::input::inputs_digest(rules_sha, &read?))
 }

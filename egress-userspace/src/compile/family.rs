@@ -45,10 +45,14 @@ impl Interner<'_> {
 
 /// The prefixes of one address field of a rule, in one family (`None` = any).
 pub(super) fn prefixes(nets: &Option<Vec<IpNet>>, v6: bool) -> Vec<Prefix> {
-    match nets {
-        None => vec![Prefix::any(v6)],
-        Some(v) => v.iter().filter(|n| matches!(n, IpNet::V6(_)) == v6).map(Prefix::of).collect(),
-    }
+    prefix_iter(nets, v6).collect()
+}
+
+/// [`prefixes`] without collecting them.
+pub(super) fn prefix_iter(nets: &Option<Vec<IpNet>>, v6: bool) -> impl Iterator<Item = Prefix> + '_ {
+    let any = nets.is_none().then(|| Prefix::any(v6));
+    let listed = nets.iter().flatten().filter(move |n| matches!(n, IpNet::V6(_)) == v6).map(Prefix::of);
+    any.into_iter().chain(listed)
 }
 
 pub(super) type Family = (Vec<(Prefix, DstValue)>, Vec<(u32, Prefix, Lists)>, Vec<(String, DstValue)>);

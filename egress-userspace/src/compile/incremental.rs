@@ -19,11 +19,10 @@
 
 use egress_common::{DST_SRC_ANY, DstValue, INLINE_LIST, Lists, NO_LIST, PCLASS_COUNT};
 use foldhash::{HashMap, HashSet};
-use ipnet::IpNet;
 
 use super::{
     Compiled, Prefix, append_list_slots,
-    family::{Interner, compile_family},
+    family::{Interner, compile_family, prefix_iter},
     flat,
     ports::{PCLASSES_V4, PCLASSES_V6, list_slot},
 };
@@ -90,7 +89,8 @@ pub fn recompile(prev: Compiled, rs: &RuleSet, edit: &Edit<'_>) -> Option<(Compi
     let mut fresh_pairs: [Vec<(u32, Prefix, Lists)>; 2] = [Vec::new(), Vec::new()];
     for v6 in [false, true] {
         let in_family = |r: &Rule| if v6 { r.families.v6 } else { r.families.v4 };
-        let mut edited: Vec<Prefix> = edit.removed.iter().chain(added).filter(|r| in_family(r)).flat_map(|r| dst_prefixes(r, v6)).collect();
+        let mut edited: Vec<Prefix> =
+            edit.removed.iter().chain(added).filter(|r| in_family(r)).flat_map(|r| prefix_iter(&r.dst, v6)).collect();
         edited.sort_unstable();
         edited.dedup();
         if edited.is_empty() {
@@ -101,17 +101,7 @@ pub fn recompile(prev: Compiled, rs: &RuleSet, edit: &Edit<'_>) -> Option<(Compi
             return None;
         }
         let nests = |q: &Prefix| edited.iter().any(|p| p.contains(q) || q.contains(p));
-        let related: Vec<&Rule> = rs
-            .rules
-            .iter()
-            .filter(|r| {
-                in_family(r)
-                    && match &r.dst {
-                        None => true,
-                        Some(v) => v.iter().filter(|n| matches!(n, IpNet::V6(_)) == v6).any(|n| nests(&Prefix::of(n))),
-                    }
-            })
-            .collect();
+        let related: Vec<&Rule> = rs.rules.iter().filter(|r| in_family(r) && prefix_iter(&r.dst, v6).any(|q| nests(&q))).collect();
         // Past half the rule set, a whole compile is about as quick.
         if related.len() > rs.rules.len() / 2 + 64 {
             return None;
@@ -225,11 +215,6 @@ pub fn recompile(prev: Compiled, rs: &RuleSet, edit: &Edit<'_>) -> Option<(Compi
         out.pair_lists = ids.values;
     }
     Some((out, done))
-}
-
-/// A rule's destination prefixes in one family (any: the /0).
-fn dst_prefixes(r: &Rule, v6: bool) -> Vec<Prefix> {
-    super::family::prefixes(&r.dst, v6)
 }
 
 /// Two lists sorted by prefix, with no prefix in both, as one.
