@@ -106,6 +106,8 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_STATS: &str = "STATS";
 pub const MAP_FLOW_V4: &str = "FLOW_V4";
 pub const MAP_FLOW_V6: &str = "FLOW_V6";
+/// The flow cache's door (not pinned: scratch of the programs that use it).
+pub const MAP_DOOR: &str = "DOOR";
 /// Every map of one rule-set generation (pinned per generation).
 pub const ALL_MAPS: [&str; 17] = [
     MAP_DIR_V4,
@@ -175,6 +177,14 @@ pub const MAX_LIST_SLOTS: u32 = 1 << 24;
 pub const FLOW_CACHE_ENTRIES: u32 = 65_536;
 /// Most slots per family (`--flow-cache` is capped here).
 pub const MAX_FLOW_CACHE_ENTRIES: u32 = 1 << 24;
+/// The flow cache's door (the program's door.rs): 64-bit words of "seen
+/// lately" bits in each of its four generations, per CPU (8 KiB, 65,536 bits
+/// a generation; it reads two, which stay in the CPU's first-level cache).
+pub const DOOR_WORDS: u32 = 2048;
+/// Flows turned away by the door (on one CPU) that fill a generation: a flow
+/// is remembered for 4,096 to 8,192 of them, and at most one bit in 8 of the
+/// two generations the door reads is set.
+pub const DOOR_GENERATION: u32 = 4096;
 /// Counter slot of the default policy in COUNTERS; rule i (1-based, file order) uses slot i.
 pub const DEFAULT_COUNTER_SLOT: u32 = 0;
 

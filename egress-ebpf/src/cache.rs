@@ -1,5 +1,5 @@
-//! The flow verdict cache: after a flow's first packet, one array read instead of
-//! the full lookup. Keyed by exactly the fields the verdict depends on (addresses,
+//! The flow verdict cache: once a flow is in it (from its second packet,
+//! door.rs), one array read instead of the full lookup. Keyed by exactly the fields the verdict depends on (addresses,
 //! protocol class, destination port or ICMP type/code), so a hit returns what the
 //! full lookup would. A hit still counts for its rule: the caller counts whatever
 //! slot the cache or the full lookup yields.
@@ -47,12 +47,19 @@ fn valid<const N: usize>(src: &[u8; N], dst: &[u8; N], pkt: &Packet, v: &FlowVal
     Some((v.rule, v.action & !FLOW_LEARNED))
 }
 
-/// The cached verdict for the packet's flow, if its slot holds it.
+/// The packet's flow hash (egress-common's `flow_slot`): its slot is the hash
+/// masked to the cache's size, and the door (door.rs) takes other bits of it.
 #[inline(always)]
-pub fn get(pkt: &Packet, mask: u32, generation: u32) -> Option<Decision> {
+pub fn hash(pkt: &Packet) -> u32 {
+    if pkt.v6 { flow_slot(&pkt.src, &pkt.dst, pkt.pclass, pkt.port) } else { flow_slot(&v4(&pkt.src), &v4(&pkt.dst), pkt.pclass, pkt.port) }
+}
+
+/// The cached verdict for the packet's flow, if slot `at` holds it.
+#[inline(always)]
+pub fn get(pkt: &Packet, at: u32, generation: u32) -> Option<Decision> {
     if pkt.v6 {
         let k = FlowKeyV6 { src: pkt.src, dst: pkt.dst, pclass: pkt.pclass, _pad: 0, port: pkt.port };
-        let p = FLOW_V6.get_ptr(flow_slot(&k.src, &k.dst, k.pclass, k.port) & mask)?;
+        let p = FLOW_V6.get_ptr(at)?;
         // The key in place, then one copy of the value; the seal judges the pair.
         if unsafe { (*p).key } != k {
             return None;
@@ -62,7 +69,7 @@ pub fn get(pkt: &Packet, mask: u32, generation: u32) -> Option<Decision> {
         valid(&k.src, &k.dst, pkt, &v, deadline, generation)
     } else {
         let k = FlowKeyV4 { src: v4(&pkt.src), dst: v4(&pkt.dst), pclass: pkt.pclass, _pad: 0, port: pkt.port };
-        let p = FLOW_V4.get_ptr(flow_slot(&k.src, &k.dst, k.pclass, k.port) & mask)?;
+        let p = FLOW_V4.get_ptr(at)?;
         if unsafe { (*p).key } != k {
             return None;
         }
@@ -72,36 +79,36 @@ pub fn get(pkt: &Packet, mask: u32, generation: u32) -> Option<Decision> {
     }
 }
 
-/// Remembers the verdict of the packet's flow in its slot. `SPLIT` (the stateful
+/// Remembers the verdict of the packet's flow in slot `at`. `SPLIT` (the stateful
 /// program): one BPF function per family, each keeping its key and seal
 /// arithmetic in a frame of its own (BPF's 512 bytes of stack are shared along
 /// every chain of calls); without it, no call.
 #[inline(always)]
-pub fn put<const SPLIT: bool>(pkt: &Packet, mask: u32, generation: u32, d: Decision) {
+pub fn put<const SPLIT: bool>(pkt: &Packet, at: u32, generation: u32, d: Decision) {
     match (SPLIT, pkt.v6) {
-        (true, true) => put_v6_call(pkt, mask, generation, d),
-        (true, false) => put_v4_call(pkt, mask, generation, d),
-        (false, true) => put_v6(pkt, mask, generation, d),
-        (false, false) => put_v4(pkt, mask, generation, d),
+        (true, true) => put_v6_call(pkt, at, generation, d),
+        (true, false) => put_v4_call(pkt, at, generation, d),
+        (false, true) => put_v6(pkt, at, generation, d),
+        (false, false) => put_v4(pkt, at, generation, d),
     }
 }
 
 #[inline(never)]
-fn put_v6_call(pkt: &Packet, mask: u32, generation: u32, d: Decision) {
-    put_v6(pkt, mask, generation, d)
+fn put_v6_call(pkt: &Packet, at: u32, generation: u32, d: Decision) {
+    put_v6(pkt, at, generation, d)
 }
 
 #[inline(never)]
-fn put_v4_call(pkt: &Packet, mask: u32, generation: u32, d: Decision) {
-    put_v4(pkt, mask, generation, d)
+fn put_v4_call(pkt: &Packet, at: u32, generation: u32, d: Decision) {
+    put_v4(pkt, at, generation, d)
 }
 
 #[inline(always)]
-fn put_v6(pkt: &Packet, mask: u32, generation: u32, (rule, action): Decision) {
+fn put_v6(pkt: &Packet, at: u32, generation: u32, (rule, action): Decision) {
     let (deadline, tag) = terms(action);
     // Straight from the packet into the slot: no key copy on the stack.
     let seal = flow_seal(&pkt.src, &pkt.dst, pkt.pclass, pkt.port, rule, action, generation ^ tag);
-    if let Some(p) = FLOW_V6.get_ptr_mut(flow_slot(&pkt.src, &pkt.dst, pkt.pclass, pkt.port) & mask) {
+    if let Some(p) = FLOW_V6.get_ptr_mut(at) {
         unsafe {
             (*p).key.src = pkt.src;
             (*p).key.dst = pkt.dst;
@@ -115,11 +122,11 @@ fn put_v6(pkt: &Packet, mask: u32, generation: u32, (rule, action): Decision) {
 }
 
 #[inline(always)]
-fn put_v4(pkt: &Packet, mask: u32, generation: u32, (rule, action): Decision) {
+fn put_v4(pkt: &Packet, at: u32, generation: u32, (rule, action): Decision) {
     let (deadline, tag) = terms(action);
     let key = FlowKeyV4 { src: v4(&pkt.src), dst: v4(&pkt.dst), pclass: pkt.pclass, _pad: 0, port: pkt.port };
     let seal = flow_seal(&key.src, &key.dst, key.pclass, key.port, rule, action, generation ^ tag);
-    if let Some(p) = FLOW_V4.get_ptr_mut(flow_slot(&key.src, &key.dst, key.pclass, key.port) & mask) {
+    if let Some(p) = FLOW_V4.get_ptr_mut(at) {
         unsafe {
             (*p).key = key;
             (*p).deadline = deadline;

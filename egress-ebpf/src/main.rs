@@ -1,6 +1,6 @@
 //! egress: the classifier. Parses the packet, asks the flow verdict cache
-//! (cache.rs), on a miss runs the three-stage lookup (classify.rs) and caches its
-//! result, counts the decision against its rule and returns it. One body, four
+//! (cache.rs) if the flow has been seen before (door.rs), on a miss runs the
+//! three-stage lookup (classify.rs) and caches its result, counts the decision against its rule and returns it. One body, four
 //! entry points: `egress_classify` (a TC program, attached to an interface's
 //! egress or ingress hook) and `egress_xdp` (an XDP program: packets arriving on
 //! the interface, before the stack), and their stateful twins `egress_classify_sf`
@@ -39,6 +39,8 @@ mod conn;
 #[cfg(target_arch = "bpf")]
 mod dns;
 #[cfg(target_arch = "bpf")]
+pub(crate) mod door;
+#[cfg(target_arch = "bpf")]
 mod epoch;
 #[cfg(target_arch = "bpf")]
 mod events;
@@ -69,7 +71,7 @@ pub(crate) mod program {
     use crate::{
         cache, classify,
         conn::{self, Seen},
-        dns, epoch, events,
+        dns, door, epoch, events,
         frame::Frame,
         parse::{self, ParseError},
         stats,
@@ -268,13 +270,20 @@ pub(crate) mod program {
         }
         let mask = unsafe { core::ptr::read_volatile(&FLOW_MASK) };
         let generation = egress_common::cache_generation(unsafe { core::ptr::read_volatile(&GENERATION) }, epoch);
-        let cached = match (mask != u32::MAX, SPLIT) {
+        let h = if mask != u32::MAX { cache::hash(&pkt) } else { 0 };
+        // The door (door.rs): a flow's first packet takes the full lookup and
+        // leaves the cache alone. Not with rules by name: the call-free body
+        // asks the cache before it hands a miss on to the split one, which
+        // answers for the cache there.
+        let door = if SPLIT { conn_on && !dns::on() } else { !names };
+        let ask = mask != u32::MAX && (!door || if SPLIT { door_call(h) } else { door::admits(h) });
+        let cached = match (ask, SPLIT) {
             (false, _) => None,
-            (true, true) => match cached_call(&pkt, mask, generation) {
+            (true, true) => match cached_call(&pkt, h & mask, generation) {
                 (u32::MAX, _) => None,
                 d => Some(d),
             },
-            (true, false) => cache::get(&pkt, mask, generation),
+            (true, false) => cache::get(&pkt, h & mask, generation),
         };
         let (slot, action) = match cached {
             Some(d) => {
@@ -286,8 +295,8 @@ pub(crate) mod program {
             None if names => return Ok(to_split(ctx)),
             None => {
                 let (slot, action) = if SPLIT { full_call(&pkt) } else { full::<false>(&pkt, epoch) };
-                if mask != u32::MAX {
-                    cache::put::<SPLIT>(&pkt, mask, generation, (slot, action));
+                if ask {
+                    cache::put::<SPLIT>(&pkt, h & mask, generation, (slot, action));
                 }
                 (slot, action & !FLOW_LEARNED)
             }
@@ -321,8 +330,16 @@ pub(crate) mod program {
     /// no verdict (a plain pair, not an `Option`: the kernel rejects rustc's BTF
     /// for an enum with data in a function's signature).
     #[inline(never)]
-    fn cached_call(pkt: &parse::Packet, mask: u32, generation: u32) -> (u32, u32) {
-        cache::get(pkt, mask, generation).unwrap_or((u32::MAX, 0))
+    fn cached_call(pkt: &parse::Packet, at: u32, generation: u32) -> (u32, u32) {
+        cache::get(pkt, at, generation).unwrap_or((u32::MAX, 0))
+    }
+
+    /// The door's answer as a BPF call (the stateful body): what it leaves on
+    /// its frame stays there, so the verifier sees two outcomes, not one per
+    /// path through it (Linux 6.1 ran out of its budget on the stateful body).
+    #[inline(never)]
+    fn door_call(h: u32) -> bool {
+        door::admits(h)
     }
 
     /// The full lookup as a BPF call (the stateful body).

@@ -114,6 +114,14 @@ pub static FLOW_V4: Array<FlowEntryV4> = Array::with_max_entries(FLOW_CACHE_ENTR
 #[map]
 pub static FLOW_V6: Array<FlowEntryV6> = Array::with_max_entries(FLOW_CACHE_ENTRIES, MMAPABLE);
 
+/// The flow cache's door (door.rs): one entry per CPU (user space sizes it
+/// to the possible CPUs; one entry when the cache is off), indexed by the
+/// CPU's number. Memory-mappable for its alignment only (see [`FLOW_V4`]):
+/// each entry is a whole number of cache lines, so no two CPUs share one.
+/// Written and read by the program only.
+#[map]
+pub static DOOR: Array<crate::door::Door> = Array::with_max_entries(1, MMAPABLE);
+
 /// Stateful mode's connection table, IPv4 (conn.rs): an LRU hash shared by all
 /// CPUs, every generation of the attachment and its companion program (user
 /// space pins it and hands the same map to each load). Sized by `max_flows`.

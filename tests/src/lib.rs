@@ -425,6 +425,21 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Keeps the calling thread on the CPU it runs on. For BPF_PROG_TEST_RUN
+/// tests that count on the flow cache: its door (the program's door.rs) is
+/// per CPU, so a flow is cached at its second packet on the same CPU.
+pub fn stay_on_this_cpu() {
+    // SAFETY: cpu_set_t is plain data, initialised by CPU_ZERO; the calls read
+    // and write only it.
+    unsafe {
+        let cpu = libc::sched_getcpu().max(0) as usize;
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// Replaces `path` the way editors do: a new file renamed over the old one.
 pub fn replace_file(path: &std::path::Path, text: &str) {
     let tmp = path.with_extension("swp");

@@ -28,6 +28,9 @@ impl Prog {
         // A small flow cache: these tests load hundreds of rule sets, and the LRU
         // maps are preallocated.
         let opts = LoadOptions { flow_cache: TEST_SLOTS, ..LoadOptions::default() };
+        // The flow cache's door is per CPU: a flow is cached at its second
+        // packet on the same CPU.
+        egress_tests::stay_on_this_cpu();
         Prog { loaded: Loaded::with_options(&c, &opts).expect("load") }
     }
     fn run(&mut self, frame: &[u8]) -> i32 {
@@ -257,8 +260,10 @@ fn kernel_agrees_with_reference_on_random_rule_sets() {
             let frame = packet::build(&m, &shape);
             let (slot, action) = reference::classify(&rs, &m);
             let expect = if action == Action::Deny { TC_ACT_SHOT } else { TC_ACT_UNSPEC };
-            // Twice: the first run misses the flow cache (full lookup), the second hits it.
-            for pass in ["full lookup", "flow cache hit"] {
+            // Three times: the first run takes the full lookup and leaves the
+            // flow cache alone (its door), the second caches the verdict, the
+            // third hits the cache.
+            for pass in ["full lookup, first packet", "full lookup, cached", "flow cache hit"] {
                 let got = prog.run(&frame);
                 assert_eq!(
                     got, expect,
@@ -296,6 +301,46 @@ fn sealed(key: &FlowKeyV4, rule: u32, action: u32, generation: u32) -> FlowEntry
     FlowEntryV4 { key: *key, value: FlowValue { rule, action, generation, seal }, deadline: 0 }
 }
 
+/// The cache's slots that are not empty.
+fn used_slots(prog: &mut Prog) -> Vec<(u32, FlowEntryV4)> {
+    let map = flow_v4(prog);
+    (0..TEST_SLOTS).map(|i| (i, map.get(&i, 0).expect("read FLOW_V4"))).filter(|(_, e)| *e != FlowEntryV4::default()).collect()
+}
+
+/// The door remembers a flow for a generation of first packets on its CPU
+/// (DOOR_GENERATION), and forgets it two generations on.
+#[test]
+fn the_flow_cache_door_remembers_a_generation_then_forgets() {
+    egress_tests::need_root!("BPF_PROG_TEST_RUN");
+    let rs = rules::parse("fixtures.toml", FIXTURE_RULES).unwrap();
+    let frame = packet::build(&meta("192.0.2.1", "198.51.100.7", 17, L4::Ports { dport: 53 }), &Shape::default());
+    let key = udp_key([198, 51, 100, 7], 53);
+    let at = slot_of(&key);
+    let mut prog = Prog::new(&rs);
+    // New flows (default allow), none of them sharing the flow's cache slot.
+    let mut others = (0u32..).map(|k| ([203, 0, 113, (k % 250 + 1) as u8], 1000 + (k / 250) as u16)).filter(|&(src, port)| {
+        slot_of(&FlowKeyV4 { src, dst: [198, 51, 100, 9], pclass: PCLASS_UDP, _pad: 0, port: port.to_be_bytes() }) != at
+    });
+    let mut first_packets = |prog: &mut Prog, n: u32| {
+        for _ in 0..n {
+            let (src, port) = others.next().expect("another flow");
+            let m = meta(&std::net::Ipv4Addr::from(src).to_string(), "198.51.100.9", 17, L4::Ports { dport: port });
+            assert_eq!(prog.run(&packet::build(&m, &Shape::default())), TC_ACT_UNSPEC);
+        }
+    };
+    assert_eq!(prog.run(&frame), TC_ACT_SHOT);
+    first_packets(&mut prog, egress_common::DOOR_GENERATION - 1);
+    assert_eq!(prog.run(&frame), TC_ACT_SHOT);
+    assert_eq!(flow_v4(&mut prog).get(&at, 0).unwrap(), sealed(&key, 1, ACTION_DENY, 1), "remembered: its second packet is cached");
+    // A planted verdict shows whether the cache is asked.
+    flow_v4(&mut prog).set(at, sealed(&key, 2, ACTION_ALLOW, 1), 0).unwrap();
+    assert_eq!(prog.run(&frame), TC_ACT_UNSPEC, "the door lets the flow in: the cache answers");
+    first_packets(&mut prog, 2 * egress_common::DOOR_GENERATION);
+    assert_eq!(prog.run(&frame), TC_ACT_SHOT, "forgotten: the full lookup answers, the cache is not asked");
+    assert_eq!(flow_v4(&mut prog).get(&at, 0).unwrap(), sealed(&key, 2, ACTION_ALLOW, 1), "and not written");
+    assert_eq!(prog.run(&frame), TC_ACT_UNSPEC, "marked again: the next packet asks the cache");
+}
+
 /// The flow verdict cache is consulted, its hits count for the cached rule, and a
 /// slot whose seal or generation does not match is ignored (and rewritten).
 #[test]
@@ -308,13 +353,15 @@ fn flow_cache_hits_count_and_bad_entries_are_ignored() {
     let at = slot_of(&key);
 
     let mut prog = Prog::new(&rs);
-    assert_eq!(prog.run(&frame), TC_ACT_SHOT, "deny-dns");
-    {
-        let map = flow_v4(&mut prog);
-        let used: Vec<(u32, FlowEntryV4)> =
-            (0..TEST_SLOTS).map(|i| (i, map.get(&i, 0).expect("read FLOW_V4"))).filter(|(_, e)| *e != FlowEntryV4::default()).collect();
-        assert_eq!(used, vec![(at, sealed(&key, 1, ACTION_DENY, 1))], "one slot, at the shared hash, sealed as user space computes it");
-    }
+    // The door: a flow's first packet leaves the cache alone, its second is cached.
+    assert_eq!(prog.run(&frame), TC_ACT_SHOT, "deny-dns, first packet");
+    assert_eq!(used_slots(&mut prog), vec![], "a flow's first packet is not cached");
+    assert_eq!(prog.run(&frame), TC_ACT_SHOT, "deny-dns, second packet");
+    assert_eq!(
+        used_slots(&mut prog),
+        vec![(at, sealed(&key, 1, ACTION_DENY, 1))],
+        "one slot, at the shared hash, sealed as user space computes it"
+    );
     let slot = |prog: &Prog, i: usize| prog.loaded.counters().unwrap()[i].packets;
 
     // A well-sealed entry is believed: the packet gets the cached verdict and counts

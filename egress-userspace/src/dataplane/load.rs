@@ -17,7 +17,7 @@ use egress_common::{
     Counter, FLOW_CACHE_ENTRIES, GLOBAL_CONN_ON, GLOBAL_COUNTER_STRIDE, GLOBAL_DEFAULT_ACTION, GLOBAL_EVENT_INTERVAL,
     GLOBAL_EVENT_TOLERANCE, GLOBAL_FLOW_MASK, GLOBAL_GENERATION, GLOBAL_HALF_COUNTERS, GLOBAL_HALF_DIR_V4, GLOBAL_HALF_DIR_V6,
     GLOBAL_HAS_ETH, GLOBAL_HOT, GLOBAL_TO_ICMP, GLOBAL_TO_TCP_CLOSING, GLOBAL_TO_TCP_EST, GLOBAL_TO_UDP, MAP_CONN_STATS, MAP_CONN_V4,
-    MAP_CONN_V6, MAP_COUNTERS, MAP_DEBUG_LOG, MAP_DNS_TAIL_TC, MAP_DNS_TAIL_XDP, MAP_EVENT_LIMITS, MAP_EVENT_STATS, MAP_EVENTS,
+    MAP_CONN_V6, MAP_COUNTERS, MAP_DEBUG_LOG, MAP_DNS_TAIL_TC, MAP_DNS_TAIL_XDP, MAP_DOOR, MAP_EVENT_LIMITS, MAP_EVENT_STATS, MAP_EVENTS,
     MAP_FLOW_V4, MAP_FLOW_V6, MAP_STATS, MAX_FLOW_CACHE_ENTRIES, MIN_MAX_FLOWS, STATS_LEN, TRACK_PROGRAM_NAME, classifier_program,
 };
 
@@ -252,6 +252,10 @@ impl Loaded {
             .map_max_entries(MAP_COUNTERS, counter_entries)
             .map_max_entries(MAP_FLOW_V4, cache_entries)
             .map_max_entries(MAP_FLOW_V6, cache_entries);
+        if slots != 0 {
+            // The flow cache's door: one entry per CPU (the program's door.rs).
+            loader.map_max_entries(MAP_DOOR, super::counters::possible_cpus()? as u32);
+        }
         let table;
         let (p4, p6, pstats);
         match &o.state {
