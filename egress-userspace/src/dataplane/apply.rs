@@ -163,12 +163,16 @@ fn apply_at(req: ApplyRequest<'_>) -> Result<Applied> {
     }
 
     // The program stays when only the rules changed (hot.rs).
-    let path = match &prev {
-        None => ReloadPath::Load,
-        Some(p) => match super::hot::refusal(p, &req) {
-            Some(why) => ReloadPath::Full(why),
-            None => return super::hot::reload(p, req),
-        },
+    let refused = match &prev {
+        None => Some(ReloadPath::Load),
+        Some(p) => super::hot::refusal(p, &req).map(ReloadPath::Full),
+    };
+    let path = match (refused, prev.take()) {
+        (None, Some(p)) => return super::hot::reload(p, req),
+        (path, p) => {
+            prev = p;
+            path.unwrap_or(ReloadPath::Load)
+        }
     };
     let now = now_unix();
     let generation = prev.as_ref().map(|p| p.generation + 1).unwrap_or(1);
@@ -338,7 +342,7 @@ fn apply_at(req: ApplyRequest<'_>) -> Result<Applied> {
     settle_dns(&key, prev.as_ref(), &st);
     state::write_state(&st)?;
     let old_final = fold_pending(&mut st)?;
-    let removed = prev.as_ref().map(|p| removed(p, &carried, old_final.as_ref())).unwrap_or_default();
+    let removed = prev.map(|p| removed(p.counter_base(), p.rules, &carried, old_final.as_ref())).unwrap_or_default();
     let kept = carried.iter().filter(|c| **c).count();
     Ok(Applied { state: st, replaced, kept, removed, path, enforced_at })
 }
@@ -389,20 +393,21 @@ pub(super) fn carry(prev: Option<&State>, rules: &mut [RuleInfo], default_action
     c
 }
 
-/// The previous rules that were not carried over, with their final counts
-/// (`old_final`: the previous counters after the fold).
-pub(super) fn removed(p: &State, carried: &[bool], old_final: Option<&(Vec<Counter>, Vec<u64>)>) -> Vec<Removed> {
-    let base = p.counter_base() as usize;
+/// The previous rules (`rules`, counted from slot `base` in COUNTERS) that
+/// were not carried over, with their final counts (`old_final`: the previous
+/// counters after the fold).
+pub(super) fn removed(base: u32, rules: Vec<RuleInfo>, carried: &[bool], old_final: Option<&(Vec<Counter>, Vec<u64>)>) -> Vec<Removed> {
+    let base = base as usize;
     let mut out = Vec::new();
-    for (j, r) in p.rules.iter().enumerate() {
+    for (j, r) in rules.into_iter().enumerate() {
         if carried[j] {
             continue;
         }
         let last = old_final.and_then(|(c, _)| c.get(base + j + 1)).map(count).unwrap_or_default();
         out.push(Removed {
-            name: r.name.clone(),
-            action: r.action.clone(),
-            summary: r.summary.clone(),
+            name: r.name,
+            action: r.action,
+            summary: r.summary,
             count: (r.base + last).since_reset(r.reset),
             since: r.since,
         });

@@ -84,10 +84,11 @@ fn read_epoch(m: MapData) -> Result<u32> {
 
 /// Writes `req`'s rule set into the idle half of `prev`'s maps, makes it live,
 /// and carries the counters over. Only after [`refusal`] said None.
-pub(super) fn reload(prev: &State, req: ApplyRequest<'_>) -> Result<Applied> {
+pub(super) fn reload(mut prev: State, req: ApplyRequest<'_>) -> Result<Applied> {
     let start = Instant::now();
     let h = prev.halves.clone().ok_or_else(|| DataplaneError::Other("no halves to reload into".into()))?;
-    let (key, g) = (prev.key.as_str(), prev.maps_generation());
+    let (key, g) = (prev.key.clone(), prev.maps_generation());
+    let key = key.as_str();
     let next = h.epoch.wrapping_add(1);
     let b = h.caps.bases(half_of(next));
     let c = req.compiled;
@@ -107,7 +108,10 @@ pub(super) fn reload(prev: &State, req: ApplyRequest<'_>) -> Result<Applied> {
     let now = now_unix();
     let mut rules = (req.rules)();
     let Carry { slots, carried, default: (default_base, default_since, default_reset) } =
-        carry(Some(prev), &mut rules, &req.default_action, now);
+        carry(Some(&prev), &mut rules, &req.default_action, now);
+    // The previous rules are only needed for the report of those removed:
+    // taken out, not copied with the rest of the state.
+    let (old_rules, old_base) = (std::mem::take(&mut prev.rules), prev.counter_base());
     let mut st = State {
         // A new rule-set generation, in the maps of the loaded one.
         generation: prev.generation + 1,
@@ -119,9 +123,9 @@ pub(super) fn reload(prev: &State, req: ApplyRequest<'_>) -> Result<Applied> {
         default_base,
         default_since,
         default_reset,
-        pending: Some(Pending { generation: g, slots, counter_base: prev.counter_base() }),
+        pending: Some(Pending { generation: g, slots, counter_base: old_base }),
         halves: Some(state::Halves { epoch: next, ..h }),
-        ..prev.clone()
+        ..prev
     };
     let t = Instant::now();
     state::write_state(&st)?;
@@ -134,7 +138,7 @@ pub(super) fn reload(prev: &State, req: ApplyRequest<'_>) -> Result<Applied> {
         fold_us = (t.elapsed() - stated).as_micros() as u64,
         "hot reload done"
     );
-    let removed = removed(prev, &carried, old_final.as_ref());
+    let removed = removed(old_base, old_rules, &carried, old_final.as_ref());
     let kept = carried.iter().filter(|c| **c).count();
     Ok(Applied { state: st, replaced: true, kept, removed, path: ReloadPath::Hot { enforced, written }, enforced_at })
 }
