@@ -183,11 +183,12 @@ pub enum Command {
         cs: CloudStackOptions,
         /// Flow verdict cache size, slots per address family (0 turns it off).
         ///
-        /// The first packet of a flow (source, destination, protocol, destination port
-        /// or ICMP type/code) runs the full lookup; later ones hit the cache and still
-        /// count for their rule. Rounded up to a power of two; a slot takes 32 (IPv4)
-        /// / 64 (IPv6) bytes, preallocated and shared by all CPUs. Direct-mapped: a
-        /// new flow replaces the flow that had its slot.
+        /// A flow (source, destination, protocol, destination port or ICMP
+        /// type/code) enters the cache at its second packet: its first two packets
+        /// run the full lookup, later ones hit the cache and still count for their
+        /// rule (a scan's one-packet flows never touch it). Rounded up to a power of
+        /// two; a slot takes 32 (IPv4) / 64 (IPv6) bytes, preallocated and shared by
+        /// all CPUs. Direct-mapped: a new flow replaces the flow that had its slot.
         #[arg(long, value_name = "N", default_value_t = egress_common::FLOW_CACHE_ENTRIES)]
         flow_cache: u32,
         /// Print the summary as JSON.
