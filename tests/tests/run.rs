@@ -134,6 +134,36 @@ fn one_service_per_interface_and_adoption_after_sigkill() {
     assert_eq!(c, vec![9, 0], "{json}");
 }
 
+/// After a restart adopts what is enforced, the first change recompiles only
+/// what it reaches: the service parsed and compiled the file at adoption.
+#[test]
+fn the_first_change_after_adoption_is_incremental() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let p = Pair::new("prime").expect("namespaces");
+    let file = |port: u16| {
+        let mut s = deny_udp(&[5001]);
+        for i in 1..=20 {
+            let port = if i == 7 { port } else { 6000 + i };
+            s.push_str(&format!(
+                "[[rule]]\nname = \"r{i}\"\naction = \"deny\"\ndst = \"203.0.113.{i}/32\"\nprotocol = \"tcp\"\nports = \"{port}\"\n"
+            ));
+        }
+        s
+    };
+    let rules = temp_file("rules.toml", &file(7000));
+    let cfg = config(&[(&p.a_if, &rules)]);
+    let d = Daemon::start(&p.a, &cfg, &[]);
+    d.wait_for("applied", 1, |v| is(v, "rules applied", &p.a_if));
+    d.signal(libc::SIGKILL);
+    drop(d);
+    let d = Daemon::start(&p.a, &cfg, &[]);
+    d.wait_for("adopted", 1, |v| is(v, "adopted", &p.a_if));
+    replace_file(&rules, &file(7001));
+    let v = d.wait_for("replaced", 1, |v| is(v, "rules replaced", &p.a_if));
+    assert_eq!((v["path"].as_str(), v["compile"].as_str()), (Some("hot"), Some("incremental")), "{v}");
+    assert_eq!((v["kept"].as_u64(), v["removed"].as_u64()), (Some(20), Some(1)), "only the changed rule restarts its counters: {v}");
+}
+
 #[test]
 fn interfaces_that_appear_later_or_are_recreated_get_their_rules() {
     egress_tests::need_root!("network namespaces, eBPF");

@@ -175,6 +175,13 @@ impl Managed {
         {
             if self.target.is_none() {
                 tracing::info!(iface, file, generation = st.generation, rules = st.rules.len(), "rules already enforced; adopted");
+                // The parse and compile the next change builds on: without
+                // them the first change after a restart compiled whole.
+                let (prepared, inputs) = reload::prepare_read_unlinted(&self.cfg.rules, read, Some(&mut self.cache));
+                if let Ok(mut p) = prepared {
+                    self.inputs = inputs;
+                    self.cache.keep(&mut p, st.halves.as_ref().map(|h| h.caps));
+                }
             }
             self.enforced_digest = Some(st.digest);
             self.target = Some(t);
