@@ -146,16 +146,22 @@ pub struct RuleText {
 impl RuleText {
     pub fn read(path: &Path) -> RuleText {
         let text = crate::input::read_text(path, "rule file");
-        let sha = match &text {
-            Ok(t) => Some(crate::digest(t.as_bytes())),
-            Err(_) => file_digest(path),
-        };
+        // Only of what was read: a second read could see another file (an
+        // editor's next save), whose digest would then stand for this one.
+        let sha = text.as_ref().ok().map(|t| crate::digest(t.as_bytes()));
         RuleText { text, sha }
     }
 
-    /// [`inputs_digest_now`] with this text for the rule file.
+    /// The digest a rule set prepared from this text would have, if it names
+    /// the files `inputs` (those of the last prepare) as they are now. None
+    /// when a file cannot be read.
     pub fn inputs_digest(&self, inputs: &[std::path::PathBuf]) -> Option<String> {
         with_inputs(self.sha.as_deref()?, inputs)
+    }
+
+    /// The digest of the text's bytes (None when the file could not be read).
+    pub fn sha(&self) -> Option<String> {
+        self.sha.clone()
     }
 }
 
@@ -421,15 +427,8 @@ pub fn file_digest(path: &Path) -> Option<String> {
     fs::read(path).ok().map(|b| crate::digest(&b))
 }
 
-/// The digest a rule set prepared from `rules` would have now, if it still
-/// names the files `inputs` (those of the last prepare): equal to the enforced
-/// digest when nothing it was built from changed. None when a file cannot be read.
-pub fn inputs_digest_now(rules: &Path, inputs: &[std::path::PathBuf]) -> Option<String> {
-    with_inputs(&file_digest(rules)?, inputs)
-}
-
 /// The digest of a rule file of digest `rules_sha` with the files `inputs` as they are now.
-fn with_inputs(rules_sha: &str, inputs: &[std::path::PathBuf]) -> Option<String> {
+pub fn with_inputs(rules_sha: &str, inputs: &[std::path::PathBuf]) -> Option<String> {
     let read: Option<Vec<(std::path::PathBuf, String)>> = inputs.iter().map(|p| file_digest(p).map(|d| (p.clone(), d))).collect();
     Some(crate::input::inputs_digest(rules_sha, &read?))
 }

@@ -188,6 +188,7 @@ impl Managed {
             return self.done(Outcome::Unchanged);
         }
         // Linted after enforcement: a warning never delays a reload.
+        let read_sha = read.sha();
         let (prepared, inputs) = reload::prepare_read_unlinted(&self.cfg.rules, read, Some(&mut self.cache));
         let inputs_changed = inputs != self.inputs;
         self.inputs = inputs;
@@ -196,7 +197,10 @@ impl Managed {
             Err(e) => {
                 tracing::error!(iface, file, "{e}\nthe running rules stay enforced");
                 self.last_error = Some(e.to_string());
-                self.bad_digest = reload::inputs_digest_now(&self.cfg.rules, &self.inputs);
+                // The digest of the text that failed, not of the file as it
+                // is now: an editor may have put a good file in its place
+                // since, which must not be taken for this one and skipped.
+                self.bad_digest = read_sha.and_then(|sha| reload::with_inputs(&sha, &self.inputs));
                 self.failures += 1;
                 return self.done(Outcome::Invalid);
             }
