@@ -341,6 +341,36 @@ fn the_flow_cache_door_remembers_a_generation_then_forgets() {
     assert_eq!(prog.run(&frame), TC_ACT_UNSPEC, "marked again: the next packet asks the cache");
 }
 
+/// The stateful body has the door too: a denied flow (which the connection
+/// table does not take) is cached from its second packet.
+#[test]
+fn the_stateful_body_caches_a_flow_from_its_second_packet() {
+    egress_tests::need_root!("BPF_PROG_TEST_RUN");
+    // The connection table is pinned, as `egress apply` pins it; removed on drop.
+    struct Pins(std::path::PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let pins = Pins(std::path::PathBuf::from(format!("/sys/fs/bpf/egress-test-door-{}", std::process::id())));
+    let rs = rules::parse("fixtures.toml", FIXTURE_RULES).unwrap();
+    let c = compile::compile(&rs).unwrap();
+    let opts =
+        LoadOptions { flow_cache: TEST_SLOTS, state: Some((rules::StateConfig::default(), pins.0.clone())), ..LoadOptions::default() };
+    egress_tests::stay_on_this_cpu();
+    let mut prog = Prog { loaded: Loaded::with_options(&c, &opts).expect("load stateful") };
+    let frame = packet::build(&meta("192.0.2.1", "198.51.100.7", 17, L4::Ports { dport: 53 }), &Shape::default());
+    let key = udp_key([198, 51, 100, 7], 53);
+    let at = slot_of(&key);
+    assert_eq!(prog.run(&frame), TC_ACT_SHOT, "deny-dns, first packet");
+    assert_eq!(used_slots(&mut prog), vec![], "a flow's first packet is not cached");
+    assert_eq!(prog.run(&frame), TC_ACT_SHOT, "deny-dns, second packet");
+    assert_eq!(used_slots(&mut prog), vec![(at, sealed(&key, 1, ACTION_DENY, 1))], "cached at its second packet");
+    flow_v4(&mut prog).set(at, sealed(&key, 2, ACTION_ALLOW, 1), 0).unwrap();
+    assert_eq!(prog.run(&frame), TC_ACT_UNSPEC, "the cache answers the third");
+}
+
 /// The flow verdict cache is consulted, its hits count for the cached rule, and a
 /// slot whose seal or generation does not match is ignored (and rewritten).
 #[test]
