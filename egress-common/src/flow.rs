@@ -115,7 +115,7 @@ pub fn flow_slot<const N: usize>(src: &[u8; N], dst: &[u8; N], pclass: u8, port:
 
 /// murmur3's 32-bit finaliser: every input bit affects every output bit.
 #[inline(always)]
-const fn fmix32(mut h: u32) -> u32 {
+pub(crate) const fn fmix32(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;

@@ -10,11 +10,13 @@
 use core::mem::size_of;
 
 mod cgroup;
+mod conn;
 mod dns;
 mod flat;
 mod flow;
 mod halves;
 pub use cgroup::*;
+pub use conn::*;
 pub use dns::*;
 pub use flat::*;
 pub use flow::*;
@@ -300,49 +302,6 @@ pub struct Verdict {
 }
 const _: () = assert!(size_of::<Verdict>() == 8);
 
-/// CONN_V4 key: a connection as the filtered direction sees it (the source is
-/// the side whose packets the rules judge). Ports in network order; for ICMP
-/// echo `sport` is the identifier and `dport` zero.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ConnKeyV4 {
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
-    /// `PCLASS_TCP`, `PCLASS_UDP`, `PCLASS_ICMP`.
-    pub pclass: u8,
-    pub _pad: [u8; 3],
-}
-const _: () = assert!(size_of::<ConnKeyV4>() == 16);
-
-/// CONN_V6 key; see [`ConnKeyV4`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ConnKeyV6 {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
-    pub pclass: u8,
-    pub _pad: [u8; 3],
-}
-const _: () = assert!(size_of::<ConnKeyV6>() == 40);
-
-/// CONN_V4 / CONN_V6 value.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConnValue {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet, either direction.
-    pub last_seen: u64,
-    /// `CONN_*` bits.
-    pub flags: u32,
-    /// Counter slot of the rule that allowed the first packet (0: the default
-    /// policy, or a connection opened from the other side).
-    pub rule: u32,
-}
-const _: () = assert!(size_of::<ConnValue>() == 16);
-
 // ---------------------------------------------------------------------------
 // Deny events
 // ---------------------------------------------------------------------------
@@ -412,78 +371,6 @@ pub struct DenyEvent {
 }
 const _: () = assert!(size_of::<DenyEvent>() == 64);
 
-/// Opened from the other side of the hook (the companion program saw its first packet).
-pub const CONN_INBOUND: u32 = 1;
-/// A packet in the answering direction has been seen.
-pub const CONN_REPLIED: u32 = 2;
-/// TCP FIN seen in the filtered direction.
-pub const CONN_FIN_OUT: u32 = 4;
-/// TCP FIN seen in the other direction.
-pub const CONN_FIN_IN: u32 = 8;
-/// TCP RST seen (either direction).
-pub const CONN_RST: u32 = 16;
-
-/// Whether a TCP connection is winding down (RST, FIN both ways) or was never
-/// answered: it then lives for the closing timeout only, and a new SYN on its
-/// tuple starts afresh.
-#[inline(always)]
-pub const fn conn_closing(flags: u32) -> bool {
-    flags & CONN_RST != 0 || flags & (CONN_FIN_OUT | CONN_FIN_IN) == (CONN_FIN_OUT | CONN_FIN_IN) || flags & CONN_REPLIED == 0
-}
-
-/// Which idle timeout (`[state]` setting) applies to a connection-table entry.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum ConnTimeout {
-    TcpEstablished,
-    TcpClosing,
-    Udp,
-    Icmp,
-}
-
-/// The idle timeout of an entry of protocol class `pclass` with `CONN_*` flags:
-/// one decision for the program and for user space's count of live entries.
-#[inline(always)]
-pub const fn conn_timeout(pclass: u8, flags: u32) -> ConnTimeout {
-    match pclass {
-        PCLASS_TCP if conn_closing(flags) => ConnTimeout::TcpClosing,
-        PCLASS_TCP => ConnTimeout::TcpEstablished,
-        PCLASS_UDP => ConnTimeout::Udp,
-        _ => ConnTimeout::Icmp,
-    }
-}
-
-/// CONN_STATS slots (per CPU, u64 each).
-/// Connections the rules allowed and the table now tracks.
-pub const CS_INSERTED: u32 = 0;
-/// Connections opened from the other side, tracked by the companion program.
-pub const CS_INSERTED_INBOUND: u32 = 1;
-/// Entries found idle past their timeout (removed when next looked up).
-pub const CS_EXPIRED: u32 = 2;
-/// Packets (and bytes) passed as ESTABLISHED: part of a tracked connection.
-pub const CS_ESTABLISHED_PACKETS: u32 = 3;
-pub const CS_ESTABLISHED_BYTES: u32 = 4;
-/// Packets (and bytes) passed as RELATED: ICMP errors quoting a tracked connection.
-pub const CS_RELATED_PACKETS: u32 = 5;
-pub const CS_RELATED_BYTES: u32 = 6;
-/// Inserts the kernel refused (should stay 0: the LRU table makes room by evicting).
-pub const CS_INSERT_FAILED: u32 = 7;
-pub const CONN_STATS_LEN: u32 = 8;
-
-/// Default idle timeouts, seconds (close to Linux conntrack's:
-/// nf_conntrack_tcp_timeout_established 432000, ..._time_wait 120,
-/// nf_conntrack_udp_timeout_stream 120, nf_conntrack_icmp_timeout 30).
-pub const DEFAULT_TCP_ESTABLISHED_S: u64 = 432_000;
-pub const DEFAULT_TCP_CLOSING_S: u64 = 120;
-pub const DEFAULT_UDP_S: u64 = 120;
-pub const DEFAULT_ICMP_S: u64 = 30;
-/// Default connection-table size (entries per address family).
-pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
-/// Bounds of `max_flows` (the LRU table is preallocated: ~100 B an entry).
-pub const MIN_MAX_FLOWS: u32 = 16;
-pub const MAX_MAX_FLOWS: u32 = 1 << 22;
-/// Longest idle timeout accepted, seconds (30 days).
-pub const MAX_TIMEOUT_S: u64 = 30 * 86_400;
-
 /// Load-time global: COUNTERS' entries per CPU ([`counter_stride`]); CPU
 /// `c`'s slots start at entry `c * stride`.
 pub const GLOBAL_COUNTER_STRIDE: &str = "COUNTER_STRIDE";
@@ -550,6 +437,10 @@ mod pod {
     unsafe impl aya::Pod for ConnKeyV4 {}
     unsafe impl aya::Pod for ConnKeyV6 {}
     unsafe impl aya::Pod for ConnValue {}
+    unsafe impl aya::Pod for ConnSlotV4 {}
+    unsafe impl aya::Pod for ConnSlotV6 {}
+    unsafe impl aya::Pod for ConnBucketV4 {}
+    unsafe impl aya::Pod for ConnBucketV6 {}
     unsafe impl aya::Pod for EventLimit {}
     unsafe impl aya::Pod for DenyEvent {}
     unsafe impl aya::Pod for PatKey {}

@@ -6,16 +6,22 @@
 //! on the other direction of the interface) follows replies and opens entries for
 //! connections started from the other side, so their answers pass too.
 //!
-//! The table is an LRU hash shared by every generation of the attachment (it is
-//! pinned beside them), so connections outlive a reload. A full table evicts the
-//! least recently used entry: a new connection is always classified and enforced,
-//! never dropped for lack of space. Idle entries are removed when next seen.
+//! The table (egress-common's conn.rs) is shared by every generation of the
+//! attachment (it is pinned beside them), so connections outlive a reload. A
+//! connection lives in one bucket of `CONN_WAYS` slots, chosen by its hash:
+//! a lookup reads that bucket only, and an insert takes an empty slot of it,
+//! else one idle past its timeout, else the least recently seen connection's
+//! (evicted): a new connection is always classified and enforced, never dropped
+//! for lack of space. No locks, no lists: an LRU hash spent ~300 ns on a new
+//! connection (a lookup miss, then an insert that evicts), this one bucket
+//! read and one slot write. Idle entries are emptied when next seen.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::Array};
 use egress_common::{
     CONN_FIN_IN, CONN_FIN_OUT, CONN_INBOUND, CONN_REPLIED, CONN_RST, CS_ESTABLISHED_BYTES, CS_ESTABLISHED_PACKETS, CS_EXPIRED,
-    CS_INSERT_FAILED, CS_INSERTED, CS_INSERTED_INBOUND, CS_RELATED_BYTES, CS_RELATED_PACKETS, ConnKeyV4, ConnKeyV6, ConnTimeout, ConnValue,
-    PCLASS_ICMP, PCLASS_ICMPV6, PCLASS_TCP, PCLASS_UDP, conn_closing, conn_timeout,
+    CS_INSERT_FAILED, CS_INSERTED, CS_INSERTED_INBOUND, CS_RELATED_BYTES, CS_RELATED_PACKETS, ConnBucket, ConnSlot, ConnTimeout,
+    DEFAULT_MAX_FLOWS, PCLASS_ICMP, PCLASS_ICMPV6, PCLASS_TCP, PCLASS_UDP, conn_bucket, conn_buckets, conn_closing, conn_seal,
+    conn_timeout,
 };
 
 use crate::{
@@ -33,6 +39,9 @@ static TO_TCP_CLOSING: u64 = 120_000_000_000;
 static TO_UDP: u64 = 120_000_000_000;
 #[unsafe(no_mangle)]
 static TO_ICMP: u64 = 30_000_000_000;
+/// Load-time global (set by user space): buckets in CONN_V4 and CONN_V6.
+#[unsafe(no_mangle)]
+static CONN_BUCKETS: u32 = conn_buckets(DEFAULT_MAX_FLOWS);
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -43,14 +52,16 @@ const TCP_ACK: u8 = 0x10;
 const TOUCH_NS: u64 = 1 << 26;
 
 /// A connection's identity in one direction (IPv4 in the first 4 address bytes).
+/// Aligned, addresses first: they are read a word at a time, not byte by byte.
 #[derive(Clone, Copy)]
+#[repr(C, align(8))]
 pub struct Tuple {
-    v6: bool,
     src: [u8; 16],
     dst: [u8; 16],
     sport: [u8; 2],
     dport: [u8; 2],
     pclass: u8,
+    v6: bool,
 }
 
 impl Tuple {
@@ -75,37 +86,181 @@ fn v4(a: &[u8; 16]) -> [u8; 4] {
     [a[0], a[1], a[2], a[3]]
 }
 
-#[inline(always)]
-fn get(t: &Tuple) -> Option<*mut ConnValue> {
-    if t.v6 {
-        let k = ConnKeyV6 { src: t.src, dst: t.dst, sport: t.sport, dport: t.dport, pclass: t.pclass, _pad: [0; 3] };
-        CONN_V6.get_ptr_mut(&k)
-    } else {
-        let k = ConnKeyV4 { src: v4(&t.src), dst: v4(&t.dst), sport: t.sport, dport: t.dport, pclass: t.pclass, _pad: [0; 3] };
-        CONN_V4.get_ptr_mut(&k)
+/// A tracked connection's slot, either family: the fields that change.
+struct Entry {
+    flags: *mut u8,
+    last_seen: *mut u64,
+    seal: *mut u32,
+}
+
+impl Entry {
+    #[inline(always)]
+    fn of<const N: usize>(s: &mut ConnSlot<[u8; N]>) -> Entry {
+        Entry { flags: &raw mut s.flags, last_seen: &raw mut s.last_seen, seal: &raw mut s.seal }
+    }
+
+    #[inline(always)]
+    fn flags(&self) -> u32 {
+        u32::from(unsafe { *self.flags })
+    }
+
+    #[inline(always)]
+    fn last_seen(&self) -> u64 {
+        unsafe { *self.last_seen }
+    }
+
+    /// Empties the slot (its seal no longer matches).
+    #[inline(always)]
+    fn remove(&self) {
+        unsafe { core::ptr::write_volatile(self.seal, 0) };
+    }
+
+    /// New flags, and the time (rewritten at most every [`TOUCH_NS`]: a busy
+    /// connection does not write its shared cache line every packet).
+    #[inline(always)]
+    fn touch(&self, flags: u32, now: u64) {
+        if flags != self.flags() {
+            unsafe { *self.flags = flags as u8 };
+        }
+        if now.wrapping_sub(self.last_seen()) >= TOUCH_NS {
+            unsafe { *self.last_seen = now };
+        }
     }
 }
 
 #[inline(always)]
-fn insert(t: &Tuple, v: &ConnValue) -> Result<(), i32> {
-    const BPF_NOEXIST: u64 = 1;
-    if t.v6 {
-        let k = ConnKeyV6 { src: t.src, dst: t.dst, sport: t.sport, dport: t.dport, pclass: t.pclass, _pad: [0; 3] };
-        CONN_V6.insert(&k, v, BPF_NOEXIST)
-    } else {
-        let k = ConnKeyV4 { src: v4(&t.src), dst: v4(&t.dst), sport: t.sport, dport: t.dport, pclass: t.pclass, _pad: [0; 3] };
-        CONN_V4.insert(&k, v, BPF_NOEXIST)
-    }
+fn holds<const N: usize>(s: &ConnSlot<[u8; N]>, src: &[u8; N], dst: &[u8; N], t: &Tuple) -> bool {
+    s.src == *src && s.dst == *dst && s.sport == t.sport && s.dport == t.dport && s.pclass == t.pclass
 }
 
 #[inline(always)]
-fn remove(t: &Tuple) {
+fn bucket<const N: usize>(map: &Array<ConnBucket<[u8; N]>>, src: &[u8; N], dst: &[u8; N], t: &Tuple) -> Option<*mut ConnBucket<[u8; N]>> {
+    let buckets = unsafe { core::ptr::read_volatile(&CONN_BUCKETS) };
+    map.get_ptr_mut(conn_bucket(src, dst, t.sport, t.dport, t.pclass, buckets))
+}
+
+/// The slot holding the tuple's connection, or null.
+#[inline(always)]
+fn find<const N: usize>(map: &Array<ConnBucket<[u8; N]>>, src: &[u8; N], dst: &[u8; N], t: &Tuple) -> *mut ConnSlot<[u8; N]> {
+    let Some(b) = bucket(map, src, dst, t) else {
+        return core::ptr::null_mut();
+    };
+    for s in unsafe { (*b).ways.iter_mut() } {
+        if holds(s, src, dst, t) && s.sealed() {
+            return s;
+        }
+    }
+    core::ptr::null_mut()
+}
+
+// One BPF function per family and operation: each keeps its frame to itself
+// (BPF's 512 bytes of stack are shared along every chain of calls).
+#[inline(never)]
+fn find_v4(t: &Tuple) -> *mut ConnSlot<[u8; 4]> {
+    find(&CONN_V4, &v4(&t.src), &v4(&t.dst), t)
+}
+
+#[inline(never)]
+fn find_v6(t: &Tuple) -> *mut ConnSlot<[u8; 16]> {
+    find(&CONN_V6, &t.src, &t.dst, t)
+}
+
+#[inline(always)]
+fn get(t: &Tuple) -> Option<Entry> {
+    if t.v6 { unsafe { find_v6(t).as_mut() }.map(Entry::of) } else { unsafe { find_v4(t).as_mut() }.map(Entry::of) }
+}
+
+/// The slot of its bucket a new connection goes to: an empty one, else one
+/// idle past its timeout, else the least recently seen connection's (evicted:
+/// a new connection is always tracked). Null when the bucket holds it already
+/// (another CPU was first).
+#[inline(always)]
+fn room<const N: usize>(map: &Array<ConnBucket<[u8; N]>>, src: &[u8; N], dst: &[u8; N], t: &Tuple, now: u64) -> *mut ConnSlot<[u8; N]> {
+    let Some(b) = bucket(map, src, dst, t) else {
+        bump(CS_INSERT_FAILED, 1);
+        return core::ptr::null_mut();
+    };
+    // The best slot to take: empty (rank MAX), idle (MAX - 1), else the oldest.
+    let mut victim: *mut ConnSlot<[u8; N]> = core::ptr::null_mut();
+    let mut rank = 0u64;
+    for s in unsafe { (*b).ways.iter_mut() } {
+        // (A slot torn by two CPUs' writes counts as a connection here: it
+        // is never found, and goes when its bucket next needs room.)
+        let r = if s.seal == 0 {
+            u64::MAX
+        } else if holds(s, src, dst, t) && s.sealed() {
+            return core::ptr::null_mut();
+        } else {
+            let age = now.wrapping_sub(s.last_seen);
+            if age > timeout(s.pclass, u32::from(s.flags)) { u64::MAX - 1 } else { age }
+        };
+        if victim.is_null() || r > rank {
+            victim = s;
+            rank = r;
+        }
+    }
+    if rank == u64::MAX - 1 {
+        bump(CS_EXPIRED, 1);
+    }
+    victim
+}
+
+/// Writes a connection into slot `v`: unsealed while written, sealed last, so a
+/// reader on another CPU sees the old connection, nothing, or the new one (a
+/// torn mix fails the seal).
+#[inline(always)]
+fn write<const N: usize>(v: &mut ConnSlot<[u8; N]>, src: &[u8; N], dst: &[u8; N], t: &Tuple, flags: u32, rule: u32, now: u64) {
+    unsafe {
+        core::ptr::write_volatile(&mut v.seal, 0);
+        core::ptr::write_volatile(&mut v.src, *src);
+        core::ptr::write_volatile(&mut v.dst, *dst);
+        core::ptr::write_volatile(&mut v.sport, t.sport);
+        core::ptr::write_volatile(&mut v.dport, t.dport);
+        core::ptr::write_volatile(&mut v.pclass, t.pclass);
+        core::ptr::write_volatile(&mut v.flags, flags as u8);
+        core::ptr::write_volatile(&mut v.rule, rule);
+        core::ptr::write_volatile(&mut v.last_seen, now);
+        core::ptr::write_volatile(&mut v.seal, conn_seal(src, dst, t.sport, t.dport, t.pclass, rule));
+    }
+}
+
+// Choosing the slot and writing it are BPF functions of their own, per family
+// (the stack they would need together is more than the chain of calls has).
+#[inline(never)]
+fn room_v4(t: &Tuple, now: u64) -> *mut ConnSlot<[u8; 4]> {
+    room(&CONN_V4, &v4(&t.src), &v4(&t.dst), t, now)
+}
+
+#[inline(never)]
+fn room_v6(t: &Tuple, now: u64) -> *mut ConnSlot<[u8; 16]> {
+    room(&CONN_V6, &t.src, &t.dst, t, now)
+}
+
+#[inline(never)]
+fn write_v4(v: *mut ConnSlot<[u8; 4]>, t: &Tuple, flags: u32, rule: u32, now: u64) {
+    if let Some(v) = unsafe { v.as_mut() } {
+        write(v, &v4(&t.src), &v4(&t.dst), t, flags, rule, now);
+    }
+}
+
+#[inline(never)]
+fn write_v6(v: *mut ConnSlot<[u8; 16]>, t: &Tuple, flags: u32, rule: u32, now: u64) {
+    if let Some(v) = unsafe { v.as_mut() } {
+        write(v, &t.src, &t.dst, t, flags, rule, now);
+    }
+}
+
+/// Stores a new connection; false if another CPU stored it first.
+#[inline(always)]
+fn insert(t: &Tuple, flags: u32, rule: u32, now: u64) -> bool {
     if t.v6 {
-        let k = ConnKeyV6 { src: t.src, dst: t.dst, sport: t.sport, dport: t.dport, pclass: t.pclass, _pad: [0; 3] };
-        let _ = CONN_V6.remove(&k);
+        let v = room_v6(t, now);
+        write_v6(v, t, flags, rule, now);
+        !v.is_null()
     } else {
-        let k = ConnKeyV4 { src: v4(&t.src), dst: v4(&t.dst), sport: t.sport, dport: t.dport, pclass: t.pclass, _pad: [0; 3] };
-        let _ = CONN_V4.remove(&k);
+        let v = room_v4(t, now);
+        write_v4(v, t, flags, rule, now);
+        !v.is_null()
     }
 }
 
@@ -187,20 +342,19 @@ pub fn filtered(ctx: &impl Frame, pkt: &Packet) -> Seen {
     let Some(t) = tuple(ctx, pkt) else {
         return Seen::Untracked;
     };
-    let Some(p) = get(&t) else {
+    let Some(e) = get(&t) else {
         return Seen::New;
     };
-    let v = unsafe { &mut *p };
     let now = now();
     let tf = tcp_flags(ctx, pkt);
     let syn_only = tf & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if now.wrapping_sub(v.last_seen) > timeout(pkt.pclass, v.flags) || (syn_only && conn_closing(v.flags) && v.flags & CONN_INBOUND == 0) {
+    let mut flags = e.flags();
+    if now.wrapping_sub(e.last_seen()) > timeout(pkt.pclass, flags) || (syn_only && conn_closing(flags) && flags & CONN_INBOUND == 0) {
         // Idle past its timeout, or a new connection reusing a finished one's tuple.
-        remove(&t);
+        e.remove();
         bump(CS_EXPIRED, 1);
         return Seen::New;
     }
-    let mut flags = v.flags;
     if tf & TCP_FIN != 0 {
         flags |= CONN_FIN_OUT;
     }
@@ -210,7 +364,7 @@ pub fn filtered(ctx: &impl Frame, pkt: &Packet) -> Seen {
     if flags & CONN_INBOUND != 0 {
         flags |= CONN_REPLIED;
     }
-    touch(v, flags, now);
+    e.touch(flags, now);
     bump(CS_ESTABLISHED_PACKETS, ctx.packets());
     bump(CS_ESTABLISHED_BYTES, ctx.bytes());
     Seen::Established
@@ -223,22 +377,11 @@ pub fn peek(ctx: &impl Frame, pkt: &Packet) -> bool {
     let Some(t) = tuple(ctx, pkt) else {
         return false;
     };
-    let Some(p) = get(&t) else {
+    let Some(e) = get(&t) else {
         return false;
     };
-    let v = unsafe { &*p };
-    let syn_only = tcp_flags(ctx, pkt) & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    !(now().wrapping_sub(v.last_seen) > timeout(pkt.pclass, v.flags) || (syn_only && conn_closing(v.flags) && v.flags & CONN_INBOUND == 0))
-}
-
-#[inline(always)]
-fn touch(v: &mut ConnValue, flags: u32, now: u64) {
-    if flags != v.flags {
-        v.flags = flags;
-    }
-    if now.wrapping_sub(v.last_seen) >= TOUCH_NS {
-        v.last_seen = now;
-    }
+    let (flags, syn_only) = (e.flags(), tcp_flags(ctx, pkt) & (TCP_SYN | TCP_ACK) == TCP_SYN);
+    !(now().wrapping_sub(e.last_seen()) > timeout(pkt.pclass, flags) || (syn_only && conn_closing(flags) && flags & CONN_INBOUND == 0))
 }
 
 /// Opens an entry for a packet the rules allowed (`rule`: its counter slot).
@@ -252,11 +395,8 @@ pub fn track_new(ctx: &impl Frame, pkt: &Packet, rule: u32) {
         return;
     }
     let flags = if tf & TCP_FIN != 0 { CONN_FIN_OUT } else { 0 };
-    match insert(&t, &ConnValue { last_seen: now(), flags, rule }) {
-        Ok(()) => bump(CS_INSERTED, 1),
-        // EEXIST: another CPU inserted it first.
-        Err(e) if e == -17 => {}
-        Err(_) => bump(CS_INSERT_FAILED, 1),
+    if insert(&t, flags, rule, now()) {
+        bump(CS_INSERTED, 1);
     }
 }
 
@@ -270,10 +410,9 @@ pub fn other_side(ctx: &impl Frame, pkt: &Packet) {
     let t = seen.reversed();
     let now = now();
     let tf = tcp_flags(ctx, pkt);
-    if let Some(p) = get(&t) {
-        let v = unsafe { &mut *p };
-        if now.wrapping_sub(v.last_seen) <= timeout(pkt.pclass, v.flags) {
-            let mut flags = v.flags;
+    if let Some(e) = get(&t) {
+        let mut flags = e.flags();
+        if now.wrapping_sub(e.last_seen()) <= timeout(pkt.pclass, flags) {
             if tf & TCP_FIN != 0 {
                 flags |= CONN_FIN_IN;
             }
@@ -283,10 +422,10 @@ pub fn other_side(ctx: &impl Frame, pkt: &Packet) {
             if flags & CONN_INBOUND == 0 {
                 flags |= CONN_REPLIED;
             }
-            touch(v, flags, now);
+            e.touch(flags, now);
             return;
         }
-        remove(&t);
+        e.remove();
         bump(CS_EXPIRED, 1);
     }
     let opens = match pkt.pclass {
@@ -295,10 +434,8 @@ pub fn other_side(ctx: &impl Frame, pkt: &Packet) {
         _ => is_echo_request(pkt.pclass, pkt.port[0]),
     };
     if opens {
-        match insert(&t, &ConnValue { last_seen: now, flags: CONN_INBOUND, rule: 0 }) {
-            Ok(()) => bump(CS_INSERTED_INBOUND, 1),
-            Err(e) if e == -17 => {}
-            Err(_) => bump(CS_INSERT_FAILED, 1),
+        if insert(&t, CONN_INBOUND, 0, now) {
+            bump(CS_INSERTED_INBOUND, 1);
         }
     }
 }
@@ -339,10 +476,7 @@ fn quotes_tracked(ctx: &impl Frame, pkt: &Packet) -> bool {
 #[inline(always)]
 fn live(t: &Tuple) -> bool {
     match get(t) {
-        Some(p) => {
-            let v = unsafe { &*p };
-            now().wrapping_sub(v.last_seen) <= timeout(t.pclass, v.flags)
-        }
+        Some(e) => now().wrapping_sub(e.last_seen()) <= timeout(t.pclass, e.flags()),
         None => false,
     }
 }

@@ -12,9 +12,9 @@ use egress_common::{
     QueryValue, ResolverKey,
 };
 use egress_common::{
-    CONN_STATS_LEN, ConnKeyV4, ConnKeyV6, ConnValue, Counter, DEFAULT_MAX_FLOWS, DirEntry, DstValue, EVENT_STATS_LEN, EVENTS_RING_BYTES,
+    CONN_STATS_LEN, ConnBucketV4, ConnBucketV6, Counter, DEFAULT_MAX_FLOWS, DirEntry, DstValue, EVENT_STATS_LEN, EVENTS_RING_BYTES,
     EventLimit, FLOW_CACHE_ENTRIES, FlowEntryV4, FlowEntryV6, ListSlot, Lists, MAX_LIST_SLOTS, MAX_RANGES, MAX_RULES, PortRange, STATS_LEN,
-    SpanV4, SpanV6,
+    SpanV4, SpanV6, conn_buckets,
 };
 
 /// BPF_F_MMAPABLE: user space writes the rule maps (and flips EPOCH) through
@@ -122,15 +122,17 @@ pub static FLOW_V6: Array<FlowEntryV6> = Array::with_max_entries(FLOW_CACHE_ENTR
 #[map]
 pub static DOOR: Array<crate::door::Door> = Array::with_max_entries(1, MMAPABLE);
 
-/// Stateful mode's connection table, IPv4 (conn.rs): an LRU hash shared by all
-/// CPUs, every generation of the attachment and its companion program (user
-/// space pins it and hands the same map to each load). Sized by `max_flows`.
+/// Stateful mode's connection table, IPv4 (conn.rs): buckets of
+/// `CONN_WAYS` slots (egress-common's conn.rs) shared by all CPUs, every
+/// generation of the attachment and its companion program (user space pins it
+/// and hands the same map to each load). Sized by `max_flows`; memory-mappable
+/// only so that every bucket starts a cache line.
 #[map]
-pub static CONN_V4: LruHashMap<ConnKeyV4, ConnValue> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+pub static CONN_V4: Array<ConnBucketV4> = Array::with_max_entries(conn_buckets(DEFAULT_MAX_FLOWS), MMAPABLE);
 
 /// The connection table, IPv6; as [`CONN_V4`].
 #[map]
-pub static CONN_V6: LruHashMap<ConnKeyV6, ConnValue> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+pub static CONN_V6: Array<ConnBucketV6> = Array::with_max_entries(conn_buckets(DEFAULT_MAX_FLOWS), MMAPABLE);
 
 /// Per CPU: the coarse clock as last read, and packets left before the next read
 /// (stats.rs). Not shared with user space.

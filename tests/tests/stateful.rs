@@ -374,3 +374,100 @@ fn clsact_filters_when_tcx_is_not_used() {
     assert_eq!((filters(&p, "egress"), filters(&p, "ingress")), (0, 0), "detach removes the filter");
     assert_eq!(p.udp(false, 6104, 2), 2, "nothing enforced after detach");
 }
+
+/// The pins of the attachment on a's interface (tc-egress): its key is a's
+/// network namespace cookie and the interface's index.
+fn pin_dir(p: &Pair) -> std::path::PathBuf {
+    let cookie = in_ns_io(&p.a, || {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        let mut c = 0u64;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        // SAFETY: c and len are valid for getsockopt's writes.
+        let r = unsafe {
+            libc::getsockopt(std::os::fd::AsRawFd::as_raw_fd(&s), libc::SOL_SOCKET, libc::SO_NETNS_COOKIE, (&raw mut c).cast(), &mut len)
+        };
+        if r != 0 { Err(std::io::Error::last_os_error()) } else { Ok(c) }
+    })
+    .unwrap();
+    let o = std::process::Command::new("ip").args(["-n", &p.a, "-j", "link", "show", "dev", &p.a_if]).output().unwrap();
+    let l: Value = serde_json::from_slice(&o.stdout).unwrap();
+    std::path::PathBuf::from(format!("/sys/fs/bpf/egress/{cookie}-{}", l[0]["ifindex"]))
+}
+
+/// bpf(2) with an attribute block.
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 9]) -> i64 {
+    // SAFETY: attr is a zeroed bpf_attr of 72 bytes, filled for `cmd`.
+    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of::<[u64; 9]>()) }
+}
+
+/// Pins, at `path`, an LRU hash shaped like the connection table of releases
+/// before the bucketed one (16-byte key, 16-byte value) holding `entries`.
+fn pin_legacy_table(path: &std::path::Path, entries: &[([u8; 16], [u8; 16])]) {
+    const MAP_CREATE: libc::c_long = 0;
+    const MAP_UPDATE_ELEM: libc::c_long = 2;
+    const OBJ_PIN: libc::c_long = 6;
+    const LRU_HASH: u64 = 9;
+    let mut a = [0u64; 9];
+    a[0] = LRU_HASH | 16 << 32;
+    a[1] = 16 | 1024 << 32;
+    let fd = bpf(MAP_CREATE, &mut a);
+    assert!(fd >= 0, "create an LRU hash: {}", std::io::Error::last_os_error());
+    for (k, v) in entries {
+        let mut a = [0u64; 9];
+        (a[0], a[1], a[2]) = (fd as u64, k.as_ptr() as u64, v.as_ptr() as u64);
+        assert_eq!(bpf(MAP_UPDATE_ELEM, &mut a), 0, "{}", std::io::Error::last_os_error());
+    }
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let name = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let mut a = [0u64; 9];
+    (a[0], a[1]) = (name.as_ptr() as u64, fd as u64);
+    assert_eq!(bpf(OBJ_PIN, &mut a), 0, "pin {}: {}", path.display(), std::io::Error::last_os_error());
+    // SAFETY: fd is the map's, no longer needed (the pin holds it).
+    unsafe { libc::close(fd as i32) };
+}
+
+/// A release before the bucketed connection table kept connections in an LRU
+/// hash (`conn/mN`): the first apply of this one carries them over, so a
+/// connection tracked then survives a reload that denies it, and the old
+/// table's pins go.
+#[test]
+fn connections_of_an_lru_table_are_carried_over() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let p = Pair::new("sflg").expect("namespaces");
+    p.settle(false);
+    apply(&p, OPEN);
+    tcp_echo_server(&p.b, (Ipv4Addr::UNSPECIFIED, 5401).into());
+    let dst = SocketAddr::from((B4, 5401));
+    let mut live = in_ns_io(&p.a, move || TcpStream::connect_timeout(&dst, Duration::from_secs(2))).expect("connect");
+    live.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert!(echo_byte(&mut live, 1));
+    // As the old release left it: the connection only in an LRU table, no
+    // bucketed table pinned.
+    let conn = pin_dir(&p).join("conn");
+    assert!(conn.join("c65536").exists(), "the bucketed table is pinned at {}", conn.display());
+    std::fs::remove_dir_all(conn.join("c65536")).unwrap();
+    let local = live.local_addr().unwrap();
+    let SocketAddr::V4(l) = local else { panic!("{local}") };
+    let mut key = [0u8; 16];
+    key[..4].copy_from_slice(&l.ip().octets());
+    key[4..8].copy_from_slice(&B4.octets());
+    key[8..10].copy_from_slice(&l.port().to_be_bytes());
+    key[10..12].copy_from_slice(&5401u16.to_be_bytes());
+    key[12] = egress_common::PCLASS_TCP;
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is valid for clock_gettime's write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    let mut value = [0u8; 16];
+    value[..8].copy_from_slice(&(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64).to_ne_bytes());
+    value[8..12].copy_from_slice(&egress_common::CONN_REPLIED.to_ne_bytes());
+    pin_legacy_table(&conn.join("m65536").join(egress_common::MAP_CONN_V4), &[(key, value)]);
+    let c: Value = serde_json::from_str(&p.egress_ok(&["counters", "--iface", &p.a_if, "--json"])).unwrap();
+    assert_eq!(c["state"]["flows"]["tracked"], 1, "counters read the old table until the next apply: {c}");
+
+    apply(&p, DENY_5401);
+    assert!(echo_byte(&mut live, 2), "the connection from the old table passes as established");
+    assert!(!conn.join("m65536").exists(), "the old table's pins are gone");
+    assert!(conn.join("c65536").join(egress_common::MAP_CONN_V4).exists());
+    let fresh = in_ns_io(&p.a, move || TcpStream::connect_timeout(&dst, Duration::from_millis(1500)));
+    assert!(fresh.is_err(), "a new connection to 5401 is refused");
+}

@@ -21,7 +21,7 @@ use egress_common::{ALL_MAPS, Counter};
 
 use super::{
     DataplaneError, Result,
-    conn::{conn_table_dir, copy_conn},
+    conn::{conn_table_dir, copy_conn, live_table_dir},
     env::{Target, ensure_bpffs, has_ethernet},
     io_err,
     link::{self, LinkHealth},
@@ -204,9 +204,11 @@ fn apply_at(req: ApplyRequest<'_>) -> Result<Applied> {
         dns: dns.clone(),
         cgroup: cgroup.then_some((t.cgroup_id, t.cgroup_level, req.src_any)),
     };
+    // A resized connection table is a new table, and so is the bucketed table
+    // after a release's LRU one: carry the live connections over. (Which table
+    // is live is read before the load pins the new one.)
+    let prev_table = prev.as_ref().and_then(|p| p.stateful).map(|c| live_table_dir(&conn_dir(&key), c.max_flows));
     let mut loaded = Loaded::with_options(req.compiled, &opts)?;
-    // A resized connection table is a new table: carry the live connections over.
-    let prev_table = prev.as_ref().and_then(|p| p.stateful).map(|c| conn_table_dir(&conn_dir(&key), c.max_flows));
     let new_table = req.state.map(|c| conn_table_dir(&conn_dir(&key), c.max_flows));
     if let (Some(old), Some(new)) = (&prev_table, &new_table)
         && old != new

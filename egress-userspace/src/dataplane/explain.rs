@@ -5,7 +5,9 @@
 //! or connection entry changes.
 
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
-use egress_common::{ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, ALL_MAPS, EXPLAIN_PROGRAM_NAME, MAP_CONN_V4, MAP_CONN_V6, MIN_MAX_FLOWS};
+use egress_common::{
+    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, ALL_MAPS, EXPLAIN_PROGRAM_NAME, MAP_CONN_V4, MAP_CONN_V6, MIN_MAX_FLOWS, conn_buckets,
+};
 
 use super::{
     DataplaneError, EBPF_OBJECT, Result,
@@ -85,9 +87,10 @@ pub fn explain(t: &Target, frame: &[u8]) -> Result<(State, Decision)> {
         Some(dir) if dir.join(MAP_CONN_V4).exists() => {
             loader.map_pin_path(MAP_CONN_V4, dir.join(MAP_CONN_V4)).map_pin_path(MAP_CONN_V6, dir.join(MAP_CONN_V6));
         }
-        // Stateless: empty token tables (nothing is ever established).
+        // Stateless, or a release's LRU table not yet carried over (the next
+        // apply does): empty token tables (nothing is established).
         _ => {
-            loader.map_max_entries(MAP_CONN_V4, MIN_MAX_FLOWS).map_max_entries(MAP_CONN_V6, MIN_MAX_FLOWS);
+            loader.map_max_entries(MAP_CONN_V4, conn_buckets(MIN_MAX_FLOWS)).map_max_entries(MAP_CONN_V6, conn_buckets(MIN_MAX_FLOWS));
         }
     }
     let mut ebpf = loader

@@ -14,11 +14,12 @@ use egress_common::{
     MAP_DNS_TAIL_CG, cgroup_program,
 };
 use egress_common::{
-    Counter, FLOW_CACHE_ENTRIES, GLOBAL_CONN_ON, GLOBAL_COUNTER_STRIDE, GLOBAL_DEFAULT_ACTION, GLOBAL_EVENT_INTERVAL,
+    Counter, FLOW_CACHE_ENTRIES, GLOBAL_CONN_BUCKETS, GLOBAL_CONN_ON, GLOBAL_COUNTER_STRIDE, GLOBAL_DEFAULT_ACTION, GLOBAL_EVENT_INTERVAL,
     GLOBAL_EVENT_TOLERANCE, GLOBAL_FLOW_MASK, GLOBAL_GENERATION, GLOBAL_HALF_COUNTERS, GLOBAL_HALF_DIR_V4, GLOBAL_HALF_DIR_V6,
     GLOBAL_HAS_ETH, GLOBAL_HOT, GLOBAL_TO_ICMP, GLOBAL_TO_TCP_CLOSING, GLOBAL_TO_TCP_EST, GLOBAL_TO_UDP, MAP_CONN_STATS, MAP_CONN_V4,
     MAP_CONN_V6, MAP_COUNTERS, MAP_DEBUG_LOG, MAP_DNS_TAIL_TC, MAP_DNS_TAIL_XDP, MAP_DOOR, MAP_EVENT_LIMITS, MAP_EVENT_STATS, MAP_EVENTS,
     MAP_FLOW_V4, MAP_FLOW_V6, MAP_STATS, MAX_FLOW_CACHE_ENTRIES, MIN_MAX_FLOWS, STATS_LEN, TRACK_PROGRAM_NAME, classifier_program,
+    conn_buckets,
 };
 
 use super::{DataplaneError, EBPF_OBJECT, Result, map_err, prog_err};
@@ -47,6 +48,8 @@ pub(super) struct Globals {
     hot: u32,
     /// COUNTERS' entries per CPU (egress-common's `counter_stride`).
     counter_stride: u32,
+    /// Buckets of the connection table (egress-common's `conn_buckets`).
+    conn_buckets: u32,
 }
 
 impl Globals {
@@ -66,6 +69,7 @@ impl Globals {
             halves: [0; 3],
             hot: 0,
             counter_stride: 0,
+            conn_buckets: conn_buckets(sc.max_flows),
         }
     }
 
@@ -101,6 +105,7 @@ impl Globals {
             .override_global(GLOBAL_HALF_COUNTERS, &self.halves[2], true)
             .override_global(GLOBAL_HOT, &self.hot, true)
             .override_global(GLOBAL_COUNTER_STRIDE, &self.counter_stride, true)
+            .override_global(GLOBAL_CONN_BUCKETS, &self.conn_buckets, true)
             // Only cgroup attachments use it (pinned for the host, see cgroup.rs).
             .map_max_entries(MAP_CG_OWNERS, 1);
         loader
@@ -264,15 +269,15 @@ impl Loaded {
                 super::state::private_dir(&table)?;
                 (p4, p6, pstats) = (table.join(MAP_CONN_V4), table.join(MAP_CONN_V6), dir.join(MAP_CONN_STATS));
                 loader
-                    .map_max_entries(MAP_CONN_V4, sc.max_flows)
-                    .map_max_entries(MAP_CONN_V6, sc.max_flows)
+                    .map_max_entries(MAP_CONN_V4, conn_buckets(sc.max_flows))
+                    .map_max_entries(MAP_CONN_V6, conn_buckets(sc.max_flows))
                     .map_pin_path(MAP_CONN_V4, p4.as_path())
                     .map_pin_path(MAP_CONN_V6, p6.as_path())
                     .map_pin_path(MAP_CONN_STATS, pstats.as_path());
             }
             // Stateless: a token table (the program never touches it).
             None => {
-                loader.map_max_entries(MAP_CONN_V4, MIN_MAX_FLOWS).map_max_entries(MAP_CONN_V6, MIN_MAX_FLOWS);
+                loader.map_max_entries(MAP_CONN_V4, conn_buckets(MIN_MAX_FLOWS)).map_max_entries(MAP_CONN_V6, conn_buckets(MIN_MAX_FLOWS));
             }
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|source| match source {

@@ -7,7 +7,7 @@ use egress_common::Counter;
 use super::{
     DataplaneError, Result,
     apply::no_state,
-    conn::{ConnReadout, conn_table_dir, read_conn},
+    conn::{ConnReadout, live_table_dir, read_conn},
     env::{Target, ensure_bpffs},
     link::{self, LinkHealth},
     load::read_pinned,
@@ -110,7 +110,7 @@ fn raw_readout(st: State) -> Result<Readout> {
     let conn = match &st.stateful {
         Some(c) => {
             let dir = conn_dir(&st.key);
-            Some(read_conn(&conn_table_dir(&dir, c.max_flows), &dir.join(egress_common::MAP_CONN_STATS), c)?)
+            Some(read_conn(&live_table_dir(&dir, c.max_flows), &dir.join(egress_common::MAP_CONN_STATS), c)?)
         }
         None => None,
     };

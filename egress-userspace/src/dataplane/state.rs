@@ -36,8 +36,9 @@ pub(super) fn events_dir(key: &str) -> PathBuf {
 pub(super) fn companion_pin(key: &str) -> PathBuf {
     pin_dir(key).join("companion")
 }
-/// Stateful mode: the connection table (`mN/CONN_V4`, `mN/CONN_V6` for a table of
-/// N entries) and its counters (`CONN_STATS`), shared by every generation.
+/// Stateful mode: the connection table (`cN/CONN_V4`, `cN/CONN_V6` for a table of
+/// N entries; `mN/` held a release's LRU table) and its counters (`CONN_STATS`),
+/// shared by every generation.
 pub(super) fn conn_dir(key: &str) -> PathBuf {
     pin_dir(key).join("conn")
 }

@@ -355,7 +355,7 @@ pub(crate) fn hooks_part(n: usize, rounds: usize, md: &mut String, sp: &mut crat
     }
     let _ = writeln!(
         md,
-        "\nEach program is measured against the empty program of its own type (egress_pass, egress_xdp_pass) loaded in the same object. Stateless rule sets run `egress_classify`/`egress_xdp` (everything inlined, no BPF-to-BPF call); stateful ones run `egress_classify_sf`/`egress_xdp_sf`, which ask the connection table first and run the parser's general path, the lookup and the cache write as BPF functions (ARCHITECTURE.md, \"Stateful mode\"). In the stateful rows the first packet of the hot flow creates its connection entry, the repeats find it; every new-flow packet misses the table, passes the flow cache's door (a first packet: not cached), runs the rules and inserts an entry (the table is an LRU hash, so once full each insert evicts).\n"
+        "\nEach program is measured against the empty program of its own type (egress_pass, egress_xdp_pass) loaded in the same object. Stateless rule sets run `egress_classify`/`egress_xdp` (everything inlined, no BPF-to-BPF call); stateful ones run `egress_classify_sf`/`egress_xdp_sf`, which ask the connection table first and run the parser's general path, the lookup and the cache write as BPF functions (ARCHITECTURE.md, \"Stateful mode\"). In the stateful rows the first packet of the hot flow creates its connection entry, the repeats find it; every new-flow packet misses the table, passes the flow cache's door (a first packet: not cached), runs the rules and inserts an entry (once the table is full, each insert evicts the least recently seen connection of its bucket).\n"
     );
     Ok(())
 }
