@@ -81,9 +81,10 @@ impl Tuple {
     }
 }
 
+/// An IPv4 address in place (the first four bytes; no copy, so it stays aligned).
 #[inline(always)]
-fn v4(a: &[u8; 16]) -> [u8; 4] {
-    [a[0], a[1], a[2], a[3]]
+fn v4(a: &[u8; 16]) -> &[u8; 4] {
+    a.first_chunk().unwrap_or(&[0; 4])
 }
 
 /// A tracked connection's slot, either family: the fields that change.
@@ -130,7 +131,23 @@ impl Entry {
 
 #[inline(always)]
 fn holds<const N: usize>(s: &ConnSlot<[u8; N]>, src: &[u8; N], dst: &[u8; N], t: &Tuple) -> bool {
-    s.src == *src && s.dst == *dst && s.sport == t.sport && s.dport == t.dport && s.pclass == t.pclass
+    same(&s.src, src) && same(&s.dst, dst) && s.sport == t.sport && s.dport == t.dport && s.pclass == t.pclass
+}
+
+/// Two addresses compared a 32-bit word at a time (both sit 4-aligned: in a
+/// slot, or in a [`Tuple`]); `==` on byte arrays compiles to byte loads here.
+#[inline(always)]
+fn same<const N: usize>(a: &[u8; N], b: &[u8; N]) -> bool {
+    let mut i = 0;
+    while i + 4 <= N {
+        // SAFETY: in bounds, and both arrays start 4-aligned (see above).
+        let (x, y) = unsafe { (core::ptr::read(a.as_ptr().add(i).cast::<u32>()), core::ptr::read(b.as_ptr().add(i).cast::<u32>())) };
+        if x != y {
+            return false;
+        }
+        i += 4;
+    }
+    true
 }
 
 #[inline(always)]
@@ -157,7 +174,7 @@ fn find<const N: usize>(map: &Array<ConnBucket<[u8; N]>>, src: &[u8; N], dst: &[
 // (BPF's 512 bytes of stack are shared along every chain of calls).
 #[inline(never)]
 fn find_v4(t: &Tuple) -> *mut ConnSlot<[u8; 4]> {
-    find(&CONN_V4, &v4(&t.src), &v4(&t.dst), t)
+    find(&CONN_V4, v4(&t.src), v4(&t.dst), t)
 }
 
 #[inline(never)]
@@ -228,7 +245,7 @@ fn write<const N: usize>(v: &mut ConnSlot<[u8; N]>, src: &[u8; N], dst: &[u8; N]
 // (the stack they would need together is more than the chain of calls has).
 #[inline(never)]
 fn room_v4(t: &Tuple, now: u64) -> *mut ConnSlot<[u8; 4]> {
-    room(&CONN_V4, &v4(&t.src), &v4(&t.dst), t, now)
+    room(&CONN_V4, v4(&t.src), v4(&t.dst), t, now)
 }
 
 #[inline(never)]
@@ -239,7 +256,7 @@ fn room_v6(t: &Tuple, now: u64) -> *mut ConnSlot<[u8; 16]> {
 #[inline(never)]
 fn write_v4(v: *mut ConnSlot<[u8; 4]>, t: &Tuple, flags: u32, rule: u32, now: u64) {
     if let Some(v) = unsafe { v.as_mut() } {
-        write(v, &v4(&t.src), &v4(&t.dst), t, flags, rule, now);
+        write(v, v4(&t.src), v4(&t.dst), t, flags, rule, now);
     }
 }
 
