@@ -1,84 +1,98 @@
-//! Stateful mode's connection table (the program's conn.rs): its buckets and
-//! slots, the hash that places a connection and the seal that vouches for a
-//! slot; the `CONN_*` flags, the timeouts and the `CONN_STATS` slots.
+//! Stateful mode's connection table (the program's conn.rs): its buckets, the
+//! hash that places a connection and the tag that names it in its bucket; the
+//! `CONN_*` flags, the timeouts and the `CONN_STATS` slots.
 //!
 //! CONN_V4 / CONN_V6 are arrays of [`ConnBucket`]s, shared by all CPUs and
 //! written with plain stores: a connection lives in one bucket (its hash), in
-//! any of [`CONN_WAYS`] slots. A lookup reads one bucket (two cache lines for
-//! IPv4, four for IPv6) and compares keys; a slot whose seal does not match its
-//! contents (empty, or torn by two CPUs writing it at once) holds nothing.
+//! any of its [`CONN_WAYS`] ways. A bucket's first cache line holds, per way,
+//! the connection's tag, its last packet's time, flags and class: a lookup
+//! that misses and the choice of a way for a new connection read that line
+//! only; a key is read only where its tag matches. A way is empty when its tag
+//! is 0; one torn by two CPUs writing it at once has a tag that does not match
+//! its key, so it holds nothing.
 
 use core::mem::size_of;
 
-use crate::{PCLASS_TCP, PCLASS_UDP, flow_seal, flow_slot, fmix32};
+use crate::{PCLASS_TCP, PCLASS_UDP, flow_slot, fmix32};
 
-/// Slots in a bucket of the connection table.
+/// Ways (connections) in a bucket of the connection table.
 pub const CONN_WAYS: usize = 4;
 /// Load-time global: buckets in CONN_V4 and in CONN_V6 ([`conn_buckets`]).
 pub const GLOBAL_CONN_BUCKETS: &str = "CONN_BUCKETS";
+/// The table's time unit: CLOCK_MONOTONIC_COARSE ns >> 20 (1.05 ms), kept in
+/// 32 bits (they wrap after 52 days, longer than the longest timeout).
+pub const CONN_TIME_SHIFT: u32 = 20;
 
-/// One connection in the table, as the filtered direction sees it (the source
-/// is the side whose packets the rules judge). Ports in network order; for ICMP
-/// echo `sport` is the identifier and `dport` zero. `A` is `[u8; 4]` (IPv4,
-/// 32 bytes) or `[u8; 16]` (IPv6, 64 bytes).
-#[repr(C, align(32))]
+/// A bucket's first 48 bytes: per way, all that deciding needs.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConnSlot<A> {
+pub struct ConnHead {
+    /// [`conn_place`]'s tag of each way's connection; 0: the way is empty.
+    pub tags: [u32; CONN_WAYS],
+    /// When each way's connection last saw a packet, either direction
+    /// (CLOCK_MONOTONIC_COARSE >> [`CONN_TIME_SHIFT`]).
+    pub seen: [u32; CONN_WAYS],
+    /// `CONN_*` bits of each way's connection.
+    pub flags: [u8; CONN_WAYS],
+    /// `PCLASS_*` of each way's connection (its timeout depends on it).
+    pub pclass: [u8; CONN_WAYS],
+    pub _pad: [u8; 8],
+}
+const _: () = assert!(size_of::<ConnHead>() == 48);
+
+/// One connection as the filtered direction sees it (the source is the side
+/// whose packets the rules judge). Ports in network order; for ICMP echo
+/// `sport` is the identifier and `dport` zero. `A` is `[u8; 4]` or `[u8; 16]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnKey<A> {
     pub src: A,
     pub dst: A,
     pub sport: [u8; 2],
     pub dport: [u8; 2],
     /// `PCLASS_TCP`, `PCLASS_UDP`, `PCLASS_ICMP` or `PCLASS_ICMPV6`.
     pub pclass: u8,
-    /// `CONN_*` bits (changed in place; not in the seal).
-    pub flags: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 3],
     /// Counter slot of the rule that allowed the first packet (0: the default
     /// policy, or a connection opened from the other side).
     pub rule: u32,
-    /// [`conn_seal`] of the key and `rule`; 0: the slot is empty.
-    pub seal: u32,
-    /// CLOCK_MONOTONIC_COARSE (ns) of the last packet, either direction.
-    pub last_seen: u64,
 }
-pub type ConnSlotV4 = ConnSlot<[u8; 4]>;
-pub type ConnSlotV6 = ConnSlot<[u8; 16]>;
-const _: () = assert!(size_of::<ConnSlotV4>() == 32);
-const _: () = assert!(size_of::<ConnSlotV6>() == 64);
+const _: () = assert!(size_of::<ConnKey<[u8; 4]>>() == 20);
+const _: () = assert!(size_of::<ConnKey<[u8; 16]>>() == 44);
 
-/// A CONN_V4 / CONN_V6 value: the slots one hash leads to.
-#[repr(C)]
+/// A CONN_V4 / CONN_V6 value: the ways one hash leads to (IPv4 128 bytes, two
+/// cache lines; IPv6 256 bytes, four).
+#[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnBucket<A> {
-    pub ways: [ConnSlot<A>; CONN_WAYS],
+    pub head: ConnHead,
+    pub ways: [ConnKey<A>; CONN_WAYS],
 }
 pub type ConnBucketV4 = ConnBucket<[u8; 4]>;
 pub type ConnBucketV6 = ConnBucket<[u8; 16]>;
+const _: () = assert!(size_of::<ConnBucketV4>() == 128);
+const _: () = assert!(size_of::<ConnBucketV6>() == 256);
 
 /// Buckets of a table holding `max_flows` connections per family.
 pub const fn conn_buckets(max_flows: u32) -> u32 {
     max_flows.div_ceil(CONN_WAYS as u32)
 }
 
-/// The bucket of a connection: its hash scaled to `buckets` (any count).
+/// Where a connection goes: its bucket (its hash scaled to `buckets`, any
+/// count) and its tag (other bits of the hash; never 0). Both sides compute it
+/// the same way.
 #[inline(always)]
-pub fn conn_bucket<const N: usize>(src: &[u8; N], dst: &[u8; N], sport: [u8; 2], dport: [u8; 2], pclass: u8, buckets: u32) -> u32 {
+pub fn conn_place<const N: usize>(src: &[u8; N], dst: &[u8; N], sport: [u8; 2], dport: [u8; 2], pclass: u8, buckets: u32) -> (u32, u32) {
     let h = fmix32(flow_slot(src, dst, pclass, dport) ^ u32::from(u16::from_ne_bytes(sport)).wrapping_mul(0x27d4_eb2f));
-    ((u64::from(h) * u64::from(buckets)) >> 32) as u32
+    (((u64::from(h) * u64::from(buckets)) >> 32) as u32, fmix32(h ^ 0x636f_6e6e) | 1)
 }
 
-/// The check word of a slot (never 0): its key and rule, as the flow cache's
-/// seal weighs them. Both sides compute it the same way.
-#[inline(always)]
-pub fn conn_seal<const N: usize>(src: &[u8; N], dst: &[u8; N], sport: [u8; 2], dport: [u8; 2], pclass: u8, rule: u32) -> u32 {
-    flow_seal(src, dst, pclass, dport, rule, u32::from(u16::from_ne_bytes(sport)), 0x636f_6e6e) | 1
-}
-
-impl<const N: usize> ConnSlot<[u8; N]> {
-    /// Holds a connection: sealed, and its seal matches what it holds.
-    #[inline(always)]
-    pub fn sealed(&self) -> bool {
-        self.seal != 0 && self.seal == conn_seal(&self.src, &self.dst, self.sport, self.dport, self.pclass, self.rule)
+impl<const N: usize> ConnBucket<[u8; N]> {
+    /// Way `i` holds a connection: tagged, and its tag is its key's.
+    pub fn holds(&self, i: usize) -> bool {
+        let k = &self.ways[i];
+        // (The tag does not depend on the table's size.)
+        self.head.tags[i] != 0 && self.head.tags[i] == conn_place(&k.src, &k.dst, k.sport, k.dport, k.pclass, 1).1
     }
 }
 
@@ -86,7 +100,7 @@ impl<const N: usize> ConnSlot<[u8; N]> {
 /// (read only to carry its connections over). Key of CONN_V4.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ConnKeyV4 {
+pub struct LruKeyV4 {
     pub src: [u8; 4],
     pub dst: [u8; 4],
     pub sport: [u8; 2],
@@ -94,12 +108,12 @@ pub struct ConnKeyV4 {
     pub pclass: u8,
     pub _pad: [u8; 3],
 }
-const _: () = assert!(size_of::<ConnKeyV4>() == 16);
+const _: () = assert!(size_of::<LruKeyV4>() == 16);
 
-/// The LRU table's CONN_V6 key; see [`ConnKeyV4`].
+/// The LRU table's CONN_V6 key; see [`LruKeyV4`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ConnKeyV6 {
+pub struct LruKeyV6 {
     pub src: [u8; 16],
     pub dst: [u8; 16],
     pub sport: [u8; 2],
@@ -107,17 +121,17 @@ pub struct ConnKeyV6 {
     pub pclass: u8,
     pub _pad: [u8; 3],
 }
-const _: () = assert!(size_of::<ConnKeyV6>() == 40);
+const _: () = assert!(size_of::<LruKeyV6>() == 40);
 
 /// The LRU table's value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConnValue {
+pub struct LruValue {
     pub last_seen: u64,
     pub flags: u32,
     pub rule: u32,
 }
-const _: () = assert!(size_of::<ConnValue>() == 16);
+const _: () = assert!(size_of::<LruValue>() == 16);
 
 /// Opened from the other side of the hook (the companion program saw its first packet).
 pub const CONN_INBOUND: u32 = 1;

@@ -434,11 +434,10 @@ mod pod {
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for FlowEntryV4 {}
     unsafe impl aya::Pod for FlowEntryV6 {}
-    unsafe impl aya::Pod for ConnKeyV4 {}
-    unsafe impl aya::Pod for ConnKeyV6 {}
-    unsafe impl aya::Pod for ConnValue {}
-    unsafe impl aya::Pod for ConnSlotV4 {}
-    unsafe impl aya::Pod for ConnSlotV6 {}
+    unsafe impl aya::Pod for LruKeyV4 {}
+    unsafe impl aya::Pod for LruKeyV6 {}
+    unsafe impl aya::Pod for LruValue {}
+    unsafe impl aya::Pod for ConnHead {}
     unsafe impl aya::Pod for ConnBucketV4 {}
     unsafe impl aya::Pod for ConnBucketV6 {}
     unsafe impl aya::Pod for EventLimit {}

@@ -18,10 +18,10 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::Array};
 use egress_common::{
-    CONN_FIN_IN, CONN_FIN_OUT, CONN_INBOUND, CONN_REPLIED, CONN_RST, CS_ESTABLISHED_BYTES, CS_ESTABLISHED_PACKETS, CS_EXPIRED,
-    CS_INSERT_FAILED, CS_INSERTED, CS_INSERTED_INBOUND, CS_RELATED_BYTES, CS_RELATED_PACKETS, ConnBucket, ConnSlot, ConnTimeout,
-    DEFAULT_MAX_FLOWS, PCLASS_ICMP, PCLASS_ICMPV6, PCLASS_TCP, PCLASS_UDP, conn_bucket, conn_buckets, conn_closing, conn_seal,
-    conn_timeout,
+    CONN_FIN_IN, CONN_FIN_OUT, CONN_INBOUND, CONN_REPLIED, CONN_RST, CONN_TIME_SHIFT, CONN_WAYS, CS_ESTABLISHED_BYTES,
+    CS_ESTABLISHED_PACKETS, CS_EXPIRED, CS_INSERT_FAILED, CS_INSERTED, CS_INSERTED_INBOUND, CS_RELATED_BYTES, CS_RELATED_PACKETS,
+    ConnBucket, ConnHead, ConnKey, ConnTimeout, DEFAULT_MAX_FLOWS, PCLASS_ICMP, PCLASS_ICMPV6, PCLASS_TCP, PCLASS_UDP, conn_buckets,
+    conn_closing, conn_place, conn_timeout,
 };
 
 use crate::{
@@ -47,9 +47,10 @@ const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
-/// An entry's `last_seen` is rewritten at most this often (ns) unless its flags
-/// change: a busy connection does not write its shared cache line every packet.
-const TOUCH_NS: u64 = 1 << 26;
+/// A connection's time is rewritten at most this often (table time units, 67
+/// ms) unless its flags change: a busy connection does not write its shared
+/// cache line every packet.
+const TOUCH: u32 = 64;
 
 /// A connection's identity in one direction (IPv4 in the first 4 address bytes).
 /// Aligned, addresses first: they are read a word at a time, not byte by byte.
@@ -87,55 +88,55 @@ fn v4(a: &[u8; 16]) -> &[u8; 4] {
     a.first_chunk().unwrap_or(&[0; 4])
 }
 
-/// A tracked connection's slot, either family: the fields that change.
+/// A tracked connection: its way `i` in a bucket's head (either family).
 struct Entry {
-    flags: *mut u8,
-    last_seen: *mut u64,
-    seal: *mut u32,
+    head: *mut ConnHead,
+    i: usize,
 }
 
 impl Entry {
     #[inline(always)]
-    fn of<const N: usize>(s: &mut ConnSlot<[u8; N]>) -> Entry {
-        Entry { flags: &raw mut s.flags, last_seen: &raw mut s.last_seen, seal: &raw mut s.seal }
+    fn head(&self) -> &mut ConnHead {
+        unsafe { &mut *self.head }
     }
 
     #[inline(always)]
     fn flags(&self) -> u32 {
-        u32::from(unsafe { *self.flags })
+        u32::from(self.head().flags[self.i])
     }
 
     #[inline(always)]
-    fn last_seen(&self) -> u64 {
-        unsafe { *self.last_seen }
+    fn seen(&self) -> u32 {
+        self.head().seen[self.i]
     }
 
-    /// Empties the slot (its seal no longer matches).
+    /// Empties the way.
     #[inline(always)]
     fn remove(&self) {
-        unsafe { core::ptr::write_volatile(self.seal, 0) };
+        unsafe { core::ptr::write_volatile(&mut self.head().tags[self.i], 0) };
     }
 
-    /// New flags, and the time (rewritten at most every [`TOUCH_NS`]: a busy
+    /// New flags, and the time (rewritten at most every [`TOUCH`]: a busy
     /// connection does not write its shared cache line every packet).
     #[inline(always)]
-    fn touch(&self, flags: u32, now: u64) {
-        if flags != self.flags() {
-            unsafe { *self.flags = flags as u8 };
+    fn touch(&self, flags: u32, now: u32) {
+        let h = self.head();
+        if flags != u32::from(h.flags[self.i]) {
+            h.flags[self.i] = flags as u8;
         }
-        if now.wrapping_sub(self.last_seen()) >= TOUCH_NS {
-            unsafe { *self.last_seen = now };
+        if now.wrapping_sub(h.seen[self.i]) >= TOUCH {
+            h.seen[self.i] = now;
         }
     }
 }
 
 #[inline(always)]
-fn holds<const N: usize>(s: &ConnSlot<[u8; N]>, src: &[u8; N], dst: &[u8; N], t: &Tuple) -> bool {
-    same(&s.src, src) && same(&s.dst, dst) && s.sport == t.sport && s.dport == t.dport && s.pclass == t.pclass
+fn holds<const N: usize>(k: &ConnKey<[u8; N]>, src: &[u8; N], dst: &[u8; N], t: &Tuple) -> bool {
+    same(&k.src, src) && same(&k.dst, dst) && k.sport == t.sport && k.dport == t.dport && k.pclass == t.pclass
 }
 
 /// Two addresses compared a 32-bit word at a time (both sit 4-aligned: in a
-/// slot, or in a [`Tuple`]); `==` on byte arrays compiles to byte loads here.
+/// bucket, or in a [`Tuple`]); `==` on byte arrays compiles to byte loads here.
 #[inline(always)]
 fn same<const N: usize>(a: &[u8; N], b: &[u8; N]) -> bool {
     let mut i = 0;
@@ -150,21 +151,26 @@ fn same<const N: usize>(a: &[u8; N], b: &[u8; N]) -> bool {
     true
 }
 
+/// The tuple's bucket and tag.
 #[inline(always)]
-fn bucket<const N: usize>(map: &Array<ConnBucket<[u8; N]>>, src: &[u8; N], dst: &[u8; N], t: &Tuple) -> Option<*mut ConnBucket<[u8; N]>> {
+fn bucket<const N: usize>(map: &Array<ConnBucket<[u8; N]>>, src: &[u8; N], dst: &[u8; N], t: &Tuple) -> (*mut ConnBucket<[u8; N]>, u32) {
     let buckets = unsafe { core::ptr::read_volatile(&CONN_BUCKETS) };
-    map.get_ptr_mut(conn_bucket(src, dst, t.sport, t.dport, t.pclass, buckets))
+    let (at, tag) = conn_place(src, dst, t.sport, t.dport, t.pclass, buckets);
+    (map.get_ptr_mut(at).unwrap_or(core::ptr::null_mut()), tag)
 }
 
-/// The slot holding the tuple's connection, or null.
+/// The head of the bucket holding the tuple's connection (its way in `way`),
+/// or null. A miss reads the head only.
 #[inline(always)]
-fn find<const N: usize>(map: &Array<ConnBucket<[u8; N]>>, src: &[u8; N], dst: &[u8; N], t: &Tuple) -> *mut ConnSlot<[u8; N]> {
-    let Some(b) = bucket(map, src, dst, t) else {
+fn find<const N: usize>(map: &Array<ConnBucket<[u8; N]>>, src: &[u8; N], dst: &[u8; N], t: &Tuple, way: &mut u32) -> *mut ConnHead {
+    let (b, tag) = bucket(map, src, dst, t);
+    let Some(b) = (unsafe { b.as_mut() }) else {
         return core::ptr::null_mut();
     };
-    for s in unsafe { (*b).ways.iter_mut() } {
-        if holds(s, src, dst, t) && s.sealed() {
-            return s;
+    for i in 0..CONN_WAYS {
+        if b.head.tags[i] == tag && holds(&b.ways[i], src, dst, t) {
+            *way = i as u32;
+            return &mut b.head;
         }
     }
     core::ptr::null_mut()
@@ -173,111 +179,136 @@ fn find<const N: usize>(map: &Array<ConnBucket<[u8; N]>>, src: &[u8; N], dst: &[
 // One BPF function per family and operation: each keeps its frame to itself
 // (BPF's 512 bytes of stack are shared along every chain of calls).
 #[inline(never)]
-fn find_v4(t: &Tuple) -> *mut ConnSlot<[u8; 4]> {
-    find(&CONN_V4, v4(&t.src), v4(&t.dst), t)
+fn find_v4(t: &Tuple, way: &mut u32) -> *mut ConnHead {
+    find(&CONN_V4, v4(&t.src), v4(&t.dst), t, way)
 }
 
 #[inline(never)]
-fn find_v6(t: &Tuple) -> *mut ConnSlot<[u8; 16]> {
-    find(&CONN_V6, &t.src, &t.dst, t)
+fn find_v6(t: &Tuple, way: &mut u32) -> *mut ConnHead {
+    find(&CONN_V6, &t.src, &t.dst, t, way)
 }
 
 #[inline(always)]
 fn get(t: &Tuple) -> Option<Entry> {
-    if t.v6 { unsafe { find_v6(t).as_mut() }.map(Entry::of) } else { unsafe { find_v4(t).as_mut() }.map(Entry::of) }
+    let mut way = 0u32;
+    let head = if t.v6 { find_v6(t, &mut way) } else { find_v4(t, &mut way) };
+    if head.is_null() {
+        return None;
+    }
+    Some(Entry { head, i: (way as usize) & (CONN_WAYS - 1) })
 }
 
-/// The slot of its bucket a new connection goes to: an empty one, else one
+/// A new connection's way and tag ([`room`] fills them in) and what goes there
+/// (BPF functions take five arguments at most).
+struct Spot {
+    way: u32,
+    tag: u32,
+    flags: u32,
+    rule: u32,
+    now: u32,
+}
+
+/// The way of its bucket a new connection goes to: an empty one, else one
 /// idle past its timeout, else the least recently seen connection's (evicted:
-/// a new connection is always tracked). Null when the bucket holds it already
-/// (another CPU was first).
+/// a new connection is always tracked). Decided from the bucket's head; null
+/// when the bucket holds the connection already (another CPU was first).
 #[inline(always)]
-fn room<const N: usize>(map: &Array<ConnBucket<[u8; N]>>, src: &[u8; N], dst: &[u8; N], t: &Tuple, now: u64) -> *mut ConnSlot<[u8; N]> {
-    let Some(b) = bucket(map, src, dst, t) else {
+fn room<const N: usize>(
+    map: &Array<ConnBucket<[u8; N]>>,
+    src: &[u8; N],
+    dst: &[u8; N],
+    t: &Tuple,
+    spot: &mut Spot,
+) -> *mut ConnBucket<[u8; N]> {
+    let now = spot.now;
+    let (b, tag) = bucket(map, src, dst, t);
+    let Some(b) = (unsafe { b.as_mut() }) else {
         bump(CS_INSERT_FAILED, 1);
         return core::ptr::null_mut();
     };
-    // The best slot to take: empty (rank MAX), idle (MAX - 1), else the oldest.
-    let mut victim: *mut ConnSlot<[u8; N]> = core::ptr::null_mut();
-    let mut rank = 0u64;
-    for s in unsafe { (*b).ways.iter_mut() } {
-        // (A slot torn by two CPUs' writes counts as a connection here: it
-        // is never found, and goes when its bucket next needs room.)
-        let r = if s.seal == 0 {
+    // The best way to take: empty (rank MAX), idle (MAX - 1), else the oldest.
+    let (mut best, mut rank) = (0, 0u64);
+    for i in 0..CONN_WAYS {
+        let h = &b.head;
+        let r = if h.tags[i] == 0 {
             u64::MAX
-        } else if holds(s, src, dst, t) && s.sealed() {
+        } else if h.tags[i] == tag && holds(&b.ways[i], src, dst, t) {
             return core::ptr::null_mut();
         } else {
-            let age = now.wrapping_sub(s.last_seen);
-            if age > timeout(s.pclass, u32::from(s.flags)) { u64::MAX - 1 } else { age }
+            let age = idle(now, h.seen[i]);
+            if age > timeout(h.pclass[i], u32::from(h.flags[i])) { u64::MAX - 1 } else { age }
         };
-        if victim.is_null() || r > rank {
-            victim = s;
-            rank = r;
+        if i == 0 || r > rank {
+            (best, rank) = (i, r);
         }
     }
     if rank == u64::MAX - 1 {
         bump(CS_EXPIRED, 1);
     }
-    victim
+    (spot.way, spot.tag) = (best as u32, tag);
+    b
 }
 
-/// Writes a connection into slot `v`: unsealed while written, sealed last, so a
-/// reader on another CPU sees the old connection, nothing, or the new one (a
-/// torn mix fails the seal).
+/// Writes a connection into way `spot.way` of bucket `b`: emptied while
+/// written, tagged last, so a reader on another CPU sees the old connection,
+/// nothing, or the new one (a mix torn by two writers fails the tag).
 #[inline(always)]
-fn write<const N: usize>(v: &mut ConnSlot<[u8; N]>, src: &[u8; N], dst: &[u8; N], t: &Tuple, flags: u32, rule: u32, now: u64) {
+fn write<const N: usize>(b: &mut ConnBucket<[u8; N]>, spot: &Spot, src: &[u8; N], dst: &[u8; N], t: &Tuple) {
+    let i = (spot.way as usize) & (CONN_WAYS - 1);
     unsafe {
-        core::ptr::write_volatile(&mut v.seal, 0);
-        core::ptr::write_volatile(&mut v.src, *src);
-        core::ptr::write_volatile(&mut v.dst, *dst);
-        core::ptr::write_volatile(&mut v.sport, t.sport);
-        core::ptr::write_volatile(&mut v.dport, t.dport);
-        core::ptr::write_volatile(&mut v.pclass, t.pclass);
-        core::ptr::write_volatile(&mut v.flags, flags as u8);
-        core::ptr::write_volatile(&mut v.rule, rule);
-        core::ptr::write_volatile(&mut v.last_seen, now);
-        core::ptr::write_volatile(&mut v.seal, conn_seal(src, dst, t.sport, t.dport, t.pclass, rule));
+        core::ptr::write_volatile(&mut b.head.tags[i], 0);
+        let k = &mut b.ways[i];
+        core::ptr::write_volatile(&mut k.src, *src);
+        core::ptr::write_volatile(&mut k.dst, *dst);
+        core::ptr::write_volatile(&mut k.sport, t.sport);
+        core::ptr::write_volatile(&mut k.dport, t.dport);
+        core::ptr::write_volatile(&mut k.pclass, t.pclass);
+        core::ptr::write_volatile(&mut k.rule, spot.rule);
+        core::ptr::write_volatile(&mut b.head.flags[i], spot.flags as u8);
+        core::ptr::write_volatile(&mut b.head.pclass[i], t.pclass);
+        core::ptr::write_volatile(&mut b.head.seen[i], spot.now);
+        core::ptr::write_volatile(&mut b.head.tags[i], spot.tag);
     }
 }
 
-// Choosing the slot and writing it are BPF functions of their own, per family
+// Choosing the way and writing it are BPF functions of their own, per family
 // (the stack they would need together is more than the chain of calls has).
 #[inline(never)]
-fn room_v4(t: &Tuple, now: u64) -> *mut ConnSlot<[u8; 4]> {
-    room(&CONN_V4, v4(&t.src), v4(&t.dst), t, now)
+fn room_v4(t: &Tuple, spot: &mut Spot) -> *mut ConnBucket<[u8; 4]> {
+    room(&CONN_V4, v4(&t.src), v4(&t.dst), t, spot)
 }
 
 #[inline(never)]
-fn room_v6(t: &Tuple, now: u64) -> *mut ConnSlot<[u8; 16]> {
-    room(&CONN_V6, &t.src, &t.dst, t, now)
+fn room_v6(t: &Tuple, spot: &mut Spot) -> *mut ConnBucket<[u8; 16]> {
+    room(&CONN_V6, &t.src, &t.dst, t, spot)
 }
 
 #[inline(never)]
-fn write_v4(v: *mut ConnSlot<[u8; 4]>, t: &Tuple, flags: u32, rule: u32, now: u64) {
-    if let Some(v) = unsafe { v.as_mut() } {
-        write(v, v4(&t.src), v4(&t.dst), t, flags, rule, now);
+fn write_v4(b: *mut ConnBucket<[u8; 4]>, spot: &Spot, t: &Tuple) {
+    if let Some(b) = unsafe { b.as_mut() } {
+        write(b, spot, v4(&t.src), v4(&t.dst), t);
     }
 }
 
 #[inline(never)]
-fn write_v6(v: *mut ConnSlot<[u8; 16]>, t: &Tuple, flags: u32, rule: u32, now: u64) {
-    if let Some(v) = unsafe { v.as_mut() } {
-        write(v, &t.src, &t.dst, t, flags, rule, now);
+fn write_v6(b: *mut ConnBucket<[u8; 16]>, spot: &Spot, t: &Tuple) {
+    if let Some(b) = unsafe { b.as_mut() } {
+        write(b, spot, &t.src, &t.dst, t);
     }
 }
 
 /// Stores a new connection; false if another CPU stored it first.
 #[inline(always)]
-fn insert(t: &Tuple, flags: u32, rule: u32, now: u64) -> bool {
+fn insert(t: &Tuple, flags: u32, rule: u32, now: u32) -> bool {
+    let mut spot = Spot { way: 0, tag: 0, flags, rule, now };
     if t.v6 {
-        let v = room_v6(t, now);
-        write_v6(v, t, flags, rule, now);
-        !v.is_null()
+        let b = room_v6(t, &mut spot);
+        write_v6(b, &spot, t);
+        !b.is_null()
     } else {
-        let v = room_v4(t, now);
-        write_v4(v, t, flags, rule, now);
-        !v.is_null()
+        let b = room_v4(t, &mut spot);
+        write_v4(b, &spot, t);
+        !b.is_null()
     }
 }
 
@@ -288,9 +319,16 @@ fn bump(slot: u32, n: u64) {
     }
 }
 
+/// The table's clock (CONN_TIME_SHIFT units of CLOCK_MONOTONIC_COARSE).
 #[inline(always)]
-fn now() -> u64 {
-    unsafe { bpf_ktime_get_coarse_ns() }
+fn now() -> u32 {
+    (unsafe { bpf_ktime_get_coarse_ns() } >> CONN_TIME_SHIFT) as u32
+}
+
+/// How long (ns) a connection last seen at `seen` has been idle.
+#[inline(always)]
+fn idle(now: u32, seen: u32) -> u64 {
+    u64::from(now.wrapping_sub(seen)) << CONN_TIME_SHIFT
 }
 
 #[inline(always)]
@@ -366,7 +404,7 @@ pub fn filtered(ctx: &impl Frame, pkt: &Packet) -> Seen {
     let tf = tcp_flags(ctx, pkt);
     let syn_only = tf & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let mut flags = e.flags();
-    if now.wrapping_sub(e.last_seen()) > timeout(pkt.pclass, flags) || (syn_only && conn_closing(flags) && flags & CONN_INBOUND == 0) {
+    if idle(now, e.seen()) > timeout(pkt.pclass, flags) || (syn_only && conn_closing(flags) && flags & CONN_INBOUND == 0) {
         // Idle past its timeout, or a new connection reusing a finished one's tuple.
         e.remove();
         bump(CS_EXPIRED, 1);
@@ -398,7 +436,7 @@ pub fn peek(ctx: &impl Frame, pkt: &Packet) -> bool {
         return false;
     };
     let (flags, syn_only) = (e.flags(), tcp_flags(ctx, pkt) & (TCP_SYN | TCP_ACK) == TCP_SYN);
-    !(now().wrapping_sub(e.last_seen()) > timeout(pkt.pclass, flags) || (syn_only && conn_closing(flags) && flags & CONN_INBOUND == 0))
+    !(idle(now(), e.seen()) > timeout(pkt.pclass, flags) || (syn_only && conn_closing(flags) && flags & CONN_INBOUND == 0))
 }
 
 /// Opens an entry for a packet the rules allowed (`rule`: its counter slot).
@@ -429,7 +467,7 @@ pub fn other_side(ctx: &impl Frame, pkt: &Packet) {
     let tf = tcp_flags(ctx, pkt);
     if let Some(e) = get(&t) {
         let mut flags = e.flags();
-        if now.wrapping_sub(e.last_seen()) <= timeout(pkt.pclass, flags) {
+        if idle(now, e.seen()) <= timeout(pkt.pclass, flags) {
             if tf & TCP_FIN != 0 {
                 flags |= CONN_FIN_IN;
             }
@@ -493,7 +531,7 @@ fn quotes_tracked(ctx: &impl Frame, pkt: &Packet) -> bool {
 #[inline(always)]
 fn live(t: &Tuple) -> bool {
     match get(t) {
-        Some(e) => now().wrapping_sub(e.last_seen()) <= timeout(t.pclass, e.flags()),
+        Some(e) => idle(now(), e.seen()) <= timeout(t.pclass, e.flags()),
         None => false,
     }
 }
