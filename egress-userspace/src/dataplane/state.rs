@@ -395,7 +395,12 @@ pub(super) fn write_state(st: &State) -> Result<()> {
     let body = serde_json::to_string(st).map_err(|e| DataplaneError::Other(e.to_string()))?;
     let path = state_path(&st.key);
     write_private(&path, body.as_bytes())?;
-    super::memo::put(&path, st);
+    // A state with a fold pending is written again once the fold is done
+    // (apply.rs `fold_pending`): only that one is worth a copy in memory (a
+    // 100k-rule copy is tens of milliseconds).
+    if st.pending.is_none() {
+        super::memo::put(&path, st);
+    }
     Ok(())
 }
 
