@@ -39,6 +39,9 @@ pub struct ReloadCache {
     /// them (what only old values used stays until a whole compile) is
     /// compiled whole, so that it can still go in hot.
     loaded_caps: Option<compile::place::Caps>,
+    /// The linter on a thread of its own ([`ReloadCache::keep_linting`]):
+    /// it hands the rules back when it ends.
+    linting: Option<std::thread::JoinHandle<Vec<rules::Rule>>>,
 }
 
 impl ReloadCache {
@@ -46,10 +49,44 @@ impl ReloadCache {
     /// the map sizes of the program it went into (when it did).
     /// The rules go back to the parse cache: `p` is spent.
     pub fn keep(&mut self, p: &mut Prepared, caps: Option<compile::place::Caps>) {
+        self.settle();
         self.compiled = Some(std::mem::take(&mut p.compiled));
         self.loaded_caps = caps;
         if let Some(c) = self.parse.as_mut() {
             c.restore(std::mem::take(&mut p.rules.rules));
+        }
+    }
+
+    /// [`ReloadCache::keep`], linting `p` first on a thread of its own (`egress
+    /// run`, after the rules are enforced and the reload logged: a 100k-rule
+    /// lint takes ~160 ms). `report` gets the warnings and the lint's time
+    /// there; the rules go back to the parse cache when it ends, and the next
+    /// prepare waits for that.
+    pub fn keep_linting(
+        &mut self,
+        mut p: Prepared,
+        caps: Option<compile::place::Caps>,
+        report: impl FnOnce(&[crate::lint::Warning], std::time::Duration) + Send + 'static,
+    ) {
+        self.settle();
+        self.compiled = Some(std::mem::take(&mut p.compiled));
+        self.loaded_caps = caps;
+        let spawned = std::thread::Builder::new().name("egress-lint".into()).spawn(move || {
+            let t = std::time::Instant::now();
+            p.lint();
+            report(&p.warnings, t.elapsed());
+            p.rules.rules
+        });
+        // No thread: the next parse is a whole one (nothing lost but time).
+        self.linting = spawned.ok();
+    }
+
+    /// Waits for a lint still running and takes its rules back.
+    fn settle(&mut self) {
+        if let Some(Ok(rules)) = self.linting.take().map(|h| h.join())
+            && let Some(c) = self.parse.as_mut()
+        {
+            c.restore(rules);
         }
     }
 }
@@ -203,6 +240,7 @@ fn prepare_loaded(
     let t0 = std::time::Instant::now();
     let (rs, reuse, last) = match cache {
         Some(c) => {
+            c.settle();
             // Taken: a prepare that fails leaves no compile behind to build on.
             let last = c.compiled.take();
             let (rs, reuse) = rules::parse_incremental(&shown, text, loader, &mut c.parse);

@@ -402,3 +402,37 @@ fn run_help_keeps_the_config_example_as_written() {
         assert!(help.lines().any(|l| l == line), "missing line {line:?} in:\n{help}");
     }
 }
+
+/// The linter runs after the reload is logged, on a thread of its own: its
+/// warnings still reach the log, once per reload, and the parse it works on
+/// comes back for the next change's incremental parse and compile.
+#[test]
+fn lint_warnings_follow_each_reload_without_holding_it_up() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let p = Pair::new("rlint").expect("namespaces");
+    settle(&p);
+    let with = |port: u16| {
+        let mut s = deny_udp(&[5001]);
+        for i in 1..=20 {
+            let port = if i == 7 { port } else { 6000 + i };
+            s.push_str(&format!(
+                "[[rule]]\nname = \"r{i}\"\naction = \"deny\"\ndst = \"203.0.113.{i}/32\"\nprotocol = \"tcp\"\nports = \"{port}\"\n"
+            ));
+        }
+        s + "[[rule]]\nname = \"pointless\"\naction = \"allow\"\ndst = \"203.0.113.200/32\"\nprotocol = \"tcp\"\nports = \"7\"\n"
+    };
+    let rules = temp_file("rules.toml", &with(7000));
+    let cfg = config(&[(&p.a_if, &rules)]);
+    let d = Daemon::start(&p.a, &cfg, &[]);
+    d.wait_for("applied", 1, |v| is(v, "rules applied", &p.a_if));
+    let redundant =
+        |v: &Value| v["level"] == "WARN" && v["kind"] == "redundant" && v["rule"] == "pointless" && v["iface"] == p.a_if.as_str();
+    d.wait_for("the warning", 1, redundant);
+    for (n, port) in [(2, 7001), (3, 7002)] {
+        replace_file(&rules, &with(port));
+        let v = d.wait_for("replaced", n - 1, |v| is(v, "rules replaced", &p.a_if));
+        assert_eq!(v["compile"], "incremental", "the lint handed the parse back: {v}");
+        d.wait_for("the warning again", n, redundant);
+    }
+    assert_eq!(p.udp(false, 5001, 2), 0, "enforced");
+}

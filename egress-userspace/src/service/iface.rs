@@ -221,15 +221,18 @@ impl Managed {
         }
         let started = std::time::Instant::now();
         let applied = reload::apply(&t, &prepared, self.cfg.flow_cache, self.cfg.debug);
-        let linted = std::time::Instant::now();
-        prepared.lint();
-        for w in &prepared.warnings {
-            tracing::warn!(iface, file, line = w.line, rule = w.rule, kind = w.kind, "{}", w.message);
-        }
-        tracing::debug!(iface, file, lint_us = linted.elapsed().as_micros() as u64, "rule file linted");
         let (compile, compile_us) = (prepared.compile_path.name(), prepared.compile_us);
         let enforced_digest = prepared.digest.clone();
-        self.cache.keep(&mut prepared, applied.as_ref().ok().and_then(|a| a.state.halves.as_ref()).map(|h| h.caps));
+        // Linted after enforcement, on a thread of its own: a warning never
+        // delays a reload, nor its log line.
+        let (i, f) = (iface.clone(), file.clone());
+        let caps = applied.as_ref().ok().and_then(|a| a.state.halves.as_ref()).map(|h| h.caps);
+        self.cache.keep_linting(prepared, caps, move |warnings, took| {
+            for w in warnings {
+                tracing::warn!(iface = i, file = f, line = w.line, rule = w.rule, kind = w.kind, "{}", w.message);
+            }
+            tracing::debug!(iface = i, file = f, lint_us = took.as_micros() as u64, "rule file linted");
+        });
         match applied {
             Ok(a) => {
                 let st = &a.state;
