@@ -134,22 +134,26 @@ fn one_service_per_interface_and_adoption_after_sigkill() {
     assert_eq!(c, vec![9, 0], "{json}");
 }
 
+/// A rule file of 21 rules, each to its own destination (so that a change to
+/// one recompiles incrementally); rule r7 denies TCP port `port`.
+fn twenty_rules(port: u16) -> String {
+    let mut s = deny_udp(&[5001]);
+    for i in 1..=20 {
+        let port = if i == 7 { port } else { 6000 + i };
+        s.push_str(&format!(
+            "[[rule]]\nname = \"r{i}\"\naction = \"deny\"\ndst = \"203.0.113.{i}/32\"\nprotocol = \"tcp\"\nports = \"{port}\"\n"
+        ));
+    }
+    s
+}
+
 /// After a restart adopts what is enforced, the first change recompiles only
 /// what it reaches: the service parsed and compiled the file at adoption.
 #[test]
 fn the_first_change_after_adoption_is_incremental() {
     egress_tests::need_root!("network namespaces, eBPF");
     let p = Pair::new("prime").expect("namespaces");
-    let file = |port: u16| {
-        let mut s = deny_udp(&[5001]);
-        for i in 1..=20 {
-            let port = if i == 7 { port } else { 6000 + i };
-            s.push_str(&format!(
-                "[[rule]]\nname = \"r{i}\"\naction = \"deny\"\ndst = \"203.0.113.{i}/32\"\nprotocol = \"tcp\"\nports = \"{port}\"\n"
-            ));
-        }
-        s
-    };
+    let file = twenty_rules;
     let rules = temp_file("rules.toml", &file(7000));
     let cfg = config(&[(&p.a_if, &rules)]);
     let d = Daemon::start(&p.a, &cfg, &[]);
@@ -412,14 +416,8 @@ fn lint_warnings_follow_each_reload_without_holding_it_up() {
     let p = Pair::new("rlint").expect("namespaces");
     settle(&p);
     let with = |port: u16| {
-        let mut s = deny_udp(&[5001]);
-        for i in 1..=20 {
-            let port = if i == 7 { port } else { 6000 + i };
-            s.push_str(&format!(
-                "[[rule]]\nname = \"r{i}\"\naction = \"deny\"\ndst = \"203.0.113.{i}/32\"\nprotocol = \"tcp\"\nports = \"{port}\"\n"
-            ));
-        }
-        s + "[[rule]]\nname = \"pointless\"\naction = \"allow\"\ndst = \"203.0.113.200/32\"\nprotocol = \"tcp\"\nports = \"7\"\n"
+        twenty_rules(port)
+            + "[[rule]]\nname = \"pointless\"\naction = \"allow\"\ndst = \"203.0.113.200/32\"\nprotocol = \"tcp\"\nports = \"7\"\n"
     };
     let rules = temp_file("rules.toml", &with(7000));
     let cfg = config(&[(&p.a_if, &rules)]);
