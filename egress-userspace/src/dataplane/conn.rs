@@ -45,10 +45,7 @@ struct Conn<A> {
 /// CLOCK_MONOTONIC_COARSE, which the program stamps connections with, in the
 /// table's units ([`CONN_TIME_SHIFT`]).
 fn now_units() -> u32 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime fills ts.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ((ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64) >> CONN_TIME_SHIFT) as u32
+    (super::state::mono_coarse_ns() >> CONN_TIME_SHIFT) as u32
 }
 
 /// Every connection of one family's table pinned at `path`.

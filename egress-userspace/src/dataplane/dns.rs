@@ -214,13 +214,6 @@ pub struct DnsReadout {
     pub stats: Vec<u64>,
 }
 
-fn mono_coarse_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime fills ts. The program stamps with bpf_ktime_get_coarse_ns.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// A wire-format name -> dotted text.
 pub fn wire_to_text(wire: &[u8]) -> String {
     let mut out = Vec::new();
@@ -246,7 +239,7 @@ pub(super) fn read(dir: &Path, buckets: u32) -> Result<DnsReadout> {
     }
     let names: Option<HashMap<MapData, u64, DnsName>> =
         MapData::from_pin(dir.join(MAP_DNS_NAMES)).ok().and_then(|m| HashMap::try_from(Map::LruHashMap(m)).ok());
-    let now = mono_coarse_ns();
+    let now = super::state::mono_coarse_ns();
     let t = table_dir(dir, buckets);
     for (name, v6) in [(MAP_DNS_LEARN_V4, false), (MAP_DNS_LEARN_V6, true)] {
         let Some(arr) = open_learn(&t.join(name)) else { continue };

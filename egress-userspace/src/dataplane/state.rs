@@ -438,3 +438,12 @@ pub fn all_states() -> Result<Vec<State>> {
 pub fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
+
+/// CLOCK_MONOTONIC_COARSE in ns: the clock the program stamps its tables with
+/// (bpf_ktime_get_coarse_ns).
+pub(super) fn mono_coarse_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills ts.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
