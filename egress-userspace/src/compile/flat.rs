@@ -292,35 +292,10 @@ impl Builder {
     }
 }
 
-/// The class of an address as the program finds it (the tests): the same
-/// walk over the same entries. `class`: a stage-2 table's destination class;
-/// `None`: stage 1 (the root table).
-#[cfg(test)]
-pub(super) fn lookup(dir: &[DirEntry], spans: &[(u128, u32)], addr: u128, width: u32, class: Option<u32>) -> u32 {
-    use egress_common::{DIR_BUCKET, DIR_CHUNK, DIR_CLASS, DIR_COUNT_MASK};
-    let (top, mut shift) = match class {
-        Some(c) => (c as usize, width),
-        None => ((addr >> (width - DIR_ROOT_BITS)) as usize, width - DIR_ROOT_BITS),
-    };
-    let Some(mut e) = dir.get(top).copied() else { return 0 };
-    while e.kind() == DIR_CHUNK {
-        shift -= 8;
-        let Some(n) = dir.get(e.val as usize + ((addr >> shift) & 0xff) as usize) else { return 0 };
-        e = *n;
-    }
-    match e.kind() {
-        DIR_CLASS => e.val,
-        DIR_BUCKET => {
-            let run = &spans[e.val as usize..(e.val + (e.aux & DIR_COUNT_MASK)) as usize];
-            run[run.partition_point(|s| s.0 <= addr) - 1].1
-        }
-        _ => 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compile::model::lookup;
 
     fn p4(a: [u8; 4], len: u8) -> Prefix {
         let mut addr = [0; 16];

@@ -32,8 +32,7 @@ use crate::rules::{Rule, RuleSet};
 mod family;
 pub mod flat;
 pub mod incremental;
-#[cfg(test)]
-mod model;
+pub mod model;
 pub mod place;
 mod ports;
 

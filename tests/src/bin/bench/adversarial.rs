@@ -22,6 +22,10 @@ use crate::{
     testrun::{map_fds, map_memory_since, named, new_flow, new_flow_src, run_ns},
 };
 
+/// Destinations of the realistic shape's spread row (as many as the nested
+/// shape's packets go to).
+const SPREAD_DSTS: usize = 3_000;
+
 /// 1000000 -> "1,000,000".
 fn fmt_count(n: usize) -> String {
     let s = n.to_string();
@@ -93,9 +97,9 @@ pub(crate) fn adversarial_part(n: usize, entries: usize, rounds: usize, md: &mut
     let _ = writeln!(md, "## 1b. Adversarial rule sets ({n} rules, IPv4)\n");
     let _ = writeln!(
         md,
-        "| shape | parse s | lint s (rules unchecked) | compile s | load s | `egress check` s, peak RSS MiB | stage 1 (DIR+SPAN / DST_CLASSES) / stage 2 (SDIR+SSPAN / PAIR_LISTS) / LISTS / RANGES entries | map memory MiB | empty program ns | cache hit, added ns | new flow every packet, added ns |"
+        "| shape | parse s | lint s (rules unchecked) | compile s | load s | `egress check` s, peak RSS MiB | stage 1 (DIR+SPAN / DST_CLASSES) / stage 2 (SDIR+SSPAN / PAIR_LISTS) / LISTS / RANGES entries | map memory MiB | lines a first packet's lookup reads (distinct over the 2,000 packets) | empty program ns | cache hit, added ns | new flow every packet, added ns |"
     );
-    let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
     let flows = crate::flows_for(n);
     let k_of = |i: u64, m: u64| (i % m) as u32;
     let realistic = ruleset_gen::realistic(n, flows, 7);
@@ -105,14 +109,32 @@ pub(crate) fn adversarial_part(n: usize, entries: usize, rounds: usize, md: &mut
         &format!("\n[[set]]\nname = \"blocklist\"\nfile = \"{SET_FILE}\"\n[[rule]]\nname = \"no-blocklist\"\naction = \"deny\"\ndst = \"@blocklist\"\n"),
         1,
     );
+    // The realistic shape's first packets spread over many of its destinations
+    // (allow rules, each its first port): cold lines, as in the adversarial
+    // shapes whose packets go to many destinations.
+    let targets = crate::traffic::distinct_targets(&rules::parse("realistic.toml", &realistic)?, false, SPREAD_DSTS);
+    let spread_name = format!(
+        "realistic, {} destinations: as above, new flows spread over {} of its rules' destinations",
+        fmt_count(targets.len()),
+        fmt_count(targets.len())
+    );
     let shapes: Vec<ShapeRow> = vec![
         (
             "realistic (as part 1)".into(),
-            realistic,
+            realistic.clone(),
             None,
             Box::new(move |i| {
                 let (src, dport) = new_flow(false, i, flows);
                 PacketMeta { src, dst: B4.into(), proto: 17, l4: L4::Ports { dport } }
+            }),
+        ),
+        (
+            spread_name,
+            realistic,
+            None,
+            Box::new(move |i| {
+                let (dst, dport) = targets[(i % targets.len().max(1) as u64) as usize];
+                PacketMeta { src: new_flow_src(false, i), dst, proto: 17, l4: L4::Ports { dport } }
             }),
         ),
         (
@@ -230,23 +252,35 @@ pub(crate) fn adversarial_part(n: usize, entries: usize, rounds: usize, md: &mut
         let mut eh: Vec<f64> = empty.iter().map(|e| e.0).collect();
         let mut em: Vec<f64> = empty.iter().map(|e| e.1).collect();
         let (eh, em) = (median(&mut eh), median(&mut em));
+        // The lines the full lookup reads, by the model of the program (the
+        // same walk over the same entries), over the measured packets.
+        let (mut lines, mut all) = (0usize, std::collections::HashSet::new());
+        for i in 1_000_001..1_002_001u64 {
+            let l = egress::compile::model::trace(&c, &packet_of(i)).1.line_set();
+            lines += l.len();
+            all.extend(l);
+        }
+        let lines = lines as f64 / 2000.0;
         let counts = c.entry_counts();
         let get = |m: &str| counts.iter().filter(|(k, _)| k.starts_with(m)).map(|(_, v)| v).sum::<usize>();
         let new_flow = median(&mut miss) - em;
         let _ = writeln!(
             md,
-            "| {name} | {parse:.2} | {lint:.2} ({unchecked}) | {compile:.2} | {load:.2} | {check_s:.2}, {check_rss:.0} | {} / {} / {} / {} / {} / {} | {map_mib:.1} | {eh:.0} | {:.0} | {new_flow:.0} |",
+            "| {name} | {parse:.2} | {lint:.2} ({unchecked}) | {compile:.2} | {load:.2} | {check_s:.2}, {check_rss:.0} | {} / {} / {} / {} / {} / {} | {map_mib:.1} | {lines:.1} ({}) | {eh:.0} | {:.0} | {new_flow:.0} |",
             get("DIR") + get("SPAN"),
             get("DST"),
             get("SDIR") + get("SSPAN"),
             get("PAIR"),
             get("LISTS"),
             get("RANGES"),
+            fmt_count(all.len()),
             median(&mut hit) - eh,
         );
-        sp.shapes.push((name.split(':').next().unwrap_or(&name).to_string(), new_flow));
+        let short = name.split(':').next().unwrap_or(&name).to_string();
+        sp.shapes.push(crate::report::ShapeCost { name: short, new_flow, lines, distinct: all.len(), map_mib });
         if name.starts_with("realistic") {
             sp.flat_bytes = Some((n, crate::report::flat_bytes(&c)));
+            sp.lpm_bytes = crate::lpm::lpm_bytes(&c).map_err(|e| eprintln!("  the LPM tries' memory: {e}")).ok();
         }
     }
     let _ = writeln!(

@@ -36,6 +36,7 @@ mod cgroup;
 mod dns;
 mod firewalls;
 mod flood;
+mod lpm;
 mod plots;
 mod pps;
 mod reload;
