@@ -162,7 +162,7 @@ fn long_line(bytes: &[u8]) -> Option<(usize, usize)> {
 }
 
 fn newlines(bytes: &[u8]) -> impl Iterator<Item = usize> + '_ {
-    bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i)
+    memchr::memchr_iter(b'\n', bytes)
 }
 
 fn read_with_cap(path: &Path, what: &str, cap: u64) -> Result<Vec<u8>, String> {

@@ -82,11 +82,6 @@ pub fn parse_incremental(
     }
 }
 
-/// The line of byte `at` (1-based), as the parser counts it.
-fn line_of(starts: &[usize], at: usize) -> usize {
-    starts.partition_point(|&s| s <= at).max(1)
-}
-
 fn incremental(file: &str, text: &str, loader: &dyn crate::sets::Loader, prev: Option<ParseCache>) -> Option<(RuleSet, ParseCache, Reuse)> {
     let starts = line_starts(text);
     let headers = rule_headers(text, &starts);
@@ -114,33 +109,53 @@ fn incremental(file: &str, text: &str, loader: &dyn crate::sets::Loader, prev: O
             (a, b)
         }
     };
-    let mut rules = Vec::with_capacity(n);
+    // The line of each header: one pass over both sorted lists.
+    let lines: Vec<usize> = {
+        let mut k = 0;
+        headers
+            .iter()
+            .map(|&h| {
+                while k < starts.len() && starts[k] <= h {
+                    k += 1;
+                }
+                k.max(1)
+            })
+            .collect()
+    };
+    let mut rules = Vec::new();
     // The last parse's rules between its shared blocks (the edit's).
     let mut edited: Option<Vec<super::Rule>> = None;
     match prev {
-        Some(mut p) if a + b > 0 && p.rules.len() == p.headers.len() => {
+        Some(p) if a + b > 0 && p.rules.len() == p.headers.len() => {
             // Taken over, not copied: the cache is this parse's to consume.
+            // The edit's rules are spliced out and the new ones in, in place
+            // (the tail moves once).
             let m = p.headers.len();
-            let tail = p.rules.split_off(m - b);
-            edited = Some(p.rules.split_off(a));
-            rules = p.rules;
-            rules.reserve(n.saturating_sub(a));
-            if a < n - b {
+            let fresh = if a < n - b {
                 let range = headers[a]..if b == 0 { text.len() } else { headers[n - b] };
-                rules.extend(parse_chunk(file, text, &starts, a, range, pre.default_policy, pre.audit, &pre.sets)?.1);
+                parse_chunk(file, text, &starts, a, range, pre.default_policy, pre.audit, &pre.sets)?.1
+            } else {
+                Vec::new()
+            };
+            rules = p.rules;
+            edited = Some(rules.splice(a..m - b, fresh).collect());
+            if rules.len() != n {
+                return None;
             }
-            for (k, mut r) in tail.into_iter().enumerate() {
+            for k in 0..b {
                 let (i, j) = (n - b + k, m - b + k);
+                let r = &mut rules[i];
                 let old = r.index;
                 r.index = i as u32 + 1;
-                if r.index != old && r.name == format!("rule-{old}") {
+                // (The name is formatted only when it could be one: a 100k-rule
+                // tail costs 100k allocations otherwise.)
+                if r.index != old && r.name.starts_with("rule-") && r.name == format!("rule-{old}") {
                     // Named after its position: parsed again at the new one.
                     let range = headers[i]..end(&headers, text, i);
-                    r = parse_chunk(file, text, &starts, i, range, pre.default_policy, pre.audit, &pre.sets)?.1.pop()?;
+                    *r = parse_chunk(file, text, &starts, i, range, pre.default_policy, pre.audit, &pre.sets)?.1.pop()?;
                 } else {
-                    r.line = (r.line + line_of(&starts, headers[i])).checked_sub(p.lines[j])?;
+                    r.line = (r.line + lines[i]).checked_sub(p.lines[j])?;
                 }
-                rules.push(r);
             }
         }
         // Nothing to reuse: every CPU on a large file, else one piece of rules.
@@ -151,7 +166,7 @@ fn incremental(file: &str, text: &str, loader: &dyn crate::sets::Loader, prev: O
     }
     // What the one-piece parse checks across rules: unique names, no names
     // by domain (they need [dns], which the preamble here never holds).
-    let mut names = HashSet::with_capacity(n);
+    let mut names = HashSet::with_capacity_and_hasher(n, foldhash::fast::RandomState::default());
     if rules.len() != n || !rules.iter().all(|r| names.insert(r.name.as_str()) && r.fqdn.is_empty()) {
         return None;
     }
@@ -170,7 +185,6 @@ fn incremental(file: &str, text: &str, loader: &dyn crate::sets::Loader, prev: O
         sets: pre.sets.sets.clone(),
         dns: None,
     };
-    let lines = headers.iter().map(|&h| line_of(&starts, h)).collect();
     // The rules themselves come back with `restore`, once the caller is done
     // with them: a copy of 100k rules costs more than the rest of the parse.
     let cache = ParseCache { file: file.to_string(), text: text.to_string(), headers, lines, pre, rules: Vec::new() };

@@ -35,10 +35,11 @@ fn one_changed(text: &str) -> anyhow::Result<String> {
     Ok(format!("{}{}{}", &text[..start], new, &text[end..]))
 }
 
-/// The rule set with one rule added near the middle (a destination no other
-/// rule names, a port of its own); the base text is the same set with it removed.
+/// The rule set with one rule added first (a destination no other rule
+/// names, a port of its own): every other rule moves one slot, the worst case
+/// of an insert. The base text is the same set with it removed.
 fn one_added(text: &str) -> anyhow::Result<String> {
-    let at = text[text.len() / 2..].find("[[rule]]").map(|i| i + text.len() / 2).ok_or_else(|| anyhow::anyhow!("no rule"))?;
+    let at = text.find("[[rule]]").ok_or_else(|| anyhow::anyhow!("no rule"))?;
     let rule = "[[rule]]\nname = \"bench-added\"\naction = \"deny\"\ndst = \"10.255.254.0/24\"\nprotocol = \"tcp\"\nports = \"4444\"\n";
     Ok(format!("{}{rule}{}", &text[..at], &text[at..]))
 }
@@ -111,7 +112,7 @@ pub fn reload_part(sizes: &[usize], rounds: usize, md: &mut String, sp: &mut cra
     }
     let _ = writeln!(
         md,
-        "\nMedians of {} reloads of each kind: `changed` alternates one rule's ports between two values (so that rule restarts its counters and the other n-1 keep theirs); `added` puts a rule with a destination of its own near the middle of the file (every later rule moves one slot), and `removed` takes it out again. To enforcement: from the rename into place (the watcher reacts at once to it) to the swap, which the service's log line places (`after_enforced_us`); it includes reading and hashing the whole file, parsing the rules that changed (the service takes the others over from the file's last parse) and compiling: `incremental` recompiles only the destinations inside the changed rule's prefixes (compile/incremental.rs), `whole` the whole rule set (the first reload, or a recompile that would not fit the loaded maps). A hot reload (path `hot`) compares the new rule set with the idle half of the loaded program's maps, writes the entries that differ and flips EPOCH: no program load, no verifier. The log line comes after the state file, the counter fold (an RCU grace period) and the linter, which the service runs after the swap; the old rule set stays in force until the swap, so enforcement never stalls.\n",
+        "\nMedians of {} reloads of each kind: `changed` alternates one rule's ports between two values (so that rule restarts its counters and the other n-1 keep theirs); `added` puts a rule with a destination of its own first in the file (every other rule moves one slot: an insert's worst case), and `removed` takes it out again. To enforcement: from the rename into place (the watcher reacts at once to it) to the swap, which the service's log line places (`after_enforced_us`); it includes reading and hashing the whole file, parsing the rules that changed (the service takes the others over from the file's last parse) and compiling: `incremental` recompiles only the destinations inside the changed rule's prefixes (compile/incremental.rs), `whole` the whole rule set (the first reload, or a recompile that would not fit the loaded maps). A hot reload (path `hot`) compares the new rule set with the idle half of the loaded program's maps, writes the entries that differ and flips EPOCH: no program load, no verifier. The log line comes after the state file, the counter fold (an RCU grace period) and the linter, which the service runs after the swap; the old rule set stays in force until the swap, so enforcement never stalls.\n",
         2 * rounds
     );
     Ok(())
