@@ -165,3 +165,48 @@ fn a_thousand_single_rule_changes_under_traffic_are_hot_atomic_and_exact() {
     assert_eq!(allow + live["xy"], got[0] + got[1], "what arrived to X and Y is what the allowing rules counted");
     assert!(deny > 0 && got[0] + got[1] > 0, "both verdicts were in force for X and Y");
 }
+
+/// A program another build of egress loaded (an upgrade: its maps may be laid
+/// out otherwise, its code may read them otherwise) is replaced, never written
+/// into: the state names the object each program was loaded from. The next
+/// change after the replacement is hot again. Also traffic: the replacement's
+/// rules are the ones enforced.
+#[test]
+fn a_program_another_build_loaded_is_replaced_not_reloaded_hot() {
+    egress_tests::need_root!("network namespaces, eBPF");
+    let p = Pair::new("hobj").expect("namespaces");
+    p.settle(false);
+    let f = temp_file("obj.toml", &egress_tests::deny_udp(&[7001]));
+    let apply = |text: &str| -> Value {
+        replace_file(&f, text);
+        let out = p.egress_ok(&["apply", "--iface", &p.a_if, "--rules", f.to_str().unwrap(), "--json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON {e}: {out}"))
+    };
+    let first = apply(&egress_tests::deny_udp(&[7001]));
+    assert_eq!(first["path"], "load", "{first}");
+    assert_eq!(apply(&egress_tests::deny_udp(&[7001, 7002]))["path"], "hot");
+    // The state as an egress of another build leaves it: another object's digest.
+    // (The test's interface name is its own: its state file is the one naming it.)
+    let path = std::fs::read_dir("/run/egress")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|f| {
+            f.extension().is_some_and(|x| x == "json")
+                && std::fs::read_to_string(f)
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                    .is_some_and(|v| v["iface"] == p.a_if.as_str())
+        })
+        .expect("the attachment's state file");
+    let mut st: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(st["halves"]["object"].as_str().is_some_and(|o| o.starts_with("sha256:")), "{}", st["halves"]);
+    st["halves"]["object"] = Value::from("sha256:another-build");
+    std::fs::write(&path, st.to_string()).unwrap();
+    let v = apply(&egress_tests::deny_udp(&[7002]));
+    assert_eq!(v["path"], "full", "{v}");
+    assert!(v["full_because"].as_str().is_some_and(|w| w.contains("another build of egress")), "{v}");
+    assert_eq!((p.udp(false, 7001, 5), p.udp(false, 7002, 5)), (5, 0), "the replacement's rules are enforced");
+    assert_eq!(apply(&egress_tests::deny_udp(&[7001]))["path"], "hot");
+    assert_eq!((p.udp(false, 7001, 5), p.udp(false, 7002, 5)), (0, 5));
+}

@@ -282,7 +282,8 @@ fn apply_at(req: ApplyRequest<'_>) -> Result<Applied> {
         }
     };
     let enforced_at = std::time::Instant::now();
-    let halves = loaded.hot.then_some(state::Halves { caps: loaded.caps, epoch: 0, events: req.events });
+    let halves =
+        loaded.hot.then_some(state::Halves { caps: loaded.caps, epoch: 0, events: req.events, object: super::object_digest().to_string() });
     drop(loaded);
     if !cgroup && !needs_companion && (comp_path.exists() || prev_comp_nl.is_some()) {
         // Neither stateful nor naming domains: the companion goes.

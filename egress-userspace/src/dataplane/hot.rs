@@ -15,8 +15,10 @@
 //! Hot reloads serve stateless rule sets without rules by name on an
 //! interface hook (their program reads EPOCH: egress-common's `GLOBAL_HOT`).
 //! Stateful mode, rules by name and cgroups, anything else the program was
-//! built for (default policy, flow cache, events, debug) and a rule set that
-//! outgrows a half take the full path; [`refusal`] says why.
+//! built for (default policy, flow cache, events, debug), a program another
+//! build of egress loaded (its maps' layout and its reading of them may not be
+//! this build's) and a rule set that outgrows a half take the full path;
+//! [`refusal`] says why.
 
 use std::time::Instant;
 
@@ -48,6 +50,8 @@ pub(super) fn refusal(p: &State, req: &ApplyRequest<'_>) -> Option<String> {
         "the flow cache's size changed".to_string()
     } else if p.halves.is_none() {
         "the loaded maps have one half".to_string()
+    } else if p.halves.as_ref().is_some_and(|h| h.object != super::object_digest()) {
+        "the loaded program is another build of egress (an upgrade or a downgrade): this one's is loaded".to_string()
     } else if open(&p.key, p.maps_generation(), MAP_COUNTERS)
         .and_then(super::counters::as_map)
         .is_ok_and(|m| matches!(m, Map::PerCpuArray(_)))

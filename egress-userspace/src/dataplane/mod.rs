@@ -75,6 +75,14 @@ pub use state::{
 /// The eBPF object, built by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress-ebpf"));
 
+/// The digest of [`EBPF_OBJECT`]: a hot reload writes into a loaded
+/// program's maps only when that program is this object (another build's maps
+/// may be laid out otherwise, and its program may read them otherwise).
+pub fn object_digest() -> &'static str {
+    static DIGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIGEST.get_or_init(|| crate::digest(EBPF_OBJECT))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error("{op}: {source}")]

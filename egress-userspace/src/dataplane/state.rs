@@ -142,6 +142,11 @@ pub struct Halves {
     pub epoch: u32,
     /// The deny events' rate limit the program was loaded with.
     pub events: crate::rules::EventsConfig,
+    /// The digest of the eBPF object the program was loaded from
+    /// (`object_digest`); empty in the state of an egress before it, whose
+    /// program is then replaced rather than reloaded hot.
+    #[serde(default)]
+    pub object: String,
 }
 
 impl Halves {
