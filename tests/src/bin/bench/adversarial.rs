@@ -27,7 +27,7 @@ use crate::{
 const SPREAD_DSTS: usize = 3_000;
 
 /// 1000000 -> "1,000,000".
-fn fmt_count(n: usize) -> String {
+pub(crate) fn fmt_count(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {

@@ -378,7 +378,7 @@ fn why_speed_missed(md: &mut String, big: usize, tf: &TrafficResult, sp: &SpeedR
                     " The realistic shape's own first packets, spread over as many destinations (`{}` row), read {:.1} lines, {} distinct, and cost {:.0} ns: this shape is {:.2}x that.",
                     r.name,
                     r.lines,
-                    r.distinct,
+                    crate::adversarial::fmt_count(r.distinct),
                     r.new_flow,
                     c.new_flow / r.new_flow.max(1.0)
                 )
@@ -388,9 +388,9 @@ fn why_speed_missed(md: &mut String, big: usize, tf: &TrafficResult, sp: &SpeedR
                 c.name,
                 c.lines,
                 c.map_mib,
-                c.distinct,
+                crate::adversarial::fmt_count(c.distinct),
                 real.lines,
-                real.distinct,
+                crate::adversarial::fmt_count(real.distinct),
                 c.new_flow / c.lines.max(1.0),
                 real.new_flow / real.lines.max(1.0),
             ));
