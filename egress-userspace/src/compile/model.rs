@@ -34,9 +34,12 @@ pub struct Trace {
 
 impl Trace {
     fn read<T>(&mut self, map: &'static str, index: u64) {
+        self.read_sized(map, index, size_of::<T>());
+    }
+
+    fn read_sized(&mut self, map: &'static str, index: u64, size: usize) {
         // Array elements are 8-byte aligned in the kernel.
-        let size = size_of::<T>().div_ceil(8) as u32 * 8;
-        self.reads.push(Read { map, index, size });
+        self.reads.push(Read { map, index, size: size.div_ceil(8) as u32 * 8 });
     }
 
     /// The distinct 64-byte lines read, as (map, line), counting each map's
@@ -161,7 +164,7 @@ fn walk(
                     break;
                 }
                 let mid = lo + (hi - lo) / 2;
-                t.reads.push(Read { map: span_map, index: mid as u64, size: span_size.div_ceil(8) as u32 * 8 });
+                t.read_sized(span_map, mid as u64, span_size);
                 match span(mid) {
                     Some((start, _)) if start <= addr => lo = mid,
                     Some(_) => hi = mid,
@@ -169,7 +172,7 @@ fn walk(
                 }
             }
             // The class of the last span at or before the address.
-            t.reads.push(Read { map: span_map, index: lo as u64, size: span_size.div_ceil(8) as u32 * 8 });
+            t.read_sized(span_map, lo as u64, span_size);
             span(lo).map_or(0, |s| s.1)
         }
         _ => 0,

@@ -8,7 +8,7 @@
 //! parse would not take, any problem) is the one-piece parse's: messages are
 //! always its messages, and the result always equals it (unit test).
 
-use std::collections::HashSet;
+use foldhash::HashSet;
 
 use super::{
     RuleFileError, RuleSet,
@@ -166,7 +166,7 @@ fn incremental(file: &str, text: &str, loader: &dyn crate::sets::Loader, prev: O
     }
     // What the one-piece parse checks across rules: unique names, no names
     // by domain (they need [dns], which the preamble here never holds).
-    let mut names = HashSet::with_capacity_and_hasher(n, foldhash::fast::RandomState::default());
+    let mut names = HashSet::with_capacity_and_hasher(n, Default::default());
     if rules.len() != n || !rules.iter().all(|r| names.insert(r.name.as_str()) && r.fqdn.is_empty()) {
         return None;
     }

@@ -19,32 +19,25 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64; 9]) -> std::io::Result<i64> {
     if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r) }
 }
 
-/// An LPM trie of `(key data, prefix length, value)` entries; its `memlock`.
-fn trie_bytes(data_len: usize, value: &[Vec<u8>], keys: &[(Vec<u8>, u32)]) -> anyhow::Result<u64> {
-    if keys.is_empty() {
-        return Ok(0);
-    }
+/// An LPM trie of `(key data, prefix length, value)` entries (key data of
+/// `data_len` bytes); its `memlock`.
+fn trie_bytes(data_len: usize, entries: &[(Vec<u8>, u32, Vec<u8>)]) -> anyhow::Result<u64> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let Some((_, _, first)) = entries.first() else { return Ok(0) };
     let mut a = [0u64; 9];
     a[0] = LPM_TRIE | ((4 + data_len) as u64) << 32;
-    a[1] = value[0].len() as u64 | (keys.len() as u64) << 32;
+    a[1] = first.len() as u64 | (entries.len() as u64) << 32;
     a[2] = NO_PREALLOC;
-    let fd = bpf(MAP_CREATE, &mut a)? as i32;
-    struct Close(i32);
-    impl Drop for Close {
-        fn drop(&mut self) {
-            // SAFETY: the fd is this value's.
-            unsafe { libc::close(self.0) };
-        }
-    }
-    let _close = Close(fd);
-    for ((data, len), v) in keys.iter().zip(value) {
+    // SAFETY: a new map's fd, owned (and closed) by this value only.
+    let fd = unsafe { OwnedFd::from_raw_fd(bpf(MAP_CREATE, &mut a)? as i32) };
+    for (data, len, v) in entries {
         let mut key = len.to_ne_bytes().to_vec();
         key.extend_from_slice(data);
         let mut a = [0u64; 9];
-        (a[0], a[1], a[2]) = (fd as u64, key.as_ptr() as u64, v.as_ptr() as u64);
+        (a[0], a[1], a[2]) = (fd.as_raw_fd() as u64, key.as_ptr() as u64, v.as_ptr() as u64);
         bpf(MAP_UPDATE_ELEM, &mut a)?;
     }
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
     Ok(info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|m| m.trim().parse().ok()).unwrap_or(0))
 }
 
@@ -59,22 +52,20 @@ pub(crate) fn lpm_bytes(c: &Compiled) -> anyhow::Result<u64> {
     let width = |v6: bool| if v6 { 16 } else { 4 };
     let mut total = 0;
     for (v6, dst) in [(false, &c.dst_v4), (true, &c.dst_v6)] {
-        let keys: Vec<(Vec<u8>, u32)> =
-            dst.iter().map(|(p, _): &(Prefix, DstValue)| (p.addr[..width(v6)].to_vec(), p.len as u32)).collect();
-        let values: Vec<Vec<u8>> = dst.iter().map(|(_, v)| bytes_of(v)).collect();
-        total += trie_bytes(width(v6), &values, &keys)?;
+        let entries: Vec<_> =
+            dst.iter().map(|(p, v): &(Prefix, DstValue)| (p.addr[..width(v6)].to_vec(), p.len as u32, bytes_of(v))).collect();
+        total += trie_bytes(width(v6), &entries)?;
     }
     for (v6, pair) in [(false, &c.pair_v4), (true, &c.pair_v6)] {
-        let keys: Vec<(Vec<u8>, u32)> = pair
+        let entries: Vec<_> = pair
             .iter()
-            .map(|(class, p, _): &(u32, Prefix, Lists)| {
+            .map(|(class, p, l): &(u32, Prefix, Lists)| {
                 let mut k = class.to_be_bytes().to_vec();
                 k.extend_from_slice(&p.addr[..width(v6)]);
-                (k, 32 + p.len as u32)
+                (k, 32 + p.len as u32, bytes_of(l))
             })
             .collect();
-        let values: Vec<Vec<u8>> = pair.iter().map(|(_, _, l)| bytes_of(l)).collect();
-        total += trie_bytes(4 + width(v6), &values, &keys)?;
+        total += trie_bytes(4 + width(v6), &entries)?;
     }
     Ok(total)
 }

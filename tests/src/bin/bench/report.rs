@@ -189,6 +189,12 @@ impl SpeedResult {
     fn adversarial(&self) -> impl Iterator<Item = &ShapeCost> {
         self.shapes.iter().filter(|c| !c.name.starts_with("realistic"))
     }
+
+    /// Part 1b's realistic shape with its first packets spread over many
+    /// destinations (the like-for-like comparison for the adversarial shapes).
+    fn spread(&self) -> Option<&ShapeCost> {
+        self.shapes.iter().skip(1).find(|c| c.name.starts_with("realistic"))
+    }
 }
 
 /// A shape's first packets (part 1b, IPv4).
@@ -262,7 +268,7 @@ pub(crate) fn speed_targets(md: &mut String, sizes: &[usize], tr: &TestRunAdded,
         }
     }
     if let Some(ShapeCost { new_flow: real, .. }) = sp.shapes.first() {
-        let spread = sp.shapes.iter().skip(1).find(|c| c.name.starts_with("realistic"));
+        let spread = sp.spread();
         for ShapeCost { name, new_flow: x, .. } in sp.adversarial() {
             // Like for like: the realistic shape's first packets to as many
             // destinations as the adversarial shapes' go to (cold lines too).
@@ -371,7 +377,7 @@ fn why_speed_missed(md: &mut String, big: usize, tf: &TrafficResult, sp: &SpeedR
         ));
     }
     if let Some(real) = sp.shapes.first() {
-        let spread = sp.shapes.iter().skip(1).find(|c| c.name.starts_with("realistic"));
+        let spread = sp.spread();
         for c in sp.adversarial().filter(|c| c.new_flow > 2.0 * real.new_flow.max(1.0)) {
             let against_spread = spread.map_or(String::new(), |r| {
                 format!(
